@@ -1,0 +1,63 @@
+# Goblet for mitmproxy. On a Debian 12 machine with make:
+#   make run    set everything up, start the proxy on 127.0.0.1:8080
+#   make test   set everything up, run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+HOST ?= 127.0.0.1
+PORT ?= 8080
+CACHE_DIR ?= cache
+CERTS_DIR ?= certs
+HOSTS ?= github.com,gitlab.com,bitbucket.org
+PYTEST_ARGS ?= -n auto --dist loadfile
+BIN := $(VENV)/bin
+
+.PHONY: run test lint typecheck deps clean help
+
+help:
+	@echo "make run   - start goblet on $(HOST):$(PORT) (cache in ./$(CACHE_DIR), CA in ./$(CERTS_DIR))"
+	@echo "make test  - run the test suite"
+	@echo "make lint  - ruff + mypy --strict"
+
+# System prerequisites: git and a Python 3.11 with venv. Installed with apt-get
+# when missing and we are root (or have sudo); otherwise we say what is missing.
+deps:
+	@missing=""; \
+	command -v git >/dev/null || missing="$$missing git"; \
+	$(PYTHON) -c 'import sys, venv, ensurepip; sys.exit(sys.version_info[:2] != (3, 11))' \
+	  2>/dev/null || missing="$$missing python3 python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO=sudo; \
+	  else echo "missing:$$missing (install them, then retry)"; exit 1; fi; \
+	  echo "installing:$$missing"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(BIN)/.installed: pyproject.toml | deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/mitmdump -s addon/goblet_addon.py \
+	  --listen-host $(HOST) -p $(PORT) \
+	  --set confdir=$(CERTS_DIR) \
+	  --set goblet_cache_dir=$(CACHE_DIR) \
+	  --set goblet_hosts=$(HOSTS) \
+	  --set http2=false \
+	  --set flow_detail=0
+
+test: $(BIN)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(BIN)/.installed-test
+	$(BIN)/ruff check addon tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,8 @@
+"""Goblet for mitmproxy: a caching forward proxy for git smart-HTTP.
+
+Layout: ``protocol/`` pure parsing (no IO), ``auth/`` credentials, tenants and
+verdicts, ``cache/`` the bare-repo store and its fills, ``serve/`` the streaming
+upload-pack backend, ``addon.py`` the mitmproxy hooks that glue them together.
+"""
+
+__version__ = "0.1.0"
