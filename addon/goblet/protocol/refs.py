@@ -1,0 +1,196 @@
+"""Parse the upstream's ref answers, sans-IO.
+
+``GET …/info/refs?service=git-upload-pack`` (gitprotocol-http(5))::
+
+    smart-reply     = PKT-LINE("# service=git-upload-pack" LF) flush-pkt
+                      ( v0-advertisement / v1-advertisement / v2-capabilities )
+    v0-advertisement = first-ref *other-ref flush-pkt
+                     / no-refs flush-pkt
+    first-ref       = PKT-LINE(obj-id SP refname NUL cap-list LF)
+    no-refs         = PKT-LINE(zero-id SP "capabilities^{}" NUL cap-list LF)
+    other-ref       = PKT-LINE(obj-id SP refname [ "^{}" ] LF)
+    v1-advertisement = PKT-LINE("version 1" LF) v0-advertisement
+    v2-capabilities = PKT-LINE("version 2" LF) *PKT-LINE(key[=value] LF) flush-pkt
+
+The ``# service`` preamble is optional (git accepts its absence).
+
+``command=ls-refs`` response (gitprotocol-v2(5))::
+
+    output     = *ref flush-pkt
+    ref        = PKT-LINE((obj-id / "unborn") SP refname *(SP ref-attribute) LF)
+    ref-attribute = "symref-target:" symref-target / "peeled:" obj-id
+
+Errors here are the upstream's fault (culprit ``"upstream"``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from goblet.protocol import pktline
+from goblet.protocol.errors import ProtocolError, excerpt
+from goblet.protocol.pktline import Pkt, PktKind
+
+_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+ZERO_OID = "0" * 40
+
+
+@dataclass(frozen=True, slots=True)
+class RefAdvertisement:
+    """What the upstream said about a repo's refs.
+
+    ``refs`` maps refname → oid (peeled ``^{}`` entries live in ``peeled``);
+    ``symrefs`` maps a symbolic ref (usually ``HEAD``) to its target;
+    ``version`` is 0, 1 or 2; for a v2 info/refs answer ``refs`` is empty and
+    ``capabilities`` holds the v2 capability lines.
+    """
+
+    version: int
+    refs: dict[str, str] = field(default_factory=dict)
+    peeled: dict[str, str] = field(default_factory=dict)
+    symrefs: dict[str, str] = field(default_factory=dict)
+    capabilities: tuple[str, ...] = ()
+
+    @property
+    def object_format(self) -> str:
+        """The advertised object format (``sha1`` unless said otherwise)."""
+        for cap in self.capabilities:
+            if cap.startswith("object-format="):
+                return cap.split("=", 1)[1]
+        return "sha1"
+
+
+def _fail(msg: str) -> ProtocolError:
+    return ProtocolError(msg, "upstream")
+
+
+def _text(p: Pkt) -> str:
+    try:
+        return p.line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _fail(f"non-UTF-8 ref line {excerpt(p.line)!r}") from e
+
+
+def _check_oid(oid: str) -> str:
+    if not _OID.fullmatch(oid):
+        raise _fail(f"bad object id {excerpt(oid.encode())!r} in ref advertisement")
+    return oid
+
+
+def parse_info_refs(body: bytes) -> RefAdvertisement:
+    """Parse a smart ``info/refs?service=git-upload-pack`` answer."""
+    pkts = pktline.decode(body, "upstream")
+    i = 0
+    if pkts and pkts[0].kind is PktKind.DATA and pkts[0].line.startswith(b"# service="):
+        if pkts[0].line != b"# service=git-upload-pack":
+            raise _fail(f"unexpected service line {excerpt(pkts[0].line)!r}")
+        if len(pkts) < 2 or pkts[1].kind is not PktKind.FLUSH:
+            raise _fail("service line not followed by a flush-pkt")
+        i = 2
+    rest = pkts[i:]
+    if rest and rest[0].kind is PktKind.DATA and rest[0].line == b"version 2":
+        return _parse_v2_caps(rest[1:])
+    version = 0
+    if rest and rest[0].kind is PktKind.DATA and rest[0].line == b"version 1":
+        version = 1
+        rest = rest[1:]
+    return _parse_v0_refs(rest, version)
+
+
+def _parse_v2_caps(pkts: list[Pkt]) -> RefAdvertisement:
+    caps: list[str] = []
+    for p in pkts:
+        if p.kind is PktKind.FLUSH:
+            return RefAdvertisement(version=2, capabilities=tuple(caps))
+        if p.kind is not PktKind.DATA:
+            raise _fail("unexpected special packet in v2 capability advertisement")
+        caps.append(_text(p))
+    raise _fail("v2 capability advertisement without a flush-pkt")
+
+
+def _parse_v0_refs(pkts: list[Pkt], version: int) -> RefAdvertisement:
+    refs: dict[str, str] = {}
+    peeled: dict[str, str] = {}
+    symrefs: dict[str, str] = {}
+    caps: list[str] = []
+    for n, p in enumerate(pkts):
+        if p.kind is PktKind.FLUSH:
+            if n != len(pkts) - 1:
+                raise _fail("data after the ref advertisement's flush-pkt")
+            return RefAdvertisement(version, refs, peeled, symrefs, tuple(caps))
+        if p.kind is not PktKind.DATA:
+            raise _fail("unexpected special packet in ref advertisement")
+        line = p.line
+        if n == 0:
+            line, nul, cap_bytes = line.partition(b"\0")
+            if not nul:
+                raise _fail("first advertised ref has no capability list")
+            caps = cap_bytes.decode("utf-8", "replace").split()
+            for cap in caps:
+                if cap.startswith("symref="):
+                    src, _, dst = cap[len("symref=") :].partition(":")
+                    symrefs[src] = dst
+        text = line.decode("utf-8", "replace")
+        oid, sep, name = text.partition(" ")
+        if not sep or not name:
+            raise _fail(f"malformed ref line {excerpt(line)!r}")
+        _check_oid(oid)
+        if name == "capabilities^{}":
+            continue
+        if name.endswith("^{}"):
+            peeled[name[:-3]] = oid
+        else:
+            refs[name] = oid
+    raise _fail("ref advertisement without a flush-pkt")
+
+
+def parse_ls_refs(body: bytes) -> RefAdvertisement:
+    """Parse a v2 ``ls-refs`` answer. An ``unborn`` HEAD yields only a symref."""
+    pkts = pktline.decode(body, "upstream")
+    refs: dict[str, str] = {}
+    peeled: dict[str, str] = {}
+    symrefs: dict[str, str] = {}
+    for n, p in enumerate(pkts):
+        if p.kind is PktKind.FLUSH:
+            if n != len(pkts) - 1:
+                raise _fail("data after the ls-refs flush-pkt")
+            return RefAdvertisement(2, refs, peeled, symrefs)
+        if p.kind is not PktKind.DATA:
+            raise _fail("unexpected special packet in ls-refs answer")
+        fields = _text(p).split(" ")
+        if len(fields) < 2 or not fields[1]:
+            raise _fail(f"malformed ls-refs line {excerpt(p.line)!r}")
+        oid, name = fields[0], fields[1]
+        if oid != "unborn":
+            refs[name] = _check_oid(oid)
+        for attr in fields[2:]:
+            if attr.startswith("symref-target:"):
+                symrefs[name] = attr[len("symref-target:") :]
+            elif attr.startswith("peeled:"):
+                peeled[name] = _check_oid(attr[len("peeled:") :])
+    raise _fail("ls-refs answer without a flush-pkt")
+
+
+def mirrored(name: str) -> bool:
+    """Whether a ref is one the cache mirrors (branches and tags)."""
+    return name.startswith(("refs/heads/", "refs/tags/"))
+
+
+def refs_differ(
+    upstream: dict[str, str], cache: dict[str, str], prefixes: tuple[str, ...] = ()
+) -> bool:
+    """Whether the cache's branches/tags disagree with what upstream advertised.
+
+    ``upstream`` may be a partial view (an ls-refs limited by ``prefixes``):
+    only refs inside that view are compared, so a cache ref outside it is not
+    taken for deleted. An empty ``prefixes`` means upstream listed everything.
+    """
+
+    def in_view(name: str) -> bool:
+        return not prefixes or any(name.startswith(p) for p in prefixes)
+
+    for name, oid in upstream.items():
+        if mirrored(name) and cache.get(name) != oid:
+            return True
+    return any(mirrored(name) and in_view(name) and name not in upstream for name in cache)

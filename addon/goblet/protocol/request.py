@@ -1,0 +1,306 @@
+"""Parse the body of a ``POST …/git-upload-pack`` request, sans-IO.
+
+Protocol v2 (gitprotocol-v2(5))::
+
+    request         = empty-request / command-request
+    empty-request   = flush-pkt
+    command-request = command capability-list [delim-pkt command-args] flush-pkt
+    command         = PKT-LINE("command=" key LF)
+    capability-list = *capability
+    capability      = PKT-LINE(key[=value] LF)
+    command-args    = *PKT-LINE(arg LF)
+
+``fetch`` arguments: ``want <oid>``, ``have <oid>``, ``done``, ``thin-pack``,
+``no-progress``, ``include-tag``, ``ofs-delta``, ``shallow <oid>``,
+``deepen <depth>``, ``deepen-relative``, ``deepen-since <timestamp>``,
+``deepen-not <rev>``, ``filter <spec>``, ``want-ref <ref>``, ``sideband-all``,
+``packfile-uris <protocols>``, ``wait-for-done``.
+
+Protocol v0/v1, stateless (gitprotocol-pack(5), gitprotocol-http(5))::
+
+    request     = want-list *shallow-line *1depth-request [filter-request]
+                  flush-pkt *have-line [done-line]
+    want-list   = first-want *additional-want
+    first-want  = PKT-LINE("want" SP obj-id [SP capability-list])
+    depth-request = PKT-LINE("deepen" SP depth) / PKT-LINE("deepen-since" SP ts)
+                  / PKT-LINE("deepen-not" SP ref)
+
+A body that is exactly ``0000`` is git's probe before a large chunked POST.
+
+Parsing is strict about framing and object ids (a malformed request is the
+client's fault: ProtocolError). Whether the cache may answer a request is a
+separate, conservative judgement recorded in ``unservable``: anything not on
+the allowlists below is left to the upstream.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from goblet.protocol import pktline
+from goblet.protocol.errors import ProtocolError, excerpt
+from goblet.protocol.pktline import PktKind
+
+OID_RE = re.compile(rb"[0-9a-f]{40}")
+OID_SHA256_RE = re.compile(rb"[0-9a-f]{64}")
+
+# v2 fetch arguments a full-mirror cache answers exactly like the upstream.
+_V2_FLAG_ARGS = frozenset(
+    {b"done", b"thin-pack", b"no-progress", b"include-tag", b"ofs-delta", b"deepen-relative",
+     b"wait-for-done"}
+)
+_V2_VALUE_ARGS = frozenset({b"deepen", b"deepen-since", b"deepen-not", b"filter"})
+
+# v2 request capabilities (the lines before the delim-pkt) the cache accepts.
+_V2_CAPS_OK = frozenset({b"agent", b"session-id"})
+
+# v0/v1 capabilities (on the first want line) the cache's upload-pack supports.
+_V0_CAPS_OK = frozenset(
+    {b"multi_ack", b"multi_ack_detailed", b"no-done", b"thin-pack", b"side-band",
+     b"side-band-64k", b"ofs-delta", b"shallow", b"deepen-since", b"deepen-not",
+     b"deepen-relative", b"no-progress", b"include-tag", b"allow-tip-sha1-in-want",
+     b"allow-reachable-sha1-in-want", b"filter", b"agent", b"session-id"}
+)
+_V0_VALUE_ARGS = frozenset({b"deepen", b"deepen-since", b"deepen-not", b"filter"})
+
+_MAX_ARG_LEN = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRequest:
+    """git's ``0000`` probe POST, sent before a body larger than http.postBuffer."""
+
+
+@dataclass(frozen=True, slots=True)
+class EmptyRequest:
+    """A v2 request that is only a flush-pkt."""
+
+
+@dataclass(frozen=True, slots=True)
+class LsRefsRequest:
+    """A v2 ``command=ls-refs`` request."""
+
+    ref_prefixes: tuple[str, ...]
+    peel: bool
+    symrefs: bool
+    unborn: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRequest:
+    """A v2 ``command=fetch`` or a v0/v1 upload-pack request.
+
+    ``unservable`` lists why the cache must not answer it (empty: it may).
+    ``done`` is true when the client ended negotiation (v2 ``done``, v0 ``done``).
+    """
+
+    version: int
+    wants: tuple[str, ...]
+    haves: tuple[str, ...]
+    shallows: tuple[str, ...]
+    done: bool
+    unservable: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OtherCommand:
+    """A v2 command other than ls-refs and fetch (object-info, bundle-uri, …)."""
+
+    command: str
+
+
+V2Request = EmptyRequest | LsRefsRequest | FetchRequest | OtherCommand | ProbeRequest
+UploadPackRequest = V2Request
+
+
+def _oid(value: bytes, what: bytes, unservable: list[str]) -> str | None:
+    """Validate an object id; sha256 ids are valid but unservable by a sha1 cache."""
+    if OID_RE.fullmatch(value):
+        return value.decode("ascii")
+    if OID_SHA256_RE.fullmatch(value):
+        unservable.append("sha256 object id")
+        return None
+    raise ProtocolError(f"bad object id in {what.decode()!r} line: {excerpt(value)!r}")
+
+
+def _split(line: bytes) -> tuple[bytes, bytes | None]:
+    key, sep, value = line.partition(b" ")
+    return key, (value if sep else None)
+
+
+def _check_text(line: bytes) -> None:
+    if len(line) > _MAX_ARG_LEN:
+        raise ProtocolError(f"request line of {len(line)} bytes is too long")
+    if b"\0" in line or b"\n" in line:
+        raise ProtocolError(f"control character in request line {excerpt(line)!r}")
+
+
+def parse_v2(body: bytes) -> V2Request:
+    """Parse a v2 upload-pack request body (already gunzipped)."""
+    if body == pktline.FLUSH:
+        return ProbeRequest()
+    pkts = pktline.decode(body)
+    if not pkts:
+        raise ProtocolError("empty request body")
+    if pkts[-1].kind is not PktKind.FLUSH:
+        raise ProtocolError("v2 request does not end with a flush-pkt")
+    if len(pkts) == 1:
+        return EmptyRequest()
+    first = pkts[0]
+    if first.kind is not PktKind.DATA or not first.line.startswith(b"command="):
+        raise ProtocolError("v2 request does not start with command=")
+    command = first.line[len(b"command=") :]
+    _check_text(first.line)
+
+    caps: list[bytes] = []
+    args: list[bytes] = []
+    section = caps
+    for p in pkts[1:-1]:
+        if p.kind is PktKind.DELIM:
+            if section is args:
+                raise ProtocolError("two delim-pkts in one v2 request")
+            section = args
+            continue
+        if p.kind is not PktKind.DATA:
+            raise ProtocolError(f"unexpected {p.kind.value}-pkt inside a v2 request")
+        _check_text(p.line)
+        section.append(p.line)
+
+    if command == b"ls-refs":
+        return _parse_ls_refs(args)
+    if command == b"fetch":
+        return _parse_fetch_v2(caps, args)
+    if not re.fullmatch(rb"[a-z][a-z0-9-]{0,63}", command):
+        raise ProtocolError(f"bad v2 command {excerpt(command)!r}")
+    return OtherCommand(command.decode("ascii"))
+
+
+def _parse_ls_refs(args: list[bytes]) -> LsRefsRequest:
+    prefixes: list[str] = []
+    flags: set[bytes] = set()
+    for line in args:
+        key, value = _split(line)
+        if key == b"ref-prefix" and value is not None:
+            prefixes.append(value.decode("utf-8", "replace"))
+        else:
+            flags.add(line)
+    return LsRefsRequest(
+        ref_prefixes=tuple(prefixes),
+        peel=b"peel" in flags,
+        symrefs=b"symrefs" in flags,
+        unborn=b"unborn" in flags,
+    )
+
+
+def _check_caps(caps: list[bytes], allowed: frozenset[bytes], unservable: list[str]) -> None:
+    """Note every capability the cache cannot honour in ``unservable``."""
+    for cap in caps:
+        key, _, value = cap.partition(b"=")
+        if key == b"object-format":
+            if value != b"sha1":
+                unservable.append("object-format " + value.decode("ascii", "replace"))
+        elif key not in allowed:
+            unservable.append("capability " + key.decode("ascii", "replace"))
+
+
+@dataclass(slots=True)
+class _Collected:
+    wants: list[str]
+    haves: list[str]
+    shallows: list[str]
+    unservable: list[str]
+    done: bool = False
+
+    def add_oid(self, key: bytes, value: bytes | None) -> None:
+        if value is None:
+            raise ProtocolError(f"{key.decode()} line without an object id")
+        oid = _oid(value, key, self.unservable)
+        if oid is not None:
+            {b"want": self.wants, b"have": self.haves, b"shallow": self.shallows}[key].append(oid)
+
+    def result(self, version: int) -> FetchRequest:
+        return FetchRequest(version, tuple(self.wants), tuple(self.haves),
+                            tuple(self.shallows), self.done, tuple(self.unservable))
+
+
+def _check_value_arg(key: bytes, value: bytes) -> None:
+    if key == b"deepen" and not value.isdigit():
+        raise ProtocolError(f"bad deepen value {excerpt(value)!r}")
+
+
+def _parse_fetch_v2(caps: list[bytes], args: list[bytes]) -> FetchRequest:
+    got = _Collected([], [], [], [])
+    _check_caps(caps, _V2_CAPS_OK, got.unservable)
+    for line in args:
+        key, value = _split(line)
+        if key in (b"want", b"have", b"shallow"):
+            got.add_oid(key, value)
+        elif value is None and key in _V2_FLAG_ARGS:
+            got.done = got.done or key == b"done"
+        elif value is not None and key in _V2_VALUE_ARGS:
+            _check_value_arg(key, value)
+        else:
+            got.unservable.append("argument " + key.decode("ascii", "replace"))
+    if not got.wants:
+        got.unservable.append("no wants")
+    return got.result(2)
+
+
+def parse_v0(body: bytes, version: int = 0) -> FetchRequest | ProbeRequest:
+    """Parse a v0/v1 stateless upload-pack request body (already gunzipped)."""
+    if body == pktline.FLUSH:
+        return ProbeRequest()
+    pkts = pktline.decode(body)
+    if not pkts:
+        raise ProtocolError("empty request body")
+    got = _Collected([], [], [], [])
+    flushes = 0
+    for i, p in enumerate(pkts):
+        if p.kind is PktKind.FLUSH:
+            flushes += 1
+            if flushes > 2:
+                raise ProtocolError("too many flush-pkts in a v0 request")
+            continue
+        if p.kind is not PktKind.DATA:
+            raise ProtocolError(f"unexpected {p.kind.value}-pkt in a v0 request")
+        if got.done:
+            raise ProtocolError("data after 'done' in a v0 request")
+        _check_text(p.line)
+        if flushes:
+            _v0_negotiation_line(p.line, got)
+        else:
+            _v0_want_list_line(p.line, i == 0, got)
+    if not got.wants:
+        raise ProtocolError("v0 request without a want line")
+    if flushes == 0:
+        raise ProtocolError("v0 request does not end its want list with a flush-pkt")
+    return got.result(version)
+
+
+def _v0_negotiation_line(line: bytes, got: _Collected) -> None:
+    key, value = _split(line)
+    if key == b"have" and value is not None:
+        got.add_oid(key, value)
+    elif line == b"done":
+        got.done = True
+    else:
+        raise ProtocolError(f"unexpected line {excerpt(line)!r} in v0 negotiation")
+
+
+def _v0_want_list_line(line: bytes, first: bool, got: _Collected) -> None:
+    key, value = _split(line)
+    if key == b"want":
+        if value is None:
+            raise ProtocolError("want line without an object id")
+        oid_part, _, caps = value.partition(b" ")
+        if caps and not first:
+            raise ProtocolError("capabilities on a want line other than the first")
+        _check_caps([c for c in caps.split(b" ") if c], _V0_CAPS_OK, got.unservable)
+        got.add_oid(key, oid_part)
+    elif key == b"shallow" and value is not None:
+        got.add_oid(key, value)
+    elif key in _V0_VALUE_ARGS and value is not None:
+        _check_value_arg(key, value)
+    else:
+        raise ProtocolError(f"unexpected line {excerpt(line)!r} in a v0 want list")
