@@ -1,0 +1,1 @@
+"""Who is asking (credentials and tenants) and what upstream said about it (verdicts)."""
