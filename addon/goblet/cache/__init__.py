@@ -1,0 +1,1 @@
+"""The bare-repo cache: naming, creation, fills, locks and git invocation."""

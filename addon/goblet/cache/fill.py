@@ -1,0 +1,253 @@
+"""Fills: bring a cache repo up to date with its upstream, one at a time per repo.
+
+A fill is ``git fetch --atomic --prune`` of branches and tags with the
+credential of the client that triggered it, passed as ``http.extraHeader``
+through the environment (never argv, URL or disk). Fills are single-flight:
+callers asking for a fill of a repo that is already being filled join it.
+A repo's first fill builds it in ``tmp/`` and renames it into place only when
+the fetch succeeded, so a half-written repo is never visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from goblet.auth.credentials import Credential
+from goblet.cache.gitrun import GitResult, GitRunner, GitTimeout
+from goblet.cache.locks import LockTimeout, RepoLocks
+from goblet.cache.recovery import clean_residue
+from goblet.cache.store import OID_RE, CacheRepo, RepoStore
+
+log = logging.getLogger(__name__)
+
+REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+_HTTP_STATUS = re.compile(r"returned error: (\d{3})")
+_NETWORK_HINTS = (
+    "could not resolve host", "failed to connect", "connection refused", "timed out",
+    "operation too slow", "early eof", "unexpected disconnect", "rpc failed",
+    "ssl", "tls", "connection reset", "remote end hung up", "empty reply", "recv failure",
+    "send failure", "transfer closed", "protocol error",
+)
+
+
+class FailureKind(enum.Enum):
+    """Why a fill failed, as far as the client's answer goes."""
+
+    DENIED = "denied"  # upstream refused the credential (401/403/404)
+    UPSTREAM = "upstream"  # network error, timeout, 5xx, truncated answer
+    LOCAL = "local"  # our side: disk, git, locks
+
+
+class FillError(Exception):
+    """A fill or exact-object fetch failed; ``reason`` is one safe line."""
+
+    def __init__(self, kind: FailureKind, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class FillResult:
+    """What a successful fill did."""
+
+    created: bool
+    refs: int
+    seconds: float
+
+
+def classify_failure(result: GitResult) -> FillError:
+    """Turn a failed ``git fetch`` into a FillError (pure; reads only stderr)."""
+    text = result.stderr.decode("utf-8", "replace")
+    line = result.stderr_line()
+    m = _HTTP_STATUS.search(text)
+    if m:
+        status = int(m.group(1))
+        if status in (401, 403, 404):
+            return FillError(FailureKind.DENIED, f"upstream answered {status}", status)
+        if status >= 500:
+            return FillError(FailureKind.UPSTREAM, f"upstream answered {status}", status)
+        return FillError(FailureKind.UPSTREAM, f"upstream answered {status}", status)
+    lowered = text.lower()
+    if "could not read username" in lowered or "authentication failed" in lowered:
+        return FillError(FailureKind.DENIED, "upstream asked for credentials", 401)
+    if any(hint in lowered for hint in _NETWORK_HINTS):
+        return FillError(FailureKind.UPSTREAM, f"upstream fetch failed: {line}")
+    return FillError(FailureKind.LOCAL, f"cache update failed: {line}")
+
+
+def header_config(url: str, credential: Credential) -> list[tuple[str, str]]:
+    """``http.<origin>/.extraHeader`` entries replaying the client's credential.
+
+    Scoped to the upstream origin so a header never follows a redirect elsewhere.
+    The first, empty entry clears any inherited extraHeader list.
+    """
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}/"
+    if credential.anonymous:
+        return []
+    entries = [(f"http.{origin}.extraHeader", "")]
+    for name, value in credential.headers:
+        if "\n" in value or "\r" in value:
+            continue
+        entries.append((f"http.{origin}.extraHeader", f"{name}: {value}"))
+    return entries
+
+
+class Filler:
+    """Runs fills and exact-object fetches, single-flight per repo."""
+
+    def __init__(
+        self,
+        store: RepoStore,
+        locks: RepoLocks,
+        git: GitRunner,
+        *,
+        stall_timeout: float,
+        max_seconds: float = 3600.0,
+    ) -> None:
+        self.store = store
+        self.locks = locks
+        self.git = git
+        self.stall_timeout = stall_timeout
+        self.max_seconds = max_seconds
+        self._inflight: dict[str, asyncio.Task[FillResult]] = {}
+
+    def in_flight(self, repo: CacheRepo) -> asyncio.Task[FillResult] | None:
+        """The running fill of ``repo``, if any."""
+        task = self._inflight.get(repo.key)
+        return task if task is not None and not task.done() else None
+
+    def start(
+        self, repo: CacheRepo, credential: Credential, head: str | None = None
+    ) -> asyncio.Task[FillResult]:
+        """Start a fill of ``repo``, or return the one already running.
+
+        The task's exception, if any, is a FillError. Callers that do not
+        await the task need not retrieve it: failures are logged here.
+        """
+        running = self.in_flight(repo)
+        if running is not None:
+            return running
+        task = asyncio.get_running_loop().create_task(
+            self._fill(repo, credential, head), name=f"goblet-fill-{repo.key[:12]}"
+        )
+        self._inflight[repo.key] = task
+        task.add_done_callback(lambda t: self._finished(repo, t))
+        return task
+
+    def _finished(self, repo: CacheRepo, task: asyncio.Task[FillResult]) -> None:
+        if self._inflight.get(repo.key) is task:
+            del self._inflight[repo.key]
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, FillError):
+            log.warning("fill of %s failed: %s", repo.url, exc.reason)
+        elif exc is not None:
+            log.error("fill of %s crashed", repo.url, exc_info=exc)
+
+    def _fetch_config(self, repo: CacheRepo, credential: Credential) -> list[tuple[str, str]]:
+        return [
+            ("http.lowSpeedLimit", "1000"),
+            ("http.lowSpeedTime", str(max(1, round(self.stall_timeout)))),
+            *header_config(repo.url, credential),
+        ]
+
+    async def _fetch(self, git_dir: Path, args: Sequence[str], repo: CacheRepo,
+                     credential: Credential) -> None:
+        try:
+            res = await self.git.run(
+                ["fetch", "--no-write-fetch-head", "--no-auto-maintenance",
+                 "--no-recurse-submodules", "--no-show-forced-updates", "--quiet", *args],
+                git_dir=git_dir,
+                config=self._fetch_config(repo, credential),
+                timeout=self.max_seconds,
+            )
+        except GitTimeout as e:
+            raise FillError(FailureKind.UPSTREAM, str(e)) from None
+        except OSError as e:
+            raise FillError(FailureKind.LOCAL, f"cannot run git: {e.strerror}") from None
+        if not res.ok:
+            raise classify_failure(res)
+
+    async def _fill(self, repo: CacheRepo, credential: Credential, head: str | None) -> FillResult:
+        started = time.monotonic()
+        try:
+            async with self.locks.writer(repo.key, timeout=self.max_seconds):
+                return await self._fill_locked(repo, credential, head, started)
+        except LockTimeout as e:
+            raise FillError(FailureKind.LOCAL, str(e)) from None
+
+    async def _fill_locked(
+        self, repo: CacheRepo, credential: Credential, head: str | None, started: float
+    ) -> FillResult:
+        created = not self.store.exists(repo)
+        if created:
+            target = self.store.temp_path(repo)
+            try:
+                await asyncio.to_thread(self.store.init_bare, target)
+            except OSError as e:
+                self.store.remove_tree(target)
+                raise FillError(FailureKind.LOCAL, f"cannot create cache repo: {e}") from None
+        else:
+            target = repo.path
+            await asyncio.to_thread(clean_residue, target)
+        try:
+            await self._fetch(target, ["--atomic", "--prune", "--no-tags", repo.url, *REFSPECS],
+                              repo, credential)
+            refs, current_head = await self.store.read_refs(target)
+            if head is not None and head != current_head and (head in refs or not refs):
+                res = await self.git.run(["symbolic-ref", "HEAD", head], git_dir=target)
+                if res.ok:
+                    current_head = head
+            self.store.write_state(target, refs, current_head)
+            if created:
+                target.rename(repo.path)
+        except BaseException:
+            # Leave nothing behind: a new repo disappears whole, an existing one
+            # loses the temporary packs of the failed transfer (refs are untouched:
+            # the fetch is --atomic).
+            if created:
+                self.store.remove_tree(target)
+            else:
+                clean_residue(target)
+            raise
+        seconds = time.monotonic() - started
+        log.info("filled %s: %d refs in %.2fs%s", repo.url, len(refs), seconds,
+                 " (new)" if created else "")
+        return FillResult(created, len(refs), seconds)
+
+    async def fetch_oids(
+        self, repo: CacheRepo, credential: Credential, oids: Sequence[str]
+    ) -> None:
+        """Fetch exact objects (e.g. a PR merge commit) into an existing repo.
+
+        Raises FillError if upstream refuses or the repo does not exist yet.
+        """
+        wanted = [o for o in oids if OID_RE.fullmatch(o)]
+        if not wanted:
+            return
+        if not self.store.exists(repo):
+            raise FillError(FailureKind.LOCAL, "cache repo does not exist")
+        try:
+            async with self.locks.writer(repo.key, timeout=self.max_seconds):
+                await asyncio.to_thread(clean_residue, repo.path)
+                try:
+                    await self._fetch(
+                        repo.path, ["--no-tags", repo.url, *wanted], repo, credential
+                    )
+                finally:
+                    clean_residue(repo.path)
+        except LockTimeout as e:
+            raise FillError(FailureKind.LOCAL, str(e)) from None
+        log.info("fetched %d exact object(s) into %s", len(wanted), repo.url)

@@ -1,0 +1,132 @@
+"""The seam through which goblet runs git: every child process starts here.
+
+Tests may substitute a GitRunner; production code never calls subprocess
+directly. Arguments are always a list (never a shell string) and never carry
+a credential: those travel in the environment built by ``gitenv``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from goblet.cache.gitenv import hardened_env
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 64 * 1024
+_STDERR_KEEP = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class GitResult:
+    """Exit status and captured output of one git run."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def ok(self) -> bool:
+        """True iff git exited with status 0."""
+        return self.returncode == 0
+
+    def stderr_line(self) -> str:
+        """The most telling stderr line (the last ``fatal:``/``error:`` one), trimmed."""
+        lines = [ln.strip() for ln in self.stderr.decode("utf-8", "replace").splitlines()]
+        lines = [ln for ln in lines if ln]
+        for ln in reversed(lines):
+            if ln.startswith(("fatal:", "error:")):
+                return ln[:300]
+        return lines[-1][:300] if lines else f"git exited with status {self.returncode}"
+
+
+class GitTimeout(Exception):
+    """A git child ran past its deadline and was killed."""
+
+
+class GitRunner:
+    """Runs git with the hardened environment.
+
+    ``base_config`` is added to every call (e.g. ``http.sslCAInfo``).
+    """
+
+    def __init__(
+        self,
+        *,
+        home: Path,
+        git: str = "git",
+        base_config: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self.git = git
+        self.home = home
+        self.base_config = tuple(base_config)
+
+    def env(
+        self, config: Sequence[tuple[str, str]] = (), extra: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        """The environment for one call: hardening + base config + ``config``."""
+        return hardened_env(
+            home=str(self.home), config=self.base_config + tuple(config), extra=extra
+        )
+
+    async def run(
+        self,
+        args: Sequence[str],
+        *,
+        git_dir: Path | None = None,
+        stdin: bytes | None = None,
+        config: Sequence[tuple[str, str]] = (),
+        extra_env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> GitResult:
+        """Run ``git [--git-dir DIR] ARGS`` to completion and capture its output.
+
+        Raises GitTimeout (after killing and reaping the child) when
+        ``timeout`` seconds pass. Raises OSError if git cannot be started.
+        """
+        proc = await self.spawn(args, git_dir=git_dir, config=config, extra_env=extra_env)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        except (TimeoutError, asyncio.CancelledError) as e:
+            await kill_and_reap(proc)
+            if isinstance(e, TimeoutError):
+                raise GitTimeout(f"git {args[0]} timed out after {timeout:.0f}s") from None
+            raise
+        assert proc.returncode is not None
+        return GitResult(proc.returncode, out, err[-_STDERR_KEEP:])
+
+    async def spawn(
+        self,
+        args: Sequence[str],
+        *,
+        git_dir: Path | None = None,
+        config: Sequence[tuple[str, str]] = (),
+        extra_env: Mapping[str, str] | None = None,
+    ) -> asyncio.subprocess.Process:
+        """Start git with all three standard streams piped; the caller reaps it."""
+        argv = [self.git]
+        if git_dir is not None:
+            argv += ["--git-dir", str(git_dir)]
+        argv += list(args)
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.env(config, extra_env),
+            cwd=str(git_dir) if git_dir is not None else str(self.home),
+            limit=READ_CHUNK,
+        )
+
+
+async def kill_and_reap(proc: asyncio.subprocess.Process) -> None:
+    """Kill ``proc`` if it still runs and wait for it, so no zombie is left."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    await proc.wait()

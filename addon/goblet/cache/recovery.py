@@ -1,0 +1,59 @@
+"""Remove what a killed writer left behind in a cache repo (DESIGN §2).
+
+Call only while holding the repo's writer lock: then no other writer exists,
+so every lock file, temporary pack and ``.keep`` file is residue. Readers
+create none of these.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_TOP_LOCKS = ("HEAD.lock", "packed-refs.lock", "config.lock", "shallow.lock", "index.lock",
+              "FETCH_HEAD.lock", "commit-graph.lock")
+
+
+def clean_residue(repo: Path) -> list[str]:
+    """Delete stale locks, ``tmp_*`` packs, ``.keep`` files and quarantine dirs.
+
+    Returns the repo-relative paths removed (for the log). Never follows
+    symlinks out of the repo.
+    """
+    removed: list[str] = []
+
+    def unlink(p: Path) -> None:
+        if p.is_symlink() or p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(str(p.relative_to(repo)))
+
+    for name in _TOP_LOCKS:
+        unlink(repo / name)
+    refs = repo / "refs"
+    if refs.is_dir() and not refs.is_symlink():
+        for p in refs.rglob("*.lock"):
+            unlink(p)
+    pack = repo / "objects" / "pack"
+    if pack.is_dir() and not pack.is_symlink():
+        for p in pack.iterdir():
+            if p.name.startswith(("tmp_", ".tmp-")) or p.suffix == ".keep" or \
+                    p.name.endswith(".lock"):
+                unlink(p)
+    objects = repo / "objects"
+    if objects.is_dir():
+        for p in objects.glob("incoming-*"):
+            if p.is_dir() and not p.is_symlink():
+                for child in sorted(p.rglob("*"), reverse=True):
+                    if child.is_dir() and not child.is_symlink():
+                        child.rmdir()
+                    else:
+                        child.unlink(missing_ok=True)
+                p.rmdir()
+                removed.append(str(p.relative_to(repo)))
+        for p in objects.glob("??/tmp_obj_*"):
+            unlink(p)
+    if removed:
+        log.info("removed crash residue in %s: %s", repo.name[:12], ", ".join(removed[:10]))
+    return removed

@@ -1,0 +1,199 @@
+"""The repo store: where each upstream repo's bare mirror lives, and what it holds.
+
+Layout under the cache root::
+
+    repos/<key>.git/           one bare repo per canonical upstream URL
+    repos/<key>.git/goblet-state.json   refs/HEAD snapshot written after each fill
+    tmp/                       repos being created (renamed into repos/ when whole)
+    locks/<key>.lock           flock files of the writer locks
+    home/                      $HOME for git children (empty; no config is read)
+
+``<key>`` is the SHA-256 of the canonical URL, so nothing from a request path
+reaches the filesystem (DESIGN §4.2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import git as gitpython
+
+from goblet.cache.gitrun import GitRunner
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "goblet-state.json"
+OID_RE = re.compile(r"[0-9a-f]{40}")
+
+# Per-repo settings (DESIGN §2).
+REPO_CONFIG: tuple[tuple[str, str, str], ...] = (
+    ("gc", "auto", "0"),
+    ("gc", "autoDetach", "false"),
+    ("maintenance", "auto", "false"),
+    ("uploadpack", "allowFilter", "true"),
+    ("uploadpack", "allowAnySHA1InWant", "true"),
+    ("core", "logAllRefUpdates", "false"),
+    ("fetch", "writeCommitGraph", "false"),
+    # Keep every fetched pack whole (index-pack, renamed into place when
+    # complete) instead of exploding small ones into loose objects: a cut
+    # transfer must not leave a want present without its history.
+    ("fetch", "unpackLimit", "1"),
+    ("transfer", "unpackLimit", "1"),
+    ("transfer", "fsckObjects", "false"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRepo:
+    """One cached upstream repo: its canonical URL, key and directory."""
+
+    url: str
+    key: str
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class RepoState:
+    """The refs snapshot a fill left behind."""
+
+    refs: dict[str, str]
+    head: str | None
+    filled_at: float
+
+
+def canonical_url(host: str, port: int, repo_path: str) -> str:
+    """``https://host[:port]/repo`` with the host lower-cased and :443 omitted."""
+    host = host.lower()
+    netloc = host if port == 443 else f"{host}:{port}"
+    if ":" in host and not host.startswith("["):
+        netloc = f"[{host}]" if port == 443 else f"[{host}]:{port}"
+    return f"https://{netloc}{repo_path}"
+
+
+class RepoStore:
+    """Maps upstream URLs to bare repos under ``root`` and answers questions about them."""
+
+    def __init__(self, root: Path, git: GitRunner) -> None:
+        self.root = root
+        self.repos_dir = root / "repos"
+        self.tmp_dir = root / "tmp"
+        self.lock_dir = root / "locks"
+        self.git = git
+        self._state_cache: dict[str, tuple[tuple[int, int], RepoState]] = {}
+
+    def prepare(self) -> None:
+        """Create the directory layout (idempotent). Raises OSError if impossible."""
+        for d in (self.repos_dir, self.tmp_dir, self.lock_dir, self.git.home):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def repo_for(self, url: str) -> CacheRepo:
+        """The CacheRepo for a canonical upstream URL (it may not exist yet)."""
+        key = hashlib.sha256(url.encode("utf-8")).hexdigest()
+        return CacheRepo(url, key, self.repos_dir / f"{key}.git")
+
+    def exists(self, repo: CacheRepo) -> bool:
+        """Whether the repo has been created (and completed its first fill)."""
+        return (repo.path / "HEAD").is_file()
+
+    def temp_path(self, repo: CacheRepo) -> Path:
+        """A fresh path in tmp/ on the same filesystem, for building ``repo``."""
+        return self.tmp_dir / f"{repo.key}.{os.getpid()}.{time.monotonic_ns()}.git"
+
+    def init_bare(self, path: Path) -> None:
+        """Create a configured, empty bare repo at ``path`` (blocking; GitPython).
+
+        Raises OSError if git or the filesystem fails.
+        """
+        try:
+            templates = self.git.home / "templates"  # empty: no sample hooks copied
+            templates.mkdir(parents=True, exist_ok=True)
+            repo = gitpython.Repo.init(
+                path, mkdir=True, bare=True,
+                env=self.git.env(extra={"GIT_TEMPLATE_DIR": str(templates)}),
+            )
+            try:
+                with repo.config_writer() as cw:
+                    for section, key, value in REPO_CONFIG:
+                        cw.set_value(section, key, value)
+            finally:
+                repo.close()
+        except gitpython.GitError as e:
+            raise OSError(f"git init failed: {e}") from e
+
+    def state(self, repo: CacheRepo) -> RepoState | None:
+        """The last fill's snapshot, or None if the repo was never filled."""
+        path = repo.path / STATE_FILE
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        stamp = (st.st_mtime_ns, st.st_ino)
+        cached = self._state_cache.get(repo.key)
+        if cached and cached[0] == stamp:
+            return cached[1]
+        try:
+            raw = json.loads(path.read_text("utf-8"))
+            refs = {str(k): str(v) for k, v in dict(raw["refs"]).items()}
+            state = RepoState(refs, raw.get("head"), float(raw["filled_at"]))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("ignoring unreadable %s of %s: %s", STATE_FILE, repo.key[:12], e)
+            return None
+        self._state_cache[repo.key] = (stamp, state)
+        return state
+
+    async def read_refs(self, path: Path) -> tuple[dict[str, str], str | None]:
+        """Branches and tags of the repo at ``path`` and its HEAD target."""
+        res = await self.git.run(
+            ["for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/tags"],
+            git_dir=path,
+        )
+        if not res.ok:
+            raise OSError(f"for-each-ref failed: {res.stderr_line()}")
+        refs: dict[str, str] = {}
+        for line in res.stdout.decode("utf-8", "replace").splitlines():
+            oid, _, name = line.partition(" ")
+            refs[name] = oid
+        head = await self.git.run(["symbolic-ref", "-q", "HEAD"], git_dir=path)
+        target = head.stdout.decode().strip() if head.ok else None
+        return refs, target
+
+    def write_state(self, path: Path, refs: Mapping[str, str], head: str | None) -> None:
+        """Atomically replace the snapshot file of the repo at ``path``."""
+        tmp = path / f"{STATE_FILE}.tmp"
+        tmp.write_text(
+            json.dumps({"refs": dict(refs), "head": head, "filled_at": time.time()}),
+            "utf-8",
+        )
+        tmp.replace(path / STATE_FILE)
+
+    async def present(self, repo: CacheRepo, oids: Iterable[str]) -> set[str]:
+        """Which of ``oids`` exist as objects in the repo (a missing repo has none)."""
+        wanted = sorted({o for o in oids if OID_RE.fullmatch(o)})
+        if not wanted or not self.exists(repo):
+            return set()
+        res = await self.git.run(
+            ["cat-file", "--batch-check=%(objectname)"],
+            git_dir=repo.path,
+            stdin=("\n".join(wanted) + "\n").encode("ascii"),
+        )
+        if not res.ok:
+            log.warning("cat-file failed in %s: %s", repo.key[:12], res.stderr_line())
+            return set()
+        found = set()
+        for line in res.stdout.decode("ascii", "replace").splitlines():
+            if OID_RE.fullmatch(line):
+                found.add(line)
+        return found
+
+    def remove_tree(self, path: Path) -> None:
+        """Delete a directory tree of ours (a failed temp repo)."""
+        shutil.rmtree(path, ignore_errors=True)
