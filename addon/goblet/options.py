@@ -1,0 +1,144 @@
+"""Goblet's mitmproxy options and the pure functions that validate them.
+
+Each parser takes the raw option value and returns the parsed value or
+raises ValueError with a message that names the problem; the addon turns that
+into ``OptionsError`` so a bad ``--set`` stops start-up (exit status 1).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_HOSTS = ("github.com", "gitlab.com", "bitbucket.org")
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?")
+_IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
+
+
+@dataclass(frozen=True, slots=True)
+class OptionSpec:
+    """One option: name, type, default and a one-line help."""
+
+    name: str
+    typespec: Any
+    default: Any
+    help: str
+
+
+OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("goblet_cache_dir", str, "cache",
+               "Directory of the bare-repo cache (created if missing)."),
+    OptionSpec("goblet_hosts", Sequence[str], list(DEFAULT_HOSTS),
+               "Hosts (host or host:port) whose git traffic is intercepted and cached; "
+               "other hosts are relayed without TLS interception."),
+    OptionSpec("goblet_verdict_ttl", str, "60s",
+               "How long an upstream grant lets the same credential read the cache "
+               "(e.g. 60, 60s, 5m; 0 disables cache reads)."),
+    OptionSpec("goblet_upstream_timeout", str, "60s",
+               "How long a fill from upstream may make no progress before it is abandoned."),
+    OptionSpec("goblet_instance", str, "",
+               "Name of this instance in logs and X-Served-By (default: the host name)."),
+    OptionSpec("goblet_max_request_bytes", str, "64MiB",
+               "Largest upload-pack request body inspected; larger ones pass through uncached."),
+)
+
+
+def parse_host(value: str) -> tuple[str, int]:
+    """``host`` or ``host:port`` (``[v6]:port`` too) → (lower-case host, port)."""
+    text = value.strip()
+    if not text:
+        raise ValueError("empty host")
+    port = 443
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError(f"unbalanced brackets in host {value!r}")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"bad host {value!r}")
+            port = _parse_port(rest[1:], value)
+        try:
+            socket.inet_pton(socket.AF_INET6, host)
+        except OSError:
+            raise ValueError(f"bad IPv6 address in {value!r}") from None
+        return host.lower(), port
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host = text
+    else:
+        port = _parse_port(port_text, value)
+    if not (_HOSTNAME.fullmatch(host) or _IPV4.fullmatch(host)):
+        raise ValueError(f"bad host name {value!r}")
+    return host.rstrip(".").lower(), port
+
+
+def _parse_port(text: str, whole: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"bad port in {whole!r}")
+    return int(text)
+
+
+def parse_hosts(values: Sequence[str]) -> frozenset[tuple[str, int]]:
+    """Parse ``goblet_hosts``; a value may also hold several comma-separated hosts."""
+    hosts: set[tuple[str, int]] = set()
+    for value in values:
+        for part in value.split(","):
+            if part.strip():
+                hosts.add(parse_host(part))
+    if not hosts:
+        raise ValueError("goblet_hosts is empty: nothing would be cached")
+    return frozenset(hosts)
+
+
+_DURATION = re.compile(r"(\d+)\s*(s|m|h)?")
+_SIZE = re.compile(r"(\d+)\s*(|B|KiB|MiB|GiB|TiB|K|M|G|T)")
+_UNITS = {"": 1, "B": 1, "K": 1024, "KiB": 1024, "M": 1024**2, "MiB": 1024**2,
+          "G": 1024**3, "GiB": 1024**3, "T": 1024**4, "TiB": 1024**4}
+
+
+def parse_seconds(name: str, value: str, minimum: int = 1, maximum: int = 86400) -> int:
+    """A duration (``90``, ``90s``, ``5m``, ``1h``) as whole seconds in [minimum, maximum]."""
+    m = _DURATION.fullmatch(str(value).strip())
+    if not m:
+        raise ValueError(f"{name} must be a duration such as 60, 60s, 5m or 1h, not {value!r}")
+    seconds = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    if not minimum <= seconds <= maximum:
+        raise ValueError(
+            f"{name} must be between {minimum} and {maximum} seconds, not {value!r}"
+        )
+    return seconds
+
+
+def parse_size(name: str, value: str, minimum: int = 1) -> int:
+    """A byte size (``1048576``, ``512KiB``, ``64MiB``, ``10G``) of at least ``minimum``."""
+    m = _SIZE.fullmatch(str(value).strip())
+    if not m:
+        raise ValueError(f"{name} must be a size such as 65536, 512KiB or 64MiB, not {value!r}")
+    size = int(m.group(1)) * _UNITS[m.group(2)]
+    if size < minimum:
+        raise ValueError(f"{name} must be at least {minimum} bytes, not {value!r}")
+    return size
+
+
+def parse_cache_dir(value: str) -> Path:
+    """The cache directory as an absolute path (it need not exist yet)."""
+    if not value.strip():
+        raise ValueError("goblet_cache_dir is empty")
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"goblet_cache_dir {value!r} exists and is not a directory")
+    return path.resolve()
+
+
+def parse_instance(value: str) -> str:
+    """An instance name safe for a header value and a log field."""
+    name = value.strip() or socket.gethostname()
+    if not re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", name):
+        raise ValueError(f"goblet_instance {value!r} must be 1-64 of [A-Za-z0-9._:-]")
+    return name

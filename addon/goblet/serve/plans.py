@@ -1,0 +1,81 @@
+"""Serve plans: what the backend should run for one flow, found by an opaque token.
+
+The addon decides *what* to serve while it still holds the flow (repo,
+request body, protocol); it registers that as a ServePlan and rewrites the
+flow to the backend with the token. The token is 256 random bits, single use
+and short-lived, so nothing in the backend's request (no path, no header but
+the token) can choose a repo.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TOKEN_HEADER = "X-Goblet-Serve-Token"  # noqa: S105 (a header name)
+_GIT_PROTOCOL = re.compile(r"[A-Za-z0-9._=:-]{1,256}")
+
+
+@dataclass(slots=True)
+class ServeStats:
+    """Filled in by the backend while it serves; read by the addon afterwards."""
+
+    bytes_sent: int = 0
+    returncode: int | None = None
+    complete: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServePlan:
+    """One ``upload-pack --stateless-rpc`` run: repo, stdin and GIT_PROTOCOL."""
+
+    repo_dir: Path
+    body: bytes
+    git_protocol: str | None
+    label: str
+    stats: ServeStats = field(default_factory=ServeStats)
+
+
+def clean_git_protocol(value: str | None) -> str | None:
+    """The Git-Protocol header value if it is well-formed (``key[=value]`` list), else None."""
+    if value is None or not _GIT_PROTOCOL.fullmatch(value):
+        return None
+    return value
+
+
+class PlanRegistry:
+    """Token → ServePlan, each usable once, forgotten after ``ttl`` seconds."""
+
+    def __init__(self, ttl: float = 120.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._plans: dict[str, tuple[float, ServePlan]] = {}
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+    def register(self, plan: ServePlan) -> str:
+        """Store ``plan`` and return its fresh token."""
+        self._expire()
+        token = secrets.token_urlsafe(32)
+        self._plans[token] = (self._clock() + self._ttl, plan)
+        return token
+
+    def take(self, token: str | None) -> ServePlan | None:
+        """Remove and return the plan of ``token``, or None if unknown or expired."""
+        if not token:
+            return None
+        entry = self._plans.pop(token, None)
+        if entry is None or entry[0] < self._clock():
+            return None
+        return entry[1]
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for token in [t for t, (exp, _) in self._plans.items() if exp < now]:
+            del self._plans[token]
