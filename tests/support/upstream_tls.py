@@ -1,0 +1,92 @@
+"""Self-signed TLS material for the test upstream server.
+
+Contract: :func:`write_self_signed_cert` creates a fresh EC P-256 key and a self-signed
+certificate valid for ``IP:127.0.0.1`` and ``DNS:localhost``, writes the certificate alone to
+``<cert_dir>/upstream-cert.pem`` and the key to ``<cert_dir>/upstream-key.pem`` (mode 0600), and
+returns both paths. The certificate is its own trust anchor: clients trust it by pointing their
+CA bundle at the certificate file (``GIT_SSL_CAINFO``, ``ssl.create_default_context(cafile=...)``,
+mitmproxy's ``ssl_verify_upstream_trusted_ca``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CERT_FILE_NAME = "upstream-cert.pem"
+KEY_FILE_NAME = "upstream-key.pem"
+
+
+def write_self_signed_cert(cert_dir: Path) -> tuple[Path, Path]:
+    """Generate a key and self-signed certificate into ``cert_dir``; return (cert, key) paths.
+
+    ``cert_dir`` is created if missing. Existing files are overwritten, so every server start
+    has a new key; clients must re-read the certificate file after each start.
+    """
+    cert_dir.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "goblet test upstream"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1"),
+        ]
+    )
+    now = dt.datetime.now(dt.UTC)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(ski, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = cert_dir / CERT_FILE_NAME
+    key_path = cert_dir / KEY_FILE_NAME
+    key_bytes = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    if key_path.exists():
+        key_path.unlink()
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key_bytes)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
