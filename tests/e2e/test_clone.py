@@ -1,0 +1,176 @@
+"""Clones and fetches through a real mitmdump are answered from the cache."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Repos, count
+from tests.support.gitclient import GitClient
+from tests.support.proxy import GobletProxy
+from tests.support.repos import add_commit
+from tests.support.upstream_client import UpstreamServer
+
+pytestmark = pytest.mark.e2e
+
+
+def served_from_cache(proxy: GobletProxy, url: str) -> int:
+    """How many fetches of ``url`` the proxy's access log says it served from cache."""
+    pattern = re.compile(rf"git fetch {re.escape(url)} .*outcome=cache status=200")
+    return len(pattern.findall(proxy.log_text()))
+
+
+def remote_view(git: GitClient, clone: Path) -> dict[str, str]:
+    """The refs a clone holds, named as on the remote."""
+    out: dict[str, str] = {}
+    for name, oid in git.refs(clone).items():
+        if name.startswith("refs/remotes/origin/") and not name.endswith("/HEAD"):
+            out["refs/heads/" + name.removeprefix("refs/remotes/origin/")] = oid
+        elif name.startswith("refs/tags/"):
+            out[name] = oid
+    return out
+
+
+def test_cold_and_warm_clone_match_a_direct_clone(
+    git: GitClient, direct: GitClient, repos: Repos, upstream: UpstreamServer,
+    proxy: GobletProxy, tmp_path: Path,
+) -> None:
+    name = repos.create()
+    url = upstream.url(name)
+
+    git.clone(url, tmp_path / "cold")
+    after_cold = upstream.stats()
+    assert count(after_cold, "fetch", name) == 1, "cold clone: exactly one upstream pack (the fill)"
+    assert served_from_cache(proxy, url) == 1
+
+    git.clone(url, tmp_path / "warm")
+    after_warm = upstream.stats()
+    assert count(after_warm, "fetch", name) == 1, "warm clone fetched pack data upstream"
+    def requests_for(stats: dict[str, Any]) -> int:
+        return len([r for r in stats["requests"] if r["path"].startswith(f"/{name}/")])
+
+    warm_requests = requests_for(after_warm) - requests_for(after_cold)
+    assert warm_requests <= 2, "warm clone: at most info/refs + ls-refs upstream"
+    assert served_from_cache(proxy, url) == 2
+
+    direct.clone(url, tmp_path / "direct")
+    expected = remote_view(direct, tmp_path / "direct")
+    assert remote_view(git, tmp_path / "cold") == expected
+    assert remote_view(git, tmp_path / "warm") == expected
+    for clone in ("cold", "warm"):
+        git.fsck(tmp_path / clone)
+        head = git.run("rev-parse", "HEAD", cwd=tmp_path / clone).stdout.strip()
+        assert head == expected["refs/heads/main"]
+
+
+def test_fetch_after_upstream_commit_fills_only_the_delta(
+    git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path
+) -> None:
+    name = repos.create(commits=40, blob_size=2000)
+    url = upstream.url(name)
+    before = upstream.stats()["pack_bytes"]
+    git.clone(url, tmp_path / "c")
+    full = upstream.stats()["pack_bytes"] - before
+
+    new = add_commit(repos.path(name), message="one more")
+    mid = upstream.stats()["pack_bytes"]
+    res = git.run("fetch", "origin", cwd=tmp_path / "c")
+    assert res.returncode == 0
+    fetched = git.run("rev-parse", "origin/main", cwd=tmp_path / "c").stdout.strip()
+    assert fetched == new
+    delta = upstream.stats()["pack_bytes"] - mid
+    assert 0 < delta < full / 5, f"delta fill moved {delta} bytes vs {full} for the full clone"
+    assert count(upstream.stats(), "fetch", name) == 2
+    assert served_from_cache(proxy, url) == 2
+    git.fsck(tmp_path / "c")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [("--depth", "1"), ("--filter=blob:none",), ("--single-branch", "--branch", "dev"),
+     ("--filter=tree:0", "--depth", "3")],
+    ids=["depth1", "blobless", "single-branch", "treeless-depth3"],
+)
+def test_partial_clones_are_served_from_a_warm_cache(
+    options: tuple[str, ...], git: GitClient, direct: GitClient, repos: Repos,
+    upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path,
+) -> None:
+    name = repos.create()
+    url = upstream.url(name)
+    git.clone(url, tmp_path / "warmup")
+    fills = count(upstream.stats(), "fetch", name)
+
+    git.clone(url, tmp_path / "partial", *options)
+    assert count(upstream.stats(), "fetch", name) == fills, "partial clone went upstream"
+    direct.clone(url, tmp_path / "direct", *options)
+    for ref in ("HEAD", "HEAD^{tree}"):
+        ours = git.run("rev-parse", ref, cwd=tmp_path / "partial").stdout
+        theirs = direct.run("rev-parse", ref, cwd=tmp_path / "direct").stdout
+        assert ours == theirs
+    files = sorted(p.name for p in (tmp_path / "partial").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "direct").iterdir())
+    if "--depth" in options:
+        shallow = git.run("rev-parse", "--is-shallow-repository", cwd=tmp_path / "partial")
+        assert shallow.stdout.strip() == "true"
+
+
+def test_protocol_v0_clone_is_served_from_cache(
+    git: GitClient, direct: GitClient, repos: Repos, upstream: UpstreamServer,
+    proxy: GobletProxy, tmp_path: Path,
+) -> None:
+    name = repos.create()
+    url = upstream.url(name)
+    v0 = ("protocol.version=0",)
+    git.clone(url, tmp_path / "cold", config=v0)
+    git.clone(url, tmp_path / "warm", config=v0)
+    stats = upstream.stats()
+    assert count(stats, "upload_pack_v0", name) == 0, "a v0 upload-pack POST reached upstream"
+    assert count(stats, "fetch", name) == 1  # the fill
+    assert served_from_cache(proxy, url) == 2
+    direct.clone(url, tmp_path / "direct", config=v0)
+    assert remote_view(git, tmp_path / "warm") == remote_view(direct, tmp_path / "direct")
+
+
+def test_concurrent_cold_clones_share_one_fill(
+    git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path
+) -> None:
+    name = repos.create(commits=60, blob_size=4000)
+    url = upstream.url(name)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(
+            lambda i: git.clone(url, tmp_path / f"c{i}", check=False), range(8)
+        ))
+    assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
+    heads = {git.run("rev-parse", "HEAD", cwd=tmp_path / f"c{i}").stdout for i in range(8)}
+    assert len(heads) == 1
+    assert count(upstream.stats(), "fetch", name) == 1, "more than one upstream fill"
+    assert served_from_cache(proxy, url) == 8
+
+
+def test_a_running_fill_does_not_block_requests_the_cache_can_serve(
+    git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path
+) -> None:
+    name = repos.create()
+    url = upstream.url(name)
+    git.clone(url, tmp_path / "first")
+    add_commit(repos.path(name), branch="main", message="moves main")
+    upstream.fault("stall", kinds=["fetch"], count=1)
+    try:
+        blocked = threading.Thread(
+            target=lambda: git.run("fetch", "origin", cwd=tmp_path / "first", check=False)
+        )
+        blocked.start()
+        time.sleep(0.5)  # let its ls-refs start the (stalled) fill
+        started = time.monotonic()
+        git.clone(url, tmp_path / "dev-only", "--single-branch", "--branch", "dev")
+        assert blocked.is_alive(), "the fetch needing the fill should still be waiting"
+        assert time.monotonic() - started < 4
+    finally:
+        upstream.fault("none")
+        blocked.join(30)
