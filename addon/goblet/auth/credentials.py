@@ -74,9 +74,13 @@ class TenantKeyer:
         """The tenant id for ``credential``."""
         if credential.anonymous:
             return ANONYMOUS
-        canonical = b"\n".join(
-            name.encode("latin-1") + b":" + value.encode("utf-8", "surrogateescape")
-            for name, value in credential.headers
+        # Length-prefixed, so no choice of names and values can collide.
+        canonical = b"".join(
+            b"%d:%s%d:%s" % (len(n), n, len(v), v)
+            for n, v in (
+                (name.encode("utf-8", "surrogatepass"), value.encode("utf-8", "surrogatepass"))
+                for name, value in credential.headers
+            )
         )
         return hmac.new(self._secret, canonical, hashlib.sha256).hexdigest()
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,12 +123,18 @@ class GitRunner:
             env=self.env(config, extra_env),
             cwd=str(git_dir) if git_dir is not None else str(self.home),
             limit=READ_CHUNK,
+            start_new_session=True,  # its own process group: killed as a whole
         )
 
 
 async def kill_and_reap(proc: asyncio.subprocess.Process) -> None:
-    """Kill ``proc`` if it still runs and wait for it, so no zombie is left."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+    """Kill ``proc`` and its process group, then wait for it, so nothing is left.
+
+    Children of git (``pack-objects`` under ``upload-pack``, ``index-pack``
+    under ``fetch``) share its process group (see ``spawn``), so they die
+    with it instead of computing on as orphans.
+    """
+    if proc.returncode is None:  # once reaped, its pid may belong to someone else
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
     await proc.wait()

@@ -93,7 +93,7 @@ class PktDecoder:
                 out.append(_SPECIAL[size])
                 pos += 4
                 continue
-            if size < 4:
+            if size < 4 or size > MAX_PKT_LEN:
                 raise ProtocolError(
                     f"invalid pkt-line length {size} at byte {self._offset + pos}", self._culprit
                 )

@@ -100,8 +100,10 @@ def parse_info_refs(body: bytes) -> RefAdvertisement:
 
 def _parse_v2_caps(pkts: list[Pkt]) -> RefAdvertisement:
     caps: list[str] = []
-    for p in pkts:
+    for n, p in enumerate(pkts):
         if p.kind is PktKind.FLUSH:
+            if n != len(pkts) - 1:
+                raise _fail("data after the v2 capability advertisement's flush-pkt")
             return RefAdvertisement(version=2, capabilities=tuple(caps))
         if p.kind is not PktKind.DATA:
             raise _fail("unexpected special packet in v2 capability advertisement")

@@ -271,7 +271,7 @@ def parse_v0(body: bytes, version: int = 0) -> FetchRequest | ProbeRequest:
             _v0_negotiation_line(p.line, got)
         else:
             _v0_want_list_line(p.line, i == 0, got)
-    if not got.wants:
+    if not got.wants and not got.unservable:
         raise ProtocolError("v0 request without a want line")
     if flushes == 0:
         raise ProtocolError("v0 request does not end its want list with a flush-pkt")

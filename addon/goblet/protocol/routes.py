@@ -84,7 +84,10 @@ def check_repo_path(repo: str) -> str:
     if len(repo) > MAX_REPO_PATH:
         raise ProtocolError(f"repository path longer than {MAX_REPO_PATH} characters")
     if not _PATH_CHARS.fullmatch(repo):
-        raise ProtocolError(f"invalid character in repository path {excerpt(repo.encode())!r}")
+        raise ProtocolError(
+            "invalid character in repository path "
+            f"{excerpt(repo.encode('utf-8', 'backslashreplace'))!r}"
+        )
     if _BAD_ESCAPES.search(repo) or re.search(r"%(?![0-9a-fA-F]{2})", repo):
         raise ProtocolError("percent-encoded dot, slash or control character in repository path")
     segments = repo[1:].split("/")

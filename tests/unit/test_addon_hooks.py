@@ -1,0 +1,243 @@
+"""The addon's mitmproxy hooks, driven with mitmproxy's own test helpers (no sockets to git)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy import exceptions, http
+from mitmproxy.test import taddons, tflow, tutils
+
+from goblet.addon import Goblet
+from goblet.decide import Decision, Route
+from goblet.protocol import pktline
+from goblet.serve.plans import TOKEN_HEADER
+
+HOST, PORT = "git.example.com", 443
+OID = "1" * 40
+
+
+def pkt(line: bytes) -> bytes:
+    return pktline.encode_data(line)
+
+
+LS_REFS = pkt(b"command=ls-refs") + b"0001" + pkt(b"peel\n") + pkt(b"ref-prefix HEAD\n") + b"0000"
+FETCH = pkt(b"command=fetch") + b"0001" + pkt(b"want " + OID.encode() + b"\n") + pkt(b"done\n") \
+    + b"0000"
+
+
+def run(body: Callable[[Goblet, Any], Awaitable[None]], tmp_path: Path) -> None:
+    """Run ``body(addon, tctx)`` inside a mitmproxy test context with a started addon."""
+
+    async def main() -> None:
+        addon = Goblet()
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, goblet_cache_dir=str(tmp_path / "cache"),
+                           goblet_hosts=[HOST, "other.example:8443"])
+            await addon.running()
+            try:
+                await body(addon, tctx)
+            finally:
+                await addon.done()
+
+    asyncio.run(main())
+
+
+def git_flow(method: str, path: str, body: bytes = b"", **headers: str) -> http.HTTPFlow:
+    req = tutils.treq(method=method.encode(), scheme=b"https", host=HOST, port=PORT,
+                      authority=b"", path=path.encode(), content=body,
+                      headers=http.Headers(host=HOST, **headers))
+    return tflow.tflow(req=req)
+
+
+def test_bad_options_are_refused(tmp_path: Path) -> None:
+    async def main() -> None:
+        addon = Goblet()
+        with taddons.context(addon) as tctx:
+            with pytest.raises(exceptions.OptionsError, match="bad host name"):
+                tctx.configure(addon, goblet_hosts=["not a host"])
+            with pytest.raises(exceptions.OptionsError, match="goblet_upstream_timeout"):
+                tctx.configure(addon, goblet_upstream_timeout="forever")
+            tctx.configure(addon, goblet_verdict_ttl="5m", goblet_cache_dir=str(tmp_path))
+            assert addon.settings is not None and addon.settings.verdict_ttl == 300
+
+    asyncio.run(main())
+
+
+def test_non_git_and_push_requests_stream_through(tmp_path: Path) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        for method, path in [("GET", "/org/repo"), ("POST", "/org/repo.git/git-receive-pack"),
+                             ("GET", "/org/repo.git/info/refs?service=git-receive-pack")]:
+            f = git_flow(method, path)
+            addon.requestheaders(f)
+            assert f.request.stream is True, path
+        upload = git_flow("POST", "/org/repo.git/git-upload-pack")
+        addon.requestheaders(upload)
+        assert not upload.request.stream
+
+    run(body, tmp_path)
+
+
+def test_other_hosts_and_mismatched_host_headers_are_not_cached(tmp_path: Path) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        f = git_flow("POST", "/org/repo.git/git-upload-pack")
+        f.request.host = "elsewhere.example"
+        addon.requestheaders(f)
+        assert f.request.stream is True
+        spoofed = git_flow("POST", "/org/repo.git/git-upload-pack")
+        spoofed.request.headers["host"] = "other.example:8443"
+        addon.requestheaders(spoofed)
+        assert spoofed.request.stream is True
+
+    run(body, tmp_path)
+
+
+def test_oversized_bodies_pass_through_uninspected(tmp_path: Path) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        f = git_flow("POST", "/org/repo.git/git-upload-pack", content_length=str(10**9))
+        addon.requestheaders(f)
+        assert f.request.stream is True
+
+    run(body, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "fragment"),
+    [
+        ("/org/repo.git/git-upload-pack", b"00zz", b"malformed request: bad pkt-line length"),
+        ("/org/../repo.git/git-upload-pack", b"0000", b"bad repository path"),
+    ],
+)
+def test_bad_requests_get_400_with_one_line(
+    path: str, body: bytes, fragment: bytes, tmp_path: Path
+) -> None:
+    async def run_body(addon: Goblet, tctx: Any) -> None:
+        f = git_flow("POST", path, body, git_protocol="version=2")
+        addon.requestheaders(f)
+        await addon.request(f)
+        assert f.response is not None and f.response.status_code == 400
+        assert fragment in f.response.content and f.response.content.count(b"\n") == 1
+
+    run(run_body, tmp_path)
+
+
+def test_ls_refs_goes_upstream_and_records_the_verdict(tmp_path: Path, mocker: Any) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        f = git_flow("POST", "/org/repo.git/git-upload-pack", LS_REFS,
+                     git_protocol="version=2", authorization="Bearer t0k")
+        addon.requestheaders(f)
+        await addon.request(f)
+        assert f.response is None and f.request.host == HOST
+        start = mocker.patch.object(addon.decider.filler, "start")
+        f.response = http.Response.make(
+            200, pkt(OID.encode() + b" refs/heads/main symref-target:x\n") + b"0000",
+            {"Content-Type": "application/x-git-upload-pack-result"},
+        )
+        addon.responseheaders(f)
+        assert not f.response.stream  # the ref answer is read, not streamed
+        addon.response(f)
+        tenant = addon.keyer.tenant_id(addon_credential("Bearer t0k"))
+        assert addon.decider.verdicts.is_granted(tenant, "https://git.example.com/org/repo.git")
+        start.assert_called_once()  # the cache has never seen this repo
+
+    run(body, tmp_path)
+
+
+def addon_credential(value: str) -> Any:
+    from goblet.auth.credentials import credential_from_headers
+
+    return credential_from_headers([("Authorization", value)])
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_upstream_refusal_revokes_a_grant(status: int, tmp_path: Path) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        url = "https://git.example.com/org/repo.git"
+        tenant = addon.keyer.tenant_id(addon_credential("Bearer t0k"))
+        addon.decider.verdicts.record(tenant, url, granted=True)
+        f = git_flow("GET", "/org/repo.git/info/refs?service=git-upload-pack",
+                     authorization="Bearer t0k")
+        addon.requestheaders(f)
+        await addon.request(f)
+        f.response = http.Response.make(status, b"no")
+        addon.responseheaders(f)
+        addon.response(f)
+        assert not addon.decider.verdicts.is_granted(tenant, url)
+
+    run(body, tmp_path)
+
+
+def test_a_cache_decision_rewrites_the_flow_to_the_backend(tmp_path: Path, mocker: Any) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        mocker.patch.object(addon.decider, "decide",
+                            return_value=Decision(Route.CACHE, "all wants cached"))
+        f = git_flow("POST", "/org/repo.git/git-upload-pack", FETCH,
+                     git_protocol="version=2", authorization="Bearer s3cret")
+        addon.requestheaders(f)
+        await addon.request(f)
+        assert f.response is None
+        assert (f.request.scheme, f.request.host, f.request.port) == (
+            "http", "127.0.0.1", addon.backend.port)
+        token = f.request.headers[TOKEN_HEADER]
+        assert "authorization" not in f.request.headers  # credentials never reach the backend
+        plan = addon.plans.take(token)
+        assert plan is not None and plan.body == FETCH and plan.git_protocol == "version=2"
+        f.response = http.Response.make(200, b"")
+        addon.responseheaders(f)
+        assert f.response.stream is True
+
+    run(body, tmp_path)
+
+
+def test_an_error_decision_answers_with_an_err_packet(tmp_path: Path, mocker: Any) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        mocker.patch.object(addon.decider, "decide",
+                            return_value=Decision(Route.ERROR, "goblet: upstream answered 502"))
+        f = git_flow("POST", "/org/repo.git/git-upload-pack", FETCH, git_protocol="version=2")
+        addon.requestheaders(f)
+        await addon.request(f)
+        assert f.response is not None and f.response.status_code == 200
+        assert f.response.content == pktline.error_packet("goblet: upstream answered 502")
+
+    run(body, tmp_path)
+
+
+def test_an_upstream_decision_leaves_the_flow_alone(tmp_path: Path, mocker: Any) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        mocker.patch.object(addon.decider, "decide",
+                            return_value=Decision(Route.UPSTREAM, "no fresh upstream grant"))
+        f = git_flow("POST", "/org/repo.git/git-upload-pack", FETCH, git_protocol="version=2",
+                     authorization="Bearer s3cret")
+        addon.requestheaders(f)
+        await addon.request(f)
+        assert f.response is None
+        assert (f.request.host, f.request.headers["authorization"]) == (HOST, "Bearer s3cret")
+        assert f.request.content == FETCH
+
+    run(body, tmp_path)
+
+
+def test_tls_to_other_hosts_is_not_intercepted(tmp_path: Path) -> None:
+    class Hello:
+        def __init__(self, sni: str | None) -> None:
+            self.sni = sni
+
+    class Data:
+        def __init__(self, address: tuple[str, int], sni: str | None) -> None:
+            self.context = type("C", (), {"server": type("S", (), {"address": address})()})()
+            self.client_hello = Hello(sni)
+            self.ignore_connection = False
+
+    async def body(addon: Goblet, tctx: Any) -> None:
+        cases = [((HOST, 443), HOST, False), (("other.example", 8443), None, False),
+                 (("other.example", 443), "other.example", True),
+                 (("unrelated.example", 443), "unrelated.example", True)]
+        for address, sni, ignored in cases:
+            data = Data(address, sni)
+            addon.tls_clienthello(data)  # type: ignore[arg-type]
+            assert data.ignore_connection is ignored, address
+
+    run(body, tmp_path)
