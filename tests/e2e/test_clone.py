@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +16,7 @@ import pytest
 from tests.e2e.conftest import Repos, count
 from tests.support.gitclient import GitClient
 from tests.support.proxy import GobletProxy
-from tests.support.repos import add_commit
+from tests.support.repos import add_commit, make_empty_bare_repo
 from tests.support.upstream_client import UpstreamServer
 
 pytestmark = pytest.mark.e2e
@@ -174,3 +176,94 @@ def test_a_running_fill_does_not_block_requests_the_cache_can_serve(
     finally:
         upstream.fault("none")
         blocked.join(30)
+
+
+def upstream_git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "--git-dir", str(repo), *args], check=True, capture_output=True, text=True,
+        env={"PATH": os.environ["PATH"], "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(repo)},
+    ).stdout.strip()
+
+
+def test_objects_outside_branches_and_tags_are_fetched_by_id_and_then_cached(
+    git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path
+) -> None:
+    """A PR head (refs/pull/*) is not mirrored; fetching it by name or by id still works."""
+    name = repos.create()
+    url = upstream.url(name)
+    pr = add_commit(repos.path(name), branch="pr-1", message="pull request")
+    upstream_git(repos.path(name), "update-ref", "refs/pull/1/head", pr)
+    upstream_git(repos.path(name), "update-ref", "-d", "refs/heads/pr-1")
+    work = tmp_path / "c"
+    git.clone(url, work)
+    fills = count(upstream.stats(), "fetch", name)
+
+    git.run("fetch", "origin", "refs/pull/1/head:refs/remotes/origin/pr-1", cwd=work)
+    assert git.run("rev-parse", "origin/pr-1", cwd=work).stdout.strip() == pr
+    assert count(upstream.stats(), "fetch", name) == fills + 1  # the exact-id fetch
+    assert served_from_cache(proxy, url) == 2
+
+    # Another clone asks for the same commit by id (actions/checkout style): now cached.
+    other = tmp_path / "by-id"
+    git.run("init", "-q", str(other))
+    git.run("fetch", "--depth", "1", url, pr, cwd=other)
+    assert git.run("rev-parse", "FETCH_HEAD", cwd=other).stdout.strip() == pr
+    assert count(upstream.stats(), "fetch", name) == fills + 1
+    assert served_from_cache(proxy, url) == 3
+
+
+def test_force_push_and_deleted_refs_upstream_are_mirrored(
+    git: GitClient, direct: GitClient, repos: Repos, upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    name = repos.create()
+    url = upstream.url(name)
+    git.clone(url, tmp_path / "first")
+    bare = repos.path(name)
+    upstream_git(bare, "update-ref", "refs/heads/main", "refs/heads/main~3")  # force-push
+    upstream_git(bare, "update-ref", "-d", "refs/heads/dev")
+    upstream_git(bare, "update-ref", "-d", "refs/tags/v1")
+    git.clone(url, tmp_path / "second")
+    direct.clone(url, tmp_path / "direct")
+    assert remote_view(git, tmp_path / "second") == remote_view(direct, tmp_path / "direct")
+    fetched = git.run("fetch", "--prune", "--prune-tags", "origin", cwd=tmp_path / "first")
+    assert fetched.returncode == 0
+    assert remote_view(git, tmp_path / "first") == remote_view(direct, tmp_path / "direct")
+
+
+def test_an_empty_repo_clones_as_empty(
+    git: GitClient, repos: Repos, upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    name = "empty-" + repos.create().removeprefix("r")
+    make_empty_bare_repo(repos.path(name))
+    repos.grant(name, public=True)
+    res = git.clone(upstream.url(name), tmp_path / "e")
+    assert "empty repository" in res.stderr
+    add_commit(repos.path(name), message="first")
+    git.run("pull", "origin", "main", cwd=tmp_path / "e")
+    assert git.run("log", "--format=%s", cwd=tmp_path / "e").stdout.strip() == "first"
+
+
+def test_large_negotiation_with_probe_and_chunked_body_is_served_from_cache(
+    git: GitClient, direct: GitClient, repos: Repos, upstream: UpstreamServer,
+    proxy: GobletProxy, tmp_path: Path,
+) -> None:
+    """1500 distinct tag wants make a >70 KB request: git sends the 0000 probe, then chunks."""
+    name = repos.create(commits=1500, files_per_commit=1, blob_size=20, branches=("main",),
+                        tags=(), annotated_tags=())
+    bare = repos.path(name)
+    oids = upstream_git(bare, "rev-list", "main").split()
+    subprocess.run(
+        ["git", "--git-dir", str(bare), "update-ref", "--stdin"], check=True,
+        input="".join(f"create refs/tags/t{i} {oid}\n" for i, oid in enumerate(oids)),
+        text=True, env={"PATH": os.environ["PATH"], "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(bare)},
+    )
+    url = upstream.url(name)
+    small_buffer = ("http.postBuffer=70000",)  # git needs > 65520 here
+    for protocol in ("2", "0"):
+        config = (*small_buffer, f"protocol.version={protocol}")
+        git.clone(url, tmp_path / f"v{protocol}", config=config)
+        assert len(git.refs(tmp_path / f"v{protocol}")) > 1500
+    stats = upstream.stats()
+    assert count(stats, "probe", name) >= 1, "git did not send the probe: request too small?"
+    assert count(stats, "fetch", name) == 1 and count(stats, "upload_pack_v0", name) == 0
+    assert served_from_cache(proxy, url) == 2
