@@ -369,7 +369,12 @@ class Goblet:
             self.decider.uncacheable.add(repo.key)
             return
         if adv.version == 2 and state.kind == "info_refs":
-            return  # v2 capabilities only; the refs come with ls-refs
+            # v2 capabilities only (the refs come with ls-refs): hide the fetch
+            # features only upstream could serve, so clients do not use them.
+            restricted = refs.restrict_v2_fetch_features(body)
+            if restricted is not None:
+                flow.response.content = restricted
+            return
         head = adv.symrefs.get("HEAD")
         if head:
             self.decider.heads[repo.key] = head

@@ -16,9 +16,9 @@ from typing import Any
 
 DEFAULT_HOSTS = ("github.com", "gitlab.com", "bitbucket.org")
 
-_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
-                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?")
-_IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+_IPV4 = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +79,7 @@ def parse_host(value: str) -> tuple[str, int]:
 
 
 def _parse_port(text: str, whole: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not re.fullmatch(r"[0-9]{1,5}", text) or not 0 < int(text) < 65536:
         raise ValueError(f"bad port in {whole!r}")
     return int(text)
 
@@ -96,8 +96,8 @@ def parse_hosts(values: Sequence[str]) -> frozenset[tuple[str, int]]:
     return frozenset(hosts)
 
 
-_DURATION = re.compile(r"(\d+)\s*(s|m|h)?")
-_SIZE = re.compile(r"(\d+)\s*(|B|KiB|MiB|GiB|TiB|K|M|G|T)")
+_DURATION = re.compile(r"([0-9]+) ?(s|m|h)?")
+_SIZE = re.compile(r"([0-9]+) ?(|B|KiB|MiB|GiB|TiB|K|M|G|T)")
 _UNITS = {"": 1, "B": 1, "K": 1024, "KiB": 1024, "M": 1024**2, "MiB": 1024**2,
           "G": 1024**3, "GiB": 1024**3, "T": 1024**4, "TiB": 1024**4}
 

@@ -267,3 +267,23 @@ def test_large_negotiation_with_probe_and_chunked_body_is_served_from_cache(
     assert count(stats, "probe", name) >= 1, "git did not send the probe: request too small?"
     assert count(stats, "fetch", name) == 1 and count(stats, "upload_pack_v0", name) == 0
     assert served_from_cache(proxy, url) == 2
+
+
+def test_upstream_fetch_features_the_cache_lacks_are_hidden(
+    git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path
+) -> None:
+    """An upstream advertising ref-in-want would make git 2.39 use want-ref (uncacheable)."""
+    name = repos.create()
+    for key in ("uploadpack.allowRefInWant", "uploadpack.allowSidebandAll"):
+        upstream_git(repos.path(name), "config", key, "true")
+    url = upstream.url(name)
+    direct_advert = subprocess.run(
+        ["git", "ls-remote", url], capture_output=True, text=True, check=False,
+        env={**git.env(), "GIT_SSL_CAINFO": str(upstream.cert_path), "HTTPS_PROXY": "",
+             "https_proxy": "", "GIT_TRACE_PACKET": "1"},
+    ).stderr
+    assert "ref-in-want" in direct_advert  # the upstream really offers it
+    git.clone(url, tmp_path / "cold")
+    git.clone(url, tmp_path / "warm")
+    assert count(upstream.stats(), "fetch", name) == 1
+    assert served_from_cache(proxy, url) == 2

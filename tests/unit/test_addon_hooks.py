@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mitmproxy import exceptions, http
-from mitmproxy.test import taddons, tflow, tutils
-
 from goblet.addon import Goblet
+from goblet.auth.credentials import credential_from_headers
 from goblet.decide import Decision, Route
 from goblet.protocol import pktline
 from goblet.serve.plans import TOKEN_HEADER
+from mitmproxy import exceptions, http
+from mitmproxy.test import taddons, tflow, tutils
 
 HOST, PORT = "git.example.com", 443
 OID = "1" * 40
@@ -147,8 +147,6 @@ def test_ls_refs_goes_upstream_and_records_the_verdict(tmp_path: Path, mocker: A
 
 
 def addon_credential(value: str) -> Any:
-    from goblet.auth.credentials import credential_from_headers
-
     return credential_from_headers([("Authorization", value)])
 
 

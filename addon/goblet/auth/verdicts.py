@@ -50,7 +50,7 @@ class VerdictCache:
     def is_granted(self, tenant: str, repo: str) -> bool:
         """True iff upstream granted (tenant, repo) within the TTL."""
         v = self._entries.get((tenant, repo))
-        return v is not None and v.granted and self._clock() - v.at <= self.ttl
+        return v is not None and v.granted and self._clock() - v.at < self.ttl
 
     def clear(self) -> None:
         """Forget everything."""

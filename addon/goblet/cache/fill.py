@@ -29,7 +29,9 @@ from goblet.cache.store import OID_RE, CacheRepo, RepoStore
 log = logging.getLogger(__name__)
 
 REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
-_HTTP_STATUS = re.compile(r"returned error: (\d{3})")
+_HTTP_STATUS = re.compile(r"returned error: ([0-9]{3})")
+_NOT_FOUND = re.compile(r"repository '[^']*' not found")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 header field name
 _NETWORK_HINTS = (
     "could not resolve host", "failed to connect", "connection refused", "timed out",
     "operation too slow", "early eof", "unexpected disconnect", "rpc failed",
@@ -78,6 +80,8 @@ def classify_failure(result: GitResult) -> FillError:
             return FillError(FailureKind.UPSTREAM, f"upstream answered {status}", status)
         return FillError(FailureKind.UPSTREAM, f"upstream answered {status}", status)
     lowered = text.lower()
+    if _NOT_FOUND.search(text):
+        return FillError(FailureKind.DENIED, "upstream answered 404", 404)
     if "could not read username" in lowered or "authentication failed" in lowered:
         return FillError(FailureKind.DENIED, "upstream asked for credentials", 401)
     if any(hint in lowered for hint in _NETWORK_HINTS):
@@ -97,8 +101,8 @@ def header_config(url: str, credential: Credential) -> list[tuple[str, str]]:
         return []
     entries = [(f"http.{origin}.extraHeader", "")]
     for name, value in credential.headers:
-        if "\n" in value or "\r" in value:
-            continue
+        if not _TOKEN.fullmatch(name) or any(c in value for c in "\r\n\0"):
+            continue  # cannot be replayed safely; the fill then lacks it and upstream decides
         entries.append((f"http.{origin}.extraHeader", f"{name}: {value}"))
     return entries
 
@@ -175,8 +179,8 @@ class Filler:
             )
         except GitTimeout as e:
             raise FillError(FailureKind.UPSTREAM, str(e)) from None
-        except OSError as e:
-            raise FillError(FailureKind.LOCAL, f"cannot run git: {e.strerror}") from None
+        except (OSError, ValueError) as e:
+            raise FillError(FailureKind.LOCAL, f"cannot run git: {e}") from None
         if not res.ok:
             raise classify_failure(res)
 

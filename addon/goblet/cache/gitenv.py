@@ -36,10 +36,11 @@ def hardened_env(
     ``home`` is an empty directory of ours (git reads ``$HOME/.gitconfig``
     otherwise). ``config`` entries come after HARDENING, so callers may add
     keys but the hardening is always present. ``extra`` adds plain variables
-    such as ``GIT_PROTOCOL``.
+    such as ``GIT_PROTOCOL``; it cannot replace the variables set here.
     """
     entries = list(HARDENING) + list(config)
-    env = {
+    env = dict(extra or {})
+    env |= {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
         "HOME": home,
         "LANG": "C",
@@ -54,6 +55,4 @@ def hardened_env(
     for i, (key, value) in enumerate(entries):
         env[f"GIT_CONFIG_KEY_{i}"] = key
         env[f"GIT_CONFIG_VALUE_{i}"] = value
-    if extra:
-        env.update(extra)
     return env

@@ -36,14 +36,15 @@ def clean_residue(repo: Path) -> list[str]:
         for p in refs.rglob("*.lock"):
             unlink(p)
     pack = repo / "objects" / "pack"
-    if pack.is_dir() and not pack.is_symlink():
+    if pack.is_dir() and not pack.is_symlink() and not pack.parent.is_symlink():
         for p in pack.iterdir():
             if p.name.startswith(("tmp_", ".tmp-")) or p.suffix == ".keep" or \
                     p.name.endswith(".lock"):
                 unlink(p)
     objects = repo / "objects"
-    if objects.is_dir():
-        for p in objects.glob("incoming-*"):
+    if objects.is_dir() and not objects.is_symlink():
+        quarantines = [*objects.glob("tmp_objdir-incoming-*"), *objects.glob("incoming-*")]
+        for p in quarantines:
             if p.is_dir() and not p.is_symlink():
                 for child in sorted(p.rglob("*"), reverse=True):
                     if child.is_dir() and not child.is_symlink():
@@ -52,8 +53,10 @@ def clean_residue(repo: Path) -> list[str]:
                         child.unlink(missing_ok=True)
                 p.rmdir()
                 removed.append(str(p.relative_to(repo)))
-        for p in objects.glob("??/tmp_obj_*"):
-            unlink(p)
+        for fanout in objects.glob("??"):
+            if fanout.is_dir() and not fanout.is_symlink():
+                for p in fanout.glob("tmp_obj_*"):
+                    unlink(p)
     if removed:
         log.info("removed crash residue in %s: %s", repo.name[:12], ", ".join(removed[:10]))
     return removed

@@ -196,3 +196,30 @@ def refs_differ(
         if mirrored(name) and cache.get(name) != oid:
             return True
     return any(mirrored(name) and in_view(name) and name not in upstream for name in cache)
+
+
+# v2 ``fetch`` features a full-mirror cache answers exactly like the upstream.
+CACHE_FETCH_FEATURES = frozenset({"shallow", "filter", "wait-for-done"})
+
+
+def restrict_v2_fetch_features(body: bytes) -> bytes | None:
+    """Drop v2 ``fetch`` features the cache cannot serve from an info/refs answer.
+
+    Upstreams may advertise ``fetch=… ref-in-want sideband-all packfile-uris``;
+    a client that sees them may use them, and such a request can only go
+    upstream. Hiding them makes clients send requests the cache can answer
+    (and that the upstream still answers identically). Returns the new body,
+    or None when nothing had to change. Raises ProtocolError on a bad answer.
+    """
+    pkts = pktline.decode(body, "upstream")
+    changed = False
+    out: list[Pkt] = []
+    for p in pkts:
+        if p.kind is PktKind.DATA and p.line.startswith(b"fetch="):
+            features = p.line[len(b"fetch=") :].decode("utf-8", "replace").split()
+            kept = [f for f in features if f in CACHE_FETCH_FEATURES]
+            if kept != features:
+                changed = True
+                p = Pkt(PktKind.DATA, ("fetch=" + " ".join(kept)).rstrip("=").encode() + b"\n")
+        out.append(p)
+    return pktline.encode(out) if changed else None

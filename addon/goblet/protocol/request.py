@@ -3,7 +3,7 @@
 Protocol v2 (gitprotocol-v2(5))::
 
     request         = empty-request / command-request
-    empty-request   = flush-pkt
+    empty-request   = flush-pkt      ; same bytes as the probe below
     command-request = command capability-list [delim-pkt command-args] flush-pkt
     command         = PKT-LINE("command=" key LF)
     capability-list = *capability
@@ -73,11 +73,6 @@ class ProbeRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class EmptyRequest:
-    """A v2 request that is only a flush-pkt."""
-
-
-@dataclass(frozen=True, slots=True)
 class LsRefsRequest:
     """A v2 ``command=ls-refs`` request."""
 
@@ -110,7 +105,7 @@ class OtherCommand:
     command: str
 
 
-V2Request = EmptyRequest | LsRefsRequest | FetchRequest | OtherCommand | ProbeRequest
+V2Request = LsRefsRequest | FetchRequest | OtherCommand | ProbeRequest
 UploadPackRequest = V2Request
 
 
@@ -139,14 +134,12 @@ def _check_text(line: bytes) -> None:
 def parse_v2(body: bytes) -> V2Request:
     """Parse a v2 upload-pack request body (already gunzipped)."""
     if body == pktline.FLUSH:
-        return ProbeRequest()
+        return ProbeRequest()  # also v2's "empty request": both go upstream
     pkts = pktline.decode(body)
     if not pkts:
         raise ProtocolError("empty request body")
     if pkts[-1].kind is not PktKind.FLUSH:
         raise ProtocolError("v2 request does not end with a flush-pkt")
-    if len(pkts) == 1:
-        return EmptyRequest()
     first = pkts[0]
     if first.kind is not PktKind.DATA or not first.line.startswith(b"command="):
         raise ProtocolError("v2 request does not start with command=")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from goblet.protocol.errors import ProtocolError, excerpt
 
@@ -90,7 +90,13 @@ def check_repo_path(repo: str) -> str:
         )
     if _BAD_ESCAPES.search(repo) or re.search(r"%(?![0-9a-fA-F]{2})", repo):
         raise ProtocolError("percent-encoded dot, slash or control character in repository path")
-    segments = repo[1:].split("/")
-    if any(s in ("", ".", "..") for s in segments):
-        raise ProtocolError("empty, '.' or '..' segment in repository path")
+    try:
+        decoded = unquote_to_bytes(repo).decode("utf-8")  # strict: no overlong forms
+    except UnicodeDecodeError:
+        raise ProtocolError("percent-encoding in repository path is not valid UTF-8") from None
+    for text in (repo, decoded):
+        if any(s in ("", ".", "..") for s in text[1:].split("/")):
+            raise ProtocolError("empty, '.' or '..' segment in repository path")
+        if "\\" in text or any(not c.isprintable() for c in text):
+            raise ProtocolError("backslash or control character in repository path")
     return repo

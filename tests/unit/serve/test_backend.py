@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
-
 from goblet.cache.gitrun import GitRunner
 from goblet.protocol import pktline
 from goblet.serve.backend import ServeBackend

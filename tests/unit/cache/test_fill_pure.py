@@ -1,0 +1,192 @@
+"""The pure parts of a fill: classifying git's failure, and the credential's git config."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from goblet.auth.credentials import Credential, credential_from_headers
+from goblet.cache.fill import FailureKind, classify_failure, header_config
+from goblet.cache.gitenv import hardened_env
+from goblet.cache.gitrun import GitResult
+
+U = "https://github.com/org/repo.git/"
+
+# (stderr as git 2.39 prints it, kind, HTTP status). Samples marked "real" were captured
+# from git 2.39.5 against a local server (and a full tmpfs for ENOSPC).
+FAILURES = [
+    pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 401\n",
+                 FailureKind.DENIED, 401, id="401"),
+    pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 403\n",
+                 FailureKind.DENIED, 403, id="403-real"),
+    pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 404\n",
+                 FailureKind.DENIED, 404, id="404-url-form"),
+    pytest.param("error: RPC failed; HTTP 404 curl 22 The requested URL returned error: 404\n"
+                 "fatal: expected flush after ref listing\n",
+                 FailureKind.DENIED, 404, id="404-during-rpc"),
+    pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 500\n",
+                 FailureKind.UPSTREAM, 500, id="500-real"),
+    pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 502\n",
+                 FailureKind.UPSTREAM, 502, id="502-real"),
+    pytest.param("error: RPC failed; HTTP 503 curl 22 The requested URL returned error: 503\n"
+                 "fatal: the remote end hung up unexpectedly\n",
+                 FailureKind.UPSTREAM, 503, id="503-rpc"),
+    pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 429\n",
+                 FailureKind.UPSTREAM, 429, id="429-rate-limited"),
+    pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 400\n",
+                 FailureKind.UPSTREAM, 400, id="400"),
+    pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 402\n",
+                 FailureKind.UPSTREAM, 402, id="402-next-to-denied"),
+    pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 405\n",
+                 FailureKind.UPSTREAM, 405, id="405-next-to-denied"),
+    pytest.param("fatal: could not read Username for 'https://github.com': terminal prompts "
+                 "disabled\n", FailureKind.DENIED, 401, id="username-prompt-real"),
+    pytest.param(f"remote: Invalid username or password.\nfatal: Authentication failed for "
+                 f"'{U}'\n", FailureKind.DENIED, 401, id="authentication-failed"),
+    pytest.param(f"fatal: unable to access '{U}': Could not resolve host: github.com\n",
+                 FailureKind.UPSTREAM, None, id="dns"),
+    pytest.param("fatal: unable to access 'http://127.0.0.1:1/x.git/': Failed to connect to "
+                 "127.0.0.1 port 1 after 0 ms: Couldn't connect to server\n",
+                 FailureKind.UPSTREAM, None, id="failed-to-connect-real"),
+    pytest.param(f"fatal: unable to access '{U}': Operation too slow. Less than 1000 bytes/sec "
+                 "transferred the last 60 seconds\n", FailureKind.UPSTREAM, None,
+                 id="operation-too-slow"),
+    pytest.param("error: 2345 bytes of body are still expected\nfetch-pack: unexpected "
+                 "disconnect while reading sideband packet\nfatal: early EOF\nfatal: "
+                 "fetch-pack: invalid index-pack output\n", FailureKind.UPSTREAM, None,
+                 id="early-eof"),
+    pytest.param(f"fatal: unable to access '{U}': OpenSSL SSL_read: Connection was reset, "
+                 "errno 10054\n", FailureKind.UPSTREAM, None, id="tls-reset"),
+    pytest.param(f"fatal: unable to access '{U}': server certificate verification failed. "
+                 "CAfile: /etc/ssl/certs/ca-certificates.crt CRLfile: none\n",
+                 FailureKind.UPSTREAM, None, id="certificate"),
+    pytest.param("fatal: protocol error: bad pack header\n", FailureKind.UPSTREAM, None,
+                 id="bad-pack-header"),
+    pytest.param("fatal: write error: No space left on device\nfatal: fetch-pack: invalid "
+                 "index-pack output\n", FailureKind.LOCAL, None, id="enospc-index-pack-real"),
+    pytest.param("fatal: unable to write loose object file: No space left on device\n"
+                 "fatal: unpack-objects failed\n", FailureKind.LOCAL, None,
+                 id="enospc-unpack-objects-real"),
+    pytest.param("fatal: Unable to create '/c/repos/ab.git/packed-refs.lock': File exists.\n",
+                 FailureKind.LOCAL, None, id="stale-lock"),
+    pytest.param("error: cannot lock ref 'refs/heads/main': is at 1 but expected 2\n",
+                 FailureKind.LOCAL, None, id="ref-lock"),
+    pytest.param("fatal: not a git repository: '/c/repos/ab.git'\n", FailureKind.LOCAL, None,
+                 id="not-a-repo"),
+    pytest.param("zzz random text 42\n", FailureKind.LOCAL, None, id="random-text"),
+    pytest.param("", FailureKind.LOCAL, None, id="no-stderr"),
+]
+
+
+@pytest.mark.parametrize(("stderr", "kind", "status"), FAILURES)
+def test_classify_failure(stderr: str, kind: FailureKind, status: int | None) -> None:
+    err = classify_failure(GitResult(128, b"", stderr.encode()))
+    assert err.kind is kind
+    assert err.status == status
+    assert "\n" not in err.reason
+    assert err.reason == str(err)
+
+
+@pytest.mark.parametrize(
+    ("stderr", "reason"),
+    [
+        pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 403\n",
+                     "upstream answered 403", id="status"),
+        pytest.param("warning: x\nfatal: protocol error: bad pack header\nhint: y\n",
+                     "upstream fetch failed: fatal: protocol error: bad pack header",
+                     id="last-fatal-line"),
+        pytest.param("zzz\nlast words\n", "cache update failed: last words", id="last-line"),
+        pytest.param("", "cache update failed: git exited with status 128", id="empty"),
+    ],
+)
+def test_classify_failure_reason_is_the_telling_line(stderr: str, reason: str) -> None:
+    assert classify_failure(GitResult(128, b"", stderr.encode())).reason == reason
+
+
+def test_classify_failure_reason_is_bounded() -> None:
+    err = classify_failure(GitResult(1, b"", b"fatal: " + b"x" * 5000))
+    assert len(err.reason) < 400
+
+
+def test_classify_failure_tolerates_non_utf8_stderr() -> None:
+    err = classify_failure(GitResult(1, b"", b"fatal: \xff\xfe early EOF\n"))
+    assert err.kind is FailureKind.UPSTREAM
+
+
+def test_classify_failure_real_git_404_is_denied() -> None:
+    real = b"fatal: repository 'http://127.0.0.1:36845/404/r.git/' not found\n"
+    err = classify_failure(GitResult(128, b"", real))
+    assert err.kind is FailureKind.DENIED
+    assert err.status == 404
+
+
+# ---------------------------------------------------------------------------- header_config
+
+AUTH = credential_from_headers([("Authorization", "Bearer t0k"), ("User-Agent", "git/2.39.5")])
+
+
+@pytest.mark.parametrize(
+    ("url", "key"),
+    [
+        pytest.param("https://github.com/org/repo.git", "http.https://github.com/.extraHeader",
+                     id="default-port"),
+        pytest.param("https://git.example.com:8443/a/b/c", "http.https://git.example.com:8443/"
+                     ".extraHeader", id="explicit-port"),
+        pytest.param("https://[::1]:8443/r", "http.https://[::1]:8443/.extraHeader", id="ipv6"),
+        pytest.param("https://github.com", "http.https://github.com/.extraHeader", id="no-path"),
+        pytest.param("https://github.com/org/repo.git?x=1#f", "http.https://github.com/"
+                     ".extraHeader", id="query-and-fragment-dropped"),
+    ],
+)
+def test_header_config_is_scoped_to_the_origin(url: str, key: str) -> None:
+    assert header_config(url, AUTH) == [(key, ""), (key, "authorization: Bearer t0k")]
+
+
+def test_header_config_anonymous_is_empty() -> None:
+    assert header_config("https://github.com/org/r.git", Credential()) == []
+    assert header_config("https://github.com/org/r.git",
+                         credential_from_headers([("User-Agent", "git/2.39.5")])) == []
+
+
+def test_header_config_first_entry_clears_inherited_headers() -> None:
+    entries = header_config("https://h/r", AUTH)
+    assert entries[0][1] == ""
+    assert len({k for k, _ in entries}) == 1
+
+
+def test_header_config_replays_every_credential_header_in_order() -> None:
+    cred = credential_from_headers([("Cookie", "a=1"), ("Authorization", "Basic eDp5"),
+                                    ("Cookie", "b=2"), ("Private-Token", "p")])
+    values = [v for _, v in header_config("https://h/r", cred)][1:]
+    assert values == ["authorization: Basic eDp5", "cookie: a=1", "cookie: b=2",
+                      "private-token: p"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("a\r\nX-Injected: 1", id="crlf"),
+        pytest.param("a\nX-Injected: 1", id="lf"),
+        pytest.param("a\rX-Injected: 1", id="cr"),
+        pytest.param("x\r\n y", id="obs-fold-as-mitmproxy-joins-it"),
+        pytest.param("\n", id="only-lf"),
+    ],
+)
+def test_header_config_never_emits_cr_or_lf_in_a_value(value: str) -> None:
+    cred = credential_from_headers([("Authorization", value), ("Cookie", "ok=1")])
+    entries = header_config("https://github.com/r", cred)
+    assert all("\r" not in v and "\n" not in v for _, v in entries)
+    assert [v for _, v in entries] == ["", "cookie: ok=1"]  # the bad header is dropped
+
+
+@pytest.mark.parametrize("name", ["x\r\ny", "x\ny", "x\ry"], ids=["crlf", "lf", "cr"])
+def test_header_config_never_emits_cr_or_lf_in_a_name(name: str) -> None:
+    entries = header_config("https://github.com/r", Credential(((name, "v"),)))
+    assert all("\r" not in v and "\n" not in v for _, v in entries)
+
+
+def test_header_config_is_always_a_valid_git_environment(tmp_path: Path) -> None:
+    cred = credential_from_headers([("Authorization", "Bearer a\x00b")])
+    env = hardened_env(home=str(tmp_path), config=header_config("https://github.com/r", cred))
+    subprocess.run(["git", "version"], env=env, capture_output=True, check=True)
