@@ -4,96 +4,81 @@ Per flow:
 
 - ``tls_clienthello``: hosts outside ``goblet_hosts`` are relayed as opaque
   TCP (no interception, no need to trust our CA).
-- ``requestheaders``: classify; everything but upload-pack requests of
-  goblet hosts streams through untouched.
+- ``requestheaders``: answer the observability endpoints; classify git
+  requests; everything but upload-pack requests of goblet hosts streams through.
 - ``request``: parse the upload-pack body; ls-refs and info/refs go upstream;
   a fetch is decided (``decide.FetchDecider``) and either rewritten to the
   serving backend, answered with a git error, or sent upstream.
 - ``responseheaders``: stream every body except the ref answers we inspect.
-- ``response``: record upstream's verdict for (tenant, repo); compare the
-  advertised refs with the cache and start a fill when they differ.
+- ``response``/``error``: record upstream's verdict for (tenant, repo); start
+  a fill when upstream's refs moved; count and log the request.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import lru_cache
 
 from mitmproxy import ctx, exceptions, http, tls
 
 from goblet import options as opts
-from goblet.auth.credentials import (
-    Credential,
-    TenantKeyer,
-    credential_from_headers,
-    short,
-)
-from goblet.auth.secret import load_or_create_secret
-from goblet.auth.verdicts import VerdictCache
-from goblet.cache.fill import Filler
-from goblet.cache.gitrun import GitRunner
-from goblet.cache.locks import RepoLocks
-from goblet.cache.store import CacheRepo, RepoStore, canonical_url
-from goblet.decide import FetchDecider, Route
+from goblet.auth.credentials import Credential, credential_from_headers
+from goblet.cache.store import CacheRepo, canonical_url
+from goblet.decide import Route
+from goblet.metrics import status_class
+from goblet.observe.access import AccessLog, AccessRecord
+from goblet.observe.endpoints import PATHS as ENDPOINT_PATHS
 from goblet.protocol import pktline, refs, request, routes
 from goblet.protocol.errors import ProtocolError
-from goblet.serve.backend import ServeBackend
-from goblet.serve.plans import TOKEN_HEADER, PlanRegistry, ServePlan, clean_git_protocol
+from goblet.runtime import Runtime, resolve_ca
+from goblet.serve.plans import TOKEN_HEADER, ServePlan, clean_git_protocol
 
 log = logging.getLogger("goblet")
 
 ADVERTISEMENT_TYPE = "application/x-git-upload-pack-advertisement"
 RESULT_TYPE = "application/x-git-upload-pack-result"
-SECRET_FILE = "tenant-secret"  # noqa: S105 (a file name, not a secret)
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Validated option values."""
-
-    cache_dir: Path
-    hosts: frozenset[tuple[str, int]]
-    verdict_ttl: int
-    upstream_timeout: int
-    instance: str
-    max_request_bytes: int
+_METRIC_KIND = {"info_refs": "info_refs", "ls_refs": "ls_refs", "fetch": "fetch", "push": "push"}
 
 
 @dataclass(slots=True)
 class FlowState:
     """What goblet knows about one git flow; lives only in memory."""
 
-    kind: str  # info_refs | ls_refs | fetch | upload_pack | push | other
+    kind: str  # info_refs | ls_refs | fetch | upload_pack | push | other | invalid | endpoint
     repo: CacheRepo | None = None
     tenant: str = ""
     credential: Credential = field(default_factory=Credential)
     version: int = 0
     ls_refs: request.LsRefsRequest | None = None
-    outcome: str = "upstream"
+    outcome: str = "upstream"  # cache | upstream | error (denied is derived at the end)
     reason: str = ""
     plan: ServePlan | None = None
+    upstream_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
+
+    def count_bytes(self, data: bytes) -> bytes:
+        """A response ``stream`` callable that counts what passes through."""
+        self.upstream_bytes += len(data)
+        return data
 
 
 class Goblet:
     """The goblet addon."""
 
     def __init__(self) -> None:
-        self.settings: Settings | None = None
-        self.store: RepoStore | None = None
-        self.decider: FetchDecider | None = None
-        self.keyer: TenantKeyer | None = None
-        self.plans = PlanRegistry()
-        self.backend: ServeBackend | None = None
+        self.settings: opts.Settings | None = None
+        self.rt: Runtime | None = None
+        self.access = AccessLog()
         self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = (
             weakref.WeakKeyDictionary()
         )
 
-    # -- options -----------------------------------------------------------------
+    # -- options and life cycle ----------------------------------------------------
 
     def load(self, loader: object) -> None:
         """Declare goblet's options."""
@@ -104,69 +89,49 @@ class Goblet:
         """Validate all goblet options; refuse bad values with OptionsError."""
         if not any(name.startswith("goblet_") for name in updated):
             return
-        o = ctx.options
         try:
-            settings = Settings(
-                cache_dir=opts.parse_cache_dir(o.goblet_cache_dir),
-                hosts=opts.parse_hosts(o.goblet_hosts),
-                verdict_ttl=opts.parse_seconds(
-                    "goblet_verdict_ttl", o.goblet_verdict_ttl, 0, 3600
-                ),
-                upstream_timeout=opts.parse_seconds(
-                    "goblet_upstream_timeout", o.goblet_upstream_timeout
-                ),
-                instance=opts.parse_instance(o.goblet_instance),
-                max_request_bytes=opts.parse_size(
-                    "goblet_max_request_bytes", o.goblet_max_request_bytes
-                ),
-            )
+            settings = opts.parse_settings(ctx.options)
         except ValueError as e:
             raise exceptions.OptionsError(f"goblet: {e}") from e
-        if self.settings is not None and self.store is not None:
-            if settings.cache_dir != self.settings.cache_dir:
-                raise exceptions.OptionsError("goblet: goblet_cache_dir cannot change at run time")
-            if self.decider is not None:
-                self.decider.verdicts.ttl = settings.verdict_ttl
+        if self.rt is not None and self.settings is not None:
+            for name in ("cache_dir", "metrics_port", "metrics_host"):
+                if getattr(settings, name) != getattr(self.settings, name):
+                    raise exceptions.OptionsError(
+                        f"goblet: goblet_{name} cannot change at run time"
+                    )
+            self.rt.decider.verdicts.ttl = settings.verdict_ttl
+        self.access.configure(settings.log_format)
         self.settings = settings
 
-    # -- life cycle --------------------------------------------------------------
-
     async def running(self) -> None:
-        """Create the cache layout, load the tenant secret, start the backend."""
+        """Start the runtime and log one ``goblet ready`` line."""
         s = self.settings
         assert s is not None
-        ca = getattr(ctx.options, "ssl_verify_upstream_trusted_ca", None)
-        base_config: list[tuple[str, str]] = []
-        if ca:
-            base_config.append(("http.sslCAInfo", str(Path(ca).resolve())))
+        base_config = resolve_ca(getattr(ctx.options, "ssl_verify_upstream_trusted_ca", None))
         if getattr(ctx.options, "ssl_insecure", False):
             base_config.append(("http.sslVerify", "false"))
-        git = GitRunner(home=s.cache_dir / "home", base_config=base_config)
-        store = RepoStore(s.cache_dir, git)
+        metrics_host = s.metrics_host or getattr(ctx.options, "listen_host", "")
         try:
-            store.prepare()
-            secret = load_or_create_secret(s.cache_dir / SECRET_FILE)
+            self.rt = await Runtime.start(s, base_config, metrics_host, self.access)
         except (OSError, ValueError) as e:
-            log.error("goblet: cannot use cache dir %s: %s", s.cache_dir, e)
+            log.error("goblet: cannot start with cache dir %s: %s", s.cache_dir, e)
             return
-        locks = RepoLocks(store.lock_dir)
-        filler = Filler(store, locks, git, stall_timeout=s.upstream_timeout)
-        self.store = store
-        self.keyer = TenantKeyer(secret)
-        self.decider = FetchDecider(store, filler, VerdictCache(s.verdict_ttl))
-        self.backend = ServeBackend(git, self.plans)
-        await self.backend.start()
         hosts = ",".join(sorted(h if p == 443 else f"{h}:{p}" for h, p in s.hosts))
+        metrics = f"{metrics_host or '*'}:{self.rt.endpoints.port}" if self.rt.endpoints else "-"
+        if getattr(ctx.options, "http2", False):
+            log.warning("goblet: http2 is on; mitmproxy 11.0's h2 has a header-injection "
+                        "advisory, consider --set http2=false (docs/architecture.md#http2)")
         log.info(
             "goblet ready: instance=%s cache_dir=%s hosts=%s verdict_ttl=%ds "
-            "upstream_timeout=%ds backend=127.0.0.1:%d",
-            s.instance, s.cache_dir, hosts, s.verdict_ttl, s.upstream_timeout, self.backend.port,
+            "upstream_timeout=%ds backend=127.0.0.1:%d metrics=%s log_format=%s",
+            s.instance, s.cache_dir, hosts, s.verdict_ttl, s.upstream_timeout,
+            self.rt.backend.port, metrics, s.log_format,
         )
 
     async def done(self) -> None:
-        """Stop the backend and its children."""
-        if self.backend is not None:
-            await self.backend.stop()
+        """Stop the runtime and its children."""
+        if self.rt is not None:
+            await self.rt.stop()
 
     # -- connection level --------------------------------------------------------
 
@@ -185,11 +150,22 @@ class Goblet:
 
     # -- request side ------------------------------------------------------------
 
+    def _is_endpoint(self, flow: http.HTTPFlow) -> bool:
+        """A plain-HTTP request to the proxy itself for one of our endpoints."""
+        req = flow.request
+        if req.scheme != "http" or req.method not in ("GET", "HEAD"):
+            return False
+        if req.path.split("?", 1)[0] not in ENDPOINT_PATHS:
+            return False
+        server = ctx.master.addons.get("proxyserver")
+        ports = {addr[1] for addr in server.listen_addrs()} if server else set()
+        return req.port in ports and _is_local_address(req.host)
+
     def _classify(self, flow: http.HTTPFlow) -> routes.Route | None:
         """The git route of a flow to a goblet host, or None for other traffic."""
         s = self.settings
         req = flow.request
-        if s is None or self.decider is None or req.scheme != "https":
+        if s is None or self.rt is None or req.scheme != "https":
             return None
         host = req.host.lower()
         if (host, req.port) not in s.hosts:
@@ -205,6 +181,9 @@ class Goblet:
         """Classify the flow; stream everything we do not need to read."""
         if flow.response or flow.error or not flow.live:
             return
+        if self.rt is not None and self._is_endpoint(flow):
+            self._flows[flow] = FlowState("endpoint")
+            return
         try:
             route = self._classify(flow)
         except ProtocolError as e:
@@ -215,13 +194,14 @@ class Goblet:
             if route is not None:
                 self._flows[flow] = FlowState(route.kind.value)
             return
-        assert self.keyer is not None and self.settings is not None
+        assert self.rt is not None and self.settings is not None
         credential = credential_from_headers(flow.request.headers.items(multi=True))
-        repo = self._repo(flow, route.repo_path)
         state = FlowState(
             route.kind.value,
-            repo=repo,
-            tenant=self.keyer.tenant_id(credential),
+            repo=self.rt.store.repo_for(
+                canonical_url(flow.request.host, flow.request.port, route.repo_path)
+            ),
+            tenant=self.rt.keyer.tenant_id(credential),
             credential=credential,
             version=_protocol_version(flow.request.headers.get("git-protocol")),
         )
@@ -229,27 +209,29 @@ class Goblet:
         length = flow.request.headers.get("content-length", "")
         if length.isdigit() and int(length) > self.settings.max_request_bytes:
             flow.request.stream = True
-            state.kind, state.reason = "upload_pack", "request body over the inspection limit"
-
-    def _repo(self, flow: http.HTTPFlow, repo_path: str) -> CacheRepo:
-        assert self.store is not None
-        return self.store.repo_for(canonical_url(flow.request.host, flow.request.port, repo_path))
+            state.reason = "request body over the inspection limit"
 
     async def request(self, flow: http.HTTPFlow) -> None:
         """Route upload-pack requests: upstream, cache, or a git-readable error."""
         if flow.response or flow.error or not flow.live:
             return
         state = self._flows.get(flow)
-        if state is None:
+        if state is None or self.rt is None:
+            return
+        if state.kind == "endpoint":
+            result = await self.rt.endpoint_answer(flow.request.path)
+            flow.response = http.Response.make(
+                result.status, b"" if flow.request.method == "HEAD" else result.body,
+                {"Content-Type": result.content_type, "Cache-Control": "no-store"},
+            )
             return
         if state.kind == "invalid":
             flow.request.stream = False
-            flow.response = _text_response(400, f"goblet: bad repository path: {state.reason}")
-            state.outcome = "error"
+            self._answer_error(flow, state, 400, f"goblet: bad repository path: {state.reason}")
             return
         if state.kind != "upload_pack" or flow.request.stream or state.repo is None:
             return
-        assert self.settings is not None and self.decider is not None
+        assert self.settings is not None
         raw = flow.request.raw_content or b""
         if len(raw) > self.settings.max_request_bytes:
             state.reason = "request body over the inspection limit"
@@ -262,12 +244,10 @@ class Goblet:
             else:
                 parsed = request.parse_v0(body, state.version)
         except ProtocolError as e:
-            flow.response = _text_response(400, f"goblet: malformed request: {e.reason}")
-            state.outcome, state.reason = "error", e.reason
+            self._answer_error(flow, state, 400, f"goblet: malformed request: {e.reason}")
             return
         except ValueError as e:
-            flow.response = _text_response(400, f"goblet: undecodable request body: {e}")
-            state.outcome, state.reason = "error", "undecodable body"
+            self._answer_error(flow, state, 400, f"goblet: undecodable request body: {e}")
             return
         if isinstance(parsed, request.LsRefsRequest):
             state.kind, state.ls_refs = "ls_refs", parsed
@@ -275,7 +255,9 @@ class Goblet:
         if not isinstance(parsed, request.FetchRequest):
             return
         state.kind = "fetch"
-        decision = await self.decider.decide(state.repo, state.tenant, state.credential, parsed)
+        decision = await self.rt.decider.decide(
+            state.repo, state.tenant, state.credential, parsed
+        )
         state.reason = decision.reason
         if not flow.live or flow.error:
             return
@@ -287,20 +269,27 @@ class Goblet:
         elif decision.route is Route.CACHE:
             self._to_backend(flow, state, body)
 
+    def _answer_error(self, flow: http.HTTPFlow, state: FlowState, status: int, msg: str) -> None:
+        line = " ".join(msg.split())[:300] + "\n"
+        flow.response = http.Response.make(
+            status, line.encode(), {"Content-Type": "text/plain; charset=utf-8"}
+        )
+        state.outcome, state.reason = "error", msg
+
     def _to_backend(self, flow: http.HTTPFlow, state: FlowState, body: bytes) -> None:
         """Rewrite ``flow`` so mitmproxy fetches its answer from our backend."""
-        assert self.backend is not None and state.repo is not None
+        assert self.rt is not None and state.repo is not None
         plan = ServePlan(
             repo_dir=state.repo.path,
             body=body,
             git_protocol=clean_git_protocol(flow.request.headers.get("git-protocol")),
             label=state.repo.url,
         )
-        token = self.plans.register(plan)
+        token = self.rt.plans.register(plan)
         req = flow.request
-        req.scheme, req.host, req.port = "http", "127.0.0.1", self.backend.port
+        req.scheme, req.host, req.port = "http", "127.0.0.1", self.rt.backend.port
         req.headers = http.Headers([
-            (b"Host", f"127.0.0.1:{self.backend.port}".encode()),
+            (b"Host", f"127.0.0.1:{self.rt.backend.port}".encode()),
             (b"Content-Length", b"0"),
             (TOKEN_HEADER.encode(), token.encode()),
         ])
@@ -314,48 +303,48 @@ class Goblet:
         state = self._flows.get(flow)
         if flow.response is None:
             return
-        if state is not None and state.outcome == "error":
-            return  # our own answer, already in memory
-        if state is not None and state.kind in ("info_refs", "ls_refs") \
-                and flow.response.status_code == 200:
+        if state is None:
+            flow.response.stream = True
             return
-        flow.response.stream = True
-        if state is not None and self.settings is not None:
+        if state.kind in ("endpoint", "invalid") or state.outcome == "error":
+            return  # our own answer, already in memory
+        if self.settings is not None:
             flow.response.headers["X-Served-By"] = self.settings.instance
+        if state.kind in ("info_refs", "ls_refs") and flow.response.status_code == 200:
+            return
+        flow.response.stream = state.count_bytes if state.outcome == "upstream" else True
 
     def response(self, flow: http.HTTPFlow) -> None:
-        """Record upstream's verdict; start a fill when upstream's refs moved."""
+        """Record upstream's verdict; start a fill when upstream's refs moved; log."""
         state = self._flows.pop(flow, None)
-        if state is None or flow.response is None:
+        if state is None or flow.response is None or state.kind == "endpoint":
             return
-        if state.repo is not None and state.outcome == "upstream" and self.decider is not None:
+        if state.repo is not None and state.outcome == "upstream" and self.rt is not None:
             self._record_verdict(flow, state)
             if flow.response.status_code == 200 and state.kind in ("info_refs", "ls_refs"):
                 self._refs_seen(flow, state)
-        self._log(flow, state)
+        self._finish(flow, state)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        """Log a flow that ended without a response."""
+        """Count and log a flow that ended without a (complete) response."""
         state = self._flows.pop(flow, None)
-        if state is not None:
-            state.outcome = "error"
+        if state is not None and state.kind != "endpoint":
             state.reason = flow.error.msg if flow.error else "flow error"
-            self._log(flow, state)
+            self._finish(flow, state, failed=True)
 
     def _record_verdict(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        assert flow.response is not None and state.repo is not None and self.decider is not None
+        assert flow.response is not None and state.repo is not None and self.rt is not None
         status = flow.response.status_code
         ctype = flow.response.headers.get("content-type", "")
-        verdicts = self.decider.verdicts
+        verdicts = self.rt.decider.verdicts
         if status in (401, 403, 404):
             verdicts.record(state.tenant, state.repo.url, granted=False)
         elif status == 200 and ctype.split(";")[0].strip() in (ADVERTISEMENT_TYPE, RESULT_TYPE):
             verdicts.record(state.tenant, state.repo.url, granted=True)
 
     def _refs_seen(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        assert flow.response is not None and state.repo is not None
-        assert self.store is not None and self.decider is not None
-        repo = state.repo
+        assert flow.response is not None and state.repo is not None and self.rt is not None
+        decider, repo = self.rt.decider, state.repo
         body = flow.response.get_content(strict=False) or b""
         try:
             if state.kind == "ls_refs":
@@ -366,7 +355,7 @@ class Goblet:
             log.warning("unparsable ref answer from %s: %s", repo.url, e.reason)
             return
         if adv.object_format != "sha1":
-            self.decider.uncacheable.add(repo.key)
+            decider.uncacheable.add(repo.key)
             return
         if adv.version == 2 and state.kind == "info_refs":
             # v2 capabilities only (the refs come with ls-refs): hide the fetch
@@ -377,33 +366,80 @@ class Goblet:
             return
         head = adv.symrefs.get("HEAD")
         if head:
-            self.decider.heads[repo.key] = head
+            decider.heads[repo.key] = head
         prefixes = state.ls_refs.ref_prefixes if state.ls_refs else ()
-        snapshot = self.store.state(repo)
+        snapshot = self.rt.store.state(repo)
         stale = snapshot is None or refs.refs_differ(adv.refs, snapshot.refs, prefixes)
         if not stale and head and snapshot is not None and snapshot.head != head:
             stale = True
         if stale:
-            self.decider.filler.start(repo, state.credential, head or self.decider.heads.get(
-                repo.key))
+            decider.filler.start(repo, state.credential, head or decider.heads.get(repo.key))
 
-    def _log(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        status = flow.response.status_code if flow.response else "-"
-        sent = state.plan.stats.bytes_sent if state.plan else None
-        if state.plan is not None and not state.plan.stats.complete:
-            state.outcome = "error"
-            state.reason = state.plan.stats.error or "cache stream incomplete"
-        log.info(
-            "git %s %s tenant=%s outcome=%s status=%s bytes=%s duration=%.3fs%s",
-            state.kind,
-            state.repo.url if state.repo else _url_without_query(flow),
-            short(state.tenant) if state.tenant else "-",
-            state.outcome,
-            status,
-            sent if sent is not None else "-",
-            time.monotonic() - state.started,
-            f" reason={state.reason!r}" if state.reason else "",
-        )
+    def _finish(self, flow: http.HTTPFlow, state: FlowState, failed: bool = False) -> None:
+        """Count the request in the metrics and write its access-log line."""
+        if self.rt is None or self.settings is None:
+            return
+        status = flow.response.status_code if flow.response is not None else None
+        outcome, sent, upstream_status = state.outcome, None, None
+        if state.plan is not None:
+            sent = state.plan.stats.bytes_sent
+            if not state.plan.stats.complete or failed:
+                outcome = "error"
+                state.reason = state.plan.stats.error or state.reason or "cache stream incomplete"
+        elif outcome == "upstream":
+            upstream_status = None if failed else status
+            if flow.response is not None:
+                sent = state.upstream_bytes or len(flow.response.raw_content or b"")
+            if failed or status is None or status >= 500:
+                outcome = "error"
+            elif status in (401, 403, 404):
+                outcome = "denied"
+        kind = _METRIC_KIND.get(state.kind, "other")
+        m = self.rt.metrics
+        duration = time.monotonic() - state.started
+        m.requests.labels(kind, outcome).inc()
+        m.request_duration.labels(kind).observe(duration)
+        if state.plan is not None:
+            m.served_bytes.labels("cache").inc(sent or 0)
+        elif state.outcome == "upstream":
+            m.served_bytes.labels("upstream").inc(sent or 0)
+            m.upstream_requests.labels(kind, status_class(upstream_status)).inc()
+            req, resp = flow.request, flow.response
+            if resp is not None and resp.timestamp_end and req.timestamp_end:
+                m.upstream_duration.labels(kind).observe(
+                    max(0.0, resp.timestamp_end - req.timestamp_end))
+        self.access.request(AccessRecord(
+            kind=state.kind,
+            url=state.repo.url if state.repo else _url_without_query(flow),
+            tenant=self.rt.tenant_label(state.tenant),
+            outcome=outcome,
+            status=status,
+            bytes=sent,
+            duration=duration,
+            upstream_status=upstream_status,
+            instance=self.settings.instance,
+            reason=state.reason,
+        ))
+
+
+@lru_cache(maxsize=256)
+def _is_local_address(host: str) -> bool:
+    """Whether ``host`` names this machine (a socket can bind to it)."""
+    if host in ("localhost", "127.0.0.1", "::1"):
+        return True
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM,
+                                   flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        return False
+    for family, _, _, _, sockaddr in infos:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((sockaddr[0], 0))
+                return True
+            except OSError:
+                continue
+    return False
 
 
 def _url_without_query(flow: http.HTTPFlow) -> str:
@@ -420,11 +456,6 @@ def _protocol_version(header: str | None) -> int:
             if value in ("1", "2"):
                 return int(value)
     return 0
-
-
-def _text_response(status: int, message: str) -> http.Response:
-    line = " ".join(message.split())[:300] + "\n"
-    return http.Response.make(status, line.encode(), {"Content-Type": "text/plain; charset=utf-8"})
 
 
 def make_addons() -> Sequence[object]:

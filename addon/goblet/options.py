@@ -1,5 +1,10 @@
 """Goblet's mitmproxy options and the pure functions that validate them.
 
+Every option is declared ``str`` or ``Sequence[str]`` and parsed here: a value
+mitmproxy itself fails to convert (say ``--set goblet_verdict_ttl=soon`` on an
+``int`` option) is dropped silently while the addon loads, so goblet does the
+conversion and refuses bad values loudly.
+
 Each parser takes the raw option value and returns the parsed value or
 raises ValueError with a message that names the problem; the addon turns that
 into ``OptionsError`` so a bad ``--set`` stops start-up (exit status 1).
@@ -46,7 +51,54 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "Name of this instance in logs and X-Served-By (default: the host name)."),
     OptionSpec("goblet_max_request_bytes", str, "64MiB",
                "Largest upload-pack request body inspected; larger ones pass through uncached."),
+    OptionSpec("goblet_min_free_bytes", str, "1GiB",
+               "Free disk below which the instance reports not ready (e.g. 512MiB, 10GiB)."),
+    OptionSpec("goblet_metrics_port", str, "0",
+               "Also serve /metrics, /healthz and /readyz on this port (0: only on the "
+               "proxy port)."),
+    OptionSpec("goblet_metrics_host", str, "",
+               "Address for goblet_metrics_port (default: mitmproxy's listen_host)."),
+    OptionSpec("goblet_log_format", str, "text",
+               "Access log format: text (mitmproxy's log) or json (one object per line "
+               "on stderr)."),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Validated values of every goblet option."""
+
+    cache_dir: Path
+    hosts: frozenset[tuple[str, int]]
+    verdict_ttl: int
+    upstream_timeout: int
+    instance: str
+    max_request_bytes: int
+    min_free_bytes: int
+    metrics_port: int
+    metrics_host: str
+    log_format: str
+
+
+def parse_settings(o: Any) -> Settings:
+    """Validate the ``goblet_*`` attributes of an options object; ValueError if bad."""
+    port_text = str(o.goblet_metrics_port).strip()
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or int(port_text) > 65535:
+        raise ValueError(f"goblet_metrics_port must be 0-65535, not {o.goblet_metrics_port!r}")
+    if o.goblet_log_format not in ("text", "json"):
+        raise ValueError(f"goblet_log_format must be text or json, not {o.goblet_log_format!r}")
+    return Settings(
+        cache_dir=parse_cache_dir(o.goblet_cache_dir),
+        hosts=parse_hosts(o.goblet_hosts),
+        verdict_ttl=parse_seconds("goblet_verdict_ttl", o.goblet_verdict_ttl, 0, 3600),
+        upstream_timeout=parse_seconds("goblet_upstream_timeout", o.goblet_upstream_timeout),
+        instance=parse_instance(o.goblet_instance),
+        max_request_bytes=parse_size("goblet_max_request_bytes", o.goblet_max_request_bytes),
+        min_free_bytes=parse_size("goblet_min_free_bytes", o.goblet_min_free_bytes, 0),
+        metrics_port=int(port_text),
+        metrics_host=o.goblet_metrics_host.strip(),
+        log_format=o.goblet_log_format,
+    )
 
 
 def parse_host(value: str) -> tuple[str, int]:

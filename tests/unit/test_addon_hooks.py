@@ -131,7 +131,7 @@ def test_ls_refs_goes_upstream_and_records_the_verdict(tmp_path: Path, mocker: A
         addon.requestheaders(f)
         await addon.request(f)
         assert f.response is None and f.request.host == HOST
-        start = mocker.patch.object(addon.decider.filler, "start")
+        start = mocker.patch.object(addon.rt.decider.filler, "start")
         f.response = http.Response.make(
             200, pkt(OID.encode() + b" refs/heads/main symref-target:x\n") + b"0000",
             {"Content-Type": "application/x-git-upload-pack-result"},
@@ -139,8 +139,8 @@ def test_ls_refs_goes_upstream_and_records_the_verdict(tmp_path: Path, mocker: A
         addon.responseheaders(f)
         assert not f.response.stream  # the ref answer is read, not streamed
         addon.response(f)
-        tenant = addon.keyer.tenant_id(addon_credential("Bearer t0k"))
-        assert addon.decider.verdicts.is_granted(tenant, "https://git.example.com/org/repo.git")
+        tenant = addon.rt.keyer.tenant_id(addon_credential("Bearer t0k"))
+        assert addon.rt.decider.verdicts.is_granted(tenant, "https://git.example.com/org/repo.git")
         start.assert_called_once()  # the cache has never seen this repo
 
     run(body, tmp_path)
@@ -154,8 +154,8 @@ def addon_credential(value: str) -> Any:
 def test_upstream_refusal_revokes_a_grant(status: int, tmp_path: Path) -> None:
     async def body(addon: Goblet, tctx: Any) -> None:
         url = "https://git.example.com/org/repo.git"
-        tenant = addon.keyer.tenant_id(addon_credential("Bearer t0k"))
-        addon.decider.verdicts.record(tenant, url, granted=True)
+        tenant = addon.rt.keyer.tenant_id(addon_credential("Bearer t0k"))
+        addon.rt.decider.verdicts.record(tenant, url, granted=True)
         f = git_flow("GET", "/org/repo.git/info/refs?service=git-upload-pack",
                      authorization="Bearer t0k")
         addon.requestheaders(f)
@@ -163,14 +163,14 @@ def test_upstream_refusal_revokes_a_grant(status: int, tmp_path: Path) -> None:
         f.response = http.Response.make(status, b"no")
         addon.responseheaders(f)
         addon.response(f)
-        assert not addon.decider.verdicts.is_granted(tenant, url)
+        assert not addon.rt.decider.verdicts.is_granted(tenant, url)
 
     run(body, tmp_path)
 
 
 def test_a_cache_decision_rewrites_the_flow_to_the_backend(tmp_path: Path, mocker: Any) -> None:
     async def body(addon: Goblet, tctx: Any) -> None:
-        mocker.patch.object(addon.decider, "decide",
+        mocker.patch.object(addon.rt.decider, "decide",
                             return_value=Decision(Route.CACHE, "all wants cached"))
         f = git_flow("POST", "/org/repo.git/git-upload-pack", FETCH,
                      git_protocol="version=2", authorization="Bearer s3cret")
@@ -178,10 +178,10 @@ def test_a_cache_decision_rewrites_the_flow_to_the_backend(tmp_path: Path, mocke
         await addon.request(f)
         assert f.response is None
         assert (f.request.scheme, f.request.host, f.request.port) == (
-            "http", "127.0.0.1", addon.backend.port)
+            "http", "127.0.0.1", addon.rt.backend.port)
         token = f.request.headers[TOKEN_HEADER]
         assert "authorization" not in f.request.headers  # credentials never reach the backend
-        plan = addon.plans.take(token)
+        plan = addon.rt.plans.take(token)
         assert plan is not None and plan.body == FETCH and plan.git_protocol == "version=2"
         f.response = http.Response.make(200, b"")
         addon.responseheaders(f)
@@ -192,7 +192,7 @@ def test_a_cache_decision_rewrites_the_flow_to_the_backend(tmp_path: Path, mocke
 
 def test_an_error_decision_answers_with_an_err_packet(tmp_path: Path, mocker: Any) -> None:
     async def body(addon: Goblet, tctx: Any) -> None:
-        mocker.patch.object(addon.decider, "decide",
+        mocker.patch.object(addon.rt.decider, "decide",
                             return_value=Decision(Route.ERROR, "goblet: upstream answered 502"))
         f = git_flow("POST", "/org/repo.git/git-upload-pack", FETCH, git_protocol="version=2")
         addon.requestheaders(f)
@@ -205,7 +205,7 @@ def test_an_error_decision_answers_with_an_err_packet(tmp_path: Path, mocker: An
 
 def test_an_upstream_decision_leaves_the_flow_alone(tmp_path: Path, mocker: Any) -> None:
     async def body(addon: Goblet, tctx: Any) -> None:
-        mocker.patch.object(addon.decider, "decide",
+        mocker.patch.object(addon.rt.decider, "decide",
                             return_value=Decision(Route.UPSTREAM, "no fresh upstream grant"))
         f = git_flow("POST", "/org/repo.git/git-upload-pack", FETCH, git_protocol="version=2",
                      authorization="Bearer s3cret")

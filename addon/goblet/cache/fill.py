@@ -15,9 +15,11 @@ import enum
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from goblet.auth.credentials import Credential
@@ -25,6 +27,7 @@ from goblet.cache.gitrun import GitResult, GitRunner, GitTimeout
 from goblet.cache.locks import LockTimeout, RepoLocks
 from goblet.cache.recovery import clean_residue
 from goblet.cache.store import OID_RE, CacheRepo, RepoStore
+from goblet.cache.usage import pack_bytes
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,22 @@ def header_config(url: str, credential: Credential) -> list[tuple[str, str]]:
     return entries
 
 
+class FillObserver(Protocol):
+    """Told about every fill and exact-object fetch (metrics, logs)."""
+
+    def fill_started(self, repo: CacheRepo) -> None:
+        """A fill begins (after the writer lock was taken)."""
+
+    def fill_finished(
+        self, repo: CacheRepo, result: str, seconds: float, bytes_in: int, reason: str
+    ) -> None:
+        """A fill ended: ``result`` is ok, denied, upstream_error or local_error."""
+
+
+_RESULTS = {FailureKind.DENIED: "denied", FailureKind.UPSTREAM: "upstream_error",
+            FailureKind.LOCAL: "local_error"}
+
+
 class Filler:
     """Runs fills and exact-object fetches, single-flight per repo."""
 
@@ -118,7 +137,9 @@ class Filler:
         *,
         stall_timeout: float,
         max_seconds: float = 3600.0,
+        observer: FillObserver | None = None,
     ) -> None:
+        self.observer = observer
         self.store = store
         self.locks = locks
         self.git = git
@@ -155,10 +176,29 @@ class Filler:
         if task.cancelled():
             return
         exc = task.exception()
-        if isinstance(exc, FillError):
-            log.warning("fill of %s failed: %s", repo.url, exc.reason)
-        elif exc is not None:
+        if exc is not None and not isinstance(exc, FillError):
             log.error("fill of %s crashed", repo.url, exc_info=exc)
+
+    @asynccontextmanager
+    async def _observed(self, repo: CacheRepo, path: Path) -> AsyncIterator[None]:
+        """Report one fill (or exact-object fetch) of ``repo`` to the observer."""
+        started = time.monotonic()
+        before = pack_bytes(path) if path.exists() else 0
+        if self.observer is not None:
+            self.observer.fill_started(repo)
+        result, reason = "local_error", "crashed"
+        try:
+            yield
+            result, reason = "ok", ""
+        except FillError as e:
+            result, reason = _RESULTS[e.kind], e.reason
+            raise
+        finally:
+            grown = max(0, pack_bytes(repo.path) - before) if result == "ok" else 0
+            if self.observer is not None:
+                self.observer.fill_finished(
+                    repo, result, time.monotonic() - started, grown, reason
+                )
 
     def _fetch_config(self, repo: CacheRepo, credential: Credential) -> list[tuple[str, str]]:
         return [
@@ -187,8 +227,12 @@ class Filler:
     async def _fill(self, repo: CacheRepo, credential: Credential, head: str | None) -> FillResult:
         started = time.monotonic()
         try:
-            async with self.locks.writer(repo.key, timeout=self.max_seconds):
-                return await self._fill_locked(repo, credential, head, started)
+            async with self.locks.writer(repo.key, timeout=self.max_seconds), \
+                    self._observed(repo, repo.path):
+                try:
+                    return await self._fill_locked(repo, credential, head, started)
+                except OSError as e:
+                    raise FillError(FailureKind.LOCAL, f"cache update failed: {e}") from e
         except LockTimeout as e:
             raise FillError(FailureKind.LOCAL, str(e)) from None
 
@@ -226,10 +270,7 @@ class Filler:
             else:
                 clean_residue(target)
             raise
-        seconds = time.monotonic() - started
-        log.info("filled %s: %d refs in %.2fs%s", repo.url, len(refs), seconds,
-                 " (new)" if created else "")
-        return FillResult(created, len(refs), seconds)
+        return FillResult(created, len(refs), time.monotonic() - started)
 
     async def fetch_oids(
         self, repo: CacheRepo, credential: Credential, oids: Sequence[str]
@@ -244,7 +285,8 @@ class Filler:
         if not self.store.exists(repo):
             raise FillError(FailureKind.LOCAL, "cache repo does not exist")
         try:
-            async with self.locks.writer(repo.key, timeout=self.max_seconds):
+            async with self.locks.writer(repo.key, timeout=self.max_seconds), \
+                    self._observed(repo, repo.path):
                 await asyncio.to_thread(clean_residue, repo.path)
                 try:
                     await self._fetch(
@@ -254,4 +296,3 @@ class Filler:
                     clean_residue(repo.path)
         except LockTimeout as e:
             raise FillError(FailureKind.LOCAL, str(e)) from None
-        log.info("fetched %d exact object(s) into %s", len(wanted), repo.url)

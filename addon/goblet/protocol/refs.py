@@ -220,6 +220,8 @@ def restrict_v2_fetch_features(body: bytes) -> bytes | None:
             kept = [f for f in features if f in CACHE_FETCH_FEATURES]
             if kept != features:
                 changed = True
-                p = Pkt(PktKind.DATA, ("fetch=" + " ".join(kept)).rstrip("=").encode() + b"\n")
+                line = ("fetch=" + " ".join(kept)).rstrip("=")
+                out.append(Pkt(PktKind.DATA, line.encode() + b"\n"))
+                continue
         out.append(p)
     return pktline.encode(out) if changed else None

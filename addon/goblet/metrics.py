@@ -1,0 +1,100 @@
+"""Prometheus metrics, in a registry of goblet's own.
+
+Labels are low-cardinality enums only: no tenant, repo or host labels (they
+are unbounded); per-repo detail is in the access log. Every name here is
+documented in ``docs/reference/metrics.md`` and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+KINDS = ("info_refs", "ls_refs", "fetch", "push", "other")
+OUTCOMES = ("cache", "upstream", "denied", "offline", "error")
+FILL_RESULTS = ("ok", "denied", "upstream_error", "local_error")
+SOURCES = ("cache", "upstream")
+
+# Seconds: from a warm ls-refs (ms) to a cold multi-GB clone (tens of minutes).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
+                    600, 1200, 1800)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """All goblet metrics. One instance per addon; ``render`` is the /metrics body."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "goblet_requests", "Git requests handled, by kind and outcome.",
+            ["kind", "outcome"], registry=r)
+        self.request_duration = Histogram(
+            "goblet_request_duration_seconds",
+            "Time from request headers to the end of the answer, by kind.",
+            ["kind"], buckets=DURATION_BUCKETS, registry=r)
+        self.upstream_requests = Counter(
+            "goblet_upstream_requests", "Git requests answered by the upstream, by kind and "
+            "HTTP status class (2xx, 3xx, 4xx, 5xx) or 'error' when no answer came.",
+            ["kind", "status"], registry=r)
+        self.upstream_duration = Histogram(
+            "goblet_upstream_duration_seconds",
+            "Time the upstream took to answer git requests passed to it, by kind.",
+            ["kind"], buckets=DURATION_BUCKETS, registry=r)
+        self.fills = Counter(
+            "goblet_fills", "Cache fills (and exact-object fetches) from upstream, by result.",
+            ["result"], registry=r)
+        self.fill_duration = Histogram(
+            "goblet_fill_duration_seconds", "Duration of fills from upstream.",
+            buckets=DURATION_BUCKETS, registry=r)
+        self.fills_in_flight = Gauge(
+            "goblet_fills_in_flight", "Fills running now.", registry=r)
+        self.served_bytes = Counter(
+            "goblet_served_bytes", "Bytes of git answers sent to clients, by source.",
+            ["source"], registry=r)
+        self.upstream_fetch_bytes = Counter(
+            "goblet_upstream_fetch_bytes",
+            "Bytes of pack data fills brought from upstream into the cache.", registry=r)
+        self.cache_repos = Gauge(
+            "goblet_cache_repos", "Repos in the cache (last measured).", registry=r)
+        self.cache_bytes = Gauge(
+            "goblet_cache_bytes", "Disk used by the cache directory (last measured).",
+            registry=r)
+        self.verdict_entries = Gauge(
+            "goblet_verdict_cache_entries", "(tenant, repo) verdicts held in memory.",
+            registry=r)
+        ProcessCollector(registry=r)
+        for kind in KINDS:  # export zeros so rates and ratios exist from the start
+            self.request_duration.labels(kind)
+            for outcome in OUTCOMES:
+                self.requests.labels(kind, outcome)
+        for result in FILL_RESULTS:
+            self.fills.labels(result)
+        for source in SOURCES:
+            self.served_bytes.labels(source)
+
+    def track_verdicts(self, size: Callable[[], int]) -> None:
+        """Report ``size()`` as the verdict cache size at every scrape."""
+        self.verdict_entries.set_function(lambda: float(size()))
+
+    def render(self) -> bytes:
+        """The text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+def status_class(status: int | None) -> str:
+    """``2xx``…``5xx`` for an HTTP status, ``error`` when there was none."""
+    if status is None or not 100 <= status <= 599:
+        return "error"
+    return f"{status // 100}xx"

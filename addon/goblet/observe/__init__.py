@@ -1,0 +1,1 @@
+"""Observability: health and readiness, the HTTP endpoints, metrics recording, access logs."""

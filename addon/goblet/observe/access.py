@@ -1,0 +1,99 @@
+"""One access-log line per git request, as text or JSON. Never a credential.
+
+Text (through mitmproxy's own log, so it shares its timestamp and verbosity)::
+
+    git fetch https://github.com/o/r.git tenant=3f2a9c01b7de outcome=cache status=200
+        bytes=123456 duration=0.412s upstream=- instance=goblet-1 [reason='…']
+
+JSON (``goblet_log_format=json``): one object per line on stderr, with the
+same fields plus ``time`` (RFC 3339, UTC) and ``event: "request"``; fills and
+errors use ``event: "fill"`` / ``"error"``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+_ACCESS = logging.getLogger("goblet.access")
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRecord:
+    """The facts of one git request. ``url`` never carries userinfo or a query."""
+
+    kind: str
+    url: str
+    tenant: str
+    outcome: str
+    status: int | None
+    bytes: int | None
+    duration: float
+    upstream_status: int | None
+    instance: str
+    reason: str = ""
+
+
+def format_text(r: AccessRecord) -> str:
+    """The text line (without mitmproxy's timestamp prefix)."""
+    line = (
+        f"git {r.kind} {r.url} tenant={r.tenant} outcome={r.outcome} "
+        f"status={r.status if r.status is not None else '-'} "
+        f"bytes={r.bytes if r.bytes is not None else '-'} duration={r.duration:.3f}s "
+        f"upstream={r.upstream_status if r.upstream_status is not None else '-'} "
+        f"instance={r.instance}"
+    )
+    if r.reason:
+        line += f" reason={r.reason!r}"
+    return line
+
+
+def rfc3339(ts: float) -> str:
+    """UTC time with milliseconds, e.g. ``2026-11-27T09:30:00.123Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+def format_json(event: str, fields: dict[str, Any], ts: float | None = None) -> str:
+    """One JSON object: ``time``, ``event`` and ``fields``, keys sorted."""
+    obj = {"time": rfc3339(time.time() if ts is None else ts), "event": event, **fields}
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+class AccessLog:
+    """Writes access records and events in the configured format."""
+
+    def __init__(self) -> None:
+        self.json = False
+        self._handler: logging.Handler | None = None
+
+    def configure(self, fmt: str) -> None:
+        """Switch between ``text`` (mitmproxy's log) and ``json`` (stderr lines)."""
+        self.json = fmt == "json"
+        if self.json and self._handler is None:
+            self._handler = logging.StreamHandler(sys.stderr)
+            self._handler.setFormatter(logging.Formatter("%(message)s"))
+            _ACCESS.addHandler(self._handler)
+            _ACCESS.propagate = False
+            _ACCESS.setLevel(logging.INFO)
+        elif not self.json and self._handler is not None:
+            _ACCESS.removeHandler(self._handler)
+            self._handler = None
+            _ACCESS.propagate = True
+
+    def request(self, record: AccessRecord) -> None:
+        """Log one git request."""
+        if self.json:
+            _ACCESS.info(format_json("request", asdict(record)))
+        else:
+            _ACCESS.info(format_text(record))
+
+    def event(self, event: str, message: str, level: int = logging.INFO, **fields: Any) -> None:
+        """Log a fill or error event (``message`` is the text form)."""
+        if self.json:
+            _ACCESS.log(level, format_json(event, {"message": message, **fields}))
+        else:
+            _ACCESS.log(level, message)

@@ -1,0 +1,143 @@
+"""Everything goblet runs, built once at start-up from the settings.
+
+The addon's hooks reach every part through one Runtime, so the hooks stay
+glue and the parts stay testable on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from goblet.auth.credentials import TenantKeyer, short
+from goblet.auth.secret import load_or_create_secret
+from goblet.auth.verdicts import VerdictCache
+from goblet.cache.fill import Filler
+from goblet.cache.gitrun import GitRunner
+from goblet.cache.locks import RepoLocks
+from goblet.cache.store import CacheRepo, RepoStore
+from goblet.cache.usage import measure
+from goblet.decide import FetchDecider
+from goblet.metrics import Metrics
+from goblet.observe.access import AccessLog
+from goblet.observe.endpoints import Answer, EndpointServer, answer
+from goblet.observe.health import HealthChecker, Readiness
+from goblet.options import Settings
+from goblet.serve.backend import ServeBackend
+from goblet.serve.plans import PlanRegistry
+
+log = logging.getLogger("goblet")
+
+SECRET_FILE = "tenant-secret"  # noqa: S105 (a file name, not a secret)
+USAGE_EVERY = 60.0
+
+
+class FillReporter:
+    """Feeds fill events to the metrics and the log (a ``FillObserver``)."""
+
+    def __init__(self, metrics: Metrics, access: AccessLog) -> None:
+        self.metrics = metrics
+        self.access = access
+
+    def fill_started(self, repo: CacheRepo) -> None:
+        """Count the fill as in flight."""
+        self.metrics.fills_in_flight.inc()
+
+    def fill_finished(
+        self, repo: CacheRepo, result: str, seconds: float, bytes_in: int, reason: str
+    ) -> None:
+        """Record the fill's result, duration and the pack bytes it brought."""
+        self.metrics.fills_in_flight.dec()
+        self.metrics.fills.labels(result).inc()
+        self.metrics.fill_duration.observe(seconds)
+        self.metrics.upstream_fetch_bytes.inc(bytes_in)
+        text = f"fill {repo.url} result={result} bytes={bytes_in} duration={seconds:.3f}s"
+        if reason:
+            text += f" reason={reason!r}"
+        level = logging.INFO if result == "ok" else logging.WARNING
+        self.access.event("fill", text, level, url=repo.url, result=result, bytes=bytes_in,
+                          duration=round(seconds, 3), reason=reason)
+
+
+class Runtime:
+    """The started parts: store, fills, decisions, backend, telemetry."""
+
+    def __init__(self, settings: Settings, git: GitRunner, secret: bytes, metrics: Metrics,
+                 access: AccessLog) -> None:
+        self.settings = settings
+        self.git = git
+        self.metrics = metrics
+        self.access = access
+        self.store = RepoStore(settings.cache_dir, git)
+        self.keyer = TenantKeyer(secret)
+        self.plans = PlanRegistry()
+        self.backend = ServeBackend(git, self.plans)
+        filler = Filler(self.store, RepoLocks(self.store.lock_dir), git,
+                        stall_timeout=settings.upstream_timeout,
+                        observer=FillReporter(metrics, access))
+        self.decider = FetchDecider(self.store, filler, VerdictCache(settings.verdict_ttl))
+        self.health = HealthChecker(
+            cache_dir=settings.cache_dir, tmp_dir=self.store.tmp_dir, git=git,
+            min_free_bytes=settings.min_free_bytes, backend_up=lambda: self.backend.running,
+        )
+        self.endpoints: EndpointServer | None = None
+        self._usage_task: asyncio.Task[None] | None = None
+        metrics.track_verdicts(lambda: len(self.decider.verdicts))
+
+    @classmethod
+    async def start(cls, settings: Settings, base_config: list[tuple[str, str]],
+                    metrics_host: str, access: AccessLog) -> Runtime:
+        """Create the cache layout, load the secret, start backend and endpoints.
+
+        Raises OSError or ValueError when the cache dir cannot be used.
+        """
+        git = GitRunner(home=settings.cache_dir / "home", base_config=base_config)
+        RepoStore(settings.cache_dir, git).prepare()
+        secret = load_or_create_secret(settings.cache_dir / SECRET_FILE)
+        rt = cls(settings, git, secret, Metrics(), access)
+        await rt.backend.start()
+        if settings.metrics_port:
+            rt.endpoints = EndpointServer(rt.endpoint_answer)
+            await rt.endpoints.start(metrics_host, settings.metrics_port)
+        rt._usage_task = asyncio.get_running_loop().create_task(rt._measure_usage())
+        return rt
+
+    async def stop(self) -> None:
+        """Stop background work, the endpoints and the backend (killing its children)."""
+        if self._usage_task is not None:
+            self._usage_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._usage_task
+        if self.endpoints is not None:
+            await self.endpoints.stop()
+        await self.backend.stop()
+
+    async def readiness(self) -> Readiness:
+        """Evaluate readiness now."""
+        return await self.health.readiness()
+
+    async def endpoint_answer(self, path: str) -> Answer:
+        """The answer to a GET of one of the observability endpoints."""
+        return await answer(
+            path,
+            metrics=lambda: (self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8"),
+            readiness=self.readiness,
+        )
+
+    async def _measure_usage(self) -> None:
+        while True:
+            usage = await asyncio.to_thread(measure, self.settings.cache_dir)
+            self.metrics.cache_repos.set(usage.repos)
+            self.metrics.cache_bytes.set(usage.bytes)
+            await asyncio.sleep(USAGE_EVERY)
+
+    def tenant_label(self, tenant: str) -> str:
+        """The short tenant id logs show."""
+        return short(tenant) if tenant else "-"
+
+
+def resolve_ca(path: str | None) -> list[tuple[str, str]]:
+    """git config for the upstream CA mitmproxy was told to trust, if any."""
+    return [("http.sslCAInfo", str(Path(path).resolve()))] if path else []
