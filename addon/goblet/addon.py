@@ -33,6 +33,7 @@ from goblet.decide import Route
 from goblet.metrics import status_class
 from goblet.observe.access import AccessLog, AccessRecord
 from goblet.observe.endpoints import PATHS as ENDPOINT_PATHS
+from goblet.offline.forward import UpstreamAnswer, UpstreamUnreachable
 from goblet.protocol import pktline, refs, request, routes
 from goblet.protocol.errors import ProtocolError
 from goblet.runtime import Runtime, resolve_ca
@@ -50,14 +51,16 @@ class FlowState:
     """What goblet knows about one git flow; lives only in memory."""
 
     kind: str  # info_refs | ls_refs | fetch | upload_pack | push | other | invalid | endpoint
+    # outcome: cache | upstream | offline | error ("denied" is derived at the end)
     repo: CacheRepo | None = None
     tenant: str = ""
     credential: Credential = field(default_factory=Credential)
     version: int = 0
     ls_refs: request.LsRefsRequest | None = None
-    outcome: str = "upstream"  # cache | upstream | error (denied is derived at the end)
+    outcome: str = "upstream"
     reason: str = ""
     plan: ServePlan | None = None
+    host: str = ""  # upstream host[:port] as in goblet_hosts
     upstream_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -102,6 +105,11 @@ class Goblet:
             self.rt.decider.verdicts.ttl = settings.verdict_ttl
         self.access.configure(settings.log_format)
         self.settings = settings
+        if settings.offline and ctx.options.connection_strategy != "lazy":
+            # An eager CONNECT fails outright when the upstream is down, before
+            # goblet sees a request it could answer from the cache.
+            log.info("goblet: goblet_offline=on sets connection_strategy=lazy")
+            ctx.options.update(connection_strategy="lazy")
 
     async def running(self) -> None:
         """Start the runtime and log one ``goblet ready`` line."""
@@ -112,7 +120,11 @@ class Goblet:
             base_config.append(("http.sslVerify", "false"))
         metrics_host = s.metrics_host or getattr(ctx.options, "listen_host", "")
         try:
-            self.rt = await Runtime.start(s, base_config, metrics_host, self.access)
+            self.rt = await Runtime.start(
+                s, base_config, metrics_host, self.access,
+                ca_file=getattr(ctx.options, "ssl_verify_upstream_trusted_ca", None),
+                insecure=bool(getattr(ctx.options, "ssl_insecure", False)),
+            )
         except (OSError, ValueError) as e:
             log.error("goblet: cannot start with cache dir %s: %s", s.cache_dir, e)
             return
@@ -123,8 +135,10 @@ class Goblet:
                         "advisory, consider --set http2=false (docs/architecture.md#http2)")
         log.info(
             "goblet ready: instance=%s cache_dir=%s hosts=%s verdict_ttl=%ds "
-            "upstream_timeout=%ds backend=127.0.0.1:%d metrics=%s log_format=%s",
-            s.instance, s.cache_dir, hosts, s.verdict_ttl, s.upstream_timeout,
+            "upstream_timeout=%ds isolation=%s offline=%s backend=127.0.0.1:%d metrics=%s "
+            "log_format=%s",
+            s.instance, s.cache_dir, hosts, s.verdict_ttl, s.upstream_timeout, s.isolation,
+            f"on(grace={s.offline_grace}s)" if s.offline else "off",
             self.rt.backend.port, metrics, s.log_format,
         )
 
@@ -195,21 +209,39 @@ class Goblet:
                 self._flows[flow] = FlowState(route.kind.value)
             return
         assert self.rt is not None and self.settings is not None
-        credential = credential_from_headers(flow.request.headers.items(multi=True))
+        proxy_login = flow.metadata.get("proxyauth")
+        credential = credential_from_headers(
+            flow.request.headers.items(multi=True),
+            (str(proxy_login[0]), str(proxy_login[1])) if proxy_login else None,
+        )
+        tenant = self.rt.keyer.tenant_id(credential)
+        url = canonical_url(flow.request.host, flow.request.port, route.repo_path)
         state = FlowState(
             route.kind.value,
-            repo=self.rt.store.repo_for(
-                canonical_url(flow.request.host, flow.request.port, route.repo_path)
-            ),
-            tenant=self.rt.keyer.tenant_id(credential),
+            repo=self.rt.store.repo_for(url, self._partition(credential, tenant)),
+            tenant=tenant,
             credential=credential,
             version=_protocol_version(flow.request.headers.get("git-protocol")),
+            host=url.split("/", 3)[2],
         )
         self._flows[flow] = state
         length = flow.request.headers.get("content-length", "")
         if length.isdigit() and int(length) > self.settings.max_request_bytes:
             flow.request.stream = True
             state.reason = "request body over the inspection limit"
+
+    def _partition(self, credential: Credential, tenant: str) -> str:
+        """The cache partition of a request under the configured isolation mode."""
+        assert self.settings is not None and self.rt is not None
+        mode = self.settings.isolation
+        if mode == "tenant":
+            return "tenant:" + tenant
+        if mode == "user":
+            user = credential.proxy[0] if credential.proxy else credential.basic_user
+            if user:
+                return "user:" + self.rt.keyer.tenant_id(Credential((("user", user),)))
+            return "tenant:" + tenant
+        return ""
 
     async def request(self, flow: http.HTTPFlow) -> None:
         """Route upload-pack requests: upstream, cache, or a git-readable error."""
@@ -228,6 +260,9 @@ class Goblet:
         if state.kind == "invalid":
             flow.request.stream = False
             self._answer_error(flow, state, 400, f"goblet: bad repository path: {state.reason}")
+            return
+        if state.kind == "info_refs" and self.settings is not None and self.settings.offline:
+            await self._forward(flow, state, b"")
             return
         if state.kind != "upload_pack" or flow.request.stream or state.repo is None:
             return
@@ -251,12 +286,14 @@ class Goblet:
             return
         if isinstance(parsed, request.LsRefsRequest):
             state.kind, state.ls_refs = "ls_refs", parsed
+            if self.settings.offline:
+                await self._forward(flow, state, body)
             return
         if not isinstance(parsed, request.FetchRequest):
             return
         state.kind = "fetch"
         decision = await self.rt.decider.decide(
-            state.repo, state.tenant, state.credential, parsed
+            state.repo, state.tenant, state.credential, parsed, state.host
         )
         state.reason = decision.reason
         if not flow.live or flow.error:
@@ -267,7 +304,57 @@ class Goblet:
             )
             state.outcome = "error"
         elif decision.route is Route.CACHE:
-            self._to_backend(flow, state, body)
+            self._to_backend(flow, state, self._plan(flow, state, body, notice=decision.notice))
+            if decision.offline:
+                state.outcome = "offline"
+
+    async def _forward(self, flow: http.HTTPFlow, state: FlowState, body: bytes) -> None:
+        """Offline mode: ask the upstream ourselves; on an outage answer from the cache."""
+        assert self.rt is not None and self.rt.forwarder is not None and state.repo is not None
+        req = flow.request
+        try:
+            answer = await self.rt.forwarder.send(
+                req.method, f"https://{state.host}{req.path}", req.headers.items(multi=True),
+                req.raw_content,
+            )
+        except UpstreamUnreachable as e:
+            self.rt.upstream.mark_down(state.host)
+            self._offline_answer(flow, state, body, f"upstream unreachable: {e}", None)
+            return
+        if answer.status >= 500:
+            self.rt.upstream.mark_down(state.host)
+            self._offline_answer(flow, state, body, f"upstream answered {answer.status}", answer)
+            return
+        self.rt.upstream.mark_up(state.host)
+        flow.response = _response_from(answer)
+
+    def _offline_answer(self, flow: http.HTTPFlow, state: FlowState, body: bytes, why: str,
+                        failed: UpstreamAnswer | None) -> None:
+        """Answer a ref request from the cache if this tenant may be served offline."""
+        assert self.rt is not None and state.repo is not None
+        if self.rt.decider.may_serve_offline(state.tenant, state.repo, state.host):
+            advertise = state.kind == "info_refs"
+            prefix = b""
+            if advertise and state.version != 2:
+                prefix = pktline.encode_line("# service=git-upload-pack") + pktline.FLUSH
+            plan = self._plan(flow, state, body, advertise=advertise, prefix=prefix)
+            self._to_backend(flow, state, plan)
+            state.outcome, state.reason = "offline", why
+        elif failed is not None:
+            flow.response = _response_from(failed)
+            state.reason = why
+        elif denial := self.rt.decider.verdicts.denied_within(
+                state.tenant, state.repo.url, self.rt.decider.offline_grace):
+            # Repeat upstream's last refusal of this credential (a 401 makes git
+            # retry with the user's credentials, which may be granted offline).
+            status = denial.status or 403
+            self._answer_error(flow, state, status,
+                               f"goblet: upstream unreachable; its last answer was {status}")
+            assert flow.response is not None
+            if denial.challenge:
+                flow.response.headers["WWW-Authenticate"] = denial.challenge
+        else:
+            self._answer_error(flow, state, 502, f"goblet: {why}")
 
     def _answer_error(self, flow: http.HTTPFlow, state: FlowState, status: int, msg: str) -> None:
         line = " ".join(msg.split())[:300] + "\n"
@@ -276,15 +363,23 @@ class Goblet:
         )
         state.outcome, state.reason = "error", msg
 
-    def _to_backend(self, flow: http.HTTPFlow, state: FlowState, body: bytes) -> None:
-        """Rewrite ``flow`` so mitmproxy fetches its answer from our backend."""
-        assert self.rt is not None and state.repo is not None
-        plan = ServePlan(
+    def _plan(self, flow: http.HTTPFlow, state: FlowState, body: bytes, *,
+              advertise: bool = False, prefix: bytes = b"", notice: str | None = None
+              ) -> ServePlan:
+        assert state.repo is not None
+        return ServePlan(
             repo_dir=state.repo.path,
             body=body,
             git_protocol=clean_git_protocol(flow.request.headers.get("git-protocol")),
             label=state.repo.url,
+            advertise=advertise,
+            prefix=prefix,
+            notice=notice,
         )
+
+    def _to_backend(self, flow: http.HTTPFlow, state: FlowState, plan: ServePlan) -> None:
+        """Rewrite ``flow`` so mitmproxy fetches its answer (``plan``) from our backend."""
+        assert self.rt is not None
         token = self.rt.plans.register(plan)
         req = flow.request
         req.scheme, req.host, req.port = "http", "127.0.0.1", self.rt.backend.port
@@ -320,6 +415,10 @@ class Goblet:
         if state is None or flow.response is None or state.kind == "endpoint":
             return
         if state.repo is not None and state.outcome == "upstream" and self.rt is not None:
+            if flow.response.status_code >= 500:
+                self.rt.upstream.mark_down(state.host)
+            else:
+                self.rt.upstream.mark_up(state.host)
             self._record_verdict(flow, state)
             if flow.response.status_code == 200 and state.kind in ("info_refs", "ls_refs"):
                 self._refs_seen(flow, state)
@@ -330,6 +429,9 @@ class Goblet:
         state = self._flows.pop(flow, None)
         if state is not None and state.kind != "endpoint":
             state.reason = flow.error.msg if flow.error else "flow error"
+            if state.outcome == "upstream" and flow.response is None and self.rt is not None \
+                    and state.host:
+                self.rt.upstream.mark_down(state.host)  # no answer at all from upstream
             self._finish(flow, state, failed=True)
 
     def _record_verdict(self, flow: http.HTTPFlow, state: FlowState) -> None:
@@ -338,7 +440,8 @@ class Goblet:
         ctype = flow.response.headers.get("content-type", "")
         verdicts = self.rt.decider.verdicts
         if status in (401, 403, 404):
-            verdicts.record(state.tenant, state.repo.url, granted=False)
+            verdicts.record(state.tenant, state.repo.url, granted=False, status=status,
+                            challenge=flow.response.headers.get("www-authenticate"))
         elif status == 200 and ctype.split(";")[0].strip() in (ADVERTISEMENT_TYPE, RESULT_TYPE):
             verdicts.record(state.tenant, state.repo.url, granted=True)
 
@@ -440,6 +543,18 @@ def _is_local_address(host: str) -> bool:
             except OSError:
                 continue
     return False
+
+
+def _response_from(answer: UpstreamAnswer) -> http.Response:
+    """A mitmproxy response carrying the upstream's answer byte for byte."""
+    now = time.time()
+    return http.Response(
+        http_version=b"HTTP/1.1", status_code=answer.status, reason=answer.reason.encode(),
+        headers=http.Headers([(k.encode(), v.encode("latin-1", "replace"))
+                              for k, v in answer.headers]
+                             + [(b"content-length", str(len(answer.body)).encode())]),
+        content=answer.body, trailers=None, timestamp_start=now, timestamp_end=now,
+    )
 
 
 def _url_without_query(flow: http.HTTPFlow) -> str:

@@ -58,6 +58,17 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "proxy port)."),
     OptionSpec("goblet_metrics_host", str, "",
                "Address for goblet_metrics_port (default: mitmproxy's listen_host)."),
+    OptionSpec("goblet_isolation", str, "shared",
+               "How tenants share the cache: shared (one object store per upstream repo, "
+               "every read verified upstream), tenant (separate repos per credential), user "
+               "(per user name), public (only anonymously readable repos are cached)."),
+    OptionSpec("goblet_negative_ttl", str, "60s",
+               "How long an upstream refusal is remembered (it always revokes a grant at once)."),
+    OptionSpec("goblet_offline", str, "off",
+               "on: when the upstream is unreachable (network error, timeout, 5xx) answer "
+               "credentials it granted within goblet_offline_grace from the cache."),
+    OptionSpec("goblet_offline_grace", str, "24h",
+               "How old a grant may be for offline answers (e.g. 30m, 24h)."),
     OptionSpec("goblet_log_format", str, "text",
                "Access log format: text (mitmproxy's log) or json (one object per line "
                "on stderr)."),
@@ -78,6 +89,21 @@ class Settings:
     metrics_port: int
     metrics_host: str
     log_format: str
+    isolation: str = "shared"
+    negative_ttl: int = 60
+    offline: bool = False
+    offline_grace: int = 86400
+
+
+ISOLATION_MODES = ("shared", "tenant", "user", "public")
+
+
+def parse_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices`` (case-insensitive), else ValueError."""
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return text
 
 
 def parse_settings(o: Any) -> Settings:
@@ -98,6 +124,11 @@ def parse_settings(o: Any) -> Settings:
         metrics_port=int(port_text),
         metrics_host=o.goblet_metrics_host.strip(),
         log_format=o.goblet_log_format,
+        isolation=parse_choice("goblet_isolation", o.goblet_isolation, ISOLATION_MODES),
+        negative_ttl=parse_seconds("goblet_negative_ttl", o.goblet_negative_ttl, 0, 86400),
+        offline=parse_choice("goblet_offline", o.goblet_offline, ("off", "on")) == "on",
+        offline_grace=parse_seconds("goblet_offline_grace", o.goblet_offline_grace, 1,
+                                    30 * 86400),
     )
 
 

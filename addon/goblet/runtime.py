@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from goblet.auth.credentials import TenantKeyer, short
 from goblet.auth.secret import load_or_create_secret
@@ -24,6 +25,8 @@ from goblet.metrics import Metrics
 from goblet.observe.access import AccessLog
 from goblet.observe.endpoints import Answer, EndpointServer, answer
 from goblet.observe.health import HealthChecker, Readiness
+from goblet.offline.forward import Forwarder, tls_context
+from goblet.offline.state import UpstreamState
 from goblet.options import Settings
 from goblet.serve.backend import ServeBackend
 from goblet.serve.plans import PlanRegistry
@@ -37,9 +40,10 @@ USAGE_EVERY = 60.0
 class FillReporter:
     """Feeds fill events to the metrics and the log (a ``FillObserver``)."""
 
-    def __init__(self, metrics: Metrics, access: AccessLog) -> None:
+    def __init__(self, metrics: Metrics, access: AccessLog, upstream: UpstreamState) -> None:
         self.metrics = metrics
         self.access = access
+        self.upstream = upstream
 
     def fill_started(self, repo: CacheRepo) -> None:
         """Count the fill as in flight."""
@@ -53,6 +57,11 @@ class FillReporter:
         self.metrics.fills.labels(result).inc()
         self.metrics.fill_duration.observe(seconds)
         self.metrics.upstream_fetch_bytes.inc(bytes_in)
+        host = urlsplit(repo.url).netloc
+        if result == "upstream_error":
+            self.upstream.mark_down(host)
+        elif result in ("ok", "denied"):
+            self.upstream.mark_up(host)
         text = f"fill {repo.url} result={result} bytes={bytes_in} duration={seconds:.3f}s"
         if reason:
             text += f" reason={reason!r}"
@@ -65,8 +74,10 @@ class Runtime:
     """The started parts: store, fills, decisions, backend, telemetry."""
 
     def __init__(self, settings: Settings, git: GitRunner, secret: bytes, metrics: Metrics,
-                 access: AccessLog) -> None:
+                 access: AccessLog, *, forwarder: Forwarder | None = None) -> None:
         self.settings = settings
+        self.forwarder = forwarder
+        self.upstream = UpstreamState()
         self.git = git
         self.metrics = metrics
         self.access = access
@@ -76,8 +87,16 @@ class Runtime:
         self.backend = ServeBackend(git, self.plans)
         filler = Filler(self.store, RepoLocks(self.store.lock_dir), git,
                         stall_timeout=settings.upstream_timeout,
-                        observer=FillReporter(metrics, access))
-        self.decider = FetchDecider(self.store, filler, VerdictCache(settings.verdict_ttl))
+                        observer=FillReporter(metrics, access, self.upstream))
+        verdicts = VerdictCache(
+            settings.verdict_ttl, negative_ttl=settings.negative_ttl,
+            keep=settings.offline_grace if settings.offline else 0,
+        )
+        self.decider = FetchDecider(
+            self.store, filler, verdicts, isolation=settings.isolation,
+            offline=settings.offline, offline_grace=settings.offline_grace,
+            upstream=self.upstream,
+        )
         self.health = HealthChecker(
             cache_dir=settings.cache_dir, tmp_dir=self.store.tmp_dir, git=git,
             min_free_bytes=settings.min_free_bytes, backend_up=lambda: self.backend.running,
@@ -88,7 +107,8 @@ class Runtime:
 
     @classmethod
     async def start(cls, settings: Settings, base_config: list[tuple[str, str]],
-                    metrics_host: str, access: AccessLog) -> Runtime:
+                    metrics_host: str, access: AccessLog, *, ca_file: str | None = None,
+                    insecure: bool = False) -> Runtime:
         """Create the cache layout, load the secret, start backend and endpoints.
 
         Raises OSError or ValueError when the cache dir cannot be used.
@@ -96,7 +116,10 @@ class Runtime:
         git = GitRunner(home=settings.cache_dir / "home", base_config=base_config)
         RepoStore(settings.cache_dir, git).prepare()
         secret = load_or_create_secret(settings.cache_dir / SECRET_FILE)
-        rt = cls(settings, git, secret, Metrics(), access)
+        forwarder = None
+        if settings.offline:
+            forwarder = Forwarder(tls_context(ca_file, insecure), settings.upstream_timeout)
+        rt = cls(settings, git, secret, Metrics(), access, forwarder=forwarder)
         await rt.backend.start()
         if settings.metrics_port:
             rt.endpoints = EndpointServer(rt.endpoint_answer)
@@ -112,6 +135,8 @@ class Runtime:
                 await self._usage_task
         if self.endpoints is not None:
             await self.endpoints.stop()
+        if self.forwarder is not None:
+            self.forwarder.close()
         await self.backend.stop()
 
     async def readiness(self) -> Readiness:

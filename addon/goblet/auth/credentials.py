@@ -9,6 +9,7 @@ tenant only if they would look the same to the upstream.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from collections.abc import Iterable
@@ -28,18 +29,41 @@ ANONYMOUS = "anonymous"
 
 @dataclass(frozen=True, slots=True)
 class Credential:
-    """The identity-bearing headers of one request, in a stable order.
+    """The identity of one request: its upstream headers and its proxy login.
 
-    ``str``/``repr`` never show the values. ``headers`` is for exactly two
-    uses: the tenant HMAC and the ``http.extraHeader`` env of a fill.
+    ``headers`` are the identity-bearing request headers in a stable order;
+    they are for exactly two uses: the tenant HMAC and the
+    ``http.extraHeader`` env of a fill. ``proxy`` is the (user, password)
+    mitmproxy's ``proxyauth`` accepted, if any: part of the tenant identity,
+    never sent upstream. ``str``/``repr`` never show any value.
     """
 
     headers: tuple[tuple[str, str], ...] = ()
+    proxy: tuple[str, str] | None = None
 
     @property
     def anonymous(self) -> bool:
         """True when the request carried no credential at all."""
+        return not self.headers and self.proxy is None
+
+    @property
+    def upstream_anonymous(self) -> bool:
+        """True when nothing would identify the request to the upstream."""
         return not self.headers
+
+    @property
+    def basic_user(self) -> str | None:
+        """The user name of a Basic ``Authorization`` header, if there is one."""
+        for name, value in self.headers:
+            scheme, _, token = value.partition(" ")
+            if name == "authorization" and scheme.lower() == "basic":
+                try:
+                    decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+                except (ValueError, UnicodeDecodeError):
+                    return None
+                user = decoded.partition(":")[0]
+                return user or None
+        return None
 
     def __repr__(self) -> str:
         return "Credential(anonymous)" if self.anonymous else "Credential([secure])"
@@ -47,14 +71,16 @@ class Credential:
     __str__ = __repr__
 
 
-def credential_from_headers(fields: Iterable[tuple[str, str]]) -> Credential:
-    """Build a Credential from (name, value) header pairs as received."""
+def credential_from_headers(
+    fields: Iterable[tuple[str, str]], proxy: tuple[str, str] | None = None
+) -> Credential:
+    """Build a Credential from (name, value) header pairs as received and a proxy login."""
     picked = sorted(
         (name.lower(), value)
         for name, value in fields
         if name.lower() not in NON_CREDENTIAL_HEADERS
     )
-    return Credential(tuple(picked))
+    return Credential(tuple(picked), proxy)
 
 
 class TenantKeyer:
@@ -74,12 +100,17 @@ class TenantKeyer:
         """The tenant id for ``credential``."""
         if credential.anonymous:
             return ANONYMOUS
-        # Length-prefixed, so no choice of names and values can collide.
+        # Length-prefixed, so no choice of names and values can collide; the
+        # proxy login is a pair under a name no HTTP header can have.
+        pairs = list(credential.headers)
+        if credential.proxy is not None:
+            pairs.append((" proxy", f"{len(credential.proxy[0])}:{credential.proxy[0]}"
+                                    f"{credential.proxy[1]}"))
         canonical = b"".join(
             b"%d:%s%d:%s" % (len(n), n, len(v), v)
             for n, v in (
                 (name.encode("utf-8", "surrogatepass"), value.encode("utf-8", "surrogatepass"))
-                for name, value in credential.headers
+                for name, value in pairs
             )
         )
         return hmac.new(self._secret, canonical, hashlib.sha256).hexdigest()

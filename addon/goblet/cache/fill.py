@@ -100,7 +100,7 @@ def header_config(url: str, credential: Credential) -> list[tuple[str, str]]:
     """
     parts = urlsplit(url)
     origin = f"{parts.scheme}://{parts.netloc}/"
-    if credential.anonymous:
+    if credential.upstream_anonymous:
         return []
     entries = [(f"http.{origin}.extraHeader", "")]
     for name, value in credential.headers:

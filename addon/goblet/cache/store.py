@@ -95,9 +95,14 @@ class RepoStore:
         for d in (self.repos_dir, self.tmp_dir, self.lock_dir, self.git.home):
             d.mkdir(parents=True, exist_ok=True)
 
-    def repo_for(self, url: str) -> CacheRepo:
-        """The CacheRepo for a canonical upstream URL (it may not exist yet)."""
-        key = hashlib.sha256(url.encode("utf-8")).hexdigest()
+    def repo_for(self, url: str, partition: str = "") -> CacheRepo:
+        """The CacheRepo for a canonical upstream URL (it may not exist yet).
+
+        ``partition`` separates caches of one URL (isolation modes ``tenant``
+        and ``user``); the empty partition is the shared cache.
+        """
+        material = url if not partition else f"{url}\0{partition}"
+        key = hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
         return CacheRepo(url, key, self.repos_dir / f"{key}.git")
 
     def exists(self, repo: CacheRepo) -> bool:

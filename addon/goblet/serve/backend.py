@@ -24,11 +24,11 @@ import h11
 
 from goblet.cache.gitrun import READ_CHUNK, GitRunner, kill_and_reap
 from goblet.protocol.pktline import error_packet
+from goblet.protocol.sideband import NoticeInserter
 from goblet.serve.plans import TOKEN_HEADER, PlanRegistry, ServePlan
 
 log = logging.getLogger(__name__)
 
-RESULT_TYPE = b"application/x-git-upload-pack-result"
 _STDERR_KEEP = 8192
 
 
@@ -104,13 +104,14 @@ class ServeBackend:
         """Run upload-pack for ``plan``; True if the connection may be reused."""
         stats = plan.stats
         extra = {"GIT_PROTOCOL": plan.git_protocol} if plan.git_protocol else None
+        args = ["upload-pack", "--stateless-rpc"]
+        if plan.advertise:
+            args.append("--advertise-refs")
         try:
-            proc = await self.git.spawn(
-                ["upload-pack", "--stateless-rpc", str(plan.repo_dir)], extra_env=extra
-            )
+            proc = await self.git.spawn([*args, str(plan.repo_dir)], extra_env=extra)
         except OSError as e:
             stats.error = f"cannot start upload-pack: {e.strerror}"
-            await _send_git_error(conn, writer, "goblet: cache unavailable, retry")
+            await _send_git_error(conn, writer, plan, "goblet: cache unavailable, retry")
             return True
         self._children.add(proc)
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
@@ -124,18 +125,11 @@ class ServeBackend:
                 stats.error = (await stderr_task).decode("utf-8", "replace").strip()[-300:]
                 log.warning("upload-pack for %s produced nothing (status %s): %s",
                             plan.label, rc, stats.error)
-                await _send_git_error(conn, writer, "goblet: the cache could not answer, retry")
+                await _send_git_error(
+                    conn, writer, plan, "goblet: the cache could not answer, retry"
+                )
                 return True
-            writer.write(conn.send(h11.Response(
-                status_code=200,
-                headers=[(b"Content-Type", RESULT_TYPE), (b"Cache-Control", b"no-cache"),
-                         (b"Transfer-Encoding", b"chunked")],
-            )) or b"")
-            while chunk:
-                writer.write(conn.send(h11.Data(data=chunk)) or b"")
-                stats.bytes_sent += len(chunk)
-                await writer.drain()
-                chunk = await proc.stdout.read(READ_CHUNK)
+            await _stream(conn, writer, proc.stdout, plan, chunk)
             rc = await proc.wait()
             stats.returncode = rc
             if rc != 0:
@@ -162,6 +156,30 @@ class ServeBackend:
                 await feeder
             with contextlib.suppress(asyncio.CancelledError):
                 await stderr_task
+
+
+async def _stream(conn: h11.Connection, writer: asyncio.StreamWriter,
+                  stdout: asyncio.StreamReader, plan: ServePlan, first: bytes) -> None:
+    """Send the 200 head, then ``plan.prefix``, ``first`` and the rest of ``stdout``."""
+    stats = plan.stats
+    inserter = NoticeInserter(plan.notice) if plan.notice else None
+    writer.write(conn.send(h11.Response(
+        status_code=200,
+        headers=[(b"Content-Type", plan.content_type.encode()),
+                 (b"Cache-Control", b"no-cache"), (b"Transfer-Encoding", b"chunked")],
+    )) or b"")
+    chunk = plan.prefix + first
+    while chunk:
+        if inserter is not None:
+            chunk = inserter.feed(chunk)
+        if chunk:
+            writer.write(conn.send(h11.Data(data=chunk)) or b"")
+            stats.bytes_sent += len(chunk)
+            await writer.drain()
+        chunk = await stdout.read(READ_CHUNK)
+    if inserter is not None and (rest := inserter.close()):
+        writer.write(conn.send(h11.Data(data=rest)) or b"")
+        stats.bytes_sent += len(rest)
 
 
 def _header(req: h11.Request, name: bytes) -> str | None:
@@ -201,11 +219,14 @@ async def _send_simple(
     await writer.drain()
 
 
-async def _send_git_error(conn: h11.Connection, writer: asyncio.StreamWriter, msg: str) -> None:
+async def _send_git_error(
+    conn: h11.Connection, writer: asyncio.StreamWriter, plan: ServePlan, msg: str
+) -> None:
     body = error_packet(msg)
     writer.write(conn.send(h11.Response(
         status_code=200,
-        headers=[(b"Content-Type", RESULT_TYPE), (b"Content-Length", str(len(body)).encode())],
+        headers=[(b"Content-Type", plan.content_type.encode()),
+                 (b"Content-Length", str(len(body)).encode())],
     )) or b"")
     writer.write(conn.send(h11.Data(data=body)) or b"")
     writer.write(conn.send(h11.EndOfMessage()) or b"")

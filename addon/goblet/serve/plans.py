@@ -30,15 +30,32 @@ class ServeStats:
     error: str | None = None
 
 
+RESULT_TYPE = "application/x-git-upload-pack-result"
+ADVERTISEMENT_TYPE = "application/x-git-upload-pack-advertisement"
+
+
 @dataclass(frozen=True, slots=True)
 class ServePlan:
-    """One ``upload-pack --stateless-rpc`` run: repo, stdin and GIT_PROTOCOL."""
+    """One ``upload-pack --stateless-rpc`` run: repo, stdin and GIT_PROTOCOL.
+
+    ``advertise`` runs ``--advertise-refs`` (an info/refs answer, offline)
+    and sends ``prefix`` first; ``notice``, if set, is shown to the user as a
+    ``remote:`` line inside a side-band answer.
+    """
 
     repo_dir: Path
     body: bytes
     git_protocol: str | None
     label: str
+    advertise: bool = False
+    prefix: bytes = b""
+    notice: str | None = None
     stats: ServeStats = field(default_factory=ServeStats)
+
+    @property
+    def content_type(self) -> str:
+        """The Content-Type git expects for this answer."""
+        return ADVERTISEMENT_TYPE if self.advertise else RESULT_TYPE
 
 
 def clean_git_protocol(value: str | None) -> str | None:

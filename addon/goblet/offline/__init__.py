@@ -1,0 +1,1 @@
+"""Offline mode: knowing when the upstream is unreachable, and asking it ourselves."""
