@@ -27,7 +27,7 @@ from functools import lru_cache
 from mitmproxy import ctx, exceptions, http, tls
 
 from goblet import options as opts
-from goblet.auth.credentials import Credential, credential_from_headers
+from goblet.auth.credentials import ANONYMOUS, Credential, credential_from_headers
 from goblet.cache.store import CacheRepo, canonical_url
 from goblet.decide import Route
 from goblet.metrics import status_class
@@ -300,7 +300,8 @@ class Goblet:
             return
         if decision.route is Route.ERROR:
             flow.response = http.Response.make(
-                200, pktline.error_packet(decision.reason), {"Content-Type": RESULT_TYPE}
+                200, pktline.error_packet(decision.reason),
+                {"Content-Type": RESULT_TYPE, **self._served_by()},
             )
             state.outcome = "error"
         elif decision.route is Route.CACHE:
@@ -359,9 +360,13 @@ class Goblet:
     def _answer_error(self, flow: http.HTTPFlow, state: FlowState, status: int, msg: str) -> None:
         line = " ".join(msg.split())[:300] + "\n"
         flow.response = http.Response.make(
-            status, line.encode(), {"Content-Type": "text/plain; charset=utf-8"}
+            status, line.encode(),
+            {"Content-Type": "text/plain; charset=utf-8", **self._served_by()},
         )
         state.outcome, state.reason = "error", msg
+
+    def _served_by(self) -> dict[str, str]:
+        return {"X-Served-By": self.settings.instance} if self.settings is not None else {}
 
     def _plan(self, flow: http.HTTPFlow, state: FlowState, body: bytes, *,
               advertise: bool = False, prefix: bytes = b"", notice: str | None = None
@@ -475,8 +480,11 @@ class Goblet:
         stale = snapshot is None or refs.refs_differ(adv.refs, snapshot.refs, prefixes)
         if not stale and head and snapshot is not None and snapshot.head != head:
             stale = True
+        if decider.isolation == "public" and decider.verdicts.is_denied(ANONYMOUS, repo.url):
+            return  # not anonymously readable: never cached in public isolation
         if stale:
-            decider.filler.start(repo, state.credential, head or decider.heads.get(repo.key))
+            decider.filler.start(repo, decider.fill_credential(state.credential),
+                                 head or decider.heads.get(repo.key))
 
     def _finish(self, flow: http.HTTPFlow, state: FlowState, failed: bool = False) -> None:
         """Count the request in the metrics and write its access-log line."""

@@ -71,6 +71,12 @@ class Metrics:
         self.cache_bytes = Gauge(
             "goblet_cache_bytes", "Disk used by the cache directory (last measured).",
             registry=r)
+        self.cache_free_bytes = Gauge(
+            "goblet_cache_free_bytes",
+            "Free bytes on the cache directory's filesystem (last measured).", registry=r)
+        self.ready = Gauge(
+            "goblet_ready", "1 when every readiness check passes (as /readyz), else 0; "
+            "re-evaluated every 15 s.", registry=r)
         self.verdict_entries = Gauge(
             "goblet_verdict_cache_entries", "(tenant, repo) verdicts held in memory.",
             registry=r)

@@ -24,7 +24,7 @@ from goblet.decide import FetchDecider
 from goblet.metrics import Metrics
 from goblet.observe.access import AccessLog
 from goblet.observe.endpoints import Answer, EndpointServer, answer
-from goblet.observe.health import HealthChecker, Readiness
+from goblet.observe.health import HealthChecker, Readiness, free_bytes
 from goblet.offline.forward import Forwarder, tls_context
 from goblet.offline.state import UpstreamState
 from goblet.options import Settings
@@ -35,12 +35,15 @@ log = logging.getLogger("goblet")
 
 SECRET_FILE = "tenant-secret"  # noqa: S105 (a file name, not a secret)
 USAGE_EVERY = 60.0
+READY_EVERY = 15.0
 
 
 class FillReporter:
     """Feeds fill events to the metrics and the log (a ``FillObserver``)."""
 
-    def __init__(self, metrics: Metrics, access: AccessLog, upstream: UpstreamState) -> None:
+    def __init__(self, metrics: Metrics, access: AccessLog, upstream: UpstreamState,
+                 instance: str) -> None:
+        self.instance = instance
         self.metrics = metrics
         self.access = access
         self.upstream = upstream
@@ -67,7 +70,7 @@ class FillReporter:
             text += f" reason={reason!r}"
         level = logging.INFO if result == "ok" else logging.WARNING
         self.access.event("fill", text, level, url=repo.url, result=result, bytes=bytes_in,
-                          duration=round(seconds, 3), reason=reason)
+                          duration=round(seconds, 3), reason=reason, instance=self.instance)
 
 
 class Runtime:
@@ -87,7 +90,8 @@ class Runtime:
         self.backend = ServeBackend(git, self.plans)
         filler = Filler(self.store, RepoLocks(self.store.lock_dir), git,
                         stall_timeout=settings.upstream_timeout,
-                        observer=FillReporter(metrics, access, self.upstream))
+                        observer=FillReporter(metrics, access, self.upstream,
+                                              settings.instance))
         verdicts = VerdictCache(
             settings.verdict_ttl, negative_ttl=settings.negative_ttl,
             keep=settings.offline_grace if settings.offline else 0,
@@ -102,7 +106,7 @@ class Runtime:
             min_free_bytes=settings.min_free_bytes, backend_up=lambda: self.backend.running,
         )
         self.endpoints: EndpointServer | None = None
-        self._usage_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         metrics.track_verdicts(lambda: len(self.decider.verdicts))
 
     @classmethod
@@ -124,15 +128,16 @@ class Runtime:
         if settings.metrics_port:
             rt.endpoints = EndpointServer(rt.endpoint_answer)
             await rt.endpoints.start(metrics_host, settings.metrics_port)
-        rt._usage_task = asyncio.get_running_loop().create_task(rt._measure_usage())
+        loop = asyncio.get_running_loop()
+        rt._tasks = [loop.create_task(rt._measure_usage()), loop.create_task(rt._watch_ready())]
         return rt
 
     async def stop(self) -> None:
         """Stop background work, the endpoints and the backend (killing its children)."""
-        if self._usage_task is not None:
-            self._usage_task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._usage_task
+                await task
         if self.endpoints is not None:
             await self.endpoints.stop()
         if self.forwarder is not None:
@@ -140,8 +145,17 @@ class Runtime:
         await self.backend.stop()
 
     async def readiness(self) -> Readiness:
-        """Evaluate readiness now."""
-        return await self.health.readiness()
+        """Evaluate readiness now (and publish it as ``goblet_ready``)."""
+        verdict = await self.health.readiness()
+        self.metrics.ready.set(1 if verdict.ready else 0)
+        return verdict
+
+    async def _watch_ready(self) -> None:
+        while True:
+            await self.readiness()
+            self.metrics.cache_free_bytes.set(
+                await asyncio.to_thread(free_bytes, self.settings.cache_dir))
+            await asyncio.sleep(READY_EVERY)
 
     async def endpoint_answer(self, path: str) -> Answer:
         """The answer to a GET of one of the observability endpoints."""

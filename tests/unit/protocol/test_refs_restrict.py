@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from goblet.protocol import pktline, refs
 from goblet.protocol.errors import ProtocolError
 
