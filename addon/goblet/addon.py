@@ -97,7 +97,7 @@ class Goblet:
         except ValueError as e:
             raise exceptions.OptionsError(f"goblet: {e}") from e
         if self.rt is not None and self.settings is not None:
-            for name in ("cache_dir", "metrics_port", "metrics_host"):
+            for name in ("cache_dir", "metrics_port", "metrics_host", "prefix_port"):
                 if getattr(settings, name) != getattr(self.settings, name):
                     raise exceptions.OptionsError(
                         f"goblet: goblet_{name} cannot change at run time"
@@ -105,6 +105,10 @@ class Goblet:
             self.rt.decider.verdicts.ttl = settings.verdict_ttl
         self.access.configure(settings.log_format)
         self.settings = settings
+        if settings.prefix_port:
+            mode = f"regular@{settings.prefix_port}"
+            if mode not in ctx.options.mode:
+                ctx.options.update(mode=[*ctx.options.mode, mode])
         if settings.offline and ctx.options.connection_strategy != "lazy":
             # An eager CONNECT fails outright when the upstream is down, before
             # goblet sees a request it could answer from the cache.
@@ -162,7 +166,41 @@ class Goblet:
         if not names & self.settings.hosts:
             data.ignore_connection = True
 
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """The path-prefix port serves path-prefix URLs only: no tunnels."""
+        if self._on_prefix_port(flow):
+            flow.response = http.Response.make(
+                405, b"goblet: this port serves http://<goblet>/<host>/<repo> URLs, "
+                     b"not CONNECT\n", {"Content-Type": "text/plain; charset=utf-8"})
+
     # -- request side ------------------------------------------------------------
+
+    def _on_prefix_port(self, flow: http.HTTPFlow) -> bool:
+        """Whether the client connected to the path-prefix listener."""
+        sockname = flow.client_conn.sockname
+        return bool(self.settings and self.settings.prefix_port and sockname
+                    and sockname[1] == self.settings.prefix_port)
+
+    def _from_prefix(self, flow: http.HTTPFlow) -> str | None:
+        """Turn ``/<host>/<path>`` into a request for https://<host>/<path>.
+
+        Returns an error message when the URL names no goblet host: the prefix
+        port is never an open proxy.
+        """
+        assert self.settings is not None
+        req = flow.request
+        split = routes.split_prefix(req.path)
+        if split is None:
+            return "path-prefix URLs look like /<host>/<repo>/…"
+        try:
+            host, port = opts.parse_host(split[0])
+        except ValueError:
+            return "path-prefix URLs look like /<host>/<repo>/…"
+        if (host, port) not in self.settings.hosts:
+            return "this host is not served here (goblet_hosts)"
+        req.scheme, req.host, req.port, req.path = "https", host, port, split[1]
+        req.headers["Host"] = host if port == 443 else f"{host}:{port}"
+        return None
 
     def _is_endpoint(self, flow: http.HTTPFlow) -> bool:
         """A plain-HTTP request to the proxy itself for one of our endpoints."""
@@ -198,6 +236,16 @@ class Goblet:
         if self.rt is not None and self._is_endpoint(flow):
             self._flows[flow] = FlowState("endpoint")
             return
+        if self._on_prefix_port(flow):
+            if flow.request.path.split("?", 1)[0] in ENDPOINT_PATHS and self.rt is not None:
+                self._flows[flow] = FlowState("endpoint")
+                return
+            problem = self._from_prefix(flow)
+            if problem is not None:
+                flow.response = http.Response.make(
+                    404, f"goblet: {problem}\n".encode(),
+                    {"Content-Type": "text/plain; charset=utf-8", **self._served_by()})
+                return
         try:
             route = self._classify(flow)
         except ProtocolError as e:

@@ -58,6 +58,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "proxy port)."),
     OptionSpec("goblet_metrics_host", str, "",
                "Address for goblet_metrics_port (default: mitmproxy's listen_host)."),
+    OptionSpec("goblet_prefix_port", str, "0",
+               "Also listen on this port for path-prefix requests, http://goblet:PORT/<host>/"
+               "<repo> (plain HTTP from the client; upstream always over https). 0: off."),
     OptionSpec("goblet_isolation", str, "shared",
                "How tenants share the cache: shared (one object store per upstream repo, "
                "every read verified upstream), tenant (separate repos per credential), user "
@@ -89,6 +92,7 @@ class Settings:
     metrics_port: int
     metrics_host: str
     log_format: str
+    prefix_port: int = 0
     isolation: str = "shared"
     negative_ttl: int = 60
     offline: bool = False
@@ -111,6 +115,9 @@ def parse_settings(o: Any) -> Settings:
     port_text = str(o.goblet_metrics_port).strip()
     if not re.fullmatch(r"[0-9]{1,5}", port_text) or int(port_text) > 65535:
         raise ValueError(f"goblet_metrics_port must be 0-65535, not {o.goblet_metrics_port!r}")
+    prefix_text = str(o.goblet_prefix_port).strip()
+    if not re.fullmatch(r"[0-9]{1,5}", prefix_text) or int(prefix_text) > 65535:
+        raise ValueError(f"goblet_prefix_port must be 0-65535, not {o.goblet_prefix_port!r}")
     if o.goblet_log_format not in ("text", "json"):
         raise ValueError(f"goblet_log_format must be text or json, not {o.goblet_log_format!r}")
     return Settings(
@@ -122,6 +129,7 @@ def parse_settings(o: Any) -> Settings:
         max_request_bytes=parse_size("goblet_max_request_bytes", o.goblet_max_request_bytes),
         min_free_bytes=parse_size("goblet_min_free_bytes", o.goblet_min_free_bytes, 0),
         metrics_port=int(port_text),
+        prefix_port=int(prefix_text),
         metrics_host=o.goblet_metrics_host.strip(),
         log_format=o.goblet_log_format,
         isolation=parse_choice("goblet_isolation", o.goblet_isolation, ISOLATION_MODES),

@@ -145,7 +145,8 @@ class GobletProxy:
                 log.write(line)
                 log.flush()
                 m = _LISTEN.search(line)
-                if m:
+                extra_port = self.sets.get("goblet_prefix_port")
+                if m and not listening and m.group(1) != extra_port:  # the main proxy port
                     self.port = int(m.group(1))
                     listening = True
                 if "goblet ready" in line:

@@ -100,3 +100,17 @@ def check_repo_path(repo: str) -> str:
         if "\\" in text or any(not c.isprintable() for c in text):
             raise ProtocolError("backslash or control character in repository path")
     return repo
+
+
+def split_prefix(path: str) -> tuple[str, str] | None:
+    """Split a path-prefix target ``/<host>/<rest>`` into (host, ``/<rest>``).
+
+    ``<host>`` may carry a port (``/git.internal:8443/…``). Returns None
+    when there is no host segment or no rest.
+    """
+    if not path.startswith("/"):
+        return None
+    host, sep, rest = path[1:].partition("/")
+    if not host or not sep or not rest:
+        return None
+    return host, "/" + rest
