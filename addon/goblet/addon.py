@@ -21,7 +21,7 @@ import socket
 import time
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from mitmproxy import ctx, exceptions, http, tls
@@ -37,6 +37,7 @@ from goblet.offline.forward import UpstreamAnswer, UpstreamUnreachable
 from goblet.protocol import pktline, refs, request, routes
 from goblet.protocol.errors import ProtocolError
 from goblet.runtime import Runtime, resolve_ca
+from goblet.serve.packcache import cache_key
 from goblet.serve.plans import TOKEN_HEADER, ServePlan, clean_git_protocol
 
 log = logging.getLogger("goblet")
@@ -353,9 +354,21 @@ class Goblet:
             )
             state.outcome = "error"
         elif decision.route is Route.CACHE:
-            self._to_backend(flow, state, self._plan(flow, state, body, notice=decision.notice))
+            plan = self._plan(flow, state, body, notice=decision.notice)
+            if parsed.done and decision.notice is None:
+                plan = replace(plan, cache_key=self._pack_key(state, plan))
+            self._to_backend(flow, state, plan)
             if decision.offline:
                 state.outcome = "offline"
+
+    def _pack_key(self, state: FlowState, plan: ServePlan) -> str | None:
+        """The pack-cache key of a final fetch (None when it cannot be keyed)."""
+        assert self.rt is not None and state.repo is not None
+        snapshot = self.rt.store.state(state.repo)
+        identity = request.cache_identity(plan.body)
+        if snapshot is None or identity is None:
+            return None
+        return cache_key(state.repo.key, snapshot.digest, plan.git_protocol, identity)
 
     async def _forward(self, flow: http.HTTPFlow, state: FlowState, body: bytes) -> None:
         """Offline mode: ask the upstream ourselves; on an outage answer from the cache."""
@@ -428,11 +441,13 @@ class Goblet:
             advertise=advertise,
             prefix=prefix,
             notice=notice,
+            repo_key=state.repo.key,
         )
 
     def _to_backend(self, flow: http.HTTPFlow, state: FlowState, plan: ServePlan) -> None:
         """Rewrite ``flow`` so mitmproxy fetches its answer (``plan``) from our backend."""
-        assert self.rt is not None
+        assert self.rt is not None and state.repo is not None
+        self.rt.store.touch(state.repo)
         token = self.rt.plans.register(plan)
         req = flow.request
         req.scheme, req.host, req.port = "http", "127.0.0.1", self.rt.backend.port
@@ -560,6 +575,7 @@ class Goblet:
         m.request_duration.labels(kind).observe(duration)
         if state.plan is not None:
             m.served_bytes.labels("cache").inc(sent or 0)
+            m.pack_cache_requests.labels(state.plan.stats.cache_role).inc()
         elif state.outcome == "upstream":
             m.served_bytes.labels("upstream").inc(sent or 0)
             m.upstream_requests.labels(kind, status_class(upstream_status)).inc()

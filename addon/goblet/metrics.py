@@ -23,6 +23,9 @@ KINDS = ("info_refs", "ls_refs", "fetch", "push", "other")
 OUTCOMES = ("cache", "upstream", "denied", "offline", "error")
 FILL_RESULTS = ("ok", "denied", "upstream_error", "local_error")
 SOURCES = ("cache", "upstream")
+REPACK_KINDS = ("geometric", "full")
+REPACK_RESULTS = ("ok", "error", "skipped")
+PACK_CACHE_RESULTS = ("bypass", "produce", "follow", "hit")
 
 # Seconds: from a warm ls-refs (ms) to a cold multi-GB clone (tens of minutes).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
@@ -77,6 +80,18 @@ class Metrics:
         self.ready = Gauge(
             "goblet_ready", "1 when every readiness check passes (as /readyz), else 0; "
             "re-evaluated every 15 s.", registry=r)
+        self.evictions = Counter(
+            "goblet_evictions", "Repos evicted to keep the cache within its budget.", registry=r)
+        self.repacks = Counter(
+            "goblet_repacks", "Maintenance repacks, by kind and result.", ["kind", "result"],
+            registry=r)
+        self.pack_cache_requests = Counter(
+            "goblet_pack_cache_requests",
+            "Cache answers by pack-cache role: bypass (upload-pack, not stored), produce "
+            "(upload-pack, stored), follow (shared a production), hit (stored answer).",
+            ["result"], registry=r)
+        self.pack_cache_bytes = Gauge(
+            "goblet_pack_cache_bytes", "Bytes of stored upload-pack answers.", registry=r)
         self.verdict_entries = Gauge(
             "goblet_verdict_cache_entries", "(tenant, repo) verdicts held in memory.",
             registry=r)
@@ -89,6 +104,11 @@ class Metrics:
             self.fills.labels(result)
         for source in SOURCES:
             self.served_bytes.labels(source)
+        for kind in REPACK_KINDS:
+            for result in REPACK_RESULTS:
+                self.repacks.labels(kind, result)
+        for result in PACK_CACHE_RESULTS:
+            self.pack_cache_requests.labels(result)
 
     def track_verdicts(self, size: Callable[[], int]) -> None:
         """Report ``size()`` as the verdict cache size at every scrape."""

@@ -61,6 +61,25 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("goblet_prefix_port", str, "0",
                "Also listen on this port for path-prefix requests, http://goblet:PORT/<host>/"
                "<repo> (plain HTTP from the client; upstream always over https). 0: off."),
+    OptionSpec("goblet_cache_max_bytes", str, "0",
+               "Budget of the cache (repos and stored packs); least recently used repos are "
+               "evicted above it (e.g. 50GiB; 0: no byte budget, only goblet_min_free_bytes)."),
+    OptionSpec("goblet_pack_cache_max_bytes", str, "2GiB",
+               "Budget of stored upload-pack answers shared by identical fetches (0: off)."),
+    OptionSpec("goblet_maintenance", str, "on",
+               "on: repack (geometric after fills, full every goblet_full_repack_interval) "
+               "with bitmaps and commit-graphs; off: never."),
+    OptionSpec("goblet_full_repack_interval", str, "7d",
+               "How often each repo gets a full repack, which drops objects upstream deleted."),
+    OptionSpec("goblet_repack_threads", str, "1",
+               "pack.threads for maintenance repacks (keep low: serving needs the cores)."),
+    OptionSpec("goblet_warm_repos", str, "",
+               "File of repo URLs (one per line) to keep warm: filled at start-up and every "
+               "goblet_warm_interval."),
+    OptionSpec("goblet_warm_interval", str, "10m", "How often goblet_warm_repos are refreshed."),
+    OptionSpec("goblet_warm_credentials", str, "",
+               "File of header lines (e.g. 'Authorization: Bearer …') used by warming fills; "
+               "read at each round, never logged. Default: the GOBLET_WARM_HEADER env var."),
     OptionSpec("goblet_isolation", str, "shared",
                "How tenants share the cache: shared (one object store per upstream repo, "
                "every read verified upstream), tenant (separate repos per credential), user "
@@ -93,6 +112,14 @@ class Settings:
     metrics_host: str
     log_format: str
     prefix_port: int = 0
+    cache_max_bytes: int = 0
+    pack_cache_max_bytes: int = 2 * 1024**3
+    maintenance: bool = True
+    full_repack_interval: int = 7 * 86400
+    repack_threads: int = 1
+    warm_repos: Path | None = None
+    warm_interval: int = 600
+    warm_credentials: Path | None = None
     isolation: str = "shared"
     negative_ttl: int = 60
     offline: bool = False
@@ -137,7 +164,36 @@ def parse_settings(o: Any) -> Settings:
         offline=parse_choice("goblet_offline", o.goblet_offline, ("off", "on")) == "on",
         offline_grace=parse_seconds("goblet_offline_grace", o.goblet_offline_grace, 1,
                                     30 * 86400),
+        cache_max_bytes=parse_size("goblet_cache_max_bytes", o.goblet_cache_max_bytes, 0),
+        pack_cache_max_bytes=parse_size("goblet_pack_cache_max_bytes",
+                                        o.goblet_pack_cache_max_bytes, 0),
+        maintenance=parse_choice("goblet_maintenance", o.goblet_maintenance, ("on", "off")) == "on",
+        full_repack_interval=parse_seconds("goblet_full_repack_interval",
+                                           o.goblet_full_repack_interval, 60, 365 * 86400),
+        repack_threads=parse_int("goblet_repack_threads", o.goblet_repack_threads, 1, 64),
+        warm_repos=_optional_file("goblet_warm_repos", o.goblet_warm_repos),
+        warm_interval=parse_seconds("goblet_warm_interval", o.goblet_warm_interval, 10, 86400),
+        warm_credentials=_optional_file("goblet_warm_credentials", o.goblet_warm_credentials),
     )
+
+
+def parse_int(name: str, value: str, minimum: int, maximum: int) -> int:
+    """A whole number within [minimum, maximum]."""
+    text = str(value).strip()
+    if not re.fullmatch(r"[0-9]{1,9}", text) or not minimum <= int(text) <= maximum:
+        raise ValueError(f"{name} must be a whole number from {minimum} to {maximum}, "
+                         f"not {value!r}")
+    return int(text)
+
+
+def _optional_file(name: str, value: str) -> Path | None:
+    """An existing file, or None for an empty value."""
+    if not str(value).strip():
+        return None
+    path = Path(value).expanduser().resolve()
+    if not path.is_file():
+        raise ValueError(f"{name}: {value!r} is not a file")
+    return path
 
 
 def parse_host(value: str) -> tuple[str, int]:
@@ -187,7 +243,7 @@ def parse_hosts(values: Sequence[str]) -> frozenset[tuple[str, int]]:
     return frozenset(hosts)
 
 
-_DURATION = re.compile(r"([0-9]+) ?(s|m|h)?")
+_DURATION = re.compile(r"([0-9]+) ?(s|m|h|d)?")
 _SIZE = re.compile(r"([0-9]+) ?(|B|KiB|MiB|GiB|TiB|K|M|G|T)")
 _UNITS = {"": 1, "B": 1, "K": 1024, "KiB": 1024, "M": 1024**2, "MiB": 1024**2,
           "G": 1024**3, "GiB": 1024**3, "T": 1024**4, "TiB": 1024**4}
@@ -198,7 +254,7 @@ def parse_seconds(name: str, value: str, minimum: int = 1, maximum: int = 86400)
     m = _DURATION.fullmatch(str(value).strip())
     if not m:
         raise ValueError(f"{name} must be a duration such as 60, 60s, 5m or 1h, not {value!r}")
-    seconds = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    seconds = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}[m.group(2)]
     if not minimum <= seconds <= maximum:
         raise ValueError(
             f"{name} must be between {minimum} and {maximum} seconds, not {value!r}"

@@ -9,26 +9,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from goblet.auth.credentials import TenantKeyer, short
 from goblet.auth.secret import load_or_create_secret
 from goblet.auth.verdicts import VerdictCache
+from goblet.cache.evict import Eviction, Evictor
 from goblet.cache.fill import Filler
 from goblet.cache.gitrun import GitRunner
+from goblet.cache.lifecycle import Lifecycle
 from goblet.cache.locks import RepoLocks
+from goblet.cache.maintenance import Maintainer, Policy
 from goblet.cache.store import CacheRepo, RepoStore
-from goblet.cache.usage import measure
+from goblet.cache.usage import free_bytes, measure
+from goblet.cache.warm import Warmer
 from goblet.decide import FetchDecider
 from goblet.metrics import Metrics
 from goblet.observe.access import AccessLog
 from goblet.observe.endpoints import Answer, EndpointServer, answer
-from goblet.observe.health import HealthChecker, Readiness, free_bytes
+from goblet.observe.health import HealthChecker, Readiness
 from goblet.offline.forward import Forwarder, tls_context
 from goblet.offline.state import UpstreamState
 from goblet.options import Settings
 from goblet.serve.backend import ServeBackend
+from goblet.serve.packcache import PackCache
 from goblet.serve.plans import PlanRegistry
 
 log = logging.getLogger("goblet")
@@ -44,6 +50,7 @@ class FillReporter:
     def __init__(self, metrics: Metrics, access: AccessLog, upstream: UpstreamState,
                  instance: str) -> None:
         self.instance = instance
+        self.on_filled: list[Callable[[CacheRepo], None]] = []
         self.metrics = metrics
         self.access = access
         self.upstream = upstream
@@ -71,6 +78,9 @@ class FillReporter:
         level = logging.INFO if result == "ok" else logging.WARNING
         self.access.event("fill", text, level, url=repo.url, result=result, bytes=bytes_in,
                           duration=round(seconds, 3), reason=reason, instance=self.instance)
+        if result == "ok":
+            for callback in self.on_filled:
+                callback(repo)
 
 
 class Runtime:
@@ -87,11 +97,28 @@ class Runtime:
         self.store = RepoStore(settings.cache_dir, git)
         self.keyer = TenantKeyer(secret)
         self.plans = PlanRegistry()
-        self.backend = ServeBackend(git, self.plans)
-        filler = Filler(self.store, RepoLocks(self.store.lock_dir), git,
-                        stall_timeout=settings.upstream_timeout,
-                        observer=FillReporter(metrics, access, self.upstream,
-                                              settings.instance))
+        self.packcache = PackCache(self.store.packcache_dir, settings.pack_cache_max_bytes)
+        self.backend = ServeBackend(git, self.plans, self.packcache)
+        locks = RepoLocks(self.store.lock_dir)
+        reporter = FillReporter(metrics, access, self.upstream, settings.instance)
+        filler = Filler(self.store, locks, git, stall_timeout=settings.upstream_timeout,
+                        observer=reporter)
+        self.evictor = Evictor(
+            self.store, locks, max_bytes=settings.cache_max_bytes,
+            min_free_bytes=settings.min_free_bytes, reading=self.backend.reading,
+            on_evict=self._evicted,
+        )
+        self.maintainer = Maintainer(
+            self.store, locks, git,
+            Policy(full_every=settings.full_repack_interval, threads=settings.repack_threads),
+            on_done=lambda kind, result, s: metrics.repacks.labels(kind, result).inc(),
+        )
+        self.lifecycle = Lifecycle(self.store, locks, git, self.evictor, self.maintainer)
+        reporter.on_filled.append(
+            self.lifecycle.after_fill if settings.maintenance
+            else lambda repo: self.lifecycle.check_budget())
+        self.warmer = Warmer(filler, self.store, settings.warm_repos, settings.warm_credentials,
+                             settings.warm_interval)
         verdicts = VerdictCache(
             settings.verdict_ttl, negative_ttl=settings.negative_ttl,
             keep=settings.offline_grace if settings.offline else 0,
@@ -108,6 +135,14 @@ class Runtime:
         self.endpoints: EndpointServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         metrics.track_verdicts(lambda: len(self.decider.verdicts))
+        metrics.pack_cache_bytes.set_function(lambda: float(self.packcache.stored_bytes))
+
+    def _evicted(self, eviction: Eviction) -> None:
+        self.metrics.evictions.inc()
+        self.access.event(
+            "evict", f"evicted {eviction.url or eviction.key[:12]} ({eviction.bytes} bytes, "
+            f"idle {eviction.idle_seconds:.0f}s)", url=eviction.url, bytes=eviction.bytes,
+            instance=self.settings.instance)
 
     @classmethod
     async def start(cls, settings: Settings, base_config: list[tuple[str, str]],
@@ -124,12 +159,14 @@ class Runtime:
         if settings.offline:
             forwarder = Forwarder(tls_context(ca_file, insecure), settings.upstream_timeout)
         rt = cls(settings, git, secret, Metrics(), access, forwarder=forwarder)
+        await rt.lifecycle.recover()
         await rt.backend.start()
         if settings.metrics_port:
             rt.endpoints = EndpointServer(rt.endpoint_answer)
             await rt.endpoints.start(metrics_host, settings.metrics_port)
         loop = asyncio.get_running_loop()
-        rt._tasks = [loop.create_task(rt._measure_usage()), loop.create_task(rt._watch_ready())]
+        rt._tasks = [loop.create_task(rt._measure_usage()), loop.create_task(rt._watch_ready()),
+                     loop.create_task(rt.lifecycle.run()), loop.create_task(rt.warmer.run())]
         return rt
 
     async def stop(self) -> None:

@@ -29,7 +29,7 @@ def run_mitmdump(tmp_path: Path, confdir: Path, *sets: str) -> subprocess.Comple
         ("goblet_hosts=not a host!", "bad host name"),
         ("goblet_hosts=example.com:99999", "bad port"),
         ("goblet_verdict_ttl=-5", "goblet_verdict_ttl must be a duration"),
-        ("goblet_verdict_ttl=3d", "goblet_verdict_ttl must be a duration"),
+        ("goblet_verdict_ttl=3w", "goblet_verdict_ttl must be a duration"),
         ("goblet_verdict_ttl=2h", "goblet_verdict_ttl must be between 0 and 3600"),
         ("goblet_upstream_timeout=0", "goblet_upstream_timeout must be between"),
         ("goblet_instance=bad name", "goblet_instance"),

@@ -15,7 +15,7 @@ import enum
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +110,9 @@ def header_config(url: str, credential: Credential) -> list[tuple[str, str]]:
     return entries
 
 
+Progress = Callable[[str], None]  # receives git's progress lines during a fill
+
+
 class FillObserver(Protocol):
     """Told about every fill and exact-object fetch (metrics, logs)."""
 
@@ -153,7 +156,8 @@ class Filler:
         return task if task is not None and not task.done() else None
 
     def start(
-        self, repo: CacheRepo, credential: Credential, head: str | None = None
+        self, repo: CacheRepo, credential: Credential, head: str | None = None,
+        progress: Progress | None = None,
     ) -> asyncio.Task[FillResult]:
         """Start a fill of ``repo``, or return the one already running.
 
@@ -164,7 +168,7 @@ class Filler:
         if running is not None:
             return running
         task = asyncio.get_running_loop().create_task(
-            self._fill(repo, credential, head), name=f"goblet-fill-{repo.key[:12]}"
+            self._fill(repo, credential, head, progress), name=f"goblet-fill-{repo.key[:12]}"
         )
         self._inflight[repo.key] = task
         task.add_done_callback(lambda t: self._finished(repo, t))
@@ -208,14 +212,16 @@ class Filler:
         ]
 
     async def _fetch(self, git_dir: Path, args: Sequence[str], repo: CacheRepo,
-                     credential: Credential) -> None:
+                     credential: Credential, progress: Progress | None = None) -> None:
         try:
             res = await self.git.run(
                 ["fetch", "--no-write-fetch-head", "--no-auto-maintenance",
-                 "--no-recurse-submodules", "--no-show-forced-updates", "--quiet", *args],
+                 "--no-recurse-submodules", "--no-show-forced-updates",
+                 "--progress" if progress else "--quiet", *args],
                 git_dir=git_dir,
                 config=self._fetch_config(repo, credential),
                 timeout=self.max_seconds,
+                on_stderr=progress,
             )
         except GitTimeout as e:
             raise FillError(FailureKind.UPSTREAM, str(e)) from None
@@ -224,20 +230,22 @@ class Filler:
         if not res.ok:
             raise classify_failure(res)
 
-    async def _fill(self, repo: CacheRepo, credential: Credential, head: str | None) -> FillResult:
+    async def _fill(self, repo: CacheRepo, credential: Credential, head: str | None,
+                    progress: Progress | None = None) -> FillResult:
         started = time.monotonic()
         try:
             async with self.locks.writer(repo.key, timeout=self.max_seconds), \
                     self._observed(repo, repo.path):
                 try:
-                    return await self._fill_locked(repo, credential, head, started)
+                    return await self._fill_locked(repo, credential, head, started, progress)
                 except OSError as e:
                     raise FillError(FailureKind.LOCAL, f"cache update failed: {e}") from e
         except LockTimeout as e:
             raise FillError(FailureKind.LOCAL, str(e)) from None
 
     async def _fill_locked(
-        self, repo: CacheRepo, credential: Credential, head: str | None, started: float
+        self, repo: CacheRepo, credential: Credential, head: str | None, started: float,
+        progress: Progress | None = None,
     ) -> FillResult:
         created = not self.store.exists(repo)
         if created:
@@ -252,13 +260,13 @@ class Filler:
             await asyncio.to_thread(clean_residue, target)
         try:
             await self._fetch(target, ["--atomic", "--prune", "--no-tags", repo.url, *REFSPECS],
-                              repo, credential)
+                              repo, credential, progress)
             refs, current_head = await self.store.read_refs(target)
             if head is not None and head != current_head and (head in refs or not refs):
                 res = await self.git.run(["symbolic-ref", "HEAD", head], git_dir=target)
                 if res.ok:
                     current_head = head
-            self.store.write_state(target, refs, current_head)
+            self.store.write_state(target, repo, refs, current_head)
             if created:
                 target.rename(repo.path)
         except BaseException:

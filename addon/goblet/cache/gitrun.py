@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,15 +86,22 @@ class GitRunner:
         config: Sequence[tuple[str, str]] = (),
         extra_env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        on_stderr: Callable[[str], None] | None = None,
     ) -> GitResult:
         """Run ``git [--git-dir DIR] ARGS`` to completion and capture its output.
 
-        Raises GitTimeout (after killing and reaping the child) when
-        ``timeout`` seconds pass. Raises OSError if git cannot be started.
+        ``on_stderr``, if given, receives each stderr line as it arrives
+        (progress lines end in CR and are delivered one by one). Raises
+        GitTimeout (after killing and reaping the child) when ``timeout``
+        seconds pass. Raises OSError if git cannot be started.
         """
         proc = await self.spawn(args, git_dir=git_dir, config=config, extra_env=extra_env)
         try:
-            out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+            if on_stderr is None:
+                out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+            else:
+                out, err = await asyncio.wait_for(_stream_stderr(proc, stdin, on_stderr),
+                                                  timeout)
         except (TimeoutError, asyncio.CancelledError) as e:
             await kill_and_reap(proc)
             if isinstance(e, TimeoutError):
@@ -125,6 +133,31 @@ class GitRunner:
             limit=READ_CHUNK,
             start_new_session=True,  # its own process group: killed as a whole
         )
+
+
+async def _stream_stderr(proc: asyncio.subprocess.Process, stdin: bytes | None,
+                         on_stderr: Callable[[str], None]) -> tuple[bytes, bytes]:
+    """Like ``communicate`` but hands stderr lines to ``on_stderr`` as they come."""
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    if stdin:
+        proc.stdin.write(stdin)
+        await proc.stdin.drain()
+    proc.stdin.close()
+    out_task = asyncio.ensure_future(proc.stdout.read())
+    kept = b""
+    pending = b""
+    while chunk := await proc.stderr.read(READ_CHUNK):
+        kept = (kept + chunk)[-_STDERR_KEEP:]
+        pending += chunk
+        *lines, pending = re.split(rb"[\r\n]", pending)
+        for line in lines:
+            if line.strip():
+                on_stderr(line.decode("utf-8", "replace"))
+    if pending.strip():
+        on_stderr(pending.decode("utf-8", "replace"))
+    out = await out_task
+    await proc.wait()
+    return out, kept
 
 
 async def kill_and_reap(proc: asyncio.subprocess.Process) -> None:

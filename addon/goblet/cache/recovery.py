@@ -8,6 +8,7 @@ create none of these.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -60,3 +61,33 @@ def clean_residue(repo: Path) -> list[str]:
     if removed:
         log.info("removed crash residue in %s: %s", repo.name[:12], ", ".join(removed[:10]))
     return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (ours or not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_temp_repos(tmp_dir: Path) -> list[Path]:
+    """Half-created repos in ``tmp/`` whose creating process is gone.
+
+    Names are ``<key>.<pid>.<ns>.git`` (see ``RepoStore.temp_path``); entries
+    of live processes (another instance sharing the cache dir) are kept.
+    """
+    stale: list[Path] = []
+    try:
+        entries = list(tmp_dir.iterdir())
+    except OSError:
+        return stale
+    for entry in entries:
+        parts = entry.name.split(".")
+        if len(parts) >= 3 and parts[1].isdigit() and pid_alive(int(parts[1])):
+            continue
+        stale.append(entry)
+    return stale

@@ -2,9 +2,13 @@
 
 Layout under the cache root::
 
-    repos/<key>.git/           one bare repo per canonical upstream URL
-    repos/<key>.git/goblet-state.json   refs/HEAD snapshot written after each fill
+    repos/<key>.git/           one bare repo per canonical upstream URL (and partition)
+    repos/<key>.git/goblet-state.json   URL, refs/HEAD snapshot, fill and repack times
+    repos/<key>.git/goblet-access       touched when the repo serves (its mtime: last use)
     tmp/                       repos being created (renamed into repos/ when whole)
+    trash/                     evicted repos, deleted once no reader can need them
+    quarantine/                repos that failed fsck (kept for a post-mortem, then deleted)
+    packcache/                 stored upload-pack answers (the pack cache)
     locks/<key>.lock           flock files of the writer locks
     home/                      $HOME for git children (empty; no config is read)
 
@@ -32,6 +36,8 @@ from goblet.cache.gitrun import GitRunner
 log = logging.getLogger(__name__)
 
 STATE_FILE = "goblet-state.json"
+ACCESS_FILE = "goblet-access"
+ACCESS_EVERY = 60.0  # seconds between access-time updates of one repo
 OID_RE = re.compile(r"[0-9a-f]{40}")
 
 # Per-repo settings (DESIGN §2).
@@ -59,15 +65,45 @@ class CacheRepo:
     url: str
     key: str
     path: Path
+    partition: str = ""
+
+    @property
+    def partition_kind(self) -> str:
+        """``shared``, ``tenant`` or ``user`` (never the partition's id)."""
+        return self.partition.split(":", 1)[0] if self.partition else "shared"
 
 
 @dataclass(frozen=True, slots=True)
 class RepoState:
-    """The refs snapshot a fill left behind."""
+    """What the last fill (and maintenance) wrote about a repo."""
 
     refs: dict[str, str]
     head: str | None
     filled_at: float
+    url: str = ""
+    partition: str = "shared"
+    full_repack_at: float = 0.0
+
+    @property
+    def digest(self) -> str:
+        """A hash of the refs and HEAD: equal digests mean the same refs."""
+        h = hashlib.sha256((self.head or "").encode())
+        for name in sorted(self.refs):
+            h.update(b"\0" + name.encode("utf-8", "surrogatepass") + b" "
+                     + self.refs[name].encode())
+        return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class RepoInfo:
+    """One repo of the cache as found on disk (for eviction and the CLI)."""
+
+    key: str
+    path: Path
+    url: str
+    partition: str
+    filled_at: float
+    last_access: float
 
 
 def canonical_url(host: str, port: int, repo_path: str) -> str:
@@ -86,13 +122,18 @@ class RepoStore:
         self.root = root
         self.repos_dir = root / "repos"
         self.tmp_dir = root / "tmp"
+        self.trash_dir = root / "trash"
+        self.quarantine_dir = root / "quarantine"
+        self.packcache_dir = root / "packcache"
         self.lock_dir = root / "locks"
         self.git = git
         self._state_cache: dict[str, tuple[tuple[int, int], RepoState]] = {}
+        self._touched: dict[str, float] = {}
 
     def prepare(self) -> None:
         """Create the directory layout (idempotent). Raises OSError if impossible."""
-        for d in (self.repos_dir, self.tmp_dir, self.lock_dir, self.git.home):
+        for d in (self.repos_dir, self.tmp_dir, self.trash_dir, self.quarantine_dir,
+                  self.packcache_dir, self.lock_dir, self.git.home):
             d.mkdir(parents=True, exist_ok=True)
 
     def repo_for(self, url: str, partition: str = "") -> CacheRepo:
@@ -103,7 +144,39 @@ class RepoStore:
         """
         material = url if not partition else f"{url}\0{partition}"
         key = hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
-        return CacheRepo(url, key, self.repos_dir / f"{key}.git")
+        return CacheRepo(url, key, self.repos_dir / f"{key}.git", partition)
+
+    def touch(self, repo: CacheRepo) -> None:
+        """Note that ``repo`` served a request (at most once a minute per repo)."""
+        now = time.time()
+        if now - self._touched.get(repo.key, 0.0) < ACCESS_EVERY:
+            return
+        self._touched[repo.key] = now
+        try:
+            (repo.path / ACCESS_FILE).touch()
+        except OSError as e:
+            log.debug("cannot note access of %s: %s", repo.key[:12], e)
+
+    def list_repos(self) -> list[RepoInfo]:
+        """Every complete repo under repos/ (blocking; reads small files only)."""
+        out: list[RepoInfo] = []
+        try:
+            entries = sorted(self.repos_dir.iterdir())
+        except OSError:
+            return out
+        for path in entries:
+            if not path.name.endswith(".git") or not (path / "HEAD").is_file():
+                continue
+            key = path.name[: -len(".git")]
+            state = self._read_state(path)
+            filled = state.filled_at if state else path.stat().st_mtime
+            try:
+                access = (path / ACCESS_FILE).stat().st_mtime
+            except OSError:
+                access = filled
+            out.append(RepoInfo(key, path, state.url if state else "",
+                                state.partition if state else "?", filled, max(access, filled)))
+        return out
 
     def exists(self, repo: CacheRepo) -> bool:
         """Whether the repo has been created (and completed its first fill)."""
@@ -145,15 +218,24 @@ class RepoStore:
         cached = self._state_cache.get(repo.key)
         if cached and cached[0] == stamp:
             return cached[1]
-        try:
-            raw = json.loads(path.read_text("utf-8"))
-            refs = {str(k): str(v) for k, v in dict(raw["refs"]).items()}
-            state = RepoState(refs, raw.get("head"), float(raw["filled_at"]))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("ignoring unreadable %s of %s: %s", STATE_FILE, repo.key[:12], e)
-            return None
-        self._state_cache[repo.key] = (stamp, state)
+        state = self._read_state(repo.path)
+        if state is not None:
+            self._state_cache[repo.key] = (stamp, state)
         return state
+
+    @staticmethod
+    def _read_state(repo_path: Path) -> RepoState | None:
+        try:
+            raw = json.loads((repo_path / STATE_FILE).read_text("utf-8"))
+            refs = {str(k): str(v) for k, v in dict(raw["refs"]).items()}
+            return RepoState(refs, raw.get("head"), float(raw["filled_at"]),
+                             str(raw.get("url", "")), str(raw.get("partition", "shared")),
+                             float(raw.get("full_repack_at", 0.0)))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("ignoring unreadable %s in %s: %s", STATE_FILE, repo_path.name[:12], e)
+            return None
 
     async def read_refs(self, path: Path) -> tuple[dict[str, str], str | None]:
         """Branches and tags of the repo at ``path`` and its HEAD target."""
@@ -171,14 +253,31 @@ class RepoStore:
         target = head.stdout.decode().strip() if head.ok else None
         return refs, target
 
-    def write_state(self, path: Path, refs: Mapping[str, str], head: str | None) -> None:
-        """Atomically replace the snapshot file of the repo at ``path``."""
+    def write_state(self, path: Path, repo: CacheRepo, refs: Mapping[str, str],
+                    head: str | None, *, full_repack_at: float | None = None,
+                    filled_at: float | None = None) -> None:
+        """Atomically replace the state file of ``repo`` (being built at ``path``).
+
+        ``full_repack_at`` keeps its previous value unless given. The file
+        holds the canonical URL (never credentials) and the partition kind.
+        """
+        previous = self._read_state(path)
+        data = {
+            "url": repo.url, "partition": repo.partition_kind, "refs": dict(refs),
+            "head": head, "filled_at": time.time() if filled_at is None else filled_at,
+            "full_repack_at": full_repack_at if full_repack_at is not None
+            else (previous.full_repack_at if previous else 0.0),
+        }
         tmp = path / f"{STATE_FILE}.tmp"
-        tmp.write_text(
-            json.dumps({"refs": dict(refs), "head": head, "filled_at": time.time()}),
-            "utf-8",
-        )
+        tmp.write_text(json.dumps(data), "utf-8")
         tmp.replace(path / STATE_FILE)
+
+    def mark_full_repack(self, repo: CacheRepo) -> None:
+        """Record that a full repack of ``repo`` just finished (keeps the rest)."""
+        state = self._read_state(repo.path)
+        if state is not None:
+            self.write_state(repo.path, repo, state.refs, state.head,
+                             full_repack_at=time.time(), filled_at=state.filled_at)
 
     async def present(self, repo: CacheRepo, oids: Iterable[str]) -> set[str]:
         """Which of ``oids`` exist as objects in the repo (a missing repo has none)."""

@@ -7,6 +7,7 @@ size is measured from the files themselves (allocated blocks, like ``du``).
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,5 +56,13 @@ def pack_bytes(repo: Path) -> int:
     """Bytes of the ``.pack`` files of one repo (0 if it has none)."""
     try:
         return sum(p.stat().st_size for p in (repo / "objects" / "pack").glob("*.pack"))
+    except OSError:
+        return 0
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem holding ``path`` (0 if it cannot be read)."""
+    try:
+        return shutil.disk_usage(path).free
     except OSError:
         return 0

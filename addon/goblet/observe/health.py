@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from goblet.cache.gitrun import GitRunner, GitTimeout
+from goblet.cache.usage import free_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +43,6 @@ def probe_writable(tmp_dir: Path) -> str | None:
     except OSError as e:
         return f"cache dir not writable: {e.strerror or e}"
     return None
-
-
-def free_bytes(path: Path) -> int:
-    """Free bytes on the filesystem holding ``path`` (0 if it cannot be read)."""
-    try:
-        return shutil.disk_usage(path).free
-    except OSError:
-        return 0
 
 
 class HealthChecker:

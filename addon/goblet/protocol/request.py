@@ -297,3 +297,34 @@ def _v0_want_list_line(line: bytes, first: bool, got: _Collected) -> None:
         _check_value_arg(key, value)
     else:
         raise ProtocolError(f"unexpected line {excerpt(line)!r} in a v0 want list")
+
+
+_VOLATILE = (b"agent=", b"session-id=")
+
+
+def cache_identity(body: bytes) -> bytes | None:
+    """The parts of an upload-pack request that decide its answer, for the pack cache.
+
+    Drops what differs between identical requests from different clients
+    (``agent=`` and ``session-id=`` capabilities, in v2 capability lines or
+    on a v0 first want line); keeps every argument and its order. Returns
+    None if the body is not well-formed pkt-lines.
+    """
+    try:
+        pkts = pktline.decode(body)
+    except ProtocolError:
+        return None
+    out: list[bytes] = []
+    for p in pkts:
+        if p.kind is not PktKind.DATA:
+            out.append(b"\0" + p.kind.value.encode())  # cannot collide with a text line
+            continue
+        line = p.line
+        if line.startswith(_VOLATILE):
+            continue
+        if line.startswith(b"want ") and b" " in line[5:]:
+            oid, _, caps = line[5:].partition(b" ")
+            kept = [c for c in caps.split(b" ") if c and not c.startswith(_VOLATILE)]
+            line = b"want " + oid + (b" " + b" ".join(kept) if kept else b"")
+        out.append(line)
+    return b"\n".join(out)

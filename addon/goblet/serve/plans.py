@@ -28,6 +28,7 @@ class ServeStats:
     returncode: int | None = None
     complete: bool = False
     error: str | None = None
+    cache_role: str = "bypass"  # pack cache: bypass, produce, follow or hit
 
 
 RESULT_TYPE = "application/x-git-upload-pack-result"
@@ -50,6 +51,8 @@ class ServePlan:
     advertise: bool = False
     prefix: bytes = b""
     notice: str | None = None
+    cache_key: str | None = None  # pack-cache key, for final fetch requests only
+    repo_key: str = ""  # the cache repo's key, for "is anyone reading it" questions
     stats: ServeStats = field(default_factory=ServeStats)
 
     @property

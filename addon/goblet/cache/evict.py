@@ -1,0 +1,143 @@
+"""Keep the cache within its budget: evict least recently used repos.
+
+Two limits, either can trigger: ``max_bytes`` (the repos and the pack cache,
+measured by walking the files: ``count-objects`` misses bitmaps, indexes and
+reverse indexes) and ``min_free_bytes`` (free space on the cache filesystem).
+
+Eviction is safe while the repo is being served: under the repo's writer lock
+the directory is renamed into ``trash/`` on the same filesystem. A running
+``upload-pack`` keeps its working directory and open files; new requests see
+no repo and fill it again (or go upstream) as for any cold repo. Trash is
+deleted once no clone of this process reads it and it is older than the
+drain time (clones of other processes sharing the cache dir get that long).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from goblet.cache.locks import LockTimeout, RepoLocks
+from goblet.cache.store import RepoInfo, RepoStore
+from goblet.cache.usage import free_bytes, tree_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Eviction:
+    """One evicted repo."""
+
+    key: str
+    url: str
+    bytes: int
+    idle_seconds: float
+
+
+def cache_bytes(store: RepoStore) -> int:
+    """The bytes the budget counts: repos and stored packs (not trash or tmp)."""
+    return tree_bytes(store.repos_dir) + tree_bytes(store.packcache_dir)
+
+
+class Evictor:
+    """Enforces the budget; one eviction pass at a time per process."""
+
+    def __init__(
+        self,
+        store: RepoStore,
+        locks: RepoLocks,
+        *,
+        max_bytes: int,
+        min_free_bytes: int,
+        drain_seconds: float = 30.0,
+        reading: Callable[[str], bool] = lambda key: False,
+        on_evict: Callable[[Eviction], None] = lambda e: None,
+    ) -> None:
+        self.store = store
+        self.locks = locks
+        self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        self.drain_seconds = drain_seconds
+        self.reading = reading
+        self.on_evict = on_evict
+        self._pass = asyncio.Lock()
+
+    def over_budget(self) -> tuple[int, int]:
+        """(bytes above max_bytes, bytes missing below min_free_bytes); blocking."""
+        over = cache_bytes(self.store) - self.max_bytes if self.max_bytes else 0
+        short = self.min_free_bytes - free_bytes(self.store.root)
+        return max(0, over), max(0, short)
+
+    async def enforce(self) -> list[Eviction]:
+        """Evict LRU repos until both limits hold (or nothing evictable is left)."""
+        async with self._pass:
+            over, short = await asyncio.to_thread(self.over_budget)
+            done: list[Eviction] = []
+            if over or short:
+                repos = await asyncio.to_thread(self.store.list_repos)
+                for info in sorted(repos, key=lambda r: r.last_access):
+                    if over <= 0 and short <= 0:
+                        break
+                    size = await asyncio.to_thread(tree_bytes, info.path)
+                    if await self.evict(info, size):
+                        done.append(Eviction(info.key, info.url, size,
+                                             time.time() - info.last_access))
+                        over -= size
+                        short -= size
+            await self.purge_trash()
+            return done
+
+    async def evict(self, info: RepoInfo, size: int = 0, lock_timeout: float = 5.0) -> bool:
+        """Move one repo to trash under its writer lock; False if busy or gone."""
+        try:
+            async with self.locks.writer(info.key, timeout=lock_timeout):
+                if not info.path.exists():
+                    return False
+                target = self.store.trash_dir / f"{info.key}.{time.time_ns()}"
+                info.path.rename(target)
+        except LockTimeout:
+            log.info("not evicting %s now: its writer lock is busy", info.url or info.key[:12])
+            return False
+        except OSError as e:
+            log.warning("cannot evict %s: %s", info.url or info.key[:12], e)
+            return False
+        eviction = Eviction(info.key, info.url, size, time.time() - info.last_access)
+        self.on_evict(eviction)
+        return True
+
+    async def purge_trash(self, *, force: bool = False) -> int:
+        """Delete trash entries nobody can still read; returns how many."""
+        now = time.time()
+        removed = 0
+        try:
+            entries = list(self.store.trash_dir.iterdir())
+        except OSError:
+            return 0
+        for entry in entries:
+            key, _, stamp = entry.name.partition(".")
+            age = now - int(stamp) / 1e9 if stamp.isdigit() else self.drain_seconds
+            if not force and (age < self.drain_seconds or self.reading(key)):
+                continue
+            await asyncio.to_thread(remove_tree, entry)
+            removed += 1
+        return removed
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory tree of ours, never following symlinks."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+        return
+    shutil.rmtree(path, onerror=_forget)
+
+
+def _forget(func: Callable[..., object], path: str,
+            exc: tuple[type[BaseException], BaseException, TracebackType]) -> None:
+    log.debug("could not delete %s: %s", os.path.basename(path), exc[1])

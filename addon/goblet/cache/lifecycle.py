@@ -1,0 +1,129 @@
+"""The cache's life cycle: recovery at start-up, upkeep after fills and on a timer.
+
+At start-up, before serving: half-created repos of dead processes are
+deleted from ``tmp/``; every repo whose writer lock is free loses its crash
+residue (stale locks, ``.keep`` files, temporary packs), and a repo that had
+residue is checked with ``git fsck`` — if that fails it is moved to
+``quarantine/`` and will be filled again on its next request.
+
+After each fill: a maintenance check for that repo and a budget check.
+Every ``every`` seconds: a budget check and a scan for due full repacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from goblet.cache.evict import Evictor, remove_tree
+from goblet.cache.gitrun import GitRunner, GitTimeout
+from goblet.cache.locks import LockTimeout, RepoLocks
+from goblet.cache.maintenance import Maintainer
+from goblet.cache.recovery import clean_residue, stale_temp_repos
+from goblet.cache.store import CacheRepo, RepoInfo, RepoStore
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_KEEP = 86400.0
+
+
+@dataclass(slots=True)
+class RecoveryReport:
+    """What start-up recovery did."""
+
+    temp_removed: int = 0
+    repos_cleaned: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+
+
+async def fsck_ok(git: GitRunner, info: RepoInfo) -> bool:
+    """Whether ``git fsck`` finds the repo sound."""
+    try:
+        res = await git.run(["fsck", "--no-dangling", "--no-progress"], git_dir=info.path,
+                            timeout=3600)
+    except GitTimeout:
+        return False
+    if not res.ok:
+        log.warning("fsck of %s failed: %s", info.url or info.key[:12], res.stderr_line())
+    return res.ok
+
+
+class Lifecycle:
+    """Owns recovery, maintenance scheduling and budget enforcement."""
+
+    def __init__(self, store: RepoStore, locks: RepoLocks, git: GitRunner, evictor: Evictor,
+                 maintainer: Maintainer, *, every: float = 60.0) -> None:
+        self.store = store
+        self.locks = locks
+        self.git = git
+        self.evictor = evictor
+        self.maintainer = maintainer
+        self.every = every
+        self._budget_task: asyncio.Task[object] | None = None
+
+    async def recover(self) -> RecoveryReport:
+        """Clean what crashed writers left; quarantine repos fsck rejects."""
+        report = RecoveryReport()
+        for stale in await asyncio.to_thread(stale_temp_repos, self.store.tmp_dir):
+            await asyncio.to_thread(remove_tree, stale)
+            report.temp_removed += 1
+        for info in await asyncio.to_thread(self.store.list_repos):
+            try:
+                async with self.locks.writer(info.key, timeout=0.2):
+                    removed = await asyncio.to_thread(clean_residue, info.path)
+                    if not removed:
+                        continue
+                    report.repos_cleaned.append(info.key)
+                    if not await fsck_ok(self.git, info):
+                        self.quarantine(info)
+                        report.quarantined.append(info.key)
+            except LockTimeout:
+                continue  # another instance is writing it: its residue is not residue
+        self._purge_quarantine()
+        await self.evictor.purge_trash()
+        if report.temp_removed or report.repos_cleaned:
+            log.info("recovered cache: %d temporary repo(s) removed, %d repo(s) cleaned, "
+                     "%d quarantined", report.temp_removed, len(report.repos_cleaned),
+                     len(report.quarantined))
+        return report
+
+    def quarantine(self, info: RepoInfo) -> None:
+        """Move a damaged repo aside (call under its writer lock)."""
+        target = self.store.quarantine_dir / f"{info.key}.{time.time_ns()}"
+        info.path.rename(target)
+        log.warning("quarantined %s (fsck failed); it is filled again on its next request",
+                    info.url or info.key[:12])
+
+    def _purge_quarantine(self) -> None:
+        now = time.time()
+        try:
+            entries = list(self.store.quarantine_dir.iterdir())
+        except OSError:
+            return
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if now - entry.stat().st_mtime > QUARANTINE_KEEP:
+                    remove_tree(entry)
+
+    def after_fill(self, repo: CacheRepo) -> None:
+        """Schedule a maintenance check of ``repo`` and a budget check."""
+        self.maintainer.after_fill(repo)
+        self.check_budget()
+
+    def check_budget(self) -> None:
+        """Run one budget pass soon (coalesces with a pass already waiting)."""
+        if self._budget_task is None or self._budget_task.done():
+            self._budget_task = asyncio.get_running_loop().create_task(self.evictor.enforce())
+
+    async def run(self) -> None:
+        """The periodic loop: budget, trash, due full repacks. Runs until cancelled."""
+        while True:
+            await asyncio.sleep(self.every)
+            await self.evictor.enforce()
+            for info in await asyncio.to_thread(self.store.list_repos):
+                repo = CacheRepo(info.url, info.key, info.path)
+                if self.maintainer.full_due(repo):
+                    self.maintainer.after_fill(repo)

@@ -1,0 +1,172 @@
+"""The pack cache: identical fetches share one ``upload-pack`` run.
+
+Decision (documented in docs/operations/cache.md): goblet caches the whole
+``upload-pack`` answer at its own backend, not ``pack-objects`` output via
+``uploadpack.packObjectsHook``. The backend already owns the stream, the
+answer includes everything git needs (acknowledgments, shallow info,
+side-band framing), and no hook script has to be installed for git to run.
+
+Key: SHA-256 of the cache repo's key, the repo's refs digest, the
+Git-Protocol value and the request with volatile capabilities removed
+(``agent=``, ``session-id=``). A request for another repo, or for the same
+repo after its refs moved, never matches. Only final requests (with
+``done``) are keyed.
+
+Admission on the second occurrence: the first time a key is seen it is only
+counted; from the second on, the request *produces* — its upload-pack output
+goes to the client and into ``<key>.tmp`` — and identical requests arriving
+meanwhile *follow*, streaming the file as it grows (no waiting for the whole
+pack). A finished answer is renamed to ``<key>.answer`` and later requests
+are *hits*. A failed production is deleted and its followers' connections
+are aborted (never a clean end of a partial answer). Stored answers are
+bounded by ``max_bytes``, least recently used first out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SEEN_MAX = 10_000
+
+
+class Role(enum.Enum):
+    """How one request takes part in the pack cache."""
+
+    BYPASS = "bypass"  # not cacheable, or first occurrence: run upload-pack
+    PRODUCE = "produce"  # run upload-pack and store its answer
+    FOLLOW = "follow"  # stream a production that is being written
+    HIT = "hit"  # stream a stored answer
+
+
+@dataclass(slots=True)
+class Production:
+    """An answer being written; followers wait on ``grown``."""
+
+    key: str
+    tmp: Path
+    size: int = 0
+    done: bool = False
+    failed: bool = False
+    grown: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+
+def cache_key(repo_key: str, refs_digest: str, git_protocol: str | None, identity: bytes) -> str:
+    """The pack-cache key of one request (pure)."""
+    h = hashlib.sha256()
+    for part in (repo_key.encode(), refs_digest.encode(), (git_protocol or "").encode()):
+        h.update(b"%d:" % len(part) + part)
+    h.update(identity)
+    return h.hexdigest()
+
+
+class PackCache:
+    """Stored answers under ``root``; productions in memory."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self._seen: OrderedDict[str, int] = OrderedDict()
+        self._producing: dict[str, Production] = {}
+        self._stored: OrderedDict[str, int] = OrderedDict()  # key -> bytes, LRU order
+        self._loaded = False
+
+    @property
+    def enabled(self) -> bool:
+        """Whether answers are stored at all (``max_bytes`` > 0)."""
+        return self.max_bytes > 0
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of stored answers."""
+        return sum(self._stored.values())
+
+    def answer_path(self, key: str) -> Path:
+        """Where the stored answer of ``key`` lives."""
+        return self.root / f"{key}.answer"
+
+    def _load(self) -> None:
+        """Index answers left by earlier runs (oldest first); drop stale temp files."""
+        self._loaded = True
+        try:
+            entries = sorted(self.root.iterdir(), key=lambda p: p.stat().st_mtime)
+        except OSError:
+            return
+        for entry in entries:
+            if entry.suffix == ".answer":
+                self._stored[entry.stem] = entry.stat().st_size
+            elif entry.suffix == ".tmp":
+                entry.unlink(missing_ok=True)
+
+    def begin(self, key: str | None) -> tuple[Role, Production | None]:
+        """Decide this request's role; PRODUCE and FOLLOW come with the production."""
+        if key is None or not self.enabled:
+            return Role.BYPASS, None
+        if not self._loaded:
+            self._load()
+        if key in self._stored and self.answer_path(key).is_file():
+            self._stored.move_to_end(key)
+            return Role.HIT, None
+        self._stored.pop(key, None)
+        running = self._producing.get(key)
+        if running is not None and not running.failed:
+            return Role.FOLLOW, running
+        count = self._seen.pop(key, 0) + 1
+        self._seen[key] = count
+        while len(self._seen) > SEEN_MAX:
+            self._seen.popitem(last=False)
+        if count < 2:
+            return Role.BYPASS, None
+        production = Production(key, self.root / f"{key}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+        try:
+            production.tmp.touch(exist_ok=False)  # exists before any follower opens it
+        except OSError as e:
+            log.warning("pack cache unavailable: %s", e)
+            return Role.BYPASS, None
+        self._producing[key] = production
+        return Role.PRODUCE, production
+
+    async def grew(self, production: Production, size: int) -> None:
+        """The producer wrote up to ``size`` bytes: wake the followers."""
+        async with production.grown:
+            production.size = size
+            production.grown.notify_all()
+
+    async def finish(self, production: Production, ok: bool) -> None:
+        """End a production: store the answer if ``ok``, else throw it away."""
+        self._producing.pop(production.key, None)
+        if ok:
+            final = self.answer_path(production.key)
+            try:
+                production.tmp.replace(final)
+                self._stored[production.key] = production.size
+                self._stored.move_to_end(production.key)
+            except OSError as e:
+                log.warning("cannot store answer %s: %s", production.key[:12], e)
+                ok = False
+        if not ok:
+            production.tmp.unlink(missing_ok=True)
+        async with production.grown:
+            production.done, production.failed = True, not ok
+            production.grown.notify_all()
+        self._trim()
+
+    def _trim(self) -> None:
+        while self._stored and self.stored_bytes > self.max_bytes:
+            key, _ = self._stored.popitem(last=False)
+            self.answer_path(key).unlink(missing_ok=True)
+
+    def drop_repo_answers(self) -> None:
+        """Forget every stored answer (used when the cache dir is cleared)."""
+        for key in list(self._stored):
+            self.answer_path(key).unlink(missing_ok=True)
+        self._stored.clear()
