@@ -113,10 +113,9 @@ class Runtime:
             Policy(full_every=settings.full_repack_interval, threads=settings.repack_threads),
             on_done=lambda kind, result, s: metrics.repacks.labels(kind, result).inc(),
         )
-        self.lifecycle = Lifecycle(self.store, locks, git, self.evictor, self.maintainer)
-        reporter.on_filled.append(
-            self.lifecycle.after_fill if settings.maintenance
-            else lambda repo: self.lifecycle.check_budget())
+        self.lifecycle = Lifecycle(self.store, locks, git, self.evictor, self.maintainer,
+                                   maintenance=settings.maintenance)
+        reporter.on_filled.append(self.lifecycle.after_fill)
         self.warmer = Warmer(filler, self.store, settings.warm_repos, settings.warm_credentials,
                              settings.warm_interval)
         verdicts = VerdictCache(

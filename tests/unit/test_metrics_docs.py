@@ -46,12 +46,18 @@ PLANNED_OPTIONS = frozenset({
     "goblet_metrics_port", "goblet_metrics_host", "goblet_log_format", "goblet_min_free_bytes",
 })
 STATUS_CLASSES = tuple(sorted({gm.status_class(s) for s in (None, *range(100, 600))}))
+# The values of each label, by label name ...
 LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "kind": gm.KINDS,
     "outcome": gm.OUTCOMES,
     "result": gm.FILL_RESULTS,
     "source": gm.SOURCES,
     "status": STATUS_CLASSES,
+}
+# ... except in families whose label of the same name has values of its own.
+FAMILY_LABEL_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
+    "goblet_repacks": {"kind": gm.REPACK_KINDS, "result": gm.REPACK_RESULTS},
+    "goblet_pack_cache_requests": {"result": gm.PACK_CACHE_RESULTS},
 }
 SUFFIXES = {
     "counter": ("_total", "_created"),
@@ -225,6 +231,20 @@ def check_expr(where: str, expr: str) -> list[str]:
     return problems
 
 
+def label_values(family: Family | None, label: str) -> tuple[str, ...] | None:
+    """The values ``label`` takes in ``family`` (None: not an enum label).
+
+    Without a family (a selector with no metric name, or not one of goblet's),
+    a value of that label in any family is accepted.
+    """
+    if family is not None:
+        return FAMILY_LABEL_VALUES.get(family.name, {}).get(label, LABEL_VALUES.get(label))
+    tables = [LABEL_VALUES, *FAMILY_LABEL_VALUES.values()]
+    if not any(label in t for t in tables):
+        return None
+    return tuple(dict.fromkeys(v for t in tables for v in t.get(label, ())))
+
+
 def _check_matcher(where: str, m: Matcher) -> list[str]:
     if m.label == "__name__":
         return []
@@ -235,7 +255,7 @@ def _check_matcher(where: str, m: Matcher) -> list[str]:
             allowed.add("le")
         if m.label not in allowed:
             return [f"{where}: {m.metric} has no label {m.label!r}"]
-    values = LABEL_VALUES.get(m.label)
+    values = label_values(family, m.label)
     if values is None:
         return []
     if m.op in ("=", "!="):
@@ -285,6 +305,13 @@ def test_parser_refuses_an_unreadable_selector() -> None:
         ('goblet_upstream_requests_total{status="200"}', "status='200' is not one of"),
         ('rates(goblet_requests_total[5m])', "unknown function 'rates'"),
         ('sum by (repo) (goblet_cache_bytes)', "grouping by unknown label 'repo'"),
+        # A label name two families share, with values of the other family.
+        ('goblet_repacks_total{kind="fetch"}', "kind='fetch' is not one of"),
+        ('goblet_repacks_total{result=~"ok|local_error"}', "result='local_error' is not one of"),
+        ('goblet_pack_cache_requests_total{result="ok"}', "result='ok' is not one of"),
+        ('goblet_fills_total{result="hit"}', "result='hit' is not one of"),
+        ('goblet_requests_total{kind="full"}', "kind='full' is not one of"),
+        ('{result="evicted"}', "result='evicted' is not one of"),
     ],
 )
 def test_checker_catches_mistakes(expr: str, complaint: str) -> None:
@@ -295,6 +322,21 @@ def test_checker_catches_mistakes(expr: str, complaint: str) -> None:
 def test_checker_accepts_real_expressions() -> None:
     assert check_expr("example", 'sum(rate(goblet_requests_total{kind="fetch",'
                                  'outcome="cache"}[1m])) / sum(up{job="goblet"})') == []
+    assert check_expr("example", 'increase(goblet_repacks_total{kind="full", result="error"}'
+                                 '[1h]) + on () sum(goblet_pack_cache_requests_total{'
+                                 'result=~"follow|hit"}) + count({result="skipped"})') == []
+
+
+def test_label_value_tables_cover_the_registry() -> None:
+    """Every label value a fresh registry exports is one the checker allows."""
+    for fam in gm.Metrics().registry.collect():
+        family = FAMILIES[fam.name]
+        for sample in fam.samples:
+            for label, value in sample.labels.items():
+                values = label_values(family, label)
+                assert values is None or value in values, (sample.name, label, value)
+    for name, table in FAMILY_LABEL_VALUES.items():
+        assert set(table) <= FAMILIES[name].labels, name
 
 
 # -- the files -----------------------------------------------------------------------
@@ -425,7 +467,7 @@ def test_metric_is_documented_with_its_labels_and_values(family: Family) -> None
     values = sections(METRICS_DOC)["Label values"]
     for label in family.labels:
         assert f"`{label}`" in body, f"{family.primary}: label `{label}` is not documented"
-        for value in LABEL_VALUES.get(label, ()):
+        for value in label_values(family, label) or ():
             assert f"`{value}`" in values, f"Label values: {label} value `{value}` missing"
     for name in family.exposed:
         if name != family.primary and not name.endswith("_created"):
@@ -491,7 +533,9 @@ def test_dashboard_has_the_panels_operators_need() -> None:
     for needle in ("Request rate by outcome", "Cache hit ratio (fetch)", "p50 / p95 / p99",
                    "Upstream bytes avoided", "Fills by result", "Fill duration",
                    "Fills in flight", "Disk used", "Free disk", "Errors",
-                   "Verdict cache entries", "RSS", "Ready"):
+                   "Verdict cache entries", "RSS", "Ready", "Pack-cache answers by role",
+                   "without a pack generation", "Stored pack-cache answers", "Evictions",
+                   "Repacks by kind and result"):
         assert needle in titles
 
 
@@ -500,7 +544,8 @@ def test_alert_rules_shape() -> None:
     assert group["name"] == "goblet"
     names = [r["alert"] for r in group["rules"]]
     for required in ("GobletDown", "GobletNotReady", "GobletLowHitRatio", "GobletFillFailures",
-                     "GobletUpstreamErrors", "GobletDiskHigh", "GobletDiskGrowth"):
+                     "GobletUpstreamErrors", "GobletDiskHigh", "GobletDiskGrowth",
+                     "GobletRepackFailures"):
         assert required in names
     for r in group["rules"]:
         assert re.fullmatch(r"\d+[smh]", r["for"]), r["alert"]

@@ -55,7 +55,9 @@ class Lifecycle:
     """Owns recovery, maintenance scheduling and budget enforcement."""
 
     def __init__(self, store: RepoStore, locks: RepoLocks, git: GitRunner, evictor: Evictor,
-                 maintainer: Maintainer, *, every: float = 60.0) -> None:
+                 maintainer: Maintainer, *, every: float = 60.0, maintenance: bool = True
+                 ) -> None:
+        self.maintenance = maintenance
         self.store = store
         self.locks = locks
         self.git = git
@@ -109,8 +111,13 @@ class Lifecycle:
                     remove_tree(entry)
 
     def after_fill(self, repo: CacheRepo) -> None:
-        """Schedule a maintenance check of ``repo`` and a budget check."""
-        self.maintainer.after_fill(repo)
+        """Schedule a maintenance check of ``repo`` (if maintenance is on) and a budget check.
+
+        A new repo is due for a full repack at once, so it gets its bitmap and
+        commit-graph right after its first fill.
+        """
+        if self.maintenance:
+            self.maintainer.after_fill(repo)
         self.check_budget()
 
     def check_budget(self) -> None:
@@ -123,6 +130,8 @@ class Lifecycle:
         while True:
             await asyncio.sleep(self.every)
             await self.evictor.enforce()
+            if not self.maintenance:
+                continue
             for info in await asyncio.to_thread(self.store.list_repos):
                 repo = CacheRepo(info.url, info.key, info.path)
                 if self.maintainer.full_due(repo):
