@@ -1,0 +1,1 @@
+"""Goblet's load-test and local-topology kit (see loadtest/README.md)."""
