@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +147,7 @@ def parse_settings(o: Any) -> Settings:
         raise ValueError(f"goblet_prefix_port must be 0-65535, not {o.goblet_prefix_port!r}")
     if o.goblet_log_format not in ("text", "json"):
         raise ValueError(f"goblet_log_format must be text or json, not {o.goblet_log_format!r}")
-    return Settings(
+    return check_budgets(Settings(
         cache_dir=parse_cache_dir(o.goblet_cache_dir),
         hosts=parse_hosts(o.goblet_hosts),
         verdict_ttl=parse_seconds("goblet_verdict_ttl", o.goblet_verdict_ttl, 0, 3600),
@@ -174,7 +174,20 @@ def parse_settings(o: Any) -> Settings:
         warm_repos=_optional_file("goblet_warm_repos", o.goblet_warm_repos),
         warm_interval=parse_seconds("goblet_warm_interval", o.goblet_warm_interval, 10, 86400),
         warm_credentials=_optional_file("goblet_warm_credentials", o.goblet_warm_credentials),
-    )
+    ))
+
+
+def check_budgets(settings: Settings) -> Settings:
+    """Fit the pack-cache budget inside the cache budget.
+
+    Stored answers count toward ``goblet_cache_max_bytes`` but eviction only
+    removes repos, so a pack cache as large as the whole budget could only be
+    met by evicting every repo: it is capped at half the budget.
+    """
+    cap = settings.cache_max_bytes // 2
+    if settings.cache_max_bytes and settings.pack_cache_max_bytes > cap:
+        return replace(settings, pack_cache_max_bytes=cap)
+    return settings
 
 
 def parse_int(name: str, value: str, minimum: int, maximum: int) -> int:

@@ -159,6 +159,7 @@ class Runtime:
             forwarder = Forwarder(tls_context(ca_file, insecure), settings.upstream_timeout)
         rt = cls(settings, git, secret, Metrics(), access, forwarder=forwarder)
         await rt.lifecycle.recover()
+        await asyncio.to_thread(rt.packcache.load)
         await rt.backend.start()
         if settings.metrics_port:
             rt.endpoints = EndpointServer(rt.endpoint_answer)

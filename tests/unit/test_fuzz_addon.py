@@ -114,7 +114,8 @@ def test_request_path_never_crashes_and_answers_bad_input_with_4xx(tmp_path: Pat
     assert sorted(os.listdir(tmp_path)) == sorted({*before_cwd, "cache"})
     assert list(outside.iterdir()) == []
     layout = {p.name for p in cache.iterdir()}
-    assert layout <= {"repos", "tmp", "locks", "home", "tenant-secret"}
+    assert layout <= {"repos", "tmp", "trash", "quarantine", "packcache", "locks", "home",
+                      "tenant-secret"}
     assert list((cache / "repos").iterdir()) == []  # nothing was ever filled or created
 
 

@@ -70,9 +70,14 @@ class Evictor:
         self._pass = asyncio.Lock()
 
     def over_budget(self) -> tuple[int, int]:
-        """(bytes above max_bytes, bytes missing below min_free_bytes); blocking."""
+        """(bytes above max_bytes, bytes missing below min_free_bytes); blocking.
+
+        Trash waiting for its drain counts as free already: it will be, and
+        counting it again would evict one more repo on every pass.
+        """
         over = cache_bytes(self.store) - self.max_bytes if self.max_bytes else 0
-        short = self.min_free_bytes - free_bytes(self.store.root)
+        pending = tree_bytes(self.store.trash_dir) if self.min_free_bytes else 0
+        short = self.min_free_bytes - free_bytes(self.store.root) - pending
         return max(0, over), max(0, short)
 
     async def enforce(self) -> list[Eviction]:

@@ -261,6 +261,8 @@ class Filler:
         try:
             await self._fetch(target, ["--atomic", "--prune", "--no-tags", repo.url, *REFSPECS],
                               repo, credential, progress)
+            if head is None and created:
+                head = await self._upstream_head(repo, credential)
             refs, current_head = await self.store.read_refs(target)
             if head is not None and head != current_head and (head in refs or not refs):
                 res = await self.git.run(["symbolic-ref", "HEAD", head], git_dir=target)
@@ -279,6 +281,20 @@ class Filler:
                 clean_residue(target)
             raise
         return FillResult(created, len(refs), time.monotonic() - started)
+
+    async def _upstream_head(self, repo: CacheRepo, credential: Credential) -> str | None:
+        """Where upstream's HEAD points (``ls-remote --symref``); None if unknown."""
+        try:
+            res = await self.git.run(["ls-remote", "--symref", repo.url, "HEAD"],
+                                     config=self._fetch_config(repo, credential),
+                                     timeout=self.max_seconds)
+        except (GitTimeout, OSError, ValueError):
+            return None
+        for line in res.stdout.decode("utf-8", "replace").splitlines():
+            target, _, name = line.removeprefix("ref: ").partition("\t")
+            if line.startswith("ref: ") and name == "HEAD" and target.startswith("refs/"):
+                return target
+        return None
 
     async def fetch_oids(
         self, repo: CacheRepo, credential: Credential, oids: Sequence[str]

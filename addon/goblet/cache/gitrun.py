@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import logging
 import os
 import re
@@ -132,7 +135,42 @@ class GitRunner:
             cwd=str(git_dir) if git_dir is not None else str(self.home),
             limit=READ_CHUNK,
             start_new_session=True,  # its own process group: killed as a whole
+            preexec_fn=_die_with_parent(),
         )
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up once (None where there is none)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn: Callable[..., int] = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    return fn
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A pre-exec hook that makes the child get SIGKILL when goblet dies (Linux).
+
+    Without it a ``git fetch`` outlives a killed proxy (it runs in its own
+    session) and keeps writing into the cache after its writer lock is gone,
+    while the restarted proxy takes its files for crash residue.
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return hook
 
 
 async def _stream_stderr(proc: asyncio.subprocess.Process, stdin: bytes | None,

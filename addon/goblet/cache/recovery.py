@@ -58,6 +58,15 @@ def clean_residue(repo: Path) -> list[str]:
             if fanout.is_dir() and not fanout.is_symlink():
                 for p in fanout.glob("tmp_obj_*"):
                     unlink(p)
+        info = objects / "info"
+        if info.is_dir() and not info.is_symlink():
+            for p in info.glob("*.lock"):
+                unlink(p)
+            graphs = info / "commit-graphs"
+            if graphs.is_dir() and not graphs.is_symlink():
+                for p in graphs.iterdir():
+                    if p.name.endswith(".lock") or p.name.startswith("tmp_graph_"):
+                        unlink(p)
     if removed:
         log.info("removed crash residue in %s: %s", repo.name[:12], ", ".join(removed[:10]))
     return removed

@@ -33,15 +33,27 @@ ENV_HEADER = "GOBLET_WARM_HEADER"
 def parse_repo_url(url: str) -> tuple[str, int, str]:
     """``https://host[:port]/path`` → (host, port, path); ValueError if unusable."""
     parts = urlsplit(url.strip())
+    shown = redact(url)
     if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
-        raise ValueError(f"not an https URL without credentials: {url!r}")
+        raise ValueError(f"not an https URL without credentials: {shown}")
     if parts.query or parts.fragment:
-        raise ValueError(f"URL has a query or fragment: {url!r}")
+        raise ValueError(f"URL has a query or fragment: {shown}")
     try:
         path = check_repo_path(parts.path.rstrip("/"))
     except ProtocolError as e:
-        raise ValueError(f"{url!r}: {e.reason}") from None
+        raise ValueError(f"{shown}: {e.reason}") from None
     return parts.hostname, parts.port or 443, path
+
+
+def redact(url: str) -> str:
+    """A URL for messages: scheme, host and path only (no userinfo, query or fragment)."""
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparsable URL>"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 def read_url_list(text: str) -> list[str]:

@@ -34,6 +34,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from goblet.cache.recovery import pid_alive
+
 log = logging.getLogger(__name__)
 
 SEEN_MAX = 10_000
@@ -94,8 +96,12 @@ class PackCache:
         """Where the stored answer of ``key`` lives."""
         return self.root / f"{key}.answer"
 
-    def _load(self) -> None:
-        """Index answers left by earlier runs (oldest first); drop stale temp files."""
+    def load(self) -> None:
+        """Index answers left by earlier runs (oldest first); drop dead productions.
+
+        A ``<key>.<pid>.<ns>.tmp`` file of a live process (another instance
+        sharing the cache dir) is that process's production and is kept.
+        """
         self._loaded = True
         try:
             entries = sorted(self.root.iterdir(), key=lambda p: p.stat().st_mtime)
@@ -105,6 +111,9 @@ class PackCache:
             if entry.suffix == ".answer":
                 self._stored[entry.stem] = entry.stat().st_size
             elif entry.suffix == ".tmp":
+                parts = entry.name.split(".")
+                if len(parts) >= 3 and parts[1].isdigit() and pid_alive(int(parts[1])):
+                    continue
                 entry.unlink(missing_ok=True)
 
     def begin(self, key: str | None) -> tuple[Role, Production | None]:
@@ -112,7 +121,7 @@ class PackCache:
         if key is None or not self.enabled:
             return Role.BYPASS, None
         if not self._loaded:
-            self._load()
+            self.load()
         if key in self._stored and self.answer_path(key).is_file():
             self._stored.move_to_end(key)
             return Role.HIT, None
