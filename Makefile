@@ -9,10 +9,10 @@ PORT ?= 8080
 CACHE_DIR ?= cache
 CERTS_DIR ?= certs
 HOSTS ?= github.com,gitlab.com,bitbucket.org
-PYTEST_ARGS ?= -n auto --dist loadfile
+PYTEST_ARGS ?= -n auto --dist loadscope
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck deps clean help
+.PHONY: run test lint typecheck deps clean help fleet loadtest
 
 help:
 	@echo "make run   - start goblet on $(HOST):$(PORT) (cache in ./$(CACHE_DIR), CA in ./$(CERTS_DIR))"
@@ -56,8 +56,28 @@ test: $(BIN)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed-test
-	$(BIN)/ruff check addon tests
+	$(BIN)/ruff check addon tests bench loadtest loadtest/run-local loadtest/demo-upstream
 	$(BIN)/mypy
+
+# A local fleet: 3 instances behind HAProxy (sharded by repo) and Prometheus.
+fleet: $(BIN)/.installed
+	loadtest/run-local --hosts $(HOSTS) --mitmdump $(BIN)/mitmdump
+
+loadtest: $(BIN)/.installed
+	$(BIN)/python loadtest/loadtest.py $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks (docs/benchmarks.md). BENCH_ARGS passes options to `python -m bench.run`,
+# e.g. BENCH_ARGS="--runs 9 --latency-ms 30". py-spy names the proxy's hot spots (it needs
+# ptrace: root, or kernel.yama.ptrace_scope=0; without it the profiles are skipped).
+.PHONY: bench bench-quick
+BENCH_ARGS ?=
+
+bench: $(BIN)/.installed-test
+	$(BIN)/pip install -q -e '.[bench]' 'py-spy>=0.3.14'
+	$(BIN)/python -m bench.run --write-docs $(BENCH_ARGS)
+
+bench-quick: $(BIN)/.installed-test
+	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)

@@ -108,7 +108,11 @@ def test_partial_clones_are_served_from_a_warm_cache(
     git.clone(url, tmp_path / "warmup")
     fills = count(upstream.stats(), "fetch", name)
 
-    git.clone(url, tmp_path / "partial", *options)
+    res = git.clone(url, tmp_path / "partial", *options)
+    assert "filtering not recognized" not in res.stderr
+    if any(o.startswith("--filter") for o in options):
+        promisor = git.run("config", "remote.origin.promisor", cwd=tmp_path / "partial")
+        assert promisor.stdout.strip() == "true", "the clone is not a partial clone"
     assert count(upstream.stats(), "fetch", name) == fills, "partial clone went upstream"
     direct.clone(url, tmp_path / "direct", *options)
     for ref in ("HEAD", "HEAD^{tree}"):

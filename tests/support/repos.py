@@ -173,7 +173,11 @@ def _commit_files(
 
 
 def make_empty_bare_repo(path: Path, default_branch: str = "main") -> None:
-    """Create an empty bare repo at ``path`` whose HEAD points at ``default_branch``."""
+    """Create an empty bare repo at ``path`` whose HEAD points at ``default_branch``.
+
+    Like the big forges, it serves partial clones (``uploadpack.allowFilter``)
+    and objects by id (``uploadpack.allowAnySHA1InWant``).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     git(
         "init",
@@ -183,6 +187,8 @@ def make_empty_bare_repo(path: Path, default_branch: str = "main") -> None:
         str(path),
         cwd=path.parent,
     )
+    git("config", "uploadpack.allowFilter", "true", cwd=path)
+    git("config", "uploadpack.allowAnySHA1InWant", "true", cwd=path)
 
 
 def make_bare_repo(

@@ -1,0 +1,69 @@
+"""`make bench-quick` end to end, so the benchmark harness never rots.
+
+Runs ``python -m bench.run --quick`` in a temporary directory (small generated repos, one run
+per scenario) and checks only that it completes and produces a sane table and JSON: no
+assertion on any time, ratio or target verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.scenarios import ALL_SCENARIOS
+
+pytestmark = pytest.mark.e2e
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    docs_before = _docs_stamp()
+    env = {k: v for k, v in os.environ.items()
+           if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+    res = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--no-plots", "--out", str(tmp_path)],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert res.returncode == 0, f"bench failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+    runs = list(tmp_path.glob("run-*-quick"))
+    assert len(runs) == 1
+    results = json.loads((runs[0] / "results.json").read_text())
+
+    assert results["failures"] == 0
+    assert set(results["scenarios"]) == set(ALL_SCENARIOS)
+    for key, scenario in results["scenarios"].items():
+        assert scenario["summary"]["n"] >= 1, key
+        assert all(s > 0 for s in scenario["seconds"]), key
+        assert not scenario["errors"], (key, scenario["errors"])
+
+    warm = results["scenarios"]["warm"]
+    assert warm["upstream_fetches"] == [0] * len(warm["upstream_fetches"])
+    assert results["scenarios"]["direct"]["upstream_pack_bytes"][0] > 0
+    assert len(results["concurrent"]["goblet"]) == 1  # one timed round, no warm-up
+    for row in ("goblet", "goblet_canned", "canned_alone"):
+        assert results["rps"][row]["requests_ok"] > 0, row
+        assert results["rps"][row]["failures"] == 0, row
+    assert results["rps"]["goblet_canned"]["proxy_fills"] == 0
+    assert results["rss_large"] and results["rss_large"][0]["peak_mib"] > 0
+    assert {t["key"] for t in results["targets"]} == {
+        "warm_vs_floor", "large_warm_vs_floor", "warm_vs_direct", "cold_vs_direct",
+        "rss_growth", "warm_pack_bytes", "warm_requests", "refs_rps", "refs_rps_canned",
+    }
+
+    table = res.stdout
+    assert "| target | this run | verdict |" in table
+    for scenario in results["scenarios"].values():
+        assert scenario["label"] in table
+    report = (runs[0] / "report.md").read_text()
+    assert "### Targets" in report and "### Settings, machine, repositories" in report
+    assert _docs_stamp() == docs_before, "a quick run must not rewrite docs/benchmarks.md"
+
+
+def _docs_stamp() -> int | None:
+    page = PROJECT_ROOT / "docs" / "benchmarks.md"
+    return page.stat().st_mtime_ns if page.exists() else None
