@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -22,10 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Repos
 from tests.support.gitclient import GitClient
+from tests.support.net import metric_sum
 from tests.support.proxy import REPO_ROOT, GobletProxy
 from tests.support.repos import list_refs
 from tests.support.upstream_client import UpstreamServer
@@ -48,15 +47,7 @@ def goblet(cache_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def metric(proxy: GobletProxy, name: str, **labels: str) -> float:
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    return sum(s.value for family in text_string_to_metric_families(text)
-               for s in family.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+    return metric_sum(proxy.port, name, **labels)
 
 
 def allocated(path: Path) -> int:

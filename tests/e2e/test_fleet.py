@@ -30,20 +30,20 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.parse
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import Repos, count
 from tests.support import rawhttp
 from tests.support.gitclient import GitClient, with_userinfo
+from tests.support.net import http_get, wait_for
 from tests.support.proxy import REPO_ROOT, mitmdump_binary
 from tests.support.repos import list_refs
 from tests.support.upstream_client import UpstreamServer
@@ -54,7 +54,6 @@ RUN_LOCAL = REPO_ROOT / "loadtest" / "run-local"
 LOADTEST = REPO_ROOT / "loadtest" / "loadtest.py"
 _SERVED_BY = re.compile(r"<= Recv header: x-served-by: *(\S+)", re.IGNORECASE)
 _HAPROXY_LINE = re.compile(r" goblet_\w+/(?P<server>goblet-\d) .* repo=(?P<repo>\S+) ")
-T = TypeVar("T")
 
 
 def require_packages() -> None:
@@ -63,29 +62,6 @@ def require_packages() -> None:
         if not (shutil.which(binary) or Path(f"/usr/sbin/{binary}").exists()):
             pytest.fail(f"{binary} is missing: `apt-get install -y {package}` "
                         "(.ci/run must install it)")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30) -> T:
-    """Poll ``probe`` every 0.25 s until it returns something; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.25)
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    """Plain GET on 127.0.0.1 (no proxy)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode("utf-8", "replace")
-    finally:
-        conn.close()
 
 
 @dataclass

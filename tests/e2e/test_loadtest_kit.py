@@ -41,6 +41,7 @@ from ruamel.yaml import YAML
 from loadtest import protocol, topology
 from tests.e2e.conftest import Repos
 from tests.e2e.test_fleet import wait_for
+from tests.support.net import free_port, http_get
 from tests.support.proxy import ADDON, REPO_ROOT, GobletProxy, mitmdump_binary
 from tests.support.repos import list_refs
 from tests.support.upstream_client import UpstreamServer
@@ -64,20 +65,6 @@ def tool(name: str, package: str) -> str:
 def yaml_docs(path: Path) -> list[Any]:
     """Every document of a YAML file (ruamel, safe loader)."""
     return [d for d in YAML(typ="safe").load_all(path.read_text(encoding="utf-8")) if d]
-
-
-def free_port() -> int:
-    return topology.free_port()
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode("utf-8", "replace")
-    finally:
-        conn.close()
 
 
 def ready(port: int) -> bool | None:

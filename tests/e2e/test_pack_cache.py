@@ -14,7 +14,6 @@ produce are exactly the requests that ran upload-pack.
 
 from __future__ import annotations
 
-import http.client
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Repos
 from tests.support.gitclient import GitClient
+from tests.support.net import http_get
 from tests.support.proxy import GobletProxy
 from tests.support.repos import add_commit, list_refs
 from tests.support.upstream_client import UpstreamServer
@@ -35,12 +35,7 @@ ROLES = ("bypass", "produce", "follow", "hit")
 
 def scrape(proxy: GobletProxy) -> dict[str, float]:
     """Pack-cache roles and ok fills so far, from /metrics on the proxy port."""
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
+    _, text = http_get(proxy.port, "/metrics")
     out = dict.fromkeys((*ROLES, "fills"), 0.0)
     for family in text_string_to_metric_families(text):
         for s in family.samples:

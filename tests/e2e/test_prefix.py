@@ -13,16 +13,11 @@ import pytest
 from tests.e2e.conftest import Repos, count
 from tests.e2e.test_clone import served_from_cache
 from tests.support.gitclient import GitClient, with_userinfo
+from tests.support.net import free_port
 from tests.support.proxy import GobletProxy
 from tests.support.upstream_client import UpstreamServer
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,11 @@ import math
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -38,6 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.conftest import Repos
 from tests.support import rawhttp
 from tests.support.gitclient import GitClient
+from tests.support.net import free_port, wait_for
 from tests.support.proxy import REPO_ROOT, GobletProxy
 from tests.support.repos import list_refs
 from tests.support.upstream_client import UpstreamServer
@@ -60,7 +59,6 @@ ACCESS_LINE = re.compile(
     r"duration=(?P<duration>\d+\.\d{3})s upstream=(?P<upstream>\d{3}|-) "
     r"instance=(?P<instance>\S+)(?: reason=(?P<reason>'.*'|\".*\"))?$"
 )
-T = TypeVar("T")
 
 
 def require(binary: Path) -> str:
@@ -69,14 +67,6 @@ def require(binary: Path) -> str:
         pytest.fail(f"{binary} is missing: install Debian's Prometheus with "
                     "`apt-get install -y prometheus` (.ci/run must install it too)")
     return str(binary)
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, dict[str, str], str]:
@@ -89,18 +79,6 @@ def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, dict[str, 
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
     finally:
         conn.close()
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30) -> T:
-    """Call ``probe`` every 0.25 s until it returns something, for at most ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.25)
 
 
 def dashboard_queries() -> list[tuple[str, str]]:

@@ -66,13 +66,14 @@ class MatrixBase:
     }
 
     @pytest.fixture(scope="class")
-    def world(self, tmp_path_factory: pytest.TempPathFactory, confdir: Path) -> Iterator[
+    @classmethod
+    def world(cls, tmp_path_factory: pytest.TempPathFactory, confdir: Path) -> Iterator[
             dict[str, Any]]:
-        root = tmp_path_factory.mktemp(f"matrix-{self.mode}")
-        upstream = UpstreamServer(root / "upstream", {"users": self.users, "repos": {}})
+        root = tmp_path_factory.mktemp(f"matrix-{cls.mode}")
+        upstream = UpstreamServer(root / "upstream", {"users": cls.users, "repos": {}})
         upstream.start()
         repos = Repos(upstream)
-        repos.config["users"] = self.users
+        repos.config["users"] = cls.users
         names = {
             "public": repos.create(public=True),
             "private": repos.create(public=False, readers=("alice",)),
@@ -81,7 +82,7 @@ class MatrixBase:
         proxy = GobletProxy(
             root / "proxy", hosts=[upstream.host], upstream_ca=upstream.cert_path,
             confdir=confdir,
-            sets={"goblet_isolation": self.mode, "goblet_offline": "on",
+            sets={"goblet_isolation": cls.mode, "goblet_offline": "on",
                   "goblet_verdict_ttl": f"{VERDICT_TTL}s", "goblet_upstream_timeout": "3"},
         )
         proxy.start()

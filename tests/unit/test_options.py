@@ -145,6 +145,7 @@ def test_parse_hosts_rejects(values: list[str], message: str) -> None:
         pytest.param("0090", 90, id="leading-zeros"),
         pytest.param("24h", 86400, id="maximum-as-hours"),
         pytest.param("1440m", 86400, id="maximum-as-minutes"),
+        pytest.param("1d", 86400, id="maximum-as-days"),
         pytest.param(120, 120, id="int-from-an-old-config"),
     ],
 )
@@ -183,7 +184,7 @@ def test_parse_seconds_bounds(value: str, minimum: int, maximum: int, ok: bool) 
         pytest.param("s", id="unit-only"),
         pytest.param("-1", id="negative"),
         pytest.param("1.5", id="fraction"),
-        pytest.param("1d", id="days"),
+        pytest.param("1w", id="weeks"),
         pytest.param("10ms", id="milliseconds"),
         pytest.param("5M", id="upper-case-unit"),
         pytest.param("1h30m", id="compound"),
