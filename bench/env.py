@@ -18,6 +18,7 @@ import http.client
 import os
 import re
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 
 from bench.canned import CannedUpstream
 from bench.genrepo import link_copy
+from bench.rss import cpu_seconds
 from tests.support.gitclient import GitClient
 from tests.support.proxy import GobletProxy, ensure_ca
 from tests.support.upstream_client import UpstreamServer
@@ -120,6 +122,9 @@ class Traffic:
     proxy_errors: int = 0
     fills: int = 0
     proxy_metrics: dict[str, float] = field(default_factory=dict)
+    # Access-log durations of the fetches the proxy answered from its cache: request in to
+    # last byte out (the client's index-pack runs meanwhile, so it is an upper bound).
+    proxy_serve_s: list[float] = field(default_factory=list)
 
     @property
     def upload_pack_runs(self) -> int:
@@ -144,6 +149,7 @@ class Traffic:
             "proxy_errors": self.proxy_errors, "fills": self.fills,
             "proxy_upload_pack_runs": self.upload_pack_runs,
             "proxy_metrics": self.proxy_metrics,
+            "proxy_serve_s": self.proxy_serve_s,
         }
 
 
@@ -164,10 +170,12 @@ def scrape_metrics(port: int) -> dict[str, float]:
 
 
 class Meter:
-    """Counts upstream requests, upstream bytes and proxy outcomes over a step."""
+    """Counts upstream requests, upstream bytes and proxy outcomes over a step (of goblet,
+    or of another goblet proxy: ``proxy``)."""
 
-    def __init__(self, env: BenchEnv) -> None:
+    def __init__(self, env: BenchEnv, proxy: GobletProxy | None = None) -> None:
         self.env = env
+        self.proxy = proxy or env.goblet
         self._before: dict[str, dict[str, int]] = {}
         self._tails: dict[str, LogTail] = {}
         self._metrics: dict[str, float] = {}
@@ -177,15 +185,15 @@ class Meter:
         for name, server in self.env.upstreams.items():
             self._before[name] = counters(server.stats())
             self._tails[name] = LogTail(server.log_path)
-        self._tails["goblet"] = LogTail(self.env.goblet.log_path)
-        self._metrics = scrape_metrics(self.env.goblet.port)
+        self._tails["goblet"] = LogTail(self.proxy.log_path)
+        self._metrics = scrape_metrics(self.proxy.port)
         return self
 
     def collect(self) -> dict[str, Traffic]:
         """Per upstream name: what the step caused (after the logs have settled)."""
         settle(list(self._tails.values()))
         proxy = proxy_lines(self._tails["goblet"].read_new())
-        after_metrics = scrape_metrics(self.env.goblet.port)
+        after_metrics = scrape_metrics(self.proxy.port)
         metrics = {k: v - self._metrics.get(k, 0.0) for k, v in after_metrics.items()}
         metrics = {k: v for k, v in metrics.items() if v}
         result: dict[str, Traffic] = {}
@@ -206,6 +214,8 @@ class Meter:
                 proxy_errors=sum(1 for f in mine if f["outcome"] == "error"),
                 fills=sum(1 for f in proxy["fills"] if f"//{host}/" in f["url"]),
                 proxy_metrics=metrics,
+                proxy_serve_s=[f["duration"] for f in mine
+                               if f["kind"] == "fetch" and f["outcome"] == "cache"],
             )
         return result
 
@@ -214,6 +224,67 @@ def cache_repo_path(cache_dir: Path, url: str) -> Path:
     """Where goblet keeps the bare repo of an upstream URL (``goblet.cache.store`` layout:
     ``repos/<sha256 of the canonical URL>.git``)."""
     return cache_dir / "repos" / f"{hashlib.sha256(url.encode()).hexdigest()}.git"
+
+
+def count_objects(repo: Path) -> dict[str, int]:
+    """``git count-objects -v`` of ``repo`` as numbers (count, packs, size-pack, ...)."""
+    res = subprocess.run(["git", "count-objects", "-v"], cwd=repo, capture_output=True,
+                         text=True, check=False, timeout=120)
+    out: dict[str, int] = {}
+    for line in res.stdout.splitlines():
+        name, _, value = line.partition(":")
+        if value.strip().isdigit():
+            out[name.strip()] = int(value.strip())
+    return out
+
+
+def pack_files(repo: Path) -> list[str]:
+    """Kinds of the files in ``objects/pack`` (pack, idx, bitmap, multi-pack-index...), one
+    entry per file."""
+    pack_dir = repo / "objects" / "pack"
+    if not pack_dir.is_dir():
+        return []
+    return sorted(
+        "multi-pack-index" + ("-bitmap" if p.name.endswith(".bitmap") else "")
+        if p.name.startswith("multi-pack-index") else p.name.rsplit(".", 1)[1]
+        for p in pack_dir.iterdir() if p.name.startswith(("pack-", "multi-pack-index")))
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, zombies included (their CPU time reaches ``pid``'s
+    ``cutime`` only once they are reaped)."""
+    table: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text(encoding="ascii", errors="replace")
+            except OSError:
+                continue
+            table[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: list[int] = []
+    parents = {pid}
+    changed = True
+    while changed:
+        changed = False
+        for child, parent in table.items():
+            if parent in parents and child not in parents:
+                parents.add(child)
+                found.append(child)
+                changed = True
+    return found
+
+
+def server_cpu(pid: int | None, limit: float = 10.0) -> float | None:
+    """CPU seconds used so far by the server ``pid`` and its reaped children (for mitmdump:
+    its upload-pack and pack-objects processes; for an upstream: its CGI processes), read
+    from /proc/<pid>/stat (utime + stime + cutime + cstime) once no child of it is left
+    (waiting at most ``limit`` seconds)."""
+    if pid is None:
+        return None
+    deadline = time.monotonic() + limit
+    while descendants(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return cpu_seconds(pid, children=True)
 
 
 def counters(stats: dict[str, Any]) -> dict[str, int]:
@@ -239,6 +310,9 @@ class BenchEnv:
         self._goblet: GobletProxy | None = None
         self._plain: GobletProxy | None = None
         self._canned: CannedUpstream | None = None
+        self.upstream_ca: Path | None = None
+        # Further goblet proxies some phases start with other options (by name).
+        self.extras: dict[str, GobletProxy] = {}
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -261,6 +335,7 @@ class BenchEnv:
         bundle = self.workdir / "upstreams-ca.pem"
         bundle.write_bytes(wan.cert_path.read_bytes() + floor.cert_path.read_bytes()
                            + self._canned.cert_path.read_bytes())
+        self.upstream_ca = bundle
         ensure_ca(self.confdir)
         self._goblet = GobletProxy(
             self.workdir / "goblet", hosts=[wan.host, floor.host, self._canned.host],
@@ -273,9 +348,29 @@ class BenchEnv:
         ).start()
         return self
 
+    def start_proxy(self, name: str, sets: dict[str, str]) -> GobletProxy:
+        """Start another goblet (its own cache dir under ``<workdir>/<name>``) caching both
+        upstreams, with ``--set`` options ``sets``; git clients reach it as ``via=name``."""
+        if name in self.extras or name in ("goblet", "plain") or name.startswith("direct"):
+            raise ValueError(f"proxy name {name!r} is taken")
+        proxy = GobletProxy(
+            self.workdir / name, hosts=[self.wan.host, self.floor.host],
+            upstream_ca=self.upstream_ca, confdir=self.confdir,
+            cache_dir=self.workdir / name / "cache", sets=sets,
+        )
+        self.extras[name] = proxy
+        proxy.start()
+        return proxy
+
+    def stop_proxy(self, name: str) -> None:
+        """Stop a proxy of :meth:`start_proxy` (its log and cache stay)."""
+        proxy = self.extras.get(name)
+        if proxy is not None:
+            proxy.stop()
+
     def stop(self) -> None:
         """Stop everything that was started (proxies first)."""
-        for proxy in (self._goblet, self._plain):
+        for proxy in (self._goblet, self._plain, *self.extras.values()):
             if proxy is not None:
                 proxy.stop()
         for server in self.upstreams.values():
@@ -346,6 +441,8 @@ class BenchEnv:
             return GitClient(home, ca_file=self.floor.cert_path)
         if via == "direct-canned":
             return GitClient(home, ca_file=self.canned.cert_path)
+        if via in self.extras:
+            return GitClient(home, ca_file=self.extras[via].ca_cert, proxy=self.extras[via].url)
         raise ValueError(via)
 
     def fresh_dir(self, name: str) -> Path:

@@ -190,8 +190,8 @@ def concurrent_table(results: dict[str, Any]) -> str:
         "| via | round | wall s | slowest clone s | failures | upstream requests "
         "| upstream fetches (pack generations upstream) | upstream pack bytes "
         "| fetches served from the cache | proxy upload-pack runs (pack generations in the "
-        "proxy) | pack-cache hits / follows | other jobs (cores) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "proxy) | pack-cache hits / follows | server CPU s per clone | other jobs (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     medians = []
     for via, label in (("goblet", "through goblet"), ("floor", "from the local floor")):
@@ -215,8 +215,160 @@ def concurrent_table(results: dict[str, Any]) -> str:
                 f"| {label} | {rnd} | {r['wall_s']:.2f} | {max(r['clone_s']):.2f} "
                 f"| {r['failures']} | {r['upstream_requests']} | {r['upstream_fetches']} "
                 f"| {_bytes(r['upstream_pack_bytes'])} | {served} | {runs} | {hits} "
-                f"| {_s(r.get('others_cores'), 2)} |"
+                f"| {_s(r.get('server_cpu_per_clone_s'), 3)} | {_s(r.get('others_cores'), 2)} |"
             )
+    out += ["", "*Server CPU*: user + system time of the process that made the packs, with its "
+            "reaped children, from `/proc/<pid>/stat` over the burst, divided by the clones: for "
+            "goblet the mitmdump process (its `upload-pack`s and `pack-objects` included; it "
+            "also relays info/refs and ls-refs), for the floor the upstream server with its "
+            "`git http-backend` processes."]
+    return "\n".join(out)
+
+
+def _x(ratio: float | None) -> str:
+    return DASH if ratio is None else f"{ratio:.2f}{X}"
+
+
+def pack_cache_summary_table(results: dict[str, Any]) -> str:
+    """Pack cache on vs. off: medians and the ratios off ÷ on."""
+    pc = results.get("pack_cache")
+    if not pc or "summary" not in pc:
+        return "_not run_"
+    sm = pc["summary"]
+    on, off, ratio = sm.get("on", {}), sm.get("off", {}), sm.get("ratios_off_over_on", {})
+    n = pc["clients"]
+    rounds = on.get("rounds", 0)
+    of = f"median of {rounds} round{'' if rounds == 1 else 's'}"
+    rows = [
+        (f"wall time of {n} concurrent clones, s ({of})", "wall_s", 2),
+        (f"server CPU per clone, s ({of})", "cpu_per_clone_s", 3),
+        (f"upload-pack runs per {n} clones", "upload_pack_runs", 0),
+        (f"first burst after the fill: wall time of {n} clones, s", "first_wall_s", 2),
+        ("first burst: server CPU per clone, s", "first_cpu_per_clone_s", 3),
+        (f"first burst: upload-pack runs per {n} clones", "first_upload_pack_runs", 0),
+    ]
+    out = ["| | pack cache on (default budget) | pack cache off "
+           "(`goblet_pack_cache_max_bytes=0`) | off ÷ on |", "|---|---:|---:|---:|"]
+    for label, key, digits in rows:
+        out.append(f"| {label} | {_s(on.get(key), digits)} | {_s(off.get(key), digits)} "
+                   f"| {_x(ratio.get(key))} |")
+    return "\n".join(out)
+
+
+def pack_cache_table(results: dict[str, Any]) -> str:
+    """Pack cache on vs. off: the summary and every burst."""
+    pc = results.get("pack_cache")
+    if not pc:
+        return "_not run_"
+    n = pc["clients"]
+    out = [
+        f"{n} identical clones of the medium repo started at once, through two fresh goblet "
+        "proxies that differ only in `goblet_pack_cache_max_bytes` (default `2GiB` vs. `0`, "
+        "off), both caching the WAN upstream. Each proxy was primed by one clone (its fill, "
+        "which is also the pack cache's first sighting of the request), and the full repack "
+        "its maintenance runs after a first fill was waited for. Round 0 is the first burst "
+        "after that: with the pack cache, one clone produces the answer and the others follow "
+        "it as it is written. Later rounds are the steady state: every clone replays the "
+        "stored answer. The two proxies alternate within each round. *Server CPU*: user + "
+        "system time of the mitmdump process plus that of its reaped children (`upload-pack`, "
+        "`pack-objects`), from `/proc/<pid>/stat`, over the burst, divided by the clones.",
+        "",
+        pack_cache_summary_table(results),
+        "",
+        "| pack cache | round | wall s | slowest clone s | failures | upload-pack runs "
+        "| produce / follow / hit / bypass | server CPU s | server CPU s per clone "
+        "| other jobs (cores) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode, m in pc["modes"].items():
+        for r in m["bursts"]:
+            rnd = f"{r['round']}{' (first burst)' if r['round'] == 0 else ''}"
+            rnd += " (disturbed, repeated)" if r.get("disturbed") else ""
+            roles = " / ".join(str(r.get(f"pack_cache_{k}", 0))
+                               for k in ("produces", "follows", "hits", "bypasses"))
+            out.append(
+                f"| {mode} | {rnd} | {r['wall_s']:.2f} | {max(r['clone_s']):.2f} "
+                f"| {r['failures']} | {r['proxy_upload_pack_runs']} | {roles} "
+                f"| {_s(r.get('server_cpu_s'), 2)} | {_s(r.get('server_cpu_per_clone_s'), 3)} "
+                f"| {_s(r.get('others_cores'), 2)} |")
+    errors = [e for m in pc["modes"].values() for e in m.get("errors", [])]
+    if errors:
+        out += ["", "**Errors**: " + "; ".join(errors)]
+    return "\n".join(out)
+
+
+def maintenance_summary_table(results: dict[str, Any]) -> str:
+    """Before vs. after the full repack: medians and the ratios before ÷ after."""
+    mt = results.get("maintenance")
+    if not mt or "summary" not in mt:
+        return "_not run_"
+    sm = mt["summary"]
+    b, a = sm.get("before", {}), sm.get("after", {})
+    ratio = sm.get("ratios_before_over_after", {})
+    if not b or not a:
+        return "_incomplete: " + "; ".join(mt.get("errors", []) or ["see results.json"]) + "_"
+
+    def yes(v: Any) -> str:
+        return "yes" if v else "no"
+
+    runs = b.get("runs", 0)
+    out = ["| | before: as the fills left it | after the full repack | before ÷ after |",
+           "|---|---:|---:|---:|",
+           f"| packs (`git count-objects -v`) | {b.get('packs')} | {a.get('packs')} | {DASH} |",
+           f"| loose objects | {b.get('loose')} | {a.get('loose')} | {DASH} |",
+           f"| reachability bitmap / commit-graph | {yes(b.get('bitmap'))} / "
+           f"{yes(b.get('commit_graph'))} | {yes(a.get('bitmap'))} / "
+           f"{yes(a.get('commit_graph'))} | {DASH} |"]
+    for label, key in (
+        (f"full clone through goblet, wall s (median of {runs})", "clone_s"),
+        ("serve time: goblet's access-log duration of the upload-pack response, s", "serve_s"),
+        ("server CPU per clone (mitmdump + upload-pack + pack-objects), s", "server_cpu_s"),
+        ("`git pack-objects` for a full clone alone, s (median)", "pack_objects_s"),
+    ):
+        out.append(f"| {label} | {_s(b.get(key))} | {_s(a.get(key))} | {_x(ratio.get(key))} |")
+    return "\n".join(out)
+
+
+def maintenance_table(results: dict[str, Any]) -> str:
+    """Before vs. after the full repack: method, summary and every clone."""
+    mt = results.get("maintenance")
+    if not mt:
+        return "_not run_"
+    repack = mt.get("repack") or {}
+    packs0 = (mt.get("after_first_fill") or {}).get("count_objects", {}).get("packs")
+    out = [
+        "A goblet with `goblet_maintenance=off` and the pack cache off (so every clone runs "
+        "`upload-pack`) caches a copy of the medium repo from the loopback upstream: one "
+        f"clone fills it ({packs0} pack{'' if packs0 == 1 else 's'}, no bitmap), then "
+        f"{mt['fills']} times a commit is added upstream (3 text files changed) and fetched "
+        "through goblet, each fill adding a pack. Full clones through goblet are timed; then "
+        "the full repack goblet's maintenance runs (`Maintainer.repack(repo, full=True)` of "
+        "the addon under test: `git repack -a -d --write-midx --write-bitmap-index`, "
+        "`commit-graph write --reachable --split`, `pack-refs --all`, 1 thread, under the "
+        "repo's writer lock) and the same clones are timed again. *Server CPU*: as above, "
+        "per clone. The two states cannot be interleaved: *after* runs later.",
+        "",
+        maintenance_summary_table(results),
+        "",
+    ]
+    if repack:
+        fills = f"the {mt['fills']} incremental fills took {mt['fills_s']:.1f} s; " \
+            if mt.get("fills_s") is not None else ""
+        out += [f"Setup: {fills}the full repack: {repack.get('result')} in "
+                f"{_s(repack.get('seconds'), 2)} s wall, {_s(repack.get('cpu_s'), 2)} s CPU.",
+                ""]
+    out += ["| state | round | clone s | serve s | server CPU s | upload-pack runs "
+            "| other jobs (cores) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for state in ("before", "after"):
+        for c in (mt.get(state) or {}).get("clones", []):
+            rnd = f"{c['round']}{' (warm-up)' if c['warmup'] else ''}"
+            rnd += " (disturbed, repeated)" if c.get("disturbed") else ""
+            err = f" **{c['error']}**" if c.get("error") else ""
+            out.append(f"| {state}{err} | {rnd} | {c['seconds']:.3f} | {_s(c.get('serve_s'))} "
+                       f"| {_s(c.get('server_cpu_s'), 2)} | {c['upload_pack_runs']} "
+                       f"| {_s(c.get('others_cores'), 2)} |")
+    if mt.get("errors"):
+        out += ["", "**Errors**: " + "; ".join(mt["errors"])]
     return "\n".join(out)
 
 
@@ -440,6 +592,14 @@ def markdown(results: dict[str, Any], plots: dict[str, str],
         "### Concurrent identical warm clones",
         "",
         concurrent_table(results),
+        "",
+        "### Pack cache on vs. off",
+        "",
+        pack_cache_table(results),
+        "",
+        "### Serving a full clone before and after maintenance",
+        "",
+        maintenance_table(results),
         "",
         "### info/refs + ls-refs requests per second",
         "",

@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rps-seconds", type=float, help="load test duration (default 10; quick 1)")
     p.add_argument("--rps-clients", type=int, help="load test client processes (default 4; "
                    "quick 2)")
+    p.add_argument("--maint-fills", type=int,
+                   help="incremental fills (one pack each) of the cache repo before the "
+                   "maintenance before/after comparison (default 50; quick 3)")
     p.add_argument("--seed", type=int, default=1, help="order of the interleaved scenarios")
     p.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "out",
                    help="where repos are cached and results written (default bench/out)")
@@ -70,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-work", action="store_true",
                    help="keep the session's repos, caches and clones under the run directory")
     args = p.parse_args(argv)
-    for name in ("runs", "large_runs", "concurrency", "rps_clients"):
+    for name in ("runs", "large_runs", "concurrency", "rps_clients", "maint_fills"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -96,9 +99,11 @@ def make_config(args: argparse.Namespace) -> Config:
         large=LARGE_QUICK if quick else LARGE,
         quiet=not quick and not args.no_quiet,
         warmup=not quick,
+        maint_fills=3 if quick else 50,
     )
     overrides = {k: getattr(args, k) for k in
-                 ("runs", "large_runs", "concurrency", "rps_seconds", "rps_clients")
+                 ("runs", "large_runs", "concurrency", "rps_seconds", "rps_clients",
+                  "maint_fills")
                  if getattr(args, k) is not None}
     return replace(cfg, **overrides)
 
@@ -164,6 +169,10 @@ def publish(results: dict[str, Any], rss: dict[str, Any], run_dir: Path, *, writ
     print(report.targets_table(results["targets"]))
     print()
     print(report.scenario_table(results))
+    print()
+    print(report.pack_cache_summary_table(results))
+    print()
+    print(report.maintenance_summary_table(results))
     print()
     if not images and not no_plots:
         log("bench: matplotlib not installed; plots skipped")
@@ -245,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         session.pack_generation()
         log("bench: concurrent clones")
         session.concurrent()
+        log("bench: pack cache on vs. off (fresh proxies)")
+        session.pack_cache_ab()
+        log("bench: serving before vs. after maintenance")
+        session.maintenance_ab()
         log("bench: requests per second")
         session.requests_per_second()
         session.profile_warm_clones()
@@ -266,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         logs.mkdir(exist_ok=True)
         for name, path in (("mitmdump-goblet.log", env.workdir / "goblet" / "mitmdump.log"),
                            ("mitmdump-plain.log", env.workdir / "plain" / "mitmdump.log"),
+                           *((f"mitmdump-{extra}.log", proxy.log_path)
+                             for extra, proxy in env.extras.items()),
                            ("upstream-wan.log", env.workdir / "wan" / "upstream.log"),
                            ("upstream-floor.log", env.workdir / "floor" / "upstream.log")):
             if path.exists():
@@ -286,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             failures += sum(r["failures"] for r in runs)
     failures += sum(r.get("failures", 0) for r in results.get("rps", {}).values()
                     if isinstance(r, dict))
+    pack_cache = results.get("pack_cache", {}).get("summary", {})
+    failures += sum(m.get("failures", 0) for m in pack_cache.values() if isinstance(m, dict))
+    failures += results.get("maintenance", {}).get("summary", {}).get("failures", 0)
     results.update({
         "started": stamp,
         "argv": " ".join(sys.argv[1:] if argv is None else argv),
@@ -295,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             "latency_ms": cfg.latency_ms, "rate_mbit": cfg.rate_mbit, "runs": cfg.runs,
             "large_runs": cfg.large_runs, "concurrency": cfg.concurrency,
             "concurrent_runs": cfg.concurrent_runs, "rps_clients": cfg.rps_clients,
-            "rps_seconds": cfg.rps_seconds, "seed": cfg.seed, "profile": cfg.profile,
+            "rps_seconds": cfg.rps_seconds, "maint_fills": cfg.maint_fills,
+            "seed": cfg.seed, "profile": cfg.profile,
             "warm-up": "one untimed run per scenario (page cache cannot be dropped)"
                        if cfg.warmup else "none (quick run)",
             "shared machine": (

@@ -13,10 +13,13 @@ Method (also stated in docs/benchmarks.md):
 
 from __future__ import annotations
 
+import asyncio
 import random
+import resource
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,12 +28,24 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.env import BenchEnv, Meter, Traffic, cache_repo_path
+from bench.env import (
+    BenchEnv,
+    Meter,
+    Traffic,
+    cache_repo_path,
+    count_objects,
+    pack_files,
+    scrape_metrics,
+    server_cpu,
+)
 from bench.genrepo import RepoInfo, RepoSpec
 from bench.load import run_load
 from bench.profile import Profiler, summarize
 from bench.rss import RssSampler
+from tests.support.proxy import GobletProxy
 from tests.support.repos import add_commit, clean_env, git
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,16 @@ LARGE_SCENARIOS: tuple[Scenario, ...] = (
              group="large"),
 )
 ALL_SCENARIOS = {s.key: s for s in (*MEDIUM_SCENARIOS, *FETCH_SCENARIOS, *LARGE_SCENARIOS)}
+# The A/B phases' proxies (``BenchEnv.start_proxy``): name -> --set options. Pack cache on
+# (the default budget) vs. off; maintenance off, pack cache off (every clone runs upload-pack).
+PACK_CACHE_PROXIES = {"packcache-on": {}, "packcache-off": {"goblet_pack_cache_max_bytes": "0"}}
+MAINT_PROXY = ("maint", {"goblet_maintenance": "off", "goblet_pack_cache_max_bytes": "0"})
+MAINT_SCENARIOS = {
+    "before": Scenario("maint_before", "full clone, cache repo as the fills left it "
+                       "(maintenance off)", "maint", "floor", group="maintenance"),
+    "after": Scenario("maint_after", "full clone after the full repack", "maint", "floor",
+                      group="maintenance"),
+}
 
 # The machine may be shared with other jobs. Before each timed step we wait (up to
 # QUIET_LIMIT_S) until processes that are not ours use less than QUIET_CORES; a timed step
@@ -110,6 +135,7 @@ class Config:
     large: RepoSpec
     quiet: bool = True  # wait for other jobs to calm down; repeat disturbed steps
     warmup: bool = True  # round 0: one untimed run of every scenario
+    maint_fills: int = 50  # incremental fills (one pack each) before the maintenance A/B
 
     @property
     def first_round(self) -> int:
@@ -192,7 +218,8 @@ class Session:
             self.quiet_waits.append(round(waited, 2))
 
     def timed_clone(self, scenario: Scenario, repo_for: Callable[[int], str], rnd: int, *,
-                    warmup: bool, timeout: float = 600) -> Record:
+                    warmup: bool, timeout: float = 600,
+                    server: GobletProxy | None = None) -> Record:
         """:meth:`clone` after :meth:`wait_quiet`, repeated while other jobs disturbed it.
 
         ``repo_for(attempt)`` names the repo of each attempt (a cold clone needs a fresh one).
@@ -200,7 +227,7 @@ class Session:
         for attempt in range(MAX_REPEATS + 1):
             self.wait_quiet()
             record = self.clone(scenario, repo_for(attempt), rnd, warmup=warmup,
-                                timeout=timeout)
+                                timeout=timeout, server=server)
             if attempt == MAX_REPEATS or not self._disturbed(record):
                 return record
         return record
@@ -238,18 +265,23 @@ class Session:
         return None
 
     def clone(self, scenario: Scenario, repo: str, rnd: int, *, warmup: bool,
-              timeout: float = 600, keep: bool = False) -> Record:
-        """Time one ``git clone``, check it, remove it (unless ``keep``)."""
+              timeout: float = 600, keep: bool = False,
+              server: GobletProxy | None = None) -> Record:
+        """Time one ``git clone``, check it, remove it (unless ``keep``). With ``server`` (a
+        goblet proxy of ``scenario.via``), also its CPU seconds (``server_cpu_s``)."""
         client = self.env.client(scenario.key, scenario.via)
         dest = self.env.fresh_dir(f"{scenario.key}-{rnd}")
         expected = self._head(repo)
-        meter = Meter(self.env).start()
+        meter = Meter(self.env, server).start()
+        pid = server.proc.pid if server is not None and server.proc is not None else None
+        server0 = server_cpu(pid)
         cpu0 = self.sampler.cpu.read()
         started = time.perf_counter()
         res = client.run("clone", "--quiet", *scenario.flags, self._url(scenario, repo),
                          str(dest), check=False, timeout=timeout)
         seconds = time.perf_counter() - started
         others = self._others(cpu0, seconds)
+        server1 = server_cpu(pid)
         traffic = meter.collect()
         error = None
         if res.returncode != 0:
@@ -260,9 +292,13 @@ class Session:
             shutil.rmtree(dest, ignore_errors=True)
         record = Record(scenario.key, rnd, warmup, seconds, error, traffic,
                         {"others_cores": others})
+        if server0 is not None and server1 is not None:
+            record.extra["server_cpu_s"] = round(server1 - server0, 3)
         self.records.append(record)
+        cpu = (f", server CPU {record.extra['server_cpu_s']:.2f} s"
+               if "server_cpu_s" in record.extra else "")
         self.log(f"  {scenario.key:<20} round {rnd}{' (warm-up)' if warmup else ''}: "
-                 f"{seconds:7.3f} s{'  ERROR ' + error if error else ''}")
+                 f"{seconds:7.3f} s{cpu}{'  ERROR ' + error if error else ''}")
         return record
 
     # -- phases --------------------------------------------------------------------------
@@ -374,11 +410,13 @@ class Session:
             for key, scenario in (("goblet", ALL_SCENARIOS["warm"]),
                                   ("floor", ALL_SCENARIOS["floor"])):
                 for attempt in range(MAX_REPEATS + 1):
-                    result = self._concurrent_once(scenario, rnd)
+                    result = self._burst(scenario.via, scenario.upstream, "medium.git", rnd,
+                                         tag=scenario.key)
                     result["warmup"] = rnd == 0
                     results[key].append(result)
                     self.log(f"  {self.config.concurrency} concurrent via {key:<6} round {rnd}: "
                              f"wall {result['wall_s']:.2f} s, failures {result['failures']}, "
+                             f"server CPU/clone {_fmt(result['server_cpu_per_clone_s'])} s, "
                              f"other jobs {result['others_cores']:.2f} cores")
                     if (rnd == 0 or attempt == MAX_REPEATS or not self.config.quiet
                             or result["others_cores"] <= DISTURBED_CORES):
@@ -388,12 +426,26 @@ class Session:
         self.sampler.end(phase)
         self.results["concurrent"] = {"clients": self.config.concurrency, **results}
 
-    def _concurrent_once(self, scenario: Scenario, rnd: int) -> dict[str, Any]:
-        n = self.config.concurrency
-        expected = self._head("medium.git")
-        url = self._url(scenario, "medium.git")
-        clients = [self.env.client(f"conc-{scenario.key}-{i}", scenario.via) for i in range(n)]
-        dests = [self.env.fresh_dir(f"conc-{scenario.key}-{rnd}-{i}") for i in range(n)]
+    def _proxy(self, via: str) -> GobletProxy | None:
+        """The goblet proxy clients ``via`` go through (None for plain mitmdump or direct)."""
+        if via == "goblet":
+            return self.env.goblet
+        return self.env.extras.get(via)
+
+    def _burst(self, via: str, upstream: str, repo: str, rnd: int, *,
+               tag: str) -> dict[str, Any]:
+        """``concurrency`` identical ``git clone``s of ``repo`` started at once (threads, one
+        git process each) through ``via``: wall time, failures, what they caused upstream and
+        in the proxy, and the CPU seconds of the server that made their packs (the goblet
+        proxy, or the upstream for a direct clone) with its reaped children."""
+        env, n = self.env, self.config.concurrency
+        expected = self._head(repo)
+        url = env.upstreams[upstream].url(repo)
+        proxy = self._proxy(via)
+        server_pid = (proxy.proc.pid if proxy is not None and proxy.proc is not None
+                      else env.upstreams[upstream].pid if via.startswith("direct") else None)
+        clients = [env.client(f"conc-{tag}-{i}", via) for i in range(n)]
+        dests = [env.fresh_dir(f"conc-{tag}-{rnd}-{i}") for i in range(n)]
 
         def one(i: int) -> tuple[float, float, int, str]:
             started = time.perf_counter()
@@ -402,12 +454,14 @@ class Session:
             return started, time.perf_counter(), res.returncode, res.stderr[-300:]
 
         self.wait_quiet()
-        meter = Meter(self.env).start()
+        meter = Meter(env, proxy).start()
+        server0 = server_cpu(server_pid)
         cpu0 = self.sampler.cpu.read()
         t0 = time.perf_counter()
         with ThreadPoolExecutor(n) as pool:
             outcomes = list(pool.map(one, range(n)))
         others = self._others(cpu0, time.perf_counter() - t0)
+        server1 = server_cpu(server_pid)
         traffic = meter.collect()
         failures, errors = 0, []
         for i, (_, _, rc, err) in enumerate(outcomes):
@@ -418,7 +472,8 @@ class Session:
                 errors.append(err.strip() or f"HEAD {head!r}")
             shutil.rmtree(dests[i], ignore_errors=True)
         wall = max(o[1] for o in outcomes) - min(o[0] for o in outcomes)
-        t = traffic[scenario.upstream]
+        t = traffic[upstream]
+        server = None if server0 is None or server1 is None else server1 - server0
         return {
             "round": rnd, "wall_s": round(wall, 3), "others_cores": others,
             "clone_s": sorted(round(o[1] - o[0], 3) for o in outcomes),
@@ -430,9 +485,188 @@ class Session:
             "proxy_upload_pack_runs": t.upload_pack_runs,
             "pack_cache_hits": t.pack_cache("hit"),
             "pack_cache_follows": t.pack_cache("follow"),
+            "pack_cache_produces": t.pack_cache("produce"),
+            "pack_cache_bypasses": t.pack_cache("bypass"),
             "proxy_fetches_upstream": t.proxy_upstream_fetches,
             "fills": t.fills,
+            "server_cpu_s": None if server is None else round(server, 3),
+            "server_cpu_per_clone_s": None if server is None else round(server / n, 4),
         }
+
+    def _prime_proxy(self, via: str, upstream: str, repo: str) -> dict[str, Any]:
+        """One clone of ``repo`` through the fresh proxy ``via`` (its fill); then wait (at
+        most 180 s) for the full repack goblet's maintenance runs after a first fill, so that
+        it does not run during the timed steps."""
+        proxy = self._proxy(via)
+        assert proxy is not None
+        scenario = Scenario(f"prime-{via}", "prime", via, upstream)
+        record = self.clone(scenario, repo, 0, warmup=True)
+        out: dict[str, Any] = {"fill_clone_s": round(record.seconds, 3), "errors": []}
+        if record.error:
+            out["errors"].append(f"priming clone: {record.error}")
+        if proxy.sets.get("goblet_maintenance", "on") == "on":
+            started = time.monotonic()
+            repacks: dict[str, float] = {}
+            while time.monotonic() - started < 180:
+                repacks = {k: v for k, v in scrape_metrics(proxy.port).items()
+                           if k.startswith("goblet_repacks_total") and v}
+                if any('kind="full"' in k for k in repacks):
+                    break
+                time.sleep(0.2)
+            out["repack_wait_s"] = round(time.monotonic() - started, 2)
+            out["repacks"] = repacks
+        out["cache_repo"] = {"pack_files": pack_files(
+            cache_repo_path(proxy.cache_dir, self.env.upstreams[upstream].url(repo)))}
+        return out
+
+    def pack_cache_ab(self) -> None:
+        """Issue 6: ``concurrency`` identical warm clones at once through a goblet with its
+        pack cache (default budget) and through one without (``goblet_pack_cache_max_bytes
+        =0``). Both proxies are fresh, cache the WAN upstream and are primed by one clone
+        (their fill; for the pack cache the request's first sighting). Round 0 is the first
+        burst after that (pack cache on: one production, the rest follow it), rounds 1.. the
+        steady state (pack cache on: stored-answer hits); the proxies alternate in each round.
+        """
+        env, cfg = self.env, self.config
+        repo = "medium.git"
+        phase = self.sampler.begin("pack cache on/off")
+        out: dict[str, Any] = {"clients": cfg.concurrency, "repo": repo, "upstream": "wan",
+                               "modes": {}}
+        try:
+            for name, sets in PACK_CACHE_PROXIES.items():
+                proxy = env.start_proxy(name, sets)
+                assert proxy.proc is not None
+                self.sampler.account(proxy.proc.pid)
+                mode = name.rsplit("-", 1)[1]
+                out["modes"][mode] = {"proxy": name, "options": sets,
+                                      **self._prime_proxy(name, "wan", repo), "bursts": []}
+            modes = list(out["modes"])
+            for rnd in range(cfg.concurrent_runs + 1):
+                for mode in (modes if rnd % 2 == 0 else modes[::-1]):
+                    m = out["modes"][mode]
+                    for attempt in range(MAX_REPEATS + 1):
+                        r = self._burst(m["proxy"], "wan", repo, rnd, tag=m["proxy"])
+                        r["first_burst"] = rnd == 0
+                        m["bursts"].append(r)
+                        self.log(f"  pack cache {mode:<3} round {rnd}: wall {r['wall_s']:.2f} s, "
+                                 f"failures {r['failures']}, upload-packs "
+                                 f"{r['proxy_upload_pack_runs']}, server CPU/clone "
+                                 f"{_fmt(r['server_cpu_per_clone_s'])} s, other jobs "
+                                 f"{r['others_cores']:.2f} cores")
+                        # Round 0 cannot be repeated: the pack cache would then hit.
+                        if (rnd == 0 or attempt == MAX_REPEATS or not cfg.quiet
+                                or r["others_cores"] <= DISTURBED_CORES):
+                            break
+                        r["disturbed"] = True
+                        self.log("    disturbed; repeating")
+        finally:
+            for name in PACK_CACHE_PROXIES:
+                env.stop_proxy(name)
+            self.sampler.end(phase)
+        out["summary"] = pack_cache_summary(out)
+        self.results["pack_cache"] = out
+
+    def maintenance_ab(self) -> None:
+        """Issue 6: a full clone's serve cost from a cache repo as its fills leave it without
+        maintenance (``goblet_maintenance=off``: the first fill's pack plus one pack per
+        incremental fill, no bitmap, no commit-graph), then after the full repack goblet's
+        maintenance runs; the pack cache is off so every clone runs upload-pack."""
+        env, cfg = self.env, self.config
+        name, sets = MAINT_PROXY
+        repo = "medium-maint.git"
+        phase = self.sampler.begin("maintenance before/after")
+        out: dict[str, Any] = {"repo": repo, "upstream": "floor", "proxy": name,
+                               "options": sets, "fills": cfg.maint_fills, "errors": []}
+        try:
+            upstream_path = env.add_repo(repo, self.medium.path, link=False)
+            proxy = env.start_proxy(name, sets)
+            assert proxy.proc is not None
+            self.sampler.account(proxy.proc.pid)
+            self._maintenance(out, proxy, repo, upstream_path)
+        finally:
+            env.stop_proxy(name)
+            self.sampler.end(phase)
+        out["summary"] = maintenance_summary(out)
+        self.results["maintenance"] = out
+
+    def _maintenance(self, out: dict[str, Any], proxy: GobletProxy, repo: str,
+                     upstream_path: Path) -> None:
+        env, cfg = self.env, self.config
+        url = env.floor.url(repo)
+        cache = cache_repo_path(proxy.cache_dir, url)
+        client = env.client("maint-inc", out["proxy"])
+        inc = env.fresh_dir("maint-inc")
+        started = time.perf_counter()
+        res = client.run("clone", "--quiet", url, str(inc), check=False, timeout=900)
+        out["first_fill_clone_s"] = round(time.perf_counter() - started, 3)
+        if res.returncode != 0 or not cache.is_dir():
+            out["errors"].append(f"first clone exited {res.returncode}: "
+                                 f"{res.stderr.strip()[-300:]}")
+            return
+        out["after_first_fill"] = {"count_objects": count_objects(cache),
+                                   "pack_files": pack_files(cache)}
+        started = time.perf_counter()
+        names = [f"src/d{i % 20:02d}/f{i:04d}.txt" for i in range(self.medium.spec.text_files)]
+        for i in range(cfg.maint_fills):
+            rng = random.Random(f"{cfg.seed}/maint/{i}")
+            files = {path: b"".join(rng.randbytes(24).hex().encode() + b"\n"
+                                    for _ in range(30))
+                     for path in rng.sample(names, 3)}
+            new = add_commit(upstream_path, message=f"bench maintenance {i}", files=files)
+            res = client.run("fetch", "--quiet", "origin", cwd=inc, check=False, timeout=300)
+            got = client.run("rev-parse", "refs/remotes/origin/main", cwd=inc,
+                             check=False).stdout.strip()
+            if res.returncode != 0 or got != new:
+                out["errors"].append(f"fetch {i} exited {res.returncode}, origin/main {got!r} "
+                                     f"(expected {new}): {res.stderr.strip()[-300:]}")
+                return
+        out["fills_s"] = round(time.perf_counter() - started, 2)
+        shutil.rmtree(inc, ignore_errors=True)
+        out["before"] = self._maint_state(cache)
+        packs = out["before"]["count_objects"].get("packs", 0)
+        self.log(f"  cache repo after {cfg.maint_fills} incremental fills: {packs} packs "
+                 f"({', '.join(sorted(set(out['before']['pack_files'])))}); "
+                 f"fills took {out['fills_s']:.1f} s")
+        out["before"]["clones"] = self._maint_clones("before", repo, proxy)
+        self.wait_quiet()
+        out["repack"] = product_repack(proxy.cache_dir, url)
+        self.log(f"  full repack (goblet.cache.maintenance.Maintainer.repack): "
+                 f"{out['repack'].get('result')} in {out['repack'].get('seconds', 0):.2f} s")
+        if out["repack"].get("result") != "ok":
+            out["errors"].append(f"full repack: {out['repack']}")
+        out["after"] = self._maint_state(cache)
+        out["after"]["clones"] = self._maint_clones("after", repo, proxy)
+
+    def _maint_state(self, cache: Path) -> dict[str, Any]:
+        """Packs, files and ``pack-objects`` time of a full clone of ``cache`` now."""
+        graph = cache / "objects" / "info"
+        return {
+            "count_objects": count_objects(cache),
+            "pack_files": pack_files(cache),
+            "commit_graph": (graph / "commit-graph").exists()
+            or (graph / "commit-graphs").is_dir(),
+            "pack_objects": summary(pack_objects_times(cache, 3 if self.config.quick else 5)),
+        }
+
+    def _maint_clones(self, label: str, repo: str, proxy: GobletProxy) -> list[dict[str, Any]]:
+        """A warm-up (full runs only) and ``runs`` timed full clones through the proxy."""
+        scenario = MAINT_SCENARIOS[label]
+        first = len(self.records)
+        for rnd in range(self.config.first_round, self.config.runs + 1):
+            self.timed_clone(scenario, lambda attempt: repo, rnd, warmup=rnd == 0,
+                             server=proxy)
+        rows = []
+        for r in self.records[first:]:
+            t = r.traffic["floor"]
+            rows.append({
+                "round": r.round, "warmup": r.warmup, "seconds": round(r.seconds, 4),
+                "server_cpu_s": r.extra.get("server_cpu_s"),
+                "serve_s": round(sum(t.proxy_serve_s), 3) if t.proxy_serve_s else None,
+                "upload_pack_runs": t.upload_pack_runs, "error": r.error,
+                "others_cores": r.extra.get("others_cores"),
+                "disturbed": bool(r.extra.get("disturbed")),
+            })
+        return rows
 
     def requests_per_second(self) -> None:
         """info/refs + ls-refs load through goblet, through plain mitmdump and without a
@@ -521,21 +755,8 @@ class Session:
         cache = cache_repo_path(self.env.goblet.cache_dir, self.env.wan.url("medium.git"))
         out: dict[str, Any] = {}
         for name, repo in (("upstream", upstream), ("goblet_cache", cache)):
-            times = []
-            tips = git("for-each-ref", "--format=%(objectname)", "refs/heads", "refs/tags",
-                       cwd=repo)
-            for _ in range(5):
-                started = time.perf_counter()
-                subprocess.run(
-                    ["git", "pack-objects", "--revs", "--stdout", "--delta-base-offset"],
-                    cwd=repo, input=(tips + "\n").encode(), stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL, env=clean_env(), check=True)
-                times.append(time.perf_counter() - started)
-            packs = sorted(
-                "multi-pack-index" + ("-bitmap" if p.name.endswith(".bitmap") else "")
-                if p.name.startswith("multi-pack-index") else p.name.rsplit(".", 1)[1]
-                for p in (repo / "objects" / "pack").iterdir()
-                if p.name.startswith(("pack-", "multi-pack-index")))
+            times = pack_objects_times(repo, 5)
+            packs = pack_files(repo)
             out[name] = {"summary": summary(times), "pack_files": packs}
             self.log(f"  pack-objects, full medium clone, {name:<12}: "
                      f"median {statistics.median(times):.3f} s ({', '.join(sorted(set(packs)))})")
@@ -654,3 +875,117 @@ def _kind_totals(traffic: list[Traffic], runs: int) -> dict[str, float]:
             if k not in ("requests", "pack_bytes"):
                 kinds[k] = kinds.get(k, 0) + v
     return {k: round(v / runs, 2) for k, v in sorted(kinds.items())}
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def pack_objects_times(repo: Path, times: int) -> list[float]:
+    """Seconds of ``git pack-objects`` for a full clone (every head and tag) of ``repo``, run
+    ``times`` times: the pack generation of one ``upload-pack``, without the client."""
+    tips = git("for-each-ref", "--format=%(objectname)", "refs/heads", "refs/tags", cwd=repo)
+    out = []
+    for _ in range(times):
+        started = time.perf_counter()
+        subprocess.run(
+            ["git", "pack-objects", "--revs", "--stdout", "--delta-base-offset"],
+            cwd=repo, input=(tips + "\n").encode(), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, env=clean_env(), check=True)
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def product_repack(cache_dir: Path, url: str) -> dict[str, Any]:
+    """The full repack goblet's maintenance runs, by the addon under test itself:
+    ``goblet.cache.maintenance.Maintainer.repack(repo, full=True)`` (``repack -a -d
+    --write-midx --write-bitmap-index``, ``commit-graph write``, ``pack-refs``, under the
+    repo's writer lock, with the default policy) on ``url``'s repo in ``cache_dir``, run in
+    this process while the proxy keeps serving. Returns kind, result, seconds and the CPU
+    seconds of its git processes."""
+    addon = str(PROJECT_ROOT / "addon")
+    if addon not in sys.path:
+        sys.path.insert(0, addon)
+    try:
+        from goblet.cache.maintenance import Maintainer  # noqa: PLC0415 - the addon under test
+        from goblet.cli_cache import Cache  # noqa: PLC0415
+    except ImportError as e:
+        return {"result": "error", "error": f"cannot import the addon: {e}"}
+    cache = Cache.open(str(cache_dir))
+    repo = cache.store.repo_for(url)
+    done: list[tuple[str, str, float]] = []
+    maintainer = Maintainer(cache.store, cache.locks, cache.git,
+                            on_done=lambda kind, result, seconds: done.append(
+                                (kind, result, seconds)))
+    usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    kind = asyncio.run(maintainer.repack(repo, full=True))
+    seconds = time.perf_counter() - started
+    usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime)
+    return {"kind": kind, "result": done[-1][1] if done else "unknown",
+            "seconds": round(seconds, 3), "cpu_s": round(cpu, 3)}
+
+
+def _median_of(values: list[Any]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def pack_cache_summary(pc: dict[str, Any]) -> dict[str, Any]:
+    """Per mode: the first burst, and the medians of the undisturbed later rounds; ratios
+    off ÷ on."""
+    out: dict[str, Any] = {}
+    for mode, m in pc["modes"].items():
+        first = next((b for b in m["bursts"] if b["round"] == 0), None)
+        steady = [b for b in m["bursts"] if b["round"] > 0 and not b.get("disturbed")]
+        out[mode] = {
+            "rounds": len(steady),
+            "wall_s": _median_of([b["wall_s"] for b in steady]),
+            "cpu_per_clone_s": _median_of([b["server_cpu_per_clone_s"] for b in steady]),
+            "upload_pack_runs": _median_of([b["proxy_upload_pack_runs"] for b in steady]),
+            "first_wall_s": first["wall_s"] if first else None,
+            "first_cpu_per_clone_s": first["server_cpu_per_clone_s"] if first else None,
+            "first_upload_pack_runs": first["proxy_upload_pack_runs"] if first else None,
+            "failures": sum(b["failures"] for b in m["bursts"]) + len(m.get("errors", [])),
+        }
+    on, off = out.get("on", {}), out.get("off", {})
+    out["ratios_off_over_on"] = {
+        key: _ratio(off.get(key), on.get(key))
+        for key in ("wall_s", "cpu_per_clone_s", "first_wall_s", "first_cpu_per_clone_s")
+    }
+    return out
+
+
+def maintenance_summary(mt: dict[str, Any]) -> dict[str, Any]:
+    """Medians of the timed clones before and after the repack; ratios before ÷ after."""
+    out: dict[str, Any] = {}
+    for state in ("before", "after"):
+        st = mt.get(state)
+        if not st:
+            continue
+        timed = [c for c in st["clones"] if not c["warmup"] and not c["disturbed"]]
+        out[state] = {
+            "runs": len(timed),
+            "packs": st["count_objects"].get("packs"),
+            "loose": st["count_objects"].get("count"),
+            "bitmap": any("bitmap" in f for f in st["pack_files"]),
+            "commit_graph": st["commit_graph"],
+            "clone_s": _median_of([c["seconds"] for c in timed]),
+            "serve_s": _median_of([c["serve_s"] for c in timed]),
+            "server_cpu_s": _median_of([c["server_cpu_s"] for c in timed]),
+            "pack_objects_s": st["pack_objects"].get("median"),
+            "errors": [c["error"] for c in st["clones"] if c["error"]],
+        }
+    b, a = out.get("before", {}), out.get("after", {})
+    out["ratios_before_over_after"] = {
+        key: _ratio(b.get(key), a.get(key))
+        for key in ("clone_s", "serve_s", "server_cpu_s", "pack_objects_s")
+    }
+    out["failures"] = (len(mt.get("errors", [])) + len(b.get("errors", []))
+                       + len(a.get("errors", [])))
+    return out

@@ -50,6 +50,36 @@ def test_quick_benchmark_runs_end_to_end(tmp_path: Path) -> None:
         assert results["rps"][row]["failures"] == 0, row
     assert results["rps"]["goblet_canned"]["proxy_fills"] == 0
     assert results["rss_large"] and results["rss_large"][0]["peak_mib"] > 0
+    for run in results["concurrent"]["goblet"] + results["concurrent"]["floor"]:
+        assert run["server_cpu_per_clone_s"] is not None
+
+    # Issue 6: pack cache on vs. off (fresh proxies, first burst + steady rounds).
+    pack_cache = results["pack_cache"]
+    assert set(pack_cache["modes"]) == {"on", "off"}
+    for mode in pack_cache["modes"].values():
+        assert not mode["errors"], mode["errors"]
+        assert [b["round"] for b in mode["bursts"]] == [0, 1]
+        for burst in mode["bursts"]:
+            assert burst["failures"] == 0, burst["errors"]
+            assert burst["server_cpu_s"] is not None
+    off_runs = [b["proxy_upload_pack_runs"] for b in pack_cache["modes"]["off"]["bursts"]]
+    assert off_runs == [pack_cache["clients"]] * 2  # no pack cache: one upload-pack per clone
+    assert pack_cache["modes"]["on"]["bursts"][1]["pack_cache_hits"] == pack_cache["clients"]
+    assert set(pack_cache["summary"]["ratios_off_over_on"]) >= {"wall_s", "cpu_per_clone_s"}
+
+    # Issue 6: full-clone serving before and after maintenance.
+    maint = results["maintenance"]
+    assert not maint["errors"], maint["errors"]
+    assert maint["before"]["count_objects"]["packs"] == maint["fills"] + 1
+    assert not any("bitmap" in f for f in maint["before"]["pack_files"])
+    assert maint["repack"]["result"] == "ok"
+    assert maint["after"]["count_objects"]["packs"] == 1
+    assert any("bitmap" in f for f in maint["after"]["pack_files"])
+    for state in ("before", "after"):
+        clones = maint[state]["clones"]
+        assert clones and all(c["error"] is None and c["upload_pack_runs"] == 1
+                              for c in clones), clones
+    assert set(maint["summary"]["ratios_before_over_after"]) >= {"clone_s", "server_cpu_s"}
     assert {t["key"] for t in results["targets"]} == {
         "warm_vs_floor", "large_warm_vs_floor", "warm_vs_direct", "cold_vs_direct",
         "rss_growth", "warm_pack_bytes", "warm_requests", "refs_rps", "refs_rps_canned",
@@ -61,6 +91,9 @@ def test_quick_benchmark_runs_end_to_end(tmp_path: Path) -> None:
         assert scenario["label"] in table
     report = (runs[0] / "report.md").read_text()
     assert "### Targets" in report and "### Settings, machine, repositories" in report
+    assert "### Pack cache on vs. off" in report and "off ÷ on" in report
+    assert "### Serving a full clone before and after maintenance" in report
+    assert "before ÷ after" in table
     assert _docs_stamp() == docs_before, "a quick run must not rewrite docs/benchmarks.md"
 
 
