@@ -55,7 +55,6 @@ class Decision:
 
     route: Route
     reason: str
-    waited_for_fill: bool = False
     notice: str | None = None
 
     @property
@@ -162,10 +161,10 @@ class FetchDecider:
                 return self._after_failure(e, repo, tenant)
             missing = wants - await self.store.present(repo, wants)
         if missing:
-            return Decision(Route.UPSTREAM, f"{len(missing)} wanted object(s) not in cache", True)
+            return Decision(Route.UPSTREAM, f"{len(missing)} wanted object(s) not in cache")
         if not self.verdicts.is_granted(tenant, repo.url):
-            return Decision(Route.UPSTREAM, "grant expired while filling", True)
-        return Decision(Route.CACHE, "filled, then served", True)
+            return Decision(Route.UPSTREAM, "grant expired while filling")
+        return Decision(Route.CACHE, "filled, then served")
 
     async def _public(self, repo: CacheRepo) -> bool:
         """Whether upstream serves ``repo`` anonymously (asking with an anonymous fill)."""
@@ -189,7 +188,7 @@ class FetchDecider:
         if e.kind is FailureKind.DENIED:
             if self.isolation != "public":  # a public fill is anonymous, not this tenant's
                 self.verdicts.record(tenant, repo.url, granted=False)
-            return Decision(Route.UPSTREAM, f"fill refused: {e.reason}", True)
+            return Decision(Route.UPSTREAM, f"fill refused: {e.reason}")
         if e.kind is FailureKind.UPSTREAM:
-            return Decision(Route.ERROR, f"goblet: {e.reason}", True)
-        return Decision(Route.UPSTREAM, f"cache unavailable: {e.reason}", True)
+            return Decision(Route.ERROR, f"goblet: {e.reason}")
+        return Decision(Route.UPSTREAM, f"cache unavailable: {e.reason}")

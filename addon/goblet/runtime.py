@@ -23,7 +23,7 @@ from goblet.cache.lifecycle import Lifecycle
 from goblet.cache.locks import RepoLocks
 from goblet.cache.maintenance import Maintainer, Policy
 from goblet.cache.store import CacheRepo, RepoStore
-from goblet.cache.usage import free_bytes, measure
+from goblet.cache.usage import measure
 from goblet.cache.warm import Warmer
 from goblet.decide import FetchDecider
 from goblet.metrics import Metrics
@@ -189,9 +189,8 @@ class Runtime:
 
     async def _watch_ready(self) -> None:
         while True:
-            await self.readiness()
-            self.metrics.cache_free_bytes.set(
-                await asyncio.to_thread(free_bytes, self.settings.cache_dir))
+            verdict = await self.readiness()
+            self.metrics.cache_free_bytes.set(verdict.free_bytes)
             await asyncio.sleep(READY_EVERY)
 
     async def endpoint_answer(self, path: str) -> Answer:

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from types import TracebackType
 
 from goblet.cache.locks import LockTimeout, RepoLocks
+from goblet.cache.recovery import remove_tree
 from goblet.cache.store import RepoInfo, RepoStore
 from goblet.cache.usage import free_bytes, tree_bytes
 
@@ -133,16 +130,3 @@ class Evictor:
             await asyncio.to_thread(remove_tree, entry)
             removed += 1
         return removed
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a directory tree of ours, never following symlinks."""
-    if path.is_symlink() or not path.is_dir():
-        path.unlink(missing_ok=True)
-        return
-    shutil.rmtree(path, onerror=_forget)
-
-
-def _forget(func: Callable[..., object], path: str,
-            exc: tuple[type[BaseException], BaseException, TracebackType]) -> None:
-    log.debug("could not delete %s: %s", os.path.basename(path), exc[1])

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from goblet.auth.credentials import Credential
 from goblet.cache.gitrun import GitResult, GitRunner, GitTimeout
 from goblet.cache.locks import LockTimeout, RepoLocks
-from goblet.cache.recovery import clean_residue
+from goblet.cache.recovery import clean_residue, remove_tree
 from goblet.cache.store import OID_RE, CacheRepo, RepoStore
 from goblet.cache.usage import pack_bytes
 
@@ -77,11 +77,8 @@ def classify_failure(result: GitResult) -> FillError:
     m = _HTTP_STATUS.search(text)
     if m:
         status = int(m.group(1))
-        if status in (401, 403, 404):
-            return FillError(FailureKind.DENIED, f"upstream answered {status}", status)
-        if status >= 500:
-            return FillError(FailureKind.UPSTREAM, f"upstream answered {status}", status)
-        return FillError(FailureKind.UPSTREAM, f"upstream answered {status}", status)
+        kind = FailureKind.DENIED if status in (401, 403, 404) else FailureKind.UPSTREAM
+        return FillError(kind, f"upstream answered {status}", status)
     lowered = text.lower()
     if _NOT_FOUND.search(text):
         return FillError(FailureKind.DENIED, "upstream answered 404", 404)
@@ -253,7 +250,7 @@ class Filler:
             try:
                 await asyncio.to_thread(self.store.init_bare, target)
             except OSError as e:
-                self.store.remove_tree(target)
+                remove_tree(target)
                 raise FillError(FailureKind.LOCAL, f"cannot create cache repo: {e}") from None
         else:
             target = repo.path
@@ -276,7 +273,7 @@ class Filler:
             # loses the temporary packs of the failed transfer (refs are untouched:
             # the fetch is --atomic).
             if created:
-                self.store.remove_tree(target)
+                remove_tree(target)
             else:
                 clean_residue(target)
             raise

@@ -18,11 +18,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from goblet.cache.evict import Evictor, remove_tree
+from goblet.cache.evict import Evictor
 from goblet.cache.gitrun import GitRunner, GitTimeout
 from goblet.cache.locks import LockTimeout, RepoLocks
 from goblet.cache.maintenance import Maintainer
-from goblet.cache.recovery import clean_residue, stale_temp_repos
+from goblet.cache.recovery import clean_residue, remove_tree, stale_temp_repos
 from goblet.cache.store import CacheRepo, RepoInfo, RepoStore
 
 log = logging.getLogger(__name__)

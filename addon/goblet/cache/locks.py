@@ -37,11 +37,6 @@ class RepoLocks:
         """Where the flock file of ``key`` lives."""
         return self._dir / f"{key}.lock"
 
-    def held_locally(self, key: str) -> bool:
-        """Whether a writer in this process holds (or waits for) the lock."""
-        lock = self._local.get(key)
-        return lock is not None and lock.locked()
-
     @contextlib.asynccontextmanager
     async def writer(self, key: str, timeout: float = 3600.0) -> AsyncIterator[None]:
         """Hold the writer lock of ``key`` for the body of the ``async with``.

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +86,34 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def stale_temp_repos(tmp_dir: Path) -> list[Path]:
-    """Half-created repos in ``tmp/`` whose creating process is gone.
+def owner_alive(name: str) -> bool:
+    """Whether the process named in a ``<key>.<pid>.<ns>.<suffix>`` temp name lives.
 
-    Names are ``<key>.<pid>.<ns>.git`` (see ``RepoStore.temp_path``); entries
-    of live processes (another instance sharing the cache dir) are kept.
+    goblet names what it is still writing that way (``RepoStore.temp_path``,
+    pack-cache productions), so another instance sharing the cache dir can
+    tell its neighbour's work in progress from a dead writer's leftovers.
     """
-    stale: list[Path] = []
+    parts = name.split(".")
+    return len(parts) >= 3 and parts[1].isdigit() and pid_alive(int(parts[1]))
+
+
+def stale_temp_repos(tmp_dir: Path) -> list[Path]:
+    """Half-created repos in ``tmp/`` whose creating process is gone."""
     try:
         entries = list(tmp_dir.iterdir())
     except OSError:
-        return stale
-    for entry in entries:
-        parts = entry.name.split(".")
-        if len(parts) >= 3 and parts[1].isdigit() and pid_alive(int(parts[1])):
-            continue
-        stale.append(entry)
-    return stale
+        return []
+    return [entry for entry in entries if not owner_alive(entry.name)]
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a file or directory tree of ours, never following symlinks."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+        return
+    shutil.rmtree(path, onerror=_forget)
+
+
+def _forget(func: Callable[..., object], path: str,
+            exc: tuple[type[BaseException], BaseException, TracebackType]) -> None:
+    log.debug("could not delete %s: %s", os.path.basename(path), exc[1])

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -83,15 +82,15 @@ class RepoState:
     url: str = ""
     partition: str = "shared"
     full_repack_at: float = 0.0
+    digest: str = ""  # refs_digest(refs, head), computed once when the state is read
 
-    @property
-    def digest(self) -> str:
-        """A hash of the refs and HEAD: equal digests mean the same refs."""
-        h = hashlib.sha256((self.head or "").encode())
-        for name in sorted(self.refs):
-            h.update(b"\0" + name.encode("utf-8", "surrogatepass") + b" "
-                     + self.refs[name].encode())
-        return h.hexdigest()
+
+def refs_digest(refs: Mapping[str, str], head: str | None) -> str:
+    """A hash of the refs and HEAD: equal digests mean the same refs."""
+    h = hashlib.sha256((head or "").encode())
+    for name in sorted(refs):
+        h.update(b"\0" + name.encode("utf-8", "surrogatepass") + b" " + refs[name].encode())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,9 +227,10 @@ class RepoStore:
         try:
             raw = json.loads((repo_path / STATE_FILE).read_text("utf-8"))
             refs = {str(k): str(v) for k, v in dict(raw["refs"]).items()}
-            return RepoState(refs, raw.get("head"), float(raw["filled_at"]),
+            head = raw.get("head")
+            return RepoState(refs, head, float(raw["filled_at"]),
                              str(raw.get("url", "")), str(raw.get("partition", "shared")),
-                             float(raw.get("full_repack_at", 0.0)))
+                             float(raw.get("full_repack_at", 0.0)), refs_digest(refs, head))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -297,7 +297,3 @@ class RepoStore:
             if OID_RE.fullmatch(line):
                 found.add(line)
         return found
-
-    def remove_tree(self, path: Path) -> None:
-        """Delete a directory tree of ours (a failed temp repo)."""
-        shutil.rmtree(path, ignore_errors=True)

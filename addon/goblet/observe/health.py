@@ -23,6 +23,7 @@ class Readiness:
     """The verdict of one readiness evaluation: failing checks as one-line reasons."""
 
     failures: tuple[str, ...]
+    free_bytes: int = 0  # measured by the disk check, for the goblet_cache_free_bytes gauge
 
     @property
     def ready(self) -> bool:
@@ -94,4 +95,4 @@ class HealthChecker:
             )
         if not self.backend_up():
             failures.append("serving backend is not listening")
-        return Readiness(tuple(failures))
+        return Readiness(tuple(failures), free)

@@ -316,7 +316,6 @@ async def _stream(conn: h11.Connection, writer: asyncio.StreamWriter,
                   stdout: asyncio.StreamReader, plan: ServePlan, first: bytes, *,
                   tee: _Tee | None = None) -> None:
     """Send the 200 head, then ``plan.prefix``, ``first`` and the rest of ``stdout``."""
-    stats = plan.stats
     inserter = NoticeInserter(plan.notice) if plan.notice else None
     _head(conn, writer, plan)
     chunk = plan.prefix + first
@@ -326,13 +325,10 @@ async def _stream(conn: h11.Connection, writer: asyncio.StreamWriter,
         if inserter is not None:
             chunk = inserter.feed(chunk)
         if chunk:
-            writer.write(conn.send(h11.Data(data=chunk)) or b"")
-            stats.bytes_sent += len(chunk)
-            await writer.drain()
+            await _send(conn, writer, plan, chunk)
         chunk = await stdout.read(READ_CHUNK)
     if inserter is not None and (rest := inserter.close()):
-        writer.write(conn.send(h11.Data(data=rest)) or b"")
-        stats.bytes_sent += len(rest)
+        await _send(conn, writer, plan, rest)
 
 
 def _header(req: h11.Request, name: bytes) -> str | None:

@@ -34,7 +34,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from goblet.cache.recovery import pid_alive
+from goblet.cache.recovery import owner_alive
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,7 @@ class PackCache:
         for entry in entries:
             if entry.suffix == ".answer":
                 self._stored[entry.stem] = entry.stat().st_size
-            elif entry.suffix == ".tmp":
-                parts = entry.name.split(".")
-                if len(parts) >= 3 and parts[1].isdigit() and pid_alive(int(parts[1])):
-                    continue
+            elif entry.suffix == ".tmp" and not owner_alive(entry.name):
                 entry.unlink(missing_ok=True)
 
     def begin(self, key: str | None) -> tuple[Role, Production | None]:
@@ -173,9 +170,3 @@ class PackCache:
         while self._stored and self.stored_bytes > self.max_bytes:
             key, _ = self._stored.popitem(last=False)
             self.answer_path(key).unlink(missing_ok=True)
-
-    def drop_repo_answers(self) -> None:
-        """Forget every stored answer (used when the cache dir is cleared)."""
-        for key in list(self._stored):
-            self.answer_path(key).unlink(missing_ok=True)
-        self._stored.clear()
