@@ -16,25 +16,31 @@ Per flow:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
 import weakref
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from mitmproxy import ctx, exceptions, http, tls
+from mitmproxy.utils import human
 
 from goblet import options as opts
 from goblet.auth.credentials import ANONYMOUS, Credential, credential_from_headers
+from goblet.auth.partition import partition, proxy_logins_verified
+from goblet.auth.verdicts import RefView
 from goblet.cache.store import CacheRepo, canonical_url
 from goblet.decide import Route
 from goblet.metrics import status_class
 from goblet.observe.access import AccessLog, AccessRecord
 from goblet.observe.endpoints import PATHS as ENDPOINT_PATHS
+from goblet.offline.ask import answer_is_grant
 from goblet.offline.forward import UpstreamAnswer, UpstreamUnreachable
-from goblet.protocol import pktline, refs, request, routes
+from goblet.protocol import encoding, pktline, refs, request, routes
 from goblet.protocol.errors import ProtocolError
 from goblet.runtime import Runtime, resolve_ca
 from goblet.serve.packcache import cache_key
@@ -64,6 +70,14 @@ class FlowState:
     host: str = ""  # upstream host[:port] as in goblet_hosts
     upstream_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
+    body_timer: asyncio.TimerHandle | None = None
+    timed_out: bool = False
+
+    def body_arrived(self) -> None:
+        """The request body is complete: stop its timeout."""
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
 
     def count_bytes(self, data: bytes) -> bytes:
         """A response ``stream`` callable that counts what passes through."""
@@ -81,6 +95,9 @@ class Goblet:
         self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = (
             weakref.WeakKeyDictionary()
         )
+        # Decoding compressed request bodies is CPU work: two threads at most, so
+        # at most two bodies of goblet_max_request_bytes are being decoded at once.
+        self._inspector = ThreadPoolExecutor(max_workers=2, thread_name_prefix="goblet-inspect")
 
     # -- options and life cycle ----------------------------------------------------
 
@@ -110,6 +127,11 @@ class Goblet:
             mode = f"regular@{settings.prefix_port}"
             if mode not in ctx.options.mode:
                 ctx.options.update(mode=[*ctx.options.mode, mode])
+        limit = getattr(ctx.options, "stream_large_bodies", "0")
+        if limit is None or (human.parse_size(limit) or 0) > settings.max_request_bytes:
+            # mitmproxy buffers the bodies goblet inspects; past this size it
+            # streams them instead (they pass through uninspected).
+            ctx.options.update(stream_large_bodies=str(settings.max_request_bytes))
         if settings.offline and ctx.options.connection_strategy != "lazy":
             # An eager CONNECT fails outright when the upstream is down, before
             # goblet sees a request it could answer from the cache.
@@ -151,6 +173,7 @@ class Goblet:
         """Stop the runtime and its children."""
         if self.rt is not None:
             await self.rt.stop()
+        self._inspector.shutdown(wait=False, cancel_futures=True)
 
     # -- connection level --------------------------------------------------------
 
@@ -220,13 +243,9 @@ class Goblet:
         req = flow.request
         if s is None or self.rt is None or req.scheme != "https":
             return None
-        host = req.host.lower()
-        if (host, req.port) not in s.hosts:
+        if (req.host.lower(), req.port) not in s.hosts:
             return None
-        header = (req.host_header or "").lower()
-        if header not in (host, f"{host}:{req.port}") and not (
-            header.startswith("[") and header.split("]")[0][1:] == host
-        ):
+        if not _host_header_matches(req.host_header, req.host, req.port):
             return None  # Host header disagrees with the connection: never cache it
         return routes.classify(req.method, req.path)
 
@@ -250,8 +269,15 @@ class Goblet:
         try:
             route = self._classify(flow)
         except ProtocolError as e:
-            self._flows[flow] = FlowState("invalid", reason=e.reason)
+            self._flows[flow] = FlowState("invalid", reason=f"bad repository path: {e.reason}")
             return
+        if route is not None and route.kind in (routes.Kind.INFO_REFS, routes.Kind.UPLOAD_PACK):
+            try:
+                _check_binding(flow)
+                _check_headers(flow.request.headers)
+            except ProtocolError as e:
+                self._flows[flow] = FlowState("invalid", reason=f"bad request: {e.reason}")
+                return
         if route is None or route.kind in (routes.Kind.OTHER, routes.Kind.PUSH):
             flow.request.stream = True
             if route is not None:
@@ -265,9 +291,12 @@ class Goblet:
         )
         tenant = self.rt.keyer.tenant_id(credential)
         url = canonical_url(flow.request.host, flow.request.port, route.repo_path)
+        where = partition(self.settings.isolation, credential, tenant, self.rt.keyer,
+                          verified_proxy_user=proxy_logins_verified(
+                              getattr(ctx.options, "proxyauth", None)))
         state = FlowState(
             route.kind.value,
-            repo=self.rt.store.repo_for(url, self._partition(credential, tenant)),
+            repo=self.rt.store.repo_for(url, where),
             tenant=tenant,
             credential=credential,
             version=_protocol_version(flow.request.headers.get("git-protocol")),
@@ -277,26 +306,30 @@ class Goblet:
         length = flow.request.headers.get("content-length", "")
         if length.isdigit() and int(length) > self.settings.max_request_bytes:
             flow.request.stream = True
-            state.reason = "request body over the inspection limit"
+        if flow.request.stream:
+            state.reason = "request body over the inspection limit: passed through"
+        elif route.kind is routes.Kind.UPLOAD_PACK:
+            state.body_timer = asyncio.get_running_loop().call_later(
+                self.settings.request_body_timeout, self._body_timed_out, flow)
 
-    def _partition(self, credential: Credential, tenant: str) -> str:
-        """The cache partition of a request under the configured isolation mode."""
-        assert self.settings is not None and self.rt is not None
-        mode = self.settings.isolation
-        if mode == "tenant":
-            return "tenant:" + tenant
-        if mode == "user":
-            user = credential.proxy[0] if credential.proxy else credential.basic_user
-            if user:
-                return "user:" + self.rt.keyer.tenant_id(Credential((("user", user),)))
-            return "tenant:" + tenant
-        return ""
+    def _body_timed_out(self, flow: http.HTTPFlow) -> None:
+        """A request body goblet waits for is too slow: drop the client's connection."""
+        state = self._flows.get(flow)
+        if state is None or state.body_timer is None or flow.request.stream:
+            return
+        state.body_timer, state.timed_out = None, True
+        state.reason = "request body not received in time (goblet_request_body_timeout)"
+        if self.rt is not None:
+            self.rt.metrics.request_bodies.labels("timeout").inc()
+        _drop_client(flow)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         """Route upload-pack requests: upstream, cache, or a git-readable error."""
+        state = self._flows.get(flow)
+        if state is not None:
+            state.body_arrived()
         if flow.response or flow.error or not flow.live:
             return
-        state = self._flows.get(flow)
         if state is None or self.rt is None:
             return
         if state.kind == "endpoint":
@@ -308,7 +341,7 @@ class Goblet:
             return
         if state.kind == "invalid":
             flow.request.stream = False
-            self._answer_error(flow, state, 400, f"goblet: bad repository path: {state.reason}")
+            self._answer_error(flow, state, 400, f"goblet: {state.reason}")
             return
         if state.kind == "info_refs" and self.settings is not None and self.settings.offline:
             await self._forward(flow, state, b"")
@@ -316,12 +349,10 @@ class Goblet:
         if state.kind != "upload_pack" or flow.request.stream or state.repo is None:
             return
         assert self.settings is not None
-        raw = flow.request.raw_content or b""
-        if len(raw) > self.settings.max_request_bytes:
-            state.reason = "request body over the inspection limit"
+        body = await self._inspect(flow, state)
+        if body is None:
             return
         try:
-            body = flow.request.get_content(strict=True) or b""
             parsed: request.V2Request | request.FetchRequest | request.ProbeRequest
             if state.version == 2:
                 parsed = request.parse_v2(body)
@@ -329,9 +360,6 @@ class Goblet:
                 parsed = request.parse_v0(body, state.version)
         except ProtocolError as e:
             self._answer_error(flow, state, 400, f"goblet: malformed request: {e.reason}")
-            return
-        except ValueError as e:
-            self._answer_error(flow, state, 400, f"goblet: undecodable request body: {e}")
             return
         if isinstance(parsed, request.LsRefsRequest):
             state.kind, state.ls_refs = "ls_refs", parsed
@@ -361,6 +389,43 @@ class Goblet:
             if decision.offline:
                 state.outcome = "offline"
 
+    async def _inspect(self, flow: http.HTTPFlow, state: FlowState) -> bytes | None:
+        """The decoded request body, or None when it is not inspected.
+
+        Over ``goblet_max_request_bytes`` (raw or decoded) or in an encoding goblet
+        does not decode, the request passes through to the upstream uninspected
+        (exactly as without goblet); a corrupt body is answered with 400.
+        """
+        assert self.rt is not None and self.settings is not None
+        raw = flow.request.raw_content
+        enc = flow.request.headers.get("content-encoding")
+        bodies = self.rt.metrics.request_bodies
+        if raw is None:
+            state.reason = "request body over the inspection limit: passed through"
+            bodies.labels("too_large").inc()
+            return None
+        if not encoding.inspectable(enc):
+            state.reason = "request body encoding not inspected: passed through"
+            bodies.labels("not_decoded").inc()
+            return None
+        cap = self.settings.max_request_bytes
+        try:
+            if (enc or "").strip().lower() in ("", "identity"):
+                body = encoding.decode_capped(raw, enc, cap)
+            else:
+                body = await asyncio.get_running_loop().run_in_executor(
+                    self._inspector, encoding.decode_capped, raw, enc, cap)
+        except encoding.BodyTooLarge:
+            state.reason = "request body over the inspection limit: passed through"
+            bodies.labels("too_large").inc()
+            return None
+        except ProtocolError as e:
+            bodies.labels("invalid").inc()
+            self._answer_error(flow, state, 400, f"goblet: undecodable request body: {e.reason}")
+            return None
+        bodies.labels("inspected").inc()
+        return body
+
     def _pack_key(self, state: FlowState, plan: ServePlan) -> str | None:
         """The pack-cache key of a final fetch (None when it cannot be keyed)."""
         assert self.rt is not None and state.repo is not None
@@ -371,50 +436,57 @@ class Goblet:
         return cache_key(state.repo.key, snapshot.digest, plan.git_protocol, identity)
 
     async def _forward(self, flow: http.HTTPFlow, state: FlowState, body: bytes) -> None:
-        """Offline mode: ask the upstream ourselves; on an outage answer from the cache."""
-        assert self.rt is not None and self.rt.forwarder is not None and state.repo is not None
+        """Offline mode: ask the upstream ourselves; if that very request finds it down
+        (no answer, or a 5xx), answer from the cache when this tenant may be served."""
+        assert self.rt is not None and self.rt.asker is not None and state.repo is not None
         req = flow.request
         try:
-            answer = await self.rt.forwarder.send(
-                req.method, f"https://{state.host}{req.path}", req.headers.items(multi=True),
-                req.raw_content,
-            )
+            answer = await self.rt.asker.forward(
+                state.host, req.method, f"https://{state.host}{req.path}",
+                req.headers.items(multi=True), req.raw_content)
         except UpstreamUnreachable as e:
-            self.rt.upstream.mark_down(state.host)
             self._offline_answer(flow, state, body, f"upstream unreachable: {e}", None)
             return
+        except ValueError as e:
+            self._answer_error(flow, state, 400, f"goblet: bad request: {e}")
+            return
         if answer.status >= 500:
-            self.rt.upstream.mark_down(state.host)
             self._offline_answer(flow, state, body, f"upstream answered {answer.status}", answer)
             return
-        self.rt.upstream.mark_up(state.host)
         flow.response = _response_from(answer)
 
     def _offline_answer(self, flow: http.HTTPFlow, state: FlowState, body: bytes, why: str,
                         failed: UpstreamAnswer | None) -> None:
-        """Answer a ref request from the cache if this tenant may be served offline."""
+        """Answer a ref request whose forwarding just failed: from the cache if this
+        tenant may be served offline, else with upstream's last refusal of this
+        credential (a 401 makes git retry with the user's credentials), else with
+        the failed answer itself or a 502."""
         assert self.rt is not None and state.repo is not None
-        if self.rt.decider.may_serve_offline(state.tenant, state.repo, state.host):
-            advertise = state.kind == "info_refs"
-            prefix = b""
-            if advertise and state.version != 2:
-                prefix = pktline.encode_line("# service=git-upload-pack") + pktline.FLUSH
-            plan = self._plan(flow, state, body, advertise=advertise, prefix=prefix)
-            self._to_backend(flow, state, plan)
-            state.outcome, state.reason = "offline", why
-        elif failed is not None:
-            flow.response = _response_from(failed)
-            state.reason = why
-        elif denial := self.rt.decider.verdicts.denied_within(
-                state.tenant, state.repo.url, self.rt.decider.offline_grace):
-            # Repeat upstream's last refusal of this credential (a 401 makes git
-            # retry with the user's credentials, which may be granted offline).
+        decider = self.rt.decider
+        if decider.may_serve_offline(state.tenant, state.repo):
+            capabilities_only = state.kind == "info_refs" and state.version == 2
+            hidden = () if capabilities_only else decider.offline_hidden_refs(
+                state.tenant, state.repo)
+            if hidden is not None:
+                advertise = state.kind == "info_refs"
+                prefix = b""
+                if advertise and state.version != 2:
+                    prefix = pktline.encode_line("# service=git-upload-pack") + pktline.FLUSH
+                plan = self._plan(flow, state, body, advertise=advertise, prefix=prefix)
+                self._to_backend(flow, state, replace(plan, hidden_refs=hidden))
+                state.outcome, state.reason = "offline", why
+                return
+        if denial := decider.verdicts.denied_within(
+                state.tenant, state.repo.url, decider.offline_grace):
             status = denial.status or 403
             self._answer_error(flow, state, status,
                                f"goblet: upstream unreachable; its last answer was {status}")
             assert flow.response is not None
             if denial.challenge:
                 flow.response.headers["WWW-Authenticate"] = denial.challenge
+        elif failed is not None:
+            flow.response = _response_from(failed)
+            state.reason = why
         else:
             self._answer_error(flow, state, 502, f"goblet: {why}")
 
@@ -477,63 +549,60 @@ class Goblet:
             return
         flow.response.stream = state.count_bytes if state.outcome == "upstream" else True
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
         """Record upstream's verdict; start a fill when upstream's refs moved; log."""
         state = self._flows.pop(flow, None)
         if state is None or flow.response is None or state.kind == "endpoint":
             return
+        state.body_arrived()
         if state.repo is not None and state.outcome == "upstream" and self.rt is not None:
-            if flow.response.status_code >= 500:
-                self.rt.upstream.mark_down(state.host)
-            else:
-                self.rt.upstream.mark_up(state.host)
-            self._record_verdict(flow, state)
-            if flow.response.status_code == 200 and state.kind in ("info_refs", "ls_refs"):
-                self._refs_seen(flow, state)
+            status = flow.response.status_code
+            if status in (401, 403, 404):
+                self.rt.decider.verdicts.record(
+                    state.tenant, state.repo.url, granted=False, status=status,
+                    challenge=flow.response.headers.get("www-authenticate"))
+            elif status == 200 and state.kind in ("info_refs", "ls_refs"):
+                await self._refs_seen(flow, state)
         self._finish(flow, state)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        """Count and log a flow that ended without a (complete) response."""
+        """Count and log a flow that ended without a (complete) response.
+
+        A flow that ends without an answer never marks the upstream down: the
+        client may have caused it (a half-sent request), and only goblet's own
+        attempts decide what counts as an outage.
+        """
         state = self._flows.pop(flow, None)
         if state is not None and state.kind != "endpoint":
-            state.reason = flow.error.msg if flow.error else "flow error"
-            if state.outcome == "upstream" and flow.response is None and self.rt is not None \
-                    and state.host:
-                self.rt.upstream.mark_down(state.host)  # no answer at all from upstream
+            state.body_arrived()
+            if not state.timed_out:
+                state.reason = flow.error.msg if flow.error else "flow error"
             self._finish(flow, state, failed=True)
 
-    def _record_verdict(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        assert flow.response is not None and state.repo is not None and self.rt is not None
-        status = flow.response.status_code
-        ctype = flow.response.headers.get("content-type", "")
-        verdicts = self.rt.decider.verdicts
-        if status in (401, 403, 404):
-            verdicts.record(state.tenant, state.repo.url, granted=False, status=status,
-                            challenge=flow.response.headers.get("www-authenticate"))
-        elif status == 200 and ctype.split(";")[0].strip() in (ADVERTISEMENT_TYPE, RESULT_TYPE):
-            verdicts.record(state.tenant, state.repo.url, granted=True)
-
-    def _refs_seen(self, flow: http.HTTPFlow, state: FlowState) -> None:
+    async def _refs_seen(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """A 200 ref answer from upstream: a grant only if it parses as one; then
+        compare its refs with the cache's and start a fill if they moved."""
         assert flow.response is not None and state.repo is not None and self.rt is not None
         decider, repo = self.rt.decider, state.repo
-        body = flow.response.get_content(strict=False) or b""
-        try:
-            if state.kind == "ls_refs":
-                adv = refs.parse_ls_refs(body)
-            else:
-                adv = refs.parse_info_refs(body)
-        except ProtocolError as e:
-            log.warning("unparsable ref answer from %s: %s", repo.url, e.reason)
-            return
+        resp = flow.response
+        body = await self._response_body(resp)
+        ls_refs = state.kind == "ls_refs"
+        if body is None or not answer_is_grant(200, resp.headers.get("content-type", ""),
+                                               body, ls_refs=ls_refs):
+            return  # not a ref answer (an ERR packet, say): proves nothing
+        adv = refs.parse_ls_refs(body) if ls_refs else refs.parse_info_refs(body)
+        listed = ls_refs or adv.version != 2
+        decider.verdicts.record(state.tenant, repo.url, granted=True,
+                                view=RefView.of(adv.refs, adv.peeled) if listed else None)
         if adv.object_format != "sha1":
             decider.uncacheable.add(repo.key)
             return
-        if adv.version == 2 and state.kind == "info_refs":
+        if not listed:
             # v2 capabilities only (the refs come with ls-refs): hide the fetch
             # features only upstream could serve, so clients do not use them.
             restricted = refs.restrict_v2_fetch_features(body)
             if restricted is not None:
-                flow.response.content = restricted
+                resp.content = restricted
             return
         head = adv.symrefs.get("HEAD")
         if head:
@@ -546,8 +615,24 @@ class Goblet:
         if decider.isolation == "public" and decider.verdicts.is_denied(ANONYMOUS, repo.url):
             return  # not anonymously readable: never cached in public isolation
         if stale:
-            decider.filler.start(repo, decider.fill_credential(state.credential),
-                                 head or decider.heads.get(repo.key))
+            decider.start_fill(repo, state.credential, state.tenant, head)
+
+    async def _response_body(self, resp: http.Response) -> bytes | None:
+        """The decoded body of a buffered upstream answer (None if streamed or bad)."""
+        assert self.settings is not None
+        raw = resp.raw_content
+        if raw is None:
+            return None
+        enc = resp.headers.get("content-encoding")
+        if (enc or "").strip().lower() in ("", "identity"):
+            return raw
+        if not encoding.inspectable(enc):
+            return None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._inspector, encoding.decode_capped, raw, enc, self.settings.max_request_bytes)
+        except (encoding.BodyTooLarge, ProtocolError):
+            return None
 
     def _finish(self, flow: http.HTTPFlow, state: FlowState, failed: bool = False) -> None:
         """Count the request in the metrics and write its access-log line."""
@@ -595,6 +680,51 @@ class Goblet:
             instance=self.settings.instance,
             reason=state.reason,
         ))
+
+
+def _host_header_matches(header: str | None, host: str, port: int) -> bool:
+    """Whether a Host header names ``host:port`` (the port may be left out for 443)."""
+    value = (header or "").lower()
+    host = host.lower()
+    if value.startswith("["):
+        name, _, rest = value[1:].partition("]")
+        return name == host and (rest == f":{port}" or (not rest and port == 443))
+    return value == f"{host}:{port}" or (value == host and port == 443)
+
+
+def _check_binding(flow: http.HTTPFlow) -> None:
+    """Raise ProtocolError unless the request names the host its tunnel goes to.
+
+    Inside a ``CONNECT`` tunnel the request target's authority (absolute form)
+    and the TLS SNI must both be the tunnel's host: otherwise mitmproxy would
+    send the request to one host while the client's other words name another,
+    and a verdict or a cache read could be bound to the wrong repo.
+    """
+    req = flow.request
+    tunnel = flow.server_conn.address
+    if tunnel is not None and (str(tunnel[0]).lower(), tunnel[1]) != (req.host.lower(), req.port):
+        raise ProtocolError("request target does not match the CONNECT host")
+    sni = flow.client_conn.sni
+    if sni and sni.lower().rstrip(".") != req.host.lower().rstrip("."):
+        raise ProtocolError("TLS server name does not match the request's host")
+
+
+def _check_headers(headers: http.Headers) -> None:
+    """Raise ProtocolError if a header name or value holds CR, LF or NUL (obs-fold).
+
+    The message never repeats the header, whose value may be a credential.
+    """
+    for name, value in headers.fields:
+        if any(c in value or c in name for c in (b"\r", b"\n", b"\0")):
+            raise ProtocolError("malformed (folded or multi-line) request header")
+
+
+def _drop_client(flow: http.HTTPFlow) -> None:
+    """Close the client connection of ``flow`` now (mitmproxy has no public call for it)."""
+    server = ctx.master.addons.get("proxyserver")
+    handler = getattr(server, "connections", {}).get(flow.client_conn.id)
+    if handler is not None:
+        handler.close_connection(flow.client_conn)
 
 
 @lru_cache(maxsize=256)

@@ -1,24 +1,37 @@
 """The one decision that matters: may this fetch be answered from the cache?
 
-Rules (DESIGN §1, §4), in order; the first that applies wins:
+Rules, in order; the first that applies wins:
 
 1. The request uses something the cache cannot reproduce exactly
    (``want-ref``, sha256, unknown arguments or capabilities) → upstream.
 2. The repo's upstream uses another object format → upstream.
 3. Upstream has not granted this tenant this repo within the verdict TTL
-   → upstream (which then grants or refuses, exactly as without goblet) —
-   unless offline mode is on, the upstream host is unreachable, and the
-   tenant's latest verdict is a grant within the offline grace.
+   → upstream (which then grants or refuses, exactly as without goblet).
+   Offline mode only: if the tenant's latest verdict is a grant within the
+   offline grace and the repo is cached, goblet asks the upstream itself
+   (``info/refs`` with the client's credential). A grant or a refusal is
+   recorded and applied as usual; only an outage goblet observed itself
+   (for this request, or a network failure of its own in the last few
+   seconds) lets the cache answer offline — see 7.
 4. Isolation ``public``: the repo must be readable anonymously (an anonymous
    grant, or an anonymous fill that succeeded), else → upstream.
-5. Every wanted object is in the cache → cache.
-6. Otherwise wait for the repo's fill (starting one if the repo does not
-   exist yet), then fetch still-missing exact objects with the client's own
-   credential; if everything is then present and the grant still holds
-   → cache. A refusal from upstream during a fill records a denial and sends
-   the request upstream; a network failure answers with a git-readable error;
-   a local failure (disk, git) sends the request upstream. While the upstream
-   is unreachable nothing can be fetched: a git-readable error.
+5. Every wanted object must be in the cache: if some are missing, wait for
+   the repo's fill (starting one if the repo does not exist yet), then fetch
+   the still-missing ones by id with the client's own credential. A refusal
+   during the client's own fill records a denial and sends the request
+   upstream; a network failure answers with a git-readable error; a local
+   failure, or the failure of a fill another credential started, sends the
+   request upstream (no denial recorded, no foreign error text shown).
+6. Every wanted object (and every ``shallow`` the client names) must be one
+   the upstream would serve this credential now: a tip of the refs the
+   upstream last listed for it (within the TTL), or reachable in the cache
+   from those tips, or an object the upstream itself just gave or confirmed
+   to this credential (goblet asks it with a ``want``/``have`` probe).
+   Otherwise → upstream. An object the upstream deleted, or one only
+   reachable from refs hidden from this credential, is never served by id.
+7. Offline answers: the wanted objects must be cached and reachable from the
+   cache's current tips of the refs the tenant last saw; the client is told
+   in a ``remote:`` line that the data may be stale.
 
 The decision is final before the first byte of the answer.
 """
@@ -31,11 +44,17 @@ import time
 from dataclasses import dataclass
 
 from goblet.auth.credentials import ANONYMOUS, Credential
-from goblet.auth.verdicts import VerdictCache
-from goblet.cache.fill import FailureKind, Filler, FillError
+from goblet.auth.verdicts import RefView, VerdictCache
+from goblet.cache import reach
+from goblet.cache.fill import FailureKind, Filler, FillError, FillResult
 from goblet.cache.store import CacheRepo, RepoStore
+from goblet.offline.ask import Finding, UpstreamAsker
 from goblet.offline.state import UpstreamState
 from goblet.protocol.request import FetchRequest
+
+# A network failure of goblet's own this recent counts as "the upstream is down now"
+# without asking it again (so an outage does not cost every request a timeout).
+RECENT_OUTAGE = 10.0
 
 
 class Route(enum.Enum):
@@ -86,6 +105,7 @@ class FetchDecider:
         offline: bool = False,
         offline_grace: float = 86400.0,
         upstream: UpstreamState | None = None,
+        asker: UpstreamAsker | None = None,
     ) -> None:
         self.store = store
         self.filler = filler
@@ -94,25 +114,44 @@ class FetchDecider:
         self.offline = offline
         self.offline_grace = offline_grace
         self.upstream = upstream or UpstreamState()
+        self.asker = asker
         self.uncacheable: set[str] = set()  # repo keys with a foreign object format
         self.heads: dict[str, str] = {}  # repo key -> upstream HEAD target, last seen
+        self._fill_tenant: dict[str, str] = {}  # repo key -> tenant whose credential fills it
 
     def fill_credential(self, credential: Credential) -> Credential:
         """The credential a fill uses: anonymous in ``public`` isolation."""
         return Credential() if self.isolation == "public" else credential
 
-    def offline_since(self, host: str) -> float | None:
-        """When ``host`` became unreachable, if offline mode is on and it is."""
-        return self.upstream.down_since(host) if self.offline else None
+    def start_fill(self, repo: CacheRepo, credential: Credential, tenant: str,
+                   head: str | None = None) -> asyncio.Task[FillResult]:
+        """Start (or join) the fill of ``repo`` on behalf of ``tenant``."""
+        task = self.filler.in_flight(repo)
+        if task is not None:
+            return task
+        task = self.filler.start(repo, self.fill_credential(credential),
+                                 head or self.heads.get(repo.key))
+        self._fill_tenant[repo.key] = ANONYMOUS if self.isolation == "public" else tenant
+        task.add_done_callback(lambda t: self._fill_tenant.pop(repo.key, None))
+        return task
 
-    def may_serve_offline(self, tenant: str, repo: CacheRepo, host: str) -> bool:
-        """Offline mode, ``host`` down, the tenant granted within the grace, repo cached."""
+    def may_serve_offline(self, tenant: str, repo: CacheRepo) -> bool:
+        """Offline mode, the tenant's latest answer a grant within the grace, repo cached."""
         return (
-            self.offline_since(host) is not None
+            self.offline
             and self.verdicts.granted_within(tenant, repo.url, self.offline_grace)
             and self.store.exists(repo)
             and repo.key not in self.uncacheable
         )
+
+    def offline_hidden_refs(self, tenant: str, repo: CacheRepo) -> tuple[str, ...] | None:
+        """Cache refs the tenant was not shown (hidden from an offline ref answer);
+        None if the tenant's refs are unknown."""
+        view = self.verdicts.view(tenant, repo.url, self.offline_grace)
+        state = self.store.state(repo)
+        if view is None or state is None:
+            return None
+        return tuple(sorted(set(state.refs) - view.names))
 
     async def decide(
         self, repo: CacheRepo, tenant: str, credential: Credential, req: FetchRequest,
@@ -123,58 +162,124 @@ class FetchDecider:
             return Decision(Route.UPSTREAM, "request needs upstream: " + ", ".join(req.unservable))
         if repo.key in self.uncacheable:
             return Decision(Route.UPSTREAM, "upstream object format is not sha1")
-        down = self.offline_since(host)
-        offline = self.may_serve_offline(tenant, repo, host)
-        if not offline and not self.verdicts.is_granted(tenant, repo.url):
-            return Decision(Route.UPSTREAM, "no fresh upstream grant for this credential")
-        if self.isolation == "public" and not offline and not await self._public(repo):
+        if not self.verdicts.is_granted(tenant, repo.url):
+            down = await self._reverify(repo, tenant, credential, host)
+            if down is not None:
+                return await self._offline(repo, tenant, req, down)
+            if not self.verdicts.is_granted(tenant, repo.url):
+                return Decision(Route.UPSTREAM, "no fresh upstream grant for this credential")
+        if self.isolation == "public" and not await self._public(repo, tenant):
             return Decision(Route.UPSTREAM, "not readable anonymously: public isolation")
-        notice = None
-        if down is not None:
-            state = self.store.state(repo)
-            notice = offline_notice(down, state.filled_at if state else None)
         wants = set(req.wants)
         missing = wants - await self.store.present(repo, wants)
-        if not missing:
-            return Decision(Route.CACHE, "all wants cached", notice=notice)
-        if down is not None:
-            return Decision(Route.ERROR, f"goblet: upstream unreachable and {len(missing)} "
-                                         "wanted object(s) are not cached")
+        proven: set[str] = set()
+        if missing:
+            failed = await self._fill(repo, tenant, credential, missing)
+            if failed is not None:
+                return failed
+            proven = missing
+            missing = wants - await self.store.present(repo, wants)
+            if missing:
+                return Decision(Route.UPSTREAM, f"{len(missing)} wanted object(s) not in cache")
+        refused = await self._not_advertised(repo, tenant, credential, req, host=host,
+                                             proven=proven)
+        if refused is not None:
+            return refused
+        if not self.verdicts.is_granted(tenant, repo.url):
+            return Decision(Route.UPSTREAM, "grant expired while filling")
+        notice = None
+        if self.offline and (down := self.upstream.down_since(host, RECENT_OUTAGE)):
+            state = self.store.state(repo)
+            notice = offline_notice(down, state.filled_at if state else None)
+        return Decision(Route.CACHE, "all wants cached" if not proven else "filled, then served",
+                        notice=notice)
 
+    async def _reverify(self, repo: CacheRepo, tenant: str, credential: Credential,
+                        host: str) -> float | None:
+        """Offline mode: ask the upstream about a stale grant. Returns when the outage
+        began if the cache may answer offline, else None (a new verdict may be recorded)."""
+        if not self.may_serve_offline(tenant, repo) or self.asker is None:
+            return None
+        down = self.upstream.down_since(host, RECENT_OUTAGE)
+        if down is not None:
+            return down
+        probe = await self.asker.refs(host, repo.url, credential)
+        if probe.finding is Finding.GRANTED:
+            assert probe.advertisement is not None
+            adv = probe.advertisement
+            self.verdicts.record(tenant, repo.url, granted=True,
+                                 view=RefView.of(adv.refs, adv.peeled))
+            return None
+        if probe.finding is Finding.DENIED:
+            self.verdicts.record(tenant, repo.url, granted=False, status=probe.status,
+                                 challenge=probe.challenge)
+            return None
+        return self.upstream.down_since(host, RECENT_OUTAGE) or time.time()
+
+    async def _offline(self, repo: CacheRepo, tenant: str, req: FetchRequest,
+                       down: float) -> Decision:
+        """Rule 7: answer from the cache while the upstream is down, if it can."""
+        state = self.store.state(repo)
+        view = self.verdicts.view(tenant, repo.url, self.offline_grace)
+        tips = {state.refs[n] for n in view.names if n in state.refs} if state and view else set()
+        asked = set(req.wants) | set(req.shallows)
+        if await reach.unreachable(self.store.git, repo.path, asked, tips):
+            return Decision(Route.ERROR, "goblet: upstream unreachable and the wanted objects "
+                                         "are not cached")
+        return Decision(Route.CACHE, "offline: all wants cached",
+                        notice=offline_notice(down, state.filled_at if state else None))
+
+    async def _fill(self, repo: CacheRepo, tenant: str, credential: Credential,
+                    missing: set[str]) -> Decision | None:
+        """Rule 5: bring ``missing`` into the cache; a Decision if that failed."""
         task = self.filler.in_flight(repo)
+        own = task is None or self._fill_tenant.get(repo.key) == tenant
         if task is None and not self.store.exists(repo):
-            task = self.filler.start(
-                repo, self.fill_credential(credential), self.heads.get(repo.key)
-            )
+            task = self.start_fill(repo, credential, tenant)
         if task is not None:
             try:
                 await asyncio.shield(task)
             except FillError as e:
-                return self._after_failure(e, repo, tenant)
-            missing = wants - await self.store.present(repo, wants)
+                return self._after_failure(e, repo, tenant, own)
+            missing = missing - await self.store.present(repo, missing)
         if missing and self.store.exists(repo):
             try:
-                await self.filler.fetch_oids(
-                    repo, self.fill_credential(credential), sorted(missing)
-                )
+                await self.filler.fetch_oids(repo, self.fill_credential(credential),
+                                             sorted(missing))
             except FillError as e:
-                return self._after_failure(e, repo, tenant)
-            missing = wants - await self.store.present(repo, wants)
-        if missing:
-            return Decision(Route.UPSTREAM, f"{len(missing)} wanted object(s) not in cache")
-        if not self.verdicts.is_granted(tenant, repo.url):
-            return Decision(Route.UPSTREAM, "grant expired while filling")
-        return Decision(Route.CACHE, "filled, then served")
+                return self._after_failure(e, repo, tenant, own=True)
+        return None
 
-    async def _public(self, repo: CacheRepo) -> bool:
+    async def _not_advertised(self, repo: CacheRepo, tenant: str, credential: Credential,
+                              req: FetchRequest, *, host: str, proven: set[str]
+                              ) -> Decision | None:
+        """Rule 6: a Decision sending the request upstream if an object it asks for is
+        not one the upstream would serve this credential now."""
+        view = self.verdicts.view(tenant, repo.url, self.verdicts.ttl)
+        tips = view.tips if view is not None else frozenset()
+        outside = (set(req.wants) | set(req.shallows)) - tips - proven
+        if not outside:
+            return None
+        unknown = await reach.unreachable(self.store.git, repo.path, outside, tips)
+        if not unknown:
+            return None
+        if self.asker is not None:
+            served = await self.asker.serves(host, repo.url, credential, sorted(unknown))
+            if served:
+                return None
+            if served is None and self.may_serve_offline(tenant, repo):
+                down = self.upstream.down_since(host, RECENT_OUTAGE) or time.time()
+                return await self._offline(repo, tenant, req, down)
+        return Decision(Route.UPSTREAM, f"{len(unknown)} object(s) not advertised to this "
+                                        "credential: upstream decides")
+
+    async def _public(self, repo: CacheRepo, tenant: str) -> bool:
         """Whether upstream serves ``repo`` anonymously (asking with an anonymous fill)."""
         if self.verdicts.is_granted(ANONYMOUS, repo.url):
             return True
         if self.verdicts.is_denied(ANONYMOUS, repo.url):
             return False
-        task = self.filler.in_flight(repo) or self.filler.start(
-            repo, Credential(), self.heads.get(repo.key)
-        )
+        task = self.start_fill(repo, Credential(), tenant)
         try:
             await asyncio.shield(task)
         except FillError as e:
@@ -184,7 +289,9 @@ class FetchDecider:
         self.verdicts.record(ANONYMOUS, repo.url, granted=True)
         return True
 
-    def _after_failure(self, e: FillError, repo: CacheRepo, tenant: str) -> Decision:
+    def _after_failure(self, e: FillError, repo: CacheRepo, tenant: str, own: bool) -> Decision:
+        if not own:
+            return Decision(Route.UPSTREAM, "a fill for another credential failed")
         if e.kind is FailureKind.DENIED:
             if self.isolation != "public":  # a public fill is anonymous, not this tenant's
                 self.verdicts.record(tenant, repo.url, granted=False)

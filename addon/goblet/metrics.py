@@ -26,6 +26,7 @@ SOURCES = ("cache", "upstream")
 REPACK_KINDS = ("geometric", "full")
 REPACK_RESULTS = ("ok", "error", "skipped")
 PACK_CACHE_RESULTS = ("bypass", "produce", "follow", "hit")
+BODY_RESULTS = ("inspected", "too_large", "not_decoded", "invalid", "timeout")
 
 # Seconds: from a warm ls-refs (ms) to a cold multi-GB clone (tens of minutes).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
@@ -82,6 +83,16 @@ class Metrics:
             "re-evaluated every 15 s.", registry=r)
         self.evictions = Counter(
             "goblet_evictions", "Repos evicted to keep the cache within its budget.", registry=r)
+        self.partition_evictions = Counter(
+            "goblet_partition_evictions",
+            "Cache copies of a repo evicted because its tenant/user partitions exceeded "
+            "goblet_max_partitions (also counted in goblet_evictions).", registry=r)
+        self.request_bodies = Counter(
+            "goblet_request_bodies",
+            "Upload-pack request bodies by how goblet handled them: inspected, too_large "
+            "(passed through uninspected), not_decoded (an encoding goblet does not decode, "
+            "passed through), invalid (answered 400), timeout (client disconnected).",
+            ["result"], registry=r)
         self.repacks = Counter(
             "goblet_repacks", "Maintenance repacks, by kind and result.", ["kind", "result"],
             registry=r)
@@ -109,6 +120,8 @@ class Metrics:
                 self.repacks.labels(kind, result)
         for result in PACK_CACHE_RESULTS:
             self.pack_cache_requests.labels(result)
+        for result in BODY_RESULTS:
+            self.request_bodies.labels(result)
 
     def track_verdicts(self, size: Callable[[], int]) -> None:
         """Report ``size()`` as the verdict cache size at every scrape."""

@@ -50,7 +50,11 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("goblet_instance", str, "",
                "Name of this instance in logs and X-Served-By (default: the host name)."),
     OptionSpec("goblet_max_request_bytes", str, "64MiB",
-               "Largest upload-pack request body inspected; larger ones pass through uncached."),
+               "Largest upload-pack request body inspected, counted after decoding; larger "
+               "ones pass through uncached."),
+    OptionSpec("goblet_request_body_timeout", str, "60s",
+               "How long a client may take to send an upload-pack request body goblet "
+               "inspects; slower clients are disconnected."),
     OptionSpec("goblet_min_free_bytes", str, "1GiB",
                "Free disk below which the instance reports not ready (e.g. 512MiB, 10GiB)."),
     OptionSpec("goblet_metrics_port", str, "0",
@@ -84,6 +88,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "How tenants share the cache: shared (one object store per upstream repo, "
                "every read verified upstream), tenant (separate repos per credential), user "
                "(per user name), public (only anonymously readable repos are cached)."),
+    OptionSpec("goblet_max_partitions", str, "16",
+               "In tenant and user isolation: most cache copies (partitions) of one upstream "
+               "repo; the least recently used beyond it are evicted (0: no limit)."),
     OptionSpec("goblet_negative_ttl", str, "60s",
                "How long an upstream refusal is remembered (it always revokes a grant at once)."),
     OptionSpec("goblet_offline", str, "off",
@@ -124,9 +131,25 @@ class Settings:
     negative_ttl: int = 60
     offline: bool = False
     offline_grace: int = 86400
+    request_body_timeout: int = 60
+    max_partitions: int = 16
 
 
 ISOLATION_MODES = ("shared", "tenant", "user", "public")
+
+
+_TRUE = ("on", "true", "yes", "1")
+_FALSE = ("off", "false", "no", "0")
+
+
+def parse_bool(name: str, value: str) -> bool:
+    """A switch, spelled as mitmproxy's own booleans are (true/false) or on/off, yes/no, 1/0."""
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"{name} must be true or false (or on/off), not {value!r}")
 
 
 def parse_choice(name: str, value: str, choices: Sequence[str]) -> str:
@@ -161,13 +184,16 @@ def parse_settings(o: Any) -> Settings:
         log_format=o.goblet_log_format,
         isolation=parse_choice("goblet_isolation", o.goblet_isolation, ISOLATION_MODES),
         negative_ttl=parse_seconds("goblet_negative_ttl", o.goblet_negative_ttl, 0, 86400),
-        offline=parse_choice("goblet_offline", o.goblet_offline, ("off", "on")) == "on",
+        offline=parse_bool("goblet_offline", o.goblet_offline),
         offline_grace=parse_seconds("goblet_offline_grace", o.goblet_offline_grace, 1,
                                     30 * 86400),
         cache_max_bytes=parse_size("goblet_cache_max_bytes", o.goblet_cache_max_bytes, 0),
         pack_cache_max_bytes=parse_size("goblet_pack_cache_max_bytes",
                                         o.goblet_pack_cache_max_bytes, 0),
-        maintenance=parse_choice("goblet_maintenance", o.goblet_maintenance, ("on", "off")) == "on",
+        maintenance=parse_bool("goblet_maintenance", o.goblet_maintenance),
+        request_body_timeout=parse_seconds("goblet_request_body_timeout",
+                                           o.goblet_request_body_timeout, 1, 3600),
+        max_partitions=parse_int("goblet_max_partitions", o.goblet_max_partitions, 0, 100000),
         full_repack_interval=parse_seconds("goblet_full_repack_interval",
                                            o.goblet_full_repack_interval, 60, 365 * 86400),
         repack_threads=parse_int("goblet_repack_threads", o.goblet_repack_threads, 1, 64),

@@ -11,7 +11,6 @@ import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from goblet.auth.credentials import TenantKeyer, short
 from goblet.auth.secret import load_or_create_secret
@@ -22,6 +21,7 @@ from goblet.cache.gitrun import GitRunner
 from goblet.cache.lifecycle import Lifecycle
 from goblet.cache.locks import RepoLocks
 from goblet.cache.maintenance import Maintainer, Policy
+from goblet.cache.partitions import PartitionLimiter
 from goblet.cache.store import CacheRepo, RepoStore
 from goblet.cache.usage import measure
 from goblet.cache.warm import Warmer
@@ -30,6 +30,7 @@ from goblet.metrics import Metrics
 from goblet.observe.access import AccessLog
 from goblet.observe.endpoints import Answer, EndpointServer, answer
 from goblet.observe.health import HealthChecker, Readiness
+from goblet.offline.ask import UpstreamAsker
 from goblet.offline.forward import Forwarder, tls_context
 from goblet.offline.state import UpstreamState
 from goblet.options import Settings
@@ -47,13 +48,11 @@ READY_EVERY = 15.0
 class FillReporter:
     """Feeds fill events to the metrics and the log (a ``FillObserver``)."""
 
-    def __init__(self, metrics: Metrics, access: AccessLog, upstream: UpstreamState,
-                 instance: str) -> None:
+    def __init__(self, metrics: Metrics, access: AccessLog, instance: str) -> None:
         self.instance = instance
         self.on_filled: list[Callable[[CacheRepo], None]] = []
         self.metrics = metrics
         self.access = access
-        self.upstream = upstream
 
     def fill_started(self, repo: CacheRepo) -> None:
         """Count the fill as in flight."""
@@ -67,11 +66,6 @@ class FillReporter:
         self.metrics.fills.labels(result).inc()
         self.metrics.fill_duration.observe(seconds)
         self.metrics.upstream_fetch_bytes.inc(bytes_in)
-        host = urlsplit(repo.url).netloc
-        if result == "upstream_error":
-            self.upstream.mark_down(host)
-        elif result in ("ok", "denied"):
-            self.upstream.mark_up(host)
         text = f"fill {repo.url} result={result} bytes={bytes_in} duration={seconds:.3f}s"
         if reason:
             text += f" reason={reason!r}"
@@ -91,6 +85,7 @@ class Runtime:
         self.settings = settings
         self.forwarder = forwarder
         self.upstream = UpstreamState()
+        self.asker = UpstreamAsker(forwarder, self.upstream) if forwarder is not None else None
         self.git = git
         self.metrics = metrics
         self.access = access
@@ -100,7 +95,7 @@ class Runtime:
         self.packcache = PackCache(self.store.packcache_dir, settings.pack_cache_max_bytes)
         self.backend = ServeBackend(git, self.plans, self.packcache)
         locks = RepoLocks(self.store.lock_dir)
-        reporter = FillReporter(metrics, access, self.upstream, settings.instance)
+        reporter = FillReporter(metrics, access, settings.instance)
         filler = Filler(self.store, locks, git, stall_timeout=settings.upstream_timeout,
                         observer=reporter)
         self.evictor = Evictor(
@@ -116,8 +111,11 @@ class Runtime:
         self.lifecycle = Lifecycle(self.store, locks, git, self.evictor, self.maintainer,
                                    maintenance=settings.maintenance)
         reporter.on_filled.append(self.lifecycle.after_fill)
+        self.partitions = PartitionLimiter(self.store, self.evictor, settings.max_partitions,
+                                           on_evict=metrics.partition_evictions.inc)
+        reporter.on_filled.append(self.partitions.after_fill)
         self.warmer = Warmer(filler, self.store, settings.warm_repos, settings.warm_credentials,
-                             settings.warm_interval)
+                             settings.warm_interval, anonymous=settings.isolation == "public")
         verdicts = VerdictCache(
             settings.verdict_ttl, negative_ttl=settings.negative_ttl,
             keep=settings.offline_grace if settings.offline else 0,
@@ -125,7 +123,7 @@ class Runtime:
         self.decider = FetchDecider(
             self.store, filler, verdicts, isolation=settings.isolation,
             offline=settings.offline, offline_grace=settings.offline_grace,
-            upstream=self.upstream,
+            upstream=self.upstream, asker=self.asker,
         )
         self.health = HealthChecker(
             cache_dir=settings.cache_dir, tmp_dir=self.store.tmp_dir, git=git,
@@ -154,9 +152,7 @@ class Runtime:
         git = GitRunner(home=settings.cache_dir / "home", base_config=base_config)
         RepoStore(settings.cache_dir, git).prepare()
         secret = load_or_create_secret(settings.cache_dir / SECRET_FILE)
-        forwarder = None
-        if settings.offline:
-            forwarder = Forwarder(tls_context(ca_file, insecure), settings.upstream_timeout)
+        forwarder = Forwarder(tls_context(ca_file, insecure), settings.upstream_timeout)
         rt = cls(settings, git, secret, Metrics(), access, forwarder=forwarder)
         await rt.lifecycle.recover()
         await asyncio.to_thread(rt.packcache.load)

@@ -194,14 +194,15 @@ class TestUser(MatrixBase):
     mode = "user"
 
     def check_partitions(self, proxy: GobletProxy, names: dict[str, str]) -> None:
-        # public: anonymous, carol (Bearer: no user name, so her tenant); private: user
-        # alice; revoked: carol, user alice.
+        # Without verified proxy logins every tenant is its own user. public: anonymous,
+        # carol; private: alice; revoked: carol, alice.
         assert repo_dirs(proxy) == 2 + 1 + 2
-        # Another credential of the same Basic user shares user alice's repos.
+        # A Basic user name is only a claim (the upstream may read just the token):
+        # another credential that says "alice" gets a partition of its own.
         url = with_userinfo(self.upstream_url(proxy, names["private"]), "alice", "tok-alice")
         git = GitClient(proxy.workdir / "home-user", ca_file=proxy.ca_cert, proxy=proxy.url)
         git.clone(url, proxy.workdir / "alice-token")
-        assert repo_dirs(proxy) == 5
+        assert repo_dirs(proxy) == 6
 
     @staticmethod
     def upstream_url(proxy: GobletProxy, name: str) -> str:

@@ -50,7 +50,10 @@ def git_flow(method: str, path: str, body: bytes = b"", **headers: str) -> http.
     req = tutils.treq(method=method.encode(), scheme=b"https", host=HOST, port=PORT,
                       authority=b"", path=path.encode(), content=body,
                       headers=http.Headers(host=HOST, **headers))
-    return tflow.tflow(req=req)
+    flow = tflow.tflow(req=req)
+    flow.server_conn.address = (HOST, PORT)  # the CONNECT tunnel's host
+    flow.client_conn.sni = HOST
+    return flow
 
 
 def test_bad_options_are_refused(tmp_path: Path) -> None:
@@ -138,7 +141,7 @@ def test_ls_refs_goes_upstream_and_records_the_verdict(tmp_path: Path, mocker: A
         )
         addon.responseheaders(f)
         assert not f.response.stream  # the ref answer is read, not streamed
-        addon.response(f)
+        await addon.response(f)
         tenant = addon.rt.keyer.tenant_id(addon_credential("Bearer t0k"))
         assert addon.rt.decider.verdicts.is_granted(tenant, "https://git.example.com/org/repo.git")
         start.assert_called_once()  # the cache has never seen this repo
@@ -162,7 +165,7 @@ def test_upstream_refusal_revokes_a_grant(status: int, tmp_path: Path) -> None:
         await addon.request(f)
         f.response = http.Response.make(status, b"no")
         addon.responseheaders(f)
-        addon.response(f)
+        await addon.response(f)
         assert not addon.rt.decider.verdicts.is_granted(tenant, url)
 
     run(body, tmp_path)

@@ -1,22 +1,51 @@
-"""What upstream last said about (tenant, repo): granted or denied, and when."""
+"""What upstream last said about (tenant, repo): granted or denied, when, and which refs."""
 
 from __future__ import annotations
 
 import time
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
+class RefView:
+    """The refs an upstream ref answer showed one credential.
+
+    ``pairs`` holds (refname, oid) for every advertised ref and
+    (refname + ``^{}``, oid) for every peeled tag; ``tips`` is every oid in
+    it. Objects are served by id only if they are reachable from ``tips``
+    (see ``decide.py``). Equal views are shared between tenants.
+    """
+
+    pairs: frozenset[tuple[str, str]]
+    tips: frozenset[str] = field(compare=False)
+
+    @classmethod
+    def of(cls, refs: Mapping[str, str], peeled: Mapping[str, str]) -> RefView:
+        """The view of an advertisement's refs and peeled tags."""
+        pairs = frozenset([*refs.items(), *((f"{n}^{{}}", o) for n, o in peeled.items())])
+        return cls(pairs, frozenset(oid for _, oid in pairs))
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The advertised ref names (peeled entries excluded)."""
+        return frozenset(n for n, _ in self.pairs if not n.endswith("^{}"))
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """One upstream answer: ``granted``, the monotonic time it was seen, and for a
-    denial its HTTP status and ``WWW-Authenticate`` challenge (replayed offline)."""
+    denial its HTTP status and ``WWW-Authenticate`` challenge (replayed offline).
+    A grant may carry the refs it showed (``view``, seen at ``view_at``)."""
 
     granted: bool
     at: float
     status: int | None = None
     challenge: str | None = None
+    view: RefView | None = None
+    view_at: float = 0.0
 
 
 class VerdictCache:
@@ -27,6 +56,9 @@ class VerdictCache:
     - ``granted_within``: the latest answer is a grant younger than the given
       age (offline mode, with its longer grace); a later denial always wins.
     - ``is_denied``: the latest answer is a denial younger than ``negative_ttl``.
+    - ``view``: the refs of the latest grant that listed refs, if younger than
+      the given age. A grant without refs (a v2 capability advertisement)
+      keeps the previous view; a denial drops it.
 
     A denial replaces a grant at once (revocation is never delayed). Grants
     are kept for ``max(ttl, keep)`` seconds and denials for
@@ -51,17 +83,26 @@ class VerdictCache:
         self._max = max_entries
         self._clock = clock
         self._entries: OrderedDict[tuple[str, str], Verdict] = OrderedDict()
+        self._views: weakref.WeakValueDictionary[frozenset[tuple[str, str]], RefView] = (
+            weakref.WeakValueDictionary()
+        )
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def record(self, tenant: str, repo: str, granted: bool, *, status: int | None = None,
-               challenge: str | None = None) -> None:
+               challenge: str | None = None, view: RefView | None = None) -> None:
         """Store upstream's latest answer for (tenant, repo)."""
         key = (tenant, repo)
-        self._entries.pop(key, None)
+        previous = self._entries.pop(key, None)
         now = self._clock()
-        self._entries[key] = Verdict(granted, now, status, challenge)
+        view_at = now
+        if view is not None:
+            view = self._views.setdefault(view.pairs, view)
+        elif granted and previous is not None and previous.granted:
+            view, view_at = previous.view, previous.view_at
+        self._entries[key] = Verdict(granted, now, status, challenge,
+                                     view if granted else None, view_at)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
         self._sweep(now)
@@ -76,10 +117,6 @@ class VerdictCache:
             if now - oldest.at < limit:
                 return
             del self._entries[key]
-
-    def latest(self, tenant: str, repo: str) -> Verdict | None:
-        """The latest recorded answer for (tenant, repo), however old."""
-        return self._entries.get((tenant, repo))
 
     def denied_within(self, tenant: str, repo: str, age: float) -> Verdict | None:
         """The latest answer if it is a denial younger than ``age`` seconds."""
@@ -101,6 +138,14 @@ class VerdictCache:
         """True iff the latest answer is a denial younger than ``negative_ttl``."""
         v = self._entries.get((tenant, repo))
         return v is not None and not v.granted and self._clock() - v.at < self.negative_ttl
+
+    def view(self, tenant: str, repo: str, age: float) -> RefView | None:
+        """The refs upstream last listed for (tenant, repo), if the latest answer is a
+        grant and those refs are younger than ``age`` seconds."""
+        v = self._entries.get((tenant, repo))
+        if v is None or not v.granted or v.view is None or self._clock() - v.view_at >= age:
+            return None
+        return v.view
 
     def clear(self) -> None:
         """Forget everything."""

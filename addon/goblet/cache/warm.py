@@ -76,7 +76,9 @@ class Warmer:
     """Fills the listed repos now and then."""
 
     def __init__(self, filler: Filler, store: RepoStore, urls_file: Path | None,
-                 credentials_file: Path | None, interval: float) -> None:
+                 credentials_file: Path | None, interval: float, *,
+                 anonymous: bool = False) -> None:
+        self.anonymous = anonymous
         self.filler = filler
         self.store = store
         self.urls_file = urls_file
@@ -84,7 +86,13 @@ class Warmer:
         self.interval = interval
 
     def credential(self) -> Credential:
-        """The warming credential, read fresh (so rotating the file needs no restart)."""
+        """The warming credential, read fresh (so rotating the file needs no restart).
+
+        With ``anonymous`` (isolation ``public``) it is always the anonymous
+        credential: only repos the upstream serves to anyone may reach the disk.
+        """
+        if self.anonymous:
+            return Credential()
         if self.credentials_file is not None:
             return parse_header_lines(self.credentials_file.read_text("utf-8").splitlines())
         return parse_header_lines(os.environ.get(ENV_HEADER, "").splitlines())

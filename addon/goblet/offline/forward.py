@@ -64,9 +64,15 @@ class Forwarder:
     async def send(
         self, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes | None
     ) -> UpstreamAnswer:
-        """Send the request; raise UpstreamUnreachable when no answer comes in time."""
+        """Send the request; raise UpstreamUnreachable when no answer comes in time.
+
+        Raises ValueError (whose message never holds a header value) for a
+        header that cannot be sent as it is (CR, LF or NUL in it).
+        """
         fields = HTTPHeaders()
         for k, v in headers:
+            if any(c in v for c in "\r\n\0") or any(c in k for c in "\r\n\0: "):
+                raise ValueError("a request header cannot be forwarded as it is")
             if k.lower() not in HOP_BY_HOP:
                 fields.add(k, v)
         request = HTTPRequest(

@@ -152,7 +152,9 @@ class ServeBackend:
         if plan.advertise:
             args.append("--advertise-refs")
         try:
-            proc = await self.git.spawn([*args, str(plan.repo_dir)], extra_env=extra)
+            proc = await self.git.spawn(
+                [*args, str(plan.repo_dir)], extra_env=extra,
+                config=[("uploadpack.hideRefs", ref) for ref in plan.hidden_refs])
         except OSError as e:
             stats.error = f"cannot start upload-pack: {e.strerror}"
             await _send_git_error(conn, writer, plan, "goblet: cache unavailable, retry")

@@ -41,7 +41,8 @@ class ServePlan:
 
     ``advertise`` runs ``--advertise-refs`` (an info/refs answer, offline)
     and sends ``prefix`` first; ``notice``, if set, is shown to the user as a
-    ``remote:`` line inside a side-band answer.
+    ``remote:`` line inside a side-band answer; ``hidden_refs`` are left out
+    of ref answers (``uploadpack.hideRefs``).
     """
 
     repo_dir: Path
@@ -51,6 +52,7 @@ class ServePlan:
     advertise: bool = False
     prefix: bytes = b""
     notice: str | None = None
+    hidden_refs: tuple[str, ...] = ()  # refs upload-pack must not advertise (offline answers)
     cache_key: str | None = None  # pack-cache key, for final fetch requests only
     repo_key: str = ""  # the cache repo's key, for "is anyone reading it" questions
     stats: ServeStats = field(default_factory=ServeStats)

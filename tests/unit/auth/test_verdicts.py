@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from goblet.auth.verdicts import Verdict, VerdictCache
+from goblet.auth.verdicts import RefView, Verdict, VerdictCache
 
 REPO = "https://github.com/org/repo.git"
 
@@ -187,3 +187,58 @@ def test_verdict_is_immutable() -> None:
     v = Verdict(True, 1.0)
     with pytest.raises(AttributeError):
         v.granted = False  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- ref views (served by id)
+
+A, B, C = "a" * 40, "b" * 40, "c" * 40
+
+
+def view(**refs: str) -> RefView:
+    return RefView.of({f"refs/heads/{k}": v for k, v in refs.items()}, {})
+
+
+def test_a_view_holds_refs_and_peeled_tags() -> None:
+    v = RefView.of({"refs/heads/main": A, "refs/tags/v1": B}, {"refs/tags/v1": C})
+    assert v.tips == {A, B, C}
+    assert v.names == {"refs/heads/main", "refs/tags/v1"}
+
+
+def test_a_grant_without_refs_keeps_the_previous_view(clock: Clock) -> None:
+    c = cache(clock)
+    c.record("t", REPO, granted=True, view=view(main=A))
+    clock.now += 10
+    c.record("t", REPO, granted=True)  # a v2 capability advertisement lists no refs
+    got = c.view("t", REPO, 60)
+    assert got is not None and got.tips == {A}
+    clock.now += 51  # the view is as old as the answer that listed the refs
+    assert c.view("t", REPO, 60) is None
+    assert c.is_granted("t", REPO)
+
+
+def test_a_newer_view_replaces_the_older_one(clock: Clock) -> None:
+    c = cache(clock)
+    c.record("t", REPO, granted=True, view=view(main=A, leak=B))
+    c.record("t", REPO, granted=True, view=view(main=A))
+    got = c.view("t", REPO, 60)
+    assert got is not None and got.tips == {A}
+
+
+def test_a_denial_drops_the_view(clock: Clock) -> None:
+    c = cache(clock)
+    c.record("t", REPO, granted=True, view=view(main=A))
+    c.record("t", REPO, granted=False, status=404)
+    assert c.view("t", REPO, 60) is None
+    c.record("t", REPO, granted=True)  # a later grant without refs brings nothing back
+    assert c.view("t", REPO, 60) is None
+
+
+def test_views_are_per_tenant_and_shared_when_equal(clock: Clock) -> None:
+    c = cache(clock)
+    c.record("t1", REPO, granted=True, view=view(main=A))
+    c.record("t2", REPO, granted=True, view=view(main=A))
+    c.record("t3", REPO, granted=True, view=view(main=B))
+    assert c.view("t1", REPO, 60) is c.view("t2", REPO, 60)
+    v3 = c.view("t3", REPO, 60)
+    assert v3 is not None and v3.tips == {B}
+    assert c.view("t4", REPO, 60) is None

@@ -1,0 +1,260 @@
+"""FetchDecider, rule by rule: a real cache repo on disk, fakes for the filler and upstream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from goblet.auth.credentials import Credential
+from goblet.auth.verdicts import RefView, VerdictCache
+from goblet.cache.fill import FailureKind, FillError, FillResult
+from goblet.cache.gitrun import GitRunner
+from goblet.cache.store import CacheRepo, RepoStore
+from goblet.decide import Decision, FetchDecider, Route
+from goblet.offline.ask import Finding, RefsProbe
+from goblet.offline.state import UpstreamState
+from goblet.protocol import refs
+from goblet.protocol.request import FetchRequest
+
+from tests.support.repos import add_commit, git, make_bare_repo
+
+URL = "https://git.example/org/repo.git"
+HOST = "git.example"
+ALICE = Credential((("authorization", "Bearer a"),))
+BOB = Credential((("authorization", "Bearer b"),))
+
+
+class FakeFiller:
+    """Fills that resolve as told; records what it was asked."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[FillResult] | None = None
+        self.started: list[Credential] = []
+        self.fetched: list[Sequence[str]] = []
+        self.fail: FillError | None = None  # how fills end
+        self.fail_fetch: FillError | None = None  # how fetches by id end
+
+    def in_flight(self, repo: CacheRepo) -> asyncio.Task[FillResult] | None:
+        return self.task if self.task is not None and not self.task.done() else None
+
+    def start(self, repo: CacheRepo, credential: Credential, head: str | None = None,
+              progress: Any = None) -> asyncio.Task[FillResult]:
+        self.started.append(credential)
+
+        async def fill() -> FillResult:
+            await asyncio.sleep(0.2)  # long enough for a second request to join
+            if self.fail is not None:
+                raise self.fail
+            return FillResult(False, 1, 0.0)
+
+        self.task = asyncio.get_running_loop().create_task(fill())
+        return self.task
+
+    async def fetch_oids(self, repo: CacheRepo, credential: Credential,
+                         oids: Sequence[str]) -> None:
+        self.fetched.append(oids)
+        if self.fail_fetch is not None:
+            raise self.fail_fetch
+
+
+class FakeAsker:
+    """goblet's own upstream requests, answered as told."""
+
+    def __init__(self) -> None:
+        self.probe = RefsProbe(Finding.OUTAGE)
+        self.serve: bool | None = False
+        self.refs_asked = 0
+        self.serves_asked: list[Sequence[str]] = []
+
+    async def refs(self, host: str, repo_url: str, credential: Credential) -> RefsProbe:
+        self.refs_asked += 1
+        return self.probe
+
+    async def serves(self, host: str, repo_url: str, credential: Credential,
+                     oids: Sequence[str]) -> bool | None:
+        self.serves_asked.append(oids)
+        return self.serve
+
+
+class World:
+    """A store with one cached repo (main, dev, a tag) and an unreferenced commit in it."""
+
+    def __init__(self, root: Path, *, offline: bool = False, isolation: str = "shared") -> None:
+        home = root / "home"
+        home.mkdir(parents=True)
+        self.store = RepoStore(root / "cache", GitRunner(home=home))
+        self.store.prepare()
+        self.repo = self.store.repo_for(URL)
+        make_bare_repo(self.repo.path, commits=4, branches=("main", "dev"), tags=("v1",))
+        self.gone = add_commit(self.repo.path, branch="scrubbed", message="secret")
+        git("update-ref", "-d", "refs/heads/scrubbed", cwd=self.repo.path)
+        refs_now = {
+            name: git("rev-parse", name, cwd=self.repo.path)
+            for name in ("refs/heads/main", "refs/heads/dev", "refs/tags/v1")
+        }
+        self.refs = refs_now
+        self.old = git("rev-parse", "refs/heads/main~2", cwd=self.repo.path)
+        self.store.write_state(self.repo.path, self.repo, refs_now, "refs/heads/main")
+        self.clock = [1000.0]
+        self.verdicts = VerdictCache(60, keep=86400 if offline else 0,
+                                     clock=lambda: self.clock[0])
+        self.filler = FakeFiller()
+        self.asker = FakeAsker()
+        self.upstream = UpstreamState(clock=lambda: self.clock[0])
+        self.decider = FetchDecider(
+            self.store, self.filler, self.verdicts,  # type: ignore[arg-type]
+            isolation=isolation, offline=offline, offline_grace=86400, upstream=self.upstream,
+            asker=self.asker,  # type: ignore[arg-type]
+        )
+
+    def grant(self, tenant: str, **names: str) -> None:
+        view = RefView.of({n: self.refs[n] for n in names.values()} if names else self.refs, {})
+        self.verdicts.record(tenant, URL, granted=True, view=view)
+
+    def decide(self, tenant: str, *wants: str, credential: Credential = ALICE,
+               shallows: tuple[str, ...] = ()) -> Decision:
+        req = FetchRequest(2, tuple(wants), (), shallows, True, ())
+        return asyncio.run(self.decider.decide(self.repo, tenant, credential, req, HOST))
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World(tmp_path)
+
+
+def test_advertised_tips_are_served(world: World) -> None:
+    world.grant("alice")
+    d = world.decide("alice", world.refs["refs/heads/main"], world.refs["refs/tags/v1"])
+    assert d.route is Route.CACHE and d.notice is None
+    assert world.asker.serves_asked == []
+
+
+def test_history_of_advertised_tips_is_served_without_asking(world: World) -> None:
+    world.grant("alice")
+    assert world.decide("alice", world.old).route is Route.CACHE
+    assert world.asker.serves_asked == []
+
+
+def test_no_fresh_grant_goes_upstream(world: World) -> None:
+    assert world.decide("alice", world.refs["refs/heads/main"]).route is Route.UPSTREAM
+    world.grant("alice")
+    world.clock[0] += 61
+    assert world.decide("alice", world.refs["refs/heads/main"]).route is Route.UPSTREAM
+
+
+def test_an_object_upstream_deleted_is_not_served_by_id(world: World) -> None:
+    world.grant("alice")
+    world.asker.serve = False  # upstream: "not our ref"
+    d = world.decide("alice", world.gone)
+    assert d.route is Route.UPSTREAM and "not advertised" in d.reason
+    assert world.asker.serves_asked == [[world.gone]]
+
+
+def test_a_shallow_line_counts_like_a_want(world: World) -> None:
+    world.grant("alice")
+    d = world.decide("alice", world.refs["refs/heads/main"], shallows=(world.gone,))
+    assert d.route is Route.UPSTREAM
+
+
+def test_refs_hidden_from_this_credential_do_not_count(world: World) -> None:
+    world.grant("bob", main="refs/heads/main")  # upstream shows bob main only
+    dev = world.refs["refs/heads/dev"]
+    world.asker.serve = False
+    assert world.decide("bob", dev, credential=BOB).route is Route.UPSTREAM
+    world.asker.serve = True  # upstream confirms it would serve it to bob now
+    assert world.decide("bob", dev, credential=BOB).route is Route.CACHE
+
+
+def test_without_a_ref_list_every_want_is_confirmed_upstream(world: World) -> None:
+    world.verdicts.record("alice", URL, granted=True)  # a v2 capability advertisement only
+    world.asker.serve = True
+    assert world.decide("alice", world.refs["refs/heads/main"]).route is Route.CACHE
+    assert world.asker.serves_asked == [[world.refs["refs/heads/main"]]]
+
+
+def test_missing_objects_fetched_with_the_clients_credential_need_no_probe(
+        world: World) -> None:
+    world.grant("alice")
+    ghost = "9" * 40  # never appears: the fake fetch brings nothing
+    d = world.decide("alice", ghost)
+    assert d.route is Route.UPSTREAM and world.filler.fetched == [[ghost]]
+
+
+def test_a_joined_fill_of_another_credential_fails_without_blame(world: World) -> None:
+    async def scenario() -> Decision:
+        world.grant("alice")
+        world.filler.fail = FillError(FailureKind.DENIED, "upstream answered 403 for x", 403)
+        world.decider.start_fill(world.repo, BOB, "bob")
+        missing = FetchRequest(2, ("8" * 40,), (), (), True, ())
+        return await world.decider.decide(world.repo, "alice", ALICE, missing, HOST)
+
+    joined = asyncio.run(scenario())
+    assert joined.route is Route.UPSTREAM and "403" not in joined.reason
+    assert world.verdicts.is_granted("alice", URL)  # bob's refusal is not alice's
+
+
+def test_a_refusal_of_the_clients_own_fetch_is_recorded(world: World) -> None:
+    world.grant("alice")
+    world.filler.fail_fetch = FillError(FailureKind.DENIED, "upstream answered 403", 403)
+    d = world.decide("alice", "8" * 40)
+    assert d.route is Route.UPSTREAM and "refused" in d.reason
+    assert not world.verdicts.is_granted("alice", URL)
+
+
+# ------------------------------------------------------------------------------ offline
+
+
+@pytest.fixture
+def offline(tmp_path: Path) -> World:
+    w = World(tmp_path, offline=True)
+    w.grant("alice")
+    w.clock[0] += 3600  # the grant is an hour old: stale online, within the grace
+    return w
+
+
+def test_offline_needs_an_outage_goblet_observed(offline: World) -> None:
+    offline.asker.probe = RefsProbe(Finding.OUTAGE)
+    d = offline.decide("alice", offline.refs["refs/heads/main"])
+    assert d.route is Route.CACHE and d.offline and "unreachable since" in (d.notice or "")
+    assert offline.asker.refs_asked == 1
+
+
+def test_a_revocation_seen_by_the_probe_wins(offline: World) -> None:
+    offline.asker.probe = RefsProbe(Finding.DENIED, status=404)
+    d = offline.decide("alice", offline.refs["refs/heads/main"])
+    assert d.route is Route.UPSTREAM
+    assert offline.verdicts.denied_within("alice", URL, 60) is not None
+
+
+def test_a_grant_seen_by_the_probe_serves_online(offline: World) -> None:
+    adv = refs.RefAdvertisement(0, dict(offline.refs))
+    offline.asker.probe = RefsProbe(Finding.GRANTED, adv, 200)
+    d = offline.decide("alice", offline.refs["refs/heads/main"])
+    assert d.route is Route.CACHE and not d.offline
+    assert offline.verdicts.is_granted("alice", URL)
+
+
+def test_a_recent_own_network_failure_spares_the_probe(offline: World) -> None:
+    offline.upstream.unreachable(HOST)
+    d = offline.decide("alice", offline.refs["refs/heads/main"])
+    assert d.offline and offline.asker.refs_asked == 0
+
+
+def test_offline_never_serves_objects_outside_the_tenants_refs(offline: World) -> None:
+    d = offline.decide("alice", offline.gone)
+    assert d.route is Route.ERROR
+
+
+def test_offline_without_a_grant_within_the_grace_goes_upstream(offline: World) -> None:
+    assert offline.decide("bob", offline.refs["refs/heads/main"]).route is Route.UPSTREAM
+    assert offline.asker.refs_asked == 0
+
+
+def test_offline_ref_answers_hide_refs_the_tenant_was_not_shown(tmp_path: Path) -> None:
+    w = World(tmp_path, offline=True)
+    w.grant("bob", main="refs/heads/main")
+    assert w.decider.offline_hidden_refs("bob", w.repo) == ("refs/heads/dev", "refs/tags/v1")
+    assert w.decider.offline_hidden_refs("carol", w.repo) is None
