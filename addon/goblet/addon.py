@@ -115,12 +115,10 @@ class Goblet:
         except ValueError as e:
             raise exceptions.OptionsError(f"goblet: {e}") from e
         if self.rt is not None and self.settings is not None:
-            for name in ("cache_dir", "metrics_port", "metrics_host", "prefix_port"):
-                if getattr(settings, name) != getattr(self.settings, name):
-                    raise exceptions.OptionsError(
-                        f"goblet: goblet_{name} cannot change at run time"
-                    )
-            self.rt.decider.verdicts.ttl = settings.verdict_ttl
+            if frozen := opts.needing_restart(self.settings, settings):
+                raise exceptions.OptionsError(
+                    f"goblet: {', '.join(frozen)} cannot change at run time (restart goblet)")
+            self.rt.reconfigure(settings)
         self.access.configure(settings.log_format)
         self.settings = settings
         if settings.prefix_port:
@@ -132,7 +130,7 @@ class Goblet:
             # mitmproxy buffers the bodies goblet inspects; past this size it
             # streams them instead (they pass through uninspected).
             ctx.options.update(stream_large_bodies=str(settings.max_request_bytes))
-        if settings.offline and ctx.options.connection_strategy != "lazy":
+        if settings.offline and getattr(ctx.options, "connection_strategy", "lazy") != "lazy":
             # An eager CONNECT fails outright when the upstream is down, before
             # goblet sees a request it could answer from the cache.
             log.info("goblet: goblet_offline=on sets connection_strategy=lazy")

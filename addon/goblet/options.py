@@ -28,17 +28,25 @@ _IPV4 = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 
 @dataclass(frozen=True, slots=True)
 class OptionSpec:
-    """One option: name, type, default and a one-line help."""
+    """One option: name, type, default, a one-line help, and whether a change of it
+    needs a restart (``restart``; every other option applies at run time)."""
 
     name: str
     typespec: Any
     default: Any
     help: str
+    restart: bool = False
+
+    @property
+    def field(self) -> str:
+        """The Settings field this option fills."""
+        return self.name.removeprefix("goblet_")
 
 
 OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("goblet_cache_dir", str, "cache",
-               "Directory of the bare-repo cache (created if missing)."),
+               "Directory of the bare-repo cache (created if missing). Needs a restart.",
+               restart=True),
     OptionSpec("goblet_hosts", Sequence[str], list(DEFAULT_HOSTS),
                "Hosts (host or host:port) whose git traffic is intercepted and cached; "
                "other hosts are relayed without TLS interception."),
@@ -59,12 +67,14 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "Free disk below which the instance reports not ready (e.g. 512MiB, 10GiB)."),
     OptionSpec("goblet_metrics_port", str, "0",
                "Also serve /metrics, /healthz and /readyz on this port (0: only on the "
-               "proxy port)."),
+               "proxy port). Needs a restart.", restart=True),
     OptionSpec("goblet_metrics_host", str, "",
-               "Address for goblet_metrics_port (default: mitmproxy's listen_host)."),
+               "Address for goblet_metrics_port (default: mitmproxy's listen_host). Needs a "
+               "restart.", restart=True),
     OptionSpec("goblet_prefix_port", str, "0",
                "Also listen on this port for path-prefix requests, http://goblet:PORT/<host>/"
-               "<repo> (plain HTTP from the client; upstream always over https). 0: off."),
+               "<repo> (plain HTTP from the client; upstream always over https). 0: off. "
+               "Needs a restart.", restart=True),
     OptionSpec("goblet_cache_max_bytes", str, "0",
                "Budget of the cache (repos and stored packs); least recently used repos are "
                "evicted above it (e.g. 50GiB; 0: no byte budget, only goblet_min_free_bytes)."),
@@ -136,6 +146,12 @@ class Settings:
 
 
 ISOLATION_MODES = ("shared", "tenant", "user", "public")
+
+
+def needing_restart(old: Settings, new: Settings) -> list[str]:
+    """The options whose change from ``old`` to ``new`` cannot apply at run time."""
+    return [spec.name for spec in OPTIONS
+            if spec.restart and getattr(old, spec.field) != getattr(new, spec.field)]
 
 
 _TRUE = ("on", "true", "yes", "1")

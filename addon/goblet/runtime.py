@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from goblet.auth.credentials import TenantKeyer, short
@@ -95,7 +96,7 @@ class Runtime:
         self.packcache = PackCache(self.store.packcache_dir, settings.pack_cache_max_bytes)
         self.backend = ServeBackend(git, self.plans, self.packcache)
         locks = RepoLocks(self.store.lock_dir)
-        reporter = FillReporter(metrics, access, settings.instance)
+        reporter = self.reporter = FillReporter(metrics, access, settings.instance)
         filler = Filler(self.store, locks, git, stall_timeout=settings.upstream_timeout,
                         observer=reporter)
         self.evictor = Evictor(
@@ -133,6 +134,34 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         metrics.track_verdicts(lambda: len(self.decider.verdicts))
         metrics.pack_cache_bytes.set_function(lambda: float(self.packcache.stored_bytes))
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Apply changed settings to the running parts.
+
+        Every option applies here except those declared ``restart`` in
+        ``options.OPTIONS`` (the addon refuses to change those at run time).
+        Settings are read from here on; nothing keeps an older copy.
+        """
+        s = self.settings = settings
+        verdicts = self.decider.verdicts
+        verdicts.ttl, verdicts.negative_ttl = s.verdict_ttl, s.negative_ttl
+        verdicts.keep = s.offline_grace if s.offline else 0
+        self.decider.isolation, self.decider.offline = s.isolation, s.offline
+        self.decider.offline_grace = s.offline_grace
+        self.decider.filler.stall_timeout = s.upstream_timeout
+        if self.forwarder is not None:
+            self.forwarder.timeout = s.upstream_timeout
+        self.evictor.max_bytes, self.evictor.min_free_bytes = s.cache_max_bytes, s.min_free_bytes
+        self.health.min_free_bytes = s.min_free_bytes
+        self.packcache.max_bytes = s.pack_cache_max_bytes
+        self.maintainer.policy = replace(self.maintainer.policy, full_every=s.full_repack_interval,
+                                         threads=s.repack_threads)
+        self.lifecycle.maintenance = s.maintenance
+        self.partitions.max_per_repo = s.max_partitions
+        self.reporter.instance = s.instance
+        self.warmer.urls_file, self.warmer.credentials_file = s.warm_repos, s.warm_credentials
+        self.warmer.interval, self.warmer.anonymous = s.warm_interval, s.isolation == "public"
+        self.lifecycle.check_budget()
 
     def _evicted(self, eviction: Eviction) -> None:
         self.metrics.evictions.inc()

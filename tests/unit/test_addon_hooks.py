@@ -242,3 +242,57 @@ def test_tls_to_other_hosts_is_not_intercepted(tmp_path: Path) -> None:
             assert data.ignore_connection is ignored, address
 
     run(body, tmp_path)
+
+
+# -------------------------------------------------------------- options changed at run time
+
+RUNTIME_VALUES = {
+    "goblet_hosts": ["a.example", "b.example:8443"],
+    "goblet_verdict_ttl": "5m", "goblet_upstream_timeout": "7s", "goblet_instance": "i-2",
+    "goblet_max_request_bytes": "2MiB", "goblet_request_body_timeout": "9s",
+    "goblet_min_free_bytes": "3GiB", "goblet_log_format": "json",
+    "goblet_cache_max_bytes": "10GiB", "goblet_pack_cache_max_bytes": "1GiB",
+    "goblet_maintenance": "false", "goblet_full_repack_interval": "2d",
+    "goblet_repack_threads": "3", "goblet_warm_interval": "20m",
+    "goblet_isolation": "tenant", "goblet_max_partitions": "4", "goblet_negative_ttl": "9s",
+    "goblet_offline": "true", "goblet_offline_grace": "2h",
+}
+
+
+def test_every_option_applies_at_run_time_or_says_it_needs_a_restart(tmp_path: Path) -> None:
+    from goblet import options as opts
+
+    async def body(addon: Goblet, tctx: Any) -> None:
+        rt = addon.rt
+        assert rt is not None
+        covered = {spec.name for spec in opts.OPTIONS if not spec.restart}
+        assert covered - {"goblet_warm_repos", "goblet_warm_credentials"} == set(RUNTIME_VALUES)
+        tctx.configure(addon, **RUNTIME_VALUES)
+        s = addon.settings
+        assert s is not None and rt.settings is s and s.offline and s.isolation == "tenant"
+        d, v = rt.decider, rt.decider.verdicts
+        assert (v.ttl, v.negative_ttl, v.keep) == (300, 9, 7200)
+        assert (d.isolation, d.offline, d.offline_grace) == ("tenant", True, 7200)
+        assert d.filler.stall_timeout == 7 and rt.forwarder is not None
+        assert rt.forwarder.timeout == 7
+        assert (rt.evictor.max_bytes, rt.evictor.min_free_bytes) == (10 << 30, 3 << 30)
+        assert rt.health.min_free_bytes == 3 << 30 and rt.packcache.max_bytes == 1 << 30
+        assert rt.maintainer.policy.full_every == 2 * 86400 and rt.maintainer.policy.threads == 3
+        assert rt.lifecycle.maintenance is False and rt.partitions.max_per_repo == 4
+        assert rt.warmer.interval == 1200 and rt.reporter.instance == "i-2"
+        # a flow now gets a tenant partition
+        f = git_flow("GET", "/org/repo.git/info/refs?service=git-upload-pack",
+                     authorization="Bearer t0k")
+        f.request.host, f.request.port = "b.example", 8443
+        f.request.headers["host"] = "b.example:8443"
+        f.server_conn.address, f.client_conn.sni = ("b.example", 8443), "b.example"
+        addon.requestheaders(f)
+        state = addon._flows[f]
+        assert state.repo is not None and state.repo.partition.startswith("tenant:")
+        for name, value in (("goblet_cache_dir", str(tmp_path / "elsewhere")),
+                            ("goblet_metrics_port", "9999"), ("goblet_prefix_port", "9998"),
+                            ("goblet_metrics_host", "127.0.0.2")):
+            with pytest.raises(exceptions.OptionsError, match=f"{name}.*restart"):
+                tctx.configure(addon, **{name: value})
+
+    run(body, tmp_path)

@@ -361,3 +361,34 @@ def test_default_durations_and_size_parse() -> None:
 def test_default_hosts_parse() -> None:
     default = next(o for o in OPTIONS if o.name == "goblet_hosts").default
     assert parse_hosts(default) == frozenset((h, 443) for h in DEFAULT_HOSTS)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("true", True), ("false", False), ("True", True), (" on ", True), ("off", False),
+    ("yes", True), ("no", False), ("1", True), ("0", False),
+])
+def test_switches_accept_what_mitmproxy_booleans_accept(value: str, expected: bool) -> None:
+    assert options.parse_bool("goblet_offline", value) is expected
+
+
+@pytest.mark.parametrize("value", ["", "maybe", "2", "enabled"])
+def test_switches_refuse_anything_else(value: str) -> None:
+    with pytest.raises(ValueError, match="goblet_offline must be true or false"):
+        options.parse_bool("goblet_offline", value)
+
+
+def test_switch_options_parse_as_booleans() -> None:
+    values = {spec.name: spec.default for spec in options.OPTIONS}
+    values |= {"goblet_offline": "true", "goblet_maintenance": "false"}
+    s = options.parse_settings(type("O", (), values)())
+    assert s.offline is True and s.maintenance is False
+
+
+def test_restart_options_are_the_listeners_and_the_cache_dir() -> None:
+    assert {spec.name for spec in options.OPTIONS if spec.restart} == {
+        "goblet_cache_dir", "goblet_metrics_port", "goblet_metrics_host", "goblet_prefix_port"}
+    old = options.parse_settings(type("O", (), {s.name: s.default for s in options.OPTIONS})())
+    assert options.needing_restart(old, old) == []
+    from dataclasses import replace
+    assert options.needing_restart(old, replace(old, metrics_port=1, verdict_ttl=9)) == [
+        "goblet_metrics_port"]

@@ -129,10 +129,10 @@ class Warmer:
         return ok, failed
 
     async def run(self) -> None:
-        """Warm at start-up and every ``interval`` seconds, until cancelled."""
-        if self.urls_file is None:
-            return
+        """Warm at start-up and every ``interval`` seconds, until cancelled (with no
+        list, just wait: a list set at run time is warmed at the next round)."""
         while True:
-            ok, failed = await self.round()
-            log.info("warmed %d repo(s), %d failed", ok, failed)
+            if self.urls_file is not None:  # may be set or cleared at run time
+                ok, failed = await self.round()
+                log.info("warmed %d repo(s), %d failed", ok, failed)
             await asyncio.sleep(self.interval)
