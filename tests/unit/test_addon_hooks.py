@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from goblet import options as opts
 from goblet.addon import Goblet
 from goblet.auth.credentials import credential_from_headers
 from goblet.decide import Decision, Route
@@ -260,8 +261,6 @@ RUNTIME_VALUES = {
 
 
 def test_every_option_applies_at_run_time_or_says_it_needs_a_restart(tmp_path: Path) -> None:
-    from goblet import options as opts
-
     async def body(addon: Goblet, tctx: Any) -> None:
         rt = addon.rt
         assert rt is not None

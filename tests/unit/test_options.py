@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -389,6 +390,5 @@ def test_restart_options_are_the_listeners_and_the_cache_dir() -> None:
         "goblet_cache_dir", "goblet_metrics_port", "goblet_metrics_host", "goblet_prefix_port"}
     old = options.parse_settings(type("O", (), {s.name: s.default for s in options.OPTIONS})())
     assert options.needing_restart(old, old) == []
-    from dataclasses import replace
     assert options.needing_restart(old, replace(old, metrics_port=1, verdict_ttl=9)) == [
         "goblet_metrics_port"]
