@@ -23,7 +23,9 @@ Contract:
   reconfigured (then serves it normally) or 600 s pass (then closes without answering);
   ``error500`` answers 500 ``upstream broken``; ``truncate`` sends the status line, headers
   and the first half of the body (chunked) and closes without the final chunk; ``reset``
-  closes the connection with a TCP RST before answering.
+  closes the connection with a TCP RST before answering; ``err200`` answers ``200`` with the
+  git content type of the request's kind (advertisement for ``info_refs``, result otherwise)
+  and a body that is one protocol ``ERR go away`` pkt-line, whoever asks.
 
 Response bodies are streamed (chunked when no length is known) and never held in memory,
 except that a ``truncate`` fault spools the body to a temporary file to know its half.
@@ -67,6 +69,9 @@ STALL_SECONDS = 600.0
 MAX_API_BYTES = 1 << 34
 _GIT_PATH = re.compile(r"^/(?P<repo>.+?)/(?P<endpoint>info/refs|git-upload-pack|git-receive-pack)$")
 _PATTERN = bytes(i % 251 for i in range(READ_SIZE + 251))
+ADVERTISEMENT_TYPE = "application/x-git-upload-pack-advertisement"
+RESULT_TYPE = "application/x-git-upload-pack-result"
+ERR_PACKET = b"%04xERR go away\n" % (4 + len(b"ERR go away\n"))
 
 
 def deterministic_bytes(count: int) -> Iterator[bytes]:
@@ -236,6 +241,10 @@ class UpstreamHandler(StreamingHandler):
             return
         if mode == "error500":
             self.send_bytes(500, b"upstream broken\n")
+            return
+        if mode == "err200":
+            ctype = ADVERTISEMENT_TYPE if route.kind == "info_refs" else RESULT_TYPE
+            self.send_bytes(200, ERR_PACKET, ctype)
             return
         truncate = mode == "truncate"
         if decision is not None:
