@@ -131,7 +131,7 @@ class GobletProxy:
                 return self
             if self.proc.poll() is not None:
                 break
-        self._reader.join(2)
+        self.stop()  # never leave a half-started mitmdump behind
         raise RuntimeError(f"mitmdump did not become ready:\n{self.log_text()[-4000:]}")
 
     def _read(self) -> None:

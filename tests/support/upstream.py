@@ -3,7 +3,8 @@
 Usage (cwd = project root)::
 
     python -m tests.support.upstream --config CFG.json --root REPOS_DIR --cert-dir DIR \
-        [--port 0] [--latency-ms 0] [--rate-mbit 0]
+        [--port 0] [--latency-ms 0] [--rate-mbit 0] \
+        [--alt-name NAME --alt-root REPOS_DIR --alt-config CFG.json]
 
 Contract:
 
@@ -14,6 +15,11 @@ Contract:
 * ``/<repo>/info/refs``, ``/<repo>/git-upload-pack`` and ``/<repo>/git-receive-pack`` are
   served by ``git http-backend`` for bare repos under ``--root``, after the access rules of
   ``upstream_auth`` (config re-read on every request);
+* with ``--alt-name``, requests addressed to that host name are a second site served from
+  ``--alt-root`` under ``--alt-config``, like one server hosting two virtual hosts. The name
+  a request is addressed to is, in this order: the authority of an absolute-form request
+  target (RFC 9112 says a server must prefer it to ``Host``), else the TLS server name
+  (SNI) of the connection (like a front end that routes by SNI), else the ``Host`` header;
 * ``GET /api/hello``, ``GET /api/bytes?n=N`` (byte ``i`` is ``i % 251``) and ``POST /api/echo``
   are pass-through endpoints; ``/_upstream/{stats,reset,fault}`` are control endpoints (never
   counted, delayed, paced or faulted); anything else is 404;
@@ -23,7 +29,9 @@ Contract:
   reconfigured (then serves it normally) or 600 s pass (then closes without answering);
   ``error500`` answers 500 ``upstream broken``; ``truncate`` sends the status line, headers
   and the first half of the body (chunked) and closes without the final chunk; ``reset``
-  closes the connection with a TCP RST before answering.
+  closes the connection with a TCP RST before answering; ``err200`` answers ``200`` with the
+  git content type of the request's kind (advertisement for ``info_refs``, result otherwise)
+  and a body that is one protocol ``ERR go away`` pkt-line, whoever asks.
 
 Response bodies are streamed (chunked when no length is known) and never held in memory,
 except that a ``truncate`` fault spools the body to a temporary file to know its half.
@@ -67,6 +75,9 @@ STALL_SECONDS = 600.0
 MAX_API_BYTES = 1 << 34
 _GIT_PATH = re.compile(r"^/(?P<repo>.+?)/(?P<endpoint>info/refs|git-upload-pack|git-receive-pack)$")
 _PATTERN = bytes(i % 251 for i in range(READ_SIZE + 251))
+ADVERTISEMENT_TYPE = "application/x-git-upload-pack-advertisement"
+RESULT_TYPE = "application/x-git-upload-pack-result"
+ERR_PACKET = b"%04xERR go away\n" % (4 + len(b"ERR go away\n"))
 
 
 def deterministic_bytes(count: int) -> Iterator[bytes]:
@@ -91,6 +102,16 @@ class Settings:
     stats: Stats = field(default_factory=Stats)
     faults: FaultState = field(default_factory=FaultState)
     children: ChildRegistry = field(default_factory=ChildRegistry)
+    alt_name: str | None = None
+    alt_root: Path | None = None
+    alt_config_path: Path | None = None
+
+    def site(self, host: str | None) -> tuple[Path, Path]:
+        """(repo root, config file) of the site a request addressed to ``host`` reaches."""
+        if self.alt_name and host and host.lower() == self.alt_name:
+            assert self.alt_root is not None and self.alt_config_path is not None
+            return self.alt_root, self.alt_config_path
+        return self.root, self.config_path
 
 
 @dataclass(frozen=True)
@@ -118,6 +139,7 @@ class UpstreamHandler(StreamingHandler):
         self._fault = "none"
         self._user: str | None = None
         self._notes: list[str] = []
+        self._root, self._config_path = self.server.settings.root, self.server.settings.config_path
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """Suppressed: :meth:`_log_exchange` writes one richer line per request."""
@@ -155,6 +177,7 @@ class UpstreamHandler(StreamingHandler):
         started = time.monotonic()
         self._begin_exchange()
         split = urlsplit(self.path)
+        self._root, self._config_path = self.server.settings.site(self._addressed_to(split))
         body: IO[bytes] | None = None
         try:
             try:
@@ -185,6 +208,16 @@ class UpstreamHandler(StreamingHandler):
 
     # -- routing -----------------------------------------------------------------------
 
+    def _addressed_to(self, split: Any) -> str | None:
+        """The host name the request is for: absolute-form authority, else SNI, else Host."""
+        if split.netloc:
+            return str(split.hostname or "")
+        sni = getattr(self.connection, "sni", None)
+        if sni:
+            return str(sni)
+        host = self.headers.get("Host") or ""
+        return urlsplit(f"//{host}").hostname
+
     def _route(self, path: str, query: str, body: IO[bytes] | None) -> Route:
         match = _GIT_PATH.match(unquote(path))
         if match is None:
@@ -207,7 +240,7 @@ class UpstreamHandler(StreamingHandler):
         route = self._route(path, query, body)
         self._kind = route.kind
         try:
-            config = auth.load_config(settings.config_path)
+            config = auth.load_config(self._config_path)
         except (OSError, ValueError) as exc:
             self._notes.append(f"config_error={exc!s:.200}")
             self.send_bytes(500, b"upstream config unreadable\n")
@@ -237,6 +270,10 @@ class UpstreamHandler(StreamingHandler):
         if mode == "error500":
             self.send_bytes(500, b"upstream broken\n")
             return
+        if mode == "err200":
+            ctype = ADVERTISEMENT_TYPE if route.kind == "info_refs" else RESULT_TYPE
+            self.send_bytes(200, ERR_PACKET, ctype)
+            return
         truncate = mode == "truncate"
         if decision is not None:
             self._serve_git(route, decision, path, query, body, truncate)
@@ -264,8 +301,8 @@ class UpstreamHandler(StreamingHandler):
         if decision.status == 403:
             self.send_bytes(403, b"Permission denied.\n", truncate=truncate)
             return
-        repo_dir = (settings.root / route.repo).resolve()
-        inside = repo_dir.is_relative_to(settings.root.resolve())
+        repo_dir = (self._root / route.repo).resolve()
+        inside = repo_dir.is_relative_to(self._root.resolve())
         if decision.status != 200 or not inside or not (repo_dir / "HEAD").is_file():
             self.send_bytes(404, b"Repository not found.\n", truncate=truncate)
             return
@@ -280,7 +317,7 @@ class UpstreamHandler(StreamingHandler):
             git_protocol=self.headers.get("Git-Protocol"),
             remote_user=decision.user,
         )
-        backend = HttpBackend(settings.root, settings.home, request, body, settings.children)
+        backend = HttpBackend(self._root, settings.home, request, body, settings.children)
         try:
             try:
                 status, headers = backend.read_headers()
@@ -395,6 +432,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--rate-mbit", type=float, default=0.0)
+    parser.add_argument("--alt-name", default=None)
+    parser.add_argument("--alt-root", type=Path, default=None)
+    parser.add_argument("--alt-config", type=Path, default=None)
     return parser.parse_args(argv)
 
 
@@ -406,6 +446,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_path, key_path)
     context.set_alpn_protocols(["http/1.1"])
+
+    def remember_sni(sock: Any, server_name: str | None, _context: ssl.SSLContext) -> None:
+        sock.sni = server_name  # read by the handler to pick the site
+
+    context.sni_callback = remember_sni
     home = Path(tempfile.mkdtemp(prefix="upstream-home-"))
     settings = Settings(
         root=args.root.resolve(),
@@ -413,6 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         home=home,
         latency_s=args.latency_ms / 1000.0,
         rate_bytes_per_s=args.rate_mbit * 1_000_000 / 8,
+        alt_name=args.alt_name.lower() if args.alt_name else None,
+        alt_root=args.alt_root.resolve() if args.alt_root else None,
+        alt_config_path=args.alt_config.resolve() if args.alt_config else None,
     )
     server = UpstreamHTTPServer(("127.0.0.1", args.port), context, settings)
 

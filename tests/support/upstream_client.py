@@ -8,7 +8,9 @@ Typical use in a fixture::
 
 Layout under ``workdir``: ``repos/`` (``root``, where tests create bare repos),
 ``certs/upstream-cert.pem`` (``cert_path``, regenerated at every start), ``config.json`` and
-``upstream.log`` (the server's stderr, see :meth:`UpstreamServer.log_text`).
+``upstream.log`` (the server's stderr, see :meth:`UpstreamServer.log_text`). With
+``alt_name`` (a second virtual host on the same port, e.g. ``localhost``): ``alt-repos/``
+(``alt_root``) and ``alt-config.json``.
 Control calls go straight to the server over HTTPS (trusting only ``cert_path``), never
 through a proxy.
 """
@@ -48,7 +50,8 @@ class UpstreamServer:
     """
 
     def __init__(
-        self, workdir: Path, config: dict[str, Any], *, latency_ms: int = 0, rate_mbit: float = 0
+        self, workdir: Path, config: dict[str, Any], *, latency_ms: int = 0, rate_mbit: float = 0,
+        alt_name: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.root = workdir / "repos"
@@ -64,6 +67,12 @@ class UpstreamServer:
         self._log_file: IO[bytes] | None = None
         self.root.mkdir(parents=True, exist_ok=True)
         self.set_config(config)
+        self.alt_name = alt_name
+        self.alt_root = workdir / "alt-repos"
+        self.alt_config_path = workdir / "alt-config.json"
+        if alt_name:
+            self.alt_root.mkdir(parents=True, exist_ok=True)
+            self.set_alt_config({"users": config.get("users", {}), "repos": {}})
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -92,6 +101,9 @@ class UpstreamServer:
             "--rate-mbit",
             str(self.rate_mbit),
         ]
+        if self.alt_name:
+            command += ["--alt-name", self.alt_name, "--alt-root", str(self.alt_root),
+                        "--alt-config", str(self.alt_config_path)]
         self._proc = subprocess.Popen(
             command,
             cwd=PROJECT_ROOT,
@@ -182,6 +194,15 @@ class UpstreamServer:
         """HTTPS URL of ``repo`` (a key of the config's ``repos``), e.g. for ``git clone``."""
         return f"https://{self.host}/{repo}"
 
+    @property
+    def alt_host(self) -> str:
+        """``<alt_name>:<port>``, the second virtual host."""
+        return f"{self.alt_name}:{self.port}"
+
+    def alt_url(self, repo: str) -> str:
+        """HTTPS URL of ``repo`` on the second virtual host."""
+        return f"https://{self.alt_host}/{repo}"
+
     def git_env(self, home: Path) -> dict[str, str]:
         """Environment for a git client talking to this server directly (no proxy).
 
@@ -241,6 +262,13 @@ class UpstreamServer:
         tmp = self.config_path.with_name(self.config_path.name + ".tmp")
         tmp.write_text(json.dumps(config, indent=2), encoding="utf-8")
         os.replace(tmp, self.config_path)
+
+    def set_alt_config(self, config: dict[str, Any]) -> None:
+        """Atomically rewrite the second virtual host's config (see :meth:`set_config`)."""
+        self.alt_config = json.loads(json.dumps(config))
+        tmp = self.alt_config_path.with_name(self.alt_config_path.name + ".tmp")
+        tmp.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        os.replace(tmp, self.alt_config_path)
 
     def log_text(self) -> str:
         """Everything the server wrote to stderr so far ('' before the first start)."""

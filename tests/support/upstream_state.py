@@ -32,7 +32,7 @@ GIT_KINDS: tuple[str, ...] = (
 )
 ALL_KINDS: tuple[str, ...] = (*GIT_KINDS, "api", "not_found")
 PACK_KINDS: frozenset[str] = frozenset({"fetch", "upload_pack_v0"})
-FAULT_MODES: tuple[str, ...] = ("none", "stall", "error500", "truncate", "reset")
+FAULT_MODES: tuple[str, ...] = ("none", "stall", "error500", "truncate", "reset", "err200")
 MAX_LOGGED_REQUESTS = 500
 _PREFIX_LIMIT = 64 * 1024
 

@@ -1,0 +1,133 @@
+"""Objects the upstream no longer serves are not served by id from the cache.
+
+The cache keeps objects after their refs go (a fill prunes refs, not objects). A fetch
+that names such an object by id must get what the upstream gives: its refusal ("not our
+ref"), never a pack. Two ways an object stops being servable upstream:
+
+* deleted: its branch is removed and the upstream garbage-collects it;
+* hidden: it is only reachable from a ref the upstream does not advertise
+  (``uploadpack.hideRefs``) and the upstream does not serve unadvertised objects
+  (``uploadpack.allowAnySHA1InWant=false``; git enforces that in protocol v0 only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Repos
+from tests.support import rawhttp
+from tests.support.cachedir import has_object, repos_for
+from tests.support.gitclient import GitClient
+from tests.support.net import wait_for
+from tests.support.proxy import GobletProxy
+from tests.support.repos import add_commit
+from tests.support.repos import git as upstream_git
+from tests.support.upstream_client import UpstreamServer
+
+pytestmark = pytest.mark.e2e
+
+V2 = {"Git-Protocol": "version=2", "Content-Type": "application/x-git-upload-pack-request"}
+V0 = {"Content-Type": "application/x-git-upload-pack-request"}
+
+
+def post(upstream: UpstreamServer, proxy: GobletProxy | None, name: str, headers: dict[str, str],
+         body: bytes) -> rawhttp.RawResponse:
+    return rawhttp.request(
+        proxy_port=proxy.port if proxy else None,
+        ca_file=proxy.ca_cert if proxy else upstream.cert_path,
+        host="127.0.0.1", port=upstream.port, method="POST",
+        path=f"/{name}/git-upload-pack", headers=headers, body=body,
+    )
+
+
+def fresh_grant(upstream: UpstreamServer, proxy: GobletProxy, name: str) -> None:
+    """An anonymous info/refs and ls-refs through goblet: a fresh grant, as a client would."""
+    resp = rawhttp.request(
+        proxy_port=proxy.port, ca_file=proxy.ca_cert, host="127.0.0.1", port=upstream.port,
+        method="GET", path=f"/{name}/info/refs?service=git-upload-pack",
+        headers={"Git-Protocol": "version=2"})
+    assert resp.status == 200
+    assert post(upstream, proxy, name, V2, rawhttp.v2_ls_refs_body()).status == 200
+
+
+def v0_fetch_body(oid: str) -> bytes:
+    """A stateless protocol v0 upload-pack request for ``oid``."""
+    caps = "multi_ack_detailed side-band-64k thin-pack ofs-delta no-progress agent=git/2.39.5"
+    return rawhttp.pkt(f"want {oid} {caps}") + b"0000" + rawhttp.pkt("done")
+
+
+def is_pack(body: bytes) -> bool:
+    return b"packfile" in body or b"PACK" in body
+
+
+def cache_dropped_ref(proxy: GobletProxy, url: str, ref: str) -> None:
+    """Wait until goblet's cache repo of ``url`` no longer lists ``ref``."""
+    def dropped() -> bool | None:
+        states = repos_for(proxy.cache_dir, url)
+        ok = bool(states) and all(ref not in s.get("refs", {}) for s in states.values())
+        return True if ok else None
+    wait_for(f"the cache to drop {ref}", dropped, timeout=30)
+
+
+def assert_not_served(upstream: UpstreamServer, proxy: GobletProxy, name: str, oid: str,
+                      versions: tuple[str, ...] = ("v2", "v0")) -> None:
+    """Fetches of ``oid`` through goblet give no pack, exactly like the upstream."""
+    for version in versions:
+        headers, body = (V2, rawhttp.v2_fetch_body(oid)) if version == "v2" else (
+            V0, v0_fetch_body(oid))
+        straight = post(upstream, None, name, headers, body)
+        assert not is_pack(straight.body), f"{version}: the upstream itself serves the object"
+        assert b"not our ref" in straight.body, (version, straight.body[:300])
+        fresh_grant(upstream, proxy, name)
+        via = post(upstream, proxy, name, headers, body)
+        assert not is_pack(via.body), f"{version}: goblet served {oid} by id from its cache"
+        assert via.status == straight.status, version
+        assert b"not our ref" in via.body, (version, via.body[:300])
+
+
+def test_an_object_deleted_upstream_is_not_served_by_id(
+    git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path
+) -> None:
+    name = repos.create(commits=3)
+    url = upstream.url(name)
+    bare = repos.path(name)
+    leak = add_commit(bare, branch="leak", files={"leak.txt": b"deleted upstream later\n"})
+    git.clone(url, tmp_path / "c")
+    [cache] = repos_for(proxy.cache_dir, url)
+    assert has_object(cache, leak)
+
+    upstream_git("update-ref", "-d", "refs/heads/leak", cwd=bare)
+    upstream_git("reflog", "expire", "--expire=now", "--all", cwd=bare)
+    upstream_git("gc", "--prune=now", "--quiet", cwd=bare)
+    assert not has_object(bare, leak)
+    git.run("fetch", "--prune", "origin", cwd=tmp_path / "c")
+    cache_dropped_ref(proxy, url, "refs/heads/leak")
+    assert has_object(cache, leak)  # the object is still in the cache, unreferenced
+
+    assert_not_served(upstream, proxy, name, leak)
+    git.clone(url, tmp_path / "still-works")
+
+
+def test_an_object_only_a_hidden_ref_reaches_is_not_served_by_id(
+    git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path
+) -> None:
+    name = repos.create(commits=3)
+    url = upstream.url(name)
+    bare = repos.path(name)
+    upstream_git("config", "uploadpack.allowAnySHA1InWant", "false", cwd=bare)
+    secret = add_commit(bare, branch="secret", files={"secret.txt": b"hidden later\n"})
+    git.clone(url, tmp_path / "c")
+    [cache] = repos_for(proxy.cache_dir, url)
+    assert has_object(cache, secret)
+
+    upstream_git("config", "uploadpack.hideRefs", "refs/heads/secret", cwd=bare)
+    git.run("fetch", "--prune", "origin", cwd=tmp_path / "c")
+    cache_dropped_ref(proxy, url, "refs/heads/secret")
+    assert has_object(bare, secret) and has_object(cache, secret)
+
+    # git's protocol v2 upload-pack serves any object it has, hidden or not; protocol v0
+    # honours uploadpack.allowAnySHA1InWant=false and refuses: that is the reference here.
+    assert_not_served(upstream, proxy, name, secret, versions=("v0",))
+    git.clone(url, tmp_path / "still-works")

@@ -1,0 +1,94 @@
+"""Cache partitions cannot be entered under someone else's name, nor multiplied at will.
+
+* ``user`` isolation: a Basic user name is only a claim. bob sending ``alice:<bob's
+  token>`` (the upstream authenticates him as bob) must land in a partition of his own,
+  and his fill must not rewrite alice's repo.
+* ``tenant`` isolation: every distinct set of credential headers is a tenant, so junk
+  headers could make a partition (a full repo copy) per request. With
+  ``goblet_max_partitions`` the least recently used partitions of a repo are evicted, and
+  ``/metrics`` shows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Repos
+from tests.support.cachedir import repos_for
+from tests.support.gitclient import GitClient, with_userinfo
+from tests.support.net import http_get, wait_for
+from tests.support.proxy import GobletProxy
+from tests.support.repos import add_commit
+from tests.support.upstream_client import UpstreamServer
+
+pytestmark = pytest.mark.e2e
+
+
+def make_proxy(tmp_path: Path, upstream: UpstreamServer, confdir: Path,
+               sets: dict[str, str]) -> GobletProxy:
+    return GobletProxy(tmp_path / "proxy", hosts=[upstream.host], upstream_ca=upstream.cert_path,
+                       confdir=confdir, sets={"goblet_upstream_timeout": "5", **sets})
+
+
+@pytest.fixture
+def user_proxy(tmp_path: Path, upstream: UpstreamServer, confdir: Path) -> Iterator[GobletProxy]:
+    with make_proxy(tmp_path, upstream, confdir, {"goblet_isolation": "user"}) as px:
+        yield px
+
+
+@pytest.fixture
+def tenant_proxy(
+    tmp_path: Path, upstream: UpstreamServer, confdir: Path
+) -> Iterator[GobletProxy]:
+    sets = {"goblet_isolation": "tenant", "goblet_max_partitions": "2"}
+    with make_proxy(tmp_path, upstream, confdir, sets) as px:
+        yield px
+
+
+def test_a_claimed_basic_user_name_does_not_open_that_users_partition(
+    user_proxy: GobletProxy, upstream: UpstreamServer, repos: Repos, tmp_path: Path
+) -> None:
+    name = repos.create(public=False, readers=("alice", "bob"))
+    url = upstream.url(name)
+    git = GitClient(tmp_path / "home", ca_file=user_proxy.ca_cert, proxy=user_proxy.url)
+    git.clone(with_userinfo(url, "alice", "alice-pw"), tmp_path / "alice")
+    [alices] = repos_for(user_proxy.cache_dir, url)
+    filled_at = repos_for(user_proxy.cache_dir, url)[alices]["filled_at"]
+
+    new = add_commit(repos.path(name), message="after alice's fill")  # bob's clone must fill
+    git.clone(with_userinfo(url, "alice", "tok-bob"), tmp_path / "bob")  # bob, claiming alice
+    assert git.run("rev-parse", "HEAD", cwd=tmp_path / "bob").stdout.strip() == new
+
+    states = repos_for(user_proxy.cache_dir, url)
+    assert len(states) == 2, "bob (as 'alice:tok-bob') shared user alice's partition"
+    assert states[alices]["filled_at"] == filled_at, "bob's fill rewrote alice's repo"
+
+    # alice herself is still served from her own partition.
+    git.clone(with_userinfo(url, "alice", "alice-pw"), tmp_path / "alice-again")
+    assert git.run("rev-parse", "HEAD", cwd=tmp_path / "alice-again").stdout.strip() == new
+    assert len(repos_for(user_proxy.cache_dir, url)) == 2
+
+
+def test_junk_headers_cannot_multiply_partitions_beyond_the_limit(
+    tenant_proxy: GobletProxy, upstream: UpstreamServer, repos: Repos, tmp_path: Path
+) -> None:
+    name = repos.create(commits=4)
+    url = upstream.url(name)
+    git = GitClient(tmp_path / "home", ca_file=tenant_proxy.ca_cert, proxy=tenant_proxy.url)
+    for i in range(1, 6):
+        git.clone(url, tmp_path / f"junk{i}", config=(f"http.extraHeader=X-Junk: {i}",))
+
+    def at_most_two() -> int | None:
+        n = len(repos_for(tenant_proxy.cache_dir, url))
+        return n if n <= 2 else None
+
+    wait_for("partitions beyond goblet_max_partitions to be evicted", at_most_two, timeout=15)
+    status, text = http_get(tenant_proxy.port, "/metrics")
+    assert status == 200
+    assert any(ln.startswith("goblet_partition") for ln in text.splitlines()), (
+        "no goblet_partition* metric on /metrics")
+    # The latest tenant is still served from its partition.
+    git.clone(url, tmp_path / "again", config=("http.extraHeader=X-Junk: 5",))
