@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from mitmproxy import ctx, exceptions, http, tls
+from mitmproxy.net.http import url as http_url
 from mitmproxy.utils import human
 
 from goblet import options as opts
@@ -448,7 +449,8 @@ class Goblet:
         except ValueError as e:
             self._answer_error(flow, state, 400, f"goblet: bad request: {e}")
             return
-        if answer.status >= 500:
+        if answer.status >= 500 and await self.rt.asker.confirm_outage(
+                state.host, state.repo.url):
             self._offline_answer(flow, state, body, f"upstream answered {answer.status}", answer)
             return
         flow.response = _response_from(answer)
@@ -699,6 +701,14 @@ def _check_binding(flow: http.HTTPFlow) -> None:
     and a verdict or a cache read could be bound to the wrong repo.
     """
     req = flow.request
+    if req.authority:
+        # inside a tunnel mitmproxy keeps an absolute-form authority and sends it on
+        try:
+            host, port = http_url.parse_authority(req.authority, check=True)
+        except ValueError:
+            raise ProtocolError("malformed request target authority") from None
+        if (host.lower(), port or 443) != (req.host.lower(), req.port):
+            raise ProtocolError("request target does not match the CONNECT host")
     tunnel = flow.server_conn.address
     if tunnel is not None and (str(tunnel[0]).lower(), tunnel[1]) != (req.host.lower(), req.port):
         raise ProtocolError("request target does not match the CONNECT host")

@@ -264,7 +264,8 @@ class FetchDecider:
         if not unknown:
             return None
         if self.asker is not None:
-            served = await self.asker.serves(host, repo.url, credential, sorted(unknown))
+            served = await self.asker.serves(host, repo.url, credential, sorted(unknown),
+                                             req.version)
             if served:
                 return None
             if served is None and self.may_serve_offline(tenant, repo):

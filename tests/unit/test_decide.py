@@ -68,14 +68,16 @@ class FakeAsker:
         self.serve: bool | None = False
         self.refs_asked = 0
         self.serves_asked: list[Sequence[str]] = []
+        self.versions: list[int] = []
 
     async def refs(self, host: str, repo_url: str, credential: Credential) -> RefsProbe:
         self.refs_asked += 1
         return self.probe
 
     async def serves(self, host: str, repo_url: str, credential: Credential,
-                     oids: Sequence[str]) -> bool | None:
+                     oids: Sequence[str], version: int = 2) -> bool | None:
         self.serves_asked.append(oids)
+        self.versions.append(version)
         return self.serve
 
 
@@ -115,8 +117,8 @@ class World:
         self.verdicts.record(tenant, URL, granted=True, view=view)
 
     def decide(self, tenant: str, *wants: str, credential: Credential = ALICE,
-               shallows: tuple[str, ...] = ()) -> Decision:
-        req = FetchRequest(2, tuple(wants), (), shallows, True, ())
+               shallows: tuple[str, ...] = (), version: int = 2) -> Decision:
+        req = FetchRequest(version, tuple(wants), (), shallows, True, ())
         return asyncio.run(self.decider.decide(self.repo, tenant, credential, req, HOST))
 
 
@@ -151,6 +153,14 @@ def test_an_object_upstream_deleted_is_not_served_by_id(world: World) -> None:
     d = world.decide("alice", world.gone)
     assert d.route is Route.UPSTREAM and "not advertised" in d.reason
     assert world.asker.serves_asked == [[world.gone]]
+
+
+def test_the_upstream_is_asked_in_the_clients_protocol_version(world: World) -> None:
+    """v0 upstreams refuse unadvertised objects that v2 would serve: ask as the client did."""
+    world.grant("alice")
+    world.decide("alice", world.gone, version=0)
+    world.decide("alice", world.gone, version=2)
+    assert world.asker.versions == [0, 2]
 
 
 def test_a_shallow_line_counts_like_a_want(world: World) -> None:

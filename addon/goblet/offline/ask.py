@@ -9,9 +9,16 @@ headers (never anything else of the client's), all recorded in
 - ``refs``: ``GET <repo>/info/refs?service=git-upload-pack`` (protocol v0, so
   the answer lists every ref the upstream shows this credential): a fresh
   grant and ref view, a denial, or an outage observed for this request;
-- ``serves``: a protocol v2 ``fetch`` of ``want X`` / ``have X`` / ``done``
-  for each object X: upstream answers ``packfile`` (with an empty pack) if it
-  would serve X to this credential now, and ``ERR … not our ref`` if not.
+- ``serves``: a ``fetch`` of ``want X`` / ``have X`` / ``done`` for each
+  object X, in the client's protocol version: upstream answers ``packfile``
+  (v2) or ``ACK``/``NAK`` (v0) with an empty pack if it would serve X to this
+  credential now, and ``ERR … not our ref`` if not;
+- ``confirm_outage``: the same ``info/refs`` with no credential at all.
+
+An outage is what goblet's own bytes met: no answer at all, or a 5xx to a
+request of goblet's own choosing. A 5xx to a request carrying the client's
+headers (which the client chose, and could choose to make the upstream fail)
+counts only once ``confirm_outage`` sees the upstream fail without them.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from goblet.protocol.errors import ProtocolError
 ADVERTISEMENT_TYPE = "application/x-git-upload-pack-advertisement"
 RESULT_TYPE = "application/x-git-upload-pack-result"
 USER_AGENT = "git/goblet"
+INFO_REFS = "/info/refs?service=git-upload-pack"
 DENIALS = (401, 403, 404)
 
 
@@ -74,25 +82,36 @@ def identity_headers(credential: Credential) -> list[tuple[str, str]]:
     return [("User-Agent", USER_AGENT), *credential.headers]
 
 
-def serves_body(oids: Sequence[str]) -> bytes:
-    """The v2 fetch asking whether the upstream would serve ``oids``."""
+def serves_body(oids: Sequence[str], version: int = 2) -> bytes:
+    """The fetch asking whether the upstream would serve ``oids``, in protocol ``version``.
+
+    v2: ``command=fetch`` with ``want``/``have`` per object and ``done``.
+    v0/v1: the stateless request ``want``… flush ``have``… ``done``, so the
+    upstream applies its v0 rules (advertised tips, ``allow*SHA1InWant``).
+    """
+    wants = [pktline.encode_line(f"want {oid}") for oid in oids]
+    haves = [pktline.encode_line(f"have {oid}") for oid in oids]
+    if version != 2:
+        return b"".join([*wants, pktline.FLUSH, *haves, pktline.encode_line("done")])
     lines = [pktline.encode_line("command=fetch"), pktline.encode_line("object-format=sha1"),
-             pktline.DELIM]
-    lines += [pktline.encode_line(f"want {oid}") for oid in oids]
-    lines += [pktline.encode_line(f"have {oid}") for oid in oids]
-    lines += [pktline.encode_line("done"), pktline.FLUSH]
+             pktline.DELIM, *wants, *haves, pktline.encode_line("done"), pktline.FLUSH]
     return b"".join(lines)
 
 
-def served(status: int, body: bytes) -> bool:
-    """Whether an answer to ``serves_body`` says yes: 200 and a ``packfile`` section first."""
+def served(status: int, body: bytes, version: int = 2) -> bool:
+    """Whether an answer to ``serves_body`` says yes: 200 and, first, a ``packfile``
+    section (v2) or an ``ACK``/``NAK`` line (v0/v1) — never an ``ERR`` packet."""
     if status != 200:
         return False
-    try:
-        pkts = pktline.PktDecoder("upstream").feed(body[:65536])
-    except ProtocolError:
+    try:  # only the first packet: in v0 a raw pack (not pkt-lines) may follow it
+        size = int(body[:4], 16) if len(body) >= 4 else 0
+        pkts = pktline.PktDecoder("upstream").feed(body[: max(size, 4)])
+    except (ValueError, ProtocolError):
         return False
-    return bool(pkts) and pkts[0].line == b"packfile"
+    if not pkts:
+        return False
+    first = pkts[0].line
+    return first == b"packfile" if version == 2 else first.startswith((b"ACK ", b"NAK"))
 
 
 class UpstreamAsker:
@@ -113,16 +132,32 @@ class UpstreamAsker:
         self.state.reachable(host)
         return answer
 
+    async def confirm_outage(self, host: str, repo_url: str) -> bool:
+        """Whether the upstream fails a request of goblet's own choosing: ``info/refs``
+        of the repo with no credential at all. A 5xx to a client's request (whose
+        headers the client chose) counts as an outage only if this fails too."""
+        try:
+            answer = await self.forward(host, "GET", repo_url + INFO_REFS,
+                                        [("User-Agent", USER_AGENT)], None)
+        except UpstreamUnreachable:
+            return True
+        if answer.status >= 500:
+            self.state.unreachable(host)  # goblet's own bytes failed: the upstream is down
+            return True
+        return False
+
     async def refs(self, host: str, repo_url: str, credential: Credential) -> RefsProbe:
         """Ask for the repo's refs with ``credential`` (see the module docstring)."""
         try:
             answer = await self.forward(
-                host, "GET", f"{repo_url}/info/refs?service=git-upload-pack",
+                host, "GET", repo_url + INFO_REFS,
                 identity_headers(credential), None)
         except UpstreamUnreachable:
             return RefsProbe(Finding.OUTAGE)
         if answer.status >= 500:
-            return RefsProbe(Finding.OUTAGE, status=answer.status)
+            if await self.confirm_outage(host, repo_url):
+                return RefsProbe(Finding.OUTAGE, status=answer.status)
+            return RefsProbe(Finding.DENIED, status=answer.status)
         if answer.status in DENIALS:
             return RefsProbe(Finding.DENIED, status=answer.status,
                              challenge=_header(answer, "www-authenticate"))
@@ -132,20 +167,23 @@ class UpstreamAsker:
         return RefsProbe(Finding.GRANTED, refs.parse_info_refs(answer.body), answer.status)
 
     async def serves(self, host: str, repo_url: str, credential: Credential,
-                     oids: Sequence[str]) -> bool | None:
-        """True if the upstream would serve every one of ``oids`` to ``credential`` now,
-        False if it refuses, None if it could not be asked (outage)."""
-        headers = [*identity_headers(credential), ("Git-Protocol", "version=2"),
+                     oids: Sequence[str], version: int = 2) -> bool | None:
+        """True if the upstream would serve every one of ``oids`` to ``credential`` now
+        (asked in protocol ``version``, the client's), False if it refuses, None if it
+        could not be asked (an outage goblet confirmed)."""
+        headers = [*identity_headers(credential),
                    ("Content-Type", "application/x-git-upload-pack-request"),
                    ("Accept", RESULT_TYPE)]
+        if version == 2:
+            headers.append(("Git-Protocol", "version=2"))
         try:
             answer = await self.forward(host, "POST", f"{repo_url}/git-upload-pack", headers,
-                                        serves_body(oids))
+                                        serves_body(oids, version))
         except UpstreamUnreachable:
             return None
         if answer.status >= 500:
-            return None
-        return served(answer.status, answer.body)
+            return None if await self.confirm_outage(host, repo_url) else False
+        return served(answer.status, answer.body, version)
 
 
 def _header(answer: UpstreamAnswer, name: str) -> str | None:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
-from goblet.offline.ask import answer_is_grant, served, serves_body
+from goblet.auth.credentials import Credential
+from goblet.offline.ask import Finding, UpstreamAsker, answer_is_grant, served, serves_body
+from goblet.offline.forward import UpstreamAnswer, UpstreamUnreachable
+from goblet.offline.state import UpstreamState
 from goblet.protocol import pktline, request
 
 ADV = "application/x-git-upload-pack-advertisement"
@@ -35,6 +41,22 @@ def test_what_counts_as_a_grant(status: int, ctype: str, body: bytes, ls_refs: b
     assert answer_is_grant(status, ctype, body, ls_refs=ls_refs) is grant
 
 
+def test_the_v0_serves_probe_is_a_valid_v0_request() -> None:
+    parsed = request.parse_v0(serves_body([OID], version=0))
+    assert isinstance(parsed, request.FetchRequest)
+    assert parsed.wants == (OID,) and parsed.haves == (OID,) and parsed.done
+
+
+@pytest.mark.parametrize(("body", "yes"), [
+    (pktline.encode_line(f"ACK {OID}") + b"PACK", True),
+    (pktline.encode_line("NAK") + b"PACK", True),
+    (pktline.error_packet(f"upload-pack: not our ref {OID}"), False),
+    (pktline.encode_line("packfile"), False),
+])
+def test_what_counts_as_yes_in_v0(body: bytes, yes: bool) -> None:
+    assert served(200, body, version=0) is yes
+
+
 def test_the_serves_probe_is_a_valid_v2_fetch_that_has_what_it_wants() -> None:
     body = serves_body([OID, "b" * 40])
     parsed = request.parse_v2(body)
@@ -53,3 +75,70 @@ def test_the_serves_probe_is_a_valid_v2_fetch_that_has_what_it_wants() -> None:
 ])
 def test_what_counts_as_yes(status: int, body: bytes, yes: bool) -> None:
     assert served(status, body) is yes
+
+
+# ------------------------------------------------------------ UpstreamAsker over a fake transport
+
+class FakeForwarder:
+    """Answers by whether the request carried the client's credential."""
+
+    def __init__(self, with_credential: object, without: object) -> None:
+        self.answers = {True: with_credential, False: without}
+        self.sent: list[tuple[str, list[tuple[str, str]]]] = []
+
+    async def send(self, method: str, url: str, headers: Any, body: bytes | None) -> Any:
+        headers = list(headers)
+        self.sent.append((url, headers))
+        answer = self.answers[any(k.lower() == "authorization" for k, _ in headers)]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def answer(status: int, body: bytes = b"", ctype: str = ADV) -> UpstreamAnswer:
+    return UpstreamAnswer(status, "", [("Content-Type", ctype)], body)
+
+
+CRED = Credential((("authorization", "Bearer t"),))
+URL = "https://h/r.git"
+
+
+def ask(fwd: FakeForwarder) -> tuple[UpstreamAsker, UpstreamState]:
+    state = UpstreamState()
+    return UpstreamAsker(fwd, state), state  # type: ignore[arg-type]
+
+
+def test_a_5xx_the_client_could_have_caused_is_no_outage() -> None:
+    asker, state = ask(FakeForwarder(answer(500), answer(401)))
+    probe = asyncio.run(asker.refs("h", URL, CRED))
+    assert probe.finding is Finding.DENIED and state.down_since("h", 10) is None
+    assert asyncio.run(asker.serves("h", URL, CRED, [OID])) is False
+
+
+def test_a_5xx_without_the_credential_too_is_an_outage() -> None:
+    fwd = FakeForwarder(answer(503), answer(503))
+    asker, state = ask(fwd)
+    assert asyncio.run(asker.refs("h", URL, CRED)).finding is Finding.OUTAGE
+    assert state.down_since("h", 10) is not None
+    assert fwd.sent[-1] == (URL + "/info/refs?service=git-upload-pack",
+                            [("User-Agent", "git/goblet")])  # nothing of the client's
+    assert asyncio.run(asker.serves("h", URL, CRED, [OID])) is None
+
+
+def test_no_answer_is_an_outage_and_any_answer_ends_it() -> None:
+    asker, state = ask(FakeForwarder(UpstreamUnreachable("refused"), answer(200, V0)))
+    assert asyncio.run(asker.refs("h", URL, CRED)).finding is Finding.OUTAGE
+    assert state.down_since("h", 10) is not None
+    asyncio.run(asker.confirm_outage("h", URL))  # a 200 without the credential
+    assert state.down_since("h", 10) is None
+
+
+def test_a_grant_brings_the_refs_it_listed() -> None:
+    asker, _ = ask(FakeForwarder(answer(200, V0), answer(401)))
+    probe = asyncio.run(asker.refs("h", URL, CRED))
+    assert probe.finding is Finding.GRANTED and probe.advertisement is not None
+    assert probe.advertisement.refs == {"HEAD": OID, "refs/heads/main": OID}
+    asker, _ = ask(FakeForwarder(answer(200, ERR), answer(401)))
+    assert asyncio.run(asker.refs("h", URL, CRED)).finding is Finding.DENIED
+    asker, _ = ask(FakeForwarder(answer(404), answer(404)))
+    assert asyncio.run(asker.refs("h", URL, CRED)).status == 404
