@@ -105,6 +105,13 @@ class RepoInfo:
     last_access: float
 
 
+def _replace_state(repo_path: Path, data: Mapping[str, object]) -> None:
+    """Atomically replace the state file in ``repo_path`` with ``data``."""
+    tmp = repo_path / f"{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(data), "utf-8")
+    tmp.replace(repo_path / STATE_FILE)
+
+
 def canonical_url(host: str, port: int, repo_path: str) -> str:
     """``https://host[:port]/repo`` with the host lower-cased and :443 omitted."""
     host = host.lower()
@@ -262,22 +269,28 @@ class RepoStore:
         holds the canonical URL (never credentials) and the partition kind.
         """
         previous = self._read_state(path)
-        data = {
+        _replace_state(path, {
             "url": repo.url, "partition": repo.partition_kind, "refs": dict(refs),
             "head": head, "filled_at": time.time() if filled_at is None else filled_at,
             "full_repack_at": full_repack_at if full_repack_at is not None
             else (previous.full_repack_at if previous else 0.0),
-        }
-        tmp = path / f"{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(data), "utf-8")
-        tmp.replace(path / STATE_FILE)
+        })
 
     def mark_full_repack(self, repo: CacheRepo) -> None:
-        """Record that a full repack of ``repo`` just finished (keeps the rest)."""
+        """Record that a full repack of ``repo`` just finished; everything else stays.
+
+        Only the time changes: URL, partition kind, refs and HEAD are the ones
+        the last fill recorded, so a caller that knows just the repo's key and
+        path (the maintenance schedule) cannot relabel it.
+        """
         state = self._read_state(repo.path)
         if state is not None:
-            self.write_state(repo.path, repo, state.refs, state.head,
-                             full_repack_at=time.time(), filled_at=state.filled_at)
+            _replace_state(repo.path, {
+                "url": state.url or repo.url, "partition": state.partition,
+                "refs": state.refs, "head": state.head, "filled_at": state.filled_at,
+                "full_repack_at": time.time(),
+            })
+
 
     async def present(self, repo: CacheRepo, oids: Iterable[str]) -> set[str]:
         """Which of ``oids`` exist as objects in the repo (a missing repo has none)."""
