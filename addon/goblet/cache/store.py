@@ -5,7 +5,8 @@ Layout under the cache root::
     repos/<key>.git/           one bare repo per canonical upstream URL (and partition)
     repos/<key>.git/goblet-state.json   URL, refs/HEAD snapshot, fill and repack times
     repos/<key>.git/goblet-access       touched when the repo serves (its mtime: last use)
-    tmp/                       repos being created (renamed into repos/ when whole)
+    tmp/<key>.<pid>.<ns>.git   a repo being created (renamed into repos/ when whole)
+    tmp/<key>.<pid>.<ns>.lock  its creator's claim (an flock held while it works)
     trash/                     evicted repos, deleted once no reader can need them
     quarantine/                repos that failed fsck (kept for a post-mortem, then deleted)
     packcache/                 stored upload-pack answers (the pack cache)
@@ -13,7 +14,7 @@ Layout under the cache root::
     home/                      $HOME for git children (empty; no config is read)
 
 ``<key>`` is the SHA-256 of the canonical URL, so nothing from a request path
-reaches the filesystem (DESIGN §4.2).
+reaches the filesystem.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -31,6 +31,7 @@ from pathlib import Path
 import git as gitpython
 
 from goblet.cache.gitrun import GitRunner
+from goblet.cache.locks import WorkClaim, claim_fresh
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ ACCESS_FILE = "goblet-access"
 ACCESS_EVERY = 60.0  # seconds between access-time updates of one repo
 OID_RE = re.compile(r"[0-9a-f]{40}")
 
-# Per-repo settings (DESIGN §2).
+# Per-repo settings: no background gc or maintenance (goblet runs it), whole packs.
 REPO_CONFIG: tuple[tuple[str, str, str], ...] = (
     ("gc", "auto", "0"),
     ("gc", "autoDetach", "false"),
@@ -188,9 +189,14 @@ class RepoStore:
         """Whether the repo has been created (and completed its first fill)."""
         return (repo.path / "HEAD").is_file()
 
-    def temp_path(self, repo: CacheRepo) -> Path:
-        """A fresh path in tmp/ on the same filesystem, for building ``repo``."""
-        return self.tmp_dir / f"{repo.key}.{os.getpid()}.{time.monotonic_ns()}.git"
+    def claim_temp(self, repo: CacheRepo) -> tuple[Path, WorkClaim]:
+        """A fresh path in tmp/ (same filesystem as repos/) for building ``repo``, claimed.
+
+        The claim marks the path as live work for other processes' recovery:
+        hold it until the repo was renamed into repos/ or deleted, then
+        release it. Raises OSError if tmp/ cannot be written.
+        """
+        return claim_fresh(self.tmp_dir, repo.key, ".git")
 
     def init_bare(self, path: Path) -> None:
         """Create a configured, empty bare repo at ``path`` (blocking; GitPython).
@@ -290,7 +296,6 @@ class RepoStore:
                 "refs": state.refs, "head": state.head, "filled_at": state.filled_at,
                 "full_repack_at": time.time(),
             })
-
 
     async def present(self, repo: CacheRepo, oids: Iterable[str]) -> set[str]:
         """Which of ``oids`` exist as objects in the repo (a missing repo has none)."""
