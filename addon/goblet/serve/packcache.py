@@ -20,7 +20,8 @@ arriving meanwhile *follow*, streaming the file as it grows (no waiting for
 the whole pack). A finished answer is renamed to ``<key>.answer`` and later
 requests are *hits*. A failed production is deleted and its followers'
 connections are aborted (never a clean end of a partial answer). Stored
-answers are bounded by ``max_bytes``, least recently used first out.
+answers are bounded by ``max_bytes``, least recently used first out, also
+when loaded at start-up.
 """
 
 from __future__ import annotations
@@ -103,10 +104,12 @@ class PackCache:
         return self.root / f"{key}{ANSWER_SUFFIX}"
 
     def load(self) -> None:
-        """Delete dead productions; index answers left by earlier runs (oldest first).
+        """Delete dead productions; index answers left by earlier runs; trim to ``max_bytes``.
 
         A production whose claim is held (another instance sharing the cache
-        dir is writing it) is kept.
+        dir is writing it) is kept. Answers are indexed oldest first, so the
+        oldest go first when the bound was lowered since they were stored
+        (all of them when the pack cache is off).
         """
         self._loaded = True
         sweep_abandoned(self.root, keep=lambda name: name.endswith(ANSWER_SUFFIX))
@@ -125,6 +128,7 @@ class PackCache:
             answers.append((st.st_mtime, entry.stem, st.st_size))
         for _, key, size in sorted(answers):
             self._store(key, size)
+        self._trim()
 
     def begin(self, key: str | None) -> tuple[Role, Production | None]:
         """Decide this request's role; PRODUCE and FOLLOW come with the production."""
@@ -210,8 +214,8 @@ class PackCache:
         self._stored_bytes -= self._stored.pop(key, 0)
 
     def _trim(self) -> None:
-        """Drop least recently used answers until within ``max_bytes``."""
-        while self._stored and self._stored_bytes > self.max_bytes:
+        """Drop least recently used answers until within ``max_bytes`` (all if off)."""
+        while self._stored and (not self.enabled or self._stored_bytes > self.max_bytes):
             key, size = self._stored.popitem(last=False)
             self._stored_bytes -= size
             _unlink(self.answer_path(key))

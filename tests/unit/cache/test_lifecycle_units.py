@@ -309,6 +309,47 @@ def test_stored_answers_survive_a_restart_and_temp_files_do_not(tmp_path: Path) 
     run(scenario())
 
 
+async def store_answer(pc: PackCache, key: str, size: int) -> None:
+    pc.begin(key)
+    role, production = pc.begin(key)
+    assert role is Role.PRODUCE and production is not None
+    await produce(pc, production, b"x" * size)
+
+
+def age(path: Path, seconds: float) -> None:
+    """Make ``path`` look ``seconds`` older (answers are loaded oldest first)."""
+    st = path.stat()
+    os.utime(path, (st.st_atime - seconds, st.st_mtime - seconds))
+
+
+def test_loading_trims_to_a_lowered_bound_oldest_first(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        pc = PackCache(tmp_path, max_bytes=MiB)
+        for i, key in enumerate(("old", "mid", "new")):
+            await store_answer(pc, key, 40)
+            age(pc.answer_path(key), 300 - 100 * i)
+        smaller = PackCache(tmp_path, max_bytes=100)
+        smaller.load()
+        assert smaller.stored_bytes == 80
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["mid.answer", "new.answer"]
+        assert smaller.begin("new")[0] is Role.HIT
+
+    run(scenario())
+
+
+def test_loading_with_the_pack_cache_off_deletes_every_answer(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        pc = PackCache(tmp_path, max_bytes=MiB)
+        await store_answer(pc, "a", 40)
+        await store_answer(pc, "b", 10)
+        off = PackCache(tmp_path, max_bytes=0)
+        off.load()
+        assert off.stored_bytes == 0
+        assert list(tmp_path.iterdir()) == []
+
+    run(scenario())
+
+
 def test_a_second_instance_leaves_live_productions_alone(tmp_path: Path) -> None:
     async def scenario() -> None:
         first = PackCache(tmp_path, max_bytes=MiB)
