@@ -18,10 +18,10 @@ goes to the client and into ``<key>.<pid>.<ns>.tmp``, claimed by an ``flock``
 on ``<key>.<pid>.<ns>.lock`` (``locks.WorkClaim``) — and identical requests
 arriving meanwhile *follow*, streaming the file as it grows (no waiting for
 the whole pack). A finished answer is renamed to ``<key>.answer`` and later
-requests are *hits*. A failed production is deleted and its followers'
-connections are aborted (never a clean end of a partial answer). Stored
-answers are bounded by ``max_bytes``, least recently used first out, also
-when loaded at start-up.
+requests are *hits*. A failed production is deleted; its followers that sent
+nothing yet run their own upload-pack, the others' connections are aborted
+(never a clean end of a partial answer). Stored answers are bounded by
+``max_bytes``, least recently used first out, also when loaded at start-up.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from goblet.cache.locks import WorkClaim, claim_fresh
 from goblet.cache.recovery import sweep_abandoned
@@ -170,6 +171,10 @@ class PackCache:
             return None
         return Production(key, tmp, claim)
 
+    def open_production(self, production: Production) -> BinaryIO:
+        """The production's file, opened for writing by its producer. Raises OSError."""
+        return production.tmp.open("r+b")
+
     async def grew(self, production: Production, size: int) -> None:
         """The producer wrote up to ``size`` bytes: wake the followers."""
         async with production.grown:
@@ -179,19 +184,24 @@ class PackCache:
     async def finish(self, production: Production, ok: bool) -> None:
         """End a production: store the answer if ``ok``, else throw it away.
 
-        The claim is released last, once the file was renamed or deleted.
+        Idempotent; followers are woken either way. The claim is released
+        last, once the file was renamed or deleted.
         """
-        self._producing.pop(production.key, None)
+        if production.done:
+            return
+        production.done = production.failed = True  # at once: a second call changes nothing
+        if self._producing.get(production.key) is production:
+            del self._producing[production.key]
         try:
             ok = ok and self._keep(production)
             if not ok:
                 _unlink(production.tmp)
         finally:
             production.claim.release()
-        async with production.grown:
-            production.done, production.failed = True, not ok
-            production.grown.notify_all()
+        production.failed = not ok
         self._trim()
+        async with production.grown:
+            production.grown.notify_all()
 
     def _keep(self, production: Production) -> bool:
         """Rename a finished production to its answer; False if that fails."""

@@ -350,6 +350,21 @@ def test_loading_with_the_pack_cache_off_deletes_every_answer(tmp_path: Path) ->
     run(scenario())
 
 
+def test_finishing_twice_changes_nothing(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        pc = PackCache(tmp_path, max_bytes=MiB)
+        await store_answer(pc, "k", 5)
+        pc.begin("j")
+        _, production = pc.begin("j")
+        assert production is not None
+        await pc.finish(production, False)
+        await pc.finish(production, True)  # a late "ok" cannot store a failed answer
+        assert production.failed and not pc.answer_path("j").exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["k.answer"]
+
+    run(scenario())
+
+
 def test_a_second_instance_leaves_live_productions_alone(tmp_path: Path) -> None:
     async def scenario() -> None:
         first = PackCache(tmp_path, max_bytes=MiB)
