@@ -12,11 +12,11 @@ HOSTS ?= github.com,gitlab.com,bitbucket.org
 PYTEST_ARGS ?= -n auto --dist loadscope
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck deps clean help fleet loadtest
+.PHONY: run test test-tools lint typecheck deps clean help fleet loadtest
 
 help:
 	@echo "make run   - start goblet on $(HOST):$(PORT) (cache in ./$(CACHE_DIR), CA in ./$(CERTS_DIR))"
-	@echo "make test  - run the test suite"
+	@echo "make test  - install the test tools, run the test suite"
 	@echo "make lint  - ruff + mypy --strict"
 
 # System prerequisites: git and a Python 3.11 with venv. Installed with apt-get
@@ -30,7 +30,8 @@ deps:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO=sudo; \
 	  else echo "missing:$$missing (install them, then retry)"; exit 1; fi; \
 	  echo "installing:$$missing"; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
 $(BIN)/.installed: pyproject.toml | deps
@@ -52,7 +53,12 @@ run: $(BIN)/.installed
 	  --set http2=false \
 	  --set flow_detail=0
 
-test: $(BIN)/.installed-test
+# What the tests run besides git and Python (haproxy, prometheus, node, redis-server,
+# git-lfs): installed from Debian's packages like `deps`, services left stopped.
+test-tools:
+	@bash .ci/install-test-tools
+
+test: $(BIN)/.installed-test test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed-test

@@ -5,15 +5,23 @@ Each of 20 seeded rounds starts a clone through the proxy that makes it fill
 or serve (refs unchanged: upload-pack, a pack-cache production), waits until
 that work runs, lets 0-300 ms pass and SIGKILLs mitmdump together with every
 process it started, at one instant, as a container or cgroup kill does.
-Then mitmdump restarts on the same cache dir and the test asserts what the
-start-up recovery promises: every cache repo is fsck-clean, no lock, temporary
-pack, ``.keep`` or ``tmp/`` entry of a dead process is left, and the next clone
+Before the restart, what the dead process was writing in ``tmp/`` and
+``packcache/`` is renamed to carry a live pid (the test's own), as when the
+restarted proxy in a container gets its predecessor's pid: liveness must come
+from the writer's ``flock``, not from the name. Then mitmdump restarts on the
+same cache dir and the test asserts what the start-up recovery promises: every
+cache repo is fsck-clean, no lock, temporary pack, ``.keep``, ``tmp/`` entry or
+unfinished pack-cache answer of the dead process is left, and the next clone
 through the proxy is whole with upstream's HEAD.
+
+A second proxy started on the cache dir of a running one (a shared cache dir)
+leaves that one's first fill in progress alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import random
 import shutil
@@ -28,6 +36,7 @@ import pytest
 
 from tests.e2e.conftest import Repos
 from tests.support.gitclient import GitClient
+from tests.support.net import wait_for
 from tests.support.proxy import GobletProxy
 from tests.support.repos import add_commit, list_refs
 from tests.support.upstream_client import UpstreamServer
@@ -69,16 +78,8 @@ class CrashableProxy(GobletProxy):
                               sets=self.sets).start()
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def residue(cache: Path) -> list[str]:
-    """Crash residue in the cache dir: what recovery must have removed."""
+    """Crash residue in the cache dir of an idle proxy: what recovery must have removed."""
     found = []
     for repo in (cache / "repos").iterdir():
         for p in repo.rglob("*"):
@@ -86,18 +87,26 @@ def residue(cache: Path) -> list[str]:
                     or p.suffix == ".keep" or p.name.startswith(("incoming-", "tmp_objdir")):
                 found.append(str(p.relative_to(cache)))
     for entry in (cache / "tmp").iterdir():
-        parts = entry.name.split(".")
-        if entry.name.startswith(".ready-"):
-            continue  # the live proxy's readiness probe
-        if not (len(parts) >= 3 and parts[1].isdigit() and pid_alive(int(parts[1]))):
+        if not entry.name.startswith(".ready-"):  # the live proxy's readiness probe
             found.append(str(entry.relative_to(cache)))
     return found
 
 
 def packcache_residue(cache: Path) -> list[str]:
-    """Unfinished pack-cache answers of dead processes."""
-    return [p.name for p in (cache / "packcache").glob("*.tmp")
-            if not pid_alive(int(p.name.split(".")[1]))]
+    """Unfinished pack-cache answers and their claims (the proxy is idle)."""
+    return sorted(p.name for p in (cache / "packcache").iterdir() if p.suffix != ".answer")
+
+
+def reuse_pid(cache: Path, pid: int) -> list[str]:
+    """Rename a dead writer's ``<key>.<pid>.<ns>.<ext>`` work and claims to carry ``pid``."""
+    renamed = []
+    for entry in [*(cache / "tmp").iterdir(), *(cache / "packcache").iterdir()]:
+        parts = entry.name.split(".")
+        if len(parts) == 4 and parts[1].isdigit():
+            target = entry.with_name(".".join([parts[0], str(pid), *parts[2:]]))
+            entry.rename(target)
+            renamed.append(str(target.relative_to(cache)))
+    return renamed
 
 
 def fsck_failures(cache: Path) -> list[str]:
@@ -174,11 +183,14 @@ def test_kill_9_at_random_points_of_fills_leaves_a_sound_cache(
             seen["killed during a fill"] += 1
         if any("pack-objects" in cmd for cmd in running):
             seen["killed during pack-objects"] += 1
+        if reuse_pid(proxy.cache_dir, os.getpid()):
+            seen["leftovers named by a live pid"] += 1
 
         proxy = proxy.restarted()
         crashable.append(proxy)
         cache = proxy.cache_dir
         assert residue(cache) == [], f"round {round_no} ({kind}): {residue(cache)}"
+        assert packcache_residue(cache) == [], f"round {round_no} ({kind})"
         assert fsck_failures(cache) == [], f"round {round_no} ({kind})"
 
         git = GitClient(tmp_path / "home", ca_file=proxy.ca_cert, proxy=proxy.url)
@@ -198,6 +210,7 @@ def test_kill_9_at_random_points_of_fills_leaves_a_sound_cache(
     # The rounds really hit the writers they are meant to hit, and left work for recovery.
     assert seen["killed during a fill"] >= 5, seen
     assert seen["new-repo"] >= 2 and seen["same-refs"] >= 2, seen
+    assert seen["leftovers named by a live pid"] >= 3, seen
     assert recovered >= 3, seen
 
 
@@ -249,3 +262,54 @@ def test_a_killed_mitmdump_leaves_no_git_writing_into_its_cache(
                 os.kill(pid, signal.SIGKILL)
         upstream.fault("none")
         client.wait(30)
+
+
+def held(lock: Path) -> bool:
+    """Whether some process holds the ``flock`` of ``lock``."""
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_a_second_instance_spares_a_fill_in_progress_of_the_first(
+    repos: Repos, upstream: UpstreamServer, confdir: Path, tmp_path: Path
+) -> None:
+    common = {"hosts": [upstream.host], "upstream_ca": upstream.cert_path, "confdir": confdir,
+              "sets": {"goblet_upstream_timeout": "120"}}
+    first = GobletProxy(tmp_path / "first", **common).start()  # type: ignore[arg-type]
+    name = repos.create(commits=2)
+    git = GitClient(tmp_path / "home", ca_file=first.ca_cert, proxy=first.url)
+    upstream.fault("stall", kinds=["fetch"])  # the first fill's pack download hangs upstream
+    client = subprocess.Popen(["git", "clone", upstream.url(name), str(tmp_path / "c")],
+                              env=git.env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        assert wait_for_child(first, " fetch "), "the first fill never started"
+        building = sorted((first.cache_dir / "tmp").glob("*.git"))
+        assert len(building) == 1
+        claim = building[0].with_suffix(".lock")
+        assert held(claim)
+        second = GobletProxy(tmp_path / "second", cache_dir=first.cache_dir,
+                             **common).start()  # type: ignore[arg-type]
+        try:
+            assert building[0].is_dir() and held(claim), "the second instance took it"
+        finally:
+            second.stop()
+        upstream.fault("none")
+        assert client.wait(120) == 0
+        assert git.run("rev-parse", "HEAD", cwd=tmp_path / "c").stdout.strip() == \
+            list_refs(repos.path(name))["refs/heads/main"]
+        wait_for("the first fill to finish", lambda: residue(first.cache_dir) == [] or None)
+        assert len(list((first.cache_dir / "repos").glob("*.git"))) == 1
+    finally:
+        upstream.fault("none")
+        if client.poll() is None:
+            os.killpg(client.pid, signal.SIGKILL)
+            client.wait(10)
+        first.stop()

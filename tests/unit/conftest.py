@@ -31,6 +31,9 @@ if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
     set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "goblet-unit-hypothesis")
 
 
+COMMIT_EPOCH = 1_700_000_000  # the fixture's commits are dated from here on
+
+
 @dataclass(frozen=True)
 class Exchange:
     """One recorded HTTP round trip between git and ``git http-backend``."""
@@ -120,6 +123,7 @@ class GitWire:
     oids: dict[str, str] = field(default_factory=dict)
     sessions: dict[str, list[Exchange]] = field(default_factory=dict)
     server: _Server | None = None
+    commits: int = 0  # commits made so far (each one dated a minute after the last)
 
     def url(self, repo: str) -> str:
         return f"{self.base_url}/{repo}"
@@ -152,9 +156,18 @@ class GitWire:
 
 
 def _commit(w: GitWire, work: Path, name: str) -> str:
+    """Commit ``name`` a minute after the previous commit of the fixture.
+
+    Distinct, increasing dates make what git derives from them deterministic:
+    a fetch lists its haves newest first, and equal dates (two commits in one
+    second) would leave their order to chance.
+    """
+    w.commits += 1
+    date = f"@{COMMIT_EPOCH + 60 * w.commits} +0000"
+    env = {**w.env, "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}
     (work / f"{name}.txt").write_text(f"{name}\n" * 50)
     w.git("-C", str(work), "add", ".")
-    w.git("-C", str(work), "commit", "-q", "-m", name)
+    w.git("-C", str(work), "commit", "-q", "-m", name, env=env)
     return w.git("-C", str(work), "rev-parse", "HEAD").stdout.decode().strip()
 
 

@@ -244,17 +244,44 @@ class Filler:
         self, repo: CacheRepo, credential: Credential, head: str | None, started: float,
         progress: Progress | None = None,
     ) -> FillResult:
-        created = not self.store.exists(repo)
-        if created:
-            target = self.store.temp_path(repo)
+        if not self.store.exists(repo):
+            return await self._create(repo, credential, head, started, progress)
+        await asyncio.to_thread(clean_residue, repo.path)
+        return await self._update(repo, repo.path, credential, head, started=started,
+                                  progress=progress)
+
+    async def _create(
+        self, repo: CacheRepo, credential: Credential, head: str | None, started: float,
+        progress: Progress | None,
+    ) -> FillResult:
+        """First fill: build the repo in tmp/ under a claim, rename it into place when whole.
+
+        The claim is held from before the temporary repo exists until it was
+        renamed or deleted, so recovery in any process sharing the cache dir
+        deletes it only once this process is gone.
+        """
+        try:
+            # Synchronous (a few syscalls): no cancellation can strand a held claim.
+            target, claim = self.store.claim_temp(repo)
+        except OSError as e:
+            raise FillError(FailureKind.LOCAL, f"cannot create cache repo: {e}") from None
+        try:
             try:
                 await asyncio.to_thread(self.store.init_bare, target)
             except OSError as e:
                 remove_tree(target)
                 raise FillError(FailureKind.LOCAL, f"cannot create cache repo: {e}") from None
-        else:
-            target = repo.path
-            await asyncio.to_thread(clean_residue, target)
+            return await self._update(repo, target, credential, head, started=started,
+                                      progress=progress)
+        finally:
+            claim.release()
+
+    async def _update(
+        self, repo: CacheRepo, target: Path, credential: Credential, head: str | None, *,
+        started: float, progress: Progress | None,
+    ) -> FillResult:
+        """Fetch into ``target`` (``repo.path``, or a new repo in tmp/ renamed there at the end)."""
+        created = target != repo.path
         try:
             await self._fetch(target, ["--atomic", "--prune", "--no-tags", repo.url, *REFSPECS],
                               repo, credential, progress)

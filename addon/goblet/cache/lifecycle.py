@@ -1,13 +1,15 @@
 """The cache's life cycle: recovery at start-up, upkeep after fills and on a timer.
 
-At start-up, before serving: half-created repos of dead processes are
-deleted from ``tmp/``; every repo whose writer lock is free loses its crash
-residue (stale locks, ``.keep`` files, temporary packs), and a repo that had
-residue is checked with ``git fsck`` — if that fails it is moved to
-``quarantine/`` and will be filled again on its next request.
+At start-up, before serving: half-created repos whose creator is gone (its
+claim, an ``flock``, is no longer held) are deleted from ``tmp/``; every repo
+whose writer lock is free loses its crash residue (stale locks, ``.keep``
+files, temporary packs), and a repo that had residue is checked with ``git
+fsck`` — if that fails it is moved to ``quarantine/`` and will be filled again
+on its next request.
 
 After each fill: a maintenance check for that repo and a budget check.
-Every ``every`` seconds: a budget check and a scan for due full repacks.
+Every ``every`` seconds: a budget check, a sweep of ``tmp/`` and a scan for
+due full repacks.
 """
 
 from __future__ import annotations
@@ -17,17 +19,22 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from goblet.cache.evict import Evictor
 from goblet.cache.gitrun import GitRunner, GitTimeout
 from goblet.cache.locks import LockTimeout, RepoLocks
 from goblet.cache.maintenance import Maintainer
-from goblet.cache.recovery import clean_residue, remove_tree, stale_temp_repos
+from goblet.cache.recovery import clean_residue, remove_tree, sweep_abandoned
 from goblet.cache.store import CacheRepo, RepoInfo, RepoStore
 
 log = logging.getLogger(__name__)
 
 QUARANTINE_KEEP = 86400.0
+# The readiness check's write probes in tmp/ (observe.health): created and deleted
+# at once, by any instance sharing the cache dir. A sweep spares them for a minute.
+PROBE_PREFIX = ".ready-"
+PROBE_KEEP = 60.0
 
 
 @dataclass(slots=True)
@@ -37,6 +44,16 @@ class RecoveryReport:
     temp_removed: int = 0
     repos_cleaned: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
+
+
+def _fresh_probe(tmp_dir: Path, name: str) -> bool:
+    """Whether ``name`` is a readiness probe that may still be in use."""
+    if not name.startswith(PROBE_PREFIX):
+        return False
+    try:
+        return time.time() - (tmp_dir / name).lstat().st_mtime < PROBE_KEEP
+    except OSError:
+        return True  # gone already: nothing to sweep
 
 
 async def fsck_ok(git: GitRunner, info: RepoInfo) -> bool:
@@ -69,9 +86,7 @@ class Lifecycle:
     async def recover(self) -> RecoveryReport:
         """Clean what crashed writers left; quarantine repos fsck rejects."""
         report = RecoveryReport()
-        for stale in await asyncio.to_thread(stale_temp_repos, self.store.tmp_dir):
-            await asyncio.to_thread(remove_tree, stale)
-            report.temp_removed += 1
+        report.temp_removed = len(await asyncio.to_thread(self.sweep_tmp))
         for info in await asyncio.to_thread(self.store.list_repos):
             try:
                 async with self.locks.writer(info.key, timeout=0.2):
@@ -91,6 +106,11 @@ class Lifecycle:
                      "%d quarantined", report.temp_removed, len(report.repos_cleaned),
                      len(report.quarantined))
         return report
+
+    def sweep_tmp(self) -> list[str]:
+        """Delete what dead writers left in ``tmp/``; the names of the repos removed (blocking)."""
+        tmp_dir = self.store.tmp_dir
+        return sweep_abandoned(tmp_dir, keep=lambda name: _fresh_probe(tmp_dir, name))
 
     def quarantine(self, info: RepoInfo) -> None:
         """Move a damaged repo aside (call under its writer lock)."""
@@ -126,10 +146,15 @@ class Lifecycle:
             self._budget_task = asyncio.get_running_loop().create_task(self.evictor.enforce())
 
     async def run(self) -> None:
-        """The periodic loop: budget, trash, due full repacks. Runs until cancelled."""
+        """The periodic loop: budget, trash, abandoned temporary repos, due full repacks.
+
+        Runs until cancelled. The sweep of ``tmp/`` removes what an instance
+        sharing the cache dir left when it died while this one runs.
+        """
         while True:
             await asyncio.sleep(self.every)
             await self.evictor.enforce()
+            await asyncio.to_thread(self.sweep_tmp)
             if not self.maintenance:
                 continue
             for info in await asyncio.to_thread(self.store.list_repos):

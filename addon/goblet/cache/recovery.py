@@ -1,18 +1,25 @@
-"""Remove what a killed writer left behind in a cache repo (DESIGN §2).
+"""Remove what killed writers left behind: in a cache repo, in ``tmp/`` and ``packcache/``.
 
-Call only while holding the repo's writer lock: then no other writer exists,
-so every lock file, temporary pack and ``.keep`` file is residue. Readers
-create none of these.
+``clean_residue``: call only while holding the repo's writer lock; then no
+other writer exists, so every lock file, temporary pack and ``.keep`` file is
+residue. Readers create none of these.
+
+``sweep_abandoned``: temporary work (repos being built, answers being
+produced) whose writer's claim (``locks.WorkClaim``) is no longer held.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
+
+from goblet.cache.locks import LOCK_SUFFIX, names_file
 
 log = logging.getLogger(__name__)
 
@@ -75,35 +82,90 @@ def clean_residue(repo: Path) -> list[str]:
     return removed
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (ours or not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def sweep_abandoned(directory: Path, keep: Callable[[str], bool] = lambda name: False
+                    ) -> list[str]:
+    """Delete what dead writers left in ``directory``; return the names of work removed.
 
-
-def owner_alive(name: str) -> bool:
-    """Whether the process named in a ``<key>.<pid>.<ns>.<suffix>`` temp name lives.
-
-    goblet names what it is still writing that way (``RepoStore.temp_path``,
-    pack-cache productions), so another instance sharing the cache dir can
-    tell its neighbour's work in progress from a dead writer's leftovers.
+    Every entry but those ``keep`` accepts is work ``<stem>.<suffix>`` (or a
+    claim's ``<stem>.lock``) guarded by the ``flock`` of ``<stem>.lock``
+    (``locks.WorkClaim``). A stem whose lock file is missing or not held was
+    left by a dead writer: its work is deleted, then its lock file, while the
+    sweep holds that lock. Work whose lock is held — a live process, such as
+    another instance sharing the directory — is left alone. Safe to run while
+    other processes create and finish work in ``directory``.
     """
-    parts = name.split(".")
-    return len(parts) >= 3 and parts[1].isdigit() and pid_alive(int(parts[1]))
-
-
-def stale_temp_repos(tmp_dir: Path) -> list[Path]:
-    """Half-created repos in ``tmp/`` whose creating process is gone."""
     try:
-        entries = list(tmp_dir.iterdir())
+        names = sorted(os.listdir(directory))
     except OSError:
         return []
-    return [entry for entry in entries if not owner_alive(entry.name)]
+    stems: dict[str, list[str]] = {}
+    for name in names:
+        if not keep(name):
+            stems.setdefault(_stem(name), []).append(name)
+    removed: list[str] = []
+    for stem, entries in stems.items():
+        try:
+            removed += _sweep_stem(directory, stem, entries)
+        except OSError as e:
+            log.warning("cannot remove abandoned %s in %s/: %s", stem[:24], directory.name, e)
+    if removed:
+        log.info("removed %d abandoned entr%s of dead writers in %s/", len(removed),
+                 "y" if len(removed) == 1 else "ies", directory.name)
+    return removed
+
+
+def _sweep_stem(directory: Path, stem: str, entries: list[str]) -> list[str]:
+    """Delete the ``entries`` of ``stem`` and its lock file if abandoned; the work removed."""
+    lock = directory / f"{stem}{LOCK_SUFFIX}"
+    removed: list[str] = []
+    with _abandoned(lock) as dead:
+        if not dead:
+            return removed
+        for name in entries:
+            if name != lock.name:
+                remove_tree(directory / name)
+                removed.append(name)
+        remove_tree(lock)  # last: until here it kept other sweeps off this work
+    return removed
+
+
+def _stem(name: str) -> str:
+    """``name`` without its last suffix (a dot file's leading dot is no suffix)."""
+    head, dot, _ = name.rpartition(".")
+    return head if dot and head.strip(".") else name
+
+
+@contextlib.contextmanager
+def _abandoned(lock: Path) -> Iterator[bool]:
+    """Whether the work guarded by ``lock`` is abandoned; if so its lock is held in the body.
+
+    True if the lock file is missing (a writer creates it before its work and
+    deletes it after) or nobody holds its lock; False if a live process does
+    (or if the name was unlinked meanwhile: whoever did so owns the cleanup).
+    """
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = -1
+    except OSError as e:  # a symlink, a directory: nothing a writer of ours holds
+        log.debug("%s is no claim: %s", lock.name, e)
+        fd = -1
+    if fd < 0:
+        yield True
+        return
+    try:
+        yield _lock_if_free(fd) and names_file(lock, fd)
+    finally:
+        os.close(fd)
+
+
+def _lock_if_free(fd: int) -> bool:
+    """Take the ``flock`` of ``fd`` unless another open file holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def remove_tree(path: Path) -> None:

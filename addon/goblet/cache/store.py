@@ -5,7 +5,8 @@ Layout under the cache root::
     repos/<key>.git/           one bare repo per canonical upstream URL (and partition)
     repos/<key>.git/goblet-state.json   URL, refs/HEAD snapshot, fill and repack times
     repos/<key>.git/goblet-access       touched when the repo serves (its mtime: last use)
-    tmp/                       repos being created (renamed into repos/ when whole)
+    tmp/<key>.<pid>.<ns>.git   a repo being created (renamed into repos/ when whole)
+    tmp/<key>.<pid>.<ns>.lock  its creator's claim (an flock held while it works)
     trash/                     evicted repos, deleted once no reader can need them
     quarantine/                repos that failed fsck (kept for a post-mortem, then deleted)
     packcache/                 stored upload-pack answers (the pack cache)
@@ -13,7 +14,7 @@ Layout under the cache root::
     home/                      $HOME for git children (empty; no config is read)
 
 ``<key>`` is the SHA-256 of the canonical URL, so nothing from a request path
-reaches the filesystem (DESIGN §4.2).
+reaches the filesystem.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -31,6 +31,7 @@ from pathlib import Path
 import git as gitpython
 
 from goblet.cache.gitrun import GitRunner
+from goblet.cache.locks import WorkClaim, claim_fresh
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ ACCESS_FILE = "goblet-access"
 ACCESS_EVERY = 60.0  # seconds between access-time updates of one repo
 OID_RE = re.compile(r"[0-9a-f]{40}")
 
-# Per-repo settings (DESIGN §2).
+# Per-repo settings: no background gc or maintenance (goblet runs it), whole packs.
 REPO_CONFIG: tuple[tuple[str, str, str], ...] = (
     ("gc", "auto", "0"),
     ("gc", "autoDetach", "false"),
@@ -103,6 +104,13 @@ class RepoInfo:
     partition: str
     filled_at: float
     last_access: float
+
+
+def _replace_state(repo_path: Path, data: Mapping[str, object]) -> None:
+    """Atomically replace the state file in ``repo_path`` with ``data``."""
+    tmp = repo_path / f"{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(data), "utf-8")
+    tmp.replace(repo_path / STATE_FILE)
 
 
 def canonical_url(host: str, port: int, repo_path: str) -> str:
@@ -181,9 +189,14 @@ class RepoStore:
         """Whether the repo has been created (and completed its first fill)."""
         return (repo.path / "HEAD").is_file()
 
-    def temp_path(self, repo: CacheRepo) -> Path:
-        """A fresh path in tmp/ on the same filesystem, for building ``repo``."""
-        return self.tmp_dir / f"{repo.key}.{os.getpid()}.{time.monotonic_ns()}.git"
+    def claim_temp(self, repo: CacheRepo) -> tuple[Path, WorkClaim]:
+        """A fresh path in tmp/ (same filesystem as repos/) for building ``repo``, claimed.
+
+        The claim marks the path as live work for other processes' recovery:
+        hold it until the repo was renamed into repos/ or deleted, then
+        release it. Raises OSError if tmp/ cannot be written.
+        """
+        return claim_fresh(self.tmp_dir, repo.key, ".git")
 
     def init_bare(self, path: Path) -> None:
         """Create a configured, empty bare repo at ``path`` (blocking; GitPython).
@@ -262,22 +275,27 @@ class RepoStore:
         holds the canonical URL (never credentials) and the partition kind.
         """
         previous = self._read_state(path)
-        data = {
+        _replace_state(path, {
             "url": repo.url, "partition": repo.partition_kind, "refs": dict(refs),
             "head": head, "filled_at": time.time() if filled_at is None else filled_at,
             "full_repack_at": full_repack_at if full_repack_at is not None
             else (previous.full_repack_at if previous else 0.0),
-        }
-        tmp = path / f"{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(data), "utf-8")
-        tmp.replace(path / STATE_FILE)
+        })
 
     def mark_full_repack(self, repo: CacheRepo) -> None:
-        """Record that a full repack of ``repo`` just finished (keeps the rest)."""
+        """Record that a full repack of ``repo`` just finished; everything else stays.
+
+        Only the time changes: URL, partition kind, refs and HEAD are the ones
+        the last fill recorded, so a caller that knows just the repo's key and
+        path (the maintenance schedule) cannot relabel it.
+        """
         state = self._read_state(repo.path)
         if state is not None:
-            self.write_state(repo.path, repo, state.refs, state.head,
-                             full_repack_at=time.time(), filled_at=state.filled_at)
+            _replace_state(repo.path, {
+                "url": state.url or repo.url, "partition": state.partition,
+                "refs": state.refs, "head": state.head, "filled_at": state.filled_at,
+                "full_repack_at": time.time(),
+            })
 
     async def present(self, repo: CacheRepo, oids: Iterable[str]) -> set[str]:
         """Which of ``oids`` exist as objects in the repo (a missing repo has none)."""

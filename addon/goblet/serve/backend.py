@@ -1,4 +1,4 @@
-"""The loopback HTTP backend that streams ``upload-pack`` output (DESIGN §3).
+"""The loopback HTTP backend that streams ``upload-pack`` output.
 
 mitmproxy cannot stream a response it makes itself, only one it receives
 from a server. So cache hits are rewritten to this backend, which runs in the
@@ -12,6 +12,12 @@ exited 0. Otherwise the connection is aborted mid-body, so neither mitmproxy
 nor git can mistake a cut pack for a complete one. If upload-pack fails
 before its first byte, the client gets an ERR pkt-line instead. A client that
 goes away gets its upload-pack killed and reaped.
+
+Pack-cache followers never wait unboundedly: when the production they follow
+fails, cannot be read, or does not grow for ``follow_timeout`` seconds, a
+follower that sent nothing yet runs its own upload-pack; one that already
+sent bytes is aborted. A production is finished on every path of its run,
+failed as soon as its answer can no longer be stored.
 """
 
 from __future__ import annotations
@@ -34,16 +40,20 @@ from goblet.serve.plans import TOKEN_HEADER, PlanRegistry, ServePlan
 log = logging.getLogger(__name__)
 
 _STDERR_KEEP = 8192
+FOLLOW_TIMEOUT = 60.0
 
 
 class ServeBackend:
     """An h11 server on 127.0.0.1 that runs ServePlans."""
 
     def __init__(self, git: GitRunner, plans: PlanRegistry,
-                 packcache: PackCache | None = None) -> None:
+                 packcache: PackCache | None = None, *,
+                 follow_timeout: float = FOLLOW_TIMEOUT) -> None:
+        """``follow_timeout``: seconds a pack-cache follower waits for the answer to grow."""
         self.git = git
         self.plans = plans
         self.packcache = packcache
+        self.follow_timeout = follow_timeout
         self.port = 0
         self._server: asyncio.Server | None = None
         self._children: set[asyncio.subprocess.Process] = set()
@@ -127,7 +137,11 @@ class ServeBackend:
                 plan.stats.cache_role = Role.BYPASS.value  # trimmed meanwhile: generate
             if role is Role.FOLLOW:
                 assert production is not None
-                return await _follow(conn, writer, plan, production)
+                followed = await _follow(conn, writer, plan, production, self.follow_timeout)
+                if followed is not None:
+                    return followed
+                plan.stats.cache_role = Role.BYPASS.value  # the production let us down
+                production = None
             return await self._run(conn, writer, plan, production)
         finally:
             self._reading[plan.repo_key] -= 1
@@ -136,13 +150,20 @@ class ServeBackend:
 
     async def _run(self, conn: h11.Connection, writer: asyncio.StreamWriter, plan: ServePlan,
                    production: Production | None) -> bool:
-        """Run upload-pack for ``plan``, storing its answer into ``production`` if given."""
-        tee = _Tee(self.packcache, production) if production is not None else None
+        """Run upload-pack for ``plan``, storing its answer into ``production`` if given.
+
+        The production is finished however this ends: stored only if the
+        answer was sent completely, failed otherwise.
+        """
+        if production is None:
+            return await self._upload_pack(conn, writer, plan, None)
+        assert self.packcache is not None
+        tee = _Tee(self.packcache, production)
         try:
+            await tee.open()
             return await self._upload_pack(conn, writer, plan, tee)
         finally:
-            if tee is not None:
-                await tee.finish(plan.stats.complete)
+            await tee.finish(plan.stats.complete)
 
     async def _upload_pack(self, conn: h11.Connection, writer: asyncio.StreamWriter,
                            plan: ServePlan, tee: _Tee | None) -> bool:
@@ -202,34 +223,57 @@ class ServeBackend:
 
 
 class _Tee:
-    """Copies an answer into a pack-cache production while it is being sent."""
+    """Copies an answer into a pack-cache production while it is being sent.
 
-    def __init__(self, packcache: PackCache | None, production: Production) -> None:
+    Contract: ``finish`` ends the production (idempotent). When the answer
+    can no longer be stored — its file cannot be opened or written — the
+    production is failed at once, so its followers need not wait for this
+    run to end; the run itself goes on for its own client.
+    """
+
+    def __init__(self, packcache: PackCache, production: Production) -> None:
         self.packcache = packcache
         self.production = production
-        self.file: BinaryIO | None = production.tmp.open("r+b")
+        self.file: BinaryIO | None = None
         self.size = 0
 
+    async def open(self) -> None:
+        """Open the production's file; on failure fail the production."""
+        try:
+            self.file = self.packcache.open_production(self.production)
+        except OSError as e:
+            log.warning("pack cache unavailable, not storing this answer: %s", e)
+            await self.packcache.finish(self.production, False)
+
     async def write(self, data: bytes) -> None:
-        if self.file is None or self.packcache is None:
+        """Append ``data`` and wake the followers; on failure fail the production."""
+        if self.file is None:
             return
         try:
             await asyncio.to_thread(self.file.write, data)
             await asyncio.to_thread(self.file.flush)
         except OSError as e:
             log.warning("pack cache write failed, not storing this answer: %s", e)
-            self.file.close()
-            self.file = None
+            self._close()
+            await self.packcache.finish(self.production, False)
             return
         self.size += len(data)
         await self.packcache.grew(self.production, self.size)
 
     async def finish(self, ok: bool) -> None:
+        """End the production: stored if ``ok`` and every byte reached the file."""
         stored = ok and self.file is not None
-        if self.file is not None:
+        self._close()
+        await self.packcache.finish(self.production, stored)
+
+    def _close(self) -> None:
+        if self.file is None:
+            return
+        try:
             self.file.close()
-        if self.packcache is not None:
-            await self.packcache.finish(self.production, stored)
+        except OSError as e:  # a failed final flush: the answer is not stored
+            log.warning("pack cache write failed, not storing this answer: %s", e)
+        self.file = None
 
 
 def _head(conn: h11.Connection, writer: asyncio.StreamWriter, plan: ServePlan) -> None:
@@ -279,39 +323,76 @@ def _more_than(production: Production, sent: int) -> Callable[[], bool]:
     return lambda: production.size > sent or production.done
 
 
+async def _progress(production: Production, sent: int,
+                    timeout: float) -> tuple[int, bool, bool] | None:
+    """(size, done, failed) once the production grew past ``sent`` or ended.
+
+    None if neither happened within ``timeout`` seconds.
+    """
+    try:
+        async with asyncio.timeout(timeout), production.grown:
+            await production.grown.wait_for(_more_than(production, sent))
+    except TimeoutError:
+        return None
+    return production.size, production.done, production.failed
+
+
 async def _follow(conn: h11.Connection, writer: asyncio.StreamWriter, plan: ServePlan,
-                  production: Production) -> bool:
-    """Stream an answer another request is producing, as it grows."""
+                  production: Production, timeout: float) -> bool | None:
+    """Stream an answer another request is producing, as it grows.
+
+    Returns None, having sent nothing, if the production fails, stalls for
+    ``timeout`` seconds or cannot be read before its first byte was sent:
+    the caller then answers by itself. Once bytes went out, the same aborts
+    the connection (never a clean end of a partial answer). Otherwise True
+    if the connection may be reused, False if the client went away.
+    """
     try:
         f = production.tmp.open("rb")
-    except OSError:
-        writer.transport.abort()
-        return False
+    except OSError as e:
+        log.info("cannot follow answer %s (%s); running upload-pack", production.key[:12], e)
+        return None
     sent = 0
     try:
-        _head(conn, writer, plan)
         while True:
-            async with production.grown:
-                await production.grown.wait_for(_more_than(production, sent))
-                available, done, failed = production.size, production.done, production.failed
-            if failed:
-                plan.stats.error = "the answer being shared failed"
-                writer.transport.abort()  # never a clean end of a partial answer
-                return False
+            progress = await _progress(production, sent, timeout)
+            if progress is None or progress[2]:
+                return _follow_failed(writer, plan, production, sent, stalled=progress is None)
+            available, done, _ = progress
             while sent < available:
                 chunk = await asyncio.to_thread(f.read, min(READ_CHUNK, available - sent))
                 if not chunk:
                     break
+                if not sent:
+                    _head(conn, writer, plan)
                 sent += len(chunk)
                 await _send(conn, writer, plan, chunk)
             if done and sent >= available:
+                if not sent:
+                    _head(conn, writer, plan)
                 return await _end(conn, writer, plan)
     except (ConnectionError, OSError) as e:
+        if not sent and not isinstance(e, ConnectionError):
+            log.info("cannot follow answer %s (%s); running upload-pack", production.key[:12], e)
+            return None
         plan.stats.error = f"client went away: {e.__class__.__name__}"
         writer.transport.abort()
         return False
     finally:
         f.close()
+
+
+def _follow_failed(writer: asyncio.StreamWriter, plan: ServePlan, production: Production,
+                   sent: int, *, stalled: bool) -> bool | None:
+    """A followed production failed or stalled: fall back (None) or abort (False)."""
+    what = "stalled" if stalled else "failed"
+    if not sent:
+        log.info("answer %s %s before its first byte; running upload-pack",
+                 production.key[:12], what)
+        return None
+    plan.stats.error = f"the answer being shared {what}"
+    writer.transport.abort()  # never a clean end of a partial answer
+    return False
 
 
 async def _stream(conn: h11.Connection, writer: asyncio.StreamWriter,

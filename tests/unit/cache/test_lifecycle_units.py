@@ -1,7 +1,7 @@
 """Pure and unit-sized pieces of the cache lifecycle.
 
 - the CLI's parser of git progress lines and its display helpers;
-- ``parse_count_objects`` (maintenance thresholds) and ``stale_temp_repos`` (recovery);
+- ``parse_count_objects`` (maintenance thresholds);
 - the pack cache's roles: bypass on first sight, produce on the second, follow while
   producing, hit after finishing, failed productions, LRU trimming, key isolation;
 - the Evictor on a fake store laid out on disk (files of known sizes), trash drain;
@@ -25,7 +25,6 @@ from goblet.cache.evict import Eviction, Evictor, cache_bytes
 from goblet.cache.gitrun import GitRunner
 from goblet.cache.locks import RepoLocks
 from goblet.cache.maintenance import ObjectCounts, parse_count_objects
-from goblet.cache.recovery import stale_temp_repos
 from goblet.cache.store import RepoStore
 from goblet.cache.usage import tree_bytes
 from goblet.cache.warm import parse_header_lines, parse_repo_url, read_url_list
@@ -175,25 +174,6 @@ def test_parse_count_objects_of_real_git(tmp_path: Path) -> None:
     assert parse_count_objects(out) == ObjectCounts(loose=3, packs=0)
 
 
-def dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
-def test_stale_temp_repos_keeps_live_writers(tmp_path: Path) -> None:
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    key = "a" * 64
-    live = tmp / f"{key}.{os.getpid()}.{time.monotonic_ns()}.git"
-    dead = tmp / f"{key}.{dead_pid()}.{time.monotonic_ns()}.git"
-    odd = [tmp / "garbage", tmp / f"{key}.notapid.1.git", tmp / ".ready-1-2"]
-    for p in (live, dead, *odd):
-        p.mkdir()
-    assert sorted(stale_temp_repos(tmp)) == sorted([dead, *odd])
-    assert stale_temp_repos(tmp_path / "missing") == []
-
-
 # ------------------------------------------------------------------ pack cache
 
 A, B = "a" * 64, "b" * 64
@@ -316,11 +296,71 @@ def test_stored_answers_survive_a_restart_and_temp_files_do_not(tmp_path: Path) 
         _, production = pc.begin("k")
         assert production is not None
         await produce(pc, production, b"stored")
-        (tmp_path / f"other.{dead_pid()}.1.tmp").write_bytes(b"crashed production")
+        # A production killed mid-way, named by a process whose pid is in use again
+        # (here: ours, as a restarted proxy in a container gets its predecessor's).
+        crashed = f"other.{os.getpid()}.{time.monotonic_ns()}"
+        (tmp_path / f"{crashed}.tmp").write_bytes(b"crashed production")
+        (tmp_path / f"{crashed}.lock").touch()
         again = PackCache(tmp_path, max_bytes=MiB)
         assert again.begin("k")[0] is Role.HIT
         assert again.stored_bytes == 6
-        assert list(tmp_path.glob("*.tmp")) == []
+        assert sorted(p.name for p in tmp_path.iterdir()) == [pc.answer_path("k").name]
+
+    run(scenario())
+
+
+async def store_answer(pc: PackCache, key: str, size: int) -> None:
+    pc.begin(key)
+    role, production = pc.begin(key)
+    assert role is Role.PRODUCE and production is not None
+    await produce(pc, production, b"x" * size)
+
+
+def age(path: Path, seconds: float) -> None:
+    """Make ``path`` look ``seconds`` older (answers are loaded oldest first)."""
+    st = path.stat()
+    os.utime(path, (st.st_atime - seconds, st.st_mtime - seconds))
+
+
+def test_loading_trims_to_a_lowered_bound_oldest_first(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        pc = PackCache(tmp_path, max_bytes=MiB)
+        for i, key in enumerate(("old", "mid", "new")):
+            await store_answer(pc, key, 40)
+            age(pc.answer_path(key), 300 - 100 * i)
+        smaller = PackCache(tmp_path, max_bytes=100)
+        smaller.load()
+        assert smaller.stored_bytes == 80
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["mid.answer", "new.answer"]
+        assert smaller.begin("new")[0] is Role.HIT
+
+    run(scenario())
+
+
+def test_loading_with_the_pack_cache_off_deletes_every_answer(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        pc = PackCache(tmp_path, max_bytes=MiB)
+        await store_answer(pc, "a", 40)
+        await store_answer(pc, "b", 10)
+        off = PackCache(tmp_path, max_bytes=0)
+        off.load()
+        assert off.stored_bytes == 0
+        assert list(tmp_path.iterdir()) == []
+
+    run(scenario())
+
+
+def test_finishing_twice_changes_nothing(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        pc = PackCache(tmp_path, max_bytes=MiB)
+        await store_answer(pc, "k", 5)
+        pc.begin("j")
+        _, production = pc.begin("j")
+        assert production is not None
+        await pc.finish(production, False)
+        await pc.finish(production, True)  # a late "ok" cannot store a failed answer
+        assert production.failed and not pc.answer_path("j").exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["k.answer"]
 
     run(scenario())
 

@@ -397,7 +397,8 @@ REAL_V2: list[tuple[str, int, Expect]] = [
     ("v2-filter", 1, lambda o: fetch(wants=(o["c2"], o["c2"], o["v1"]), done=True)),
     ("v2-incremental", 0, lambda o: LsRefsRequest(
         ("refs/heads/", "refs/heads/main", "refs/tags/"), True, True, True)),
-    ("v2-incremental", 1, lambda o: fetch(wants=(o["c3"],), haves=(o["c1"], o["c2"]))),
+    # haves: newest commit first (the fixture's commits have increasing dates)
+    ("v2-incremental", 1, lambda o: fetch(wants=(o["c3"],), haves=(o["c2"], o["c1"]))),
     ("v2-ref-in-want", 1, lambda o: fetch(wants=(), done=True,
                                           unservable=("argument want-ref",) * 3 + ("no wants",))),
     ("v2-extras", 1, lambda o: fetch(
@@ -415,7 +416,7 @@ REAL_V0: list[tuple[str, int, Expect]] = [
     ("v0-clone", 0, lambda o: fetch(wants=(o["c2"], o["v1"]), done=True, version=0)),
     ("v0-shallow", 0, lambda o: fetch(wants=(o["c2"],), version=0)),
     ("v0-shallow", 1, lambda o: fetch(wants=(o["c2"],), done=True, version=0)),
-    ("v0-incremental", 0, lambda o: fetch(wants=(o["c3"],), haves=(o["c1"], o["c2"]),
+    ("v0-incremental", 0, lambda o: fetch(wants=(o["c3"],), haves=(o["c2"], o["c1"]),
                                           done=True, version=0)),
 ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from goblet.cache.gitrun import GitRunner
 from goblet.protocol import pktline
 from goblet.serve.backend import ServeBackend
+from goblet.serve.packcache import PackCache, Production, Role
 from goblet.serve.plans import TOKEN_HEADER, PlanRegistry, ServePlan
 
 LS_REFS = (pktline.encode_data(b"command=ls-refs\n") + pktline.DELIM
@@ -155,3 +157,144 @@ def test_stop_kills_running_children(tmp_path: Path) -> None:
         writer.close()
 
     with_backend(tmp_path, test, ScriptedGit(tmp_path, "cat >/dev/null; printf 0008abcd; sleep 60"))
+
+
+# ---------------------------------------------------------------------------- pack cache
+
+ANSWER = b"0008abcd0000"
+# upload-pack as a script that counts its runs in ./runs (its cwd is the test's tmp dir)
+COUNTED = 'cat >/dev/null; n=$(( $(cat runs 2>/dev/null || echo 0) + 1 )); echo $n > runs; '
+
+
+class RecordingPackCache(PackCache):
+    """A PackCache (our seam) that records roles and can break its first production."""
+
+    def __init__(self, root: Path, *, break_first: bool = False) -> None:
+        super().__init__(root, max_bytes=1024 * 1024)
+        self.roles: list[Role] = []
+        self.break_first = break_first
+
+    def begin(self, key: str | None) -> tuple[Role, Production | None]:
+        role, production = super().begin(key)
+        self.roles.append(role)
+        if role is Role.PRODUCE and production is not None and self.break_first:
+            self.break_first = False
+            production.tmp.unlink()
+            production.tmp.mkdir()  # no longer openable as a file, by producer or follower
+        return role, production
+
+
+def with_packcache(tmp_path: Path, test: object, script: str, packcache: PackCache, *,
+                   follow_timeout: float = 30.0) -> None:
+    async def main() -> None:
+        plans = PlanRegistry()
+        backend = ServeBackend(ScriptedGitIn(tmp_path, script), plans, packcache,
+                               follow_timeout=follow_timeout)
+        await backend.start()
+        try:
+            await asyncio.wait_for(test(backend, plans), 20)  # type: ignore[operator]
+        finally:
+            await backend.stop()
+
+    asyncio.run(main())
+
+
+class ScriptedGitIn(ScriptedGit):
+    """ScriptedGit running its script in ``home`` (where it keeps its run count)."""
+
+    async def spawn(self, args: Sequence[str], *, git_dir: Path | None = None,
+                    config: Sequence[tuple[str, str]] = (),
+                    extra_env: Mapping[str, str] | None = None) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            "sh", "-c", self.script, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True, cwd=self.home)
+
+
+def cached_plan(tmp_path: Path) -> ServePlan:
+    return ServePlan(tmp_path, b"", None, "test", cache_key="k", repo_key="r")
+
+
+async def call(backend: ServeBackend, plans: PlanRegistry, plan: ServePlan) -> bytes:
+    [(head, body)] = await http_call(backend.port, plans.register(plan))
+    assert head.startswith(b"HTTP/1.1 200")
+    return body
+
+
+def test_a_production_whose_file_cannot_be_opened_fails_and_nobody_waits(
+        tmp_path: Path) -> None:
+    packcache = RecordingPackCache(tmp_path / "pc", break_first=True)
+
+    async def test(backend: ServeBackend, plans: PlanRegistry) -> None:
+        plans_ = [cached_plan(tmp_path) for _ in range(4)]
+        for plan in plans_:  # bypass, produce (unopenable), then whatever comes next
+            assert await asyncio.wait_for(call(backend, plans, plan), 5) == ANSWER
+            assert plan.stats.complete
+        assert packcache.roles[:2] == [Role.BYPASS, Role.PRODUCE]
+        assert Role.FOLLOW not in packcache.roles  # the failed production is gone
+        assert packcache.roles[-1] is Role.HIT
+        assert list((tmp_path / "pc").glob("*.lock")) == []
+
+    (tmp_path / "pc").mkdir()
+    with_packcache(tmp_path, test, f"cat >/dev/null; printf {ANSWER.decode()}", packcache)
+
+
+def test_a_follower_of_a_failed_production_runs_its_own_upload_pack(tmp_path: Path) -> None:
+    packcache = RecordingPackCache(tmp_path / "pc")
+    # run 2 is the producer: it fails after 1 s without output; the others answer
+    script = COUNTED + f'if [ $n = 2 ]; then sleep 1; exit 1; fi; printf {ANSWER.decode()}'
+
+    async def test(backend: ServeBackend, plans: PlanRegistry) -> None:
+        first, producer, follower = (cached_plan(tmp_path) for _ in range(3))
+        assert await call(backend, plans, first) == ANSWER
+        producing = asyncio.ensure_future(call(backend, plans, producer))
+        await asyncio.sleep(0.3)
+        assert await call(backend, plans, follower) == ANSWER
+        assert packcache.roles == [Role.BYPASS, Role.PRODUCE, Role.FOLLOW]
+        assert follower.stats.complete and follower.stats.cache_role == "bypass"
+        assert (await producing).startswith(b"00")  # its ERR packet
+        assert (tmp_path / "runs").read_text().strip() == "3"
+
+    (tmp_path / "pc").mkdir()
+    with_packcache(tmp_path, test, script, packcache)
+
+
+def test_a_stalled_production_sends_its_followers_their_own_way_in_time(tmp_path: Path) -> None:
+    packcache = RecordingPackCache(tmp_path / "pc")
+    script = COUNTED + f'if [ $n = 2 ]; then sleep 60; fi; printf {ANSWER.decode()}'
+
+    async def test(backend: ServeBackend, plans: PlanRegistry) -> None:
+        first, producer, follower = (cached_plan(tmp_path) for _ in range(3))
+        await call(backend, plans, first)
+        producing = asyncio.ensure_future(call(backend, plans, producer))
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        assert await call(backend, plans, follower) == ANSWER
+        assert time.monotonic() - started < 5
+        assert packcache.roles == [Role.BYPASS, Role.PRODUCE, Role.FOLLOW]
+        producing.cancel()
+
+    (tmp_path / "pc").mkdir()
+    with_packcache(tmp_path, test, script, packcache, follow_timeout=0.5)
+
+
+def test_a_follower_that_sent_bytes_is_aborted_when_the_production_stalls(
+        tmp_path: Path) -> None:
+    packcache = RecordingPackCache(tmp_path / "pc")
+    script = COUNTED + 'printf 0008abcd; if [ $n = 2 ]; then sleep 60; fi; printf 0000'
+
+    async def test(backend: ServeBackend, plans: PlanRegistry) -> None:
+        first, producer, follower = (cached_plan(tmp_path) for _ in range(3))
+        await call(backend, plans, first)
+        producing = asyncio.ensure_future(call(backend, plans, producer))
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        with pytest.raises(asyncio.IncompleteReadError):
+            await call(backend, plans, follower)
+        assert time.monotonic() - started < 5
+        assert follower.stats.bytes_sent == 8 and not follower.stats.complete
+        assert follower.stats.error == "the answer being shared stalled"
+        producing.cancel()
+
+    (tmp_path / "pc").mkdir()
+    with_packcache(tmp_path, test, script, packcache, follow_timeout=0.5)
