@@ -82,7 +82,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         "total_bytes": tree_bytes(cache.root), "free_bytes": free_bytes(cache.root),
         "trash_entries": len(entries(s.trash_dir)), "trash_bytes": tree_bytes(s.trash_dir),
         "quarantine_entries": len(entries(s.quarantine_dir)),
-        "quarantine_bytes": tree_bytes(s.quarantine_dir), "tmp_entries": len(entries(s.tmp_dir)),
+        "quarantine_bytes": tree_bytes(s.quarantine_dir),
+        "tmp_entries": len(entries(s.tmp_dir, "*.git")),
     }
     if args.json:
         print_json(stats)

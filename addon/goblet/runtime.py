@@ -94,7 +94,8 @@ class Runtime:
         self.keyer = TenantKeyer(secret)
         self.plans = PlanRegistry()
         self.packcache = PackCache(self.store.packcache_dir, settings.pack_cache_max_bytes)
-        self.backend = ServeBackend(git, self.plans, self.packcache)
+        self.backend = ServeBackend(git, self.plans, self.packcache,
+                                    follow_timeout=float(settings.upstream_timeout))
         locks = RepoLocks(self.store.lock_dir)
         reporter = self.reporter = FillReporter(metrics, access, settings.instance)
         filler = Filler(self.store, locks, git, stall_timeout=settings.upstream_timeout,
@@ -153,7 +154,8 @@ class Runtime:
             self.forwarder.timeout = s.upstream_timeout
         self.evictor.max_bytes, self.evictor.min_free_bytes = s.cache_max_bytes, s.min_free_bytes
         self.health.min_free_bytes = s.min_free_bytes
-        self.packcache.max_bytes = s.pack_cache_max_bytes
+        self.packcache.set_budget(s.pack_cache_max_bytes)
+        self.backend.follow_timeout = float(s.upstream_timeout)
         self.maintainer.policy = replace(self.maintainer.policy, full_every=s.full_repack_interval,
                                          threads=s.repack_threads)
         self.lifecycle.maintenance = s.maintenance

@@ -272,7 +272,8 @@ def test_every_option_applies_at_run_time_or_says_it_needs_a_restart(tmp_path: P
         d, v = rt.decider, rt.decider.verdicts
         assert (v.ttl, v.negative_ttl, v.keep) == (300, 9, 7200)
         assert (d.isolation, d.offline, d.offline_grace) == ("tenant", True, 7200)
-        assert d.filler.stall_timeout == 7 and rt.forwarder is not None
+        assert d.filler.stall_timeout == 7 and rt.backend.follow_timeout == 7
+        assert rt.forwarder is not None
         assert rt.forwarder.timeout == 7
         assert (rt.evictor.max_bytes, rt.evictor.min_free_bytes) == (10 << 30, 3 << 30)
         assert rt.health.min_free_bytes == 3 << 30 and rt.packcache.max_bytes == 1 << 30

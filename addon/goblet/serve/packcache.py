@@ -223,6 +223,11 @@ class PackCache:
         """Drop ``key`` from the index (its file is not touched)."""
         self._stored_bytes -= self._stored.pop(key, 0)
 
+    def set_budget(self, max_bytes: int) -> None:
+        """Change the budget and trim stored answers to it (0: keep none)."""
+        self.max_bytes = max_bytes
+        self._trim()
+
     def _trim(self) -> None:
         """Drop least recently used answers until within ``max_bytes`` (all if off)."""
         while self._stored and (not self.enabled or self._stored_bytes > self.max_bytes):
