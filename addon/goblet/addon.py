@@ -31,6 +31,7 @@ from goblet.auth.credentials import ANONYMOUS, Credential, credential_from_heade
 from goblet.cache.store import CacheRepo, canonical_url
 from goblet.decide import Route
 from goblet.metrics import status_class
+from goblet.observe import exposure
 from goblet.observe.access import AccessLog, AccessRecord
 from goblet.observe.endpoints import PATHS as ENDPOINT_PATHS
 from goblet.offline.forward import UpstreamAnswer, UpstreamUnreachable
@@ -120,6 +121,14 @@ class Goblet:
         """Start the runtime and log one ``goblet ready`` line."""
         s = self.settings
         assert s is not None
+        exposure.declare_option(ctx.options)
+        verdict = exposure.start_verdict_for(
+            ctx.options, listening=ctx.master.addons.get("proxyserver") is not None)
+        if verdict.refuse:
+            log.error("%s", verdict.message)  # mitmproxy exits 1 on errors logged at start-up
+            return
+        if verdict.message:
+            log.warning("%s", verdict.message)
         base_config = resolve_ca(getattr(ctx.options, "ssl_verify_upstream_trusted_ca", None))
         if getattr(ctx.options, "ssl_insecure", False):
             base_config.append(("http.sslVerify", "false"))
@@ -203,16 +212,15 @@ class Goblet:
         req.headers["Host"] = host if port == 443 else f"{host}:{port}"
         return None
 
-    def _is_endpoint(self, flow: http.HTTPFlow) -> bool:
-        """A plain-HTTP request to the proxy itself for one of our endpoints."""
+    def _plain_route(self, flow: http.HTTPFlow) -> exposure.Route:
+        """Our endpoint, a request that came back to us (a loop), or plain HTTP to relay."""
         req = flow.request
-        if req.scheme != "http" or req.method not in ("GET", "HEAD"):
-            return False
-        if req.path.split("?", 1)[0] not in ENDPOINT_PATHS:
-            return False
         server = ctx.master.addons.get("proxyserver")
         ports = {addr[1] for addr in server.listen_addrs()} if server else set()
-        return req.port in ports and _is_local_address(req.host)
+        return exposure.route(
+            exposure.PlainRequest(req.scheme, req.method, req.path, req.host, req.port,
+                                  tuple(req.headers.get_all("via"))),
+            proxy_ports=ports, is_local=_is_local_address)
 
     def _classify(self, flow: http.HTTPFlow) -> routes.Route | None:
         """The git route of a flow to a goblet host, or None for other traffic."""
@@ -234,9 +242,19 @@ class Goblet:
         """Classify the flow; stream everything we do not need to read."""
         if flow.response or flow.error or not flow.live:
             return
-        if self.rt is not None and self._is_endpoint(flow):
+        plain = exposure.Route.OTHER
+        if self.rt is not None and not self._on_prefix_port(flow):
+            plain = self._plain_route(flow)
+        if plain is exposure.Route.ENDPOINT:
             self._flows[flow] = FlowState("endpoint")
             return
+        if plain is exposure.Route.LOOP:
+            flow.response = http.Response.make(
+                508, exposure.LOOP_MESSAGE,
+                {"Content-Type": "text/plain; charset=utf-8", **self._served_by()})
+            return
+        if plain is exposure.Route.RELAY:
+            flow.request.headers["Via"] = exposure.add_via(flow.request.headers.get_all("via"))
         if self._on_prefix_port(flow):
             if flow.request.path.split("?", 1)[0] in ENDPOINT_PATHS and self.rt is not None:
                 self._flows[flow] = FlowState("endpoint")
