@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -214,9 +215,9 @@ def test_a_request_inside_a_tunnel_to_goblet_never_loops(named: NamedProxy) -> N
 class Recorder(BaseHTTPRequestHandler):
     """Answers every GET with its own text and remembers the Via header it saw."""
 
-    seen: list[str | None] = []
+    seen: ClassVar[list[str | None]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         Recorder.seen.append(self.headers.get("Via"))
         body = b"not goblet: the other server\n"
         self.send_response(200)
@@ -224,7 +225,7 @@ class Recorder(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

@@ -7,7 +7,8 @@ Typical use in a fixture::
         git("clone", upstream.url("public.git"), ..., env=upstream.git_env(home))
 
 Layout under ``workdir``: ``repos/`` (``root``, where tests create bare repos),
-``certs/upstream-cert.pem`` (``cert_path``, regenerated at every start), ``config.json`` and
+``certs/upstream-cert.pem`` (``cert_path``, regenerated at every start; with ``private_ca`` it is
+``certs/upstream-ca.pem``, the CA that signed the server's certificate), ``config.json`` and
 ``upstream.log`` (the server's stderr, see :meth:`UpstreamServer.log_text`).
 Control calls go straight to the server over HTTPS (trusting only ``cert_path``), never
 through a proxy.
@@ -48,7 +49,8 @@ class UpstreamServer:
     """
 
     def __init__(
-        self, workdir: Path, config: dict[str, Any], *, latency_ms: int = 0, rate_mbit: float = 0
+        self, workdir: Path, config: dict[str, Any], *, latency_ms: int = 0,
+        rate_mbit: float = 0, port: int = 0, private_ca: bool = False,
     ) -> None:
         self.workdir = workdir
         self.root = workdir / "repos"
@@ -58,6 +60,8 @@ class UpstreamServer:
         self.log_path = workdir / "upstream.log"
         self.latency_ms = latency_ms
         self.rate_mbit = rate_mbit
+        self.listen_port = port
+        self.private_ca = private_ca
         self.port = 0
         self.returncode: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -86,11 +90,12 @@ class UpstreamServer:
             "--cert-dir",
             str(self.cert_dir),
             "--port",
-            "0",
+            str(self.listen_port),
             "--latency-ms",
             str(self.latency_ms),
             "--rate-mbit",
             str(self.rate_mbit),
+            *(["--private-ca"] if self.private_ca else []),
         ]
         self._proc = subprocess.Popen(
             command,
