@@ -11,8 +11,6 @@ test of a DNS name that resolves to goblet gives mitmdump a private
 from __future__ import annotations
 
 import http.client
-import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -24,6 +22,7 @@ from typing import ClassVar
 
 import pytest
 
+from tests.support.netns import in_own_network, run_until_ready, unshare_binary
 from tests.support.proxy import ADDON, GobletProxy, mitmdump_binary
 
 pytestmark = pytest.mark.e2e
@@ -31,48 +30,16 @@ pytestmark = pytest.mark.e2e
 SELF_NAME = "goblet-self.test"
 
 
-def unshare() -> str:
-    """The unshare binary (util-linux); fails, never skips, when it is missing."""
-    path = shutil.which("unshare")
-    if path is None:
-        pytest.fail("unshare (util-linux) is missing")
-    return path
-
-
-def in_own_network(argv: list[str]) -> list[str]:
-    """``argv`` in a new network namespace whose loopback is up (nothing else exists)."""
-    return [unshare(), "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
-
-
 def start_up(tmp_path: Path, confdir: Path, *args: str,
-             timeout: float = 60) -> subprocess.CompletedProcess[str] | str:
-    """Run mitmdump in its own network; its output if it exits, else '' once it is ready.
+             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run mitmdump with ``args`` in its own network until it exits or is ready.
 
-    A ready mitmdump is stopped with SIGTERM; its output is returned.
+    A ready mitmdump is stopped with SIGTERM. Returns its exit status and output.
     """
-    argv = in_own_network([mitmdump_binary(), "-s", str(ADDON), "-p", "0",
-                           "--set", f"confdir={confdir}",
-                           "--set", f"goblet_cache_dir={tmp_path / 'cache'}",
-                           "--set", "goblet_hosts=git.example.com", *args])
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=tmp_path, env=env, stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        if any("goblet ready" in line for line in lines):
-            proc.terminate()
-            break
-        time.sleep(0.05)
-    else:
-        if proc.poll() is None:
-            proc.kill()
-    proc.wait(10)
-    reader.join(5)
-    return subprocess.CompletedProcess(argv, proc.returncode, "".join(lines), "")
+    return run_until_ready(in_own_network(
+        [mitmdump_binary(), "-s", str(ADDON), "-p", "0", "--set", f"confdir={confdir}",
+         "--set", f"goblet_cache_dir={tmp_path / 'cache'}",
+         "--set", "goblet_hosts=git.example.com", *args]), tmp_path, timeout)
 
 
 @pytest.mark.parametrize("listen", [["--listen-host", "0.0.0.0"], [], ["--listen-host", "::"]],
@@ -130,7 +97,7 @@ class NamedProxy(GobletProxy):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.hosts_file.write_text(f"127.0.0.1 localhost\n127.0.0.1 {SELF_NAME}\n"
                                    "::1 localhost ip6-localhost\n")
-        return [unshare(), "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',
+        return [unshare_binary(), "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',
                 str(self.hosts_file), *super().command()]
 
 
