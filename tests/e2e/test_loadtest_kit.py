@@ -421,7 +421,7 @@ def test_compose_goblet_command_starts_goblet(tmp_path: Path, confdir: Path) -> 
                     ("0.0.0.0", "127.0.0.1"))
     argv: list[str] = []
     for raw in [*entrypoint[2:], *command]:  # drop "tini --"
-        arg = re.sub(r"\$\{GOBLET_HOSTS:-([^}]*)\}", r"\1", raw)
+        arg = re.sub(r"\$\{GOBLET_HOSTS:\?[^}]*\}", "git.example.com", raw)
         for old, new in replacements:
             arg = arg.replace(old, new)
         arg = re.sub(r"(port[=_a-z]*=?)(8080|8081|9464)$",
@@ -437,7 +437,7 @@ def test_compose_goblet_command_starts_goblet(tmp_path: Path, confdir: Path) -> 
         assert http_get(ports["8080"], "/healthz") == (200, "ok\n")  # the healthcheck's
         text = log.read_text()
         assert "goblet ready: instance=goblet-2" in text
-        assert "hosts=bitbucket.org,github.com,gitlab.com" in text
+        assert "hosts=git.example.com" in text
     finally:
         stop_group(proc)
 
@@ -739,6 +739,37 @@ def run_k6(node: str, tmp_path: Path, env: dict[str, str], answers: dict[str, An
     assert res.returncode == 0, res.stderr
     result: dict[str, Any] = json.loads(res.stdout.splitlines()[-1])
     return result
+
+
+def k6_import(node: str, tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Import k6-script.js (module scope only) under node with stub k6 modules."""
+    run_k6_setup = tmp_path / "k6-import"
+    stubs = run_k6_setup / "node_modules" / "k6"
+    stubs.mkdir(parents=True, exist_ok=True)
+    for name, text in K6_STUBS.items():
+        (stubs / name).write_text(text)
+    (run_k6_setup / "package.json").write_text('{"type": "module"}')
+    for name in ("k6-script.js", "k6-pktline.js"):
+        shutil.copy(LOADTEST / name, run_k6_setup / name)
+    (run_k6_setup / "run.js").write_text(
+        f"globalThis.__ENV = {json.dumps(env)};\n"
+        "const script = await import('./k6-script.js');\n"
+        "console.log(JSON.stringify(script.options.stages.length));\n")
+    return subprocess.run([node, "run.js"], cwd=run_k6_setup, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_k6_loads_the_demo_upstream_unless_told_otherwise(tmp_path: Path) -> None:
+    node = tool("node", "nodejs")
+    default = k6_import(node, tmp_path, {})
+    assert default.returncode == 0 and "loading" not in default.stderr, default.stderr
+    refused = k6_import(node, tmp_path, {"REPOS": "127.0.0.1:8443/a.git,github.com/git/git"})
+    assert refused.returncode != 0
+    assert "REPOS names github.com, not this machine" in refused.stderr
+    assert "ALLOW_REMOTE_UPSTREAM=1" in refused.stderr
+    allowed = k6_import(node, tmp_path, {"REPOS": "github.com/git/git",
+                                         "ALLOW_REMOTE_UPSTREAM": "1"})
+    assert allowed.returncode == 0 and "loading github.com" in allowed.stderr, allowed.stderr
 
 
 def test_k6_script_speaks_valid_git_and_fails_on_err(

@@ -1,0 +1,62 @@
+"""A bare load test loads the local demo upstream; another forge only when asked for."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtest import loadtest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def demo_upstream_module() -> Any:
+    path = ROOT / "loadtest" / "demo-upstream"
+    loader = importlib.machinery.SourceFileLoader("demo_upstream", str(path))
+    spec = importlib.util.spec_from_loader("demo_upstream", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_defaults_are_the_demo_upstreams_repos_through_run_locals_haproxy() -> None:
+    cfg = loadtest.parse_config([])
+    assert cfg.url == "http://127.0.0.1:8080"
+    assert cfg.repos == loadtest.DEMO_REPOS
+    assert all(r.startswith("127.0.0.1:8443/demo/repo-") for r in cfg.repos)
+    port = demo_upstream_module().DEFAULT_PORT
+    assert f"127.0.0.1:{port}" == loadtest.DEMO_UPSTREAM
+
+
+@pytest.mark.parametrize("repo", ["github.com/git/git", "git.internal:8443/org/app.git",
+                                  "10.0.0.8/org/app.git", "https://gitlab.com/a/b"])
+def test_a_forge_elsewhere_needs_the_flag(repo: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        loadtest.parse_config(["--repos", "127.0.0.1:8443/demo/repo-0.git", repo])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "--allow-remote-upstream" in err and loadtest.repo_host(loadtest.parse_repo(repo)) in err
+    cfg = loadtest.parse_config(["--repos", repo, "--allow-remote-upstream"])
+    assert cfg.repos == (loadtest.parse_repo(repo),)
+    warning = capsys.readouterr().err
+    assert warning.startswith("loadtest: warning: loading ") and "reach it" in warning
+
+
+@pytest.mark.parametrize("repo", ["127.0.0.1:9999/x.git", "localhost/x.git", "127.1.2.3/a/b"])
+def test_this_machine_needs_no_flag(repo: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert loadtest.parse_config(["--repos", repo]).repos == (repo,)
+    assert capsys.readouterr().err == ""
+
+
+def test_the_script_refuses_before_sending_anything() -> None:
+    res = subprocess.run([sys.executable, str(ROOT / "loadtest" / "loadtest.py"), "--repos",
+                          "github.com/git/git", "--url", "http://127.0.0.1:9"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 2 and "github.com, not this machine" in res.stderr
