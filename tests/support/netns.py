@@ -2,7 +2,7 @@
 
 Lets a test start a server that binds every interface (``0.0.0.0``) without
 listening beyond loopback on this machine. Needs ``unshare`` (util-linux) and
-``ip`` (iproute2), and root or unprivileged user namespaces.
+root (or unprivileged user namespaces).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,9 +24,20 @@ def unshare_binary() -> str:
     return path
 
 
+# Brings the namespace's loopback up (SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP), then
+# execs the command: no iproute2 needed.
+_LO_UP_AND_EXEC = """
+import fcntl, os, socket, struct, sys
+with socket.socket() as s:
+    flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH", b"lo", 0))[:18])[1]
+    fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 1))
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+
+
 def in_own_network(argv: list[str]) -> list[str]:
     """``argv`` in a new network namespace whose loopback is up."""
-    return [unshare_binary(), "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
+    return [unshare_binary(), "-n", sys.executable, "-c", _LO_UP_AND_EXEC, *argv]
 
 
 def run_until_ready(argv: list[str], cwd: Path, timeout: float = 60,
