@@ -11,15 +11,16 @@ from typing import Any
 
 import pytest
 
-from loadtest import loadtest
+from loadtest import loadtest, topology
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def demo_upstream_module() -> Any:
-    path = ROOT / "loadtest" / "demo-upstream"
-    loader = importlib.machinery.SourceFileLoader("demo_upstream", str(path))
-    spec = importlib.util.spec_from_loader("demo_upstream", loader)
+def script_module(name: str) -> Any:
+    """A loadtest/ script without a .py suffix, imported (its main() not run)."""
+    path = ROOT / "loadtest" / name
+    loader = importlib.machinery.SourceFileLoader(name.replace("-", "_"), str(path))
+    spec = importlib.util.spec_from_loader(name.replace("-", "_"), loader)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
@@ -31,8 +32,11 @@ def test_defaults_are_the_demo_upstreams_repos_through_run_locals_haproxy() -> N
     assert cfg.url == "http://127.0.0.1:8080"
     assert cfg.repos == loadtest.DEMO_REPOS
     assert all(r.startswith("127.0.0.1:8443/demo/repo-") for r in cfg.repos)
-    port = demo_upstream_module().DEFAULT_PORT
-    assert f"127.0.0.1:{port}" == loadtest.DEMO_UPSTREAM
+    demo = script_module("demo-upstream")
+    assert loadtest.DEMO_UPSTREAM == topology.DEMO_UPSTREAM == f"127.0.0.1:{demo.DEFAULT_PORT}"
+    assert topology.DEMO_CERT == demo.DEFAULT_DIR / "certs" / "upstream-cert.pem"
+    run_local = script_module("run-local").build_parser().parse_args([])
+    assert run_local.hosts == [topology.DEMO_UPSTREAM] and run_local.upstream_ca is None
 
 
 @pytest.mark.parametrize("repo", ["github.com/git/git", "git.internal:8443/org/app.git",
