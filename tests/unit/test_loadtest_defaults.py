@@ -64,3 +64,15 @@ def test_the_script_refuses_before_sending_anything() -> None:
                           "github.com/git/git", "--url", "http://127.0.0.1:9"],
                          capture_output=True, text=True, timeout=60, check=False)
     assert res.returncode == 2 and "github.com, not this machine" in res.stderr
+
+
+def test_run_local_hands_its_processes_absolute_binaries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make fleet` passes --mitmdump .venv/bin/mitmdump; goblets start in their own dirs."""
+    run_local = script_module("run-local")
+    (tmp_path / "bin").mkdir()
+    for name in ("mitmdump", "haproxy"):
+        (tmp_path / "bin" / name).write_text("#!/bin/sh\n")
+    monkeypatch.chdir(tmp_path)
+    assert run_local.find_mitmdump("bin/mitmdump") == str(tmp_path / "bin" / "mitmdump")
+    assert run_local.find_binary("haproxy", "bin/haproxy") == str(tmp_path / "bin" / "haproxy")
