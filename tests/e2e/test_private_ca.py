@@ -84,3 +84,29 @@ def test_cold_and_warm_clones_with_the_ca(
         assert px.log_text().count("outcome=cache status=200") >= 2
         for clone in ("cold", "warm"):
             git.fsck(tmp_path / clone)
+
+
+def test_the_file_replaces_the_default_cas_so_mixed_hosts_need_a_bundle(
+        forge: UpstreamServer, forge_repos: Repos, upstream: UpstreamServer, repos: Repos,
+        tmp_path: Path, confdir: Path) -> None:
+    """The README's advice: a bundle of every CA the goblet_hosts need, not the private CA alone.
+
+    ``upstream`` (self-signed) stands for a public forge whose CA the default list has.
+    """
+    private, public = forge_repos.create(), repos.create()
+    alone = GobletProxy(tmp_path / "alone", hosts=[forge.host, upstream.host],
+                        upstream_ca=forge.cert_path, confdir=confdir)
+    with alone:
+        git = GitClient(tmp_path / "home-alone", ca_file=alone.ca_cert, proxy=alone.url)
+        git.clone(forge.url(private), tmp_path / "a1")
+        res = git.run("clone", upstream.url(public), str(tmp_path / "a2"), check=False)
+        assert res.returncode != 0, "the private CA alone must not verify the other host"
+    bundle = tmp_path / "upstream-cas.pem"
+    bundle.write_bytes(forge.cert_path.read_bytes() + upstream.cert_path.read_bytes())
+    both = GobletProxy(tmp_path / "both", hosts=[forge.host, upstream.host],
+                       upstream_ca=bundle, confdir=confdir)
+    with both:
+        git = GitClient(tmp_path / "home-both", ca_file=both.ca_cert, proxy=both.url)
+        git.clone(forge.url(private), tmp_path / "b1")
+        git.clone(upstream.url(public), tmp_path / "b2")
+        assert both.log_text().count("result=ok") >= 2, both.log_text()[-2000:]
