@@ -106,6 +106,15 @@ def test_a_reverse_proxy_relays_to_one_target_only() -> None:
     assert exposure.start_verdict(found, None, "off") == exposure.StartVerdict()
 
 
+def test_the_path_prefix_listener_relays_nowhere_else() -> None:
+    found = [Listener("regular", "127.0.0.1", 8080), Listener("regular", "0.0.0.0", 8081)]
+    assert exposure.start_verdict(found, None, "off", prefix_port=8081) == \
+        exposure.StartVerdict()
+    assert exposure.start_verdict(found, None, "off", prefix_port=9999).refuse
+    socks = [Listener("socks5", "0.0.0.0", 8081)]
+    assert exposure.start_verdict(socks, None, "off", prefix_port=8081).refuse
+
+
 def test_only_the_exposed_listener_is_named() -> None:
     found = [Listener("regular", "127.0.0.1", 8080), Listener("regular", "10.1.2.3", 8081)]
     message = exposure.start_verdict(found, None, "off").message
@@ -137,6 +146,9 @@ def test_verdict_from_mitmproxy_options() -> None:
     bad = exposure.start_verdict_for(options(goblet_allow_open_proxy="maybe"))
     assert bad.refuse and "goblet_allow_open_proxy must be" in bad.message
     assert exposure.start_verdict_for(options(), listening=False) == exposure.StartVerdict()
+    opts = options(listen_host="0.0.0.0", mode=["regular@127.0.0.1:8080", "regular@8081"])
+    opts.add_option("goblet_prefix_port", str, "8081", "")
+    assert exposure.start_verdict_for(opts) == exposure.StartVerdict()
 
 
 def test_a_deferred_set_is_applied_when_the_option_is_declared() -> None:

@@ -129,13 +129,19 @@ def authenticates(proxyauth: str | None) -> bool:
     return bool(value) and value != "any"
 
 
-def open_listeners(found: Iterable[Listener], proxyauth: str | None) -> list[Listener]:
-    """The listeners that relay for anyone who reaches them beyond loopback."""
+def open_listeners(found: Iterable[Listener], proxyauth: str | None,
+                   prefix_port: int = 0) -> list[Listener]:
+    """The listeners that relay for anyone who reaches them beyond loopback.
+
+    goblet's path-prefix listener (``regular@<goblet_prefix_port>``) answers
+    only ``/<goblet host>/<repo>`` URLs and refuses CONNECT: it relays nowhere else.
+    """
     guarded = authenticates(proxyauth)
     return [
         lst for lst in found
         if lst.mode not in _FIXED_TARGET and not is_loopback(lst.host)
         and not (guarded and lst.mode in _AUTHENTICATED)
+        and not (prefix_port and lst.mode == "regular" and lst.port == prefix_port)
     ]
 
 
@@ -148,13 +154,13 @@ class StartVerdict:
 
 
 def start_verdict(found: Sequence[Listener], proxyauth: str | None,
-                  allow_open_proxy: str) -> StartVerdict:
+                  allow_open_proxy: str, prefix_port: int = 0) -> StartVerdict:
     """Refuse an open proxy unless ``goblet_allow_open_proxy=on``; then warn.
 
     Raises ValueError for a bad ``goblet_allow_open_proxy`` value.
     """
     allow = parse_choice(OPTION.name, allow_open_proxy, ("off", "on")) == "on"
-    exposed = open_listeners(found, proxyauth)
+    exposed = open_listeners(found, proxyauth, prefix_port)
     if not exposed:
         return StartVerdict()
     where = ", ".join(str(lst) for lst in exposed)
@@ -187,9 +193,15 @@ def start_verdict_for(options: Any, *, listening: bool = True) -> StartVerdict:
                       getattr(options, "listen_port", None)),
             getattr(options, "proxyauth", None),
             str(getattr(options, OPTION.name, OPTION.default)),
+            _port(getattr(options, "goblet_prefix_port", "0")),
         )
     except ValueError as e:
         return StartVerdict(refuse=True, message=f"goblet: {e}")
+
+
+def _port(value: object) -> int:
+    text = str(value).strip()
+    return int(text) if text.isdigit() else 0
 
 
 def declare_option(options: Any) -> None:
