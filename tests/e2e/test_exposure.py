@@ -71,6 +71,16 @@ def test_proxyauth_needs_no_opt_in(tmp_path: Path, confdir: Path) -> None:
     assert "open proxy" not in res.stdout and "refusing" not in res.stdout
 
 
+def test_the_path_prefix_port_alone_may_listen_everywhere(tmp_path: Path,
+                                                          confdir: Path) -> None:
+    """It serves only /<goblet host>/<repo> URLs; the proxy port stays on loopback."""
+    res = start_up(tmp_path, confdir, "--listen-host", "0.0.0.0",
+                   "--mode", "regular@127.0.0.1:8080", "--set", "goblet_prefix_port=8081")
+    assert "goblet ready" in res.stdout, res.stdout
+    assert "listening at *:8081" in res.stdout and "listening at 127.0.0.1:8080" in res.stdout
+    assert "open proxy" not in res.stdout and "refusing" not in res.stdout
+
+
 def test_proxyauth_any_is_no_authentication(tmp_path: Path, confdir: Path) -> None:
     res = start_up(tmp_path, confdir, "--listen-host", "0.0.0.0", "--set", "proxyauth=any")
     assert res.returncode == 1 and "proxyauth=any checks no password" in res.stdout, res.stdout
