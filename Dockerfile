@@ -1,15 +1,18 @@
 # goblet: mitmdump with the goblet addon, as a non-root service.
 #
 #   docker build -t goblet:local .
-#   docker run -p 127.0.0.1:8080:8080 -v goblet-cache:/var/cache/goblet \
+#   docker run -d --name goblet -p 127.0.0.1:8080:8080 -v goblet-cache:/var/cache/goblet \
 #     -v goblet-certs:/etc/goblet/certs goblet:local
+#   docker cp goblet:/etc/goblet/certs/mitmproxy-ca-cert.pem .   # the CA clients trust
+#   docker exec goblet goblet cache stats --cache-dir /var/cache/goblet
 #
 # Volumes: /var/cache/goblet (the bare-repo cache) and /etc/goblet/certs
 # (mitmproxy's confdir: the CA, generated on first start if empty; clients trust
 # mitmproxy-ca-cert.pem). Never bake a CA into the image: .dockerignore keeps
 # certs/ out of the build context.
-# Options: append `--set name=value` (see README.md); the entrypoint already
-# sets the cache dir, confdir, http2=false and flow_detail=0.
+# Options: arguments replace CMD below, so repeat its listen address and the
+# open-proxy choice, then add `--set name=value` (see README.md); the
+# entrypoint already sets the cache dir, confdir, http2=false and flow_detail=0.
 FROM python:3.11-slim-bookworm
 
 ARG DEBIAN_FRONTEND=noninteractive
@@ -48,4 +51,10 @@ ENTRYPOINT ["tini", "--", "mitmdump", "-s", "/opt/goblet/addon/goblet_addon.py",
             "--set", "confdir=/etc/goblet/certs", \
             "--set", "goblet_cache_dir=/var/cache/goblet", \
             "--set", "http2=false", "--set", "flow_detail=0"]
-CMD ["--listen-host", "0.0.0.0", "-p", "8080"]
+# 0.0.0.0 is the container's own network namespace: the host reaches it only
+# through ports you publish, other containers only on the same Docker network.
+# goblet refuses to listen beyond loopback without proxyauth unless told, so the
+# default opts in: publish on 127.0.0.1 as above, or when others can reach the
+# port replace the opt-in with `--set proxyauth=@/etc/goblet/htpasswd` (mount one)
+# (docs/operations/exposure.md).
+CMD ["--listen-host", "0.0.0.0", "-p", "8080", "--set", "goblet_allow_open_proxy=on"]

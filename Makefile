@@ -18,6 +18,8 @@ help:
 	@echo "make run   - start goblet on $(HOST):$(PORT) (cache in ./$(CACHE_DIR), CA in ./$(CERTS_DIR))"
 	@echo "make test  - install the test tools, run the test suite"
 	@echo "make lint  - ruff + mypy --strict"
+	@echo "make fleet - 3 instances behind HAProxy + Prometheus on loopback (FLEET_HOSTS=...)"
+	@echo "make loadtest - drive a running instance or fleet (LOADTEST_ARGS=...)"
 
 # System prerequisites: git and a Python 3.11 with venv. Installed with apt-get
 # when missing and we are root (or have sudo); otherwise we say what is missing.
@@ -67,7 +69,7 @@ lint: $(BIN)/.installed-test
 
 # A local fleet: 3 instances behind HAProxy (sharded by repo) and Prometheus.
 fleet: $(BIN)/.installed
-	loadtest/run-local --hosts $(HOSTS) --mitmdump $(BIN)/mitmdump
+	loadtest/run-local --mitmdump $(BIN)/mitmdump $(if $(FLEET_HOSTS),--hosts $(FLEET_HOSTS))
 
 loadtest: $(BIN)/.installed
 	$(BIN)/python loadtest/loadtest.py $(LOADTEST_ARGS)

@@ -1,13 +1,15 @@
 // k6 load test for goblet: the three requests of a v2 clone, repeated by each VU.
 //
-//   k6 run loadtest/k6-script.js                                   # defaults below
-//   GOBLET_URL=http://127.0.0.1:8080 REPOS=github.com/org/a,github.com/org/b \
-//     k6 run loadtest/k6-script.js
+//   k6 run loadtest/k6-script.js            # run-local's HAProxy, demo-upstream's repos
+//   GOBLET_URL=http://127.0.0.1:8080 REPOS=git.internal/org/a,git.internal/org/b \
+//     ALLOW_REMOTE_UPSTREAM=1 k6 run loadtest/k6-script.js
 //   docker compose -f loadtest/docker-compose.loadtest.yml --profile loadtest up k6
 //
 // Environment:
 //   GOBLET_URL     path-prefix base URL (HAProxy or one goblet's prefix port)
 //   REPOS          comma-separated host/org/repo list, spread over the VUs
+//                  (default: loadtest/demo-upstream's, on 127.0.0.1:8443)
+//   ALLOW_REMOTE_UPSTREAM  1: allow REPOS on another host than this machine
 //   THINK_TIME_MS  pause after each clone (default 100)
 //   DEPTH          > 0: shallow fetches (deepen N)
 //   AUTH           user:password of a tenant (Basic); keep it out of shell history
@@ -34,11 +36,29 @@ import {
   lsRefsBody,
 } from './k6-pktline.js';
 
-const BASE = (__ENV.GOBLET_URL || 'http://localhost:8080').replace(/\/+$/, '');
-const REPOS = (__ENV.REPOS || 'github.com/git/git')
+const DEMO_REPOS = [0, 1, 2].map((i) => '127.0.0.1:8443/demo/repo-' + i + '.git').join(',');
+const BASE = (__ENV.GOBLET_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
+const REPOS = (__ENV.REPOS || DEMO_REPOS)
   .split(',')
   .map((r) => r.trim().replace(/^https:\/\//, '').replace(/\/+$/, ''))
   .filter((r) => r.length > 0);
+
+// Every clone's info/refs and ls-refs reach the upstream: a forge that is not on
+// this machine is loaded only when asked for, and then with a warning.
+function hostOf(repo) {
+  const authority = repo.split('/')[0];
+  return authority.includes(':') ? authority.slice(0, authority.lastIndexOf(':')) : authority;
+}
+const REMOTE = [...new Set(REPOS.map(hostOf))].filter(
+  (h) => h !== 'localhost' && !/^127\.\d+\.\d+\.\d+$/.test(h) && h !== '[::1]');
+if (REMOTE.length > 0) {
+  if (__ENV.ALLOW_REMOTE_UPSTREAM !== '1') {
+    throw new Error('REPOS names ' + REMOTE.join(', ') + ', not this machine: every clone\'s ' +
+      'ref requests would reach that forge. Load only a forge you own and say so with ' +
+      'ALLOW_REMOTE_UPSTREAM=1');
+  }
+  console.warn('loading ' + REMOTE.join(', ') + ': every clone\'s ref requests reach it');
+}
 const THINK_S = Number(__ENV.THINK_TIME_MS || 100) / 1000;
 const DEPTH = Number(__ENV.DEPTH || 0);
 const AUTH = __ENV.AUTH ? 'Basic ' + encoding.b64encode(__ENV.AUTH) : null;

@@ -22,6 +22,11 @@ Two ways to reach goblet (``--via``):
   repos are requested as ``https://github.com/org/repo`` through CONNECT, and
   ``--ca`` names goblet's CA certificate.
 
+Repositories default to the local demo upstream (``loadtest/demo-upstream`` on
+127.0.0.1:8443). Any other host needs ``--allow-remote-upstream``: every
+clone's ``info/refs`` and ``ls-refs`` reach the upstream, so a load test
+through goblet also loads that forge; load only one you own.
+
 Every loop is bounded twice: ``--requests`` per worker and ``--duration``
 seconds in all (each request also has ``--timeout``). Results go to stdout as a
 summary and, with ``--output FILE``, as JSON (``-`` for stdout). The exit status
@@ -35,6 +40,7 @@ from __future__ import annotations
 import argparse
 import base64
 import http.client
+import ipaddress
 import json
 import os
 import re
@@ -63,6 +69,8 @@ USER_AGENT = f"{protocol.AGENT} (goblet-loadtest)"
 _SERVED_BY_TRACE = re.compile(r"<= Recv header: x-served-by: *(\S+)", re.IGNORECASE)
 _REPO = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+")
 KINDS = ("info_refs", "ls_refs", "fetch")
+DEMO_UPSTREAM = "127.0.0.1:8443"  # loadtest/demo-upstream's default address
+DEMO_REPOS = tuple(f"{DEMO_UPSTREAM}/demo/repo-{i}.git" for i in range(3))
 
 
 # -- configuration -----------------------------------------------------------------
@@ -111,6 +119,27 @@ def parse_repo(text: str) -> str:
     return repo
 
 
+def repo_host(repo: str) -> str:
+    """The host of ``host[:port]/path``, without the port."""
+    authority = repo.split("/", 1)[0]
+    return authority.rsplit(":", 1)[0] if ":" in authority else authority
+
+
+def is_this_machine(host: str) -> bool:
+    """Whether ``host`` is a loopback address or ``localhost``."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def remote_hosts(repos: Sequence[str]) -> list[str]:
+    """The hosts of ``repos`` that are not this machine, sorted."""
+    return sorted({h for h in map(repo_host, repos) if not is_this_machine(h)})
+
+
 def parse_auth(value: str) -> list[tuple[str, str]]:
     """``user:password``, or ``@FILE`` with one ``user:password`` per line."""
     if value.startswith("@"):
@@ -133,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load-test goblet with valid git traffic; see docs/operations/load-testing.md",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--url", default="http://localhost:8080",
+    p.add_argument("--url", default="http://127.0.0.1:8080",
                    help="goblet address: path-prefix base URL (--via prefix) or forward "
                         "proxy (--via proxy)")
     p.add_argument("--via", choices=("prefix", "proxy"), default="prefix",
@@ -148,8 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--think-time", type=float, default=100,
                    help="pause, ms, after each iteration (protocol: a clone's three requests; "
                         "clone: one git command)")
-    p.add_argument("--repos", nargs="+", default=["github.com/git/git"],
-                   help="repositories as host/org/repo")
+    p.add_argument("--repos", nargs="+", default=list(DEMO_REPOS),
+                   help="repositories as host/org/repo (default: loadtest/demo-upstream's)")
+    p.add_argument("--allow-remote-upstream", action="store_true",
+                   help="allow repositories on a host other than this machine: every clone's "
+                        "ref requests reach that forge, so only name one you own")
     p.add_argument("--output", help="write the JSON report here ('-': stdout)")
     p.add_argument("--duration", type=float, default=300,
                    help="stop after this many seconds, however many requests are left")
@@ -173,6 +205,15 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         auths = tuple(pair for value in a.auth for pair in parse_auth(value))
     except (ValueError, OSError) as e:
         parser.error(str(e))
+    remote = remote_hosts(repos)
+    if remote and not a.allow_remote_upstream:
+        parser.error(f"--repos names {', '.join(remote)}, not this machine: every clone's "
+                     "info/refs and ls-refs would reach that forge. Load only a forge you own "
+                     "and say so with --allow-remote-upstream (the default repositories are "
+                     "loadtest/demo-upstream's, on this machine)")
+    if remote:
+        print(f"loadtest: warning: loading {', '.join(remote)}: every clone's info/refs and "
+              "ls-refs reach it (--allow-remote-upstream)", file=sys.stderr, flush=True)
     url = a.url.rstrip("/")
     if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
         parser.error(f"--url must be http(s)://host[:port][/path], not {a.url!r}")

@@ -30,6 +30,9 @@ COMPOSE_INSTANCES = 3
 COMPOSE_PREFIX_PORT = 8081
 COMPOSE_METRICS_PORT = 9464
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+# loadtest/demo-upstream's defaults: the upstream a bare run-local and loadtest.py use.
+DEMO_UPSTREAM = "127.0.0.1:8443"
+DEMO_CERT = Path("/tmp/goblet-demo-upstream/certs/upstream-cert.pem")
 
 
 @dataclass(frozen=True)

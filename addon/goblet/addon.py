@@ -37,6 +37,7 @@ from goblet.auth.verdicts import RefView
 from goblet.cache.store import CacheRepo, canonical_url
 from goblet.decide import Route
 from goblet.metrics import status_class
+from goblet.observe import exposure
 from goblet.observe.access import AccessLog, AccessRecord
 from goblet.observe.endpoints import PATHS as ENDPOINT_PATHS
 from goblet.offline.ask import answer_is_grant
@@ -108,7 +109,13 @@ class Goblet:
             loader.add_option(spec.name, spec.typespec, spec.default, spec.help)  # type: ignore[attr-defined]
 
     def configure(self, updated: set[str]) -> None:
-        """Validate all goblet options; refuse bad values with OptionsError."""
+        """Validate all goblet options; refuse bad values, and an open proxy, with
+        OptionsError (at start-up that stops mitmdump before it listens)."""
+        if updated & exposure.EXPOSURE_OPTIONS:
+            verdict = exposure.start_verdict_for(
+                ctx.options, listening=ctx.master.addons.get("proxyserver") is not None)
+            if verdict.refuse:
+                raise exceptions.OptionsError(verdict.message)
         if not any(name.startswith("goblet_") for name in updated):
             return
         try:
@@ -141,6 +148,10 @@ class Goblet:
         """Start the runtime and log one ``goblet ready`` line."""
         s = self.settings
         assert s is not None
+        verdict = exposure.start_verdict_for(
+            ctx.options, listening=ctx.master.addons.get("proxyserver") is not None)
+        if verdict.message:  # an open proxy the operator allowed (refusals stop configure)
+            log.warning("%s", verdict.message)
         base_config = resolve_ca(getattr(ctx.options, "ssl_verify_upstream_trusted_ca", None))
         if getattr(ctx.options, "ssl_insecure", False):
             base_config.append(("http.sslVerify", "false"))
@@ -225,16 +236,15 @@ class Goblet:
         req.headers["Host"] = host if port == 443 else f"{host}:{port}"
         return None
 
-    def _is_endpoint(self, flow: http.HTTPFlow) -> bool:
-        """A plain-HTTP request to the proxy itself for one of our endpoints."""
+    def _plain_route(self, flow: http.HTTPFlow) -> exposure.Route:
+        """Our endpoint, a request that came back to us (a loop), or plain HTTP to relay."""
         req = flow.request
-        if req.scheme != "http" or req.method not in ("GET", "HEAD"):
-            return False
-        if req.path.split("?", 1)[0] not in ENDPOINT_PATHS:
-            return False
         server = ctx.master.addons.get("proxyserver")
         ports = {addr[1] for addr in server.listen_addrs()} if server else set()
-        return req.port in ports and _is_local_address(req.host)
+        return exposure.route(
+            exposure.PlainRequest(req.scheme, req.method, req.path, req.host, req.port,
+                                  tuple(req.headers.get_all("via"))),
+            proxy_ports=ports, is_local=_is_local_address)
 
     def _classify(self, flow: http.HTTPFlow) -> routes.Route | None:
         """The git route of a flow to a goblet host, or None for other traffic."""
@@ -252,9 +262,19 @@ class Goblet:
         """Classify the flow; stream everything we do not need to read."""
         if flow.response or flow.error or not flow.live:
             return
-        if self.rt is not None and self._is_endpoint(flow):
+        plain = exposure.Route.OTHER
+        if self.rt is not None and not self._on_prefix_port(flow):
+            plain = self._plain_route(flow)
+        if plain is exposure.Route.ENDPOINT:
             self._flows[flow] = FlowState("endpoint")
             return
+        if plain is exposure.Route.LOOP:
+            flow.response = http.Response.make(
+                508, exposure.LOOP_MESSAGE,
+                {"Content-Type": "text/plain; charset=utf-8", **self._served_by()})
+            return
+        if plain is exposure.Route.RELAY:
+            flow.request.headers["Via"] = exposure.add_via(flow.request.headers.get_all("via"))
         if self._on_prefix_port(flow):
             if flow.request.path.split("?", 1)[0] in ENDPOINT_PATHS and self.rt is not None:
                 self._flows[flow] = FlowState("endpoint")

@@ -108,6 +108,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "credentials it granted within goblet_offline_grace from the cache."),
     OptionSpec("goblet_offline_grace", str, "24h",
                "How old a grant may be for offline answers (e.g. 30m, 24h)."),
+    OptionSpec("goblet_allow_open_proxy", str, "off",
+               "on: start even though the proxy listens beyond loopback with no proxyauth "
+               "(anyone who reaches the port can relay through it); off: refuse to start."),
     OptionSpec("goblet_log_format", str, "text",
                "Access log format: text (mitmproxy's log) or json (one object per line "
                "on stderr)."),
@@ -143,6 +146,7 @@ class Settings:
     offline_grace: int = 86400
     request_body_timeout: int = 60
     max_partitions: int = 16
+    allow_open_proxy: bool = False
 
 
 ISOLATION_MODES = ("shared", "tenant", "user", "public")
@@ -210,6 +214,7 @@ def parse_settings(o: Any) -> Settings:
         request_body_timeout=parse_seconds("goblet_request_body_timeout",
                                            o.goblet_request_body_timeout, 1, 3600),
         max_partitions=parse_int("goblet_max_partitions", o.goblet_max_partitions, 0, 100000),
+        allow_open_proxy=parse_bool("goblet_allow_open_proxy", o.goblet_allow_open_proxy),
         full_repack_interval=parse_seconds("goblet_full_repack_interval",
                                            o.goblet_full_repack_interval, 60, 365 * 86400),
         repack_threads=parse_int("goblet_repack_threads", o.goblet_repack_threads, 1, 64),

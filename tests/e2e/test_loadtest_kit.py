@@ -35,13 +35,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
+from goblet.options import parse_size
 from ruamel.yaml import YAML
 
 from loadtest import protocol, topology
 from tests.e2e.conftest import Repos
 from tests.e2e.test_fleet import wait_for
 from tests.support.net import free_port, http_get
+from tests.support.netns import in_own_network, run_until_ready
 from tests.support.proxy import ADDON, REPO_ROOT, GobletProxy, mitmdump_binary
 from tests.support.repos import list_refs
 from tests.support.upstream_client import UpstreamServer
@@ -185,6 +188,7 @@ def test_compose_file_has_the_seed_topology() -> None:
         volumes = goblet["volumes"]
         assert f"cache-{n}:/var/cache/goblet" in volumes, "one cache volume per shard"
         assert "certs:/etc/goblet/certs:ro" in volumes
+        assert "ports" not in goblet, "the goblets listen on 0.0.0.0: only compose reaches them"
     haproxy = services["haproxy"]
     assert haproxy["ports"] == ["127.0.0.1:8080:8080", "127.0.0.1:8404:8404"]
     assert "./haproxy/compose.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in haproxy["volumes"]
@@ -263,8 +267,6 @@ def test_kubernetes_manifest_uses_a_native_sidecar() -> None:
     assert sidecar["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"},
                                     "limits": {"cpu": "1", "memory": "2Gi"}}
     assert sidecar["securityContext"]["runAsUser"] != 0
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["git-cache"]["emptyDir"]["sizeLimit"] == "10Gi"
     mounts = {m["name"]: m["mountPath"] for m in sidecar["volumeMounts"]}
     assert mounts["git-cache"] == "/var/cache/goblet"
     (agent,) = pod["containers"]
@@ -283,6 +285,116 @@ def test_kubernetes_manifest_uses_a_native_sidecar() -> None:
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     (service,) = docs["Service"]
     assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "goblet"
+
+
+# Oldest and newest Kubernetes the manifest claims (its header says >= 1.29).
+K8S_VERSIONS = ("1.29.0", "1.37.0")
+CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}  # not in the core API schemas
+GIB = 1024**3
+
+
+def manifest_docs(text: str | None = None) -> list[dict[str, Any]]:
+    source = text if text is not None else \
+        (LOADTEST / "kubernetes-sidecar-deployment.yaml").read_text(encoding="utf-8")
+    return [d for d in YAML(typ="safe").load_all(source) if d]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_kubernetes_manifest_matches_the_api_schemas(version: str) -> None:
+    checked = 0
+    for doc in manifest_docs():
+        if (doc["apiVersion"], doc["kind"]) in CRDS:
+            continue
+        used = kubernetes_validate.validate(doc, version, strict=True)
+        assert used == version.rsplit(".", 1)[0], \
+            f"kubernetes-validate has no {version} schemas (it fell back to {used})"
+        checked += 1
+    assert checked == len(manifest_docs()) - 1
+    # The validator is strict: a misspelt field fails.
+    (deployment,) = [d for d in manifest_docs() if d["kind"] == "Deployment"]
+    deployment["spec"]["template"]["spec"]["initContainers"][0]["restartPolicyy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, version, strict=True)
+
+
+def named_init_container_targets(docs: list[dict[str, Any]]) -> list[str]:
+    """Services whose named targetPort only an init container of the selected pods declares.
+
+    Kubernetes resolves a named targetPort against init containers' ports only
+    from 1.32 on; before that such a Service has no endpoints.
+    """
+    pods = [(d["metadata"].get("namespace"), d["spec"]["template"]) for d in docs
+            if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet")]
+    problems = []
+    for svc in (d for d in docs if d["kind"] == "Service"):
+        selector = svc["spec"].get("selector") or {}
+        for port in svc["spec"]["ports"]:
+            target = port.get("targetPort")
+            if not isinstance(target, str):
+                continue
+            for namespace, template in pods:
+                labels = template["metadata"].get("labels", {})
+                if namespace != svc["metadata"].get("namespace") or \
+                        any(labels.get(k) != v for k, v in selector.items()):
+                    continue
+                spec = template["spec"]
+                names = {p.get("name") for c in spec["containers"] for p in c.get("ports", ())}
+                init = {p.get("name") for c in spec.get("initContainers", ())
+                        for p in c.get("ports", ())}
+                if target not in names and target in init:
+                    problems.append(f"Service {svc['metadata']['name']} targets {target!r}, "
+                                    "a port of an init container")
+    return problems
+
+
+def test_no_service_targets_a_named_port_of_an_init_container() -> None:
+    text = (LOADTEST / "kubernetes-sidecar-deployment.yaml").read_text(encoding="utf-8")
+    assert named_init_container_targets(manifest_docs(text)) == []
+    services = [d for d in manifest_docs(text) if d["kind"] == "Service"]
+    assert services and all(isinstance(p["targetPort"], int)
+                            for s in services for p in s["spec"]["ports"])
+    named = text.replace("targetPort: 9464", "targetPort: metrics")
+    assert named != text
+    assert named_init_container_targets(manifest_docs(named)) == [
+        "Service terraform-agent-metrics targets 'metrics', a port of an init container"]
+
+
+def test_every_container_can_pass_run_as_non_root() -> None:
+    """With runAsNonRoot the kubelet needs a numeric user; an image's USER may be a name."""
+    (deployment,) = manifest()["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    for container in [*pod["initContainers"], *pod["containers"]]:
+        uid = container.get("securityContext", {}).get("runAsUser",
+                                                        pod["securityContext"].get("runAsUser"))
+        assert isinstance(uid, int) and uid > 0, container["name"]
+
+
+def quantity(text: str) -> int:
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": GIB, "Ti": 1024**4}
+    m = re.fullmatch(r"([0-9]+)(Ki|Mi|Gi|Ti)", text)
+    assert m is not None, text
+    return int(m.group(1)) * units[m.group(2)]
+
+
+def test_the_cache_volume_leaves_the_headroom_the_sizing_rule_asks_for() -> None:
+    """sizeLimit >= budget + 2 x largest repo + a few typical repos (cache.md's rule)."""
+    (deployment,) = manifest()["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    script = pod["initContainers"][0]["args"][0]
+    sets = dict(re.findall(r"--set (goblet_\w+)=(\S+)", script))
+    budget = parse_size("budget", sets["goblet_cache_max_bytes"])
+    pack_cache = parse_size("pack cache", sets["goblet_pack_cache_max_bytes"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    size_limit = quantity(volumes["git-cache"]["emptyDir"]["sizeLimit"])
+    text = (LOADTEST / "kubernetes-sidecar-deployment.yaml").read_text()
+    m = re.search(r"(\d+) GiB \+ 2 x (\d+) GiB \(largest repo[^)]*\) \+\s*#?\s*(\d+) GiB = "
+                  r"(\d+) GiB", text)
+    assert m is not None, "the manifest states the rule next to the numbers"
+    stated_budget, largest, typical, total = (int(g) * GIB for g in m.groups())
+    assert stated_budget == budget and total == size_limit
+    assert size_limit >= budget + 2 * largest + typical
+    assert pack_cache <= budget // 5, "keep the pack cache well below the budget"
 
 
 # -- the command lines in those files start a real goblet ------------------------------
@@ -309,7 +421,7 @@ def test_compose_goblet_command_starts_goblet(tmp_path: Path, confdir: Path) -> 
                     ("0.0.0.0", "127.0.0.1"))
     argv: list[str] = []
     for raw in [*entrypoint[2:], *command]:  # drop "tini --"
-        arg = re.sub(r"\$\{GOBLET_HOSTS:-([^}]*)\}", r"\1", raw)
+        arg = re.sub(r"\$\{GOBLET_HOSTS:\?[^}]*\}", "git.example.com", raw)
         for old, new in replacements:
             arg = arg.replace(old, new)
         arg = re.sub(r"(port[=_a-z]*=?)(8080|8081|9464)$",
@@ -325,9 +437,45 @@ def test_compose_goblet_command_starts_goblet(tmp_path: Path, confdir: Path) -> 
         assert http_get(ports["8080"], "/healthz") == (200, "ok\n")  # the healthcheck's
         text = log.read_text()
         assert "goblet ready: instance=goblet-2" in text
-        assert "hosts=bitbucket.org,github.com,gitlab.com" in text
+        assert "hosts=git.example.com" in text
     finally:
         stop_group(proc)
+
+
+def container_argv(args: list[str], tmp_path: Path, confdir: Path) -> list[str]:
+    """An image's command line with the host's paths; ports and addresses as written."""
+    argv = []
+    for raw in args:
+        arg = re.sub(r"\$\{GOBLET_HOSTS:[-?][^}]*\}", "git.example.com", raw)
+        for old, new in (("/opt/goblet/addon/goblet_addon.py", str(ADDON)),
+                         ("/etc/goblet/certs", str(confdir)),
+                         ("/var/cache/goblet", str(tmp_path / "cache"))):
+            arg = arg.replace(old, new)
+        argv.append(mitmdump_binary() if arg == "mitmdump" else arg)
+    return argv
+
+
+@pytest.mark.parametrize("source", ["Dockerfile", "compose"])
+def test_container_command_lines_listen_everywhere_only_by_choice(
+        source: str, tmp_path: Path, confdir: Path) -> None:
+    """Run as written (0.0.0.0, port 8080) in a network namespace of its own."""
+    entrypoint = docker_json("ENTRYPOINT")
+    assert entrypoint[:2] == ["tini", "--"]
+    command = docker_json("CMD") if source == "Dockerfile" else \
+        compose()["services"]["goblet-1"]["command"]
+    opt_in = [a for a in command if "goblet_allow_open_proxy" in a]
+    assert opt_in and opt_in[-1].endswith("goblet_allow_open_proxy=on")
+    argv = container_argv([*entrypoint[2:], *command], tmp_path, confdir)
+    res = run_until_ready(in_own_network(argv), tmp_path)
+    assert "goblet ready" in res.stdout, res.stdout
+    assert "open proxy on regular@0.0.0.0:8080" in res.stdout
+    # Without the choice the same command refuses to start.
+    at = next(i for i, a in enumerate(argv) if "goblet_allow_open_proxy" in a)
+    without = argv[:at - 1] + argv[at + 1:] if argv[at - 1] == "--set" else \
+        argv[:at] + argv[at + 1:]
+    assert len(without) in (len(argv) - 1, len(argv) - 2) and "--set" not in without[-1:]
+    res = run_until_ready(in_own_network(without), tmp_path)
+    assert res.returncode == 1 and "refusing to start" in res.stdout, res.stdout
 
 
 def test_kubernetes_sidecar_script_makes_ca_bundle_and_starts_goblet(tmp_path: Path) -> None:
@@ -591,6 +739,37 @@ def run_k6(node: str, tmp_path: Path, env: dict[str, str], answers: dict[str, An
     assert res.returncode == 0, res.stderr
     result: dict[str, Any] = json.loads(res.stdout.splitlines()[-1])
     return result
+
+
+def k6_import(node: str, tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Import k6-script.js (module scope only) under node with stub k6 modules."""
+    run_k6_setup = tmp_path / "k6-import"
+    stubs = run_k6_setup / "node_modules" / "k6"
+    stubs.mkdir(parents=True, exist_ok=True)
+    for name, text in K6_STUBS.items():
+        (stubs / name).write_text(text)
+    (run_k6_setup / "package.json").write_text('{"type": "module"}')
+    for name in ("k6-script.js", "k6-pktline.js"):
+        shutil.copy(LOADTEST / name, run_k6_setup / name)
+    (run_k6_setup / "run.js").write_text(
+        f"globalThis.__ENV = {json.dumps(env)};\n"
+        "const script = await import('./k6-script.js');\n"
+        "console.log(JSON.stringify(script.options.stages.length));\n")
+    return subprocess.run([node, "run.js"], cwd=run_k6_setup, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_k6_loads_the_demo_upstream_unless_told_otherwise(tmp_path: Path) -> None:
+    node = tool("node", "nodejs")
+    default = k6_import(node, tmp_path, {})
+    assert default.returncode == 0 and "loading" not in default.stderr, default.stderr
+    refused = k6_import(node, tmp_path, {"REPOS": "127.0.0.1:8443/a.git,github.com/git/git"})
+    assert refused.returncode != 0
+    assert "REPOS names github.com, not this machine" in refused.stderr
+    assert "ALLOW_REMOTE_UPSTREAM=1" in refused.stderr
+    allowed = k6_import(node, tmp_path, {"REPOS": "github.com/git/git",
+                                         "ALLOW_REMOTE_UPSTREAM": "1"})
+    assert allowed.returncode == 0 and "loading github.com" in allowed.stderr, allowed.stderr
 
 
 def test_k6_script_speaks_valid_git_and_fails_on_err(

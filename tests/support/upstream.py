@@ -3,14 +3,16 @@
 Usage (cwd = project root)::
 
     python -m tests.support.upstream --config CFG.json --root REPOS_DIR --cert-dir DIR \
-        [--port 0] [--latency-ms 0] [--rate-mbit 0] \
+        [--port 0] [--latency-ms 0] [--rate-mbit 0] [--private-ca] \
         [--alt-name NAME --alt-root REPOS_DIR --alt-config CFG.json]
 
 Contract:
 
-* listens on 127.0.0.1 with a fresh self-signed certificate (see ``upstream_tls``), speaks
-  HTTP/1.1 with keep-alive, and prints exactly one line ``READY port=<port> cert=<path>`` to
-  stdout once listening; one log line per request goes to stderr (credentials never logged);
+* listens on 127.0.0.1 with a fresh self-signed certificate (see ``upstream_tls``; with
+  ``--private-ca`` a leaf signed by a fresh private CA), speaks HTTP/1.1 with keep-alive, and
+  prints exactly one line ``READY port=<port> cert=<path>`` to stdout once listening (``cert``
+  is the file clients trust: the self-signed certificate, or the CA certificate alone); one
+  log line per request goes to stderr (credentials never logged);
   SIGTERM/SIGINT stop it cleanly and kill running ``git http-backend`` children;
 * ``/<repo>/info/refs``, ``/<repo>/git-upload-pack`` and ``/<repo>/git-receive-pack`` are
   served by ``git http-backend`` for bare repos under ``--root``, after the access rules of
@@ -67,7 +69,7 @@ from tests.support.upstream_state import (
     Stats,
     classify_upload_pack,
 )
-from tests.support.upstream_tls import write_self_signed_cert
+from tests.support.upstream_tls import write_ca_signed_cert, write_self_signed_cert
 
 __all__ = ["UpstreamServer", "deterministic_bytes", "main"]
 
@@ -435,16 +437,22 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--alt-name", default=None)
     parser.add_argument("--alt-root", type=Path, default=None)
     parser.add_argument("--alt-config", type=Path, default=None)
+    parser.add_argument("--private-ca", action="store_true",
+                        help="present a leaf signed by a fresh private CA; READY names the CA")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; returns the process exit code."""
     args = _parse_args(argv)
-    cert_path, key_path = write_self_signed_cert(args.cert_dir)
+    if args.private_ca:
+        cert_path, leaf_path, key_path = write_ca_signed_cert(args.cert_dir)
+    else:
+        cert_path, key_path = write_self_signed_cert(args.cert_dir)
+        leaf_path = cert_path
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_path, key_path)
+    context.load_cert_chain(leaf_path, key_path)
     context.set_alpn_protocols(["http/1.1"])
 
     def remember_sni(sock: Any, server_name: str | None, _context: ssl.SSLContext) -> None:

@@ -7,7 +7,8 @@ Typical use in a fixture::
         git("clone", upstream.url("public.git"), ..., env=upstream.git_env(home))
 
 Layout under ``workdir``: ``repos/`` (``root``, where tests create bare repos),
-``certs/upstream-cert.pem`` (``cert_path``, regenerated at every start), ``config.json`` and
+``certs/upstream-cert.pem`` (``cert_path``, regenerated at every start; with ``private_ca`` it is
+``certs/upstream-ca.pem``, the CA that signed the server's certificate), ``config.json`` and
 ``upstream.log`` (the server's stderr, see :meth:`UpstreamServer.log_text`). With
 ``alt_name`` (a second virtual host on the same port, e.g. ``localhost``): ``alt-repos/``
 (``alt_root``) and ``alt-config.json``.
@@ -50,7 +51,8 @@ class UpstreamServer:
     """
 
     def __init__(
-        self, workdir: Path, config: dict[str, Any], *, latency_ms: int = 0, rate_mbit: float = 0,
+        self, workdir: Path, config: dict[str, Any], *, latency_ms: int = 0,
+        rate_mbit: float = 0, port: int = 0, private_ca: bool = False,
         alt_name: str | None = None,
     ) -> None:
         self.workdir = workdir
@@ -61,6 +63,8 @@ class UpstreamServer:
         self.log_path = workdir / "upstream.log"
         self.latency_ms = latency_ms
         self.rate_mbit = rate_mbit
+        self.listen_port = port
+        self.private_ca = private_ca
         self.port = 0
         self.returncode: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -95,11 +99,12 @@ class UpstreamServer:
             "--cert-dir",
             str(self.cert_dir),
             "--port",
-            "0",
+            str(self.listen_port),
             "--latency-ms",
             str(self.latency_ms),
             "--rate-mbit",
             str(self.rate_mbit),
+            *(["--private-ca"] if self.private_ca else []),
         ]
         if self.alt_name:
             command += ["--alt-name", self.alt_name, "--alt-root", str(self.alt_root),

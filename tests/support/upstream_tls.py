@@ -6,6 +6,11 @@ certificate valid for ``IP:127.0.0.1`` and ``DNS:localhost``, writes the certifi
 returns both paths. The certificate is its own trust anchor: clients trust it by pointing their
 CA bundle at the certificate file (``GIT_SSL_CAINFO``, ``ssl.create_default_context(cafile=...)``,
 mitmproxy's ``ssl_verify_upstream_trusted_ca``).
+
+:func:`write_ca_signed_cert` is the private-CA variant, as an internal forge has it: a CA
+certificate alone in ``<cert_dir>/upstream-ca.pem`` (its key is never written), and a leaf
+certificate (not a CA) signed by it for the same names in ``upstream-leaf.pem`` with its key.
+Clients trust the CA file; the server presents the leaf.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CERT_FILE_NAME = "upstream-cert.pem"
 KEY_FILE_NAME = "upstream-key.pem"
+CA_FILE_NAME = "upstream-ca.pem"
+LEAF_FILE_NAME = "upstream-leaf.pem"
 
 
 def write_self_signed_cert(cert_dir: Path) -> tuple[Path, Path]:
@@ -90,3 +97,74 @@ def write_self_signed_cert(cert_dir: Path) -> tuple[Path, Path]:
         fh.write(key_bytes)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
+
+
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, key_cert_sign=cert_sign,
+        crl_sign=cert_sign, encipher_only=False, decipher_only=False,
+    )
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    if path.exists():
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key.private_bytes(serialization.Encoding.PEM,
+                                   serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()))
+
+
+def write_ca_signed_cert(cert_dir: Path) -> tuple[Path, Path, Path]:
+    """A fresh private CA and a leaf it signed; return (CA cert, leaf cert, leaf key) paths."""
+    cert_dir.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "goblet test forge CA"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, "goblet test private CA")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, leaf_path, key_path = (cert_dir / CA_FILE_NAME, cert_dir / LEAF_FILE_NAME,
+                                    cert_dir / KEY_FILE_NAME)
+    _write_key(key_path, key)
+    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    leaf_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    return ca_path, leaf_path, key_path

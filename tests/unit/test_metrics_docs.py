@@ -6,6 +6,11 @@ alert rules and in the docs, and checks metric names, label names, label values
 and function names against it; and, the other way round, that every goblet
 metric is documented and on the dashboard.
 
+Every markdown file of the repository is checked too: each ``goblet_*`` name
+it mentions is a real metric or option, each option has its own row in the
+README's options table, and each relative link leads to a file that exists and
+an anchor that a heading there makes.
+
 PromQL is parsed loosely with regular expressions (``parse_promql``): strings are
 set aside first, then selectors ``{…}``, ranges ``[…]`` and grouping clauses
 ``by (…)``; what is left are function names (followed by ``(``), keywords and
@@ -15,6 +20,7 @@ metric names. The parser's own tests show that it catches what it should.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +39,22 @@ PROMETHEUS_CONFIG = ROOT / "loadtest/prometheus/prometheus.yml"
 DATASOURCE = ROOT / "loadtest/grafana/provisioning/datasources/prometheus.yml"
 DASHBOARD_PROVIDER = ROOT / "loadtest/grafana/provisioning/dashboards/goblet.yml"
 METRICS_DOC = ROOT / "docs/reference/metrics.md"
+_NOT_DOCS = {"node_modules", "__pycache__", "cache"}
+
+
+def markdown_files() -> list[Path]:
+    """Every markdown file of the repository (hidden directories and caches aside)."""
+    found = []
+    for top, dirs, files in os.walk(ROOT):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _NOT_DOCS)
+        found += [Path(top) / f for f in files if f.endswith(".md")]
+    return sorted(found)
+
+
+ALL_DOCS = markdown_files()
+# Benchmark scenario names (docs/benchmarks.md's tables), not metrics or options.
+BENCH_LABELS = frozenset(re.findall(r"\"(goblet_\w+)\"",
+                                    (ROOT / "bench" / "scenarios.py").read_text()))
 MONITORING_DOC = ROOT / "docs/operations/monitoring.md"
 
 QUESTIONS = ("Is it up?", "Is it hitting?", "What is it saving?")
@@ -40,11 +62,8 @@ QUESTIONS = ("Is it up?", "Is it hitting?", "What is it saving?")
 TARGET_LABELS = frozenset({"job", "instance"})
 # Prometheus's own series that may appear next to goblet's.
 PROMETHEUS_SERIES = frozenset({"up"})
-# Options issue 5 adds to the addon; names the docs may mention besides metrics.
-# Harmless once they are in goblet.options.OPTIONS.
-PLANNED_OPTIONS = frozenset({
-    "goblet_metrics_port", "goblet_metrics_host", "goblet_log_format", "goblet_min_free_bytes",
-})
+# Every option goblet declares.
+OPTIONS = {spec.name: spec for spec in gopts.OPTIONS}
 STATUS_CLASSES = tuple(sorted({gm.status_class(s) for s in (None, *range(100, 600))}))
 # The values of each label, by label name ...
 LABEL_VALUES: dict[str, tuple[str, ...]] = {
@@ -393,8 +412,8 @@ def markdown_promql(path: Path) -> list[tuple[str, str]]:
 
 
 def mentioned_names(path: Path) -> set[str]:
-    """Every goblet_*/process_* word in a file."""
-    return set(re.findall(r"\b((?:goblet|process)_[a-z0-9_]+)\b",
+    """Every goblet_*/process_* word in a file (file names such as goblet_addon.py aside)."""
+    return set(re.findall(r"\b((?:goblet|process)_[a-z0-9_]+)\b(?!\.py)",
                           path.read_text(encoding="utf-8")))
 
 
@@ -441,18 +460,165 @@ def test_docs_queries_use_only_real_metrics_and_labels(doc: Path) -> None:
     assert problems == []
 
 
-@pytest.mark.parametrize("doc", [METRICS_DOC, MONITORING_DOC], ids=lambda p: p.name)
-def test_docs_name_only_real_metrics_and_options(doc: Path) -> None:
-    options = {spec.name for spec in gopts.OPTIONS} | PLANNED_OPTIONS
+def unknown_names(doc: Path) -> set[str]:
+    """goblet_*/process_* words of ``doc`` that are neither metrics nor options."""
     families = {f.primary for f in FAMILIES.values()}  # a histogram's own name, too
-    unknown = mentioned_names(doc) - set(EXPOSED) - families - options
-    assert unknown == set(), f"{doc.name} names metrics that do not exist: {sorted(unknown)}"
+    return mentioned_names(doc) - set(EXPOSED) - families - set(OPTIONS) - BENCH_LABELS
+
+
+@pytest.mark.parametrize("doc", ALL_DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_docs_name_only_real_metrics_and_options(doc: Path) -> None:
+    unknown = unknown_names(doc)
+    assert unknown == set(), f"{doc.name} names metrics or options that do not exist: " \
+                             f"{sorted(unknown)}"
+
+
+def test_every_markdown_file_is_checked() -> None:
+    names = {str(p.relative_to(ROOT)) for p in ALL_DOCS}
+    assert {"README.md", "loadtest/README.md", "examples/README.md",
+            "docs/operations/cache.md", "docs/reference/metrics.md",
+            "docs/operations/exposure.md"} <= names
+    assert not any(part.startswith(".") for n in names for part in Path(n).parts)
 
 
 def test_the_name_check_catches_a_fake_name_in_prose(tmp_path: Path) -> None:
     fake = tmp_path / "doc.md"
-    fake.write_text("The `goblet_requests_total` counter and goblet_fake_bytes_total.\n")
-    assert mentioned_names(fake) - set(EXPOSED) == {"goblet_fake_bytes_total"}
+    fake.write_text("The `goblet_requests_total` counter, goblet_fake_bytes_total, the "
+                    "`goblet_upstream_request_duration_seconds` histogram, "
+                    "`--set goblet_verdict_tll=5m`, `goblet_repack_threads` and "
+                    "addon/goblet_addon.py.\n")
+    assert unknown_names(fake) == {"goblet_fake_bytes_total", "goblet_verdict_tll",
+                                   "goblet_upstream_request_duration_seconds"}
+
+
+def options_table() -> dict[str, str]:
+    """Option name → its row in the README's options table."""
+    body = sections(ROOT / "README.md")["Options"]
+    rows = re.findall(r"^\| `(goblet_\w+)` \|(.*)$", body, re.M)
+    return {name: row for name, row in rows}
+
+
+def test_every_option_has_a_readme_row_with_its_default() -> None:
+    table = options_table()
+    assert sorted(table) == sorted(OPTIONS), "options without a row, or rows without an option"
+    for name, spec in OPTIONS.items():
+        default = ",".join(spec.default) if isinstance(spec.default, list) else spec.default
+        if default:
+            assert f"`{default}`" in table[name].split("|")[0], f"{name}: default {default!r}"
+
+
+@pytest.mark.parametrize(("name", "bounds"), [
+    ("goblet_verdict_ttl", ("`0` to `1h`",)), ("goblet_negative_ttl", ("`0` to `1d`",)),
+    ("goblet_offline_grace", ("`1s` to `30d`",)), ("goblet_upstream_timeout", ("`1s` to `1d`",)),
+    ("goblet_full_repack_interval", ("`1m` to `365d`",)),
+    ("goblet_warm_interval", ("`10s` to `1d`",)), ("goblet_repack_threads", ("`1` to `64`",)),
+    ("goblet_metrics_port", ("`0` to `65535`",)), ("goblet_prefix_port", ("`0` to `65535`",)),
+    ("goblet_request_body_timeout", ("`1s` to `1h`",)),
+    ("goblet_max_partitions", ("`0` to `100000`",)),
+])
+def test_readme_ranges_are_the_parsers(name: str, bounds: tuple[str, ...]) -> None:
+    """The stated range is the one options.py enforces: its ends parse, one step beyond fails."""
+    row = options_table()[name]
+    for text in bounds:
+        assert text in row, f"{name}: {text} not stated"
+        low, high = re.findall(r"`([^`]+)`", text)
+        assert _parses(name, low) and _parses(name, high), f"{name}: {low} or {high} refused"
+        assert not _parses(name, str(_units(high) + 1)), f"{name}: more than {high} accepted"
+        if _units(low) > 0:
+            assert not _parses(name, str(_units(low) - 1)), f"{name}: less than {low} accepted"
+
+
+def _parses(name: str, value: str) -> bool:
+    """Whether options.py accepts ``value`` for ``name`` (every other option at its default)."""
+    values = {k: spec.default for k, spec in OPTIONS.items()} | {name: value}
+    try:
+        gopts.parse_settings(type("Options", (), values)())
+    except ValueError:
+        return False
+    return True
+
+
+def _units(value: str) -> int:
+    """``value`` in plain units: seconds for a duration (``1h`` → 3600), else the number."""
+    m = re.fullmatch(r"([0-9]+)([smhd]?)", value)
+    assert m is not None, value
+    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+# -- links and anchors in every markdown file -----------------------------------------
+
+
+_FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
+_LINK = re.compile(r"!?\[(?:[^\]\\]|\\.)*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+
+
+def github_slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to -."""
+    text = re.sub(r"<[^>]+>", "", heading).strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    """Every anchor of a markdown file (duplicate headings get -1, -2…)."""
+    text = _FENCE.sub("", path.read_text(encoding="utf-8"))
+    seen: dict[str, int] = {}
+    out = set()
+    for heading in re.findall(r"^#{1,6}\s+(.*?)\s*#*\s*$", text, re.M):
+        slug = github_slug(heading)
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    out |= set(re.findall(r"<a\s+(?:name|id)=\"([^\"]+)\"", text))
+    return out
+
+
+def broken_links(path: Path, root: Path = ROOT) -> list[str]:
+    """Relative links of ``path`` to a missing file, a missing anchor, or out of ``root``."""
+    text = _FENCE.sub("", path.read_text(encoding="utf-8"))
+    text = re.sub(r"`[^`\n]*`", "", text)  # code spans are not links
+    problems = []
+    for target in _LINK.findall(text):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target, re.I):  # http:, https:, mailto:
+            continue
+        file_part, _, anchor = target.partition("#")
+        dest = (path.parent / file_part).resolve() if file_part else path
+        if not dest.exists():
+            problems.append(f"{target}: no such file")
+        elif anchor and (dest.is_dir() or dest.suffix != ".md"):
+            problems.append(f"{target}: an anchor into something that is not markdown")
+        elif anchor and anchor not in anchors(dest):
+            problems.append(f"{target}: no heading makes #{anchor}")
+        elif not dest.is_relative_to(root.resolve()):
+            problems.append(f"{target}: outside the repository")
+    return problems
+
+
+# Broken links in files this change may not edit, with the fix handed on. The test
+# fails once such a link is fixed, so the entry cannot outlive it.
+KNOWN_BROKEN: dict[str, list[str]] = {}
+
+
+@pytest.mark.parametrize("doc", ALL_DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_links_and_anchors_resolve(doc: Path) -> None:
+    assert broken_links(doc) == KNOWN_BROKEN.get(str(doc.relative_to(ROOT)), [])
+
+
+def test_the_link_check_catches_broken_links(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "other.md").write_text("# Other\n\n## Known limits\n\n## `x_y` (HTTP/2)\n")
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "# Title\n\n## Same\n\n## Same\n\n"
+        "[ok](sub/other.md#known-limits) [ok](#same-1) [ok](sub/other.md#x_y-http2) "
+        "[ok](sub/) [web](https://example.com/x#y) ![img](sub/other.md)\n"
+        "[gone](sub/missing.md) [anchor](sub/other.md#known-issues) [self](#nowhere)\n"
+        "`[code](nope.md)`\n\n```\n[fenced](nope.md)\n```\n[up](../elsewhere.md)\n")
+    (tmp_path.parent / "elsewhere.md").write_text("# Elsewhere\n")
+    assert broken_links(doc, root=tmp_path) == ["sub/missing.md: no such file",
+                                 "sub/other.md#known-issues: no heading makes #known-issues",
+                                 "#nowhere: no heading makes #nowhere",
+                                 "../elsewhere.md: outside the repository"]
 
 
 # -- every metric is documented and on the dashboard ---------------------------------

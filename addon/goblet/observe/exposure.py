@@ -1,0 +1,263 @@
+"""Who may use goblet as a proxy, and what to do with requests addressed to goblet itself.
+
+Pure functions; the addon hands them mitmproxy's options and a flow's facts.
+
+**Open proxy.** mitmproxy relays ``CONNECT`` and absolute-form requests to any
+host, internal services and cloud metadata addresses included, and by default
+asks clients for no credentials. goblet therefore refuses to start when a
+relaying listener is bound beyond loopback while no client authentication
+(mitmproxy's ``proxyauth``) guards it, unless ``goblet_allow_open_proxy=on``
+says this is intended (a pod-local sidecar, a container whose port is
+published on loopback only, a network policy in front): then it logs a
+warning instead.
+
+**Requests addressed to goblet.** The observability endpoints answer on the
+proxy port when a plain-HTTP request names this machine's address (Host
+``127.0.0.1:8080``, a pod IP). A request whose Host is a DNS name of this
+machine looks exactly like one to be forwarded; forwarding it would make
+goblet connect to itself, which would forward it again, without end. Every
+plain-HTTP request goblet forwards therefore carries this process's name in
+a ``Via`` header (which RFC 9110 asks proxies to add, to detect such loops),
+and a request that arrives with that name has come back: it is answered
+here, as an endpoint if it asks for one, else with ``508 Loop Detected``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from goblet.observe.endpoints import PATHS
+from goblet.options import OPTIONS, parse_bool
+
+OPTION = next(spec for spec in OPTIONS if spec.name == "goblet_allow_open_proxy")
+# mitmproxy options that decide whether goblet is reachable as an open proxy
+EXPOSURE_OPTIONS = frozenset({"mode", "listen_host", "listen_port", "proxyauth", OPTION.name,
+                              "goblet_prefix_port"})
+
+# Modes whose listeners relay to a fixed target only (not an open proxy).
+_FIXED_TARGET = frozenset({"reverse"})
+# Modes without a listening socket of their own.
+_NO_SOCKET = frozenset({"local", "tun"})
+# Modes whose relaying mitmproxy's proxyauth guards (CONNECT, absolute-form, SOCKS5).
+_AUTHENTICATED = frozenset({"regular", "upstream", "socks5"})
+_DEFAULT_PORTS = {"socks5": 1080, "dns": 53, "wireguard": 51820}
+
+# This process's name in Via headers: random, so that it names no host and two
+# goblets (or two processes of one host) never take each other's requests for
+# their own.
+HOP = "goblet-" + secrets.token_hex(6)
+LOOP_MESSAGE = (b"goblet: this request is addressed to goblet itself and came back to it; "
+                b"nothing to forward it to\n")
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One mitmproxy server: its mode and the address it binds ('' = every interface)."""
+
+    mode: str
+    host: str
+    port: int | None
+
+    def __str__(self) -> str:
+        host = self.host or "*"
+        host = f"[{host}]" if ":" in host else host
+        return f"{self.mode}@{host}:{self.port}"
+
+
+def listeners(modes: Sequence[str], listen_host: str | None,
+              listen_port: int | None) -> list[Listener]:
+    """The listeners mitmproxy starts for ``mode`` specs (``name[:data][@[host:]port]``).
+
+    A spec without a host binds ``listen_host``; an empty host means every
+    interface, as in mitmproxy. Specs mitmproxy itself would refuse are left to
+    it (they are skipped here).
+    """
+    out = []
+    for spec in modes:
+        head, _, at = spec.rpartition("@")
+        if not head:
+            head, at = at, ""
+        mode = head.partition(":")[0].lower()
+        host: str | None = None
+        port: int | None = None
+        if at:
+            host, sep, port_text = at.rpartition(":")
+            if not sep:
+                host, port_text = None, at
+            if not port_text.isdigit():
+                continue
+            port = int(port_text)
+        if mode in _NO_SOCKET:
+            continue
+        if port is None:
+            port = listen_port if listen_port is not None else _DEFAULT_PORTS.get(mode, 8080)
+        out.append(Listener(mode, (listen_host or "") if host is None else host, port))
+    return out
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` stays on this machine's loopback.
+
+    ``''`` (every interface) and host names other than ``localhost`` count as
+    beyond loopback: a name can resolve to anything.
+    """
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
+def authenticates(proxyauth: str | None) -> bool:
+    """Whether mitmproxy's ``proxyauth`` asks clients for credentials it checks.
+
+    ``any`` accepts every user name and password: that asks, but checks nothing.
+    """
+    value = (proxyauth or "").strip()
+    return bool(value) and value != "any"
+
+
+def open_listeners(found: Iterable[Listener], proxyauth: str | None,
+                   prefix_port: int = 0) -> list[Listener]:
+    """The listeners that relay for anyone who reaches them beyond loopback.
+
+    goblet's path-prefix listener (``regular@<goblet_prefix_port>``) answers
+    only ``/<goblet host>/<repo>`` URLs and refuses CONNECT: it relays nowhere else.
+    """
+    guarded = authenticates(proxyauth)
+    return [
+        lst for lst in found
+        if lst.mode not in _FIXED_TARGET and not is_loopback(lst.host)
+        and not (guarded and lst.mode in _AUTHENTICATED)
+        and not (prefix_port and lst.mode == "regular" and lst.port == prefix_port)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class StartVerdict:
+    """What start-up does about exposure: go on, warn, or refuse (with ``message``)."""
+
+    refuse: bool = False
+    message: str = ""
+
+
+def start_verdict(found: Sequence[Listener], proxyauth: str | None,
+                  allow_open_proxy: str, prefix_port: int = 0) -> StartVerdict:
+    """Refuse an open proxy unless ``goblet_allow_open_proxy=on``; then warn.
+
+    Raises ValueError for a bad ``goblet_allow_open_proxy`` value.
+    """
+    allow = parse_bool(OPTION.name, allow_open_proxy)
+    exposed = open_listeners(found, proxyauth, prefix_port)
+    if not exposed:
+        return StartVerdict()
+    where = ", ".join(str(lst) for lst in exposed)
+    auth = "proxyauth=any checks no password" if (proxyauth or "").strip() == "any" \
+        else "no proxyauth"
+    if allow:
+        return StartVerdict(message=(
+            f"goblet: open proxy on {where} ({auth}): anyone who can reach it can relay "
+            f"through it to any host, as goblet_allow_open_proxy=on allows "
+            f"(docs/operations/exposure.md)"))
+    return StartVerdict(refuse=True, message=(
+        f"goblet: refusing to start: {where} listens beyond loopback with {auth}, so anyone "
+        f"who reaches it could relay through it to any host; listen on 127.0.0.1, set "
+        f"proxyauth, or --set goblet_allow_open_proxy=on if a network boundary makes that "
+        f"safe (docs/operations/exposure.md)"))
+
+
+def start_verdict_for(options: Any, *, listening: bool = True) -> StartVerdict:
+    """``start_verdict`` from a mitmproxy options object; a bad value refuses too.
+
+    ``listening``: whether mitmproxy runs its proxy servers at all (an addon
+    test harness does not, and nothing can reach it).
+    """
+    if not listening:
+        return StartVerdict()
+    try:
+        return start_verdict(
+            listeners(list(getattr(options, "mode", ["regular"])),
+                      getattr(options, "listen_host", ""),
+                      getattr(options, "listen_port", None)),
+            getattr(options, "proxyauth", None),
+            str(getattr(options, OPTION.name, OPTION.default)),
+            _port(getattr(options, "goblet_prefix_port", "0")),
+        )
+    except ValueError as e:
+        return StartVerdict(refuse=True, message=f"goblet: {e}")
+
+
+def _port(value: object) -> int:
+    text = str(value).strip()
+    return int(text) if text.isdigit() else 0
+
+
+class Route(Enum):
+    """Where a request arriving on a proxy port goes."""
+
+    ENDPOINT = "endpoint"  # answered here: /metrics, /healthz, /readyz
+    LOOP = "loop"  # addressed to goblet and came back: answered 508 here
+    RELAY = "relay"  # plain HTTP for another server: forwarded, marked with our Via
+    OTHER = "other"  # not plain HTTP: none of this module's business
+
+
+@dataclass(frozen=True, slots=True)
+class PlainRequest:
+    """What routing needs to know of a request."""
+
+    scheme: str
+    method: str
+    path: str
+    host: str
+    port: int
+    via: tuple[str, ...] = ()
+
+
+_VIA_COMMENT = re.compile(r"\([^()]*\)")
+
+
+def via_names(values: Iterable[str]) -> set[str]:
+    """The ``received-by`` names of Via header values (``1.1 name (comment), …``)."""
+    names = set()
+    for value in values:
+        for entry in _VIA_COMMENT.sub(" ", value).split(","):
+            parts = entry.split()
+            if len(parts) >= 2:
+                names.add(parts[1])
+    return names
+
+
+def add_via(values: Iterable[str], hop: str = HOP) -> str:
+    """The Via header value with this process appended."""
+    present = ", ".join(v.strip() for v in values if v.strip())
+    return f"{present}, 1.1 {hop}" if present else f"1.1 {hop}"
+
+
+def route(req: PlainRequest, *, proxy_ports: set[int], is_local: Callable[[str], bool],
+          hop: str = HOP) -> Route:
+    """Where ``req`` goes.
+
+    An endpoint request is a GET or HEAD of an endpoint path over plain HTTP
+    that either names a proxy port at an address of this machine, or carries
+    our Via name (it was forwarded by us and came back: its Host resolves to
+    us). A request for another path that came back is a loop. Other plain
+    HTTP is relayed and marked.
+    """
+    if req.scheme != "http":
+        return Route.OTHER
+    came_back = hop in via_names(req.via)
+    if req.method in ("GET", "HEAD") and req.path.split("?", 1)[0] in PATHS and (
+            came_back or (req.port in proxy_ports and is_local(req.host))):
+        return Route.ENDPOINT
+    return Route.LOOP if came_back else Route.RELAY
