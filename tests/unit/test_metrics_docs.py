@@ -77,6 +77,7 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
 FAMILY_LABEL_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
     "goblet_repacks": {"kind": gm.REPACK_KINDS, "result": gm.REPACK_RESULTS},
     "goblet_pack_cache_requests": {"result": gm.PACK_CACHE_RESULTS},
+    "goblet_request_bodies": {"result": gm.BODY_RESULTS},
 }
 SUFFIXES = {
     "counter": ("_total", "_created"),
