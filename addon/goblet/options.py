@@ -152,6 +152,38 @@ class Settings:
 ISOLATION_MODES = ("shared", "tenant", "user", "public")
 
 
+def mitmproxy_updates(settings: Settings, *, mode: Sequence[str], stream_large_bodies: int | None,
+                      connection_strategy: str) -> dict[str, Any]:
+    """The mitmproxy options goblet's settings need changed (given their current values).
+
+    - ``mode``: the path-prefix listener, ``regular@<goblet_prefix_port>``;
+    - ``stream_large_bodies``: at most ``goblet_max_request_bytes``, so mitmproxy
+      buffers no more of a body goblet reads than goblet would inspect (bigger
+      bodies are streamed: they pass through uninspected);
+    - ``connection_strategy=lazy`` in offline mode: an eager CONNECT fails outright
+      while the upstream is down, before goblet sees a request it could answer.
+    """
+    updates: dict[str, Any] = {}
+    if settings.prefix_port and (prefix := f"regular@{settings.prefix_port}") not in mode:
+        updates["mode"] = [*mode, prefix]
+    if stream_large_bodies is None or stream_large_bodies > settings.max_request_bytes:
+        updates["stream_large_bodies"] = str(settings.max_request_bytes)
+    if settings.offline and connection_strategy != "lazy":
+        updates["connection_strategy"] = "lazy"
+    return updates
+
+
+def reparse(current: Settings | None, o: Any) -> Settings:
+    """The settings from options ``o``, as a change from ``current`` (None at start-up).
+
+    Raises ValueError for a bad value or a change of an option that needs a restart.
+    """
+    settings = parse_settings(o)
+    if current is not None and (frozen := needing_restart(current, settings)):
+        raise ValueError(f"{', '.join(frozen)} cannot change at run time (restart goblet)")
+    return settings
+
+
 def needing_restart(old: Settings, new: Settings) -> list[str]:
     """The options whose change from ``old`` to ``new`` cannot apply at run time."""
     return [spec.name for spec in OPTIONS

@@ -10,10 +10,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from goblet.auth.credentials import TenantKeyer, short
+from goblet.auth.credentials import TenantKeyer
 from goblet.auth.secret import load_or_create_secret
 from goblet.auth.verdicts import VerdictCache
 from goblet.cache.evict import Eviction, Evictor
@@ -31,13 +32,17 @@ from goblet.metrics import Metrics
 from goblet.observe.access import AccessLog
 from goblet.observe.endpoints import Answer, EndpointServer, answer
 from goblet.observe.health import HealthChecker, Readiness
+from goblet.observe.recorder import RequestRecorder
 from goblet.offline.ask import UpstreamAsker
 from goblet.offline.forward import Forwarder, tls_context
 from goblet.offline.state import UpstreamState
 from goblet.options import Settings
+from goblet.policy.answers import AnswerPolicy
+from goblet.policy.gate import FlowPolicy
+from goblet.protocol.request import cache_identity
 from goblet.serve.backend import ServeBackend
-from goblet.serve.packcache import PackCache
-from goblet.serve.plans import PlanRegistry
+from goblet.serve.packcache import PackCache, cache_key
+from goblet.serve.plans import PlanRegistry, ServePlan
 
 log = logging.getLogger("goblet")
 
@@ -131,6 +136,14 @@ class Runtime:
             cache_dir=settings.cache_dir, tmp_dir=self.store.tmp_dir, git=git,
             min_free_bytes=settings.min_free_bytes, backend_up=lambda: self.backend.running,
         )
+        # Decoding compressed bodies is CPU work: two threads, so at most two bodies
+        # of goblet_max_request_bytes are being decoded at once.
+        self.inspector = ThreadPoolExecutor(max_workers=2, thread_name_prefix="goblet-inspect")
+        self.answers = AnswerPolicy(self.decider, self.store, self.inspector)
+        self.policy = FlowPolicy(lambda: self.settings, keyer=self.keyer, store=self.store,
+                                 decider=self.decider, asker=self.asker, metrics=metrics,
+                                 inspector=self.inspector, planner=self.serve_plan)
+        self.recorder = RequestRecorder(metrics, access)
         self.endpoints: EndpointServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         metrics.track_verdicts(lambda: len(self.decider.verdicts))
@@ -173,13 +186,13 @@ class Runtime:
             instance=self.settings.instance)
 
     @classmethod
-    async def start(cls, settings: Settings, base_config: list[tuple[str, str]],
-                    metrics_host: str, access: AccessLog, *, ca_file: str | None = None,
-                    insecure: bool = False) -> Runtime:
+    async def start(cls, settings: Settings, metrics_host: str, access: AccessLog, *,
+                    ca_file: str | None = None, insecure: bool = False) -> Runtime:
         """Create the cache layout, load the secret, start backend and endpoints.
 
         Raises OSError or ValueError when the cache dir cannot be used.
         """
+        base_config = resolve_ca(ca_file) + ([("http.sslVerify", "false")] if insecure else [])
         git = GitRunner(home=settings.cache_dir / "home", base_config=base_config)
         RepoStore(settings.cache_dir, git).prepare()
         secret = load_or_create_secret(settings.cache_dir / SECRET_FILE)
@@ -207,6 +220,7 @@ class Runtime:
         if self.forwarder is not None:
             self.forwarder.close()
         await self.backend.stop()
+        self.inspector.shutdown(wait=False, cancel_futures=True)
 
     async def readiness(self) -> Readiness:
         """Evaluate readiness now (and publish it as ``goblet_ready``)."""
@@ -235,9 +249,35 @@ class Runtime:
             self.metrics.cache_bytes.set(usage.bytes)
             await asyncio.sleep(USAGE_EVERY)
 
-    def tenant_label(self, tenant: str) -> str:
-        """The short tenant id logs show."""
-        return short(tenant) if tenant else "-"
+    def ready_line(self, metrics_host: str) -> str:
+        """The one ``goblet ready`` line logged when start-up is complete."""
+        s = self.settings
+        hosts = ",".join(sorted(h if p == 443 else f"{h}:{p}" for h, p in s.hosts))
+        metrics = f"{metrics_host or '*'}:{self.endpoints.port}" if self.endpoints else "-"
+        offline = f"on(grace={s.offline_grace}s)" if s.offline else "off"
+        return (f"goblet ready: instance={s.instance} cache_dir={s.cache_dir} hosts={hosts} "
+                f"verdict_ttl={s.verdict_ttl}s upstream_timeout={s.upstream_timeout}s "
+                f"isolation={s.isolation} offline={offline} "
+                f"backend=127.0.0.1:{self.backend.port} metrics={metrics} "
+                f"log_format={s.log_format}")
+
+    def serve_plan(self, repo: CacheRepo, body: bytes, git_protocol: str | None, *,
+                   notice: str | None = None, final: bool = False, advertise: bool = False,
+                   prefix: bytes = b"", hidden_refs: tuple[str, ...] = ()) -> ServePlan:
+        """What the backend runs to answer ``body`` from ``repo``.
+
+        A ``final`` fetch (with ``done``) without a notice may be shared through the
+        pack cache: its key names the repo, its refs and the request.
+        """
+        key = None
+        if final and notice is None:
+            snapshot = self.store.state(repo)
+            identity = cache_identity(body)
+            if snapshot is not None and identity is not None:
+                key = cache_key(repo.key, snapshot.digest, git_protocol, identity)
+        return ServePlan(repo_dir=repo.path, body=body, git_protocol=git_protocol,
+                         label=repo.url, advertise=advertise, prefix=prefix, notice=notice,
+                         hidden_refs=hidden_refs, cache_key=key, repo_key=repo.key)
 
 
 def resolve_ca(path: str | None) -> list[tuple[str, str]]:

@@ -256,7 +256,7 @@ RUNTIME_VALUES = {
     "goblet_maintenance": "false", "goblet_full_repack_interval": "2d",
     "goblet_repack_threads": "3", "goblet_warm_interval": "20m",
     "goblet_isolation": "tenant", "goblet_max_partitions": "4", "goblet_negative_ttl": "9s",
-    "goblet_offline": "true", "goblet_offline_grace": "2h",
+    "goblet_offline": "true", "goblet_offline_grace": "2h", "goblet_allow_open_proxy": "true",
 }
 
 
@@ -269,6 +269,7 @@ def test_every_option_applies_at_run_time_or_says_it_needs_a_restart(tmp_path: P
         tctx.configure(addon, **RUNTIME_VALUES)
         s = addon.settings
         assert s is not None and rt.settings is s and s.offline and s.isolation == "tenant"
+        assert s.allow_open_proxy
         d, v = rt.decider, rt.decider.verdicts
         assert (v.ttl, v.negative_ttl, v.keep) == (300, 9, 7200)
         assert (d.isolation, d.offline, d.offline_grace) == ("tenant", True, 7200)

@@ -27,9 +27,11 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
+import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 from typing import Any
 
 from goblet.observe.endpoints import PATHS
@@ -261,3 +263,36 @@ def route(req: PlainRequest, *, proxy_ports: set[int], is_local: Callable[[str],
             came_back or (req.port in proxy_ports and is_local(req.host))):
         return Route.ENDPOINT
     return Route.LOOP if came_back else Route.RELAY
+
+
+@lru_cache(maxsize=256)
+def is_local_address(host: str) -> bool:
+    """Whether ``host`` (a name or an address literal) names this machine: a socket can
+    bind to it. Only literals and ``localhost`` are checked; names are not resolved."""
+    if host in ("localhost", "127.0.0.1", "::1"):
+        return True
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM,
+                                   flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        return False
+    for family, _, _, _, sockaddr in infos:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind((sockaddr[0], 0))
+                return True
+            except OSError:
+                continue
+    return False
+
+
+def startup_warnings(options: Any, *, listening: bool = True) -> list[str]:
+    """Warnings to log once goblet runs: an open proxy the operator allowed, HTTP/2."""
+    out = []
+    verdict = start_verdict_for(options, listening=listening)
+    if verdict.message and not verdict.refuse:
+        out.append(verdict.message)
+    if getattr(options, "http2", False):
+        out.append("goblet: http2 is on; mitmproxy 11.0's h2 has a header-injection advisory, "
+                   "consider --set http2=false (docs/architecture.md#http2)")
+    return out

@@ -299,6 +299,16 @@ def _v0_want_list_line(line: bytes, first: bool, got: _Collected) -> None:
         raise ProtocolError(f"unexpected line {excerpt(line)!r} in a v0 want list")
 
 
+def protocol_version(header: str | None) -> int:
+    """The protocol version a ``Git-Protocol`` header asks for: 1 or 2, else 0."""
+    for item in (header or "").split(":"):
+        if item.startswith("version="):
+            value = item.split("=", 1)[1]
+            if value in ("1", "2"):
+                return int(value)
+    return 0
+
+
 _VOLATILE = (b"agent=", b"session-id=")
 
 

@@ -1,0 +1,91 @@
+"""What the upstream's answers to ref requests prove, and what goblet does about them.
+
+- ``401``/``403``/``404`` to any git request: a denial for (tenant, repo),
+  which replaces any grant at once; its ``WWW-Authenticate`` challenge is kept
+  (offline answers repeat it).
+- ``200`` to ``info/refs`` or ``ls-refs``, with git's content type and a body
+  that parses as a ref answer: a grant, with the refs it listed (the tenant's
+  view; a v2 capability advertisement lists none). Anything else — an ``ERR``
+  packet with status 200, say — proves nothing.
+- After a grant that listed refs: a fill starts when the cache's branches,
+  tags or HEAD differ from them (within the ``ref-prefix`` view an ``ls-refs``
+  asked for), except for repos ``public`` isolation must not cache. An
+  upstream using another object format makes the repo uncacheable.
+- A v2 capability advertisement is returned with the fetch features only the
+  upstream could serve removed, so clients do not ask for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from concurrent.futures import Executor
+
+from goblet.auth.credentials import ANONYMOUS
+from goblet.auth.verdicts import RefView
+from goblet.cache.store import RepoStore
+from goblet.decide import FetchDecider
+from goblet.offline.ask import answer_is_grant
+from goblet.policy import bodies
+from goblet.policy.flows import FlowState, Kind, Outcome
+from goblet.protocol import refs
+
+DENIALS = (401, 403, 404)
+
+
+class AnswerPolicy:
+    """Records verdicts and starts fills from the upstream's answers."""
+
+    def __init__(self, decider: FetchDecider, store: RepoStore, inspector: Executor) -> None:
+        self.decider = decider
+        self.store = store
+        self.inspector = inspector
+
+    async def answer(self, state: FlowState, status: int, headers: Mapping[str, str],
+                     raw: bytes | None, cap: int) -> bytes | None:
+        """The upstream answered ``state``'s request (``headers`` looked up by lower-case
+        name, ``raw`` body unless streamed); returns a replacement body, if one is needed."""
+        if state.repo is None or state.outcome is not Outcome.UPSTREAM:
+            return None
+        if status in DENIALS:
+            self.denied(state, status, headers.get("www-authenticate"))
+        elif status == 200 and state.kind in (Kind.INFO_REFS, Kind.LS_REFS):
+            body = await bodies.read_answer(raw, headers.get("content-encoding"), cap,
+                                            self.inspector)
+            if body is not None:
+                return self.refs_answer(state, headers.get("content-type", ""), body)
+        return None
+
+    def denied(self, state: FlowState, status: int, challenge: str | None) -> None:
+        """The upstream refused this request (401, 403 or 404)."""
+        assert state.repo is not None
+        self.decider.verdicts.record(state.tenant, state.repo.url, granted=False,
+                                     status=status, challenge=challenge)
+
+    def refs_answer(self, state: FlowState, content_type: str, body: bytes) -> bytes | None:
+        """A 200 answer to a ref request; returns a replacement body, if one is needed."""
+        assert state.repo is not None
+        decider, repo = self.decider, state.repo
+        ls_refs = state.kind is Kind.LS_REFS
+        if not answer_is_grant(200, content_type, body, ls_refs=ls_refs):
+            return None  # not a ref answer: proves nothing
+        adv = refs.parse_ls_refs(body) if ls_refs else refs.parse_info_refs(body)
+        listed = ls_refs or adv.version != 2
+        decider.verdicts.record(state.tenant, repo.url, granted=True,
+                                view=RefView.of(adv.refs, adv.peeled) if listed else None)
+        if adv.object_format != "sha1":
+            decider.uncacheable.add(repo.key)
+            return None
+        if not listed:
+            return refs.restrict_v2_fetch_features(body)
+        head = adv.symrefs.get("HEAD")
+        if head:
+            decider.heads[repo.key] = head
+        prefixes = state.ls_refs.ref_prefixes if state.ls_refs else ()
+        snapshot = self.store.state(repo)
+        stale = snapshot is None or refs.refs_differ(adv.refs, snapshot.refs, prefixes) \
+            or bool(head and snapshot.head != head)
+        if decider.isolation == "public" and decider.verdicts.is_denied(ANONYMOUS, repo.url):
+            return None  # not anonymously readable: never cached in public isolation
+        if stale:
+            decider.start_fill(repo, state.credential, state.tenant, head)
+        return None

@@ -1,0 +1,68 @@
+"""Whether goblet reads an upload-pack request body, and the body it reads.
+
+goblet reads a body only to decide where the request goes, and holds at most
+``cap`` bytes of it after decoding. mitmproxy streams (passes on unread) any
+body whose raw size passes the cap; identity bodies are taken as they are;
+gzip and deflate are decoded in ``executor`` (CPU work, never on the event
+loop) and abandoned once they pass the cap. Outcomes, also the ``result``
+label of ``goblet_request_bodies_total``:
+
+- ``inspected``: here is the body;
+- ``too_large``, ``not_decoded`` (``br``, ``zstd``…, which git never sends):
+  the request passes through to the upstream uninspected, as it would
+  without goblet;
+- ``invalid``: a corrupt or truncated compressed body — refuse it with 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from goblet.protocol import encoding
+from goblet.protocol.errors import ProtocolError
+
+PASSED_ON = "request body over the inspection limit: passed through"
+
+
+@dataclass(frozen=True, slots=True)
+class BodyVerdict:
+    """What became of a body: ``result``, the ``body`` if read, a one-line ``reason``."""
+
+    result: str
+    body: bytes | None = None
+    reason: str = ""
+
+
+def is_identity(enc: str | None) -> bool:
+    """Whether a ``Content-Encoding`` value means no encoding at all."""
+    return (enc or "").strip().lower() in ("", "identity")
+
+
+async def read_body(raw: bytes | None, enc: str | None, cap: int,
+                    executor: Executor) -> BodyVerdict:
+    """The verdict on a request body (``raw`` is None when mitmproxy streamed it)."""
+    if raw is None:
+        return BodyVerdict("too_large", reason=PASSED_ON)
+    if not encoding.inspectable(enc):
+        return BodyVerdict("not_decoded",
+                           reason="request body encoding not inspected: passed through")
+    try:
+        if is_identity(enc):
+            body = encoding.decode_capped(raw, enc, cap)
+        else:
+            body = await asyncio.get_running_loop().run_in_executor(
+                executor, encoding.decode_capped, raw, enc, cap)
+    except encoding.BodyTooLarge:
+        return BodyVerdict("too_large", reason=PASSED_ON)
+    except ProtocolError as e:
+        return BodyVerdict("invalid", reason=f"goblet: undecodable request body: {e.reason}")
+    return BodyVerdict("inspected", body)
+
+
+async def read_answer(raw: bytes | None, enc: str | None, cap: int,
+                      executor: Executor) -> bytes | None:
+    """The decoded body of a buffered upstream answer, or None (streamed, too large, bad)."""
+    verdict = await read_body(raw, enc, cap, executor)
+    return verdict.body

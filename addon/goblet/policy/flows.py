@@ -1,0 +1,81 @@
+"""What goblet remembers about one flow, and the names it gives kinds and outcomes.
+
+``Kind`` is what the client asked for; ``Outcome`` who answered and how it
+ended. The metric label sets (``observe/metrics``) are derived from them, so a
+new kind or outcome cannot be logged without being countable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass, field
+
+from goblet.auth.credentials import Credential
+from goblet.cache.store import CacheRepo
+from goblet.protocol.request import LsRefsRequest
+from goblet.serve.plans import ServePlan
+
+
+class Kind(enum.Enum):
+    """What a flow is, as goblet sees it."""
+
+    INFO_REFS = "info_refs"
+    LS_REFS = "ls_refs"
+    FETCH = "fetch"
+    UPLOAD_PACK = "upload_pack"  # an upload-pack POST not (yet) read
+    PUSH = "push"
+    OTHER = "other"
+    INVALID = "invalid"  # refused with 400
+    ENDPOINT = "endpoint"  # /metrics, /healthz, /readyz
+
+    @property
+    def metric(self) -> str:
+        """The ``kind`` label of this flow's metrics."""
+        return self.value if self in METRIC_KINDS else Kind.OTHER.value
+
+
+METRIC_KINDS = (Kind.INFO_REFS, Kind.LS_REFS, Kind.FETCH, Kind.PUSH, Kind.OTHER)
+
+
+class Outcome(enum.Enum):
+    """Who answered a git request, and how it ended."""
+
+    CACHE = "cache"
+    UPSTREAM = "upstream"
+    DENIED = "denied"  # the upstream answered 401, 403 or 404
+    OFFLINE = "offline"
+    ERROR = "error"
+
+
+@dataclass(slots=True)
+class FlowState:
+    """What goblet knows about one git flow; lives only in memory."""
+
+    kind: Kind
+    repo: CacheRepo | None = None
+    tenant: str = ""
+    credential: Credential = field(default_factory=Credential)
+    version: int = 0
+    ls_refs: LsRefsRequest | None = None
+    body: bytes = b""  # the decoded upload-pack request body, once read
+    outcome: Outcome = Outcome.UPSTREAM
+    reason: str = ""
+    plan: ServePlan | None = None
+    host: str = ""  # upstream host[:port] as in goblet_hosts
+    upstream_bytes: int = 0
+    started: float = field(default_factory=time.monotonic)
+    body_timer: asyncio.TimerHandle | None = None
+    timed_out: bool = False
+
+    def count_bytes(self, data: bytes) -> bytes:
+        """A response ``stream`` callable that counts what passes through."""
+        self.upstream_bytes += len(data)
+        return data
+
+    def body_arrived(self) -> None:
+        """The request body is complete: stop its timeout."""
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None

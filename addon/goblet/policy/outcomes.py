@@ -1,0 +1,58 @@
+"""How a git request ended, for its metrics and its access-log line.
+
+- Answered from the cache (or offline): ``cache``/``offline`` if the backend
+  sent the whole answer, else ``error`` (a stream cut short, the client gone).
+- Passed upstream: ``denied`` for 401/403/404, ``error`` for a 5xx or when no
+  (complete) answer came, else ``upstream``.
+- goblet's own answers keep the outcome they were given (``error`` for a 400).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from goblet.policy.flows import FlowState, Kind, Outcome
+
+DENIALS = (401, 403, 404)
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """The facts a finished request is counted and logged with."""
+
+    outcome: Outcome
+    sent: int | None  # bytes of the answer sent to the client, if known
+    upstream_status: int | None  # the upstream's status, for requests passed to it
+    reason: str
+
+
+def ending(state: FlowState, status: int | None, response_bytes: int | None,
+           failed: bool) -> Ending:
+    """How ``state``'s request ended: ``status`` of the answer (None without one),
+    ``response_bytes`` of a buffered answer, ``failed`` when the flow errored."""
+    reason = state.reason
+    if state.plan is not None:
+        stats = state.plan.stats
+        if stats.complete and not failed:
+            return Ending(state.outcome, stats.bytes_sent, None, reason)
+        return Ending(Outcome.ERROR, stats.bytes_sent, None,
+                      stats.error or reason or "cache stream incomplete")
+    if state.outcome is not Outcome.UPSTREAM:
+        return Ending(state.outcome, None, None, reason)  # goblet's own answer
+    upstream_status = None if failed else status
+    sent = (state.upstream_bytes or response_bytes) if status is not None else None
+    if failed or status is None or status >= 500:
+        return Ending(Outcome.ERROR, sent, upstream_status, reason)
+    if status in DENIALS:
+        return Ending(Outcome.DENIED, sent, upstream_status, reason)
+    return Ending(Outcome.UPSTREAM, sent, upstream_status, reason)
+
+
+def read_answer(state: FlowState | None, status: int) -> bool | None:
+    """Whether the addon keeps an answer's body in memory to read it (True), leaves
+    alone an answer of its own (None), or streams it (False)."""
+    if state is None:
+        return False
+    if state.kind in (Kind.ENDPOINT, Kind.INVALID) or state.outcome is Outcome.ERROR:
+        return None  # goblet's own answer, already in memory
+    return state.kind in (Kind.INFO_REFS, Kind.LS_REFS) and status == 200

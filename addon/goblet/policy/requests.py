@@ -1,0 +1,128 @@
+"""Which requests goblet handles, and which it refuses before reading them.
+
+A request is a git request goblet may cache when it is ``https``, names a
+host of ``goblet_hosts`` and a git smart-HTTP route (``protocol/routes.py``)
+and its ``Host`` header names the same host. Requests that read refs or packs
+must also be bound to their tunnel: inside a ``CONNECT`` tunnel the request
+target's authority (absolute form) and the TLS server name must be the
+tunnel's host, or the verdict, the cache repo and the host the request is
+sent to could differ. A header holding CR, LF or NUL (an obs-fold
+continuation line) is refused without repeating it (it may be a credential).
+Pushes pass through untouched whatever they look like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from goblet.options import parse_host
+from goblet.policy.flows import Kind
+from goblet.protocol import routes
+from goblet.protocol.errors import ProtocolError
+
+Hosts = frozenset[tuple[str, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the addon read from a request before its body."""
+
+    method: str
+    scheme: str
+    host: str
+    port: int
+    path: str
+    host_header: str | None = None
+    authority: str = ""  # an absolute-form authority mitmproxy kept (inside a tunnel)
+    tunnel: tuple[str, int] | None = None  # the CONNECT target, inside a tunnel
+    sni: str | None = None
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    """A git request to a goblet host: its kind, repo path, or why it is refused."""
+
+    kind: Kind
+    repo_path: str = ""
+    problem: str = ""  # for Kind.INVALID: the one-line reason (never a header value)
+
+
+def intercepts(names: Iterable[tuple[str, int]], hosts: Hosts) -> bool:
+    """Whether a TLS connection naming any of ``names`` (SNI, address) is intercepted."""
+    return any((host.lower(), port) in hosts for host, port in names)
+
+
+def classify(facts: RequestFacts, hosts: Hosts) -> Classified | None:
+    """The git route of a request to a goblet host, or None for anything else."""
+    host = facts.host.lower()
+    if facts.scheme != "https" or (host, facts.port) not in hosts:
+        return None
+    if not host_header_matches(facts.host_header, host, facts.port):
+        return None  # Host disagrees with the connection: never cached, passed on
+    try:
+        route = routes.classify(facts.method, facts.path)
+    except ProtocolError as e:
+        return Classified(Kind.INVALID, problem=f"bad repository path: {e.reason}")
+    if route.kind is routes.Kind.OTHER:
+        return None
+    if route.kind is routes.Kind.PUSH:
+        return Classified(Kind.PUSH, route.repo_path)
+    try:
+        check_binding(facts)
+        check_headers(facts.headers)
+    except ProtocolError as e:
+        return Classified(Kind.INVALID, problem=f"bad request: {e.reason}")
+    kind = Kind.INFO_REFS if route.kind is routes.Kind.INFO_REFS else Kind.UPLOAD_PACK
+    return Classified(kind, route.repo_path)
+
+
+def host_header_matches(header: str | None, host: str, port: int) -> bool:
+    """Whether a Host header names ``host:port`` (the port may be left out for 443)."""
+    value = (header or "").lower()
+    host = host.lower()
+    if value.startswith("["):
+        name, _, rest = value[1:].partition("]")
+        return name == host and (rest == f":{port}" or (not rest and port == 443))
+    return value == f"{host}:{port}" or (value == host and port == 443)
+
+
+def check_binding(facts: RequestFacts) -> None:
+    """Raise ProtocolError unless the request names the host its tunnel goes to."""
+    here = (facts.host.lower().rstrip("."), facts.port)
+    if facts.authority:
+        try:
+            named = parse_host(facts.authority)
+        except ValueError:
+            raise ProtocolError("malformed request target authority") from None
+        if named != here:
+            raise ProtocolError("request target does not match the CONNECT host")
+    if facts.tunnel is not None and (facts.tunnel[0].lower().rstrip("."), facts.tunnel[1]) != here:
+        raise ProtocolError("request target does not match the CONNECT host")
+    if facts.sni and facts.sni.lower().rstrip(".") != here[0]:
+        raise ProtocolError("TLS server name does not match the request's host")
+
+
+def check_headers(headers: Iterable[tuple[bytes, bytes]]) -> None:
+    """Raise ProtocolError if a header name or value holds CR, LF or NUL."""
+    for name, value in headers:
+        if any(c in value or c in name for c in (b"\r", b"\n", b"\0")):
+            raise ProtocolError("malformed (folded or multi-line) request header")
+
+
+def prefix_target(path: str, hosts: Hosts) -> tuple[str, int, str] | str:
+    """A path-prefix URL ``/<host>/<path>`` as (host, port, path), or why it is refused.
+
+    The prefix port is never an open proxy: only hosts of ``goblet_hosts``.
+    """
+    split = routes.split_prefix(path)
+    if split is None:
+        return "path-prefix URLs look like /<host>/<repo>/…"
+    try:
+        host, port = parse_host(split[0])
+    except ValueError:
+        return "path-prefix URLs look like /<host>/<repo>/…"
+    if (host, port) not in hosts:
+        return "this host is not served here (goblet_hosts)"
+    return host, port, split[1]
