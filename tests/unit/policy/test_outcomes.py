@@ -1,0 +1,69 @@
+"""How requests ended, for metrics and logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from goblet.policy.flows import FlowState, Kind, Outcome
+from goblet.policy.outcomes import ending, read_answer
+from goblet.serve.plans import ServePlan
+
+
+def plan(complete: bool, sent: int = 10, error: str | None = None) -> ServePlan:
+    p = ServePlan(Path("/r"), b"", None, "u")
+    p.stats.complete, p.stats.bytes_sent, p.stats.error = complete, sent, error
+    return p
+
+
+def test_cache_answers_end_by_whether_the_backend_sent_everything() -> None:
+    s = FlowState(Kind.FETCH, outcome=Outcome.CACHE, plan=plan(True))
+    assert ending(s, 200, None, False).outcome is Outcome.CACHE
+    s = FlowState(Kind.FETCH, outcome=Outcome.OFFLINE, plan=plan(True))
+    assert ending(s, 200, None, False).outcome is Outcome.OFFLINE
+    s = FlowState(Kind.FETCH, outcome=Outcome.CACHE, plan=plan(False, error="client went away"))
+    e = ending(s, 200, None, False)
+    assert e.outcome is Outcome.ERROR and e.reason == "client went away" and e.sent == 10
+    s = FlowState(Kind.FETCH, outcome=Outcome.CACHE, plan=plan(True))
+    assert ending(s, 200, None, True).outcome is Outcome.ERROR
+
+
+@pytest.mark.parametrize(("status", "failed", "outcome", "upstream"), [
+    (200, False, Outcome.UPSTREAM, 200), (302, False, Outcome.UPSTREAM, 302),
+    (401, False, Outcome.DENIED, 401), (404, False, Outcome.DENIED, 404),
+    (500, False, Outcome.ERROR, 500), (None, True, Outcome.ERROR, None),
+    (200, True, Outcome.ERROR, None),
+])
+def test_upstream_answers(status: int | None, failed: bool, outcome: Outcome,
+                          upstream: int | None) -> None:
+    s = FlowState(Kind.INFO_REFS)
+    s.upstream_bytes = 7
+    e = ending(s, status, 3, failed)
+    assert (e.outcome, e.upstream_status) == (outcome, upstream)
+    assert e.sent == (7 if status is not None else None)
+
+
+def test_own_answers_keep_their_outcome() -> None:
+    s = FlowState(Kind.INVALID, outcome=Outcome.ERROR, reason="bad")
+    e = ending(s, 400, 20, False)
+    assert (e.outcome, e.sent, e.upstream_status, e.reason) == (Outcome.ERROR, None, None, "bad")
+
+
+@pytest.mark.parametrize(("state", "status", "keep"), [
+    (None, 200, False),
+    (FlowState(Kind.ENDPOINT), 200, None),
+    (FlowState(Kind.INVALID), 400, None),
+    (FlowState(Kind.FETCH, outcome=Outcome.ERROR), 200, None),
+    (FlowState(Kind.INFO_REFS), 200, True),
+    (FlowState(Kind.LS_REFS), 200, True),
+    (FlowState(Kind.LS_REFS), 401, False),
+    (FlowState(Kind.FETCH), 200, False),
+    (FlowState(Kind.PUSH), 200, False),
+])
+def test_which_answers_are_read(state: FlowState | None, status: int, keep: bool | None) -> None:
+    assert read_answer(state, status) is keep
+
+
+def test_metric_kinds() -> None:
+    assert [k.metric for k in Kind] == ["info_refs", "ls_refs", "fetch", "other", "push",
+                                        "other", "other", "other"]
