@@ -8,13 +8,20 @@ credential header — and goblet records that grant, with its ref view, for the
 *anonymous* tenant. Every anonymous client is then served the private repo from the
 cache until the grant expires.
 
+The same gap works the other way: a *wrong* token in the query makes the upstream
+answer 401, and goblet records that refusal for the anonymous tenant, so that during an
+outage every anonymous client is refused a public repo goblet has cached (and in
+``public`` isolation the repo is taken for private and not served from the cache).
+
 Required (safe behaviour): a ref request whose query string carries anything but
-``service`` never grants another tenant (it is keyed with its query, or not recorded);
-an anonymous stranger's fetch gets the upstream's own 401.
+``service`` never grants or denies another tenant (it is keyed with its query, or not
+recorded): an anonymous stranger's fetch gets the upstream's own 401, and anonymous
+clients keep their offline access.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,3 +67,34 @@ def test_a_token_in_the_query_string_does_not_grant_the_anonymous_tenant(
         "a grant won with a token in the query string was recorded for the anonymous "
         "tenant: a stranger got the private repo from the cache")
     assert via.status == straight.status
+
+
+@pytest.fixture
+def oproxy(tmp_path: Path, upstream: UpstreamServer, confdir: Path) -> Iterator[GobletProxy]:
+    px = GobletProxy(tmp_path / "proxy", hosts=[upstream.host], upstream_ca=upstream.cert_path,
+                     confdir=confdir,
+                     sets={"goblet_offline": "on", "goblet_offline_grace": "1h",
+                           "goblet_upstream_timeout": "5"})
+    with px:
+        yield px
+
+
+def test_a_bad_token_in_the_query_string_does_not_deny_the_anonymous_tenant(
+    oproxy: GobletProxy, repos: Repos, upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    name = repos.create(commits=3)
+    git = GitClient(tmp_path / "home", ca_file=oproxy.ca_cert, proxy=oproxy.url)
+    git.clone(upstream.url(name), tmp_path / "warm")  # anonymous: granted, cached
+
+    refused = send(upstream, oproxy, "GET",
+                   f"/{name}/info/refs?service=git-upload-pack&access_token=wrong", {})
+    assert refused.status == 401
+
+    upstream.fault("reset")  # an outage: offline mode serves the granted from the cache
+    try:
+        clone = git.clone(upstream.url(name), tmp_path / "offline", check=False)
+    finally:
+        upstream.fault("none")
+    assert clone.returncode == 0, (
+        "one request with a bad token in its query string cost every anonymous client "
+        f"its offline access to a public repo:\n{clone.stderr[-500:]}")

@@ -20,9 +20,14 @@ whole and parsed twice on the event loop (once to decide it is a grant, once to 
 it). Anyone can publish a repo with many refs on a forge; six concurrent ``info/refs``
 of one with 150,000 tags (9 MiB) stall every other client for seconds.
 
+Nor is there a bound across requests: each inspected body is held, decoded, for as
+long as goblet takes to decide where it goes, and a fetch of an object the cache lacks
+waits for the repo's writer lock (goblet fetches missing objects one request at a time).
+Thirty-two small gzip requests against a slow upstream hold thirty-two decoded bodies.
+
 Required (safe behaviour): another client is answered within a few seconds while such a
 body or answer is parsed, and mitmdump's memory grows by at most a small multiple of the
-cap.
+cap, however many requests are in flight.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Repos
+from tests.support.gitclient import GitClient
 from tests.support.net import http_get
 from tests.support.proxy import GobletProxy
 from tests.support.repos import git as upstream_git
@@ -198,3 +204,61 @@ def test_ref_answers_with_many_refs_do_not_stall_every_other_client(
     assert waited < 3, (
         f"while goblet read six ref answers of a repo with many refs, another client "
         f"waited {waited:.1f}s for /healthz (the event loop was blocked)")
+
+
+def padded_fetch(oid: str) -> bytes:
+    """A v2 fetch of ``oid`` padded to just under CAP with (cheap to parse) long lines."""
+    line = ("filter " + "x" * 4000).encode()
+    head = (pkt_line(b"command=fetch") + pkt_line(b"object-format=sha1") + b"0001"
+            + pkt_line(f"want {oid}".encode()))
+    tail = pkt_line(b"done") + b"0000"
+    padding = pkt_line(line)
+    return head + padding * ((CAP - len(head) - len(tail)) // len(padding)) + tail
+
+
+def pkt_line(data: bytes) -> bytes:
+    return b"%04x" % (len(data) + 5) + data + b"\n"
+
+
+def test_many_requests_in_flight_do_not_each_hold_a_decoded_body(
+    pproxy: GobletProxy, upstream: UpstreamServer, repos: Repos, tmp_path: Path
+) -> None:
+    name = repos.create(commits=2)
+    git = GitClient(tmp_path / "home", ca_file=pproxy.ca_cert, proxy=pproxy.url)
+    git.clone(upstream.url(name), tmp_path / "warm")  # an anonymous grant
+    wire = gzip.compress(padded_fetch("1" * 40), 9)
+    assert len(wire) < 100_000
+    assert pproxy.proc is not None
+    done: list[int] = []
+
+    def post() -> None:
+        context = ssl.create_default_context(cafile=str(pproxy.ca_cert))
+        conn = http.client.HTTPSConnection("127.0.0.1", pproxy.port, context=context,
+                                           timeout=120)
+        conn.set_tunnel("127.0.0.1", upstream.port)
+        try:
+            conn.request("POST", f"/{name}/git-upload-pack", body=wire, headers=UPLOAD_HEADERS)
+            resp = conn.getresponse()
+            resp.read()
+            done.append(resp.status)
+        except (OSError, http.client.HTTPException):
+            done.append(0)
+        finally:
+            conn.close()
+
+    upstream.fault("stall", kinds=["fetch"])  # the upstream is slow to send objects
+    try:
+        with RssSampler(pproxy.proc.pid, kill_above=3 << 30) as rss:
+            threads = [threading.Thread(target=post, daemon=True) for _ in range(32)]
+            for t in threads:
+                t.start()
+            time.sleep(8)  # all 32 decoded and waiting for the repo's writer lock
+    finally:
+        upstream.fault("none")
+    for t in threads:
+        t.join(120)
+    assert len(done) == 32
+    assert not rss.killed
+    assert rss.growth < 12 * CAP, (
+        f"32 requests of {len(wire)} bytes each (8 MiB decoded) in flight grew mitmdump's "
+        f"RSS by {rss.growth >> 20} MiB")
