@@ -11,9 +11,10 @@ mode would then serve. Spellings tried, all expected to be refused or left uncac
   with the tunnel's host ignoring one trailing dot; mitmproxy sends the dotted name on to
   the upstream. (Holds because mitmproxy's certificate check of the upstream fails for
   the dotted name, so nothing reaches the upstream.)
-* two ``Host`` headers, or a ``Host`` with userinfo, naming A in a tunnel to A: never
-  cached;
-* HTTP/2 with ``:authority`` naming B in a tunnel to A (``http2=true``).
+* two ``Host`` headers (A and B, either order), or ``Host: user:pw@B``, in a tunnel to
+  B: never answered from the cache;
+* HTTP/2 with ``:authority`` naming A in a tunnel to B (``http2=true``): not cached,
+  passed on as it came.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ def test_a_trailing_dot_server_name_grants_nothing_for_the_undotted_host(
         assert resp.status in (401, 404) and no_pack(resp), resp.status
 
 
-@pytest.mark.parametrize("hosts", [["A", "B"], ["B", "A"], ["user:pw@A"]])
+@pytest.mark.parametrize("hosts", [["A", "B"], ["B", "A"], ["user:pw@B"]])
 def test_odd_host_headers_are_never_answered_from_the_cache(
     hosts: list[str], git: GitClient, repos: Repos, upstream: UpstreamServer,
     proxy: GobletProxy, tmp_path: Path,

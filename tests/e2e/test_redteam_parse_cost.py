@@ -8,10 +8,10 @@ packets are 4 bytes (``0000``) or 5 bytes (``0005a``), so a body at the cap hold
 millions of them:
 
 * 64 MiB (the default cap) of ``0000``, 65 KiB on the wire as gzip, keeps the event
-  loop busy for many seconds (about 25 s on an idle 2-core machine), during which no
+  loop busy for many seconds (over 20 s on the 2-core test machine), during which no
   other client gets an answer, not even ``/healthz``; a client repeating it keeps the
   proxy down;
-* 8 MiB of ``0005a`` (8 KiB as gzip) makes mitmdump allocate hundreds of MiB (one
+* 8 MiB of ``0005a`` (12 KiB as gzip) makes mitmdump allocate hundreds of MiB (one
   ``Pkt`` and one ``bytes`` per five bytes of body): far more than the cap the
   documentation promises to hold.
 
