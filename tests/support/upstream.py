@@ -16,7 +16,9 @@ Contract:
   SIGTERM/SIGINT stop it cleanly and kill running ``git http-backend`` children;
 * ``/<repo>/info/refs``, ``/<repo>/git-upload-pack`` and ``/<repo>/git-receive-pack`` are
   served by ``git http-backend`` for bare repos under ``--root``, after the access rules of
-  ``upstream_auth`` (config re-read on every request);
+  ``upstream_auth`` (config re-read on every request); a request without ``Authorization``
+  may carry a token in the query string instead (``?access_token=<token>``, taken as
+  ``Bearer <token>``), as some forges accept;
 * with ``--alt-name``, requests addressed to that host name are a second site served from
   ``--alt-root`` under ``--alt-config``, like one server hosting two virtual hosts. The name
   a request is addressed to is, in this order: the authority of an absolute-form request
@@ -248,6 +250,9 @@ class UpstreamHandler(StreamingHandler):
             self.send_bytes(500, b"upstream config unreadable\n")
             return
         authorization = self.headers.get("Authorization")
+        query_token = parse_qs(query).get("access_token")
+        if authorization is None and query_token:
+            authorization = f"Bearer {query_token[0]}"  # a token in the URL, as some forges take
         decision: auth.Decision | None = None
         if route.kind in GIT_KINDS:
             decision = auth.authorize(

@@ -1,0 +1,113 @@
+"""Red team: confusing goblet about whose ref view, for which repo, a fetch is judged by.
+
+All of these hold (regression tests). alice warms the cache with a private repo; a
+stranger (anonymous or bob, who may not read it) then tries to borrow her grant or view:
+
+* another spelling of the repo's URL (``rN`` for ``rN.git``, upper case): each spelling
+  is its own cache repo and verdict, and the upstream refuses the stranger on each;
+* alice's ref request and the stranger's fetch pipelined in one tunnel (one write);
+* a ref request limited with ``ref-prefix`` (a partial view), then a fetch of a tip the
+  view did not list: goblet asks the upstream instead of serving it.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Repos
+from tests.support import rawhttp
+from tests.support.gitclient import GitClient, with_userinfo
+from tests.support.proxy import GobletProxy
+from tests.support.tunnel import http_request, open_tunnel, read_response
+from tests.support.upstream_client import UpstreamServer
+
+pytestmark = pytest.mark.e2e
+
+V2 = {"Git-Protocol": "version=2", "Content-Type": "application/x-git-upload-pack-request"}
+ALICE = {"Authorization": "Basic " + base64.b64encode(b"alice:alice-pw").decode()}
+BOB = {"Authorization": "Basic " + base64.b64encode(b"bob:bob-pw").decode()}
+STRANGERS = {"anonymous": {}, "bob": BOB}
+
+
+def warm(git: GitClient, repos: Repos, upstream: UpstreamServer, tmp_path: Path) -> tuple[str, str]:
+    name = repos.create(public=False, readers=("alice",), commits=3)
+    git.clone(with_userinfo(upstream.url(name), "alice", "alice-pw"), tmp_path / "alice")
+    return name, git.run("rev-parse", "HEAD", cwd=tmp_path / "alice").stdout.strip()
+
+
+def send(upstream: UpstreamServer, proxy: GobletProxy | None, method: str, path: str,
+         headers: dict[str, str], body: bytes | None = None) -> rawhttp.RawResponse:
+    return rawhttp.request(
+        proxy_port=proxy.port if proxy else None,
+        ca_file=proxy.ca_cert if proxy else upstream.cert_path,
+        host="127.0.0.1", port=upstream.port, method=method, path=path, headers=headers,
+        body=body)
+
+
+def no_pack(resp: rawhttp.RawResponse) -> bool:
+    return b"packfile" not in resp.body and b"PACK" not in resp.body
+
+
+@pytest.mark.parametrize("spelling", ["{stem}", "{upper}.git", "{stem}.GIT"])
+def test_another_spelling_of_the_repo_borrows_nothing(
+    spelling: str, git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy,
+    tmp_path: Path,
+) -> None:
+    name, head = warm(git, repos, upstream, tmp_path)
+    stem = name.removesuffix(".git")
+    other = spelling.format(stem=stem, upper=stem.upper())
+    for who, auth in STRANGERS.items():
+        for path, method, body in (
+                (f"/{other}/info/refs?service=git-upload-pack", "GET", None),
+                (f"/{other}/git-upload-pack", "POST", rawhttp.v2_ls_refs_body())):
+            send(upstream, proxy, method, path, {**V2, **auth}, body)
+        for repo in (other, name):
+            resp = send(upstream, proxy, "POST", f"/{repo}/git-upload-pack", {**V2, **auth},
+                        rawhttp.v2_fetch_body(head))
+            straight = send(upstream, None, "POST", f"/{repo}/git-upload-pack",
+                            {**V2, **auth}, rawhttp.v2_fetch_body(head))
+            assert no_pack(resp) and resp.status == straight.status, (who, repo, resp.status)
+
+
+def test_a_grant_in_a_pipelined_request_is_not_the_next_requests(
+    git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path
+) -> None:
+    name, head = warm(git, repos, upstream, tmp_path)
+    for who, auth in STRANGERS.items():
+        batch = [
+            http_request("GET", f"/{name}/info/refs?service=git-upload-pack", upstream.host,
+                         {"Git-Protocol": "version=2", **ALICE}),
+            http_request("POST", f"/{name}/git-upload-pack", upstream.host, {**V2, **ALICE},
+                         rawhttp.v2_ls_refs_body()),
+            http_request("POST", f"/{name}/git-upload-pack", upstream.host, {**V2, **auth},
+                         rawhttp.v2_fetch_body(head)),
+        ]
+        with open_tunnel(proxy.port, "127.0.0.1", upstream.port, ca_file=proxy.ca_cert) as sock:
+            sock.sendall(b"".join(batch))  # one write: three pipelined requests
+            answers = [read_response(sock) for _ in batch]
+        assert [a.status for a in answers[:2]] == [200, 200]
+        assert answers[2].status in (401, 404) and no_pack(answers[2]), (
+            f"{who} got alice's commit in a tunnel where alice's ref requests went first")
+
+
+def test_a_view_limited_by_ref_prefix_does_not_vouch_for_other_refs(
+    git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path
+) -> None:
+    name = repos.create(public=False, readers=("alice", "bob"), commits=3)
+    git.clone(with_userinfo(upstream.url(name), "alice", "alice-pw"), tmp_path / "alice")
+    dev = git.run("rev-parse", "origin/dev", cwd=tmp_path / "alice").stdout.strip()
+    ls_dev = (rawhttp.pkt(b"command=ls-refs") + rawhttp.pkt("object-format=sha1") + b"0001"
+              + rawhttp.pkt("ref-prefix refs/heads/main") + b"0000")
+    listed = send(upstream, proxy, "POST", f"/{name}/git-upload-pack", {**V2, **BOB}, ls_dev)
+    assert listed.status == 200 and dev.encode() not in listed.body
+    fetches_before = sum(1 for r in upstream.stats()["requests"]
+                         if r["kind"] == "fetch" and r["path"].startswith(f"/{name}/"))
+    via = send(upstream, proxy, "POST", f"/{name}/git-upload-pack", {**V2, **BOB},
+               rawhttp.v2_fetch_body(dev))
+    asked = sum(1 for r in upstream.stats()["requests"]
+                if r["kind"] == "fetch" and r["path"].startswith(f"/{name}/")) - fetches_before
+    assert asked >= 1, "a tip outside bob's (prefix-limited) view was served without asking"
+    assert b"PACK" in via.body  # bob may read the repo: the upstream confirmed it
