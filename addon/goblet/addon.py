@@ -17,20 +17,18 @@ import time
 import weakref
 from collections.abc import Sequence
 
-from mitmproxy import ctx, exceptions, http, tls
+from mitmproxy import connection, ctx, exceptions, http, tcp, tls
 from mitmproxy.utils import human
 
 from goblet import options as opts
-from goblet.observe import exposure
+from goblet.observe import exposure, redact
 from goblet.observe.access import AccessLog
-from goblet.observe.endpoints import PATHS as ENDPOINT_PATHS
 from goblet.observe.recorder import Timing
-from goblet.offline.forward import UpstreamAnswer
 from goblet.policy import bodies, gate, outcomes, requests
+from goblet.policy.deadlines import Deadlines
 from goblet.policy.flows import FlowState, Kind, Outcome
-from goblet.protocol import pktline
 from goblet.runtime import Runtime
-from goblet.serve.plans import RESULT_TYPE, TOKEN_HEADER, ServePlan
+from goblet.serve.plans import TOKEN_HEADER, ServePlan
 
 log = logging.getLogger("goblet")
 TEXT = {"Content-Type": "text/plain; charset=utf-8"}
@@ -45,11 +43,14 @@ class Goblet:
         self.access = AccessLog()
         self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = (
             weakref.WeakKeyDictionary())
+        self._heads = Deadlines(lambda: self.settings.request_body_timeout
+                                if self.settings else 60.0, _close_client)
 
     # -- options and life cycle ----------------------------------------------------
 
     def load(self, loader: object) -> None:
-        """Declare goblet's options."""
+        """Declare goblet's options; keep header lines out of mitmproxy's log."""
+        redact.install()
         for spec in opts.OPTIONS:
             loader.add_option(spec.name, spec.typespec, spec.default, spec.help)  # type: ignore[attr-defined]
 
@@ -107,6 +108,24 @@ class Goblet:
 
     # -- connection level --------------------------------------------------------
 
+    def client_connected(self, client: connection.Client) -> None:
+        """A new client owes its first request head (``policy/deadlines.py``)."""
+        self._heads.arm(client.id)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        """Nothing is owed by a client that is gone, or relayed as TCP or a websocket."""
+        self._heads.cancel(client.id)
+
+    def tcp_start(self, flow: tcp.TCPFlow | http.HTTPFlow) -> None:
+        """A connection relayed as TCP (or, ``websocket_start``, a websocket) owes nothing."""
+        self._heads.cancel(flow.client_conn.id)
+
+    websocket_start = tcp_start
+
+    def _owes_next(self, flow: http.HTTPFlow) -> None:
+        if flow.client_conn.timestamp_end is None:
+            self._heads.arm(flow.client_conn.id)  # a kept-alive client owes its next head
+
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         """Relay TLS to hosts we do not cache without intercepting it."""
         if self.settings is None:
@@ -115,10 +134,12 @@ class Goblet:
         port = address[1] if address else 443
         names = [(n, port) for n in (sni, address[0] if address else None) if n]
         if not requests.intercepts(names, self.settings.hosts):
-            data.ignore_connection = True
+            data.ignore_connection = True  # an opaque relay owes goblet no request
+            self._heads.cancel(data.context.client.id)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         """The path-prefix port serves path-prefix URLs only: no tunnels."""
+        self._heads.arm(flow.client_conn.id)  # the tunnel's first request is owed now
         if self._on_prefix_port(flow):
             flow.response = http.Response.make(
                 405, b"goblet: this port serves http://<goblet>/<host>/<repo> URLs, "
@@ -133,39 +154,31 @@ class Goblet:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """Classify the flow; stream everything we do not need to read."""
+        self._heads.cancel(flow.client_conn.id)
         if flow.response or flow.error or not flow.live:
             return
         req = flow.request
         if self.rt is None or self.settings is None:
             req.stream = True  # not started: nothing to do but pass on
             return
-        if self._on_prefix_port(flow):
-            if req.path.split("?", 1)[0] in ENDPOINT_PATHS:
+        server = ctx.master.addons.get("proxyserver")
+        door = requests.front_door(
+            exposure.PlainRequest(req.scheme, req.method, req.path, req.host, req.port,
+                                  tuple(req.headers.get_all("via"))),
+            prefix_port=self._on_prefix_port(flow), hosts=self.settings.hosts,
+            proxy_ports={a[1] for a in server.listen_addrs()} if server else set(),
+            is_local=exposure.is_local_address)
+        if door.endpoint or door.reply:
+            if door.reply:
+                flow.response = http.Response.make(*door.reply, {**TEXT, **self._served_by()})
+            else:
                 self._flows[flow] = FlowState(Kind.ENDPOINT)
-                return
-            target = requests.prefix_target(req.path, self.settings.hosts)
-            if isinstance(target, str):
-                flow.response = http.Response.make(404, f"goblet: {target}\n".encode(),
-                                                   {**TEXT, **self._served_by()})
-                return
-            req.scheme, (req.host, req.port, req.path) = "https", target
+            return
+        if door.target:
+            req.scheme, (req.host, req.port, req.path) = "https", door.target
             req.headers["Host"] = req.host if req.port == 443 else f"{req.host}:{req.port}"
-        else:
-            server = ctx.master.addons.get("proxyserver")
-            plain = exposure.route(
-                exposure.PlainRequest(req.scheme, req.method, req.path, req.host, req.port,
-                                      tuple(req.headers.get_all("via"))),
-                proxy_ports={a[1] for a in server.listen_addrs()} if server else set(),
-                is_local=exposure.is_local_address)
-            if plain is exposure.Route.ENDPOINT:
-                self._flows[flow] = FlowState(Kind.ENDPOINT)
-                return
-            if plain is exposure.Route.LOOP:
-                flow.response = http.Response.make(508, exposure.LOOP_MESSAGE,
-                                                   {**TEXT, **self._served_by()})
-                return
-            if plain is exposure.Route.RELAY:
-                req.headers["Via"] = exposure.add_via(req.headers.get_all("via"))
+        if door.via:
+            req.headers["Via"] = door.via
         self._classify(flow)
 
     def _classify(self, flow: http.HTTPFlow) -> None:
@@ -203,10 +216,7 @@ class Goblet:
         state.body_timer, state.timed_out = None, True
         state.reason = "request body not received in time (goblet_request_body_timeout)"
         self.rt.metrics.request_bodies.labels("timeout").inc()
-        server = ctx.master.addons.get("proxyserver")  # no public call closes a client
-        handler = getattr(server, "connections", {}).get(flow.client_conn.id)
-        if handler is not None:
-            handler.close_connection(flow.client_conn)
+        _close_client(flow.client_conn.id)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         """Route upload-pack requests: upstream, cache, or a git-readable error."""
@@ -215,50 +225,28 @@ class Goblet:
             state.body_arrived()
         if flow.response or flow.error or not flow.live or state is None or self.rt is None:
             return
-        req, policy = flow.request, self.rt.policy
-        protocol = req.headers.get("git-protocol")
-        action: gate.Action = gate.Upstream()
+        req = flow.request
         if state.kind is Kind.ENDPOINT:
             result = await self.rt.endpoint_answer(req.path)
             flow.response = http.Response.make(
                 result.status, b"" if req.method == "HEAD" else result.body,
                 {"Content-Type": result.content_type, "Cache-Control": "no-store"})
             return
-        if state.kind is Kind.INVALID:
-            req.stream = False
-            action = gate.Refuse(400, f"goblet: {state.reason}")
-        elif state.kind is Kind.UPLOAD_PACK and not req.stream:
-            action = await policy.upload_pack(state, req.raw_content,
-                                              req.headers.get("content-encoding"), protocol)
-        if isinstance(action, gate.Upstream) and self.rt.settings.offline and state.kind in (
-                Kind.INFO_REFS, Kind.LS_REFS):
-            action = await policy.forward(state, req.method, req.path,
-                                          headers=req.headers.items(multi=True),
-                                          raw=req.raw_content, git_protocol=protocol)
-        if flow.live and not flow.error:
-            self._apply(flow, state, action)
-
-    def _apply(self, flow: http.HTTPFlow, state: FlowState, action: gate.Action) -> None:
-        """Carry out the policy's answer on the flow."""
-        if isinstance(action, gate.Refuse):
-            self._answer_error(flow, state, action.status, action.message)
-            if action.challenge and flow.response is not None:
-                flow.response.headers["WWW-Authenticate"] = action.challenge
-        elif isinstance(action, gate.GitError):
-            flow.response = http.Response.make(200, pktline.error_packet(action.message),
-                                               {"Content-Type": RESULT_TYPE,
-                                                **self._served_by()})
-            state.outcome = Outcome.ERROR
-        elif isinstance(action, gate.Serve):
+        req.stream = False if state.kind is Kind.INVALID else req.stream
+        action = await self.rt.policy.route(
+            state, method=req.method, path=req.path, streamed=bool(req.stream),
+            headers=req.headers.items(multi=True), raw=req.raw_content,
+            enc=req.headers.get("content-encoding"), git_protocol=req.headers.get("git-protocol"))
+        if not flow.live or flow.error:
+            return
+        if isinstance(action, gate.Serve):
             self._to_backend(flow, state, action.plan)
             state.outcome = action.outcome
-        elif isinstance(action, gate.Relay):
-            flow.response = _response_from(action.answer)
-
-    def _answer_error(self, flow: http.HTTPFlow, state: FlowState, status: int, msg: str) -> None:
-        flow.response = http.Response.make(status, (" ".join(msg.split())[:300] + "\n").encode(),
-                                           {**TEXT, **self._served_by()})
-        state.outcome, state.reason = Outcome.ERROR, msg
+        elif isinstance(action, gate.Reply):
+            flow.response = _response(action.status, action.body,
+                                      [*action.headers, *self._served_by().items()])
+            state.outcome = action.outcome or state.outcome
+            state.reason = action.reason or state.reason
 
     def _served_by(self) -> dict[str, str]:
         return {"X-Served-By": self.settings.instance} if self.settings is not None else {}
@@ -291,6 +279,7 @@ class Goblet:
 
     async def response(self, flow: http.HTTPFlow) -> None:
         """Apply what upstream's answer proves (``policy/answers.py``); count and log."""
+        self._owes_next(flow)
         state = self._flows.pop(flow, None)
         resp = flow.response
         if state is None or resp is None or state.kind is Kind.ENDPOINT or self.rt is None:
@@ -309,6 +298,7 @@ class Goblet:
         A flow that ends without an answer never marks the upstream down: the
         client may have caused it, and only goblet's own attempts count.
         """
+        self._owes_next(flow)
         state = self._flows.pop(flow, None)
         if state is not None and state.kind is not Kind.ENDPOINT:
             state.body_arrived()
@@ -320,6 +310,7 @@ class Goblet:
         """Count the request in the metrics and write its access-log line."""
         if self.rt is None or self.settings is None:
             return
+        self.rt.policy.release(state)
         req, resp = flow.request, flow.response
         upstream = None
         if resp is not None and resp.timestamp_end and req.timestamp_end:
@@ -332,16 +323,17 @@ class Goblet:
             instance=self.settings.instance)
 
 
-def _response_from(answer: UpstreamAnswer) -> http.Response:
-    """A mitmproxy response carrying the upstream's answer byte for byte."""
-    now = time.time()
-    return http.Response(
-        http_version=b"HTTP/1.1", status_code=answer.status, reason=answer.reason.encode(),
-        headers=http.Headers([(k.encode(), v.encode("latin-1", "replace"))
-                              for k, v in answer.headers]
-                             + [(b"content-length", str(len(answer.body)).encode())]),
-        content=answer.body, trailers=None, timestamp_start=now, timestamp_end=now,
-    )
+def _response(status: int, body: bytes, headers: Sequence[tuple[str, str]]) -> http.Response:
+    """A mitmproxy response with these headers (Content-Length set) and body."""
+    return http.Response.make(status, body, [(k.encode(), v.encode("latin-1", "replace"))
+                                             for k, v in headers])
+
+
+def _close_client(client_id: str) -> None:
+    """Close a client connection now (mitmproxy has no public call for it)."""
+    handler = getattr(ctx.master.addons.get("proxyserver"), "connections", {}).get(client_id)
+    if handler is not None:
+        handler.close_connection(handler.client)
 
 
 def make_addons() -> Sequence[object]:

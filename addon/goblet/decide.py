@@ -25,8 +25,9 @@ Rules, in order; the first that applies wins:
 6. Every wanted object (and every ``shallow`` the client names) must be one
    the upstream would serve this credential now: a tip of the refs the
    upstream last listed for it (within the TTL), or reachable in the cache
-   from those tips, or an object the upstream itself just gave or confirmed
-   to this credential (goblet asks it with a ``want``/``have`` probe).
+   from those tips, or an object the upstream confirms for this credential
+   (goblet asks it with a ``want``/``have`` probe in the client's protocol
+   version).
    Otherwise → upstream. An object the upstream deleted, or one only
    reachable from refs hidden from this credential, is never served by id.
 7. Offline answers: the wanted objects must be cached and reachable from the
@@ -41,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from goblet.auth.credentials import ANONYMOUS, Credential
@@ -106,6 +108,7 @@ class FetchDecider:
         offline_grace: float = 86400.0,
         upstream: UpstreamState | None = None,
         asker: UpstreamAsker | None = None,
+        admit: Callable[[CacheRepo], bool] = lambda repo: True,
     ) -> None:
         self.store = store
         self.filler = filler
@@ -115,6 +118,7 @@ class FetchDecider:
         self.offline_grace = offline_grace
         self.upstream = upstream or UpstreamState()
         self.asker = asker
+        self.admit = admit
         self.uncacheable: set[str] = set()  # repo keys with a foreign object format
         self.heads: dict[str, str] = {}  # repo key -> upstream HEAD target, last seen
         self._fill_tenant: dict[str, str] = {}  # repo key -> tenant whose credential fills it
@@ -124,11 +128,14 @@ class FetchDecider:
         return Credential() if self.isolation == "public" else credential
 
     def start_fill(self, repo: CacheRepo, credential: Credential, tenant: str,
-                   head: str | None = None) -> asyncio.Task[FillResult]:
-        """Start (or join) the fill of ``repo`` on behalf of ``tenant``."""
+                   head: str | None = None) -> asyncio.Task[FillResult] | None:
+        """Start (or join) the fill of ``repo`` on behalf of ``tenant``; None if a new
+        cache copy of it may not be made now (``admit``: the partition bound)."""
         task = self.filler.in_flight(repo)
         if task is not None:
             return task
+        if not self.store.exists(repo) and not self.admit(repo):
+            return None
         task = self.filler.start(repo, self.fill_credential(credential),
                                  head or self.heads.get(repo.key))
         self._fill_tenant[repo.key] = ANONYMOUS if self.isolation == "public" else tenant
@@ -151,7 +158,10 @@ class FetchDecider:
         state = self.store.state(repo)
         if view is None or state is None:
             return None
-        return tuple(sorted(set(state.refs) - view.names))
+        hidden = set(state.refs) - view.names
+        if "HEAD" not in view.names or (state.head is not None and state.head in hidden):
+            hidden.add("HEAD")  # HEAD (and its symref) only as the tenant was shown it
+        return tuple(sorted(hidden))
 
     async def decide(
         self, repo: CacheRepo, tenant: str, credential: Credential, req: FetchRequest,
@@ -172,17 +182,15 @@ class FetchDecider:
             return Decision(Route.UPSTREAM, "not readable anonymously: public isolation")
         wants = set(req.wants)
         missing = wants - await self.store.present(repo, wants)
-        proven: set[str] = set()
+        filled = bool(missing)
         if missing:
             failed = await self._fill(repo, tenant, credential, missing)
             if failed is not None:
                 return failed
-            proven = missing
             missing = wants - await self.store.present(repo, wants)
             if missing:
                 return Decision(Route.UPSTREAM, f"{len(missing)} wanted object(s) not in cache")
-        refused = await self._not_advertised(repo, tenant, credential, req, host=host,
-                                             proven=proven)
+        refused = await self._not_advertised(repo, tenant, credential, req, host=host)
         if refused is not None:
             return refused
         if not self.verdicts.is_granted(tenant, repo.url):
@@ -191,7 +199,7 @@ class FetchDecider:
         if self.offline and (down := self.upstream.down_since(host, RECENT_OUTAGE)):
             state = self.store.state(repo)
             notice = offline_notice(down, state.filled_at if state else None)
-        return Decision(Route.CACHE, "all wants cached" if not proven else "filled, then served",
+        return Decision(Route.CACHE, "filled, then served" if filled else "all wants cached",
                         notice=notice)
 
     async def _reverify(self, repo: CacheRepo, tenant: str, credential: Credential,
@@ -213,6 +221,8 @@ class FetchDecider:
         if probe.finding is Finding.DENIED:
             self.verdicts.record(tenant, repo.url, granted=False, status=probe.status,
                                  challenge=probe.challenge)
+            return None
+        if probe.finding is Finding.UNKNOWN:
             return None
         return self.upstream.down_since(host, RECENT_OUTAGE) or time.time()
 
@@ -236,6 +246,9 @@ class FetchDecider:
         own = task is None or self._fill_tenant.get(repo.key) == tenant
         if task is None and not self.store.exists(repo):
             task = self.start_fill(repo, credential, tenant)
+            if task is None:
+                return Decision(Route.UPSTREAM, "this repo has goblet_max_partitions cache "
+                                                "copies in use: upstream answers")
         if task is not None:
             try:
                 await asyncio.shield(task)
@@ -251,13 +264,15 @@ class FetchDecider:
         return None
 
     async def _not_advertised(self, repo: CacheRepo, tenant: str, credential: Credential,
-                              req: FetchRequest, *, host: str, proven: set[str]
-                              ) -> Decision | None:
+                              req: FetchRequest, *, host: str) -> Decision | None:
         """Rule 6: a Decision sending the request upstream if an object it asks for is
-        not one the upstream would serve this credential now."""
+        not one the upstream would serve this credential now.
+
+        Objects a fill just brought prove nothing: the fill may have been another
+        credential's, or asked in another protocol version than the client's."""
         view = self.verdicts.view(tenant, repo.url, self.verdicts.ttl)
         tips = view.tips if view is not None else frozenset()
-        outside = (set(req.wants) | set(req.shallows)) - tips - proven
+        outside = (set(req.wants) | set(req.shallows)) - tips
         if not outside:
             return None
         unknown = await reach.unreachable(self.store.git, repo.path, outside, tips)
@@ -281,6 +296,8 @@ class FetchDecider:
         if self.verdicts.is_denied(ANONYMOUS, repo.url):
             return False
         task = self.start_fill(repo, Credential(), tenant)
+        if task is None:
+            return False
         try:
             await asyncio.shield(task)
         except FillError as e:

@@ -26,7 +26,7 @@ SOURCES = ("cache", "upstream")
 REPACK_KINDS = ("geometric", "full")
 REPACK_RESULTS = ("ok", "error", "skipped")
 PACK_CACHE_RESULTS = ("bypass", "produce", "follow", "hit")
-BODY_RESULTS = ("inspected", "too_large", "not_decoded", "invalid", "timeout")
+BODY_RESULTS = ("inspected", "too_large", "not_decoded", "busy", "invalid", "timeout")
 
 # Seconds: from a warm ls-refs (ms) to a cold multi-GB clone (tens of minutes).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
@@ -87,11 +87,16 @@ class Metrics:
             "goblet_partition_evictions",
             "Cache copies of a repo evicted because its tenant/user partitions exceeded "
             "goblet_max_partitions (also counted in goblet_evictions).", registry=r)
+        self.partition_refusals = Counter(
+            "goblet_partition_refusals",
+            "New cache copies of a repo not made (the request went upstream) because its "
+            "copies were at goblet_max_partitions and all in use.", registry=r)
         self.request_bodies = Counter(
             "goblet_request_bodies",
             "Upload-pack request bodies by how goblet handled them: inspected, too_large "
             "(passed through uninspected), not_decoded (an encoding goblet does not decode, "
-            "passed through), invalid (answered 400), timeout (client disconnected).",
+            "passed through), busy (the bodies held at once at their budget: passed "
+            "through), invalid (answered 400), timeout (client disconnected).",
             ["result"], registry=r)
         self.repacks = Counter(
             "goblet_repacks", "Maintenance repacks, by kind and result.", ["kind", "result"],

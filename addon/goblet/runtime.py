@@ -119,7 +119,8 @@ class Runtime:
                                    maintenance=settings.maintenance)
         reporter.on_filled.append(self.lifecycle.after_fill)
         self.partitions = PartitionLimiter(self.store, self.evictor, settings.max_partitions,
-                                           on_evict=metrics.partition_evictions.inc)
+                                           on_evict=metrics.partition_evictions.inc,
+                                           on_refuse=metrics.partition_refusals.inc)
         reporter.on_filled.append(self.partitions.after_fill)
         self.warmer = Warmer(filler, self.store, settings.warm_repos, settings.warm_credentials,
                              settings.warm_interval, anonymous=settings.isolation == "public")
@@ -130,7 +131,7 @@ class Runtime:
         self.decider = FetchDecider(
             self.store, filler, verdicts, isolation=settings.isolation,
             offline=settings.offline, offline_grace=settings.offline_grace,
-            upstream=self.upstream, asker=self.asker,
+            upstream=self.upstream, asker=self.asker, admit=self.partitions.admit,
         )
         self.health = HealthChecker(
             cache_dir=settings.cache_dir, tmp_dir=self.store.tmp_dir, git=git,
@@ -199,6 +200,7 @@ class Runtime:
         forwarder = Forwarder(tls_context(ca_file, insecure), settings.upstream_timeout)
         rt = cls(settings, git, secret, Metrics(), access, forwarder=forwarder)
         await rt.lifecycle.recover()
+        await rt.partitions.load()
         await asyncio.to_thread(rt.packcache.load)
         await rt.backend.start()
         if settings.metrics_port:

@@ -265,6 +265,15 @@ def test_offline_without_a_grant_within_the_grace_goes_upstream(offline: World) 
 
 def test_offline_ref_answers_hide_refs_the_tenant_was_not_shown(tmp_path: Path) -> None:
     w = World(tmp_path, offline=True)
-    w.grant("bob", main="refs/heads/main")
-    assert w.decider.offline_hidden_refs("bob", w.repo) == ("refs/heads/dev", "refs/tags/v1")
+    w.grant("bob", main="refs/heads/main")  # a view without HEAD: HEAD is hidden too
+    assert w.decider.offline_hidden_refs("bob", w.repo) == ("HEAD", "refs/heads/dev",
+                                                           "refs/tags/v1")
+    w.verdicts.record("dave", URL, granted=True, view=RefView.of(
+        {"HEAD": w.refs["refs/heads/main"], "refs/heads/dev": w.refs["refs/heads/dev"]}, {}))
+    # HEAD points at main, which dave was not shown: hidden with it
+    assert w.decider.offline_hidden_refs("dave", w.repo) == ("HEAD", "refs/heads/main",
+                                                            "refs/tags/v1")
+    w.verdicts.record("erin", URL, granted=True, view=RefView.of(
+        {"HEAD": w.refs["refs/heads/main"], **w.refs}, {}))
+    assert w.decider.offline_hidden_refs("erin", w.repo) == ()
     assert w.decider.offline_hidden_refs("carol", w.repo) is None

@@ -164,6 +164,16 @@ class RepoStore:
         except OSError as e:
             log.debug("cannot note access of %s: %s", repo.key[:12], e)
 
+    def last_access(self, path: Path) -> float:
+        """When the repo at ``path`` last served or was filled, as far as is known."""
+        times = [self._touched.get(path.name.removesuffix(".git"), 0.0)]
+        for name in (ACCESS_FILE, STATE_FILE):
+            try:
+                times.append((path / name).stat().st_mtime)
+            except OSError:
+                continue
+        return max(times)
+
     def list_repos(self) -> list[RepoInfo]:
         """Every complete repo under repos/ (blocking; reads small files only)."""
         out: list[RepoInfo] = []

@@ -38,10 +38,16 @@ class AccessRecord:
     reason: str = ""
 
 
+def printable(text: str) -> str:
+    """``text`` with control and other non-printable characters as ``\\xNN`` escapes."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
 def format_text(r: AccessRecord) -> str:
-    """The text line (without mitmproxy's timestamp prefix)."""
+    """The text line (without mitmproxy's timestamp prefix); nothing in it can move a
+    terminal's cursor or colour it."""
     line = (
-        f"git {r.kind} {r.url} tenant={r.tenant} outcome={r.outcome} "
+        f"git {r.kind} {printable(r.url)} tenant={r.tenant} outcome={r.outcome} "
         f"status={r.status if r.status is not None else '-'} "
         f"bytes={r.bytes if r.bytes is not None else '-'} duration={r.duration:.3f}s "
         f"upstream={r.upstream_status if r.upstream_status is not None else '-'} "

@@ -15,10 +15,11 @@ headers (never anything else of the client's), all recorded in
   credential now, and ``ERR … not our ref`` if not;
 - ``confirm_outage``: the same ``info/refs`` with no credential at all.
 
-An outage is what goblet's own bytes met: no answer at all, or a 5xx to a
-request of goblet's own choosing. A 5xx to a request carrying the client's
-headers (which the client chose, and could choose to make the upstream fail)
-counts only once ``confirm_outage`` sees the upstream fail without them.
+An outage is what goblet's own bytes met: no answer at all, or a 5xx, to a
+request of goblet's own choosing. The failure of a request carrying the
+client's headers or body (which the client chose, and could choose to make
+the upstream fail or stall) counts only once ``confirm_outage`` sees the
+upstream fail without them, twice.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class Finding(enum.Enum):
 
     GRANTED = "granted"
     DENIED = "denied"
-    OUTAGE = "outage"  # no answer, or a 5xx answer to this very request
+    OUTAGE = "outage"  # no answer, or a 5xx, and goblet's own request fails too
+    UNKNOWN = "unknown"  # this request failed, but goblet's own request works
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,28 +125,32 @@ class UpstreamAsker:
 
     async def forward(self, host: str, method: str, url: str,
                       headers: Iterable[tuple[str, str]], body: bytes | None) -> UpstreamAnswer:
-        """Replay a client's request; raises UpstreamUnreachable (and records it)."""
-        try:
-            answer = await self.forwarder.send(method, url, headers, body)
-        except UpstreamUnreachable:
-            self.state.unreachable(host)
-            raise
+        """Send a request shaped (headers, body) by a client; raises UpstreamUnreachable.
+
+        Its failure is *not* recorded as an outage (the client chose its bytes and
+        could make it fail or time out); callers confirm with ``confirm_outage``.
+        Any answer shows the host reachable.
+        """
+        answer = await self.forwarder.send(method, url, headers, body)
         self.state.reachable(host)
         return answer
 
-    async def confirm_outage(self, host: str, repo_url: str) -> bool:
-        """Whether the upstream fails a request of goblet's own choosing: ``info/refs``
-        of the repo with no credential at all. A 5xx to a client's request (whose
-        headers the client chose) counts as an outage only if this fails too."""
-        try:
-            answer = await self.forward(host, "GET", repo_url + INFO_REFS,
-                                        [("User-Agent", USER_AGENT)], None)
-        except UpstreamUnreachable:
-            return True
-        if answer.status >= 500:
-            self.state.unreachable(host)  # goblet's own bytes failed: the upstream is down
-            return True
-        return False
+    async def confirm_outage(self, host: str, repo_url: str, attempts: int = 2) -> bool:
+        """Whether the upstream fails requests of goblet's own choosing: ``info/refs`` of
+        the repo with no credential at all, ``attempts`` times (a stalled event loop can
+        make one time out). A failure of a client-shaped request counts as an outage
+        only if this confirms it; then the host is recorded unreachable."""
+        for _ in range(attempts):
+            try:
+                answer = await self.forwarder.send(
+                    "GET", repo_url + INFO_REFS, [("User-Agent", USER_AGENT)], None)
+            except UpstreamUnreachable:
+                continue
+            if answer.status < 500:
+                self.state.reachable(host)
+                return False
+        self.state.unreachable(host)
+        return True
 
     async def refs(self, host: str, repo_url: str, credential: Credential) -> RefsProbe:
         """Ask for the repo's refs with ``credential`` (see the module docstring)."""
@@ -153,11 +159,12 @@ class UpstreamAsker:
                 host, "GET", repo_url + INFO_REFS,
                 identity_headers(credential), None)
         except UpstreamUnreachable:
-            return RefsProbe(Finding.OUTAGE)
-        if answer.status >= 500:
+            answer = None
+        if answer is None or answer.status >= 500:
+            status = answer.status if answer is not None else None
             if await self.confirm_outage(host, repo_url):
-                return RefsProbe(Finding.OUTAGE, status=answer.status)
-            return RefsProbe(Finding.DENIED, status=answer.status)
+                return RefsProbe(Finding.OUTAGE, status=status)
+            return RefsProbe(Finding.UNKNOWN, status=status)
         if answer.status in DENIALS:
             return RefsProbe(Finding.DENIED, status=answer.status,
                              challenge=_header(answer, "www-authenticate"))
@@ -180,8 +187,8 @@ class UpstreamAsker:
             answer = await self.forward(host, "POST", f"{repo_url}/git-upload-pack", headers,
                                         serves_body(oids, version))
         except UpstreamUnreachable:
-            return None
-        if answer.status >= 500:
+            answer = None
+        if answer is None or answer.status >= 500:
             return None if await self.confirm_outage(host, repo_url) else False
         return served(answer.status, answer.body, version)
 

@@ -17,19 +17,49 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from concurrent.futures import Executor
+from dataclasses import dataclass
+from functools import partial
 
 from goblet.auth.credentials import ANONYMOUS
 from goblet.auth.verdicts import RefView
 from goblet.cache.store import RepoStore
 from goblet.decide import FetchDecider
-from goblet.offline.ask import answer_is_grant
+from goblet.offline.ask import ADVERTISEMENT_TYPE, RESULT_TYPE
 from goblet.policy import bodies
 from goblet.policy.flows import FlowState, Kind, Outcome
 from goblet.protocol import refs
+from goblet.protocol.errors import ProtocolError
 
 DENIALS = (401, 403, 404)
+
+
+@dataclass(frozen=True, slots=True)
+class RefAnswer:
+    """A ref answer that proves access: what it says, the refs it listed (None for a
+    capability advertisement) and, if the client must not see it as it is, its
+    replacement body."""
+
+    advertisement: refs.RefAdvertisement
+    view: RefView | None
+    replacement: bytes | None = None
+
+
+def read_ref_answer(content_type: str, body: bytes, *, ls_refs: bool) -> RefAnswer | None:
+    """Parse a 200 answer to a ref request once (CPU work for repos with many refs: run it
+    off the event loop); None if it is not a ref answer (then it proves nothing)."""
+    wanted = RESULT_TYPE if ls_refs else ADVERTISEMENT_TYPE
+    if content_type.split(";", 1)[0].strip().lower() != wanted:
+        return None
+    try:
+        adv = refs.parse_ls_refs(body) if ls_refs else refs.parse_info_refs(body)
+        if not ls_refs and adv.version == 2:
+            return RefAnswer(adv, None, refs.restrict_v2_fetch_features(body))
+    except ProtocolError:
+        return None
+    return RefAnswer(adv, RefView.of(adv.refs, adv.peeled))
 
 
 class AnswerPolicy:
@@ -51,8 +81,14 @@ class AnswerPolicy:
         elif status == 200 and state.kind in (Kind.INFO_REFS, Kind.LS_REFS):
             body = await bodies.read_answer(raw, headers.get("content-encoding"), cap,
                                             self.inspector)
-            if body is not None:
-                return self.refs_answer(state, headers.get("content-type", ""), body)
+            if body is None:
+                return None
+            read = await asyncio.get_running_loop().run_in_executor(
+                self.inspector, partial(read_ref_answer, headers.get("content-type", ""),
+                                        body, ls_refs=state.kind is Kind.LS_REFS))
+            if read is not None:
+                self.granted(state, read)
+                return read.replacement
         return None
 
     def denied(self, state: FlowState, status: int, challenge: str | None) -> None:
@@ -61,22 +97,17 @@ class AnswerPolicy:
         self.decider.verdicts.record(state.tenant, state.repo.url, granted=False,
                                      status=status, challenge=challenge)
 
-    def refs_answer(self, state: FlowState, content_type: str, body: bytes) -> bytes | None:
-        """A 200 answer to a ref request; returns a replacement body, if one is needed."""
+    def granted(self, state: FlowState, read: RefAnswer) -> None:
+        """The upstream answered this ref request with ``read``: record the grant, and
+        start a fill if the cache's refs differ from the ones it listed."""
         assert state.repo is not None
-        decider, repo = self.decider, state.repo
-        ls_refs = state.kind is Kind.LS_REFS
-        if not answer_is_grant(200, content_type, body, ls_refs=ls_refs):
-            return None  # not a ref answer: proves nothing
-        adv = refs.parse_ls_refs(body) if ls_refs else refs.parse_info_refs(body)
-        listed = ls_refs or adv.version != 2
-        decider.verdicts.record(state.tenant, repo.url, granted=True,
-                                view=RefView.of(adv.refs, adv.peeled) if listed else None)
+        decider, repo, adv = self.decider, state.repo, read.advertisement
+        decider.verdicts.record(state.tenant, repo.url, granted=True, view=read.view)
         if adv.object_format != "sha1":
             decider.uncacheable.add(repo.key)
-            return None
-        if not listed:
-            return refs.restrict_v2_fetch_features(body)
+            return
+        if read.view is None:
+            return
         head = adv.symrefs.get("HEAD")
         if head:
             decider.heads[repo.key] = head
@@ -85,7 +116,6 @@ class AnswerPolicy:
         stale = snapshot is None or refs.refs_differ(adv.refs, snapshot.refs, prefixes) \
             or bool(head and snapshot.head != head)
         if decider.isolation == "public" and decider.verdicts.is_denied(ANONYMOUS, repo.url):
-            return None  # not anonymously readable: never cached in public isolation
-        if stale:
+            return  # not anonymously readable: never cached in public isolation
+        if stale:  # (a new copy over the partition bound is not started: upstream serves)
             decider.start_fill(repo, state.credential, state.tenant, head)
-        return None

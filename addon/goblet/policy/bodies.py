@@ -11,7 +11,9 @@ label of ``goblet_request_bodies_total``:
 - ``too_large``, ``not_decoded`` (``br``, ``zstd``…, which git never sends):
   the request passes through to the upstream uninspected, as it would
   without goblet;
-- ``invalid``: a corrupt or truncated compressed body — refuse it with 400.
+- ``invalid``: a corrupt or truncated compressed body — refuse it with 400;
+- ``busy`` (decided by the caller): the bodies held at once reached their
+  budget; this one passes through uninspected.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from goblet.protocol import encoding
 from goblet.protocol.errors import ProtocolError
 
 PASSED_ON = "request body over the inspection limit: passed through"
+BUSY = "decoded request bodies held at their budget: passed through"
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,7 @@ class FlowState:
     version: int = 0
     ls_refs: LsRefsRequest | None = None
     body: bytes = b""  # the decoded upload-pack request body, once read
+    held: int = 0  # bytes of it counted against the budget of held bodies
     outcome: Outcome = Outcome.UPSTREAM
     reason: str = ""
     plan: ServePlan | None = None

@@ -5,17 +5,21 @@ which it applies to the flow; nothing here knows mitmproxy.
 
 - ``state_for``: who is asking (credential, tenant id), for which cache repo
   (partition by isolation mode), in which protocol version.
-- ``upload_pack``: read the body (``bodies.py``), parse it, and for a fetch
-  ask ``decide.py``; ls-refs go upstream (in offline mode via ``forward``).
+- ``upload_pack``: read the body (``bodies.py``), parse it (off the event
+  loop), and for a fetch ask ``decide.py``; ls-refs go upstream (in offline
+  mode via ``forward``). Decoded bodies held by requests in progress share a
+  budget of four times ``goblet_max_request_bytes``; a body beyond it passes
+  through uninspected, and one going upstream is let go at once.
 - ``forward``: offline mode's own forwarding of a ref request, and what to
   answer when that very request finds the upstream down (``offline.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from goblet.auth.credentials import TenantKeyer, credential_from_headers
 from goblet.auth.partition import partition, proxy_logins_verified
@@ -28,9 +32,9 @@ from goblet.options import Settings
 from goblet.policy import bodies, offline
 from goblet.policy.flows import FlowState, Kind, Outcome
 from goblet.policy.requests import Classified
-from goblet.protocol import request
+from goblet.protocol import pktline, request
 from goblet.protocol.errors import ProtocolError
-from goblet.serve.plans import ServePlan, clean_git_protocol
+from goblet.serve.plans import RESULT_TYPE, ServePlan, clean_git_protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,19 +43,14 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
-class Refuse:
-    """Answer ``status`` with a one-line ``message`` (and a ``challenge``)."""
+class Reply:
+    """Answer with this response; ``outcome``/``reason`` are the request's, if set."""
 
     status: int
-    message: str
-    challenge: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class GitError:
-    """Answer 200 with a git ``ERR`` packet (git shows "remote error: <message>")."""
-
-    message: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+    outcome: Outcome | None = None
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +61,35 @@ class Serve:
     outcome: Outcome
 
 
-@dataclass(frozen=True, slots=True)
-class Relay:
-    """Answer with what the upstream answered goblet's own forwarding."""
-
-    answer: UpstreamAnswer
+Action = Upstream | Reply | Serve
+TEXT = (("Content-Type", "text/plain; charset=utf-8"),)
 
 
-Action = Upstream | Refuse | GitError | Serve | Relay
+def refuse(status: int, message: str, challenge: str | None = None) -> Reply:
+    """goblet's own refusal: ``status`` with ``message`` as one short line."""
+    line = " ".join(message.split())[:300] + "\n"
+    auth = (("WWW-Authenticate", challenge),) if challenge else ()
+    return Reply(status, line.encode(), TEXT + auth, Outcome.ERROR, message)
+
+
+def git_error(message: str) -> Reply:
+    """A git ``ERR`` packet with status 200 (git shows "remote error: <message>")."""
+    return Reply(200, pktline.error_packet(message), (("Content-Type", RESULT_TYPE),),
+                 Outcome.ERROR)
+
+
+def relay(answer: UpstreamAnswer) -> Reply:
+    """What the upstream answered goblet's own forwarding, byte for byte."""
+    return Reply(answer.status, answer.body, tuple(answer.headers))
+
+
 ServePlanner = Callable[..., ServePlan]
+
+
+def parse_upload_pack(body: bytes, version: int) -> request.V2Request | request.FetchRequest:
+    """Parse an upload-pack request body in protocol ``version`` (CPU work: run it off the
+    event loop)."""
+    return request.parse_v2(body) if version == 2 else request.parse_v0(body, version)
 
 
 class FlowPolicy:
@@ -87,6 +106,7 @@ class FlowPolicy:
         self.metrics = metrics
         self.inspector = inspector
         self.planner = planner
+        self._held = 0  # bytes of decoded request bodies held by flows in progress
 
     def state_for(self, got: Classified, host: str, port: int, *,
                   headers: Iterable[tuple[str, str]], proxy_login: tuple[str, str] | None,
@@ -101,24 +121,42 @@ class FlowPolicy:
                          credential=credential, host=url.split("/", 3)[2],
                          version=request.protocol_version(git_protocol))
 
+    async def route(self, state: FlowState, *, method: str, path: str, streamed: bool,
+                    headers: list[tuple[str, str]], raw: bytes | None, enc: str | None,
+                    git_protocol: str | None) -> Action:
+        """What to do with a request whose body has arrived (``streamed``: it was passed
+        on unread)."""
+        if state.kind is Kind.INVALID:
+            return refuse(400, f"goblet: {state.reason}")
+        action: Action = Upstream()
+        if state.kind is Kind.UPLOAD_PACK and not streamed:
+            action = await self.upload_pack(state, raw, enc, git_protocol)
+        if isinstance(action, Upstream) and self.settings().offline and state.kind in (
+                Kind.INFO_REFS, Kind.LS_REFS):
+            action = await self.forward(state, method, path, headers=headers, raw=raw,
+                                        git_protocol=git_protocol)
+        return action
+
     async def upload_pack(self, state: FlowState, raw: bytes | None, enc: str | None,
                           git_protocol: str | None) -> Action:
         """What to do with an upload-pack POST (``state.kind`` becomes what it is)."""
         assert state.repo is not None
         s = self.settings()
         got = await bodies.read_body(raw, enc, s.max_request_bytes, self.inspector)
+        if got.body is not None and not self._hold(state, len(got.body)):
+            got = bodies.BodyVerdict("busy", reason=bodies.BUSY)
         self.metrics.request_bodies.labels(got.result).inc()
         if got.result == "invalid":
-            return Refuse(400, got.reason)
+            return refuse(400, got.reason)
         if got.body is None:
             state.reason = state.reason or got.reason
             return Upstream()
-        state.body = got.body
         try:
-            parsed = (request.parse_v2(got.body) if state.version == 2
-                      else request.parse_v0(got.body, state.version))
+            parsed = await asyncio.get_running_loop().run_in_executor(
+                self.inspector, parse_upload_pack, got.body, state.version)
         except ProtocolError as e:
-            return Refuse(400, f"goblet: malformed request: {e.reason}")
+            return refuse(400, f"goblet: malformed request: {e.reason}")
+        state.body = got.body
         if isinstance(parsed, request.LsRefsRequest):
             state.kind, state.ls_refs = Kind.LS_REFS, parsed
             return Upstream()
@@ -129,12 +167,27 @@ class FlowPolicy:
                                              parsed, state.host)
         state.reason = decision.reason
         if decision.route is Route.ERROR:
-            return GitError(decision.reason)
+            return git_error(decision.reason)
         if decision.route is Route.UPSTREAM:
+            self.release(state)
             return Upstream()
         plan = self.planner(state.repo, got.body, clean_git_protocol(git_protocol),
                             notice=decision.notice, final=parsed.done)
         return Serve(plan, Outcome.OFFLINE if decision.offline else Outcome.CACHE)
+
+    def _hold(self, state: FlowState, size: int) -> bool:
+        """Take ``size`` bytes of the budget of decoded bodies held at once (four times
+        ``goblet_max_request_bytes``); False when it is spent."""
+        if self._held + size > 4 * self.settings().max_request_bytes:
+            return False
+        self._held += size
+        state.held = size
+        return True
+
+    def release(self, state: FlowState) -> None:
+        """``state`` no longer needs its decoded body (it went upstream, or ended)."""
+        self._held -= state.held
+        state.held, state.body = 0, b""
 
     async def forward(self, state: FlowState, method: str, path: str, *,
                       headers: list[tuple[str, str]], raw: bytes | None,
@@ -149,11 +202,13 @@ class FlowPolicy:
         except UpstreamUnreachable as e:
             answer, why = None, f"upstream unreachable: {e}"
         except ValueError as e:
-            return Refuse(400, f"goblet: bad request: {e}")
+            return refuse(400, f"goblet: bad request: {e}")
+        if answer is not None and answer.status < 500:
+            return relay(answer)
+        if not await self.asker.confirm_outage(state.host, state.repo.url):
+            return relay(answer) if answer is not None else refuse(
+                502, "goblet: the upstream did not answer this request")
         if answer is not None:
-            if answer.status < 500 or not await self.asker.confirm_outage(
-                    state.host, state.repo.url):
-                return Relay(answer)
             why = f"upstream answered {answer.status}"
         state.reason = why
         got = offline.offline_ref_answer(self.decider, state, why,
@@ -163,6 +218,6 @@ class FlowPolicy:
                                       advertise=got.advertise, prefix=got.prefix,
                                       hidden_refs=got.hidden), Outcome.OFFLINE)
         if isinstance(got, offline.Refuse):
-            return Refuse(got.status, got.message, got.challenge)
+            return refuse(got.status, got.message, got.challenge)
         assert answer is not None
-        return Relay(answer)
+        return replace(relay(answer), reason=why)

@@ -7,15 +7,24 @@ must also be bound to their tunnel: inside a ``CONNECT`` tunnel the request
 target's authority (absolute form) and the TLS server name must be the
 tunnel's host, or the verdict, the cache repo and the host the request is
 sent to could differ. A header holding CR, LF or NUL (an obs-fold
-continuation line) is refused without repeating it (it may be a credential).
-Pushes pass through untouched whatever they look like.
+continuation line), or a ``Transfer-Encoding`` other than plain ``chunked``
+(which mitmproxy and the upstream could read differently), is refused without
+repeating it (it may be a credential). A query string other than git's own
+(``service=git-upload-pack`` on ``info/refs``, none on ``git-upload-pack``)
+may carry a credential the upstream reads (``?access_token=``) that the
+tenant id cannot see: such requests are not goblet's, they pass through
+uncached and record no verdict. Pushes pass through untouched whatever they
+look like.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
+from goblet.observe import exposure
+from goblet.observe.endpoints import PATHS as ENDPOINT_PATHS
 from goblet.options import parse_host
 from goblet.policy.flows import Kind
 from goblet.protocol import routes
@@ -69,6 +78,8 @@ def classify(facts: RequestFacts, hosts: Hosts) -> Classified | None:
         return None
     if route.kind is routes.Kind.PUSH:
         return Classified(Kind.PUSH, route.repo_path)
+    if not git_query(route.kind, facts.path):
+        return None
     try:
         check_binding(facts)
         check_headers(facts.headers)
@@ -76,6 +87,14 @@ def classify(facts: RequestFacts, hosts: Hosts) -> Classified | None:
         return Classified(Kind.INVALID, problem=f"bad request: {e.reason}")
     kind = Kind.INFO_REFS if route.kind is routes.Kind.INFO_REFS else Kind.UPLOAD_PACK
     return Classified(kind, route.repo_path)
+
+
+def git_query(kind: routes.Kind, path: str) -> bool:
+    """Whether a request's query string is exactly what git sends for ``kind``."""
+    _, _, query = path.partition("?")
+    if kind is routes.Kind.INFO_REFS:
+        return parse_qsl(query, keep_blank_values=True) == [("service", "git-upload-pack")]
+    return not query and "?" not in path
 
 
 def host_header_matches(header: str | None, host: str, port: int) -> bool:
@@ -109,6 +128,8 @@ def check_headers(headers: Iterable[tuple[bytes, bytes]]) -> None:
     for name, value in headers:
         if any(c in value or c in name for c in (b"\r", b"\n", b"\0")):
             raise ProtocolError("malformed (folded or multi-line) request header")
+        if name.lower() == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            raise ProtocolError("unsupported Transfer-Encoding")
 
 
 def prefix_target(path: str, hosts: Hosts) -> tuple[str, int, str] | str:
@@ -126,3 +147,36 @@ def prefix_target(path: str, hosts: Hosts) -> tuple[str, int, str] | str:
     if (host, port) not in hosts:
         return "this host is not served here (goblet_hosts)"
     return host, port, split[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Door:
+    """What happens to a request before it is classified: answered as an endpoint, or
+    with ``reply`` (status, one-line body), or rewritten to a path-prefix ``target``
+    (host, port, path), and (relayed plain HTTP) given a ``via`` header."""
+
+    endpoint: bool = False
+    reply: tuple[int, bytes] | None = None
+    target: tuple[str, int, str] | None = None
+    via: str | None = None
+
+
+def front_door(plain: exposure.PlainRequest, *, prefix_port: bool, hosts: Hosts,
+               proxy_ports: set[int], is_local: Callable[[str], bool]) -> Door:
+    """Endpoints and loops (``observe/exposure.py``) on the proxy ports; path-prefix
+    URLs, which name only goblet hosts, on the prefix port."""
+    if prefix_port:
+        if plain.path.split("?", 1)[0] in ENDPOINT_PATHS:
+            return Door(endpoint=True)
+        target = prefix_target(plain.path, hosts)
+        if isinstance(target, str):
+            return Door(reply=(404, f"goblet: {target}\n".encode()))
+        return Door(target=target)
+    route = exposure.route(plain, proxy_ports=proxy_ports, is_local=is_local)
+    if route is exposure.Route.ENDPOINT:
+        return Door(endpoint=True)
+    if route is exposure.Route.LOOP:
+        return Door(reply=(508, exposure.LOOP_MESSAGE))
+    if route is exposure.Route.RELAY:
+        return Door(via=exposure.add_via(plain.via))
+    return Door()

@@ -119,6 +119,34 @@ class PktDecoder:
             )
 
 
+def iter_decode(data: bytes, culprit: Culprit = "client") -> Iterator[tuple[Pkt, int]]:
+    """Decode a complete pkt-line stream lazily: each packet with the offset just after it.
+
+    A caller that stops early pays only for the packets it read; a bad length or
+    a truncated last packet raises ProtocolError when the iteration reaches it.
+    """
+    pos, end = 0, len(data)
+    while pos < end:
+        head = data[pos : pos + 4]
+        if len(head) < 4:
+            raise ProtocolError(f"truncated pkt-line at byte {pos} ({end - pos} bytes left)",
+                                culprit)
+        if not all(c in _HEX for c in head):
+            raise ProtocolError(f"bad pkt-line length {excerpt(head)!r} at byte {pos}", culprit)
+        size = int(head, 16)
+        if size in _SPECIAL:
+            pos += 4
+            yield _SPECIAL[size], pos
+            continue
+        if size < 4 or size > MAX_PKT_LEN:
+            raise ProtocolError(f"invalid pkt-line length {size} at byte {pos}", culprit)
+        if end - pos < size:
+            raise ProtocolError(f"truncated pkt-line at byte {pos} ({end - pos} bytes left)",
+                                culprit)
+        yield Pkt(PktKind.DATA, data[pos + 4 : pos + size]), pos + size
+        pos += size
+
+
 def decode(data: bytes, culprit: Culprit = "client") -> list[Pkt]:
     """Decode a complete pkt-line stream; raise ProtocolError on any defect."""
     decoder = PktDecoder(culprit)

@@ -132,15 +132,17 @@ def _check_text(line: bytes) -> None:
 
 
 def parse_v2(body: bytes) -> V2Request:
-    """Parse a v2 upload-pack request body (already gunzipped)."""
+    """Parse a v2 upload-pack request body (already gunzipped).
+
+    Packets are decoded as they are read, so a body that breaks the grammar
+    early (a second flush-pkt, say) costs no more than its good prefix.
+    """
     if body == pktline.FLUSH:
         return ProbeRequest()  # also v2's "empty request": both go upstream
-    pkts = pktline.decode(body)
-    if not pkts:
+    if not body:
         raise ProtocolError("empty request body")
-    if pkts[-1].kind is not PktKind.FLUSH:
-        raise ProtocolError("v2 request does not end with a flush-pkt")
-    first = pkts[0]
+    pkts = pktline.iter_decode(body)
+    first = next(pkts)[0]
     if first.kind is not PktKind.DATA or not first.line.startswith(b"command="):
         raise ProtocolError("v2 request does not start with command=")
     command = first.line[len(b"command=") :]
@@ -149,7 +151,13 @@ def parse_v2(body: bytes) -> V2Request:
     caps: list[bytes] = []
     args: list[bytes] = []
     section = caps
-    for p in pkts[1:-1]:
+    for p, end in pkts:
+        if end == len(body) and p.kind is not PktKind.FLUSH:
+            raise ProtocolError("v2 request does not end with a flush-pkt")
+        if p.kind is PktKind.FLUSH:
+            if end != len(body):
+                raise ProtocolError("unexpected flush-pkt inside a v2 request")
+            break
         if p.kind is PktKind.DELIM:
             if section is args:
                 raise ProtocolError("two delim-pkts in one v2 request")
@@ -159,6 +167,8 @@ def parse_v2(body: bytes) -> V2Request:
             raise ProtocolError(f"unexpected {p.kind.value}-pkt inside a v2 request")
         _check_text(p.line)
         section.append(p.line)
+    else:
+        raise ProtocolError("v2 request does not end with a flush-pkt")
 
     if command == b"ls-refs":
         return _parse_ls_refs(args)
@@ -197,6 +207,15 @@ def _check_caps(caps: list[bytes], allowed: frozenset[bytes], unservable: list[s
             unservable.append("capability " + key.decode("ascii", "replace"))
 
 
+class _Reasons(list[str]):
+    """Why a request is unservable: its first reasons only (for a log line; any
+    one reason sends the request upstream), so junk arguments cost no memory."""
+
+    def append(self, reason: str) -> None:
+        if len(self) < 16:
+            super().append(reason)
+
+
 @dataclass(slots=True)
 class _Collected:
     wants: list[str]
@@ -217,13 +236,20 @@ class _Collected:
                             tuple(self.shallows), self.done, tuple(self.unservable))
 
 
-def _check_value_arg(key: bytes, value: bytes) -> None:
+def _check_value_arg(key: bytes, value: bytes, unservable: list[str]) -> None:
+    """Check an argument with a value; note in ``unservable`` what reads the cache's
+    objects or refs by name: ``deepen-not <ref>`` and ``sparse:oid=<blob>`` filters
+    (their answer depends on an object the upstream may not serve any more)."""
     if key == b"deepen" and not value.isdigit():
         raise ProtocolError(f"bad deepen value {excerpt(value)!r}")
+    if key == b"deepen-not":
+        unservable.append("argument deepen-not")
+    elif key == b"filter" and b"sparse:" in value.lower():
+        unservable.append("sparse filter")
 
 
 def _parse_fetch_v2(caps: list[bytes], args: list[bytes]) -> FetchRequest:
-    got = _Collected([], [], [], [])
+    got = _Collected([], [], [], _Reasons())
     _check_caps(caps, _V2_CAPS_OK, got.unservable)
     for line in args:
         key, value = _split(line)
@@ -232,7 +258,7 @@ def _parse_fetch_v2(caps: list[bytes], args: list[bytes]) -> FetchRequest:
         elif value is None and key in _V2_FLAG_ARGS:
             got.done = got.done or key == b"done"
         elif value is not None and key in _V2_VALUE_ARGS:
-            _check_value_arg(key, value)
+            _check_value_arg(key, value, got.unservable)
         else:
             got.unservable.append("argument " + key.decode("ascii", "replace"))
     if not got.wants:
@@ -244,12 +270,11 @@ def parse_v0(body: bytes, version: int = 0) -> FetchRequest | ProbeRequest:
     """Parse a v0/v1 stateless upload-pack request body (already gunzipped)."""
     if body == pktline.FLUSH:
         return ProbeRequest()
-    pkts = pktline.decode(body)
-    if not pkts:
+    if not body:
         raise ProtocolError("empty request body")
-    got = _Collected([], [], [], [])
+    got = _Collected([], [], [], _Reasons())
     flushes = 0
-    for i, p in enumerate(pkts):
+    for i, (p, _) in enumerate(pktline.iter_decode(body)):
         if p.kind is PktKind.FLUSH:
             flushes += 1
             if flushes > 2:
@@ -294,7 +319,7 @@ def _v0_want_list_line(line: bytes, first: bool, got: _Collected) -> None:
     elif key == b"shallow" and value is not None:
         got.add_oid(key, value)
     elif key in _V0_VALUE_ARGS and value is not None:
-        _check_value_arg(key, value)
+        _check_value_arg(key, value, got.unservable)
     else:
         raise ProtocolError(f"unexpected line {excerpt(line)!r} in a v0 want list")
 

@@ -108,11 +108,12 @@ def ask(fwd: FakeForwarder) -> tuple[UpstreamAsker, UpstreamState]:
     return UpstreamAsker(fwd, state), state  # type: ignore[arg-type]
 
 
-def test_a_5xx_the_client_could_have_caused_is_no_outage() -> None:
-    asker, state = ask(FakeForwarder(answer(500), answer(401)))
-    probe = asyncio.run(asker.refs("h", URL, CRED))
-    assert probe.finding is Finding.DENIED and state.down_since("h", 10) is None
-    assert asyncio.run(asker.serves("h", URL, CRED, [OID])) is False
+def test_a_failure_the_client_could_have_caused_is_no_outage() -> None:
+    for failure in (answer(500), UpstreamUnreachable("timed out")):
+        asker, state = ask(FakeForwarder(failure, answer(401)))
+        probe = asyncio.run(asker.refs("h", URL, CRED))
+        assert probe.finding is Finding.UNKNOWN and state.down_since("h", 10) is None
+        assert asyncio.run(asker.serves("h", URL, CRED, [OID])) is False
 
 
 def test_a_5xx_without_the_credential_too_is_an_outage() -> None:
@@ -125,11 +126,21 @@ def test_a_5xx_without_the_credential_too_is_an_outage() -> None:
     assert asyncio.run(asker.serves("h", URL, CRED, [OID])) is None
 
 
-def test_no_answer_is_an_outage_and_any_answer_ends_it() -> None:
-    asker, state = ask(FakeForwarder(UpstreamUnreachable("refused"), answer(200, V0)))
+def test_no_answer_to_goblets_own_requests_is_an_outage_and_any_answer_ends_it() -> None:
+    fwd = FakeForwarder(UpstreamUnreachable("refused"), UpstreamUnreachable("refused"))
+    asker, state = ask(fwd)
     assert asyncio.run(asker.refs("h", URL, CRED)).finding is Finding.OUTAGE
     assert state.down_since("h", 10) is not None
-    asyncio.run(asker.confirm_outage("h", URL))  # a 200 without the credential
+    assert len(fwd.sent) == 3  # the client-shaped probe, then goblet's own twice
+    fwd.answers[False] = answer(200, V0)
+    assert asyncio.run(asker.confirm_outage("h", URL)) is False
+    assert state.down_since("h", 10) is None
+
+
+def test_a_failure_of_a_forwarded_request_alone_records_nothing() -> None:
+    asker, state = ask(FakeForwarder(UpstreamUnreachable("timed out"), answer(200, V0)))
+    with pytest.raises(UpstreamUnreachable):
+        asyncio.run(asker.forward("h", "GET", URL, list(CRED.headers), None))
     assert state.down_since("h", 10) is None
 
 

@@ -150,8 +150,12 @@ def test_classify_any_raw_request_target_returns_route_or_protocol_error(path: s
 FLAGS = [b"done", b"thin-pack", b"no-progress", b"include-tag", b"ofs-delta", b"deepen-relative",
          b"wait-for-done"]
 OK_CAPS = [b"agent=git/2.39.5", b"session-id=abc", b"object-format=sha1"]
+# deepen-not and sparse filters name refs or blobs of the cache the upstream may no
+# longer serve: they go upstream too.
 NOT_ALLOWED = [b"want-ref refs/heads/main", b"sideband-all", b"packfile-uris https",
-               b"server-option", b"done now", b"filter", b"no-such-arg", b"deepen-since"]
+               b"server-option", b"done now", b"filter", b"no-such-arg", b"deepen-since",
+               b"deepen-not refs/heads/old", b"deepen-not v1.0",
+               b"filter sparse:oid=" + b"a" * 40, b"filter combine:blob:none+sparse:oid=x"]
 
 want_line = oid1.map(lambda o: b"want " + o)
 allowed_line = st.one_of(
@@ -161,7 +165,6 @@ allowed_line = st.one_of(
     st.sampled_from(FLAGS),
     st.integers(0, 2**31).map(lambda n: b"deepen %d" % n),
     st.integers(0, 2**40).map(lambda n: b"deepen-since %d" % n),
-    st.sampled_from([b"deepen-not refs/heads/old", b"deepen-not v1.0"]),
     st.sampled_from([b"filter blob:none", b"filter tree:0", b"filter blob:limit=1k"]),
 )
 # Syntactically plausible lines, some malformed (bad oids, bad depths, NULs, junk).

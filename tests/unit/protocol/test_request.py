@@ -113,8 +113,10 @@ V2_VALID = [
                  id="fetch-deepen-large"),
     pytest.param(fetch_v2(b"want " + A.encode(), b"deepen-since 1700000000"), fetch(),
                  id="fetch-deepen-since"),
-    pytest.param(fetch_v2(b"want " + A.encode(), b"deepen-not refs/heads/old"), fetch(),
-                 id="fetch-deepen-not"),
+    pytest.param(fetch_v2(b"want " + A.encode(), b"deepen-not refs/heads/old"),
+                 fetch(unservable=("argument deepen-not",)), id="fetch-deepen-not"),
+    pytest.param(fetch_v2(b"want " + A.encode(), b"filter sparse:oid=" + B.encode()),
+                 fetch(unservable=("sparse filter",)), id="fetch-filter-sparse"),
     pytest.param(fetch_v2(b"want " + A.encode(), b"filter blob:none"), fetch(),
                  id="fetch-filter-blob-none"),
     pytest.param(fetch_v2(b"want " + A.encode(), b"have " + B.encode(), b"have " + C.encode()),
@@ -258,7 +260,8 @@ def test_parse_v2_rejects(data: bytes, message: str) -> None:
 
 
 def test_arg_of_exactly_4096_bytes_is_accepted() -> None:
-    assert request.parse_v2(fetch_v2(b"want " + A.encode(), LONG_OK)) == fetch()
+    assert request.parse_v2(fetch_v2(b"want " + A.encode(), LONG_OK)) == fetch(
+        unservable=("argument deepen-not",))
 
 
 # ---------------------------------------------------------------------------- v0, valid
@@ -284,7 +287,7 @@ V0_VALID = [
                  fetch(shallows=(B,), done=True, version=0), id="shallow-deepen"),
     pytest.param(body(W + b" deepen-since\n", b"deepen-since 1700000000\n",
                       b"deepen-not refs/tags/v1\n", FLUSH_PKT),
-                 fetch(version=0), id="deepen-since-not"),
+                 fetch(version=0, unservable=("argument deepen-not",)), id="deepen-since-not"),
     pytest.param(body(W + b" filter\n", b"filter blob:none\n", FLUSH_PKT),
                  fetch(version=0), id="filter"),
     pytest.param(body(W + b" object-format=sha1 session-id=x agent=git/2.39.5\n", FLUSH_PKT),
