@@ -18,6 +18,7 @@ import weakref
 from collections.abc import Sequence
 
 from mitmproxy import connection, ctx, exceptions, http, tcp, tls
+from mitmproxy.proxy import server_hooks
 from mitmproxy.utils import human
 
 from goblet import options as opts
@@ -43,6 +44,7 @@ class Goblet:
         self.access = AccessLog()
         self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = (
             weakref.WeakKeyDictionary())
+        self._backend_clients: set[str] = set()  # client connections goblet answers
         self._heads = Deadlines(lambda: self.settings.request_body_timeout
                                 if self.settings else 60.0, _close_client)
 
@@ -115,6 +117,19 @@ class Goblet:
     def client_disconnected(self, client: connection.Client) -> None:
         """Nothing is owed by a client that is gone, or relayed as TCP or a websocket."""
         self._heads.cancel(client.id)
+        self._backend_clients.discard(client.id)
+
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """Refuse to relay clients to this host's own or link-local addresses unless
+        ``goblet_relay_internal`` (``observe/exposure.py``)."""
+        s, server = self.settings, data.server
+        if s is None or server.address is None or s.relay_internal:
+            return
+        got = await exposure.connect_verdict(
+            str(server.address[0]), server.address[1], hosts=s.hosts,
+            backend=("127.0.0.1", self.rt.backend.port) if self.rt else None,
+            ours=data.client.id in self._backend_clients)
+        server.error, server.address = got.error, got.address or server.address
 
     def tcp_start(self, flow: tcp.TCPFlow | http.HTTPFlow) -> None:
         """A connection relayed as TCP (or, ``websocket_start``, a websocket) owes nothing."""
@@ -255,6 +270,7 @@ class Goblet:
         """Rewrite ``flow`` so mitmproxy fetches its answer (``plan``) from our backend."""
         assert self.rt is not None and state.repo is not None
         self.rt.store.touch(state.repo)
+        self._backend_clients.add(flow.client_conn.id)
         token = self.rt.plans.register(plan)
         req, port = flow.request, self.rt.backend.port
         req.scheme, req.host, req.port = "http", "127.0.0.1", port

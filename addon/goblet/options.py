@@ -111,6 +111,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("goblet_allow_open_proxy", str, "off",
                "on: start even though the proxy listens beyond loopback with no proxyauth "
                "(anyone who reaches the port can relay through it); off: refuse to start."),
+    OptionSpec("goblet_relay_internal", str, "off",
+               "on: also relay clients to loopback and link-local addresses (127.0.0.0/8, "
+               "::1, 169.254.0.0/16 with cloud metadata services, fe80::/10) that are not "
+               "goblet_hosts; off: refuse them."),
     OptionSpec("goblet_log_format", str, "text",
                "Access log format: text (mitmproxy's log) or json (one object per line "
                "on stderr)."),
@@ -147,6 +151,7 @@ class Settings:
     request_body_timeout: int = 60
     max_partitions: int = 16
     allow_open_proxy: bool = False
+    relay_internal: bool = False
 
 
 ISOLATION_MODES = ("shared", "tenant", "user", "public")
@@ -247,6 +252,7 @@ def parse_settings(o: Any) -> Settings:
                                            o.goblet_request_body_timeout, 1, 3600),
         max_partitions=parse_int("goblet_max_partitions", o.goblet_max_partitions, 0, 100000),
         allow_open_proxy=parse_bool("goblet_allow_open_proxy", o.goblet_allow_open_proxy),
+        relay_internal=parse_bool("goblet_relay_internal", o.goblet_relay_internal),
         full_repack_interval=parse_seconds("goblet_full_repack_interval",
                                            o.goblet_full_repack_interval, 60, 365 * 86400),
         repack_threads=parse_int("goblet_repack_threads", o.goblet_repack_threads, 1, 64),

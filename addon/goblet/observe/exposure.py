@@ -24,6 +24,7 @@ here, as an endpoint if it asks for one, else with ``508 Loop Detected``.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import secrets
@@ -296,3 +297,54 @@ def startup_warnings(options: Any, *, listening: bool = True) -> list[str]:
         out.append("goblet: http2 is on; mitmproxy 11.0's h2 has a header-injection advisory, "
                    "consider --set http2=false (docs/architecture.md#http2)")
     return out
+
+
+def internal_address(ip: str) -> bool:
+    """Whether ``ip`` is this host's own or a link-local address (loopback, unspecified,
+    169.254.0.0/16 with the cloud metadata service, fe80::/10), which a proxy must not
+    relay clients to: they reach services that trust being local."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback or addr.is_link_local or addr.is_unspecified
+
+
+async def resolve_destination(host: str, port: int) -> tuple[str | None, bool]:
+    """Look ``host`` up once: the address to connect to (pinned, so no second lookup can
+    answer differently) and whether any of its addresses is internal (then the relay
+    is refused). (None, False) when it does not resolve: the connection fails by itself."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None, False
+    addresses = [str(sockaddr[0]) for *_, sockaddr in infos]
+    return (addresses[0] if addresses else None), any(internal_address(a) for a in addresses)
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """What to do with a connection mitmproxy is about to open for a client: refuse it
+    (``error``), or connect to ``address`` (a pinned lookup), or leave it (both None)."""
+
+    error: str | None = None
+    address: tuple[str, int] | None = None
+
+
+async def connect_verdict(host: str, port: int, *, hosts: frozenset[tuple[str, int]],
+                          backend: tuple[str, int] | None, ours: bool) -> Connect:
+    """Goblet hosts are connected as named; goblet's own backend only for a client whose
+    flow goblet rewrote to it (``ours``); anything else only if none of its addresses is
+    internal, and then to the address looked up (so DNS cannot answer differently twice).
+    """
+    if (host.lower(), port) in hosts:
+        return Connect()
+    if (host, port) == backend:
+        return Connect() if ours else Connect(error="goblet: this address is goblet's own")
+    pinned, internal = await resolve_destination(host, port)
+    if internal:
+        return Connect(error=f"goblet: {host} is a loopback or link-local address")
+    return Connect(address=(pinned, port) if pinned else None)

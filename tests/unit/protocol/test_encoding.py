@@ -58,11 +58,11 @@ def test_truncated_gzip_is_the_clients_fault(cut: int) -> None:
 
 
 @pytest.mark.parametrize(("enc", "raw"), [
-    ("gzip", gzip.compress(BODY) + b"trailing"),
-    ("gzip", gzip.compress(BODY) + gzip.compress(BODY)),  # a second member: not git's
+    ("gzip", gzip.compress(BODY, mtime=0) + b"trailing"),
+    ("gzip", gzip.compress(BODY, mtime=0) * 2),  # a second member: not git's
     ("gzip", b"not gzip at all"),
     ("deflate", b"\xff\xfe not deflate"),
-])
+], ids=["trailing-bytes", "two-members", "not-gzip", "not-deflate"])
 def test_garbage_and_trailing_data_are_refused(enc: str, raw: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode_capped(raw, enc, 1 << 20)
