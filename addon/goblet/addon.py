@@ -128,7 +128,7 @@ class Goblet:
         got = await exposure.connect_verdict(
             str(server.address[0]), server.address[1], hosts=s.hosts,
             backend=("127.0.0.1", self.rt.backend.port) if self.rt else None,
-            ours=data.client.id in self._backend_clients)
+            ours=data.client.id in self._backend_clients, proxy_ports=_proxy_ports())
         server.error, server.address = got.error, got.address or server.address
 
     def tcp_start(self, flow: tcp.TCPFlow | http.HTTPFlow) -> None:
@@ -176,13 +176,11 @@ class Goblet:
         if self.rt is None or self.settings is None:
             req.stream = True  # not started: nothing to do but pass on
             return
-        server = ctx.master.addons.get("proxyserver")
         door = requests.front_door(
             exposure.PlainRequest(req.scheme, req.method, req.path, req.host, req.port,
                                   tuple(req.headers.get_all("via"))),
             prefix_port=self._on_prefix_port(flow), hosts=self.settings.hosts,
-            proxy_ports={a[1] for a in server.listen_addrs()} if server else set(),
-            is_local=exposure.is_local_address)
+            proxy_ports=_proxy_ports(), is_local=exposure.is_local_address)
         if door.endpoint or door.reply:
             if door.reply:
                 flow.response = http.Response.make(*door.reply, {**TEXT, **self._served_by()})
@@ -203,8 +201,8 @@ class Goblet:
             req.method, req.scheme, req.host, req.port, req.path, req.host_header,
             req.authority, flow.server_conn.address, flow.client_conn.sni,
             tuple(req.headers.fields)), s.hosts)
-        if got is None or got.kind in (Kind.PUSH, Kind.INVALID):
-            req.stream = got is None or got.kind is Kind.PUSH
+        if got is None or got.kind in (Kind.PUSH, Kind.INVALID, Kind.OTHER):
+            req.stream = got is None or got.kind is not Kind.INVALID
             if got is not None:
                 self._flows[flow] = FlowState(got.kind, reason=got.problem)
             return
@@ -343,6 +341,12 @@ def _response(status: int, body: bytes, headers: Sequence[tuple[str, str]]) -> h
     """A mitmproxy response with these headers (Content-Length set) and body."""
     return http.Response.make(status, body, [(k.encode(), v.encode("latin-1", "replace"))
                                              for k, v in headers])
+
+
+def _proxy_ports() -> set[int]:
+    """The ports mitmproxy listens on."""
+    server = ctx.master.addons.get("proxyserver")
+    return {addr[1] for addr in server.listen_addrs()} if server else set()
 
 
 def _close_client(client_id: str) -> None:

@@ -265,7 +265,8 @@ class Runtime:
 
     def serve_plan(self, repo: CacheRepo, body: bytes, git_protocol: str | None, *,
                    notice: str | None = None, final: bool = False, advertise: bool = False,
-                   prefix: bytes = b"", hidden_refs: tuple[str, ...] = ()) -> ServePlan:
+                   prefix: bytes = b"", hidden_refs: tuple[str, ...] = (),
+                   drop_head_symref: bool = False) -> ServePlan:
         """What the backend runs to answer ``body`` from ``repo``.
 
         A ``final`` fetch (with ``done``) without a notice may be shared through the
@@ -279,7 +280,8 @@ class Runtime:
                 key = cache_key(repo.key, snapshot.digest, git_protocol, identity)
         return ServePlan(repo_dir=repo.path, body=body, git_protocol=git_protocol,
                          label=repo.url, advertise=advertise, prefix=prefix, notice=notice,
-                         hidden_refs=hidden_refs, cache_key=key, repo_key=repo.key)
+                         hidden_refs=hidden_refs, drop_head_symref=drop_head_symref,
+                         cache_key=key, repo_key=repo.key)
 
 
 def resolve_ca(path: str | None) -> list[tuple[str, str]]:

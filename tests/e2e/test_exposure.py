@@ -99,8 +99,9 @@ def test_a_bad_opt_in_value_stops_start_up(tmp_path: Path, confdir: Path) -> Non
 class NamedProxy(GobletProxy):
     """goblet on 127.0.0.1 in a mount namespace whose /etc/hosts names it SELF_NAME."""
 
-    def __init__(self, workdir: Path, confdir: Path) -> None:
-        super().__init__(workdir, hosts=["git.example.com"], upstream_ca=None, confdir=confdir)
+    def __init__(self, workdir: Path, confdir: Path, sets: dict[str, str] | None = None) -> None:
+        super().__init__(workdir, hosts=["git.example.com"], upstream_ca=None, confdir=confdir,
+                         sets=sets)
         self.hosts_file = workdir / "hosts"
 
     def command(self) -> list[str]:
@@ -218,12 +219,14 @@ def other_server() -> Iterator[int]:
         server.server_close()
 
 
-def test_metrics_of_another_server_are_still_proxied(named: NamedProxy,
+def test_metrics_of_another_server_are_still_proxied(tmp_path: Path, confdir: Path,
                                                      other_server: int) -> None:
-    """Absolute-form to another host (here another port of 127.0.0.1): relayed, marked."""
+    """Absolute-form to another host (here another port of 127.0.0.1, which needs
+    goblet_relay_internal): relayed, marked."""
     Recorder.seen.clear()
     authority = f"127.0.0.1:{other_server}"
-    status, _, body = send(named.port, "GET", f"http://{authority}/metrics", authority)
+    with NamedProxy(tmp_path / "relaying", confdir, {"goblet_relay_internal": "on"}) as named:
+        status, _, body = send(named.port, "GET", f"http://{authority}/metrics", authority)
     assert (status, body) == (200, "not goblet: the other server\n")
     (via,) = Recorder.seen
     assert via is not None and via.startswith("1.1 goblet-")

@@ -77,6 +77,29 @@ def test_non_git_requests_to_a_goblet_host_pass_through(
 
 
 @pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, upstream: UpstreamServer,
+          confdir: Path) -> Iterator[GobletProxy]:
+    """goblet relaying to other hosts on loopback too (where these tests' servers are)."""
+    px = GobletProxy(tmp_path_factory.mktemp("proxy"), hosts=[upstream.host],
+                     upstream_ca=upstream.cert_path, confdir=confdir,
+                     sets={"goblet_upstream_timeout": "5", "goblet_relay_internal": "on"})
+    with px:
+        yield px
+
+
+def test_loopback_hosts_outside_goblet_hosts_are_refused_by_default(
+    tmp_path: Path, upstream: UpstreamServer, confdir: Path, other_host: UpstreamServer
+) -> None:
+    with GobletProxy(tmp_path / "strict", hosts=[upstream.host],
+                     upstream_ca=upstream.cert_path, confdir=confdir) as px:
+        with pytest.raises(OSError, match="502"):
+            rawhttp.request(proxy_port=px.port, ca_file=other_host.cert_path,
+                            host="127.0.0.1", port=other_host.port, method="GET",
+                            path="/api/hello")
+        assert "loopback or link-local" in px.log_text()
+
+
+@pytest.fixture(scope="module")
 def other_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamServer]:
     """A second HTTPS git server that is NOT in goblet_hosts."""
     server = UpstreamServer(

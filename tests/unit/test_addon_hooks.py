@@ -229,7 +229,8 @@ def test_tls_to_other_hosts_is_not_intercepted(tmp_path: Path) -> None:
 
     class Data:
         def __init__(self, address: tuple[str, int], sni: str | None) -> None:
-            self.context = type("C", (), {"server": type("S", (), {"address": address})()})()
+            self.context = type("C", (), {"server": type("S", (), {"address": address})(),
+                                          "client": type("K", (), {"id": "c1"})()})()
             self.client_hello = Hello(sni)
             self.ignore_connection = False
 
@@ -257,6 +258,7 @@ RUNTIME_VALUES = {
     "goblet_repack_threads": "3", "goblet_warm_interval": "20m",
     "goblet_isolation": "tenant", "goblet_max_partitions": "4", "goblet_negative_ttl": "9s",
     "goblet_offline": "true", "goblet_offline_grace": "2h", "goblet_allow_open_proxy": "true",
+    "goblet_relay_internal": "on",
 }
 
 

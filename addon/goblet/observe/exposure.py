@@ -335,16 +335,19 @@ class Connect:
 
 
 async def connect_verdict(host: str, port: int, *, hosts: frozenset[tuple[str, int]],
-                          backend: tuple[str, int] | None, ours: bool) -> Connect:
+                          backend: tuple[str, int] | None, ours: bool,
+                          proxy_ports: set[int]) -> Connect:
     """Goblet hosts are connected as named; goblet's own backend only for a client whose
     flow goblet rewrote to it (``ours``); anything else only if none of its addresses is
     internal, and then to the address looked up (so DNS cannot answer differently twice).
+    goblet's own proxy ports are the exception: a request relayed there comes back to
+    goblet, which answers it as an endpoint or refuses the loop (see ``route``).
     """
     if (host.lower(), port) in hosts:
         return Connect()
     if (host, port) == backend:
         return Connect() if ours else Connect(error="goblet: this address is goblet's own")
     pinned, internal = await resolve_destination(host, port)
-    if internal:
+    if internal and port not in proxy_ports:
         return Connect(error=f"goblet: {host} is a loopback or link-local address")
     return Connect(address=(pinned, port) if pinned else None)

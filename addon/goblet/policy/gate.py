@@ -216,7 +216,9 @@ class FlowPolicy:
         if isinstance(got, offline.ServeOffline):
             return Serve(self.planner(state.repo, state.body, clean_git_protocol(git_protocol),
                                       advertise=got.advertise, prefix=got.prefix,
-                                      hidden_refs=got.hidden), Outcome.OFFLINE)
+                                      hidden_refs=got.hidden,
+                                      drop_head_symref="HEAD" in got.hidden),
+                         Outcome.OFFLINE)
         if isinstance(got, offline.Refuse):
             return refuse(got.status, got.message, got.challenge)
         assert answer is not None

@@ -75,11 +75,12 @@ def classify(facts: RequestFacts, hosts: Hosts) -> Classified | None:
     except ProtocolError as e:
         return Classified(Kind.INVALID, problem=f"bad repository path: {e.reason}")
     if route.kind is routes.Kind.OTHER:
-        return None
+        return Classified(Kind.OTHER)  # web pages, LFS, API calls: passed on, logged
     if route.kind is routes.Kind.PUSH:
         return Classified(Kind.PUSH, route.repo_path)
     if not git_query(route.kind, facts.path):
-        return None
+        return Classified(Kind.OTHER, route.repo_path,
+                          problem="a query string git does not send: passed through uncached")
     try:
         check_binding(facts)
         check_headers(facts.headers)

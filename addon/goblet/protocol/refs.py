@@ -225,3 +225,51 @@ def restrict_v2_fetch_features(body: bytes) -> bytes | None:
                 continue
         out.append(p)
     return pktline.encode(out) if changed else None
+
+
+class HeadSymrefDropper:
+    """Streams a v0/v1 ref advertisement, removing ``symref=HEAD:…`` from its capability
+    list (offline answers that hide HEAD must not name its target either), sans-IO.
+
+    The ``# service=`` preamble, its flush-pkt and a ``version 1`` line pass as they
+    are; the first ref line is rewritten; everything after it passes untouched.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        """What can be sent now."""
+        if self._done:
+            return chunk
+        self._buf += chunk
+        out = bytearray()
+        while not self._done and len(self._buf) >= 4:
+            head = bytes(self._buf[:4])
+            size = int(head, 16) if all(c in b"0123456789abcdefABCDEF" for c in head) else -1
+            if size < 0:
+                self._done = True  # not an advertisement after all: pass it on
+                break
+            size = max(size, 4)
+            if len(self._buf) < size:
+                break
+            payload = bytes(self._buf[4:size])
+            del self._buf[:size]
+            if size == 4 or payload.startswith((b"# service=", b"version ")):
+                out += head
+                out += payload
+                continue
+            ref, nul, caps = payload.partition(b"\0")
+            kept = b" ".join(c for c in caps.split(b" ") if not c.startswith(b"symref=HEAD:"))
+            out += pktline.encode_data(ref + nul + kept if nul else payload)
+            self._done = True
+        if self._done:
+            out += self._buf
+            self._buf = bytearray()
+        return bytes(out)
+
+    def close(self) -> bytes:
+        """Whatever is still buffered (the advertisement ended early)."""
+        rest, self._buf, self._done = bytes(self._buf), bytearray(), True
+        return rest

@@ -33,6 +33,7 @@ import h11
 
 from goblet.cache.gitrun import READ_CHUNK, GitRunner, kill_and_reap
 from goblet.protocol.pktline import error_packet
+from goblet.protocol.refs import HeadSymrefDropper
 from goblet.protocol.sideband import NoticeInserter
 from goblet.serve.packcache import PackCache, Production, Role
 from goblet.serve.plans import TOKEN_HEADER, PlanRegistry, ServePlan
@@ -399,7 +400,11 @@ async def _stream(conn: h11.Connection, writer: asyncio.StreamWriter,
                   stdout: asyncio.StreamReader, plan: ServePlan, first: bytes, *,
                   tee: _Tee | None = None) -> None:
     """Send the 200 head, then ``plan.prefix``, ``first`` and the rest of ``stdout``."""
-    inserter = NoticeInserter(plan.notice) if plan.notice else None
+    inserter: NoticeInserter | HeadSymrefDropper | None = None
+    if plan.notice:
+        inserter = NoticeInserter(plan.notice)
+    elif plan.drop_head_symref:
+        inserter = HeadSymrefDropper()
     _head(conn, writer, plan)
     chunk = plan.prefix + first
     while chunk:

@@ -53,6 +53,7 @@ class ServePlan:
     prefix: bytes = b""
     notice: str | None = None
     hidden_refs: tuple[str, ...] = ()  # refs upload-pack must not advertise (offline answers)
+    drop_head_symref: bool = False  # and HEAD's target must not be named in the capabilities
     cache_key: str | None = None  # pack-cache key, for final fetch requests only
     repo_key: str = ""  # the cache repo's key, for "is anyone reading it" questions
     stats: ServeStats = field(default_factory=ServeStats)

@@ -37,7 +37,7 @@ def test_git_routes(f: RequestFacts, kind: Kind) -> None:
 
 @pytest.mark.parametrize("f", [
     facts(scheme="http"), facts(host="other.example", host_header="other.example"),
-    facts(port=8443, host_header="git.example:8443"), facts("/org/r.git/issues"),
+    facts(port=8443, host_header="git.example:8443"),
     facts(host_header="evil.example"),  # Host disagrees: passed on, never cached
 ])
 def test_everything_else_is_not_ours(f: RequestFacts) -> None:
@@ -67,6 +67,15 @@ def test_refused_unread_with_a_reason_that_repeats_no_header(f: RequestFacts, wh
 ])
 def test_consistent_spellings_are_accepted(f: RequestFacts) -> None:
     assert classify(f, HOSTS) == Classified(Kind.INFO_REFS, "/org/r.git")
+
+
+@pytest.mark.parametrize("f", [
+    facts("/org/r.git/issues"),
+    facts(INFO + "&access_token=x"), facts("/org/r.git/git-upload-pack?x=1", "POST"),
+])
+def test_other_requests_to_goblet_hosts_pass_through_and_are_logged(f: RequestFacts) -> None:
+    got = classify(f, HOSTS)
+    assert got is not None and got.kind is Kind.OTHER
 
 
 def test_pushes_pass_through_whatever_they_look_like() -> None:

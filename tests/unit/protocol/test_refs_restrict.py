@@ -1,4 +1,5 @@
-"""restrict_v2_fetch_features: hide v2 fetch features only the upstream can serve."""
+"""What goblet changes in ref answers: v2 fetch features only the upstream can serve are
+hidden; an offline answer that hides HEAD does not name its target."""
 
 from __future__ import annotations
 
@@ -39,3 +40,37 @@ def test_answers_without_such_features_are_left_alone(fetch: str) -> None:
 def test_malformed_answers_raise_protocol_error() -> None:
     with pytest.raises(ProtocolError):
         refs.restrict_v2_fetch_features(b"00")
+
+
+# ------------------------------------------------------- HEAD's symref out of offline answers
+
+def _adv(version_line: bool = False) -> bytes:
+    caps = b"multi_ack symref=HEAD:refs/heads/main thin-pack agent=git/2.39.5\n"
+    return (pktline.encode_line("# service=git-upload-pack") + pktline.FLUSH
+            + (pktline.encode_line("version 1") if version_line else b"")
+            + pktline.encode_data(b"a" * 40 + b" refs/heads/dev\0" + caps)
+            + pktline.encode_line("b" * 40 + " refs/tags/v1") + pktline.FLUSH)
+
+
+@pytest.mark.parametrize("version_line", [False, True])
+@pytest.mark.parametrize("step", [None, 1, 5])
+def test_head_symref_dropper_removes_only_the_symref(version_line: bool,
+                                                     step: int | None) -> None:
+    adv = _adv(version_line)
+    d = refs.HeadSymrefDropper()
+    pieces = [adv] if step is None else [adv[i:i + step] for i in range(0, len(adv), step)]
+    out = b"".join(d.feed(p) for p in pieces) + d.close()
+    parsed = refs.parse_info_refs(out)
+    assert "HEAD" not in parsed.symrefs and b"refs/heads/main" not in out
+    assert parsed.refs == {"refs/heads/dev": "a" * 40, "refs/tags/v1": "b" * 40}
+    assert b"multi_ack thin-pack agent=git/2.39.5\n" in out
+    d = refs.HeadSymrefDropper()
+    assert d.feed(out + b"trailing") + d.close() == out + b"trailing"
+    assert pktline.decode(out)[-1].kind is pktline.PktKind.FLUSH
+
+
+def test_head_symref_dropper_passes_what_is_not_an_advertisement() -> None:
+    d = refs.HeadSymrefDropper()
+    assert d.feed(b"PACK....") + d.close() == b"PACK...."
+    d = refs.HeadSymrefDropper()
+    assert d.feed(b"00") + d.close() == b"00"
