@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from goblet.cache.evict import Evictor
-from goblet.cache.gitrun import GitRunner, GitTimeout
 from goblet.cache.lifecycle import Lifecycle
 from goblet.cache.locks import LockTimeout
 from goblet.cache.maintenance import Maintainer
 from goblet.cli_cache import Cache, print_json, repo_json
+from goblet.git.runner import GitRunner, GitTimeout
 
 
 async def _fsck(git: GitRunner, path: Path) -> str | None:

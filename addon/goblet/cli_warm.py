@@ -26,11 +26,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 from goblet.auth.credentials import Credential
 from goblet.cache.fill import Filler, FillError, header_config
-from goblet.cache.gitrun import GitRunner, GitTimeout
 from goblet.cache.store import CacheRepo, canonical_url
 from goblet.cache.warm import ENV_HEADER, parse_header_lines, parse_repo_url
 from goblet.cli_cache import Cache, UsageError
 from goblet.cli_format import ProgressView, human_bytes
+from goblet.git.runner import GitRunner, GitTimeout
 
 _HEAD_REF = re.compile(r"refs/heads/[A-Za-z0-9._/+-]{1,200}")
 

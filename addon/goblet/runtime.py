@@ -18,7 +18,6 @@ from goblet.auth.secret import load_or_create_secret
 from goblet.auth.verdicts import VerdictCache
 from goblet.cache.evict import Eviction, Evictor
 from goblet.cache.fill import Filler
-from goblet.cache.gitrun import GitRunner
 from goblet.cache.lifecycle import Lifecycle
 from goblet.cache.locks import RepoLocks
 from goblet.cache.maintenance import Maintainer, Policy
@@ -27,6 +26,7 @@ from goblet.cache.store import CacheRepo, RepoStore
 from goblet.cache.usage import measure
 from goblet.cache.warm import Warmer
 from goblet.decide import FetchDecider
+from goblet.git.runner import GitRunner
 from goblet.metrics import Metrics
 from goblet.observe.access import AccessLog
 from goblet.observe.endpoints import Answer, EndpointServer, answer

@@ -23,11 +23,11 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from goblet.auth.credentials import Credential
-from goblet.cache.gitrun import GitResult, GitRunner, GitTimeout
 from goblet.cache.locks import LockTimeout, RepoLocks
 from goblet.cache.recovery import clean_residue, remove_tree
 from goblet.cache.store import OID_RE, CacheRepo, RepoStore
 from goblet.cache.usage import pack_bytes
+from goblet.git.runner import GitResult, GitRunner, GitTimeout
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from goblet.cache.evict import Evictor
-from goblet.cache.gitrun import GitRunner, GitTimeout
 from goblet.cache.locks import LockTimeout, RepoLocks
 from goblet.cache.maintenance import Maintainer
 from goblet.cache.recovery import clean_residue, remove_tree, sweep_abandoned
 from goblet.cache.store import CacheRepo, RepoInfo, RepoStore
+from goblet.git.runner import GitRunner, GitTimeout
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import git as gitpython
 
-from goblet.cache.gitrun import GitRunner
 from goblet.cache.locks import WorkClaim, claim_fresh
+from goblet.git.runner import GitRunner
 
 log = logging.getLogger(__name__)
 

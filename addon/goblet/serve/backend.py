@@ -31,7 +31,7 @@ from typing import BinaryIO
 
 import h11
 
-from goblet.cache.gitrun import READ_CHUNK, GitRunner, kill_and_reap
+from goblet.git.runner import READ_CHUNK, GitRunner, kill_and_reap
 from goblet.protocol.pktline import error_packet
 from goblet.protocol.sideband import NoticeInserter
 from goblet.serve.packcache import PackCache, Production, Role

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from goblet.auth.credentials import Credential, credential_from_headers
 from goblet.cache.fill import FailureKind, classify_failure, header_config
-from goblet.cache.gitenv import hardened_env
-from goblet.cache.gitrun import GitResult
+from goblet.git.env import hardened_env
+from goblet.git.runner import GitResult
 
 U = "https://github.com/org/repo.git/"
 

@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 from goblet.cache import evict as evict_module
 from goblet.cache.evict import Eviction, Evictor, cache_bytes
-from goblet.cache.gitrun import GitRunner
 from goblet.cache.locks import RepoLocks
 from goblet.cache.maintenance import ObjectCounts, parse_count_objects
 from goblet.cache.store import RepoStore
 from goblet.cache.usage import tree_bytes
 from goblet.cache.warm import parse_header_lines, parse_repo_url, read_url_list
 from goblet.cli_format import ProgressView, describe, human_age, human_bytes, parse_progress
+from goblet.git.runner import GitRunner
 from goblet.metrics import Metrics
 from goblet.observe.access import AccessLog
 from goblet.options import Settings

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 from goblet.cache.evict import Evictor
-from goblet.cache.gitrun import GitRunner
 from goblet.cache.lifecycle import Lifecycle
 from goblet.cache.locks import RepoLocks
 from goblet.cache.maintenance import Maintainer
 from goblet.cache.store import STATE_FILE, CacheRepo, RepoStore
+from goblet.git.runner import GitRunner
 
 URL = "https://git.example/org/app"
 
