@@ -36,9 +36,9 @@ from goblet.auth.partition import partition, proxy_logins_verified
 from goblet.auth.verdicts import RefView
 from goblet.cache.store import CacheRepo, canonical_url
 from goblet.decide import Route
-from goblet.metrics import status_class
 from goblet.observe.access import AccessLog, AccessRecord
 from goblet.observe.endpoints import PATHS as ENDPOINT_PATHS
+from goblet.observe.metrics import status_class
 from goblet.offline.ask import answer_is_grant
 from goblet.offline.forward import UpstreamAnswer, UpstreamUnreachable
 from goblet.protocol import encoding, pktline, refs, request, routes
