@@ -908,7 +908,7 @@ def product_repack(cache_dir: Path, url: str) -> dict[str, Any]:
         sys.path.insert(0, addon)
     try:
         from goblet.cache.maintenance import Maintainer  # noqa: PLC0415 - the addon under test
-        from goblet.cli_cache import Cache  # noqa: PLC0415
+        from goblet.cli.cache import Cache  # noqa: PLC0415
     except ImportError as e:
         return {"result": "error", "error": f"cannot import the addon: {e}"}
     cache = Cache.open(str(cache_dir))

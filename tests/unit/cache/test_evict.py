@@ -124,3 +124,34 @@ def test_min_free_does_not_evict_again_what_trash_will_free(
     second = run(ev.enforce())  # the next fill's pass, seconds later
     assert second == []
     assert fake.remaining() == {"b", "c", "d"}
+
+
+def test_an_lru_pass_frees_the_bytes_asked_and_names_what_it_passed_over(
+    fake: FakeCache,
+) -> None:
+    """``goblet cache evict --lru-to`` runs this pass with the bytes above its target."""
+    now = time.time()
+    a, b, c, _ = (fake.add(n, 64 * 1024, now - 100 + i) for i, n in enumerate("abcd"))
+    one = tree_bytes(fake.store.repos_dir / f"{a}.git")
+    other_process = RepoLocks(fake.store.lock_dir)
+
+    async def scenario() -> tuple[list[Eviction], list[str]]:
+        async with other_process.writer(b):
+            ev, seen = fake.evictor()
+            done, passed = await ev.evict_lru(one + 1, lock_timeout=0.1)
+            assert seen == done
+            return done, [i.key for i in passed]
+
+    done, passed = run(scenario())
+    assert [e.key for e in done] == [a, c]  # b was busy: passed over, c freed the rest
+    assert passed == [b]
+    assert all(e.partition == "shared" and e.bytes == one for e in done)
+    assert fake.remaining() == {"b", "d"}
+
+
+@pytest.mark.parametrize("over", [0, -1])
+def test_an_lru_pass_with_nothing_to_free_evicts_nothing(fake: FakeCache, over: int) -> None:
+    fake.add("a", 4096, time.time() - 1000)
+    ev, _ = fake.evictor()
+    assert run(ev.evict_lru(over)) == ([], [])
+    assert fake.remaining() == {"a"}

@@ -1,9 +1,22 @@
-"""Warming's parsers: repo URLs, URL lists and credential header lines."""
+"""Warming's parsers (repo URLs, URL lists, header lines) and where its credential comes from."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from goblet.cache.warm import parse_header_lines, parse_repo_url, read_url_list
+from goblet.cache.fill import Filler
+from goblet.cache.locks import RepoLocks
+from goblet.cache.store import RepoStore
+from goblet.cache.warm import (
+    ENV_HEADER,
+    Warmer,
+    parse_header_lines,
+    parse_repo_url,
+    read_credential,
+    read_url_list,
+)
+from goblet.git.runner import GitRunner
 
 
 @pytest.mark.parametrize(("url", "parsed"), [
@@ -50,3 +63,37 @@ def test_parse_header_lines() -> None:
     assert cred.headers == (("authorization", "Bearer t0k:en"), ("private-token", "abc"))
     assert "t0k" not in repr(cred) and "abc" not in str(cred)
     assert parse_header_lines([]).anonymous
+
+
+def test_read_credential_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_HEADER, "Authorization: Bearer from-env")
+    creds = tmp_path / "creds"
+    creds.write_text("# warming identity\nAuthorization: Bearer from-file\n")
+    assert read_credential(creds).headers == (("authorization", "Bearer from-file"),)
+
+
+def test_read_credential_from_the_environment_or_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_HEADER, "Private-Token: t0k\nUser-Agent: git/2.39")
+    assert read_credential(None).headers == (("private-token", "t0k"),)
+    monkeypatch.delenv(ENV_HEADER)
+    assert read_credential(None).anonymous
+
+
+def test_read_credential_of_an_unreadable_file_raises(tmp_path: Path) -> None:
+    with pytest.raises(OSError):
+        read_credential(tmp_path / "missing")
+    with pytest.raises(OSError):
+        read_credential(tmp_path)  # a directory
+
+
+def test_the_warmer_reads_the_file_at_every_round_unless_public(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.write_text("Authorization: Bearer one\n")
+    store = RepoStore(tmp_path / "cache", GitRunner(home=tmp_path / "home"))
+    filler = Filler(store, RepoLocks(store.lock_dir), store.git, stall_timeout=5)
+    warmer = Warmer(filler, store, None, creds, 60)
+    assert warmer.credential().headers == (("authorization", "Bearer one"),)
+    creds.write_text("Authorization: Bearer two\n")  # rotated: no restart needed
+    assert warmer.credential().headers == (("authorization", "Bearer two"),)
+    warmer.anonymous = True
+    assert warmer.credential().anonymous

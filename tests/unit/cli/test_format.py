@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from goblet.cli_format import ProgressView, describe, human_age, human_bytes, parse_progress
+from goblet.cli.format import ProgressView, describe, human_age, human_bytes, parse_progress
 from hypothesis import given
 from hypothesis import strategies as st
 
