@@ -43,14 +43,13 @@ from goblet.offline.ask import answer_is_grant
 from goblet.offline.forward import UpstreamAnswer, UpstreamUnreachable
 from goblet.protocol import encoding, pktline, refs, request, routes
 from goblet.protocol.errors import ProtocolError
+from goblet.protocol.routes import RESULT_TYPE
 from goblet.runtime import Runtime, resolve_ca
 from goblet.serve.packcache import cache_key
 from goblet.serve.plans import TOKEN_HEADER, ServePlan, clean_git_protocol
 
 log = logging.getLogger("goblet")
 
-ADVERTISEMENT_TYPE = "application/x-git-upload-pack-advertisement"
-RESULT_TYPE = "application/x-git-upload-pack-result"
 _METRIC_KIND = {"info_refs": "info_refs", "ls_refs": "ls_refs", "fetch": "fetch", "push": "push"}
 
 
