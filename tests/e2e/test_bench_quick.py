@@ -13,11 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from bench.scenarios import ALL_SCENARIOS
 
-pytestmark = pytest.mark.e2e
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -19,7 +19,7 @@ invalid. A trailing LF in the payload is optional: git 2.39 sends
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from goblet.protocol.errors import Culprit, ProtocolError, excerpt
@@ -156,11 +156,3 @@ def error_packet(message: str) -> bytes:
     clean = "".join(c if c.isprintable() else " " for c in message).strip()
     data = b"ERR " + clean.encode("utf-8")[: MAX_PAYLOAD - 8] + b"\n"
     return encode_data(data)
-
-
-def iter_lines(pkts: Iterable[Pkt]) -> Iterator[bytes]:
-    """The text lines of the data packets, stopping at the first special packet."""
-    for p in pkts:
-        if p.kind is not PktKind.DATA:
-            return
-        yield p.line

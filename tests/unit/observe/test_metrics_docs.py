@@ -40,11 +40,6 @@ QUESTIONS = ("Is it up?", "Is it hitting?", "What is it saving?")
 TARGET_LABELS = frozenset({"job", "instance"})
 # Prometheus's own series that may appear next to goblet's.
 PROMETHEUS_SERIES = frozenset({"up"})
-# Options issue 5 adds to the addon; names the docs may mention besides metrics.
-# Harmless once they are in goblet.options.OPTIONS.
-PLANNED_OPTIONS = frozenset({
-    "goblet_metrics_port", "goblet_metrics_host", "goblet_log_format", "goblet_min_free_bytes",
-})
 STATUS_CLASSES = tuple(sorted({gm.status_class(s) for s in (None, *range(100, 600))}))
 # The values of each label, by label name ...
 LABEL_VALUES: dict[str, tuple[str, ...]] = {
@@ -443,7 +438,7 @@ def test_docs_queries_use_only_real_metrics_and_labels(doc: Path) -> None:
 
 @pytest.mark.parametrize("doc", [METRICS_DOC, MONITORING_DOC], ids=lambda p: p.name)
 def test_docs_name_only_real_metrics_and_options(doc: Path) -> None:
-    options = {spec.name for spec in gopts.OPTIONS} | PLANNED_OPTIONS
+    options = {spec.name for spec in gopts.OPTIONS}
     families = {f.primary for f in FAMILIES.values()}  # a histogram's own name, too
     unknown = mentioned_names(doc) - set(EXPOSED) - families - options
     assert unknown == set(), f"{doc.name} names metrics that do not exist: {sorted(unknown)}"
