@@ -267,7 +267,7 @@ class Filler:
             raise FillError(FailureKind.LOCAL, f"cannot create cache repo: {e}") from None
         try:
             try:
-                await asyncio.to_thread(self.store.init_bare, target)
+                await self.store.init_bare(target)
             except OSError as e:
                 remove_tree(target)
                 raise FillError(FailureKind.LOCAL, f"cannot create cache repo: {e}") from None

@@ -36,7 +36,7 @@ def store(tmp_path: Path) -> RepoStore:
 def filled(store: RepoStore, partition: str) -> CacheRepo:
     """A cache repo of ``partition`` with one commit, as a fill leaves it (repack due)."""
     repo = store.repo_for(URL, partition)
-    store.init_bare(repo.path)
+    asyncio.run(store.init_bare(repo.path))
     env = store.git.env(extra={"GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@x",
                                "GIT_COMMITTER_NAME": "a", "GIT_COMMITTER_EMAIL": "a@x"})
     git = ["git", "--git-dir", str(repo.path)]
