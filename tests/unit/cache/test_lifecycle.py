@@ -44,7 +44,7 @@ def test_a_missing_object_is_an_error_too(tmp_path: Path, runner: GitRunner) -> 
 
 def test_a_fsck_past_its_deadline_is_an_error(tmp_path: Path) -> None:
     class Slow(GitRunner):
-        async def run(self, args: object, **kw: object) -> GitResult:  # type: ignore[override]
+        async def run(self, args: object, **kw: object) -> GitResult:
             raise GitTimeout("git fsck timed out after 3600s")
 
     error = asyncio.run(fsck_error(Slow(home=tmp_path), tmp_path / "r.git"))

@@ -206,7 +206,7 @@ def test_non_utf8_path_from_mitmproxy_is_a_protocol_error(path: str) -> None:
 def answer_type(wire: GitWire, method: str, path: str, body: bytes | None = None) -> str:
     """The Content-Type real ``git http-backend`` answers ``method path`` with."""
     parts = urlsplit(wire.base_url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
     try:
         conn.request(method, path, body=body, headers={
             "Git-Protocol": "version=2", "Content-Type": "application/x-git-upload-pack-request"})
