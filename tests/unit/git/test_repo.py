@@ -1,9 +1,7 @@
-"""goblet.git.repo and the repo store's use of it: GitPython reads and writes, git never runs.
+"""goblet.git.repo: GitPython reads and writes a repo's small files, and git never runs.
 
 - ``write_config`` writes what real git then reads, under git's own lock;
 - ``read_head`` agrees with ``git symbolic-ref -q HEAD`` on every shape of HEAD;
-- ``RepoStore.read_refs`` agrees with ``git for-each-ref`` on loose and packed
-  refs (peeled lines included) and on HEAD;
 - nothing GitPython does starts a process with the inherited environment:
   with ``subprocess.Popen`` made to fail, reading and writing still work; in
   a fresh interpreter with a sentinel variable in its environment and a git
@@ -14,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import subprocess
@@ -23,20 +20,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from goblet.cache.store import REPO_CONFIG, RepoStore
 from goblet.git import repo as git_repo
 from goblet.git.repo import read_head, write_config
-from goblet.git.runner import GitRunner
 
 from tests.support.repos import git, list_refs, make_bare_repo
 
 ADDON = Path(git_repo.__file__).resolve().parents[2]
-
-
-def store_at(tmp_path: Path) -> RepoStore:
-    store = RepoStore(tmp_path / "cache", GitRunner(home=tmp_path / "cache" / "home"))
-    store.prepare()
-    return store
 
 
 def git_config(repo: Path, key: str) -> str:
@@ -44,36 +33,6 @@ def git_config(repo: Path, key: str) -> str:
 
 
 # ------------------------------------------------------------------ config
-
-
-def test_a_new_repo_has_goblets_settings_as_git_reads_them(tmp_path: Path) -> None:
-    store = store_at(tmp_path)
-    repo = store.tmp_dir / "new.git"
-    asyncio.run(store.init_bare(repo))
-    for section, key, value in REPO_CONFIG:
-        assert git_config(repo, f"{section}.{key}") == value
-    assert git_config(repo, "core.bare") == "true"  # git's own settings stay
-    assert git("rev-parse", "--is-bare-repository", cwd=repo) == "true"
-    assert not (repo / "hooks").exists() and not (repo / "description").exists()  # no templates
-    assert not (repo / "config.lock").exists()
-
-
-def test_creating_a_repo_ignores_the_environment_of_the_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    elsewhere = tmp_path / "elsewhere.git"
-    templates = tmp_path / "templates" / "hooks"
-    templates.mkdir(parents=True)
-    (templates / "pre-receive").write_text("#!/bin/sh\nexit 1\n")
-    monkeypatch.setenv("GIT_DIR", str(elsewhere))
-    monkeypatch.setenv("GIT_TEMPLATE_DIR", str(templates.parent))
-    monkeypatch.setenv("GIT_CONFIG_PARAMETERS", "'init.defaultbranch'='inherited'")
-    store = store_at(tmp_path)
-    repo = store.tmp_dir / "new.git"
-    asyncio.run(store.init_bare(repo))
-    assert (repo / "HEAD").read_text() == "ref: refs/heads/master\n"
-    assert not (repo / "hooks").exists()
-    assert not elsewhere.exists()
 
 
 def test_write_config_keeps_what_is_there_and_changes_only_what_it_sets(
@@ -154,38 +113,6 @@ def test_read_head_of_a_broken_head_is_none(bare: Path, content: str | None) -> 
 def test_read_head_of_no_repo_is_none(tmp_path: Path) -> None:
     assert read_head(tmp_path / "missing.git") is None
     assert read_head(tmp_path) is None  # a directory that is no repo
-
-
-# ------------------------------------------------------------------ refs
-
-
-def expected_refs(repo: Path) -> dict[str, str]:
-    return {n: o for n, o in list_refs(repo).items() if n.startswith(("refs/heads/", "refs/tags/"))}
-
-
-@pytest.mark.parametrize("packed", [False, True], ids=["loose", "packed"])
-def test_read_refs_agrees_with_git(bare: Path, tmp_path: Path, packed: bool) -> None:
-    (bare / "refs" / "notes").mkdir(parents=True, exist_ok=True)
-    git("update-ref", "refs/pull/1/head", expected_refs(bare)["refs/heads/dev"], cwd=bare)
-    if packed:
-        git("pack-refs", "--all", cwd=bare)
-        text = (bare / "packed-refs").read_text()
-        assert "\n^" in text and "refs/tags/v2" in text  # the annotated tag's peeled line
-    store = store_at(tmp_path)
-    refs, head = asyncio.run(store.read_refs(bare))
-    assert refs == expected_refs(bare)
-    assert set(refs) == {"refs/heads/main", "refs/heads/dev", "refs/tags/v1", "refs/tags/v2"}
-    tag = git("cat-file", "-t", refs["refs/tags/v2"], cwd=bare)
-    assert tag == "tag"  # the tag object, not the commit its peeled line names
-    assert head == "refs/heads/main"
-
-
-def test_read_refs_after_a_loose_update_of_a_packed_ref(bare: Path, tmp_path: Path) -> None:
-    git("pack-refs", "--all", cwd=bare)
-    main = expected_refs(bare)["refs/heads/main"]
-    git("update-ref", "refs/heads/dev", main, cwd=bare)  # loose now, stale in packed-refs
-    refs, _ = asyncio.run(store_at(tmp_path).read_refs(bare))
-    assert refs["refs/heads/dev"] == main == expected_refs(bare)["refs/heads/dev"]
 
 
 # ------------------------------------------------------------------ no process
