@@ -28,7 +28,7 @@ from goblet.cache.maintenance import Maintainer
 from goblet.cache.store import REPO_CONFIG, STATE_FILE, CacheRepo, RepoStore
 from goblet.git.runner import GitRunner
 
-from tests.support.repos import git, list_refs, make_bare_repo
+from tests.support.repos import git, list_refs
 
 URL = "https://git.example/org/app"
 
@@ -141,14 +141,6 @@ def test_creating_a_repo_ignores_the_environment_of_the_process(
 
 
 # ------------------------------------------------------------------ refs
-
-
-@pytest.fixture
-def bare(tmp_path: Path) -> Path:
-    path = tmp_path / "r.git"
-    make_bare_repo(path, commits=3, branches=("main", "dev"), tags=("v1",),
-                   annotated_tags=("v2",))
-    return path
 
 
 def expected_refs(repo: Path) -> dict[str, str]:

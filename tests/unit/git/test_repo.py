@@ -23,7 +23,7 @@ import pytest
 from goblet.git import repo as git_repo
 from goblet.git.repo import read_head, write_config
 
-from tests.support.repos import git, list_refs, make_bare_repo
+from tests.support.repos import git, list_refs
 
 ADDON = Path(git_repo.__file__).resolve().parents[2]
 
@@ -75,14 +75,6 @@ def symbolic_ref(repo: Path) -> str | None:
                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                               "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"})
     return res.stdout.strip() if res.returncode == 0 else None
-
-
-@pytest.fixture
-def bare(tmp_path: Path) -> Path:
-    path = tmp_path / "r.git"
-    make_bare_repo(path, commits=3, branches=("main", "dev"), tags=("v1",),
-                   annotated_tags=("v2",))
-    return path
 
 
 @pytest.mark.parametrize(("head", "expected"), [
