@@ -39,7 +39,7 @@ def _med(results: dict[str, Any], key: str) -> float | None:
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, each with its value from this run and whether it was met."""
+    """The targets (docs/benchmarks.md), each with this run's value and whether it was met."""
     rows: list[dict[str, Any]] = []
 
     def add(key: str, target: str, value: str, met: bool | None, detail: str) -> None:
@@ -524,7 +524,8 @@ def _warm_breakdown(results: dict[str, Any]) -> str:
         f"Medians: local floor {floor:.3f} s; goblet warm with its upstream on loopback "
         f"{lo:.3f} s ({lo / floor:.2f}{X} the floor: the proxy and its cache); goblet warm "
         f"behind the WAN {warm:.3f} s, {warm - lo:.3f} s more: the {trips:g} upstream requests "
-        f"a warm clone makes (info/refs and ls-refs, always sent upstream: DESIGN §1) each wait "
+        f"a warm clone makes (info/refs and ls-refs, always sent upstream: rule 1 of "
+        f"docs/architecture.md) each wait "
         f"{st['latency_ms']:g} ms, i.e. {trips * st['latency_ms'] / 1000:.3f} s (the rest is "
         "within the spread of the two scenarios; the emulation delays responses, not TCP or TLS "
         "handshakes, so a real WAN adds more). With a proxy that cost nothing, those round trips "

@@ -520,7 +520,7 @@ class Session:
         return out
 
     def pack_cache_ab(self) -> None:
-        """Issue 6: ``concurrency`` identical warm clones at once through a goblet with its
+        """``concurrency`` identical warm clones at once through a goblet with its
         pack cache (default budget) and through one without (``goblet_pack_cache_max_bytes
         =0``). Both proxies are fresh, cache the WAN upstream and are primed by one clone
         (their fill; for the pack cache the request's first sighting). Round 0 is the first
@@ -567,7 +567,7 @@ class Session:
         self.results["pack_cache"] = out
 
     def maintenance_ab(self) -> None:
-        """Issue 6: a full clone's serve cost from a cache repo as its fills leave it without
+        """A full clone's serve cost from a cache repo as its fills leave it without
         maintenance (``goblet_maintenance=off``: the first fill's pack plus one pack per
         incremental fill, no bitmap, no commit-graph), then after the full repack goblet's
         maintenance runs; the pack cache is off so every clone runs upload-pack."""
@@ -908,7 +908,7 @@ def product_repack(cache_dir: Path, url: str) -> dict[str, Any]:
         sys.path.insert(0, addon)
     try:
         from goblet.cache.maintenance import Maintainer  # noqa: PLC0415 - the addon under test
-        from goblet.cli_cache import Cache  # noqa: PLC0415
+        from goblet.cli.cache import Cache  # noqa: PLC0415
     except ImportError as e:
         return {"result": "error", "error": f"cannot import the addon: {e}"}
     cache = Cache.open(str(cache_dir))

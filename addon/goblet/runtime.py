@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,6 @@ from goblet.auth.secret import load_or_create_secret
 from goblet.auth.verdicts import VerdictCache
 from goblet.cache.evict import Eviction, Evictor
 from goblet.cache.fill import Filler
-from goblet.cache.gitrun import GitRunner
 from goblet.cache.lifecycle import Lifecycle
 from goblet.cache.locks import RepoLocks
 from goblet.cache.maintenance import Maintainer, Policy
@@ -28,10 +26,12 @@ from goblet.cache.store import CacheRepo, RepoStore
 from goblet.cache.usage import measure
 from goblet.cache.warm import Warmer
 from goblet.decide import FetchDecider
-from goblet.metrics import Metrics
+from goblet.git.runner import GitRunner
 from goblet.observe.access import AccessLog
 from goblet.observe.endpoints import Answer, EndpointServer, answer
+from goblet.observe.fills import FillReporter
 from goblet.observe.health import HealthChecker, Readiness
+from goblet.observe.metrics import CONTENT_TYPE, Metrics
 from goblet.observe.recorder import RequestRecorder
 from goblet.offline.ask import UpstreamAsker
 from goblet.offline.forward import Forwarder, tls_context
@@ -49,38 +49,6 @@ log = logging.getLogger("goblet")
 SECRET_FILE = "tenant-secret"  # noqa: S105 (a file name, not a secret)
 USAGE_EVERY = 60.0
 READY_EVERY = 15.0
-
-
-class FillReporter:
-    """Feeds fill events to the metrics and the log (a ``FillObserver``)."""
-
-    def __init__(self, metrics: Metrics, access: AccessLog, instance: str) -> None:
-        self.instance = instance
-        self.on_filled: list[Callable[[CacheRepo], None]] = []
-        self.metrics = metrics
-        self.access = access
-
-    def fill_started(self, repo: CacheRepo) -> None:
-        """Count the fill as in flight."""
-        self.metrics.fills_in_flight.inc()
-
-    def fill_finished(
-        self, repo: CacheRepo, result: str, seconds: float, bytes_in: int, reason: str
-    ) -> None:
-        """Record the fill's result, duration and the pack bytes it brought."""
-        self.metrics.fills_in_flight.dec()
-        self.metrics.fills.labels(result).inc()
-        self.metrics.fill_duration.observe(seconds)
-        self.metrics.upstream_fetch_bytes.inc(bytes_in)
-        text = f"fill {repo.url} result={result} bytes={bytes_in} duration={seconds:.3f}s"
-        if reason:
-            text += f" reason={reason!r}"
-        level = logging.INFO if result == "ok" else logging.WARNING
-        self.access.event("fill", text, level, url=repo.url, result=result, bytes=bytes_in,
-                          duration=round(seconds, 3), reason=reason, instance=self.instance)
-        if result == "ok":
-            for callback in self.on_filled:
-                callback(repo)
 
 
 class Runtime:
@@ -240,7 +208,7 @@ class Runtime:
         """The answer to a GET of one of the observability endpoints."""
         return await answer(
             path,
-            metrics=lambda: (self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8"),
+            metrics=lambda: (self.metrics.render(), CONTENT_TYPE),
             readiness=self.readiness,
         )
 

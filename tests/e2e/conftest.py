@@ -19,7 +19,18 @@ from tests.support.proxy import GobletProxy, ensure_ca
 from tests.support.repos import make_bare_repo
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
+E2E_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/e2e ``e2e``, so ``-m e2e`` and ``-m "not e2e"`` select by it.
+
+    (A ``pytestmark`` in a conftest marks nothing; the hook sees the whole
+    session's items, so it marks only those collected from this directory.)
+    """
+    for item in items:
+        if item.path.resolve().is_relative_to(E2E_DIR):
+            item.add_marker(pytest.mark.e2e)
 
 USERS: dict[str, dict[str, Any]] = {
     "alice": {"password": "alice-pw", "tokens": ["tok-alice"]},

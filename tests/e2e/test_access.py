@@ -15,8 +15,6 @@ from tests.support.gitclient import GitClient, with_userinfo
 from tests.support.proxy import GobletProxy
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 
 def outcome(res: subprocess.CompletedProcess[str]) -> tuple[int, str]:
     """Exit status and the decisive error line of a git run, without the host:port."""

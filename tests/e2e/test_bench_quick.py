@@ -13,11 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from bench.scenarios import ALL_SCENARIOS
 
-pytestmark = pytest.mark.e2e
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -53,7 +50,7 @@ def test_quick_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     for run in results["concurrent"]["goblet"] + results["concurrent"]["floor"]:
         assert run["server_cpu_per_clone_s"] is not None
 
-    # Issue 6: pack cache on vs. off (fresh proxies, first burst + steady rounds).
+    # Pack cache on vs. off (fresh proxies, first burst + steady rounds).
     pack_cache = results["pack_cache"]
     assert set(pack_cache["modes"]) == {"on", "off"}
     for mode in pack_cache["modes"].values():
@@ -67,7 +64,7 @@ def test_quick_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert pack_cache["modes"]["on"]["bursts"][1]["pack_cache_hits"] == pack_cache["clients"]
     assert set(pack_cache["summary"]["ratios_off_over_on"]) >= {"wall_s", "cpu_per_clone_s"}
 
-    # Issue 6: full-clone serving before and after maintenance.
+    # Full-clone serving before and after maintenance.
     maint = results["maintenance"]
     assert not maint["errors"], maint["errors"]
     assert maint["before"]["count_objects"]["packs"] == maint["fills"] + 1

@@ -27,8 +27,6 @@ from tests.support.proxy import REPO_ROOT, GobletProxy
 from tests.support.repos import list_refs
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 ALICE = "Authorization: Basic " + base64.b64encode(b"alice:alice-pw").decode()
 
 

@@ -19,8 +19,6 @@ from tests.support.proxy import GobletProxy
 from tests.support.repos import add_commit, make_empty_bare_repo
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 
 def served_from_cache(proxy: GobletProxy, url: str) -> int:
     """How many fetches of ``url`` the proxy's access log says it served from cache."""

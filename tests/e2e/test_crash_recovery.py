@@ -41,8 +41,6 @@ from tests.support.proxy import GobletProxy
 from tests.support.repos import add_commit, list_refs
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 SEED = 20240606
 ROUNDS = 20
 

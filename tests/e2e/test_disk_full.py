@@ -26,8 +26,6 @@ from tests.support.proxy import GobletProxy
 from tests.support.repos import add_commit, list_refs
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 DISK = 8 * 1024 * 1024
 MIN_FREE = 2 * 1024 * 1024
 

@@ -29,8 +29,6 @@ from tests.support.proxy import REPO_ROOT, GobletProxy
 from tests.support.repos import list_refs
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 BUDGET = 3 * 1024 * 1024
 # What docs/operations/cache.md allows right after a check: the index, bitmap and
 # commit-graph files a repack may add after the check that followed its fill.

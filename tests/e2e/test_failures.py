@@ -18,8 +18,6 @@ from tests.support.proxy import GobletProxy
 from tests.support.repos import add_commit
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture(scope="module")
 def proxy(

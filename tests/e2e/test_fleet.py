@@ -48,8 +48,6 @@ from tests.support.proxy import REPO_ROOT, mitmdump_binary
 from tests.support.repos import list_refs
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 RUN_LOCAL = REPO_ROOT / "loadtest" / "run-local"
 LOADTEST = REPO_ROOT / "loadtest" / "loadtest.py"
 _SERVED_BY = re.compile(r"<= Recv header: x-served-by: *(\S+)", re.IGNORECASE)

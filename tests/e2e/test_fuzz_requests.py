@@ -13,7 +13,7 @@ from tests.support import rawhttp
 from tests.support.proxy import GobletProxy
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 segments = st.sampled_from(["r.git", "..", ".", "", "%2e%2e", "%2F", "%5c", "a%20b", "%c0%ae",
                             "x" * 200, "info", "~u", "%C3%A9", "%ff"])

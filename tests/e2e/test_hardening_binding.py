@@ -32,8 +32,6 @@ from tests.support.repos import make_bare_repo
 from tests.support.tunnel import ResponseError, http_request, open_tunnel, read_response
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 B_NAME = "localhost"
 V2 = {"Git-Protocol": "version=2", "Content-Type": "application/x-git-upload-pack-request"}
 

@@ -35,8 +35,6 @@ from tests.support.proxy import GobletProxy
 from tests.support.tunnel import RssSampler
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 MiB = 1 << 20
 GiB = 1 << 30
 LIMIT = MiB  # goblet_max_request_bytes of these proxies

@@ -12,16 +12,12 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-import pytest
-
 from tests.e2e.conftest import Repos
 from tests.support import rawhttp
 from tests.support.cachedir import repos_for
 from tests.support.gitclient import GitClient, with_userinfo
 from tests.support.proxy import GobletProxy
 from tests.support.upstream_client import UpstreamServer
-
-pytestmark = pytest.mark.e2e
 
 V2 = {"Git-Protocol": "version=2", "Content-Type": "application/x-git-upload-pack-request"}
 

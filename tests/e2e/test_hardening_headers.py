@@ -21,8 +21,6 @@ from tests.support.proxy import GobletProxy
 from tests.support.tunnel import exchange
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 SENTINEL = "Zm9sZGVkLXNlbnRpbmVsLTcxMw"
 MORE = "bW9yZS1zZW50aW5lbC05Mjg"
 

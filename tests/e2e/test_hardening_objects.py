@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.e2e.conftest import Repos
 from tests.support import rawhttp
 from tests.support.cachedir import has_object, repos_for
@@ -25,8 +23,6 @@ from tests.support.proxy import GobletProxy
 from tests.support.repos import add_commit
 from tests.support.repos import git as upstream_git
 from tests.support.upstream_client import UpstreamServer
-
-pytestmark = pytest.mark.e2e
 
 V2 = {"Git-Protocol": "version=2", "Content-Type": "application/x-git-upload-pack-request"}
 V0 = {"Content-Type": "application/x-git-upload-pack-request"}

@@ -27,8 +27,6 @@ from tests.support.proxy import GobletProxy
 from tests.support.tunnel import open_tunnel
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 VERDICT_TTL = 2
 UPLOAD_HEADERS = {"Git-Protocol": "version=2",
                   "Content-Type": "application/x-git-upload-pack-request"}

@@ -24,8 +24,6 @@ from tests.support.proxy import GobletProxy
 from tests.support.repos import add_commit
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 
 def make_proxy(tmp_path: Path, upstream: UpstreamServer, confdir: Path,
                sets: dict[str, str]) -> GobletProxy:

@@ -17,8 +17,6 @@ from tests.support.proxy import GobletProxy
 from tests.support.tunnel import open_tunnel, wait_closed
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 BODY_TIMEOUT = 2
 CLOSE_WITHIN = 15.0
 

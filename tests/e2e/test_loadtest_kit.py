@@ -49,8 +49,6 @@ from tests.support.proxy import ADDON, REPO_ROOT, GobletProxy, mitmdump_binary
 from tests.support.repos import list_refs
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 LOADTEST = REPO_ROOT / "loadtest"
 INSTANCE = "kit-goblet"
 SEED_STAGES = [("2m", 10), ("5m", 10), ("2m", 50), ("5m", 50), ("2m", 100), ("5m", 100),

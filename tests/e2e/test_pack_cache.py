@@ -28,8 +28,6 @@ from tests.support.proxy import GobletProxy
 from tests.support.repos import add_commit, list_refs
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 ROLES = ("bypass", "produce", "follow", "hit")
 
 

@@ -16,8 +16,6 @@ from tests.support.proxy import GobletProxy
 from tests.support.repos import make_bare_repo
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 
 def test_push_passes_through_and_the_next_clone_sees_it(
     git: GitClient, repos: Repos, upstream: UpstreamServer, tmp_path: Path

@@ -17,8 +17,6 @@ from tests.support.net import free_port
 from tests.support.proxy import GobletProxy
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture(scope="module")
 def prefix_port() -> int:

@@ -41,8 +41,6 @@ from tests.support.proxy import REPO_ROOT, GobletProxy
 from tests.support.repos import list_refs
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 PROMETHEUS = Path("/usr/bin/prometheus")
 PROMTOOL = Path("/usr/bin/promtool")
 RULES_DIR = REPO_ROOT / "loadtest" / "prometheus"

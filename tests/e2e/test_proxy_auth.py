@@ -13,8 +13,6 @@ from tests.support.gitclient import GitClient
 from tests.support.proxy import GobletProxy
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 SECRET = "proxy-secret-4d1c9e"
 
 

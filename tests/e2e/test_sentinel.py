@@ -14,16 +14,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from tests.e2e.conftest import USERS, Repos
 from tests.support import rawhttp
 from tests.support.gitclient import GitClient, with_userinfo
 from tests.support.proxy import GobletProxy
 from tests.support.repos import add_commit
 from tests.support.upstream_client import UpstreamServer
-
-pytestmark = pytest.mark.e2e
 
 SENTINEL = "sentinel-7f3a9c0e5b2d4e18a6c1"
 

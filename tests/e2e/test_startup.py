@@ -10,8 +10,6 @@ import pytest
 
 from tests.support.proxy import ADDON, GobletProxy, mitmdump_binary
 
-pytestmark = pytest.mark.e2e
-
 
 def run_mitmdump(tmp_path: Path, confdir: Path, *sets: str) -> subprocess.CompletedProcess[str]:
     cmd = [mitmdump_binary(), "-s", str(ADDON), "--listen-host", "127.0.0.1", "-p", "0",

@@ -25,8 +25,6 @@ from tests.support.gitclient import GitClient, with_userinfo
 from tests.support.proxy import GobletProxy
 from tests.support.upstream_client import UpstreamServer
 
-pytestmark = pytest.mark.e2e
-
 TENANTS = ("alice", "bob", "carol", "anonymous")
 REPOS = ("public", "private", "revoked")
 VERDICT_TTL = 2

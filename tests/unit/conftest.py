@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from hypothesis.configuration import set_hypothesis_home_dir
 
+from tests.support.repos import make_bare_repo
+
 ADDON_DIR = Path(__file__).resolve().parents[2] / "addon"
 if str(ADDON_DIR) not in sys.path:
     sys.path.insert(0, str(ADDON_DIR))
@@ -32,6 +34,15 @@ if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
 
 
 COMMIT_EPOCH = 1_700_000_000  # the fixture's commits are dated from here on
+
+
+@pytest.fixture
+def bare(tmp_path: Path) -> Path:
+    """A bare repo with branches main (HEAD) and dev, a plain tag v1, an annotated tag v2."""
+    path = tmp_path / "r.git"
+    make_bare_repo(path, commits=3, branches=("main", "dev"), tags=("v1",),
+                   annotated_tags=("v2",))
+    return path
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import pytest
 from goblet.auth.credentials import Credential
 from goblet.auth.verdicts import RefView, VerdictCache
 from goblet.cache.fill import FailureKind, FillError, FillResult
-from goblet.cache.gitrun import GitRunner
 from goblet.cache.store import CacheRepo, RepoStore
 from goblet.decide import Decision, FetchDecider, Route
+from goblet.git.runner import GitRunner
 from goblet.offline.ask import Finding, RefsProbe
 from goblet.offline.state import UpstreamState
 from goblet.protocol import refs

@@ -18,6 +18,8 @@ from goblet.options import (
     parse_seconds,
     parse_size,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize(
@@ -392,3 +394,135 @@ def test_restart_options_are_the_listeners_and_the_cache_dir() -> None:
     assert options.needing_restart(old, old) == []
     assert options.needing_restart(old, replace(old, metrics_port=1, verdict_ttl=9)) == [
         "goblet_metrics_port"]
+
+
+# -- parse_settings: every option at once ------------------------------------------------
+
+
+def settings_from(**changed: object) -> options.Settings:
+    """parse_settings of an options object holding every default, then ``changed``."""
+    values: dict[str, object] = {spec.name: spec.default for spec in OPTIONS}
+    values |= {f"goblet_{k}": v for k, v in changed.items()}
+    return options.parse_settings(type("O", (), values)())
+
+
+def test_the_defaults_parse_to_the_settings_the_help_promises() -> None:
+    s = settings_from()
+    assert s == options.Settings(
+        cache_dir=Path("cache").resolve(), hosts=frozenset((h, 443) for h in DEFAULT_HOSTS),
+        verdict_ttl=60, upstream_timeout=60, instance=s.instance,
+        max_request_bytes=64 * 1024**2, min_free_bytes=1024**3, metrics_port=0,
+        metrics_host="", log_format="text")  # every other field: the dataclass default
+    assert s.instance == parse_instance("")
+
+
+def test_each_value_reaches_its_field() -> None:
+    s = settings_from(verdict_ttl="5m", upstream_timeout="2m", max_request_bytes="1MiB",
+                      min_free_bytes="0", metrics_port="9100", prefix_port="8081",
+                      metrics_host=" 0.0.0.0 ", log_format="json", cache_max_bytes="10GiB",
+                      pack_cache_max_bytes="1GiB", maintenance="off",
+                      full_repack_interval="1d", repack_threads="4", warm_interval="1h",
+                      isolation="Tenant", max_partitions="3", negative_ttl="0",
+                      offline="on", offline_grace="30m", request_body_timeout="10s",
+                      instance="edge-1", hosts=["git.example:8443", "a.example,b.example"])
+    assert (s.verdict_ttl, s.upstream_timeout, s.max_request_bytes, s.min_free_bytes) == (
+        300, 120, 1024**2, 0)
+    assert (s.metrics_port, s.prefix_port, s.metrics_host, s.log_format) == (
+        9100, 8081, "0.0.0.0", "json")
+    assert (s.cache_max_bytes, s.pack_cache_max_bytes, s.maintenance) == (
+        10 * 1024**3, 1024**3, False)
+    assert (s.full_repack_interval, s.repack_threads, s.warm_interval) == (86400, 4, 3600)
+    assert (s.isolation, s.max_partitions, s.negative_ttl, s.offline, s.offline_grace) == (
+        "tenant", 3, 0, True, 1800)
+    assert (s.request_body_timeout, s.instance) == (10, "edge-1")
+    assert s.hosts == {("git.example", 8443), ("a.example", 443), ("b.example", 443)}
+
+
+def test_warm_files_must_exist(tmp_path: Path) -> None:
+    urls, creds = tmp_path / "urls", tmp_path / "creds"
+    urls.write_text("https://git.example/r\n")
+    creds.write_text("Authorization: Bearer x\n")
+    s = settings_from(warm_repos=str(urls), warm_credentials=str(creds))
+    assert (s.warm_repos, s.warm_credentials) == (urls, creds)
+    with pytest.raises(ValueError, match="goblet_warm_repos"):
+        settings_from(warm_repos=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="goblet_warm_credentials"):
+        settings_from(warm_credentials=str(tmp_path))  # a directory
+
+
+def test_the_pack_cache_fits_in_half_the_cache_budget() -> None:
+    assert settings_from(cache_max_bytes="10GiB").pack_cache_max_bytes == 2 * 1024**3
+    capped = settings_from(cache_max_bytes="2GiB", pack_cache_max_bytes="2GiB")
+    assert capped.pack_cache_max_bytes == 1024**3
+    assert settings_from(cache_max_bytes="0").pack_cache_max_bytes == 2 * 1024**3
+
+
+# (option, a bad value, what the error says): every option that can be wrong.
+BAD = [
+    ("verdict_ttl", "soon", "goblet_verdict_ttl"), ("verdict_ttl", "2h", "goblet_verdict_ttl"),
+    ("upstream_timeout", "0", "goblet_upstream_timeout"),
+    ("max_request_bytes", "lots", "goblet_max_request_bytes"),
+    ("min_free_bytes", "-1", "goblet_min_free_bytes"),
+    ("metrics_port", "65536", "goblet_metrics_port"), ("metrics_port", "", "goblet_metrics_port"),
+    ("prefix_port", "http", "goblet_prefix_port"),
+    ("log_format", "xml", "goblet_log_format"), ("log_format", "JSON", "goblet_log_format"),
+    ("cache_max_bytes", "1PiB", "goblet_cache_max_bytes"),
+    ("pack_cache_max_bytes", "x", "goblet_pack_cache_max_bytes"),
+    ("maintenance", "sometimes", "goblet_maintenance"),
+    ("full_repack_interval", "59", "goblet_full_repack_interval"),
+    ("repack_threads", "0", "goblet_repack_threads"),
+    ("warm_interval", "9", "goblet_warm_interval"),
+    ("isolation", "none", "goblet_isolation"),
+    ("max_partitions", "many", "goblet_max_partitions"),
+    ("negative_ttl", "2d", "goblet_negative_ttl"),
+    ("offline", "auto", "goblet_offline"),
+    ("offline_grace", "0", "goblet_offline_grace"),
+    ("request_body_timeout", "0", "goblet_request_body_timeout"),
+    ("allow_open_proxy", "sure", "goblet_allow_open_proxy"),
+    ("relay_internal", "maybe", "goblet_relay_internal"),
+    ("instance", "a b", "goblet_instance"),
+    ("cache_dir", " ", "goblet_cache_dir"),
+    ("hosts", [], "goblet_hosts"), ("hosts", ["exa mple.com"], "bad host name"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), BAD,
+                         ids=[f"{f}={v!r}" for f, v, _ in BAD])
+def test_a_bad_value_is_refused_with_its_name(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        settings_from(**{field: value})
+
+
+def test_every_option_has_a_bad_value_above_or_takes_any_text() -> None:
+    refused = {field for field, _, _ in BAD}
+    any_text = {"metrics_host", "warm_repos", "warm_credentials"}  # files: tested above
+    assert {spec.field for spec in OPTIONS} == refused | any_text
+
+
+TEXT_OPTIONS = [spec.field for spec in OPTIONS if spec.typespec is str
+                and spec.field not in ("cache_dir", "warm_repos", "warm_credentials")]
+
+
+@pytest.mark.parametrize("field", TEXT_OPTIONS)
+@pytest.mark.parametrize("tail", [" x", "s s", "\n1", "\x00", "!", "%"])
+def test_a_valid_value_with_trailing_data_is_refused(field: str, tail: str) -> None:
+    valid = {"metrics_port": "9100", "prefix_port": "8081", "instance": "edge-1",
+             "log_format": "json", "isolation": "user", "maintenance": "on",
+             "offline": "off"}.get(field, next(s.default for s in OPTIONS if s.field == field))
+    settings_from(**{field: valid})
+    if field == "metrics_host":
+        assert settings_from(**{field: valid + tail}).metrics_host == (valid + tail).strip()
+        return
+    with pytest.raises(ValueError, match=f"goblet_{field}"):
+        settings_from(**{field: valid + tail})
+
+
+@settings(max_examples=300, deadline=None)
+@given(field=st.sampled_from(TEXT_OPTIONS), value=st.text(max_size=30))
+def test_any_text_parses_or_is_refused_by_name(field: str, value: str) -> None:
+    try:
+        s = settings_from(**{field: value})
+    except ValueError as e:
+        assert f"goblet_{field}" in str(e)
+    else:
+        assert isinstance(s, options.Settings)

@@ -1,1 +1,1 @@
-"""The bare-repo cache: naming, creation, fills, locks and git invocation."""
+"""The bare-repo cache: naming, creation, fills, locks, recovery, upkeep and eviction."""

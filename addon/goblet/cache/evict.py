@@ -36,6 +36,7 @@ class Eviction:
     url: str
     bytes: int
     idle_seconds: float
+    partition: str = "shared"  # the partition kind (never a tenant's id)
 
 
 def cache_bytes(store: RepoStore) -> int:
@@ -81,38 +82,55 @@ class Evictor:
         """Evict LRU repos until both limits hold (or nothing evictable is left)."""
         async with self._pass:
             over, short = await asyncio.to_thread(self.over_budget)
-            done: list[Eviction] = []
-            if over or short:
-                repos = await asyncio.to_thread(self.store.list_repos)
-                for info in sorted(repos, key=lambda r: r.last_access):
-                    if over <= 0 and short <= 0:
-                        break
-                    size = await asyncio.to_thread(tree_bytes, info.path)
-                    if await self.evict(info, size):
-                        done.append(Eviction(info.key, info.url, size,
-                                             time.time() - info.last_access))
-                        over -= size
-                        short -= size
+            done, _ = await self.evict_lru(over, short)
             await self.purge_trash()
             return done
 
-    async def evict(self, info: RepoInfo, size: int = 0, lock_timeout: float = 5.0) -> bool:
-        """Move one repo to trash under its writer lock; False if busy or gone."""
+    async def evict_lru(self, over: int, short: int = 0, *, lock_timeout: float = 5.0
+                        ) -> tuple[list[Eviction], list[RepoInfo]]:
+        """Evict least recently used repos until ``over`` and ``short`` bytes are freed.
+
+        Returns the evictions and the repos passed over on the way (writer lock
+        busy, or gone meanwhile). ``enforce`` runs this with what the budget asks
+        for; ``goblet cache evict --lru-to`` with the bytes above its target.
+        """
+        done: list[Eviction] = []
+        passed: list[RepoInfo] = []
+        if over <= 0 and short <= 0:
+            return done, passed
+        repos = await asyncio.to_thread(self.store.list_repos)
+        for info in sorted(repos, key=lambda r: r.last_access):
+            if over <= 0 and short <= 0:
+                break
+            size = await asyncio.to_thread(tree_bytes, info.path)
+            eviction = await self.evict(info, size, lock_timeout)
+            if eviction is None:
+                passed.append(info)
+                continue
+            done.append(eviction)
+            over -= size
+            short -= size
+        return done, passed
+
+    async def evict(self, info: RepoInfo, size: int = 0,
+                    lock_timeout: float = 5.0) -> Eviction | None:
+        """Move one repo to trash under its writer lock; None if busy or gone."""
         try:
             async with self.locks.writer(info.key, timeout=lock_timeout):
                 if not info.path.exists():
-                    return False
+                    return None
                 target = self.store.trash_dir / f"{info.key}.{time.time_ns()}"
                 info.path.rename(target)
         except LockTimeout:
             log.info("not evicting %s now: its writer lock is busy", info.url or info.key[:12])
-            return False
+            return None
         except OSError as e:
             log.warning("cannot evict %s: %s", info.url or info.key[:12], e)
-            return False
-        eviction = Eviction(info.key, info.url, size, time.time() - info.last_access)
+            return None
+        eviction = Eviction(info.key, info.url, size, time.time() - info.last_access,
+                            info.partition)
         self.on_evict(eviction)
-        return True
+        return eviction
 
     async def purge_trash(self, *, force: bool = False) -> int:
         """Delete trash entries nobody can still read; returns how many."""

@@ -23,11 +23,11 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from goblet.auth.credentials import Credential
-from goblet.cache.gitrun import GitResult, GitRunner, GitTimeout
 from goblet.cache.locks import LockTimeout, RepoLocks
 from goblet.cache.recovery import clean_residue, remove_tree
 from goblet.cache.store import OID_RE, CacheRepo, RepoStore
 from goblet.cache.usage import pack_bytes
+from goblet.git.runner import GitResult, GitRunner, GitTimeout
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def header_config(url: str, credential: Credential) -> list[tuple[str, str]]:
     return entries
 
 
-Progress = Callable[[str], None]  # receives git's progress lines during a fill
+OnProgress = Callable[[str], None]  # receives git's progress lines during a fill
 
 
 class FillObserver(Protocol):
@@ -154,7 +154,7 @@ class Filler:
 
     def start(
         self, repo: CacheRepo, credential: Credential, head: str | None = None,
-        progress: Progress | None = None,
+        progress: OnProgress | None = None,
     ) -> asyncio.Task[FillResult]:
         """Start a fill of ``repo``, or return the one already running.
 
@@ -209,7 +209,7 @@ class Filler:
         ]
 
     async def _fetch(self, git_dir: Path, args: Sequence[str], repo: CacheRepo,
-                     credential: Credential, progress: Progress | None = None) -> None:
+                     credential: Credential, progress: OnProgress | None = None) -> None:
         try:
             res = await self.git.run(
                 ["fetch", "--no-write-fetch-head", "--no-auto-maintenance",
@@ -228,7 +228,7 @@ class Filler:
             raise classify_failure(res)
 
     async def _fill(self, repo: CacheRepo, credential: Credential, head: str | None,
-                    progress: Progress | None = None) -> FillResult:
+                    progress: OnProgress | None = None) -> FillResult:
         started = time.monotonic()
         try:
             async with self.locks.writer(repo.key, timeout=self.max_seconds), \
@@ -242,7 +242,7 @@ class Filler:
 
     async def _fill_locked(
         self, repo: CacheRepo, credential: Credential, head: str | None, started: float,
-        progress: Progress | None = None,
+        progress: OnProgress | None = None,
     ) -> FillResult:
         if not self.store.exists(repo):
             return await self._create(repo, credential, head, started, progress)
@@ -252,7 +252,7 @@ class Filler:
 
     async def _create(
         self, repo: CacheRepo, credential: Credential, head: str | None, started: float,
-        progress: Progress | None,
+        progress: OnProgress | None,
     ) -> FillResult:
         """First fill: build the repo in tmp/ under a claim, rename it into place when whole.
 
@@ -267,7 +267,7 @@ class Filler:
             raise FillError(FailureKind.LOCAL, f"cannot create cache repo: {e}") from None
         try:
             try:
-                await asyncio.to_thread(self.store.init_bare, target)
+                await self.store.init_bare(target)
             except OSError as e:
                 remove_tree(target)
                 raise FillError(FailureKind.LOCAL, f"cannot create cache repo: {e}") from None
@@ -278,7 +278,7 @@ class Filler:
 
     async def _update(
         self, repo: CacheRepo, target: Path, credential: Credential, head: str | None, *,
-        started: float, progress: Progress | None,
+        started: float, progress: OnProgress | None,
     ) -> FillResult:
         """Fetch into ``target`` (``repo.path``, or a new repo in tmp/ renamed there at the end)."""
         created = target != repo.path
@@ -286,7 +286,7 @@ class Filler:
             await self._fetch(target, ["--atomic", "--prune", "--no-tags", repo.url, *REFSPECS],
                               repo, credential, progress)
             if head is None and created:
-                head = await self._upstream_head(repo, credential)
+                head = await self.upstream_head(repo, credential)
             refs, current_head = await self.store.read_refs(target)
             if head is not None and head != current_head and (head in refs or not refs):
                 res = await self.git.run(["symbolic-ref", "HEAD", head], git_dir=target)
@@ -306,15 +306,20 @@ class Filler:
             raise
         return FillResult(created, len(refs), time.monotonic() - started)
 
-    async def _upstream_head(self, repo: CacheRepo, credential: Credential) -> str | None:
-        """Where upstream's HEAD points (``ls-remote --symref``); None if unknown."""
+    async def upstream_head(self, repo: CacheRepo, credential: Credential, *,
+                            timeout: float | None = None) -> str | None:
+        """Where upstream's HEAD points (``ls-remote --symref``); None if unknown.
+
+        Asked with ``credential`` like a fill, within ``timeout`` seconds
+        (default ``max_seconds``).
+        """
         try:
             res = await self.git.run(["ls-remote", "--symref", repo.url, "HEAD"],
                                      config=self._fetch_config(repo, credential),
-                                     timeout=self.max_seconds)
+                                     timeout=self.max_seconds if timeout is None else timeout)
         except (GitTimeout, OSError, ValueError):
             return None
-        for line in res.stdout.decode("utf-8", "replace").splitlines():
+        for line in res.stdout.decode("utf-8", "replace").splitlines() if res.ok else ():
             target, _, name = line.removeprefix("ref: ").partition("\t")
             if line.startswith("ref: ") and name == "HEAD" and target.startswith("refs/"):
                 return target

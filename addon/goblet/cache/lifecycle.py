@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from goblet.cache.evict import Evictor
-from goblet.cache.gitrun import GitRunner, GitTimeout
 from goblet.cache.locks import LockTimeout, RepoLocks
 from goblet.cache.maintenance import Maintainer
 from goblet.cache.recovery import clean_residue, remove_tree, sweep_abandoned
 from goblet.cache.store import CacheRepo, RepoInfo, RepoStore
+from goblet.git.runner import GitRunner, GitTimeout
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +56,17 @@ def _fresh_probe(tmp_dir: Path, name: str) -> bool:
         return True  # gone already: nothing to sweep
 
 
-async def fsck_ok(git: GitRunner, info: RepoInfo) -> bool:
-    """Whether ``git fsck`` finds the repo sound."""
+async def fsck_error(git: GitRunner, path: Path) -> str | None:
+    """None if ``git fsck`` finds the repo at ``path`` sound, else its most telling line.
+
+    Start-up recovery and ``goblet cache verify`` both judge a repo by this.
+    """
     try:
-        res = await git.run(["fsck", "--no-dangling", "--no-progress"], git_dir=info.path,
+        res = await git.run(["fsck", "--no-dangling", "--no-progress"], git_dir=path,
                             timeout=3600)
-    except GitTimeout:
-        return False
-    if not res.ok:
-        log.warning("fsck of %s failed: %s", info.url or info.key[:12], res.stderr_line())
-    return res.ok
+    except GitTimeout as e:
+        return str(e)
+    return None if res.ok else res.stderr_line()
 
 
 class Lifecycle:
@@ -94,7 +95,9 @@ class Lifecycle:
                     if not removed:
                         continue
                     report.repos_cleaned.append(info.key)
-                    if not await fsck_ok(self.git, info):
+                    error = await fsck_error(self.git, info.path)
+                    if error is not None:
+                        log.warning("fsck of %s failed: %s", info.url or info.key[:12], error)
                         self.quarantine(info)
                         report.quarantined.append(info.key)
             except LockTimeout:

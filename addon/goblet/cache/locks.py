@@ -60,7 +60,8 @@ class RepoLocks:
         lock = self._local.setdefault(key, asyncio.Lock())
         deadline = time.monotonic() + timeout
         try:
-            await asyncio.wait_for(lock.acquire(), timeout)
+            async with asyncio.timeout(timeout):  # a free lock is taken even with timeout 0
+                await lock.acquire()
         except TimeoutError:
             raise LockTimeout(f"writer lock of {key[:12]} busy for {timeout:.0f}s") from None
         try:

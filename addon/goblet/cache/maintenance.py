@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from goblet.cache.gitrun import GitRunner, GitTimeout
 from goblet.cache.locks import LockTimeout, RepoLocks
 from goblet.cache.store import CacheRepo, RepoStore
+from goblet.git.runner import GitRunner, GitTimeout
 
 log = logging.getLogger(__name__)
 

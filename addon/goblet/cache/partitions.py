@@ -96,7 +96,7 @@ class PartitionLimiter:
         evicted = 0
         for info in excess(infos, repo, self.max_per_repo):
             size = await asyncio.to_thread(tree_bytes, info.path)
-            if await self.evictor.evict(info, size):
+            if await self.evictor.evict(info, size) is not None:
                 evicted += 1
                 self.on_evict()
                 if self._copies is not None:

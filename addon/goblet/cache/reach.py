@@ -20,8 +20,8 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from goblet.cache.gitrun import READ_CHUNK, GitRunner, kill_and_reap
 from goblet.cache.store import OID_RE
+from goblet.git.runner import READ_CHUNK, GitRunner, kill_and_reap
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ reaches the filesystem.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -28,10 +29,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import git as gitpython
-
-from goblet.cache.gitrun import GitRunner
 from goblet.cache.locks import WorkClaim, claim_fresh
+from goblet.git.repo import read_head, write_config
+from goblet.git.runner import GitRunner
 
 log = logging.getLogger(__name__)
 
@@ -208,26 +208,17 @@ class RepoStore:
         """
         return claim_fresh(self.tmp_dir, repo.key, ".git")
 
-    def init_bare(self, path: Path) -> None:
-        """Create a configured, empty bare repo at ``path`` (blocking; GitPython).
+    async def init_bare(self, path: Path) -> None:
+        """Create a configured, empty bare repo at ``path``.
 
+        ``git init`` runs hardened, without templates (no sample hooks); the
+        settings of REPO_CONFIG are written into its config in process.
         Raises OSError if git or the filesystem fails.
         """
-        try:
-            templates = self.git.home / "templates"  # empty: no sample hooks copied
-            templates.mkdir(parents=True, exist_ok=True)
-            repo = gitpython.Repo.init(
-                path, mkdir=True, bare=True,
-                env=self.git.env(extra={"GIT_TEMPLATE_DIR": str(templates)}),
-            )
-            try:
-                with repo.config_writer() as cw:
-                    for section, key, value in REPO_CONFIG:
-                        cw.set_value(section, key, value)
-            finally:
-                repo.close()
-        except gitpython.GitError as e:
-            raise OSError(f"git init failed: {e}") from e
+        res = await self.git.run(["init", "--bare", "--quiet", "--template=", str(path)])
+        if not res.ok:
+            raise OSError(f"git init failed: {res.stderr_line()}")
+        await asyncio.to_thread(write_config, path, REPO_CONFIG)
 
     def state(self, repo: CacheRepo) -> RepoState | None:
         """The last fill's snapshot, or None if the repo was never filled."""
@@ -261,7 +252,11 @@ class RepoStore:
             return None
 
     async def read_refs(self, path: Path) -> tuple[dict[str, str], str | None]:
-        """Branches and tags of the repo at ``path`` and its HEAD target."""
+        """Branches and tags of the repo at ``path`` and its HEAD target.
+
+        ``for-each-ref`` lists the refs (packed or loose, in one pass); HEAD is
+        read without running git (``goblet.git.repo``).
+        """
         res = await self.git.run(
             ["for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/tags"],
             git_dir=path,
@@ -272,9 +267,7 @@ class RepoStore:
         for line in res.stdout.decode("utf-8", "replace").splitlines():
             oid, _, name = line.partition(" ")
             refs[name] = oid
-        head = await self.git.run(["symbolic-ref", "-q", "HEAD"], git_dir=path)
-        target = head.stdout.decode().strip() if head.ok else None
-        return refs, target
+        return refs, read_head(path)
 
     def write_state(self, path: Path, repo: CacheRepo, refs: Mapping[str, str],
                     head: str | None, *, full_repack_at: float | None = None,

@@ -72,6 +72,17 @@ def parse_header_lines(lines: Iterable[str]) -> Credential:
     return credential_from_headers(pairs)
 
 
+def read_credential(credentials_file: Path | None) -> Credential:
+    """Header lines from ``credentials_file``, else from ``$GOBLET_WARM_HEADER``, else anonymous.
+
+    Raises OSError if the file cannot be read. Warming reads it at every round,
+    ``goblet cache warm`` once.
+    """
+    if credentials_file is not None:
+        return parse_header_lines(credentials_file.read_text("utf-8").splitlines())
+    return parse_header_lines(os.environ.get(ENV_HEADER, "").splitlines())
+
+
 class Warmer:
     """Fills the listed repos now and then."""
 
@@ -93,9 +104,7 @@ class Warmer:
         """
         if self.anonymous:
             return Credential()
-        if self.credentials_file is not None:
-            return parse_header_lines(self.credentials_file.read_text("utf-8").splitlines())
-        return parse_header_lines(os.environ.get(ENV_HEADER, "").splitlines())
+        return read_credential(self.credentials_file)
 
     def repos(self) -> list[CacheRepo]:
         """The repos of the list that parse; bad lines are logged and skipped."""

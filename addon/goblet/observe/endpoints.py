@@ -9,6 +9,7 @@ served by a tiny h11 server on that port (GET and HEAD only).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import h11
 
 from goblet.observe.health import Readiness
+from goblet.serve.h11loop import incoming_requests
 
 log = logging.getLogger(__name__)
 
@@ -78,37 +80,28 @@ class EndpointServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
         try:
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    data = await asyncio.wait_for(reader.read(16 * 1024), 30)
-                    conn.receive_data(data)
-                    continue
-                if not isinstance(event, h11.Request):
-                    break
-                target = event.target.decode("latin-1")
-                method = event.method
-                while not isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
-                        conn.receive_data(await asyncio.wait_for(reader.read(16 * 1024), 30))
-                if method not in (b"GET", b"HEAD"):
-                    result = Answer(405, "text/plain; charset=utf-8", b"method not allowed\n")
-                else:
-                    result = await self.handler(target)
-                body = b"" if method == b"HEAD" else result.body
-                writer.write(conn.send(h11.Response(status_code=result.status, headers=[
-                    ("Content-Type", result.content_type),
-                    ("Content-Length", str(len(result.body))),
-                    ("Cache-Control", "no-store"),
-                ])) or b"")
-                writer.write(conn.send(h11.Data(data=body)) or b"")
-                writer.write(conn.send(h11.EndOfMessage()) or b"")
-                await writer.drain()
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    break
-                conn.start_next_cycle()
+            async with contextlib.aclosing(
+                incoming_requests(conn, reader, chunk=16 * 1024, idle_timeout=30)
+            ) as requests:
+                async for request in requests:
+                    await self._answer(conn, writer, request)
         except (ConnectionError, TimeoutError, h11.ProtocolError) as e:
             log.debug("endpoint connection ended: %s", e)
         finally:
             writer.close()
+
+    async def _answer(self, conn: h11.Connection, writer: asyncio.StreamWriter,
+                      request: h11.Request) -> None:
+        if request.method not in (b"GET", b"HEAD"):
+            result = Answer(405, "text/plain; charset=utf-8", b"method not allowed\n")
+        else:
+            result = await self.handler(request.target.decode("latin-1"))
+        body = b"" if request.method == b"HEAD" else result.body
+        writer.write(conn.send(h11.Response(status_code=result.status, headers=[
+            ("Content-Type", result.content_type),
+            ("Content-Length", str(len(result.body))),
+            ("Cache-Control", "no-store"),
+        ])) or b"")
+        writer.write(conn.send(h11.Data(data=body)) or b"")
+        writer.write(conn.send(h11.EndOfMessage()) or b"")
+        await writer.drain()

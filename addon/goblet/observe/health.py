@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from goblet.cache.gitrun import GitRunner, GitTimeout
 from goblet.cache.usage import free_bytes
+from goblet.git.runner import GitRunner, GitTimeout
 
 
 @dataclass(frozen=True, slots=True)

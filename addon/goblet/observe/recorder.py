@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from goblet.auth.credentials import short
-from goblet.metrics import Metrics, status_class
 from goblet.observe.access import AccessLog, AccessRecord
+from goblet.observe.metrics import Metrics, status_class
 from goblet.policy.flows import FlowState, Outcome
 from goblet.policy.outcomes import Ending, ending
 

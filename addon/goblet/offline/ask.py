@@ -33,9 +33,8 @@ from goblet.offline.forward import Forwarder, UpstreamAnswer, UpstreamUnreachabl
 from goblet.offline.state import UpstreamState
 from goblet.protocol import pktline, refs
 from goblet.protocol.errors import ProtocolError
+from goblet.protocol.routes import ADVERTISEMENT_TYPE, RESULT_TYPE
 
-ADVERTISEMENT_TYPE = "application/x-git-upload-pack-advertisement"
-RESULT_TYPE = "application/x-git-upload-pack-result"
 USER_AGENT = "git/goblet"
 INFO_REFS = "/info/refs?service=git-upload-pack"
 DENIALS = (401, 403, 404)

@@ -27,11 +27,11 @@ from goblet.auth.credentials import ANONYMOUS
 from goblet.auth.verdicts import RefView
 from goblet.cache.store import RepoStore
 from goblet.decide import FetchDecider
-from goblet.offline.ask import ADVERTISEMENT_TYPE, RESULT_TYPE
 from goblet.policy import bodies
 from goblet.policy.flows import FlowState, Kind, Outcome
 from goblet.protocol import refs
 from goblet.protocol.errors import ProtocolError
+from goblet.protocol.routes import ADVERTISEMENT_TYPE, RESULT_TYPE
 
 DENIALS = (401, 403, 404)
 

@@ -25,7 +25,7 @@ from goblet.auth.credentials import TenantKeyer, credential_from_headers
 from goblet.auth.partition import partition, proxy_logins_verified
 from goblet.cache.store import RepoStore, canonical_url
 from goblet.decide import FetchDecider, Route
-from goblet.metrics import Metrics
+from goblet.observe.metrics import Metrics
 from goblet.offline.ask import UpstreamAsker
 from goblet.offline.forward import UpstreamAnswer, UpstreamUnreachable
 from goblet.options import Settings
@@ -34,7 +34,8 @@ from goblet.policy.flows import FlowState, Kind, Outcome
 from goblet.policy.requests import Classified
 from goblet.protocol import pktline, request
 from goblet.protocol.errors import ProtocolError
-from goblet.serve.plans import RESULT_TYPE, ServePlan, clean_git_protocol
+from goblet.protocol.routes import RESULT_TYPE
+from goblet.serve.plans import ServePlan, clean_git_protocol
 
 
 @dataclass(frozen=True, slots=True)

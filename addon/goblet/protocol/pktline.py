@@ -184,11 +184,3 @@ def error_packet(message: str) -> bytes:
     clean = "".join(c if c.isprintable() else " " for c in message).strip()
     data = b"ERR " + clean.encode("utf-8")[: MAX_PAYLOAD - 8] + b"\n"
     return encode_data(data)
-
-
-def iter_lines(pkts: Iterable[Pkt]) -> Iterator[bytes]:
-    """The text lines of the data packets, stopping at the first special packet."""
-    for p in pkts:
-        if p.kind is not PktKind.DATA:
-            return
-        yield p.line

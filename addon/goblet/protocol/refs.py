@@ -33,7 +33,6 @@ from goblet.protocol.errors import ProtocolError, excerpt
 from goblet.protocol.pktline import Pkt, PktKind
 
 _OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-ZERO_OID = "0" * 40
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,7 +106,6 @@ class OtherCommand:
 
 
 V2Request = LsRefsRequest | FetchRequest | OtherCommand | ProbeRequest
-UploadPackRequest = V2Request
 
 
 def _oid(value: bytes, what: bytes, unservable: list[str]) -> str | None:

@@ -27,6 +27,10 @@ from goblet.protocol.errors import ProtocolError, excerpt
 
 MAX_REPO_PATH = 1024
 
+# The Content-Types of upload-pack's two answers (gitprotocol-http(5)).
+ADVERTISEMENT_TYPE = "application/x-git-upload-pack-advertisement"  # GET info/refs
+RESULT_TYPE = "application/x-git-upload-pack-result"  # POST git-upload-pack
+
 _INFO_REFS = "/info/refs"
 _UPLOAD_PACK = "/git-upload-pack"
 _RECEIVE_PACK = "/git-receive-pack"

@@ -31,10 +31,11 @@ from typing import BinaryIO
 
 import h11
 
-from goblet.cache.gitrun import READ_CHUNK, GitRunner, kill_and_reap
+from goblet.git.runner import READ_CHUNK, GitRunner, kill_and_reap
 from goblet.protocol.pktline import error_packet
 from goblet.protocol.refs import HeadSymrefDropper
 from goblet.protocol.sideband import NoticeInserter
+from goblet.serve.h11loop import incoming_requests
 from goblet.serve.packcache import PackCache, Production, Role
 from goblet.serve.plans import TOKEN_HEADER, PlanRegistry, ServePlan
 
@@ -87,38 +88,20 @@ class ServeBackend:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
         try:
-            while True:
-                event = await self._next_event(conn, reader)
-                if not isinstance(event, h11.Request):
-                    break
-                token = _header(event, TOKEN_HEADER.encode())
-                while not isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                    event = await self._next_event(conn, reader)
-                if isinstance(event, h11.ConnectionClosed):
-                    break
-                plan = self.plans.take(token)
-                if plan is None:
-                    await _send_simple(conn, writer, 403, b"goblet: unknown serve token\n")
-                    keep = True
-                else:
-                    keep = await self._serve(conn, writer, plan)
-                if not keep or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    break
-                conn.start_next_cycle()
+            async with contextlib.aclosing(
+                incoming_requests(conn, reader, chunk=READ_CHUNK)
+            ) as requests:
+                async for request in requests:
+                    plan = self.plans.take(_header(request, TOKEN_HEADER.encode()))
+                    if plan is None:
+                        await _send_simple(conn, writer, 403, b"goblet: unknown serve token\n")
+                    elif not await self._serve(conn, writer, plan):
+                        break
         except (ConnectionError, h11.ProtocolError) as e:
             log.debug("backend connection ended: %s", e)
         finally:
             if not writer.transport.is_closing():
                 writer.close()
-
-    @staticmethod
-    async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> object:
-        while True:
-            event = conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            data = await reader.read(READ_CHUNK)
-            conn.receive_data(data)
 
     async def _serve(
         self, conn: h11.Connection, writer: asyncio.StreamWriter, plan: ServePlan

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from goblet.protocol.routes import ADVERTISEMENT_TYPE, RESULT_TYPE
+
 TOKEN_HEADER = "X-Goblet-Serve-Token"  # noqa: S105 (a header name)
 _GIT_PROTOCOL = re.compile(r"[A-Za-z0-9._=:-]{1,256}")
 
@@ -29,10 +31,6 @@ class ServeStats:
     complete: bool = False
     error: str | None = None
     cache_role: str = "bypass"  # pack cache: bypass, produce, follow or hit
-
-
-RESULT_TYPE = "application/x-git-upload-pack-result"
-ADVERTISEMENT_TYPE = "application/x-git-upload-pack-advertisement"
 
 
 @dataclass(frozen=True, slots=True)

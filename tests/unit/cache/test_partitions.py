@@ -7,9 +7,9 @@ import os
 import time
 from pathlib import Path
 
-from goblet.cache.gitrun import GitRunner
 from goblet.cache.partitions import PartitionLimiter, excess
 from goblet.cache.store import ACCESS_FILE, CacheRepo, RepoInfo, RepoStore
+from goblet.git.runner import GitRunner
 
 URL = "https://h/r.git"
 

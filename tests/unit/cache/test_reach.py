@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from goblet.cache.gitrun import GitRunner
 from goblet.cache.reach import existing, unreachable
+from goblet.git.runner import GitRunner
 
 from tests.support.repos import add_commit, git, make_bare_repo
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from goblet.cache import recovery
 from goblet.cache.evict import Evictor
-from goblet.cache.gitrun import GitRunner
 from goblet.cache.lifecycle import Lifecycle
 from goblet.cache.locks import RepoLocks, WorkClaim, claim_fresh, names_file
 from goblet.cache.maintenance import Maintainer
 from goblet.cache.recovery import clean_residue, remove_tree, sweep_abandoned
 from goblet.cache.store import RepoStore
+from goblet.git.runner import GitRunner
 from goblet.serve.packcache import PackCache
 
 PACK = "pack-" + "1" * 40

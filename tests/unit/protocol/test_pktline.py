@@ -215,12 +215,6 @@ def test_encode_line_adds_lf_and_utf8() -> None:
     assert pktline.encode_line("é") == b"0007\xc3\xa9\n"
 
 
-def test_iter_lines_stops_at_first_special_packet() -> None:
-    pkts = pktline.decode(b"0006a\n0005b0001000cc-after\n0000")
-    assert list(pktline.iter_lines(pkts)) == [b"a", b"b"]
-    assert list(pktline.iter_lines([])) == []
-
-
 @pytest.mark.parametrize(
     ("message", "expected_line"),
     [

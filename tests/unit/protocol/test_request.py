@@ -1,4 +1,5 @@
-"""upload-pack request bodies → typed requests; what the cache may answer (``unservable``).
+"""upload-pack request bodies → typed requests; what the cache may answer (``unservable``);
+what decides an answer for the pack cache (``cache_identity``).
 
 Real bodies come from the ``git_wire`` fixture (git 2.39 talking to git http-backend);
 the literal tables below reach every branch, and each valid body is also fed byte by
@@ -20,6 +21,8 @@ from goblet.protocol.request import (
     OtherCommand,
     ProbeRequest,
 )
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 if TYPE_CHECKING:
     from tests.unit.conftest import GitWire
@@ -469,3 +472,108 @@ def test_real_git_v0_sha256_request_is_unservable_not_malformed(git_wire: GitWir
     assert b"object-format" not in exchange.body
     assert request.parse_v0(exchange.body) == fetch(
         wants=(), done=True, unservable=("sha256 object id",), version=0)
+
+
+# -- cache_identity: what decides an answer, for the pack cache --------------------------
+#
+# The spec: two requests share an identity exactly when they are the same request once
+# the ``agent=`` and ``session-id=`` capabilities are set aside (in v2 capability lines
+# and on a v0 first want line); every other line, its order and every special packet
+# count. A body that is not whole pkt-lines has none.
+
+IDENTITY_SESSIONS = [("v2-clone", 1), ("v2-shallow", 1), ("v2-filter", 1),
+                     ("v2-incremental", 1), ("v0-clone", 0), ("v0-shallow", 0),
+                     ("v0-shallow", 1), ("v0-incremental", 0)]
+
+
+def other_client(body_: bytes) -> bytes:
+    """The same request from another git: other agent, and a session id."""
+    pkts = []
+    for p in pktline.decode(body_):
+        payload = p.payload.replace(b"agent=git/2.39.5", b"agent=git/2.47.1-custom")
+        if payload.startswith(b"agent="):
+            pkts.append(Pkt(PktKind.DATA, b"session-id=a1b2c3"))
+        pkts.append(Pkt(p.kind, payload))
+    return pktline.encode(pkts)
+
+
+@pytest.mark.parametrize(("session", "index"), IDENTITY_SESSIONS,
+                         ids=[f"{s}-{i}" for s, i in IDENTITY_SESSIONS])
+def test_the_same_request_from_another_client_has_the_same_identity(
+    git_wire: GitWire, session: str, index: int
+) -> None:
+    sent = git_wire.posts(session)[index].body
+    assert b"agent=git/2.39.5" in sent
+    again = other_client(sent)
+    assert again != sent
+    identity = request.cache_identity(sent)
+    assert identity is not None and b"agent=" not in identity
+    assert request.cache_identity(again) == identity
+    assert request.cache_identity(pktline.encode(bytewise_pkts(sent))) == identity
+
+
+def test_different_real_requests_have_different_identities(git_wire: GitWire) -> None:
+    bodies = {git_wire.posts(s)[i].body for s, i in IDENTITY_SESSIONS}
+    assert len({request.cache_identity(b) for b in bodies}) == len(bodies)
+
+
+@pytest.mark.parametrize(("session", "index"), IDENTITY_SESSIONS[:1] + IDENTITY_SESSIONS[4:5],
+                         ids=["v2", "v0"])
+def test_trailing_data_or_a_cut_never_passes_for_the_whole(git_wire: GitWire, session: str,
+                                                           index: int) -> None:
+    sent = git_wire.posts(session)[index].body
+    identity = request.cache_identity(sent)
+    assert request.cache_identity(sent + b"garbage") is None
+    assert request.cache_identity(sent + b"00") is None
+    assert request.cache_identity(sent + b"0000") not in (None, identity)  # another request
+    for cut in range(len(sent)):
+        assert request.cache_identity(sent[:cut]) != identity
+
+
+def test_v0_capabilities_other_than_agent_and_session_count() -> None:
+    def first_want(caps: bytes) -> bytes | None:
+        return request.cache_identity(body(W0 + b" " + caps + b"\n", FLUSH_PKT,
+                                           b"done\n"))
+
+    base = first_want(b"side-band-64k ofs-delta agent=git/2.39.5")
+    assert base == first_want(b"side-band-64k ofs-delta session-id=x agent=git/9")
+    assert base == first_want(b"side-band-64k  ofs-delta agent=a")  # blank caps are no caps
+    assert base != first_want(b"ofs-delta side-band-64k agent=git/2.39.5")  # order counts
+    assert base != first_want(b"side-band ofs-delta agent=git/2.39.5")
+    only_volatile = first_want(b"agent=git/2.39.5 session-id=s")
+    assert only_volatile == request.cache_identity(body(W0 + b"\n", FLUSH_PKT, b"done\n"))
+
+
+W0 = b"want " + A.encode()
+TEXT_LINE = st.binary(max_size=30).filter(lambda b: b"\n" not in b and b"\0" not in b)
+VOLATILE = st.sampled_from([b"agent=", b"session-id="]).flatmap(
+    lambda key: TEXT_LINE.map(lambda value: key + value))
+SPECIAL = st.sampled_from([FLUSH_PKT, DELIM_PKT, RESPONSE_END_PKT])
+
+
+@given(lines=st.lists(st.one_of(TEXT_LINE, SPECIAL), max_size=12),
+       volatile=st.lists(st.tuples(st.integers(0, 12), VOLATILE), max_size=4),
+       lf=st.booleans())
+def test_adding_volatile_capabilities_never_changes_the_identity(
+    lines: list[bytes | Pkt], volatile: list[tuple[int, bytes]], lf: bool
+) -> None:
+    kept = [line for line in lines if not isinstance(line, bytes)
+            or not line.startswith((b"agent=", b"session-id="))]
+    plain = body(*kept)
+    noisy = list(kept)
+    for at, line in volatile:
+        noisy.insert(min(at, len(noisy)), line + (b"\n" if lf else b""))
+    assert request.cache_identity(body(*noisy)) == request.cache_identity(plain) is not None
+
+
+@given(lines=st.lists(st.one_of(TEXT_LINE, SPECIAL), min_size=1, max_size=12),
+       at=st.integers(0, 11), other=st.one_of(TEXT_LINE, SPECIAL))
+def test_changing_any_other_line_changes_the_identity(lines: list[bytes | Pkt], at: int,
+                                                      other: bytes | Pkt) -> None:
+    def volatile(line: bytes | Pkt) -> bool:
+        return isinstance(line, bytes) and (line.startswith((b"agent=", b"session-id="))
+                                            or line.startswith(b"want "))
+    at %= len(lines)
+    assume(not volatile(lines[at]) and not volatile(other) and other != lines[at])
+    changed = [*lines[:at], other, *lines[at + 1:]]
+    assert request.cache_identity(body(*changed)) != request.cache_identity(body(*lines))

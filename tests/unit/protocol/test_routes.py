@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
 import pytest
 from goblet.protocol import routes
 from goblet.protocol.errors import ProtocolError
 from goblet.protocol.routes import MAX_REPO_PATH, Kind, Route
+
+if TYPE_CHECKING:
+    from tests.unit.conftest import GitWire
 
 UP = "?service=git-upload-pack"
 RECV = "?service=git-receive-pack"
@@ -191,3 +198,28 @@ def test_non_utf8_path_from_mitmproxy_is_a_protocol_error(path: str) -> None:
     with pytest.raises(ProtocolError, match="invalid character") as err:
         routes.classify(method, path)
     assert err.value.reason.isprintable()
+
+
+# -- the answers' Content-Types --------------------------------------------------------
+
+
+def answer_type(wire: GitWire, method: str, path: str, body: bytes | None = None) -> str:
+    """The Content-Type real ``git http-backend`` answers ``method path`` with."""
+    parts = urlsplit(wire.base_url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers={
+            "Git-Protocol": "version=2", "Content-Type": "application/x-git-upload-pack-request"})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200
+        return resp.getheader("Content-Type", "")
+    finally:
+        conn.close()
+
+
+def test_the_answer_types_are_the_ones_git_sends(git_wire: GitWire) -> None:
+    assert answer_type(git_wire, "GET", "/plain.git/info/refs" + UP) == routes.ADVERTISEMENT_TYPE
+    ls_refs = b"0014command=ls-refs\n0000"
+    assert answer_type(git_wire, "POST", "/plain.git/git-upload-pack", ls_refs) == \
+        routes.RESULT_TYPE

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
-from goblet.cache.gitrun import GitRunner
+from goblet.git.runner import GitRunner
 from goblet.protocol import pktline
 from goblet.serve.backend import ServeBackend
 from goblet.serve.packcache import PackCache, Production, Role

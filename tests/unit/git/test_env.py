@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 from goblet.auth.credentials import credential_from_headers
 from goblet.cache.fill import header_config
-from goblet.cache.gitenv import HARDENING, hardened_env
+from goblet.git.env import HARDENING, hardened_env
 
 if TYPE_CHECKING:
     from tests.unit.conftest import GitWire

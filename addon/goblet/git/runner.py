@@ -2,7 +2,7 @@
 
 Tests may substitute a GitRunner; production code never calls subprocess
 directly. Arguments are always a list (never a shell string) and never carry
-a credential: those travel in the environment built by ``gitenv``.
+a credential: those travel in the environment built by ``goblet.git.env``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from goblet.cache.gitenv import hardened_env
+from goblet.git.env import hardened_env
 
 log = logging.getLogger(__name__)
 

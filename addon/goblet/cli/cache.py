@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from goblet.cache.gitrun import GitRunner
 from goblet.cache.locks import RepoLocks
 from goblet.cache.store import RepoInfo, RepoStore
+from goblet.git.runner import GitRunner
 
 _KEY_PREFIX = re.compile(r"[0-9a-f]{4,64}")
 

@@ -1,6 +1,6 @@
 """The dashboard, the alert rules and the docs name only metrics goblet exposes.
 
-``goblet.metrics.Metrics`` is the single source of truth for metric names. This
+``goblet.observe.metrics.Metrics`` is the single source of truth for metric names. This
 module reads every PromQL expression in the Grafana dashboard, in the Prometheus
 alert rules and in the docs, and checks metric names, label names, label values
 and function names against it; and, the other way round, that every goblet
@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from goblet import metrics as gm
 from goblet import options as gopts
+from goblet.observe import metrics as gm
 from ruamel.yaml import YAML
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DASHBOARD = ROOT / "loadtest/grafana/dashboards/goblet.json"
 ALERTS = ROOT / "loadtest/prometheus/alerts.yml"
 PROMETHEUS_CONFIG = ROOT / "loadtest/prometheus/prometheus.yml"
@@ -130,7 +130,7 @@ class Family:
 
 
 def registry_families() -> dict[str, Family]:
-    """Family name → Family, for a freshly built ``goblet.metrics.Metrics``."""
+    """Family name → Family, for a freshly built ``goblet.observe.metrics.Metrics``."""
     m = gm.Metrics()
     # Label names of families without samples yet (not pre-initialised) are only on
     # the wrapper objects; prometheus_client keeps them in ``_labelnames``.

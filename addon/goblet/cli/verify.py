@@ -13,25 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from pathlib import Path
 from typing import Any
 
 from goblet.cache.evict import Evictor
-from goblet.cache.gitrun import GitRunner, GitTimeout
-from goblet.cache.lifecycle import Lifecycle
+from goblet.cache.lifecycle import Lifecycle, fsck_error
 from goblet.cache.locks import LockTimeout
 from goblet.cache.maintenance import Maintainer
-from goblet.cli_cache import Cache, print_json, repo_json
-
-
-async def _fsck(git: GitRunner, path: Path) -> str | None:
-    """None if ``git fsck`` finds the repo sound, else its most telling line."""
-    try:
-        res = await git.run(["fsck", "--no-dangling", "--no-progress"], git_dir=path,
-                            timeout=3600)
-    except GitTimeout as e:
-        return str(e)
-    return None if res.ok else res.stderr_line()
+from goblet.cli.cache import Cache, print_json, repo_json
 
 
 async def _verify(cache: Cache, args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
@@ -45,7 +33,7 @@ async def _verify(cache: Cache, args: argparse.Namespace) -> tuple[list[dict[str
     lifecycle = Lifecycle(cache.store, cache.locks, cache.git, evictor,
                           Maintainer(cache.store, cache.locks, cache.git))
     for info in infos:
-        error = first = await _fsck(cache.git, info.path)
+        error = first = await fsck_error(cache.git, info.path)
         quarantined = False
         if first is not None:
             # Confirm under the writer lock: a repack or fill replacing packs
@@ -54,7 +42,7 @@ async def _verify(cache: Cache, args: argparse.Namespace) -> tuple[list[dict[str
                 async with cache.locks.writer(info.key, timeout=args.wait):
                     if not info.path.exists():
                         continue  # evicted meanwhile: nothing to verify
-                    error = await _fsck(cache.git, info.path)
+                    error = await fsck_error(cache.git, info.path)
                     if error is not None and args.quarantine:
                         lifecycle.quarantine(info)
                         quarantined = True

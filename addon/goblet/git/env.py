@@ -1,4 +1,6 @@
-"""The hardened environment every git child process runs in (DESIGN §4.4).
+"""The hardened environment every git child process runs in.
+
+This is rule 5 of docs/architecture.md ("Git runs hardened") in code.
 
 The environment is built from nothing rather than filtered from ours, so no
 proxy variable, ``GIT_*`` override, askpass helper or system/global config

@@ -1,15 +1,24 @@
-"""The pure parts of a fill: classifying git's failure, and the credential's git config."""
+"""A fill's parts: classifying git's failure, the credential's git config, upstream's HEAD."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import subprocess
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from goblet.auth.credentials import Credential, credential_from_headers
-from goblet.cache.fill import FailureKind, classify_failure, header_config
-from goblet.cache.gitenv import hardened_env
-from goblet.cache.gitrun import GitResult
+from goblet.cache.fill import FailureKind, Filler, classify_failure, header_config
+from goblet.cache.locks import RepoLocks
+from goblet.cache.store import RepoStore
+from goblet.git.env import hardened_env
+from goblet.git.runner import GitResult, GitRunner
+
+if TYPE_CHECKING:
+    from tests.unit.conftest import GitWire
 
 U = "https://github.com/org/repo.git/"
 
@@ -190,3 +199,52 @@ def test_header_config_is_always_a_valid_git_environment(tmp_path: Path) -> None
     cred = credential_from_headers([("Authorization", "Bearer a\x00b")])
     env = hardened_env(home=str(tmp_path), config=header_config("https://github.com/r", cred))
     subprocess.run(["git", "version"], env=env, capture_output=True, check=True)
+
+
+# ------------------------------------------------------------------ upstream's HEAD
+
+
+def loopback_filler(tmp_path: Path) -> Filler:
+    """A Filler whose git may speak plain http (the recorded upstream is on loopback)."""
+    git = GitRunner(home=tmp_path / "home", base_config=[("protocol.http.allow", "always")])
+    store = RepoStore(tmp_path / "cache", git)
+    store.prepare()
+    return Filler(store, RepoLocks(store.lock_dir), git, stall_timeout=5)
+
+
+def test_upstream_head_names_what_upstreams_head_points_to(git_wire: GitWire,
+                                                            tmp_path: Path) -> None:
+    filler = loopback_filler(tmp_path)
+    repo = filler.store.repo_for(git_wire.url("plain.git"))
+    assert asyncio.run(filler.upstream_head(repo, Credential())) == "refs/heads/main"
+
+
+def test_upstream_head_asks_with_the_credential(git_wire: GitWire, tmp_path: Path) -> None:
+    filler = loopback_filler(tmp_path)
+    repo = filler.store.repo_for(git_wire.url("plain.git"))
+    assert git_wire.server is not None
+    start = len(git_wire.server.log)
+    cred = credential_from_headers([("Authorization", "Bearer head-token")])
+    assert asyncio.run(filler.upstream_head(repo, cred)) == "refs/heads/main"
+    sent = [dict((k.lower(), v) for k, v in e.headers) for e in git_wire.server.log[start:]]
+    assert sent and all(h.get("authorization") == "Bearer head-token" for h in sent)
+
+
+@pytest.mark.parametrize("url", ["{base}/missing.git", "http://127.0.0.1:1/r.git"],
+                         ids=["no-such-repo", "nobody-listening"])
+def test_upstream_head_is_none_when_upstream_cannot_say(git_wire: GitWire, tmp_path: Path,
+                                                       url: str) -> None:
+    filler = loopback_filler(tmp_path)
+    repo = filler.store.repo_for(url.format(base=git_wire.base_url))
+    assert asyncio.run(filler.upstream_head(repo, Credential(), timeout=30)) is None
+
+
+def test_upstream_head_gives_up_at_its_timeout(tmp_path: Path) -> None:
+    filler = loopback_filler(tmp_path)
+    with socket.socket() as silent:  # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        repo = filler.store.repo_for(f"http://127.0.0.1:{silent.getsockname()[1]}/r.git")
+        started = time.monotonic()
+        assert asyncio.run(filler.upstream_head(repo, Credential(), timeout=0.5)) is None
+        assert 0.4 < time.monotonic() - started < 10  # waited for the deadline, then no longer

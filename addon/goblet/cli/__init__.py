@@ -28,13 +28,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from goblet.cache.evict import Evictor, cache_bytes
+from goblet.cache.evict import Eviction, Evictor, cache_bytes
 from goblet.cache.store import CacheRepo, RepoInfo
 from goblet.cache.usage import free_bytes, tree_bytes
-from goblet.cli_cache import Cache, UsageError, entries, print_json, repo_json
-from goblet.cli_format import human_age, human_bytes, table
-from goblet.cli_verify import cmd_verify
-from goblet.cli_warm import run_warm
+from goblet.cli.cache import Cache, UsageError, entries, print_json, repo_json
+from goblet.cli.format import human_age, human_bytes, table
+from goblet.cli.verify import cmd_verify
+from goblet.cli.warm import run_warm
 from goblet.options import parse_seconds, parse_size
 
 
@@ -103,34 +103,36 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evicted_json(e: Eviction) -> dict[str, Any]:
+    return {"url": e.url or None, "key": e.key, "partition": e.partition, "bytes": e.bytes,
+            "idle_seconds": round(e.idle_seconds, 1)}
+
+
+def _not_evicted_json(info: RepoInfo) -> dict[str, Any]:
+    why = "its writer lock is busy" if info.path.exists() else "it is gone already"
+    return {**repo_json(info), "error": f"not evicted: {why}"}
+
+
 async def _evict(cache: Cache, args: argparse.Namespace) -> dict[str, Any]:
     evictor = Evictor(cache.store, cache.locks, max_bytes=0, min_free_bytes=0)
-    evicted: list[dict[str, Any]] = []
+    evicted: list[Eviction] = []
+    passed: list[RepoInfo] = []
     failed: list[dict[str, Any]] = []
-
-    async def one(info: RepoInfo) -> int:
-        size = tree_bytes(info.path)
-        if await evictor.evict(info, size, lock_timeout=args.wait):
-            evicted.append({**repo_json(info), "bytes": size,
-                            "idle_seconds": round(time.time() - info.last_access, 1)})
-            return size
-        why = "its writer lock is busy" if info.path.exists() else "it is gone already"
-        failed.append({**repo_json(info), "error": f"not evicted: {why}"})
-        return 0
-
     answers: list[Path] = []
     if args.lru_to is None:
         infos, unknown = cache.select(args.repos)
         failed += [{"url": spec, "key": None, "partition": None,
                     "error": "no cached repo matches"} for spec in unknown]
         for info in infos:
-            await one(info)
+            eviction = await evictor.evict(info, tree_bytes(info.path), lock_timeout=args.wait)
+            if eviction is None:
+                passed.append(info)
+            else:
+                evicted.append(eviction)
     else:
-        current = cache_bytes(cache.store)
-        for info in sorted(cache.repos(), key=lambda r: r.last_access):
-            if current <= args.lru_to:
-                break
-            current -= await one(info)
+        # The proxy's own LRU pass, with the bytes above the target to free.
+        over = cache_bytes(cache.store) - args.lru_to
+        evicted, passed = await evictor.evict_lru(over, lock_timeout=args.wait)
         # Still over: stored answers, oldest first (a replay in progress keeps
         # its open file; a proxy that misses one runs upload-pack instead).
         current = cache_bytes(cache.store)
@@ -142,8 +144,10 @@ async def _evict(cache: Cache, args: argparse.Namespace) -> dict[str, Any]:
             path.unlink(missing_ok=True)
             answers.append(path)
     purged = await evictor.purge_trash()
-    return {"evicted": evicted, "failed": failed, "pack_cache_answers_removed": len(answers),
-            "trash_purged": purged, "bytes_after": cache_bytes(cache.store)}
+    return {"evicted": [_evicted_json(e) for e in evicted],
+            "failed": failed + [_not_evicted_json(i) for i in passed],
+            "pack_cache_answers_removed": len(answers), "trash_purged": purged,
+            "bytes_after": cache_bytes(cache.store)}
 
 
 def cmd_evict(args: argparse.Namespace) -> int:
@@ -263,7 +267,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the CLI's promise: one line, never a traceback
         print(f"goblet: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

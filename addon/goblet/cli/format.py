@@ -1,6 +1,6 @@
 """Pure helpers of the ``goblet`` CLI: sizes, ages, tables and git's progress lines.
 
-Nothing here does IO; the CLI (``goblet.cli``) prints what these return.
+Nothing here does IO; the commands print what these return.
 
 git's progress lines (``progress.c``, ``sideband.c``), as they reach a fill's
 stderr with ``LANG=C``::
@@ -34,7 +34,7 @@ _PROGRESS = re.compile(
 
 
 @dataclass(frozen=True, slots=True)
-class Progress:
+class ProgressLine:
     """One parsed progress line of git."""
 
     phase: str  # e.g. "Receiving objects", "Resolving deltas", "Counting objects"
@@ -53,7 +53,7 @@ def _bytes(number: str | None, unit: str | None) -> int | None:
     return int(float(number) * _UNITS[unit])
 
 
-def parse_progress(line: str) -> Progress | None:
+def parse_progress(line: str) -> ProgressLine | None:
     """Parse one of git's progress lines; None for any other line (pure, never raises)."""
     text = line.replace("\x1b[K", "").strip()
     m = _PROGRESS.fullmatch(text)
@@ -63,7 +63,7 @@ def parse_progress(line: str) -> Progress | None:
         done, total, percent = int(m["count"]), None, None
     else:
         done, total, percent = int(m["done"]), int(m["total"]), int(m["percent"])
-    return Progress(
+    return ProgressLine(
         phase=m["phase"].strip(), remote=m["remote"] is not None, done=done, total=total,
         percent=percent, bytes=_bytes(m["size"], m["unit"]), rate=_bytes(m["rate"], m["rate_unit"]),
         finished=m["finished"] is not None,
@@ -103,7 +103,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def describe(p: Progress) -> str:
+def describe(p: ProgressLine) -> str:
     """One short status text for a progress line: ``receiving 45% 1234/2742 objects …``."""
     words = p.phase.lower().split()
     verb, noun = (words[0], " ".join(words[1:]) or "objects") if words else ("working", "")

@@ -17,7 +17,6 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 KINDS = ("info_refs", "ls_refs", "fetch", "push", "other")
 OUTCOMES = ("cache", "upstream", "denied", "offline", "error")
@@ -32,7 +31,9 @@ BODY_RESULTS = ("inspected", "too_large", "not_decoded", "busy", "invalid", "tim
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
                     600, 1200, 1800)
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The Content-Type of what ``Metrics.render`` writes: Prometheus's text format 0.0.4.
+# (prometheus_client's CONTENT_TYPE_LATEST names a newer version in recent releases.)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Metrics:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -25,14 +23,11 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 from goblet.auth.credentials import Credential
-from goblet.cache.fill import Filler, FillError, header_config
-from goblet.cache.gitrun import GitRunner, GitTimeout
+from goblet.cache.fill import Filler, FillError
 from goblet.cache.store import CacheRepo, canonical_url
-from goblet.cache.warm import ENV_HEADER, parse_header_lines, parse_repo_url
-from goblet.cli_cache import Cache, UsageError
-from goblet.cli_format import ProgressView, human_bytes
-
-_HEAD_REF = re.compile(r"refs/heads/[A-Za-z0-9._/+-]{1,200}")
+from goblet.cache.warm import ENV_HEADER, parse_repo_url, read_credential
+from goblet.cli.cache import Cache, UsageError
+from goblet.cli.format import ProgressView, human_bytes
 
 
 def warm_urls(urls: list[str]) -> list[str]:
@@ -58,35 +53,17 @@ def warm_urls(urls: list[str]) -> list[str]:
 
 
 def warm_credential(credentials_file: str | None) -> Credential:
-    """Header lines from the file, else from ``$GOBLET_WARM_HEADER``, else anonymous.
+    """The warming credential as the proxy's warming reads it (``read_credential``).
 
     The file is read here, once; its content is never printed.
     """
-    if credentials_file is not None:
-        try:
-            with open(credentials_file, encoding="utf-8") as f:
-                return parse_header_lines(f.read().splitlines())
-        except OSError as e:
-            raise UsageError(f"cannot read --credentials-file: {e.strerror}") from None
-    return parse_header_lines(os.environ.get(ENV_HEADER, "").splitlines())
-
-
-async def remote_head(git: GitRunner, url: str, credential: Credential,
-                      timeout: float) -> str | None:
-    """The branch upstream's HEAD names (``ls-remote --symref``), or None."""
     try:
-        res = await git.run(["ls-remote", "--symref", url, "HEAD"],
-                            config=header_config(url, credential), timeout=timeout)
-    except (GitTimeout, OSError):
-        return None
-    for line in res.stdout.decode("utf-8", "replace").splitlines() if res.ok else []:
-        target, _, name = line.removeprefix("ref: ").partition("\t")
-        if line.startswith("ref: ") and name == "HEAD" and _HEAD_REF.fullmatch(target):
-            return target
-    return None
+        return read_credential(None if credentials_file is None else Path(credentials_file))
+    except OSError as e:
+        raise UsageError(f"cannot read --credentials-file: {e.strerror}") from None
 
 
-async def _warm_one(cache: Cache, filler: Filler, repo: CacheRepo, credential: Credential, *,
+async def _warm_one(filler: Filler, repo: CacheRepo, credential: Credential, *,
                     view: ProgressView, out: TextIO | None, timeout: float) -> dict[str, Any]:
     started = time.monotonic()
     printed = False
@@ -99,7 +76,7 @@ async def _warm_one(cache: Cache, filler: Filler, repo: CacheRepo, credential: C
             out.flush()
             printed = True
 
-    head = await remote_head(cache.git, repo.url, credential, timeout)
+    head = await filler.upstream_head(repo, credential, timeout=timeout)
     result: dict[str, Any] = {"url": repo.url, "key": repo.key, "ok": False, "created": None,
                               "refs": None, "objects": 0, "bytes": None, "seconds": 0.0,
                               "error": None}
@@ -126,7 +103,7 @@ async def _warm(cache: Cache, repos: list[CacheRepo], credential: Credential,
             print(f"{label} {repo.url}", flush=True)
         view = ProgressView(label, tty=tty)
         out = None if args.json else sys.stdout
-        result = await _warm_one(cache, filler, repo, credential, view=view, out=out,
+        result = await _warm_one(filler, repo, credential, view=view, out=out,
                                  timeout=args.timeout)
         failed += not result["ok"]
         if args.json:

@@ -1,0 +1,86 @@
+"""GitRunner with real git: results, git's own error line, progress lines as they come,
+and a deadline that kills the child and its process group."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from goblet.git.runner import GitResult, GitRunner, GitTimeout
+
+from tests.support.repos import make_bare_repo
+
+if TYPE_CHECKING:
+    from tests.unit.conftest import GitWire
+
+
+@pytest.fixture
+def runner(tmp_path: Path) -> GitRunner:
+    (tmp_path / "home").mkdir()
+    return GitRunner(home=tmp_path / "home", base_config=[("protocol.http.allow", "always")])
+
+
+def test_a_run_returns_status_and_output(runner: GitRunner, tmp_path: Path) -> None:
+    make_bare_repo(tmp_path / "r.git", commits=2)
+    res = asyncio.run(runner.run(["rev-parse", "--is-bare-repository"],
+                                 git_dir=tmp_path / "r.git"))
+    assert res.ok and res.stdout == b"true\n"
+    oid = asyncio.run(runner.run(["hash-object", "--stdin"], stdin=b"x")).stdout.strip()
+    assert oid == b"c1b0730e0133447badcfd47fd144e254807b06e1"
+
+
+def test_a_failure_is_named_by_gits_last_error_line(runner: GitRunner, tmp_path: Path) -> None:
+    make_bare_repo(tmp_path / "r.git", commits=1)
+    res = asyncio.run(runner.run(["rev-parse", "--verify", "nope"], git_dir=tmp_path / "r.git"))
+    assert not res.ok
+    assert res.stderr_line() == "fatal: Needed a single revision"
+
+
+@pytest.mark.parametrize(("stderr", "line"), [
+    (b"warning: x\nerror: first\nhint: y\nfatal: last\nmore\n", "fatal: last"),
+    (b"remote: counting\r\nsomething odd\n\n", "something odd"),
+    (b"", "git exited with status 128"),
+    (b"fatal: " + b"x" * 500, "fatal: " + "x" * 293),
+])
+def test_stderr_line(stderr: bytes, line: str) -> None:
+    assert GitResult(128, b"", stderr).stderr_line() == line
+
+
+def test_progress_lines_arrive_one_by_one(runner: GitRunner, git_wire: GitWire,
+                                          tmp_path: Path) -> None:
+    lines: list[str] = []
+    res = asyncio.run(runner.run(["clone", "--bare", "--progress", git_wire.url("plain.git"),
+                                  str(tmp_path / "c.git")], on_stderr=lines.append))
+    assert res.ok, res.stderr
+    receiving = [ln for ln in lines if ln.startswith("Receiving objects:")]
+    assert receiving and receiving[-1].endswith("done.")
+    assert all("\r" not in ln and "\n" not in ln and ln.strip() for ln in lines)
+    assert b"Receiving objects" in res.stderr  # and kept for stderr_line
+
+
+def test_a_child_past_its_deadline_is_killed(runner: GitRunner) -> None:
+    with socket.socket() as silent:  # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/r.git"
+        started = time.monotonic()
+        with pytest.raises(GitTimeout, match="git ls-remote timed out"):
+            asyncio.run(runner.run(["ls-remote", url], timeout=0.5))
+        assert time.monotonic() - started < 10
+        assert running_with(url) == []  # git and its git-remote-http: the group is gone
+
+
+def running_with(text: str) -> list[int]:
+    """The pids whose command line mentions ``text``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids

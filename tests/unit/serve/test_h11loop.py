@@ -1,0 +1,124 @@
+"""incoming_requests: the request loop both loopback servers share, fed bytes directly.
+
+Each request is handed over after its body; bytes may arrive whole, one at a
+time or pipelined; the next request is read only once the previous answer was
+sent and both sides may go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import h11
+import pytest
+from goblet.serve.h11loop import incoming_requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+GET = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+POST = b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+CHUNKED = (b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"3\r\nabc\r\n0\r\n\r\n")
+CLOSE = b"GET /d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def answer(conn: h11.Connection) -> bytes:
+    out = conn.send(h11.Response(status_code=200, headers=[("Content-Length", "2")])) or b""
+    out += conn.send(h11.Data(data=b"ok")) or b""
+    return out + (conn.send(h11.EndOfMessage()) or b"")
+
+
+async def served(pieces: list[bytes], *, eof: bool = True, answered: bool = True,
+                 idle_timeout: float | None = None) -> list[str]:
+    """The targets handed over when the client sends ``pieces`` (then closes)."""
+    reader = asyncio.StreamReader()
+    for piece in pieces:
+        reader.feed_data(piece)
+    if eof:
+        reader.feed_eof()
+    conn = h11.Connection(h11.SERVER)
+    targets = []
+    async with contextlib.aclosing(
+        incoming_requests(conn, reader, chunk=7, idle_timeout=idle_timeout)
+    ) as requests:
+        async for request in requests:
+            targets.append(request.target.decode())
+            if answered:
+                answer(conn)
+    return targets
+
+
+def run(pieces: list[bytes], **kw: object) -> list[str]:
+    return asyncio.run(served(pieces, **kw))  # type: ignore[arg-type]
+
+
+def test_one_request_whole() -> None:
+    assert run([GET]) == ["/a"]
+
+
+def test_keep_alive_requests_in_turn_whole_and_byte_at_a_time() -> None:
+    stream = GET + POST + CHUNKED + GET
+    assert run([stream]) == ["/a", "/b", "/c", "/a"]
+    assert run([bytes([b]) for b in stream]) == ["/a", "/b", "/c", "/a"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(1, 40), max_size=40))
+def test_any_split_of_the_stream_hands_over_the_same_requests(sizes: list[int]) -> None:
+    stream = POST + CHUNKED + GET + CLOSE
+    pieces, at = [], 0
+    for size in sizes:
+        pieces.append(stream[at:at + size])
+        at += size
+    pieces.append(stream[at:])
+    assert run([p for p in pieces if p]) == ["/b", "/c", "/a", "/d"]
+
+
+def test_a_request_is_handed_over_only_after_its_body() -> None:
+    async def scenario() -> list[str]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(POST[:-2])  # two bytes of the body still missing
+        conn = h11.Connection(h11.SERVER)
+        requests = incoming_requests(conn, reader, chunk=64)
+        waiting = asyncio.ensure_future(anext(requests))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        reader.feed_data(POST[-2:])
+        request = await asyncio.wait_for(waiting, 5)
+        await requests.aclose()
+        return [request.target.decode()]
+
+    assert asyncio.run(scenario()) == ["/b"]
+
+
+def test_connection_close_ends_after_its_answer_and_trailing_data_is_not_read() -> None:
+    assert run([CLOSE + GET]) == ["/d"]
+
+
+def test_no_next_request_unless_the_answer_was_sent() -> None:
+    assert run([GET + GET], answered=False) == ["/a"]
+
+
+def test_the_client_closing_between_requests_ends_the_loop() -> None:
+    assert run([GET, POST]) == ["/a", "/b"]
+    assert run([]) == []
+
+
+def test_a_client_cut_mid_request_is_a_protocol_error() -> None:
+    with pytest.raises(h11.RemoteProtocolError):
+        run([POST[:-1]])
+    with pytest.raises(h11.RemoteProtocolError):
+        run([GET[:-2]])
+
+
+@pytest.mark.parametrize("garbage", [b"NOT HTTP\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n",
+                                     b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n"])
+def test_malformed_requests_are_protocol_errors(garbage: bytes) -> None:
+    with pytest.raises(h11.RemoteProtocolError):
+        run([GET + garbage])
+
+
+def test_a_silent_client_times_out() -> None:
+    with pytest.raises(TimeoutError):
+        run([GET[:10]], eof=False, idle_timeout=0.05)
