@@ -8,7 +8,7 @@ which it applies to the flow; nothing here knows mitmproxy.
 - ``upload_pack``: read the body (``bodies.py``), parse it (off the event
   loop), and for a fetch ask ``decide.py``; ls-refs go upstream (in offline
   mode via ``forward``). Decoded bodies held by requests in progress share a
-  budget of four times ``goblet_max_request_bytes``; a body beyond it passes
+  budget of twice ``goblet_max_request_bytes``; a body beyond it passes
   through uninspected, and one going upstream is let go at once.
 - ``forward``: offline mode's own forwarding of a ref request, and what to
   answer when that very request finds the upstream down (``offline.py``).
@@ -177,9 +177,9 @@ class FlowPolicy:
         return Serve(plan, Outcome.OFFLINE if decision.offline else Outcome.CACHE)
 
     def _hold(self, state: FlowState, size: int) -> bool:
-        """Take ``size`` bytes of the budget of decoded bodies held at once (four times
+        """Take ``size`` bytes of the budget of decoded bodies held at once (twice
         ``goblet_max_request_bytes``); False when it is spent."""
-        if self._held + size > 4 * self.settings().max_request_bytes:
+        if self._held + size > 2 * self.settings().max_request_bytes:
             return False
         self._held += size
         state.held = size
