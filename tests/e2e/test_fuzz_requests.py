@@ -1,10 +1,18 @@
-"""Random requests through a real mitmdump to the real upstream: answered, never crashed on."""
+"""Random requests through a real mitmdump to the real upstream: answered, never crashed on.
+
+Paths and bodies, and request bodies in every Content-Encoding git or anyone might
+send (identity, gzip, deflate, br, zstd), chunked or not, whole or truncated.
+"""
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from pathlib import Path
 
+import brotli
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -49,6 +57,59 @@ def test_random_requests_are_answered_and_the_proxy_survives(
             method=method, path=path, headers=headers, body=body if method == "POST" else None,
         )
         assert resp.status < 500, (path, resp.status, resp.body[:200])
+        assert b"Traceback" not in resp.body
+        if resp.status == 400 and resp.body.startswith(b"goblet:"):
+            assert resp.body.count(b"\n") == 1
+
+    case()
+    assert proxy.proc is not None and proxy.proc.poll() is None
+    log = proxy.log_text()
+    assert "Traceback" not in log and "Addon error" not in log
+
+
+def _deflate(data: bytes) -> bytes:
+    return zlib.compress(data)
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return c.compress(data) + c.flush()
+
+
+ENCODERS = {
+    "identity": lambda b: b, "gzip": lambda b: gzip.compress(b, mtime=0), "deflate": _deflate,
+    "deflate-raw": _raw_deflate, "br": brotli.compress, "zstd": zstandard.compress,
+}
+request_bodies = st.lists(st.sampled_from([
+    rawhttp.pkt(b"command=fetch"), rawhttp.pkt(b"command=ls-refs"), b"0001", b"0000", b"0005a",
+    rawhttp.pkt("want " + "a" * 40), rawhttp.pkt("done"), rawhttp.pkt("thin-pack"),
+    rawhttp.pkt("filter blob:none"), b"zzzz",
+]), max_size=12).map(b"".join)
+
+
+def test_random_encoded_bodies_are_answered_and_the_proxy_survives(
+    repos: Repos, upstream: UpstreamServer, proxy: GobletProxy
+) -> None:
+    """Every Content-Encoding (and none), chunked or not, whole or cut short."""
+    name = repos.create(commits=2)
+
+    @settings(max_examples=150, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(request_bodies, st.sampled_from(sorted(ENCODERS)), st.booleans(),
+           st.integers(min_value=0, max_value=100))
+    def case(body: bytes, encoding: str, chunked: bool, keep_percent: int) -> None:
+        encoded = ENCODERS[encoding](body)
+        if keep_percent < 100:  # a truncated stream
+            encoded = encoded[: len(encoded) * keep_percent // 100]
+        headers = {"Content-Type": "application/x-git-upload-pack-request",
+                   "Git-Protocol": "version=2"}
+        if encoding != "identity":
+            headers["Content-Encoding"] = encoding.split("-", maxsplit=1)[0]
+        resp = rawhttp.request(
+            proxy_port=proxy.port, ca_file=proxy.ca_cert, host="127.0.0.1", port=upstream.port,
+            method="POST", path=f"/{name}/git-upload-pack", headers=headers,
+            body=iter([encoded]) if chunked else encoded)
+        assert resp.status < 500 or resp.headers.get("x-served-by") is not None, resp.status
         assert b"Traceback" not in resp.body
         if resp.status == 400 and resp.body.startswith(b"goblet:"):
             assert resp.body.count(b"\n") == 1
