@@ -1,12 +1,8 @@
 """The mitmproxy hooks: guard, ask goblet's policy, apply its answer to the flow.
 
-Every decision lives in a module without mitmproxy: which connections are
-intercepted and which requests are git requests (``policy/requests.py``),
-what to do with an upload-pack request (``policy/gate.py``, ``decide.py``),
-what an upstream answer proves (``policy/answers.py``), how a request ended
-(``policy/outcomes.py``), who may use the proxy and which requests are ours
-(``observe/exposure.py``). This module moves facts out of flows and answers
-back into them.
+Every decision lives in modules without mitmproxy (``policy/``, ``decide.py``,
+``observe/exposure.py``, ``options.py``); this one moves facts out of flows and
+answers back into them.
 """
 
 from __future__ import annotations
@@ -19,7 +15,6 @@ from collections.abc import Sequence
 
 from mitmproxy import connection, ctx, exceptions, http, tcp, tls
 from mitmproxy.proxy import server_hooks
-from mitmproxy.utils import human
 
 from goblet import options as opts
 from goblet.observe import exposure, redact
@@ -74,11 +69,7 @@ class Goblet:
             self.rt.reconfigure(settings)
         self.access.configure(settings.log_format)
         self.settings = settings
-        updates = opts.mitmproxy_updates(
-            settings, mode=getattr(o, "mode", []),
-            stream_large_bodies=human.parse_size(getattr(o, "stream_large_bodies", "0")),
-            connection_strategy=getattr(o, "connection_strategy", "lazy"))
-        if updates:
+        if updates := opts.mitmproxy_updates_for(settings, o):
             log.info("goblet sets %s", ", ".join(f"{k}={v}" for k, v in updates.items()))
             o.update(**updates)
 
@@ -88,16 +79,12 @@ class Goblet:
         assert s is not None
         for warning in exposure.startup_warnings(ctx.options, listening=self._listening()):
             log.warning("%s", warning)
-        metrics_host = s.metrics_host or getattr(ctx.options, "listen_host", "")
         try:
-            self.rt = await Runtime.start(
-                s, metrics_host, self.access,
-                ca_file=getattr(ctx.options, "ssl_verify_upstream_trusted_ca", None),
-                insecure=bool(getattr(ctx.options, "ssl_insecure", False)))
+            self.rt = await Runtime.start_for(s, ctx.options, self.access)
         except (OSError, ValueError) as e:
             log.error("goblet: cannot start with cache dir %s: %s", s.cache_dir, e)
             return
-        log.info("%s", self.rt.ready_line(metrics_host))
+        log.info("%s", self.rt.ready_line())
 
     async def done(self) -> None:
         """Stop the runtime and its children."""
@@ -239,12 +226,6 @@ class Goblet:
         if flow.response or flow.error or not flow.live or state is None or self.rt is None:
             return
         req = flow.request
-        if state.kind is Kind.ENDPOINT:
-            result = await self.rt.endpoint_answer(req.path)
-            flow.response = http.Response.make(
-                result.status, b"" if req.method == "HEAD" else result.body,
-                {"Content-Type": result.content_type, "Cache-Control": "no-store"})
-            return
         req.stream = False if state.kind is Kind.INVALID else req.stream
         action = await self.rt.policy.route(
             state, method=req.method, path=req.path, streamed=bool(req.stream),
@@ -256,8 +237,9 @@ class Goblet:
             self._to_backend(flow, state, action.plan)
             state.outcome = action.outcome
         elif isinstance(action, gate.Reply):
-            flow.response = _response(action.status, action.body,
-                                      [*action.headers, *self._served_by().items()])
+            flow.response = _response(action.status, action.body, [
+                *action.headers, *(self._served_by().items() if state.kind is not Kind.ENDPOINT
+                                   else ())])
             state.outcome = action.outcome or state.outcome
             state.reason = action.reason or state.reason
 

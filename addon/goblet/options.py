@@ -157,6 +157,17 @@ class Settings:
 ISOLATION_MODES = ("shared", "tenant", "user", "public")
 
 
+def mitmproxy_updates_for(settings: Settings, o: Any) -> dict[str, Any]:
+    """``mitmproxy_updates`` for a mitmproxy options object ``o``."""
+    limit = str(getattr(o, "stream_large_bodies", "") or "").strip().lower()
+    units = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+    m = re.fullmatch(r"([0-9]+)([kmg]?)b?", limit)
+    return mitmproxy_updates(settings, mode=getattr(o, "mode", []),
+                             stream_large_bodies=int(m.group(1)) * units[m.group(2)] if m
+                             else None,
+                             connection_strategy=getattr(o, "connection_strategy", "lazy"))
+
+
 def mitmproxy_updates(settings: Settings, *, mode: Sequence[str], stream_large_bodies: int | None,
                       connection_strategy: str) -> dict[str, Any]:
     """The mitmproxy options goblet's settings need changed (given their current values).

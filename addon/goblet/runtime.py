@@ -12,6 +12,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from goblet.auth.credentials import TenantKeyer
 from goblet.auth.secret import load_or_create_secret
@@ -111,9 +112,11 @@ class Runtime:
         self.answers = AnswerPolicy(self.decider, self.store, self.inspector)
         self.policy = FlowPolicy(lambda: self.settings, keyer=self.keyer, store=self.store,
                                  decider=self.decider, asker=self.asker, metrics=metrics,
-                                 inspector=self.inspector, planner=self.serve_plan)
+                                 inspector=self.inspector, planner=self.serve_plan,
+                                 endpoints=self.endpoint_answer)
         self.recorder = RequestRecorder(metrics, access)
         self.endpoints: EndpointServer | None = None
+        self.metrics_host = ""  # where the endpoints' own port listens ("": everywhere)
         self._tasks: list[asyncio.Task[None]] = []
         metrics.track_verdicts(lambda: len(self.decider.verdicts))
         metrics.pack_cache_bytes.set_function(lambda: float(self.packcache.stored_bytes))
@@ -155,6 +158,15 @@ class Runtime:
             instance=self.settings.instance)
 
     @classmethod
+    async def start_for(cls, settings: Settings, o: Any, access: AccessLog) -> Runtime:
+        """``start`` with what it needs from mitmproxy's options ``o``: the upstream CA
+        (``ssl_verify_upstream_trusted_ca``), ``ssl_insecure`` and ``listen_host``."""
+        return await cls.start(
+            settings, settings.metrics_host or getattr(o, "listen_host", ""), access,
+            ca_file=getattr(o, "ssl_verify_upstream_trusted_ca", None),
+            insecure=bool(getattr(o, "ssl_insecure", False)))
+
+    @classmethod
     async def start(cls, settings: Settings, metrics_host: str, access: AccessLog, *,
                     ca_file: str | None = None, insecure: bool = False) -> Runtime:
         """Create the cache layout, load the secret, start backend and endpoints.
@@ -171,6 +183,7 @@ class Runtime:
         await rt.partitions.load()
         await asyncio.to_thread(rt.packcache.load)
         await rt.backend.start()
+        rt.metrics_host = metrics_host
         if settings.metrics_port:
             rt.endpoints = EndpointServer(rt.endpoint_answer)
             await rt.endpoints.start(metrics_host, settings.metrics_port)
@@ -219,9 +232,9 @@ class Runtime:
             self.metrics.cache_bytes.set(usage.bytes)
             await asyncio.sleep(USAGE_EVERY)
 
-    def ready_line(self, metrics_host: str) -> str:
+    def ready_line(self) -> str:
         """The one ``goblet ready`` line logged when start-up is complete."""
-        s = self.settings
+        s, metrics_host = self.settings, self.metrics_host
         hosts = ",".join(sorted(h if p == 443 else f"{h}:{p}" for h, p in s.hosts))
         metrics = f"{metrics_host or '*'}:{self.endpoints.port}" if self.endpoints else "-"
         offline = f"on(grace={s.offline_grace}s)" if s.offline else "off"

@@ -18,8 +18,10 @@ from prometheus_client import (
     generate_latest,
 )
 
-KINDS = ("info_refs", "ls_refs", "fetch", "push", "other")
-OUTCOMES = ("cache", "upstream", "denied", "offline", "error")
+from goblet.policy.flows import METRIC_KINDS, Outcome
+
+KINDS = tuple(kind.value for kind in METRIC_KINDS)
+OUTCOMES = tuple(outcome.value for outcome in Outcome)
 FILL_RESULTS = ("ok", "denied", "upstream_error", "local_error")
 SOURCES = ("cache", "upstream")
 REPACK_KINDS = ("geometric", "full")

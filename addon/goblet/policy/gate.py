@@ -17,7 +17,7 @@ which it applies to the flow; nothing here knows mitmproxy.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 
@@ -25,6 +25,7 @@ from goblet.auth.credentials import TenantKeyer, credential_from_headers
 from goblet.auth.partition import partition, proxy_logins_verified
 from goblet.cache.store import RepoStore, canonical_url
 from goblet.decide import FetchDecider, Route
+from goblet.observe.endpoints import Answer
 from goblet.observe.metrics import Metrics
 from goblet.offline.ask import UpstreamAsker
 from goblet.offline.forward import UpstreamAnswer, UpstreamUnreachable
@@ -98,7 +99,8 @@ class FlowPolicy:
 
     def __init__(self, settings: Callable[[], Settings], *, keyer: TenantKeyer,
                  store: RepoStore, decider: FetchDecider, asker: UpstreamAsker | None,
-                 metrics: Metrics, inspector: Executor, planner: ServePlanner) -> None:
+                 metrics: Metrics, inspector: Executor, planner: ServePlanner,
+                 endpoints: Callable[[str], Awaitable[Answer]] | None = None) -> None:
         self.settings = settings
         self.keyer = keyer
         self.store = store
@@ -107,6 +109,7 @@ class FlowPolicy:
         self.metrics = metrics
         self.inspector = inspector
         self.planner = planner
+        self.endpoints = endpoints
         self._held = 0  # bytes of decoded request bodies held by flows in progress
 
     def state_for(self, got: Classified, host: str, port: int, *,
@@ -127,6 +130,10 @@ class FlowPolicy:
                     git_protocol: str | None) -> Action:
         """What to do with a request whose body has arrived (``streamed``: it was passed
         on unread)."""
+        if state.kind is Kind.ENDPOINT and self.endpoints is not None:
+            got = await self.endpoints(path)
+            return Reply(got.status, b"" if method == "HEAD" else got.body,
+                         (("Content-Type", got.content_type), ("Cache-Control", "no-store")))
         if state.kind is Kind.INVALID:
             return refuse(400, f"goblet: {state.reason}")
         action: Action = Upstream()
