@@ -233,7 +233,10 @@ class Goblet:
             enc=req.headers.get("content-encoding"), git_protocol=req.headers.get("git-protocol"))
         if not flow.live or flow.error:
             return
-        if isinstance(action, gate.Serve):
+        if isinstance(action, gate.Upstream) and action.tee is not None:
+            state.tee = action.tee  # a stall of its upstream fails the client too:
+            state.tee.on_stall = lambda: _close_client(flow.client_conn.id)
+        elif isinstance(action, gate.Serve):
             self._to_backend(flow, state, action.plan)
             state.outcome = action.outcome
         elif isinstance(action, gate.Reply):
@@ -269,9 +272,14 @@ class Goblet:
             return
         if state is not None:
             resp.headers.update(self._served_by())
-        if not keep:
-            resp.stream = (state.count_bytes if state and state.outcome is Outcome.UPSTREAM
-                           else True)
+        if keep:
+            return
+        resp.stream = True
+        if state is not None and state.outcome is Outcome.UPSTREAM:
+            tee = state.tee if state.tee and state.tee.accepts(
+                resp.status_code, resp.headers.get("content-type", ""),
+                resp.headers.get("content-encoding")) else None
+            resp.stream = (lambda d: state.count_bytes(tee.feed(d))) if tee else state.count_bytes
 
     async def response(self, flow: http.HTTPFlow) -> None:
         """Apply what upstream's answer proves (``policy/answers.py``); count and log."""
@@ -281,6 +289,8 @@ class Goblet:
         if state is None or resp is None or state.kind is Kind.ENDPOINT or self.rt is None:
             return
         state.body_arrived()
+        if state.tee is not None:
+            state.tee.finish(True)
         assert self.settings is not None
         replaced = await self.rt.answers.answer(state, resp.status_code, resp.headers,
                                                 resp.raw_content, self.settings.max_request_bytes)
@@ -298,6 +308,8 @@ class Goblet:
         state = self._flows.pop(flow, None)
         if state is not None and state.kind is not Kind.ENDPOINT:
             state.body_arrived()
+            if state.tee is not None:
+                state.tee.finish(False, flow.error.msg if flow.error else "flow error")
             if not state.timed_out:
                 state.reason = flow.error.msg if flow.error else "flow error"
             self._finish(flow, state, failed=True)

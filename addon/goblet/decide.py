@@ -47,9 +47,10 @@ from dataclasses import dataclass
 
 from goblet.auth.credentials import ANONYMOUS, Credential
 from goblet.auth.verdicts import RefView, VerdictCache
-from goblet.cache import reach
+from goblet.cache import reach, teefill
 from goblet.cache.fill import FailureKind, Filler, FillError, FillResult
 from goblet.cache.store import CacheRepo, RepoStore
+from goblet.cache.teefill import TeeFill
 from goblet.offline.ask import Finding, UpstreamAsker
 from goblet.offline.state import UpstreamState
 from goblet.protocol.request import FetchRequest
@@ -64,6 +65,7 @@ class Route(enum.Enum):
 
     CACHE = "cache"
     UPSTREAM = "upstream"
+    TEE = "tee"  # the upstream, whose answer also fills the cache (``cache/teefill.py``)
     ERROR = "error"
 
 
@@ -77,6 +79,7 @@ class Decision:
     route: Route
     reason: str
     notice: str | None = None
+    tee: TeeFill | None = None  # with Route.TEE: feed it the upstream's answer
 
     @property
     def offline(self) -> bool:
@@ -109,6 +112,7 @@ class FetchDecider:
         upstream: UpstreamState | None = None,
         asker: UpstreamAsker | None = None,
         admit: Callable[[CacheRepo], bool] = lambda repo: True,
+        tee: bool = True,
     ) -> None:
         self.store = store
         self.filler = filler
@@ -119,6 +123,7 @@ class FetchDecider:
         self.upstream = upstream or UpstreamState()
         self.asker = asker
         self.admit = admit
+        self.tee = tee
         self.uncacheable: set[str] = set()  # repo keys with a foreign object format
         self.heads: dict[str, str] = {}  # repo key -> upstream HEAD target, last seen
         self._fill_tenant: dict[str, str] = {}  # repo key -> tenant whose credential fills it
@@ -180,6 +185,10 @@ class FetchDecider:
                 return Decision(Route.UPSTREAM, "no fresh upstream grant for this credential")
         if self.isolation == "public" and not await self._public(repo, tenant):
             return Decision(Route.UPSTREAM, "not readable anonymously: public isolation")
+        if not self.store.exists(repo) and self.filler.in_flight(repo) is None:
+            cold = await self._cold(repo, tenant, credential, req)
+            if cold is not None:
+                return cold
         wants = set(req.wants)
         missing = wants - await self.store.present(repo, wants)
         filled = bool(missing)
@@ -201,6 +210,31 @@ class FetchDecider:
             notice = offline_notice(down, state.filled_at if state else None)
         return Decision(Route.CACHE, "filled, then served" if filled else "all wants cached",
                         notice=notice)
+
+    async def _cold(self, repo: CacheRepo, tenant: str, credential: Credential,
+                    req: FetchRequest) -> Decision | None:
+        """Rule 5 for a repo not cached at all: a plain full clone (protocol v2) streams
+        from the upstream while its answer fills the cache; a request for less (shallow,
+        filtered, with haves, some refs only) goes upstream while a fill warms the cache
+        for the next. None: fill, then serve, as for a missing object (a full clone in
+        v0/v1 or without a ref list, ``public`` isolation, or no new copy allowed)."""
+        if self.isolation == "public" or not self.admit(repo):
+            return None
+        view = self.verdicts.view(tenant, repo.url, self.verdicts.ttl)
+        if not self.tee or view is None or (req.version != 2 and teefill.full_clone(req, view)):
+            return None
+        if teefill.eligible(req, view):
+            assert view is not None
+            tee = TeeFill(self.filler, repo, view, self.heads.get(repo.key))
+            self.filler.track(repo, tee.task)
+            self._fill_tenant[repo.key] = tenant
+            tee.task.add_done_callback(lambda t: self._fill_tenant.pop(repo.key, None))
+            if await tee.begin():
+                return Decision(Route.TEE, "cold clone: the upstream's answer fills the cache",
+                                tee=tee)
+            return Decision(Route.UPSTREAM, "cold clone: passed upstream (no cache repo)")
+        self.start_fill(repo, credential, tenant)
+        return Decision(Route.UPSTREAM, "cold: passed upstream while the cache fills")
 
     async def _reverify(self, repo: CacheRepo, tenant: str, credential: Credential,
                         host: str) -> float | None:

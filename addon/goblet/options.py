@@ -111,6 +111,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("goblet_allow_open_proxy", str, "off",
                "on: start even though the proxy listens beyond loopback with no proxyauth "
                "(anyone who reaches the port can relay through it); off: refuse to start."),
+    OptionSpec("goblet_cold_clones", str, "stream",
+               "stream: a full clone of a repo not cached yet gets the upstream's answer as it "
+               "arrives, which also fills the cache; fill: fill the cache first, then serve "
+               "(the client waits for the whole fill, upstream failures become git errors)."),
     OptionSpec("goblet_relay_internal", str, "off",
                "on: also relay clients to loopback and link-local addresses (127.0.0.0/8, "
                "::1, 169.254.0.0/16 with cloud metadata services, fe80::/10) that are not "
@@ -152,6 +156,7 @@ class Settings:
     max_partitions: int = 16
     allow_open_proxy: bool = False
     relay_internal: bool = False
+    cold_clones: str = "stream"
 
 
 ISOLATION_MODES = ("shared", "tenant", "user", "public")
@@ -264,6 +269,7 @@ def parse_settings(o: Any) -> Settings:
         max_partitions=parse_int("goblet_max_partitions", o.goblet_max_partitions, 0, 100000),
         allow_open_proxy=parse_bool("goblet_allow_open_proxy", o.goblet_allow_open_proxy),
         relay_internal=parse_bool("goblet_relay_internal", o.goblet_relay_internal),
+        cold_clones=parse_choice("goblet_cold_clones", o.goblet_cold_clones, ("stream", "fill")),
         full_repack_interval=parse_seconds("goblet_full_repack_interval",
                                            o.goblet_full_repack_interval, 60, 365 * 86400),
         repack_threads=parse_int("goblet_repack_threads", o.goblet_repack_threads, 1, 64),

@@ -101,6 +101,7 @@ class Runtime:
             self.store, filler, verdicts, isolation=settings.isolation,
             offline=settings.offline, offline_grace=settings.offline_grace,
             upstream=self.upstream, asker=self.asker, admit=self.partitions.admit,
+            tee=settings.cold_clones == "stream",
         )
         self.health = HealthChecker(
             cache_dir=settings.cache_dir, tmp_dir=self.store.tmp_dir, git=git,
@@ -134,6 +135,7 @@ class Runtime:
         verdicts.keep = s.offline_grace if s.offline else 0
         self.decider.isolation, self.decider.offline = s.isolation, s.offline
         self.decider.offline_grace = s.offline_grace
+        self.decider.tee = s.cold_clones == "stream"
         self.decider.filler.stall_timeout = s.upstream_timeout
         if self.forwarder is not None:
             self.forwarder.timeout = s.upstream_timeout

@@ -111,15 +111,17 @@ def repos(upstream: UpstreamServer) -> Repos:
 
 @pytest.fixture(scope="module")
 def proxy(
-    tmp_path_factory: pytest.TempPathFactory, upstream: UpstreamServer, confdir: Path
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+    upstream: UpstreamServer, confdir: Path,
 ) -> Iterator[GobletProxy]:
-    """mitmdump with the goblet addon, caching the upstream's host."""
+    """mitmdump with the goblet addon, caching the upstream's host (plus the module's
+    ``PROXY_SETS`` options, if it has any)."""
     px = GobletProxy(
         tmp_path_factory.mktemp("proxy"),
         hosts=[upstream.host],
         upstream_ca=upstream.cert_path,
         confdir=confdir,
-        sets={"goblet_upstream_timeout": "5"},
+        sets={"goblet_upstream_timeout": "5", **getattr(request.module, "PROXY_SETS", {})},
     )
     with px:
         yield px

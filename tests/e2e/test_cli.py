@@ -27,6 +27,10 @@ from tests.support.proxy import REPO_ROOT, GobletProxy
 from tests.support.repos import list_refs
 from tests.support.upstream_client import UpstreamServer
 
+# The first clone of a repo fills the cache and is then served from it, as these tests
+# count (a cold clone streamed from the upstream is tests/e2e/test_cold_clone.py's).
+PROXY_SETS = {"goblet_cold_clones": "fill"}
+
 ALICE = "Authorization: Basic " + base64.b64encode(b"alice:alice-pw").decode()
 
 
@@ -60,7 +64,8 @@ def proxy(
 ) -> Iterator[GobletProxy]:
     px = GobletProxy(tmp_path_factory.mktemp("proxy"), hosts=[upstream.host],
                      upstream_ca=upstream.cert_path, confdir=confdir,
-                     sets={"goblet_upstream_timeout": "5", "goblet_maintenance": "off"})
+                     sets={"goblet_upstream_timeout": "5", "goblet_maintenance": "off",
+                           **PROXY_SETS})
     with px:
         yield px
 

@@ -19,11 +19,17 @@ from tests.support.proxy import GobletProxy
 from tests.support.repos import add_commit, make_empty_bare_repo
 from tests.support.upstream_client import UpstreamServer
 
+COLD_STREAM = "cold clone: the upstream's answer fills the cache"
+
 
 def served_from_cache(proxy: GobletProxy, url: str) -> int:
-    """How many fetches of ``url`` the proxy's access log says it served from cache."""
-    pattern = re.compile(rf"git fetch {re.escape(url)} .*outcome=cache status=200")
-    return len(pattern.findall(proxy.log_text()))
+    """How many fetches of ``url`` goblet answered through its cache: from it, or (a cold
+    full clone, ``goblet_cold_clones=stream``) with the upstream's answer that filled it."""
+    log = proxy.log_text()
+    cached = re.findall(rf"git fetch {re.escape(url)} .*outcome=cache status=200", log)
+    streamed = re.findall(rf"git fetch {re.escape(url)} .*outcome=upstream status=200 .*"
+                          rf"{re.escape(COLD_STREAM)}", log)
+    return len(cached) + len(streamed)
 
 
 def remote_view(git: GitClient, clone: Path) -> dict[str, str]:

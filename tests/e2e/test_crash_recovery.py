@@ -135,7 +135,7 @@ def crashable(
     """The running proxy is always the last of the list (each restart appends)."""
     px = CrashableProxy(tmp_path / "proxy", hosts=[upstream.host],
                         upstream_ca=upstream.cert_path, confdir=confdir,
-                        sets={"goblet_upstream_timeout": "10"})
+                        sets={"goblet_upstream_timeout": "10", "goblet_cold_clones": "fill"})
     running = [px.start()]
     try:
         yield running
@@ -278,7 +278,7 @@ def test_a_second_instance_spares_a_fill_in_progress_of_the_first(
     repos: Repos, upstream: UpstreamServer, confdir: Path, tmp_path: Path
 ) -> None:
     common = {"hosts": [upstream.host], "upstream_ca": upstream.cert_path, "confdir": confdir,
-              "sets": {"goblet_upstream_timeout": "120"}}
+              "sets": {"goblet_upstream_timeout": "120", "goblet_cold_clones": "fill"}}
     first = GobletProxy(tmp_path / "first", **common).start()  # type: ignore[arg-type]
     name = repos.create(commits=2)
     git = GitClient(tmp_path / "home", ca_file=first.ca_cert, proxy=first.url)

@@ -53,7 +53,7 @@ def full_proxy(small_disk: Path, tmp_path: Path, upstream: UpstreamServer, confd
                ) -> Iterator[GobletProxy]:
     px = GobletProxy(tmp_path / "proxy", hosts=[upstream.host], upstream_ca=upstream.cert_path,
                      confdir=confdir, cache_dir=small_disk / "cache",
-                     sets={"goblet_min_free_bytes": str(MIN_FREE)})
+                     sets={"goblet_min_free_bytes": str(MIN_FREE), "goblet_cold_clones": "fill"})
     with px:
         yield px
 

@@ -29,6 +29,9 @@ from tests.support.proxy import REPO_ROOT, GobletProxy
 from tests.support.repos import list_refs
 from tests.support.upstream_client import UpstreamServer
 
+# Cold clones fill the cache, then are served from it (what these tests count).
+PROXY_SETS = {"goblet_cold_clones": "fill"}
+
 BUDGET = 3 * 1024 * 1024
 # What docs/operations/cache.md allows right after a check: the index, bitmap and
 # commit-graph files a repack may add after the check that followed its fill.
@@ -105,7 +108,8 @@ def test_evicting_a_repo_a_clone_is_reading_lets_the_clone_finish(
 def small_budget(tmp_path: Path, upstream: UpstreamServer, confdir: Path
                  ) -> Iterator[GobletProxy]:
     px = GobletProxy(tmp_path / "budget", hosts=[upstream.host], upstream_ca=upstream.cert_path,
-                     confdir=confdir, sets={"goblet_cache_max_bytes": str(BUDGET)})
+                     confdir=confdir,
+                     sets={"goblet_cache_max_bytes": str(BUDGET), **PROXY_SETS})
     with px:
         yield px
 

@@ -26,7 +26,7 @@ def proxy(
     """A proxy that gives up on a stalled upstream after 2 s."""
     px = GobletProxy(tmp_path_factory.mktemp("proxy"), hosts=[upstream.host],
                      upstream_ca=upstream.cert_path, confdir=confdir,
-                     sets={"goblet_upstream_timeout": "2"})
+                     sets={"goblet_upstream_timeout": "2", "goblet_cold_clones": "fill"})
     with px:
         yield px
 

@@ -28,6 +28,10 @@ from tests.support.proxy import GobletProxy
 from tests.support.repos import add_commit, list_refs
 from tests.support.upstream_client import UpstreamServer
 
+# The first clone of a repo fills the cache and is then served from it, as these tests
+# count (a cold clone streamed from the upstream is tests/e2e/test_cold_clone.py's).
+PROXY_SETS = {"goblet_cold_clones": "fill"}
+
 ROLES = ("bypass", "produce", "follow", "hit")
 
 

@@ -73,8 +73,9 @@ def test_cold_and_warm_clones_with_the_ca(
         forge: UpstreamServer, forge_repos: Repos, tmp_path: Path, confdir: Path) -> None:
     name = forge_repos.create()
     url = forge.url(name)
+    # cold clones by fill: what is tested is goblet's own git fetch trusting the CA
     with GobletProxy(tmp_path / "px", hosts=[forge.host], upstream_ca=forge.cert_path,
-                     confdir=confdir) as px:
+                     confdir=confdir, sets={"goblet_cold_clones": "fill"}) as px:
         git = GitClient(tmp_path / "home", ca_file=px.ca_cert, proxy=px.url)
         git.clone(url, tmp_path / "cold")
         assert count(forge.stats(), "fetch", name) == 1, "the cold clone: one fill"
@@ -95,7 +96,8 @@ def test_the_file_replaces_the_default_cas_so_mixed_hosts_need_a_bundle(
     """
     private, public = forge_repos.create(), repos.create()
     alone = GobletProxy(tmp_path / "alone", hosts=[forge.host, upstream.host],
-                        upstream_ca=forge.cert_path, confdir=confdir)
+                        upstream_ca=forge.cert_path, confdir=confdir,
+                        sets={"goblet_cold_clones": "fill"})
     with alone:
         git = GitClient(tmp_path / "home-alone", ca_file=alone.ca_cert, proxy=alone.url)
         git.clone(forge.url(private), tmp_path / "a1")
@@ -104,7 +106,7 @@ def test_the_file_replaces_the_default_cas_so_mixed_hosts_need_a_bundle(
     bundle = tmp_path / "upstream-cas.pem"
     bundle.write_bytes(forge.cert_path.read_bytes() + upstream.cert_path.read_bytes())
     both = GobletProxy(tmp_path / "both", hosts=[forge.host, upstream.host],
-                       upstream_ca=bundle, confdir=confdir)
+                       upstream_ca=bundle, confdir=confdir, sets={"goblet_cold_clones": "fill"})
     with both:
         git = GitClient(tmp_path / "home-both", ca_file=both.ca_cert, proxy=both.url)
         git.clone(forge.url(private), tmp_path / "b1")

@@ -44,7 +44,9 @@ def test_the_secret_surfaces_nowhere(tmp_path: Path, confdir: Path) -> None:
         px = GobletProxy(tmp_path / "px", hosts=[upstream.host], upstream_ca=upstream.cert_path,
                          confdir=confdir,
                          sets={"termlog_verbosity": "debug", "goblet_offline": "on",
-                               "goblet_upstream_timeout": "3", "goblet_metrics_port": "0"})
+                               "goblet_upstream_timeout": "3", "goblet_metrics_port": "0",
+                               # cold clones by fill: the fill's git child must be seen
+                               "goblet_cold_clones": "fill"})
         with px:
             git = GitClient(tmp_path / "home", ca_file=px.ca_cert, proxy=px.url)
             bearer = (f"http.extraHeader=Authorization: Bearer tok-{SENTINEL}",)

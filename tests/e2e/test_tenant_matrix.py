@@ -21,6 +21,7 @@ import pytest
 
 from tests.e2e.conftest import USERS, Repos
 from tests.support import rawhttp
+from tests.support.cachedir import settle
 from tests.support.gitclient import GitClient, with_userinfo
 from tests.support.proxy import GobletProxy
 from tests.support.upstream_client import UpstreamServer
@@ -166,6 +167,7 @@ class MatrixBase:
 
 
 def repo_dirs(proxy: GobletProxy) -> int:
+    settle(proxy.cache_dir)
     return sum(1 for p in (proxy.cache_dir / "repos").iterdir() if p.name.endswith(".git"))
 
 

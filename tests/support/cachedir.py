@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,22 @@ def repo_states(cache_dir: Path) -> dict[Path, dict[str, Any]]:
     return out
 
 
+def settle(cache_dir: Path, timeout: float = 30.0) -> None:
+    """Wait until no repo is being built in ``tmp/`` (a cold clone's answer fills the
+    cache just after the client has it, or a fill is running)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not any((cache_dir / "tmp").glob("*.git")):
+                return
+        except OSError:
+            return
+        time.sleep(0.05)
+
+
 def repos_for(cache_dir: Path, url: str) -> dict[Path, dict[str, Any]]:
-    """The cache repos whose state says they mirror ``url``."""
+    """The cache repos whose state says they mirror ``url`` (once the cache settled)."""
+    settle(cache_dir)
     return {p: s for p, s in repo_states(cache_dir).items() if s.get("url") == url}
 
 

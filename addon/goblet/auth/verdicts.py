@@ -21,12 +21,20 @@ class RefView:
 
     pairs: frozenset[tuple[str, str]]
     tips: frozenset[str] = field(compare=False)
+    complete: bool = False  # every branch and tag was listed (no ref-prefix left any out)
 
     @classmethod
-    def of(cls, refs: Mapping[str, str], peeled: Mapping[str, str]) -> RefView:
+    def of(cls, refs: Mapping[str, str], peeled: Mapping[str, str], *,
+           complete: bool = False) -> RefView:
         """The view of an advertisement's refs and peeled tags."""
         pairs = frozenset([*refs.items(), *((f"{n}^{{}}", o) for n, o in peeled.items())])
-        return cls(pairs, frozenset(oid for _, oid in pairs))
+        return cls(pairs, frozenset(oid for _, oid in pairs), complete)
+
+    @property
+    def mirrored(self) -> dict[str, str]:
+        """The listed branches and tags (what a fill mirrors), name → oid."""
+        return {n: o for n, o in self.pairs if n.startswith(("refs/heads/", "refs/tags/"))
+                and not n.endswith("^{}")}
 
     @property
     def names(self) -> frozenset[str]:
@@ -83,9 +91,8 @@ class VerdictCache:
         self._max = max_entries
         self._clock = clock
         self._entries: OrderedDict[tuple[str, str], Verdict] = OrderedDict()
-        self._views: weakref.WeakValueDictionary[frozenset[tuple[str, str]], RefView] = (
-            weakref.WeakValueDictionary()
-        )
+        self._views: weakref.WeakValueDictionary[
+            tuple[frozenset[tuple[str, str]], bool], RefView] = weakref.WeakValueDictionary()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -98,7 +105,7 @@ class VerdictCache:
         now = self._clock()
         view_at = now
         if view is not None:
-            view = self._views.setdefault(view.pairs, view)
+            view = self._views.setdefault((view.pairs, view.complete), view)
         elif granted and previous is not None and previous.granted:
             view, view_at = previous.view, previous.view_at
         self._entries[key] = Verdict(granted, now, status, challenge,

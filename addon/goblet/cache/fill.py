@@ -171,6 +171,12 @@ class Filler:
         task.add_done_callback(lambda t: self._finished(repo, t))
         return task
 
+    def track(self, repo: CacheRepo, task: asyncio.Task[FillResult]) -> None:
+        """Count ``task`` (a fill made another way, see ``teefill.py``) as ``repo``'s fill
+        in flight: later callers join it as they would join ``start``'s."""
+        self._inflight[repo.key] = task
+        task.add_done_callback(lambda t: self._finished(repo, t))
+
     def _finished(self, repo: CacheRepo, task: asyncio.Task[FillResult]) -> None:
         if self._inflight.get(repo.key) is task:
             del self._inflight[repo.key]

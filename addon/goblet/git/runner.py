@@ -120,8 +120,12 @@ class GitRunner:
         git_dir: Path | None = None,
         config: Sequence[tuple[str, str]] = (),
         extra_env: Mapping[str, str] | None = None,
+        nice: int = 0,
     ) -> asyncio.subprocess.Process:
-        """Start git with all three standard streams piped; the caller reaps it."""
+        """Start git with all three standard streams piped; the caller reaps it.
+
+        ``nice`` lowers the child's CPU priority (background work that must not slow
+        the clients being served)."""
         argv = [self.git]
         if git_dir is not None:
             argv += ["--git-dir", str(git_dir)]
@@ -135,7 +139,7 @@ class GitRunner:
             cwd=str(git_dir) if git_dir is not None else str(self.home),
             limit=READ_CHUNK,
             start_new_session=True,  # its own process group: killed as a whole
-            preexec_fn=_die_with_parent(),
+            preexec_fn=_die_with_parent(nice),
         )
 
 
@@ -153,22 +157,26 @@ def _prctl() -> Callable[..., int] | None:
     return fn
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A pre-exec hook that makes the child get SIGKILL when goblet dies (Linux).
+def _die_with_parent(nice: int = 0) -> Callable[[], None] | None:
+    """A pre-exec hook that makes the child get SIGKILL when goblet dies (Linux), and
+    lowers its priority by ``nice``.
 
     Without it a ``git fetch`` outlives a killed proxy (it runs in its own
     session) and keeps writing into the cache after its writer lock is gone,
     while the restarted proxy takes its files for crash residue.
     """
     prctl = _prctl()
-    if prctl is None:
+    if prctl is None and not nice:
         return None
     parent = os.getpid()
 
     def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
+        if nice:
+            os.nice(nice)
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os._exit(1)
 
     return hook
 

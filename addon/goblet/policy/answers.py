@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from goblet.auth.credentials import ANONYMOUS
@@ -60,6 +60,12 @@ def read_ref_answer(content_type: str, body: bytes, *, ls_refs: bool) -> RefAnsw
     except ProtocolError:
         return None
     return RefAnswer(adv, RefView.of(adv.refs, adv.peeled))
+
+
+def lists_all_branches_and_tags(prefixes: tuple[str, ...]) -> bool:
+    """Whether an ls-refs with these ``ref-prefix`` values lists every branch and tag."""
+    return not prefixes or all(any(want.startswith(p) for p in prefixes)
+                               for want in ("refs/heads/", "refs/tags/"))
 
 
 class AnswerPolicy:
@@ -102,7 +108,11 @@ class AnswerPolicy:
         start a fill if the cache's refs differ from the ones it listed."""
         assert state.repo is not None
         decider, repo, adv = self.decider, state.repo, read.advertisement
-        decider.verdicts.record(state.tenant, repo.url, granted=True, view=read.view)
+        view = read.view
+        if view is not None:
+            prefixes = state.ls_refs.ref_prefixes if state.ls_refs else ()
+            view = replace(view, complete=lists_all_branches_and_tags(prefixes))
+        decider.verdicts.record(state.tenant, repo.url, granted=True, view=view)
         if adv.object_format != "sha1":
             decider.uncacheable.add(repo.key)
             return
@@ -117,5 +127,7 @@ class AnswerPolicy:
             or bool(head and snapshot.head != head)
         if decider.isolation == "public" and decider.verdicts.is_denied(ANONYMOUS, repo.url):
             return  # not anonymously readable: never cached in public isolation
+        if snapshot is None and decider.tee:
+            return  # a repo not cached yet is filled by the fetch that follows (decide.py)
         if stale:  # (a new copy over the partition bound is not started: upstream serves)
             decider.start_fill(repo, state.credential, state.tenant, head)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from goblet.auth.credentials import Credential
 from goblet.cache.store import CacheRepo
+from goblet.cache.teefill import TeeFill
 from goblet.protocol.request import LsRefsRequest
 from goblet.serve.plans import ServePlan
 
@@ -67,6 +68,7 @@ class FlowState:
     host: str = ""  # upstream host[:port] as in goblet_hosts
     upstream_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
+    tee: TeeFill | None = None  # a cold clone whose upstream answer fills the cache
     body_timer: asyncio.TimerHandle | None = None
     timed_out: bool = False
 

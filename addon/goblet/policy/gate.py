@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from goblet.auth.credentials import TenantKeyer, credential_from_headers
 from goblet.auth.partition import partition, proxy_logins_verified
 from goblet.cache.store import RepoStore, canonical_url
+from goblet.cache.teefill import TeeFill
 from goblet.decide import FetchDecider, Route
 from goblet.observe.endpoints import Answer
 from goblet.observe.metrics import Metrics
@@ -41,7 +42,9 @@ from goblet.serve.plans import ServePlan, clean_git_protocol
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
-    """Let the request go to the upstream as it is."""
+    """Let the request go to the upstream as it is (its answer feeding ``tee``, if set)."""
+
+    tee: TeeFill | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,9 +179,9 @@ class FlowPolicy:
         state.reason = decision.reason
         if decision.route is Route.ERROR:
             return git_error(decision.reason)
-        if decision.route is Route.UPSTREAM:
+        if decision.route in (Route.UPSTREAM, Route.TEE):
             self.release(state)
-            return Upstream()
+            return Upstream(decision.tee)
         plan = self.planner(state.repo, got.body, clean_git_protocol(git_protocol),
                             notice=decision.notice, final=parsed.done)
         return Serve(plan, Outcome.OFFLINE if decision.offline else Outcome.CACHE)
@@ -214,8 +217,9 @@ class FlowPolicy:
         if answer is not None and answer.status < 500:
             return relay(answer)
         if not await self.asker.confirm_outage(state.host, state.repo.url):
-            return relay(answer) if answer is not None else refuse(
-                502, "goblet: the upstream did not answer this request")
+            # the upstream is up: this request failed for reasons of its own; mitmproxy
+            # sends it once more, exactly as without goblet
+            return relay(answer) if answer is not None else Upstream()
         if answer is not None:
             why = f"upstream answered {answer.status}"
         state.reason = why

@@ -36,7 +36,7 @@ the allowlists below is left to the upstream.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from goblet.protocol import pktline
 from goblet.protocol.errors import ProtocolError, excerpt
@@ -88,6 +88,8 @@ class FetchRequest:
 
     ``unservable`` lists why the cache must not answer it (empty: it may).
     ``done`` is true when the client ended negotiation (v2 ``done``, v0 ``done``).
+    ``shaped`` is true when a ``deepen*`` or ``filter`` argument asks for less
+    than every object the wants reach.
     """
 
     version: int
@@ -96,6 +98,7 @@ class FetchRequest:
     shallows: tuple[str, ...]
     done: bool
     unservable: tuple[str, ...]
+    shaped: bool = field(default=False, compare=False)  # derived from the arguments above
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +225,7 @@ class _Collected:
     shallows: list[str]
     unservable: list[str]
     done: bool = False
+    shaped: bool = False
 
     def add_oid(self, key: bytes, value: bytes | None) -> None:
         if value is None:
@@ -232,7 +236,7 @@ class _Collected:
 
     def result(self, version: int) -> FetchRequest:
         return FetchRequest(version, tuple(self.wants), tuple(self.haves),
-                            tuple(self.shallows), self.done, tuple(self.unservable))
+                            tuple(self.shallows), self.done, tuple(self.unservable), self.shaped)
 
 
 def _check_value_arg(key: bytes, value: bytes, unservable: list[str]) -> None:
@@ -256,8 +260,10 @@ def _parse_fetch_v2(caps: list[bytes], args: list[bytes]) -> FetchRequest:
             got.add_oid(key, value)
         elif value is None and key in _V2_FLAG_ARGS:
             got.done = got.done or key == b"done"
+            got.shaped = got.shaped or key == b"deepen-relative"
         elif value is not None and key in _V2_VALUE_ARGS:
             _check_value_arg(key, value, got.unservable)
+            got.shaped = True
         else:
             got.unservable.append("argument " + key.decode("ascii", "replace"))
     if not got.wants:
@@ -319,6 +325,7 @@ def _v0_want_list_line(line: bytes, first: bool, got: _Collected) -> None:
         got.add_oid(key, value)
     elif key in _V0_VALUE_ARGS and value is not None:
         _check_value_arg(key, value, got.unservable)
+        got.shaped = True
     else:
         raise ProtocolError(f"unexpected line {excerpt(line)!r} in a v0 want list")
 

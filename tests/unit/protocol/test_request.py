@@ -577,3 +577,12 @@ def test_changing_any_other_line_changes_the_identity(lines: list[bytes | Pkt], 
     assume(not volatile(lines[at]) and not volatile(other) and other != lines[at])
     changed = [*lines[:at], other, *lines[at + 1:]]
     assert request.cache_identity(body(*changed)) != request.cache_identity(body(*lines))
+
+
+@pytest.mark.parametrize(("arg", "shaped"), [
+    (b"deepen 1", True), (b"deepen-since 1700000000", True), (b"deepen-relative", True),
+    (b"filter blob:none", True), (b"thin-pack", False), (b"include-tag", False),
+])
+def test_shaping_arguments_are_noted(arg: bytes, shaped: bool) -> None:
+    got = request.parse_v2(fetch_v2(b"want " + A.encode(), arg))
+    assert isinstance(got, FetchRequest) and got.shaped is shaped

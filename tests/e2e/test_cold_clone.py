@@ -1,0 +1,241 @@
+"""Cold clones stream from the upstream while the same bytes fill the cache.
+
+A full clone of a repo the cache does not have gets the upstream's answer as it
+arrives (one upstream pack download, no wait for a fill); the cache ends up exactly
+as a fill leaves it, or not at all when anything goes wrong on the way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import USERS, Repos, count
+from tests.e2e.test_clone import COLD_STREAM, remote_view
+from tests.support.cachedir import repos_for, settle
+from tests.support.gitclient import GitClient
+from tests.support.proxy import GobletProxy
+from tests.support.repos import git as bare_git
+from tests.support.upstream_client import UpstreamServer
+
+SLOW_MBIT = 4  # the slow upstream: a 2.4 MB pack takes about five seconds
+
+
+def cache_state(proxy: GobletProxy, url: str) -> dict[str, object] | None:
+    """The state file of the one cache repo of ``url``, or None if there is none."""
+    repos = repos_for(proxy.cache_dir, url)
+    assert len(repos) <= 1
+    return next(iter(repos.values()), None)
+
+
+def assert_cache_sound(proxy: GobletProxy, upstream_repo: Path, url: str) -> None:
+    """The cache repo of ``url`` is what a fill leaves: refs, HEAD, fsck-clean."""
+    [(path, state)] = repos_for(proxy.cache_dir, url).items()
+    heads_tags = {n: o for n, o in (line.split(" ", 1)[::-1] for line in bare_git(
+        "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/tags",
+        cwd=upstream_repo).splitlines())}
+    assert state["refs"] == heads_tags
+    assert state["head"] == bare_git("symbolic-ref", "HEAD", cwd=upstream_repo)
+    bare_git("fsck", "--full", "--no-dangling", cwd=path)
+    assert bare_git("symbolic-ref", "HEAD", cwd=path) == state["head"]
+    assert not list((path / "objects" / "pack").glob("*.keep"))
+    assert not (path / "goblet-incoming.pack").exists()
+
+
+def no_residue(proxy: GobletProxy) -> None:
+    settle(proxy.cache_dir)
+    assert list((proxy.cache_dir / "tmp").glob("*.git")) == []
+
+
+def test_a_cold_clone_streams_and_fills_the_cache_with_one_download(
+    git: GitClient, direct: GitClient, repos: Repos, upstream: UpstreamServer,
+    proxy: GobletProxy, tmp_path: Path,
+) -> None:
+    name = repos.create(commits=20)
+    url = upstream.url(name)
+    before = upstream.stats()["pack_bytes"]
+    git.clone(url, tmp_path / "cold")
+    one_pack = upstream.stats()["pack_bytes"] - before
+    assert count(upstream.stats(), "fetch", name) == 1
+    assert COLD_STREAM in proxy.log_text()
+    direct.clone(url, tmp_path / "direct")
+    assert remote_view(git, tmp_path / "cold") == remote_view(direct, tmp_path / "direct")
+    git.fsck(tmp_path / "cold")
+    assert_cache_sound(proxy, repos.path(name), url)
+    assert f"fill {url} result=ok" in proxy.log_text()
+
+    after_direct = upstream.stats()["pack_bytes"]
+    assert after_direct - before < 2.1 * one_pack  # the direct clone's pack
+    git.clone(url, tmp_path / "warm")  # from the cache: no pack from upstream
+    assert count(upstream.stats(), "fetch", name) == 2  # (the direct clone's)
+    assert upstream.stats()["pack_bytes"] == after_direct
+    assert remote_view(git, tmp_path / "warm") == remote_view(direct, tmp_path / "direct")
+
+
+def test_sixteen_concurrent_cold_clones_download_the_pack_once(
+    git: GitClient, direct: GitClient, repos: Repos, upstream: UpstreamServer,
+    proxy: GobletProxy, tmp_path: Path,
+) -> None:
+    name = repos.create(commits=30, blob_size=4000)
+    url = upstream.url(name)
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(
+            lambda i: git.clone(url, tmp_path / f"c{i}", check=False), range(16)))
+    assert [r.returncode for r in results] == [0] * 16, [r.stderr for r in results]
+    assert count(upstream.stats(), "fetch", name) == 1
+    direct.clone(url, tmp_path / "direct")
+    want = remote_view(direct, tmp_path / "direct")
+    for i in range(16):
+        assert remote_view(git, tmp_path / f"c{i}") == want
+    assert_cache_sound(proxy, repos.path(name), url)
+
+
+def test_requests_for_less_than_everything_pass_through_and_warm_the_cache(
+    git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path,
+) -> None:
+    name = repos.create(commits=10)
+    url = upstream.url(name)
+    git.clone(url, tmp_path / "shallow", "--depth", "1")
+    assert "cold: passed upstream while the cache fills" in proxy.log_text()
+    settle(proxy.cache_dir)
+    assert_cache_sound(proxy, repos.path(name), url)
+    fetches = count(upstream.stats(), "fetch", name)
+    assert fetches == 2  # the shallow answer, and the fill for the next clone
+    git.clone(url, tmp_path / "full")
+    assert count(upstream.stats(), "fetch", name) == fetches
+
+
+def test_an_upstream_cut_mid_pack_leaves_no_cache_repo(
+    git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path,
+) -> None:
+    name = repos.create(commits=30, blob_size=3000)
+    url = upstream.url(name)
+    upstream.fault("truncate", kinds=["fetch"], count=1)
+    res = git.clone(url, tmp_path / "cut", check=False)
+    assert res.returncode != 0  # as a direct clone would fail
+    no_residue(proxy)
+    assert cache_state(proxy, url) is None
+    assert "result=upstream_error" in proxy.log_text()
+    git.clone(url, tmp_path / "again")
+    git.fsck(tmp_path / "again")
+    assert_cache_sound(proxy, repos.path(name), url)
+
+
+# --------------------------------------------------------------- a slow upstream
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamServer]:
+    """An upstream whose answers trickle (SLOW_MBIT), so clones can be cut midway."""
+    server = UpstreamServer(tmp_path_factory.mktemp("slow"), {"users": USERS, "repos": {}},
+                            rate_mbit=SLOW_MBIT)
+    with server:
+        yield server
+
+
+@pytest.fixture
+def slow_repo(slow: UpstreamServer) -> str:
+    repos = Repos(slow)
+    return repos.create(commits=40, files_per_commit=3, blob_size=20_000)
+
+
+def wait_for_pack_bytes(upstream: UpstreamServer, least: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while upstream.stats()["pack_bytes"] < least and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_a_client_killed_mid_clone_leaves_nothing_half_served(
+    slow: UpstreamServer, slow_repo: str, confdir: Path, tmp_path: Path,
+) -> None:
+    url = slow.url(slow_repo)
+    with GobletProxy(tmp_path / "px", hosts=[slow.host], upstream_ca=slow.cert_path,
+                     confdir=confdir) as px:
+        git = GitClient(tmp_path / "home", ca_file=px.ca_cert, proxy=px.url)
+        least = slow.stats()["pack_bytes"] + 200_000
+        clone = subprocess.Popen(["git", "clone", url, str(tmp_path / "killed")],
+                                 env=git.env(), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for_pack_bytes(slow, least)
+        os.killpg(clone.pid, signal.SIGKILL)
+        clone.wait(10)
+        no_residue(px)
+        assert cache_state(px, url) is None
+        git.clone(url, tmp_path / "next")
+        git.fsck(tmp_path / "next")
+        assert_cache_sound(px, slow.root / slow_repo, url)
+
+
+def test_kill_9_of_the_proxy_mid_tee_leaves_no_residue(
+    slow: UpstreamServer, slow_repo: str, confdir: Path, tmp_path: Path,
+) -> None:
+    url = slow.url(slow_repo)
+    px = GobletProxy(tmp_path / "px", hosts=[slow.host], upstream_ca=slow.cert_path,
+                     confdir=confdir).start()
+    try:
+        git = GitClient(tmp_path / "home", ca_file=px.ca_cert, proxy=px.url)
+        least = slow.stats()["pack_bytes"] + 200_000
+        cloning = threading.Thread(
+            target=lambda: git.clone(url, tmp_path / "lost", check=False), daemon=True)
+        cloning.start()
+        wait_for_pack_bytes(slow, least)
+        assert list((px.cache_dir / "tmp").glob("*.git")), (
+            list((px.cache_dir / "tmp").iterdir()), px.log_text()[-3000:])
+        assert px.proc is not None
+        px.proc.kill()
+        px.proc.wait(10)
+        cloning.join(60)
+    finally:
+        px.stop()
+    again = GobletProxy(tmp_path / "px", hosts=[slow.host], upstream_ca=slow.cert_path,
+                        confdir=confdir, cache_dir=px.cache_dir)
+    with again:
+        assert list((again.cache_dir / "tmp").iterdir()) == []
+        assert cache_state(again, url) is None
+        git = GitClient(tmp_path / "home2", ca_file=again.ca_cert, proxy=again.url)
+        git.clone(url, tmp_path / "after")
+        git.fsck(tmp_path / "after")
+        assert_cache_sound(again, slow.root / slow_repo, url)
+
+
+def test_a_stalled_upstream_fails_the_cold_clone_within_the_timeout(
+    repos: Repos, upstream: UpstreamServer, confdir: Path, tmp_path: Path,
+) -> None:
+    name = repos.create(commits=3)
+    with GobletProxy(tmp_path / "px", hosts=[upstream.host], upstream_ca=upstream.cert_path,
+                     confdir=confdir, sets={"goblet_upstream_timeout": "2"}) as px:
+        git = GitClient(tmp_path / "home", ca_file=px.ca_cert, proxy=px.url)
+        upstream.fault("stall", kinds=["fetch"])
+        try:
+            started = time.monotonic()
+            res = git.clone(upstream.url(name), tmp_path / "c", check=False)
+        finally:
+            upstream.fault("none")
+        assert res.returncode != 0 and time.monotonic() - started < 30
+        no_residue(px)
+        assert cache_state(px, upstream.url(name)) is None
+        assert "no data from the upstream" in px.log_text()
+
+
+def test_fill_mode_keeps_filling_first(
+    repos: Repos, upstream: UpstreamServer, confdir: Path, tmp_path: Path,
+) -> None:
+    name = repos.create(commits=3)
+    with GobletProxy(tmp_path / "px", hosts=[upstream.host], upstream_ca=upstream.cert_path,
+                     confdir=confdir, sets={"goblet_cold_clones": "fill"}) as px:
+        git = GitClient(tmp_path / "home", ca_file=px.ca_cert, proxy=px.url)
+        git.clone(upstream.url(name), tmp_path / "c")
+        assert COLD_STREAM not in px.log_text()
+        assert "reason='filled, then served'" in px.log_text()
+        states = [json.loads(p.read_text()) for p in
+                  (px.cache_dir / "repos").glob("*.git/goblet-state.json")]
+        assert [s["url"] for s in states] == [upstream.url(name)]
