@@ -217,7 +217,8 @@ class FetchDecider:
         from the upstream while its answer fills the cache; a request for less (shallow,
         filtered, with haves, some refs only) goes upstream while a fill warms the cache
         for the next. None: fill, then serve, as for a missing object (a full clone in
-        v0/v1 or without a ref list, ``public`` isolation, or no new copy allowed)."""
+        v0/v1 or without a ref list, ``public`` isolation, no new copy allowed, or another
+        fill of the repo running, maybe in another process)."""
         if self.isolation == "public" or not self.admit(repo):
             return None
         view = self.verdicts.view(tenant, repo.url, self.verdicts.ttl)
@@ -225,7 +226,9 @@ class FetchDecider:
             return None
         if teefill.eligible(req, view):
             assert view is not None
-            tee = TeeFill(self.filler, repo, view, self.heads.get(repo.key))
+            tee = await TeeFill.start(self.filler, repo, view, self.heads.get(repo.key))
+            if tee is None:  # another fill runs (maybe in another process): wait for it
+                return None
             self.filler.track(repo, tee.task)
             self._fill_tenant[repo.key] = tenant
             tee.task.add_done_callback(lambda t: self._fill_tenant.pop(repo.key, None))

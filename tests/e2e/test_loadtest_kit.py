@@ -43,10 +43,11 @@ from ruamel.yaml import YAML
 from loadtest import protocol, topology
 from tests.e2e.conftest import Repos
 from tests.e2e.test_fleet import wait_for
+from tests.support.cachedir import settle
 from tests.support.net import free_port, http_get
 from tests.support.netns import in_own_network, run_until_ready
 from tests.support.proxy import ADDON, REPO_ROOT, GobletProxy, mitmdump_binary
-from tests.support.repos import list_refs
+from tests.support.repos import add_commit, list_refs
 from tests.support.upstream_client import UpstreamServer
 
 LOADTEST = REPO_ROOT / "loadtest"
@@ -622,8 +623,15 @@ def test_a_git_err_answer_is_a_failure(
     proxy: GobletProxy, prefix_port: int, upstream: UpstreamServer, repos: Repos,
     tmp_path: Path,
 ) -> None:
-    """A fill that fails upstream makes goblet answer HTTP 200 with an ERR pkt-line."""
+    """A fill that fails upstream makes goblet answer HTTP 200 with an ERR pkt-line (a
+    repo goblet has, so the fetch waits for a fill instead of streaming from upstream)."""
     name = repos.create(commits=3)
+    code, _, output = loadtest(tmp_path, "--url", f"http://127.0.0.1:{prefix_port}",
+                               "--workers", "1", "--requests", "3", "--think-time", "0",
+                               "--repos", f"{upstream.host}/{name}")
+    assert code == 0, output
+    settle(proxy.cache_dir)
+    add_commit(repos.path(name), message="moved")  # the next fetch needs a fill
     upstream.fault("error500", kinds=["fetch"])
     try:
         code, report, _ = loadtest(tmp_path, "--url", f"http://127.0.0.1:{prefix_port}",

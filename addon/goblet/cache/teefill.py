@@ -11,7 +11,7 @@ temporary repo. Once the answer is complete:
 1. ``git index-pack --stdin --check-self-contained-and-connected`` (at low
    CPU priority, so the client's own index-pack goes first) stores and
    verifies the pack; the pack must hold every object its objects reach;
-2. under the repo's writer lock: the branches and tags the upstream listed
+2. the branches and tags the upstream listed
    to this client in the ls-refs just before (the clone asked for all of
    them: see ``eligible``) are created in one ``update-ref`` transaction,
    HEAD follows the upstream's, the state file is written, and the repo is
@@ -21,13 +21,18 @@ temporary repo. Once the answer is complete:
 Any failure — the client goes away, the upstream cuts the answer or sends an
 error, index-pack refuses the pack, another fill got there first, the
 process is killed (the temporary repo is claimed, recovery deletes it) — and
-nothing is kept: the next request fills the usual way. While a tee fill
-runs, other requests for the repo wait for it as for any fill.
+nothing is kept: the next request fills the usual way. A tee fill holds the
+repo's writer lock from ``start`` to its end, so it is the only fill of the
+repo across every process sharing the cache dir: while it runs, requests
+here wait for it as for any fill, and other processes (whose ``start`` finds
+the lock taken) fill the usual way, which waits for the lock and then finds
+the repo made.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -36,6 +41,7 @@ from typing import BinaryIO
 
 from goblet.auth.verdicts import RefView
 from goblet.cache.fill import FailureKind, Filler, FillError, FillResult
+from goblet.cache.locks import LockTimeout
 from goblet.cache.recovery import remove_tree
 from goblet.cache.store import CacheRepo
 from goblet.git.runner import READ_CHUNK, kill_and_reap
@@ -69,11 +75,25 @@ def eligible(req: FetchRequest, view: RefView | None) -> bool:
 
 class TeeFill:
     """One tee fill (see the module docstring); ``task`` ends with the repo made, or a
-    FillError."""
+    FillError. Made by ``start``, which takes the repo's writer lock first."""
+
+    @classmethod
+    async def start(cls, filler: Filler, repo: CacheRepo, view: RefView, head: str | None,
+                    *, nice: int = 10) -> TeeFill | None:
+        """A tee fill holding ``repo``'s writer lock until its task ends; None at once if
+        another fill (here or in another process) holds the lock."""
+        held = contextlib.AsyncExitStack()
+        try:
+            await held.enter_async_context(filler.locks.writer(repo.key, timeout=0))
+        except (LockTimeout, OSError):
+            return None
+        return cls(filler, repo, view, head, held, nice=nice)
 
     def __init__(self, filler: Filler, repo: CacheRepo, view: RefView, head: str | None,
-                 *, nice: int = 10, clock: Callable[[], float] = time.monotonic) -> None:
+                 held: contextlib.AsyncExitStack, *, nice: int = 10,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.filler = filler
+        self._held = held
         self.repo = repo
         self.refs = view.mirrored
         self.head = head
@@ -156,6 +176,10 @@ class TeeFill:
                     self.on_stall()
 
     async def _complete(self) -> FillResult:
+        async with self._held:
+            return await self._completed()
+
+    async def _completed(self) -> FillResult:
         await self._begun.wait()
         if self._target is None or self._file is None:
             raise FillError(FailureKind.LOCAL, "cannot create the cache repo")
@@ -191,15 +215,14 @@ class TeeFill:
 
     async def _store(self, target: Path) -> FillResult:
         await self._index_pack(target)
-        async with self.filler.locks.writer(self.repo.key, timeout=self.filler.max_seconds):
-            if self.filler.store.exists(self.repo):
-                raise FillError(FailureKind.LOCAL, "another fill made the repo first")
-            await self._set_refs(target)
-            refs, head = await self.filler.store.read_refs(target)
-            if set(refs.items()) != set(self.refs.items()):
-                raise FillError(FailureKind.LOCAL, "refs did not come out as listed")
-            self.filler.store.write_state(target, self.repo, refs, head)
-            target.rename(self.repo.path)
+        if self.filler.store.exists(self.repo):  # made before ``start`` took the lock
+            raise FillError(FailureKind.LOCAL, "another fill made the repo first")
+        await self._set_refs(target)
+        refs, head = await self.filler.store.read_refs(target)
+        if set(refs.items()) != set(self.refs.items()):
+            raise FillError(FailureKind.LOCAL, "refs did not come out as listed")
+        self.filler.store.write_state(target, self.repo, refs, head)
+        target.rename(self.repo.path)
         return FillResult(True, len(refs), self._clock() - self._started)
 
     async def _index_pack(self, target: Path) -> None:
