@@ -69,7 +69,8 @@ class Goblet:
             self.rt.reconfigure(settings)
         self.access.configure(settings.log_format)
         self.settings = settings
-        if updates := opts.mitmproxy_updates_for(settings, o):
+        updates = {k: v for k, v in opts.mitmproxy_updates_for(settings, o).items() if k in o}
+        if updates:  # (an option mitmproxy does not have here, e.g. in a test harness, is skipped)
             log.info("goblet sets %s", ", ".join(f"{k}={v}" for k, v in updates.items()))
             o.update(**updates)
 

@@ -79,7 +79,8 @@ def test_quick_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert set(maint["summary"]["ratios_before_over_after"]) >= {"clone_s", "server_cpu_s"}
     assert {t["key"] for t in results["targets"]} == {
         "warm_vs_floor", "large_warm_vs_floor", "warm_vs_direct", "cold_vs_direct",
-        "rss_growth", "warm_pack_bytes", "warm_requests", "refs_rps", "refs_rps_canned",
+        "large_cold_vs_direct", "cold_pack_bytes", "large_cold_pack_bytes", "rss_growth",
+        "warm_pack_bytes", "warm_requests", "refs_rps", "refs_rps_canned",
     }
 
     table = res.stdout

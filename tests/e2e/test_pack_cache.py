@@ -116,7 +116,7 @@ def own_proxy(
 ) -> Iterator[list[GobletProxy]]:
     """A proxy this test may restart; the running one is the last of the list."""
     made = [GobletProxy(tmp_path / "own", hosts=[upstream.host], upstream_ca=upstream.cert_path,
-                        confdir=confdir).start()]
+                        confdir=confdir, sets=PROXY_SETS).start()]
     try:
         yield made
     finally:
@@ -138,7 +138,7 @@ def test_a_stored_answer_survives_a_restart_but_not_a_refs_change(
 
     proxy.stop()
     proxy = GobletProxy(proxy.workdir, hosts=proxy.hosts, upstream_ca=proxy.upstream_ca,
-                        confdir=proxy.confdir, cache_dir=proxy.cache_dir).start()
+                        confdir=proxy.confdir, cache_dir=proxy.cache_dir, sets=PROXY_SETS).start()
     own_proxy.append(proxy)
     git = GitClient(tmp_path / "home", ca_file=proxy.ca_cert, proxy=proxy.url)
     clone_ok(git, url, tmp_path / "after-restart", bare)

@@ -108,7 +108,10 @@ def test_one_slow_answer_to_a_client_request_is_not_an_outage_for_everyone(
             headers={"Git-Protocol": "version=2"}, timeout=60)
     finally:
         upstream.fault("none")  # releases the stalled request: the upstream is fine
-    assert slow.status >= 500  # goblet gave up on it after goblet_upstream_timeout
+    # goblet gave up on it after goblet_upstream_timeout; its own probe then found the
+    # upstream fine, so the request either failed alone or went on to the upstream, which
+    # answered it: never an outage recorded for everyone
+    assert slow.status >= 500 or slow.headers.get("server") == "goblet-test-upstream", slow
 
     via = fetch(upstream, oproxy, name, head)
     straight = fetch(upstream, None, name, head)

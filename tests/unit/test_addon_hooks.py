@@ -30,14 +30,15 @@ FETCH = pkt(b"command=fetch") + b"0001" + pkt(b"want " + OID.encode() + b"\n") +
     + b"0000"
 
 
-def run(body: Callable[[Goblet, Any], Awaitable[None]], tmp_path: Path) -> None:
-    """Run ``body(addon, tctx)`` inside a mitmproxy test context with a started addon."""
+def run(body: Callable[[Goblet, Any], Awaitable[None]], tmp_path: Path, **options: Any) -> None:
+    """Run ``body(addon, tctx)`` inside a mitmproxy test context with a started addon
+    (goblet ``options`` set before it starts)."""
 
     async def main() -> None:
         addon = Goblet()
         with taddons.context(addon) as tctx:
             tctx.configure(addon, goblet_cache_dir=str(tmp_path / "cache"),
-                           goblet_hosts=[HOST, "other.example:8443"])
+                           goblet_hosts=[HOST, "other.example:8443"], **options)
             await addon.running()
             try:
                 await body(addon, tctx)
@@ -128,7 +129,10 @@ def test_bad_requests_get_400_with_one_line(
     run(run_body, tmp_path)
 
 
-def test_ls_refs_goes_upstream_and_records_the_verdict(tmp_path: Path, mocker: Any) -> None:
+@pytest.mark.parametrize(("cold_clones", "fills"), [("fill", 1), ("stream", 0)])
+def test_ls_refs_goes_upstream_and_records_the_verdict(
+    cold_clones: str, fills: int, tmp_path: Path, mocker: Any
+) -> None:
     async def body(addon: Goblet, tctx: Any) -> None:
         f = git_flow("POST", "/org/repo.git/git-upload-pack", LS_REFS,
                      git_protocol="version=2", authorization="Bearer t0k")
@@ -145,9 +149,11 @@ def test_ls_refs_goes_upstream_and_records_the_verdict(tmp_path: Path, mocker: A
         await addon.response(f)
         tenant = addon.rt.keyer.tenant_id(addon_credential("Bearer t0k"))
         assert addon.rt.decider.verdicts.is_granted(tenant, "https://git.example.com/org/repo.git")
-        start.assert_called_once()  # the cache has never seen this repo
+        # the cache has never seen this repo: in fill mode the ref answer starts its fill;
+        # in stream mode the clone's own fetch fills it while it streams (no second download)
+        assert start.call_count == fills
 
-    run(body, tmp_path)
+    run(body, tmp_path, goblet_cold_clones=cold_clones)
 
 
 def addon_credential(value: str) -> Any:
@@ -258,7 +264,7 @@ RUNTIME_VALUES = {
     "goblet_repack_threads": "3", "goblet_warm_interval": "20m",
     "goblet_isolation": "tenant", "goblet_max_partitions": "4", "goblet_negative_ttl": "9s",
     "goblet_offline": "true", "goblet_offline_grace": "2h", "goblet_allow_open_proxy": "true",
-    "goblet_relay_internal": "on",
+    "goblet_relay_internal": "on", "goblet_cold_clones": "fill",
 }
 
 
@@ -283,6 +289,7 @@ def test_every_option_applies_at_run_time_or_says_it_needs_a_restart(tmp_path: P
         assert rt.maintainer.policy.full_every == 2 * 86400 and rt.maintainer.policy.threads == 3
         assert rt.lifecycle.maintenance is False and rt.partitions.max_per_repo == 4
         assert rt.warmer.interval == 1200 and rt.reporter.instance == "i-2"
+        assert d.tee is False  # cold clones: fill, then serve
         # a flow now gets a tenant partition
         f = git_flow("GET", "/org/repo.git/info/refs?service=git-upload-pack",
                      authorization="Bearer t0k")

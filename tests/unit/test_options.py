@@ -480,6 +480,7 @@ BAD = [
     ("request_body_timeout", "0", "goblet_request_body_timeout"),
     ("allow_open_proxy", "sure", "goblet_allow_open_proxy"),
     ("relay_internal", "maybe", "goblet_relay_internal"),
+    ("cold_clones", "tee", "goblet_cold_clones"),
     ("instance", "a b", "goblet_instance"),
     ("cache_dir", " ", "goblet_cache_dir"),
     ("hosts", [], "goblet_hosts"), ("hosts", ["exa mple.com"], "bad host name"),
