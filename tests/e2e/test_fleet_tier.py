@@ -12,6 +12,7 @@ compatible store (moto's server) and one real redis-server, all on loopback.
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -224,3 +225,45 @@ def test_the_store_and_redis_never_hold_a_credential(
     for key, value in blobs:
         for needle in needles:
             assert needle not in key.encode() and needle not in value, key
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamServer]:
+    """An upstream whose answers trickle (4 Mbit/s), so a fill can be cut midway."""
+    server = UpstreamServer(tmp_path_factory.mktemp("slow"), {"users": USERS, "repos": {}},
+                            rate_mbit=4)
+    with server:
+        yield server
+
+
+def test_a_leader_killed_mid_fill_leaves_the_others_to_finish(
+    fleet: Fleet, slow: UpstreamServer, tmp_path: Path,
+) -> None:
+    name = Repos(slow).create(commits=40, files_per_commit=3, blob_size=20_000)
+    url = slow.url(name)
+    fleet.upstream = slow
+    leader, other = fleet.start(lease="3s"), fleet.start(lease="3s")
+    before = slow.stats()["pack_bytes"]
+    lost = threading.Thread(target=lambda: fleet.git(leader, "lost").clone(
+        url, tmp_path / "lost", check=False), daemon=True)
+    lost.start()
+    deadline = time.monotonic() + 30
+    while slow.stats()["pack_bytes"] < before + 200_000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    waiting = threading.Thread(target=lambda: fleet.git(other, "waits").clone(
+        url, tmp_path / "waits"), daemon=True)
+    waiting.start()
+    time.sleep(0.5)  # the second instance is waiting for the leader's lease
+    assert leader.proc is not None
+    leader.proc.kill()  # kill -9: its lease stays in Redis until it runs out
+    leader.proc.wait(10)
+    waiting.join(120)
+    lost.join(30)
+    assert (tmp_path / "waits" / ".git").is_dir(), other.log_text()[-3000:]
+    port = int(other.sets["goblet_metrics_port"])
+    assert metric_sum(port, "goblet_fleet_lease_waits_total", result="leader") >= 1
+    assert metric_sum(port, "goblet_fleet_lease_wait_seconds_sum") >= 1  # until it ran out
+    published(other, url, 60)
+    third = fleet.start(lease="3s")
+    fleet.git(third, "third").clone(url, tmp_path / "third")
+    assert f"restored {url} from the store" in third.log_text()
