@@ -137,6 +137,8 @@ def test_four_instances_fetch_the_pack_once_and_a_fifth_restores_from_the_store(
     assert cold < warm + 10  # a warm clone plus the bundle download (generous under load)
     port = int(fifth.sets["goblet_metrics_port"])
     assert metric_sum(port, "goblet_store_restores_total", result="hit") == 1
+    assert metric_sum(port, "goblet_store_bytes_total", direction="down") > 0
+    assert metric_sum(port, "goblet_upstream_fetch_bytes_total") == 0  # restored, not fetched
 
     add_commit(repos.path(name), message="after the fleet filled")
     sixth = fleet.start()

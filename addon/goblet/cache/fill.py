@@ -152,6 +152,7 @@ class Filler:
         # The fleet tier (``fleet/tier.py``), if configured: a first fill restores from
         # the shared store, and every fill takes the repo's fleet-wide turn.
         self.fleet: FleetTier | None = None
+        self._restored: dict[str, int] = {}  # repo key -> pack bytes restored from the fleet
 
     def in_flight(self, repo: CacheRepo) -> asyncio.Task[FillResult] | None:
         """The running fill of ``repo``, if any."""
@@ -207,7 +208,8 @@ class Filler:
             result, reason = _RESULTS[e.kind], e.reason
             raise
         finally:
-            grown = max(0, pack_bytes(repo.path) - before) if result == "ok" else 0
+            restored = self._restored.pop(repo.key, 0)  # not from the upstream
+            grown = max(0, pack_bytes(repo.path) - before - restored) if result == "ok" else 0
             if self.observer is not None:
                 self.observer.fill_finished(
                     repo, result, time.monotonic() - started, grown, reason
@@ -288,8 +290,9 @@ class Filler:
         try:
             try:
                 await self.store.init_bare(target)
-                if self.fleet is not None:  # from the shared store; the fetch below adds
-                    await self.fleet.restore(repo, target)  # only what moved since
+                if self.fleet is not None and await self.fleet.restore(repo, target):
+                    # from the shared store; the fetch below adds only what moved since
+                    self._restored[repo.key] = await asyncio.to_thread(pack_bytes, target)
             except OSError as e:
                 remove_tree(target)
                 raise FillError(FailureKind.LOCAL, f"cannot create cache repo: {e}") from None
