@@ -258,7 +258,8 @@ RUNTIME_VALUES = {
     "goblet_repack_threads": "3", "goblet_warm_interval": "20m",
     "goblet_isolation": "tenant", "goblet_max_partitions": "4", "goblet_negative_ttl": "9s",
     "goblet_offline": "true", "goblet_offline_grace": "2h", "goblet_allow_open_proxy": "true",
-    "goblet_relay_internal": "on",
+    "goblet_relay_internal": "on", "goblet_cold_clones": "fill",
+    "goblet_store_max_bytes": "5GiB", "goblet_store_partitions": "shared,tenant",
 }
 
 
@@ -272,7 +273,9 @@ def test_every_option_applies_at_run_time_or_says_it_needs_a_restart(tmp_path: P
         s = addon.settings
         assert s is not None and rt.settings is s and s.offline and s.isolation == "tenant"
         assert s.allow_open_proxy
+        assert (s.store_max_bytes, s.store_partitions) == (5 << 30, {"shared", "tenant"})
         d, v = rt.decider, rt.decider.verdicts
+        assert d.tee is False
         assert (v.ttl, v.negative_ttl, v.keep) == (300, 9, 7200)
         assert (d.isolation, d.offline, d.offline_grace) == ("tenant", True, 7200)
         assert d.filler.stall_timeout == 7 and rt.backend.follow_timeout == 7
