@@ -29,12 +29,11 @@ import contextlib
 import logging
 import os
 import time
-import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from goblet.cache.locks import LockTimeout, RepoLocks
+from goblet.cache.locks import LockTimeout, RepoLocks, claim_fresh
 from goblet.cache.recovery import remove_tree
 from goblet.cache.store import CacheRepo, RepoStore, refs_digest
 from goblet.fleet import bundles
@@ -206,21 +205,18 @@ class FleetTier:
         if store is None or not self.publishable(repo):
             return False
         started = time.monotonic()
-        files: list[Path] = []
         try:
             manifest = parse(await asyncio.to_thread(store.get_manifest, repo.key))
             moved = 0
             for entry in manifest.bundles:
-                path = self.repos.tmp_dir / f"{repo.key}.{uuid.uuid4().hex}.bundle"
-                files.append(path)
-                digest = await asyncio.to_thread(store.download, repo.key, entry.name, path,
-                                                 entry.size)
-                if digest != entry.sha256 or path.stat().st_size != entry.size:
-                    raise bundles.BundleError("bundle checksum does not match its manifest")
-                moved += entry.size
-                await bundles.verify(self.repos.git, target, path)
-                await bundles.fetch(self.repos.git, target, path)
-                path.unlink()
+                with self._bundle_file(repo) as path:
+                    digest = await asyncio.to_thread(store.download, repo.key, entry.name,
+                                                     path, entry.size)
+                    if digest != entry.sha256 or path.stat().st_size != entry.size:
+                        raise bundles.BundleError("bundle checksum does not match its manifest")
+                    moved += entry.size
+                    await bundles.verify(self.repos.git, target, path)
+                    await bundles.fetch(self.repos.git, target, path)
         except NotFound:
             self.metrics.store_restores.labels("miss").inc()
             self._healthy("store")
@@ -236,9 +232,6 @@ class FleetTier:
             self.metrics.store_restores.labels("error").inc()
             await self._reset(target)
             return False
-        finally:
-            for path in files:
-                path.unlink(missing_ok=True)
         self._healthy("store")
         seconds = time.monotonic() - started
         self.metrics.store_restores.labels("hit").inc()
@@ -247,6 +240,17 @@ class FleetTier:
         log.info("restored %s from the store: %d bundle(s), %d bytes, %.3fs", repo.url,
                  len(manifest.bundles), moved, seconds)
         return True
+
+    @contextlib.contextmanager
+    def _bundle_file(self, repo: CacheRepo) -> Iterator[Path]:
+        """A fresh path in the cache's ``tmp/`` for one bundle, claimed while in use (so no
+        sweep of ``tmp/`` takes it; a crashed process's is swept), deleted afterwards."""
+        path, claim = claim_fresh(self.repos.tmp_dir, repo.key, ".bundle")
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+            claim.release()
 
     async def _reset(self, target: Path) -> None:
         """Leave an empty repo at ``target`` (whatever a failed restore put there goes)."""
@@ -324,8 +328,7 @@ class FleetTier:
         """Make the next bundle (an increment if it can be one), upload it; the manifest
         that names it (None: nothing to publish)."""
         assert self.store is not None
-        out = self.repos.tmp_dir / f"{repo.key}.{uuid.uuid4().hex}.bundle"
-        try:
+        with self._bundle_file(repo) as out:
             async with self.locks.writer(repo.key, timeout=600):
                 refs, head = await self.repos.read_refs(repo.path)
                 if not refs:
@@ -347,8 +350,6 @@ class FleetTier:
             entry = BundleEntry(f"{sha}.bundle", size, sha)
             await asyncio.to_thread(self.store.upload, repo.key, entry.name, out)
             self.metrics.store_bytes.labels("up").inc(size)
-        finally:
-            out.unlink(missing_ok=True)
         chain = (*previous.bundles, entry) if base is not None and previous else (entry,)
         return ("increment" if base is not None else "base",
                 Manifest(refs, head, refs_digest(refs, head), time.time(), turn.token, chain))

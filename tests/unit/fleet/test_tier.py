@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from goblet.cache.locks import RepoLocks
+from goblet.cache.recovery import sweep_abandoned
 from goblet.cache.store import CacheRepo, RepoStore
 from goblet.fleet.lease import Coordinator
 from goblet.fleet.locations import StoreLocation, parse_redis
@@ -144,7 +145,7 @@ def test_a_tampered_bundle_is_refused_and_leaves_an_empty_repo(
     assert refs_of(target) == {}
     assert not list((target / "objects" / "pack").glob("*.pack"))
     assert b.metrics.store_restores.labels("error")._value.get() == 1
-    assert not list(repos_b.tmp_dir.glob("*.bundle"))
+    assert not list(repos_b.tmp_dir.glob("*.bundle")) and not list(repos_b.tmp_dir.glob("*.lock"))
 
 
 def test_a_fenced_out_leader_does_not_publish(s3: S3Server, tmp_path: Path) -> None:
@@ -197,3 +198,14 @@ def test_nothing_published_names_the_url_partition_or_a_tenant(
     for key, value in s3.objects().items():
         if key.startswith("names/"):
             assert b"git.example" not in value and "git.example" not in key
+
+
+def test_bundles_in_tmp_are_claimed_so_a_sweep_leaves_them(s3: S3Server, tmp_path: Path) -> None:
+    world = World(tmp_path, s3, "sweep")
+    a, repos_a = world.instance("a", tmp_path)
+    repo = repos_a.repo_for(URL)
+    with a._bundle_file(repo) as path:
+        path.write_bytes(b"in use")
+        assert sweep_abandoned(repos_a.tmp_dir) == []
+        assert path.read_bytes() == b"in use"
+    assert list(repos_a.tmp_dir.iterdir()) == []
