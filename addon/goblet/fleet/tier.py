@@ -4,6 +4,8 @@
   instance takes the repo's Redis lease (``LEADER``) and fills; the others
   wait until it is released and, if the leader published meanwhile, fill as
   ``FOLLOWER`` (restore from the store, then fetch only the delta upstream).
+  When the store already has the repo, they do not wait: restoring is cheap
+  and the upstream then sends each of them only what moved since.
   When the ``async with`` body succeeds, the holder publishes the repo in the
   background and only then releases the lease; on failure it releases at once.
   A crashed leader's lease runs out by itself.
@@ -126,6 +128,8 @@ class FleetTier:
                     return self._waited(turn, started)
                 if not wait:
                     return self._waited(Turn(Role.BUSY), started)
+                if before is not None:  # the store has it: restore now, fetch the delta
+                    return self._waited(Turn(Role.FOLLOWER), started)
                 while await coord.held(repo.key):
                     if time.monotonic() - started > self.max_wait:
                         return self._waited(Turn(Role.ALONE), started, "timeout")

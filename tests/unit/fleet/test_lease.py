@@ -7,8 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from goblet.cache.locks import RepoLocks
+from goblet.cache.store import RepoStore
 from goblet.fleet.lease import CoordinationError, Coordinator
 from goblet.fleet.locations import parse_redis
+from goblet.fleet.tier import FleetTier
+from goblet.fleet.turns import Role
+from goblet.git.runner import GitRunner
+from goblet.observe.metrics import Metrics
 
 from tests.support.fleetservers import RedisServer
 from tests.support.net import free_port
@@ -85,3 +91,33 @@ def test_keys_hold_the_repo_key_only(server: RedisServer) -> None:
     asyncio.run(main())
     assert set(server.dump()) == {f"goblet:lease:{KEY}", f"goblet:fence:{KEY}",
                                   f"goblet:digest:{KEY}"}
+
+
+def test_turns_leader_busy_follower(server: RedisServer, tmp_path: Path) -> None:
+    repos = RepoStore(tmp_path / "cache", GitRunner(home=tmp_path / "home"))
+    repos.prepare()
+    repo = repos.repo_for("https://git.example/r.git")
+
+    async def main() -> None:
+        a, b = coordinator(server.url, lease=2), coordinator(server.url, lease=2)
+        ta = FleetTier(repos, RepoLocks(repos.lock_dir), Metrics(), store=None, coordinator=a)
+        tb = FleetTier(repos, RepoLocks(repos.lock_dir), Metrics(), store=None, coordinator=b)
+        async with ta.turn(repo) as first:
+            assert first.role is Role.LEADER
+            async with tb.turn(repo, wait=False) as busy:
+                assert busy.role is Role.BUSY
+            waiting = asyncio.ensure_future(tb._take(repo, wait=True))
+            await asyncio.sleep(0.5)
+            assert not waiting.done()  # nothing published yet: it waits for the leader
+        # released without a publish: the waiter takes the lease itself
+        second = await asyncio.wait_for(waiting, 5)
+        assert second.role is Role.LEADER and second.token > first.token
+        await b.set_digest(repo.key, second.token, "d" * 64)
+        async with ta.turn(repo) as third:  # the store has it: no wait, restore
+            assert third.role is Role.FOLLOWER
+        assert second._renewer is not None
+        second._renewer.cancel()
+        await b.release(repo.key, second.token)
+        await ta.close()
+        await tb.close()
+    asyncio.run(main())
