@@ -269,3 +269,25 @@ def test_a_leader_killed_mid_fill_leaves_the_others_to_finish(
     third = fleet.start(lease="3s")
     fleet.git(third, "third").clone(url, tmp_path / "third")
     assert f"restored {url} from the store" in third.log_text()
+
+
+def test_redis_killed_mid_fill_fails_no_clone_and_the_store_still_gets_the_repo(
+    fleet: Fleet, slow: UpstreamServer, redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    name = Repos(slow).create(commits=40, files_per_commit=3, blob_size=20_000)
+    url = slow.url(name)
+    fleet.upstream = slow
+    leader, other = fleet.start(), fleet.start()
+    before = slow.stats()["pack_bytes"]
+    first = threading.Thread(target=lambda: fleet.git(leader, "first").clone(
+        url, tmp_path / "first"), daemon=True)
+    first.start()
+    deadline = time.monotonic() + 30
+    while slow.stats()["pack_bytes"] < before + 200_000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    redis_server.kill()
+    fleet.git(other, "second").clone(url, tmp_path / "second")
+    first.join(120)
+    assert (tmp_path / "first" / ".git").is_dir(), leader.log_text()[-3000:]
+    assert "fleet redis unavailable, filling alone" in other.log_text()
+    published(leader, url, 60)

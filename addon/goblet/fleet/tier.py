@@ -290,8 +290,7 @@ class FleetTier:
             if manifest is None:
                 self.metrics.store_publishes.labels("skipped").inc()
                 return
-            if coord is not None and turn.role is Role.LEADER and \
-                    not await coord.current(repo.key, turn.token):
+            if not await self._still_leader(repo, turn):
                 log.warning("fleet lease of %s was taken over: not publishing", repo.url)
                 self.metrics.store_publishes.labels("skipped").inc()
                 return
@@ -316,6 +315,18 @@ class FleetTier:
         self.metrics.store_duration.labels("publish").observe(seconds)
         log.info("published %s to the store: %s, %d bytes in %d bundle(s), %.3fs", repo.url,
                  kind, manifest.size, len(manifest.bundles), seconds)
+
+    async def _still_leader(self, repo: CacheRepo, turn: Turn) -> bool:
+        """Whether ``turn`` may write the manifest: no one took its lease over. With Redis
+        gone this cannot be known; the manifest's own fence (never replaced by an older
+        token) is then the guard."""
+        if self.coordinator is None or turn.role is not Role.LEADER:
+            return True
+        try:
+            return await self.coordinator.current(repo.key, turn.token)
+        except CoordinationError as e:
+            self._degraded("redis", str(e))
+            return True
 
     async def _previous(self, repo: CacheRepo) -> Manifest | None:
         assert self.store is not None
