@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--maint-fills", type=int,
                    help="incremental fills (one pack each) of the cache repo before the "
                    "maintenance before/after comparison (default 50; quick 3)")
+    p.add_argument("--fleet-instances", type=int,
+                   help="instances of the fleet phase, alone vs. shared tier (default 4; "
+                   "quick 2)")
     p.add_argument("--seed", type=int, default=1, help="order of the interleaved scenarios")
     p.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "out",
                    help="where repos are cached and results written (default bench/out)")
@@ -73,7 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-work", action="store_true",
                    help="keep the session's repos, caches and clones under the run directory")
     args = p.parse_args(argv)
-    for name in ("runs", "large_runs", "concurrency", "rps_clients", "maint_fills"):
+    for name in ("runs", "large_runs", "concurrency", "rps_clients", "maint_fills",
+                 "fleet_instances"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -104,7 +108,7 @@ def make_config(args: argparse.Namespace) -> Config:
     )
     overrides = {k: getattr(args, k) for k in
                  ("runs", "large_runs", "concurrency", "rps_seconds", "rps_clients",
-                  "maint_fills")
+                  "maint_fills", "fleet_instances")
                  if getattr(args, k) is not None}
     return replace(cfg, **overrides)
 
