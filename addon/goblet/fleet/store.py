@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -55,6 +56,8 @@ def _safe(e: Exception) -> str:
     if isinstance(e, ClientError):
         err = e.response.get("Error", {})
         return f"object store answered {err.get('Code', '?')}"
+    if isinstance(e, Boto3Error):
+        return "object store transfer failed"
     return f"object store unreachable: {type(e).__name__}"
 
 
@@ -105,7 +108,7 @@ class ObjectStore:
             with path.open("rb") as f:
                 self.client.upload_fileobj(f, self.location.bucket, self.key(repo_key, name),
                                            Config=self.transfer)
-        except (BotoCoreError, ClientError) as e:
+        except (BotoCoreError, ClientError, Boto3Error) as e:
             raise StoreError(_safe(e)) from None
         except OSError as e:
             raise StoreError(f"cannot read bundle: {e.strerror}") from None
@@ -127,7 +130,7 @@ class ObjectStore:
             if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise NotFound("bundle missing") from None
             raise StoreError(_safe(e)) from None
-        except BotoCoreError as e:
+        except (BotoCoreError, Boto3Error) as e:
             raise StoreError(_safe(e)) from None
         except OSError as e:
             raise StoreError(f"cannot write bundle: {e.strerror}") from None
