@@ -460,6 +460,12 @@ def test_the_pack_cache_fits_in_half_the_cache_budget() -> None:
 
 # (option, a bad value, what the error says): every option that can be wrong.
 BAD = [
+    ("store", "gs://bucket", "goblet_store"), ("store", "s3://b/../x", "goblet_store"),
+    ("store_endpoint", "http://key:secret@minio:9000", "goblet_store_endpoint"),
+    ("store_max_bytes", "big", "goblet_store_max_bytes"),
+    ("store_partitions", "everyone", "goblet_store_partitions"),
+    ("redis", "redis://:pw@host:6379/0", "goblet_redis"),
+    ("fleet_lease", "1", "goblet_fleet_lease"),
     ("verdict_ttl", "soon", "goblet_verdict_ttl"), ("verdict_ttl", "2h", "goblet_verdict_ttl"),
     ("upstream_timeout", "0", "goblet_upstream_timeout"),
     ("max_request_bytes", "lots", "goblet_max_request_bytes"),
@@ -481,16 +487,10 @@ BAD = [
     ("request_body_timeout", "0", "goblet_request_body_timeout"),
     ("allow_open_proxy", "sure", "goblet_allow_open_proxy"),
     ("relay_internal", "maybe", "goblet_relay_internal"),
+    ("cold_clones", "tee", "goblet_cold_clones"),
     ("instance", "a b", "goblet_instance"),
     ("cache_dir", " ", "goblet_cache_dir"),
     ("hosts", [], "goblet_hosts"), ("hosts", ["exa mple.com"], "bad host name"),
-    ("store", "gs://bucket", "goblet_store"), ("store", "s3://b/../x", "goblet_store"),
-    ("store_endpoint", "http://key:secret@minio:9000", "goblet_store_endpoint"),
-    ("store_max_bytes", "big", "goblet_store_max_bytes"),
-    ("store_partitions", "everyone", "goblet_store_partitions"),
-    ("redis", "redis://:pw@host:6379/0", "goblet_redis"),
-    ("fleet_lease", "1", "goblet_fleet_lease"),
-    ("cold_clones", "later", "goblet_cold_clones"),
 ]
 
 
