@@ -8,9 +8,11 @@ store is checked by git itself before it lands in a repo.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from goblet.cache.locks import claim_fresh
 from goblet.git.runner import GitRunner, GitTimeout
 
 REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
@@ -66,3 +68,16 @@ async def fetch(git: GitRunner, repo: Path, bundle: Path, *, timeout: float = 36
         raise BundleError(str(e)) from None
     if not res.ok:
         raise BundleError(f"bundle fetch failed: {res.stderr_line()}")
+
+
+@contextlib.contextmanager
+def bundle_file(tmp_dir: Path, repo_key: str) -> Iterator[Path]:
+    """A fresh path in the cache's ``tmp/`` for one bundle, claimed while in use (so no
+    sweep of ``tmp/`` takes it; a crashed process's is swept), deleted afterwards.
+    Raises OSError if no claim can be made."""
+    path, claim = claim_fresh(tmp_dir, repo_key, ".bundle")
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        claim.release()

@@ -14,10 +14,10 @@
   ``git bundle verify`` and a fetch from each (index-pack with fsck) into the
   temporary repo. The fill then fetches from the upstream with the client's
   credential as always, so the refs (and the grant) are the upstream's.
-- ``publish``: bundles the repo (a base, or an increment over the published
-  tips), uploads it, replaces the manifest (fenced: a holder whose lease was
-  taken over writes nothing), deletes bundles no manifest names and keeps the
-  store within its budget. Only partitions the operator opted in are published.
+- ``publish``: ``publish.Publisher`` bundles the repo (a base, or an increment
+  over the published tips), uploads it, replaces the manifest (fenced),
+  deletes bundles no manifest names and keeps the store within its budget.
+  Only partitions the operator opted in are published.
 
 Redis or the store failing degrades to what an instance does alone (fill from
 the upstream), counted in ``goblet_fleet_degraded`` with one log line per
@@ -31,25 +31,22 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from goblet.cache.locks import LockTimeout, RepoLocks, claim_fresh
+from goblet.cache.locks import RepoLocks
 from goblet.cache.recovery import remove_tree
-from goblet.cache.store import CacheRepo, RepoStore, refs_digest
+from goblet.cache.store import CacheRepo, RepoStore
 from goblet.fleet import bundles
+from goblet.fleet.health import PartHealth
 from goblet.fleet.lease import CoordinationError, Coordinator
 from goblet.fleet.manifest import (
-    BundleEntry,
-    Manifest,
     ManifestError,
-    compacts,
-    increment_base,
     parse,
-    stale_objects,
 )
-from goblet.fleet.store import MANIFEST, NotFound, ObjectStore, StoreError, file_sha256
+from goblet.fleet.publish import Publisher
+from goblet.fleet.store import NotFound, ObjectStore, StoreError
 from goblet.fleet.turns import Role, Turn
 
 if TYPE_CHECKING:
@@ -75,23 +72,21 @@ class FleetTier:
         self.store = store
         self.coordinator = coordinator
         self.partitions = partitions
-        self.max_bytes = max_bytes
         self.max_wait = max_wait
-        self._down: set[str] = set()
+        self.health = PartHealth(metrics)
+        self.publisher = Publisher(repos, locks, metrics, self.health, store=store,
+                                   coordinator=coordinator, max_bytes=max_bytes)
         self._background: set[asyncio.Task[None]] = set()
 
-    # --- health of the shared parts -------------------------------------------------
+    @property
+    def max_bytes(self) -> int:
+        """The store's budget (``goblet_store_max_bytes``; 0: none)."""
+        budget: int = self.publisher.max_bytes
+        return budget
 
-    def _degraded(self, part: str, reason: str) -> None:
-        self.metrics.fleet_degraded.labels(part).inc()
-        if part not in self._down:
-            self._down.add(part)
-            log.warning("fleet %s unavailable, filling alone: %s", part, reason)
-
-    def _healthy(self, part: str) -> None:
-        if part in self._down:
-            self._down.discard(part)
-            log.info("fleet %s available again", part)
+    @max_bytes.setter
+    def max_bytes(self, value: int) -> None:
+        self.publisher.max_bytes = value
 
     def publishable(self, repo: CacheRepo) -> bool:
         """Whether ``repo`` may go to (and come from) the store: its partition kind is
@@ -137,11 +132,11 @@ class FleetTier:
                 if await coord.digest(repo.key) != before:
                     return self._waited(Turn(Role.FOLLOWER), started)
         except CoordinationError as e:
-            self._degraded("redis", str(e))
+            self.health.degraded("redis", str(e))
             return Turn(Role.ALONE)
 
     def _waited(self, turn: Turn, started: float, result: str = "") -> Turn:
-        self._healthy("redis")
+        self.health.healthy("redis")
         self.metrics.lease_waits.labels(result or turn.role.value).inc()
         self.metrics.lease_wait_seconds.observe(time.monotonic() - started)
         return turn
@@ -157,7 +152,7 @@ class FleetTier:
                     log.warning("fleet lease of %s ran out before its fill ended", repo.url)
                     return
             except CoordinationError as e:
-                self._degraded("redis", str(e))
+                self.health.degraded("redis", str(e))
 
     async def _publish_then_release(self, repo: CacheRepo, turn: Turn, publish: bool) -> None:
         try:
@@ -170,7 +165,7 @@ class FleetTier:
                 try:
                     await self.coordinator.release(repo.key, turn.token)
                 except CoordinationError as e:
-                    self._degraded("redis", str(e))
+                    self.health.degraded("redis", str(e))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -188,20 +183,20 @@ class FleetTier:
         """Whether the store has ``repo`` published (a cold fill would restore it)."""
         if self.store is None or not self.publishable(repo):
             return False
-        if self.coordinator is not None and "redis" not in self._down:
+        if self.coordinator is not None and "redis" not in self.health.down:
             try:
                 if await self.coordinator.digest(repo.key):
                     return True
             except CoordinationError as e:
-                self._degraded("redis", str(e))
+                self.health.degraded("redis", str(e))
         try:
             await asyncio.to_thread(self.store.get_manifest, repo.key)
         except NotFound:
             return False
         except StoreError as e:
-            self._degraded("store", str(e))
+            self.health.degraded("store", str(e))
             return False
-        self._healthy("store")
+        self.health.healthy("store")
         return True
 
     async def restore(self, repo: CacheRepo, target: Path) -> bool:
@@ -218,7 +213,7 @@ class FleetTier:
             manifest = parse(await asyncio.to_thread(store.get_manifest, repo.key))
             moved = 0
             for entry in manifest.bundles:
-                with self._bundle_file(repo) as path:
+                with bundles.bundle_file(self.repos.tmp_dir, repo.key) as path:
                     digest = await asyncio.to_thread(store.download, repo.key, entry.name,
                                                      path, entry.size)
                     if digest != entry.sha256 or path.stat().st_size != entry.size:
@@ -228,11 +223,11 @@ class FleetTier:
                     await bundles.fetch(self.repos.git, target, path)
         except NotFound:
             self.metrics.store_restores.labels("miss").inc()
-            self._healthy("store")
+            self.health.healthy("store")
             await self._reset(target)
             return False
         except StoreError as e:
-            self._degraded("store", str(e))
+            self.health.degraded("store", str(e))
             self.metrics.store_restores.labels("error").inc()
             await self._reset(target)
             return False
@@ -241,7 +236,7 @@ class FleetTier:
             self.metrics.store_restores.labels("error").inc()
             await self._reset(target)
             return False
-        self._healthy("store")
+        self.health.healthy("store")
         seconds = time.monotonic() - started
         self.metrics.store_restores.labels("hit").inc()
         self.metrics.store_bytes.labels("down").inc(moved)
@@ -250,165 +245,14 @@ class FleetTier:
                  len(manifest.bundles), moved, seconds)
         return True
 
-    @contextlib.contextmanager
-    def _bundle_file(self, repo: CacheRepo) -> Iterator[Path]:
-        """A fresh path in the cache's ``tmp/`` for one bundle, claimed while in use (so no
-        sweep of ``tmp/`` takes it; a crashed process's is swept), deleted afterwards."""
-        path, claim = claim_fresh(self.repos.tmp_dir, repo.key, ".bundle")
-        try:
-            yield path
-        finally:
-            path.unlink(missing_ok=True)
-            claim.release()
-
     async def _reset(self, target: Path) -> None:
         """Leave an empty repo at ``target`` (whatever a failed restore put there goes)."""
         await asyncio.to_thread(remove_tree, target)
         await self.repos.init_bare(target)
 
-    # --- publish ----------------------------------------------------------------------
-
     async def publish(self, repo: CacheRepo, turn: Turn) -> None:
-        """Publish ``repo`` (see the module docstring); failures are logged and counted."""
-        store, coord = self.store, self.coordinator
-        state = self.repos.state(repo)
-        if store is None or state is None or not state.refs:
-            return
-        started = time.monotonic()
-        try:
-            if coord is not None and turn.role is Role.LEADER:
-                try:
-                    if await coord.digest(repo.key) == state.digest:
-                        self.metrics.store_publishes.labels("skipped").inc()
-                        return
-                except CoordinationError as e:
-                    self._degraded("redis", str(e))
-            previous = await self._previous(repo)
-            if previous is not None and previous.digest == state.digest:
-                self.metrics.store_publishes.labels("skipped").inc()
-                await self._set_digest(repo, turn, state.digest)
-                return
-            if previous is not None and turn.token and previous.fence > turn.token:
-                self.metrics.store_publishes.labels("skipped").inc()
-                return
-            kind, manifest = await self._bundle_and_upload(repo, turn, previous)
-            if manifest is None:
-                self.metrics.store_publishes.labels("skipped").inc()
-                return
-            if not await self._still_leader(repo, turn):
-                log.warning("fleet lease of %s was taken over: not publishing", repo.url)
-                self.metrics.store_publishes.labels("skipped").inc()
-                return
-            await asyncio.to_thread(store.put_manifest, repo.key, manifest.to_json())
-            await self._set_digest(repo, turn, manifest.digest)
-            await self._tidy(repo, manifest)
-        except StoreError as e:
-            self._degraded("store", str(e))
-            self.metrics.store_publishes.labels("error").inc()
-            return
-        except CoordinationError as e:
-            self._degraded("redis", str(e))
-            self.metrics.store_publishes.labels("error").inc()
-            return
-        except (bundles.BundleError, OSError, LockTimeout) as e:
-            log.warning("cannot publish %s: %s", repo.url, e)
-            self.metrics.store_publishes.labels("error").inc()
-            return
-        self._healthy("store")
-        seconds = time.monotonic() - started
-        self.metrics.store_publishes.labels(kind).inc()
-        self.metrics.store_duration.labels("publish").observe(seconds)
-        log.info("published %s to the store: %s, %d bytes in %d bundle(s), %.3fs", repo.url,
-                 kind, manifest.size, len(manifest.bundles), seconds)
-
-    async def _still_leader(self, repo: CacheRepo, turn: Turn) -> bool:
-        """Whether ``turn`` may write the manifest: no one took its lease over. With Redis
-        gone this cannot be known; the manifest's own fence (never replaced by an older
-        token) is then the guard."""
-        if self.coordinator is None or turn.role is not Role.LEADER:
-            return True
-        try:
-            return await self.coordinator.current(repo.key, turn.token)
-        except CoordinationError as e:
-            self._degraded("redis", str(e))
-            return True
-
-    async def _previous(self, repo: CacheRepo) -> Manifest | None:
-        assert self.store is not None
-        try:
-            return parse(await asyncio.to_thread(self.store.get_manifest, repo.key))
-        except NotFound:
-            return None
-        except ManifestError as e:
-            log.warning("replacing an unreadable manifest of %s: %s", repo.url, e)
-            return None
-
-    async def _bundle_and_upload(self, repo: CacheRepo, turn: Turn, previous: Manifest | None
-                                 ) -> tuple[str, Manifest | None]:
-        """Make the next bundle (an increment if it can be one), upload it; the manifest
-        that names it (None: nothing to publish)."""
-        assert self.store is not None
-        with self._bundle_file(repo) as out:
-            async with self.locks.writer(repo.key, timeout=600):
-                refs, head = await self.repos.read_refs(repo.path)
-                if not refs:
-                    return "skipped", None
-                tips = set(previous.refs.values()) if previous else set()
-                base = increment_base(previous, await self.repos.present(repo, tips))
-                if base is not None and await bundles.create(
-                        self.repos.git, repo.path, out, sorted(refs), base):
-                    assert previous is not None
-                    if compacts(previous, out.stat().st_size):
-                        base = None
-                else:
-                    base = None
-                if base is None:
-                    out.unlink(missing_ok=True)
-                    if not await bundles.create(self.repos.git, repo.path, out, sorted(refs)):
-                        return "skipped", None
-            size, sha = out.stat().st_size, await asyncio.to_thread(file_sha256, out)
-            entry = BundleEntry(f"{sha}.bundle", size, sha)
-            await asyncio.to_thread(self.store.upload, repo.key, entry.name, out)
-            self.metrics.store_bytes.labels("up").inc(size)
-        chain = (*previous.bundles, entry) if base is not None and previous else (entry,)
-        return ("increment" if base is not None else "base",
-                Manifest(refs, head, refs_digest(refs, head), time.time(), turn.token, chain))
-
-    async def _set_digest(self, repo: CacheRepo, turn: Turn, digest: str) -> None:
-        if self.coordinator is None or turn.role is not Role.LEADER:
-            return
-        try:
-            await self.coordinator.set_digest(repo.key, turn.token, digest)
-        except CoordinationError as e:
-            self._degraded("redis", str(e))
-
-    async def _tidy(self, repo: CacheRepo, manifest: Manifest) -> None:
-        """Delete bundles ``manifest`` no longer names, then keep within the budget."""
-        assert self.store is not None
-        names = {o.name for o in await asyncio.to_thread(self.store.list_repo, repo.key)}
-        stale = sorted(stale_objects(names, manifest))
-        if stale:
-            await asyncio.to_thread(self.store.delete, repo.key, stale)
-        if self.max_bytes:
-            await asyncio.to_thread(self._enforce_budget, repo.key)
-
-    def _enforce_budget(self, keep: str) -> None:
-        """Delete whole repos, least recently published first, until the store fits its
-        budget (never ``keep``, the repo just published). Blocking."""
-        assert self.store is not None
-        folders = self.store.list_all()
-        total = sum(o.size for objs in folders.values() for o in objs)
-        order = sorted((max(o.modified for o in objs), key) for key, objs in folders.items()
-                       if key != keep)
-        for _, key in order:
-            if total <= self.max_bytes:
-                return
-            objs = folders[key]
-            names = [o.name for o in objs]
-            names.sort(key=lambda n: n != MANIFEST)  # the manifest first: no dangling names
-            self.store.delete(key, names)
-            total -= sum(o.size for o in objs)
-            log.info("store budget: removed %s (%d bytes)", key[:12], sum(o.size for o in objs))
+        """Publish ``repo`` now (``publish.Publisher``); failures are logged and counted."""
+        await self.publisher.publish(repo, turn)
 
     async def close(self) -> None:
         """Let background publishes finish (briefly), then close Redis."""

@@ -13,6 +13,7 @@ import pytest
 from goblet.cache.locks import RepoLocks
 from goblet.cache.recovery import sweep_abandoned
 from goblet.cache.store import CacheRepo, RepoStore
+from goblet.fleet import bundles
 from goblet.fleet.lease import Coordinator
 from goblet.fleet.locations import StoreLocation, parse_redis
 from goblet.fleet.manifest import MAX_INCREMENTS
@@ -202,9 +203,9 @@ def test_nothing_published_names_the_url_partition_or_a_tenant(
 
 def test_bundles_in_tmp_are_claimed_so_a_sweep_leaves_them(s3: S3Server, tmp_path: Path) -> None:
     world = World(tmp_path, s3, "sweep")
-    a, repos_a = world.instance("a", tmp_path)
+    _, repos_a = world.instance("a", tmp_path)
     repo = repos_a.repo_for(URL)
-    with a._bundle_file(repo) as path:
+    with bundles.bundle_file(repos_a.tmp_dir, repo.key) as path:
         path.write_bytes(b"in use")
         assert sweep_abandoned(repos_a.tmp_dir) == []
         assert path.read_bytes() == b"in use"
