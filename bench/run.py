@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import fleet, report
 from bench.env import BenchEnv
 from bench.genrepo import LARGE, LARGE_QUICK, MEDIUM, MEDIUM_QUICK, ensure_repo
 from bench.profile import py_spy_binary
@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--maint-fills", type=int,
                    help="incremental fills (one pack each) of the cache repo before the "
                    "maintenance before/after comparison (default 50; quick 3)")
+    p.add_argument("--fleet-instances", type=int,
+                   help="instances of the fleet phase, alone vs. shared tier (default 4; "
+                   "quick 2)")
     p.add_argument("--seed", type=int, default=1, help="order of the interleaved scenarios")
     p.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "out",
                    help="where repos are cached and results written (default bench/out)")
@@ -73,7 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-work", action="store_true",
                    help="keep the session's repos, caches and clones under the run directory")
     args = p.parse_args(argv)
-    for name in ("runs", "large_runs", "concurrency", "rps_clients", "maint_fills"):
+    for name in ("runs", "large_runs", "concurrency", "rps_clients", "maint_fills",
+                 "fleet_instances"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -100,10 +104,11 @@ def make_config(args: argparse.Namespace) -> Config:
         quiet=not quick and not args.no_quiet,
         warmup=not quick,
         maint_fills=3 if quick else 50,
+        fleet_instances=2 if quick else 4,
     )
     overrides = {k: getattr(args, k) for k in
                  ("runs", "large_runs", "concurrency", "rps_seconds", "rps_clients",
-                  "maint_fills")
+                  "maint_fills", "fleet_instances")
                  if getattr(args, k) is not None}
     return replace(cfg, **overrides)
 
@@ -171,6 +176,8 @@ def publish(results: dict[str, Any], rss: dict[str, Any], run_dir: Path, *, writ
     print(report.scenario_table(results))
     print()
     print(report.pack_cache_summary_table(results))
+    print()
+    print(fleet.table(results))
     print()
     print(report.maintenance_summary_table(results))
     print()
@@ -258,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         session.pack_cache_ab()
         log("bench: serving before vs. after maintenance")
         session.maintenance_ab()
+        log("bench: a fleet alone vs. with the shared tier (fresh proxies)")
+        session.results["fleet"] = fleet.run(env, cfg.fleet_instances, log)
         log("bench: requests per second")
         session.requests_per_second()
         session.profile_warm_clones()
@@ -304,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     pack_cache = results.get("pack_cache", {}).get("summary", {})
     failures += sum(m.get("failures", 0) for m in pack_cache.values() if isinstance(m, dict))
     failures += results.get("maintenance", {}).get("summary", {}).get("failures", 0)
+    failures += sum(m.get("failures", 0) for m in results.get("fleet", {}).get("modes", {})
+                    .values())
     results.update({
         "started": stamp,
         "argv": " ".join(sys.argv[1:] if argv is None else argv),

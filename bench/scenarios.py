@@ -137,6 +137,7 @@ class Config:
     quiet: bool = True  # wait for other jobs to calm down; repeat disturbed steps
     warmup: bool = True  # round 0: one untimed run of every scenario
     maint_fills: int = 50  # incremental fills (one pack each) before the maintenance A/B
+    fleet_instances: int = 4  # goblet instances of the fleet phase (alone vs. shared tier)
 
     @property
     def first_round(self) -> int:

@@ -218,9 +218,13 @@ class FetchDecider:
         filtered, with haves, some refs only) goes upstream while a fill warms the cache
         for the next. None: fill, then serve, as for a missing object (a full clone in
         v0/v1 or without a ref list, ``public`` isolation, no new copy allowed, or another
-        fill of the repo running, maybe in another process)."""
+        fill of the repo running, maybe in another process or, with a fleet tier, on
+        another instance; or the fleet's store has the repo: restore, then delta)."""
         if self.isolation == "public" or not self.admit(repo):
             return None
+        fleet = self.filler.fleet
+        if fleet is not None and await fleet.can_restore(repo):
+            return None  # restore from the shared store and fetch the delta: no full clone
         view = self.verdicts.view(tenant, repo.url, self.verdicts.ttl)
         if not self.tee or view is None or (req.version != 2 and teefill.full_clone(req, view)):
             return None

@@ -19,6 +19,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from goblet.fleet.locations import (
+    RedisLocation,
+    StoreLocation,
+    parse_endpoint,
+    parse_partitions,
+    parse_redis,
+    parse_store,
+)
+
 DEFAULT_HOSTS = ("github.com", "gitlab.com", "bitbucket.org")
 
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -119,6 +128,26 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "on: also relay clients to loopback and link-local addresses (127.0.0.0/8, "
                "::1, 169.254.0.0/16 with cloud metadata services, fe80::/10) that are not "
                "goblet_hosts; off: refuse them."),
+    OptionSpec("goblet_store", str, "",
+               "Shared object-store tier, s3://bucket/prefix (empty: off). Credentials come "
+               "from the standard AWS chain (environment, profile, instance role) only. "
+               "Needs a restart.", restart=True),
+    OptionSpec("goblet_store_endpoint", str, "",
+               "Endpoint of an S3-compatible server for goblet_store, http(s)://host:port "
+               "(empty: AWS S3). Needs a restart.", restart=True),
+    OptionSpec("goblet_store_max_bytes", str, "0",
+               "Budget of the object store; least recently published repos are removed above "
+               "it (0: no budget)."),
+    OptionSpec("goblet_store_partitions", str, "shared",
+               "Partition kinds published to the store, comma-separated: shared, tenant, user "
+               "(tenant and user partitions need the same tenant secret on every instance)."),
+    OptionSpec("goblet_redis", str, "",
+               "Redis for fleet coordination, redis://host:port/db (empty: off): one fill per "
+               "repo across the fleet. Password from GOBLET_REDIS_PASSWORD. Needs a restart.",
+               restart=True),
+    OptionSpec("goblet_fleet_lease", str, "30s",
+               "How long a fleet fill lease lasts without renewal (a crashed leader's runs "
+               "out after this). Needs a restart.", restart=True),
     OptionSpec("goblet_log_format", str, "text",
                "Access log format: text (mitmproxy's log) or json (one object per line "
                "on stderr)."),
@@ -157,6 +186,12 @@ class Settings:
     allow_open_proxy: bool = False
     relay_internal: bool = False
     cold_clones: str = "stream"
+    store: StoreLocation | None = None
+    store_endpoint: str | None = None
+    store_max_bytes: int = 0
+    store_partitions: frozenset[str] = frozenset({"shared"})
+    redis: RedisLocation | None = None
+    fleet_lease: int = 30
 
 
 ISOLATION_MODES = ("shared", "tenant", "user", "public")
@@ -276,6 +311,12 @@ def parse_settings(o: Any) -> Settings:
         warm_repos=_optional_file("goblet_warm_repos", o.goblet_warm_repos),
         warm_interval=parse_seconds("goblet_warm_interval", o.goblet_warm_interval, 10, 86400),
         warm_credentials=_optional_file("goblet_warm_credentials", o.goblet_warm_credentials),
+        store=parse_store(o.goblet_store),
+        store_endpoint=parse_endpoint(o.goblet_store_endpoint),
+        store_max_bytes=parse_size("goblet_store_max_bytes", o.goblet_store_max_bytes, 0),
+        store_partitions=parse_partitions(o.goblet_store_partitions),
+        redis=parse_redis(o.goblet_redis),
+        fleet_lease=parse_seconds("goblet_fleet_lease", o.goblet_fleet_lease, 2, 3600),
     ))
 
 

@@ -27,6 +27,7 @@ from goblet.cache.store import CacheRepo, RepoStore
 from goblet.cache.usage import measure
 from goblet.cache.warm import Warmer
 from goblet.decide import FetchDecider
+from goblet.fleet import tier as fleet_tier
 from goblet.git.runner import GitRunner
 from goblet.observe.access import AccessLog
 from goblet.observe.endpoints import Answer, EndpointServer, answer
@@ -74,6 +75,7 @@ class Runtime:
         reporter = self.reporter = FillReporter(metrics, access, settings.instance)
         filler = Filler(self.store, locks, git, stall_timeout=settings.upstream_timeout,
                         observer=reporter)
+        self.fleet = filler.fleet = fleet_tier.build(settings, self.store, locks, metrics)
         self.evictor = Evictor(
             self.store, locks, max_bytes=settings.cache_max_bytes,
             min_free_bytes=settings.min_free_bytes, reading=self.backend.reading,
@@ -146,6 +148,8 @@ class Runtime:
         self.maintainer.policy = replace(self.maintainer.policy, full_every=s.full_repack_interval,
                                          threads=s.repack_threads)
         self.lifecycle.maintenance = s.maintenance
+        if self.fleet is not None:
+            self.fleet.max_bytes, self.fleet.partitions = s.store_max_bytes, s.store_partitions
         self.partitions.max_per_repo = s.max_partitions
         self.reporter.instance = s.instance
         self.warmer.urls_file, self.warmer.credentials_file = s.warm_repos, s.warm_credentials
@@ -185,6 +189,8 @@ class Runtime:
         await rt.partitions.load()
         await asyncio.to_thread(rt.packcache.load)
         await rt.backend.start()
+        if rt.fleet is not None:
+            log.info(fleet_tier.describe(settings))
         rt.metrics_host = metrics_host
         if settings.metrics_port:
             rt.endpoints = EndpointServer(rt.endpoint_answer)
@@ -204,6 +210,8 @@ class Runtime:
             await self.endpoints.stop()
         if self.forwarder is not None:
             self.forwarder.close()
+        if self.fleet is not None:
+            await self.fleet.close()
         await self.backend.stop()
         self.inspector.shutdown(wait=False, cancel_futures=True)
 

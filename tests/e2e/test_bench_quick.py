@@ -50,6 +50,15 @@ def test_quick_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     for run in results["concurrent"]["goblet"] + results["concurrent"]["floor"]:
         assert run["server_cpu_per_clone_s"] is not None
 
+    # A fleet alone vs. with the shared tier: the tier fetches the pack from upstream once,
+    # and a later instance restores it (no upstream pack at all).
+    fleet = results["fleet"]["modes"]
+    n = results["fleet"]["instances"]
+    assert fleet["alone"]["failures"] == 0 and fleet["tier"]["failures"] == 0, fleet
+    assert fleet["alone"]["upstream_fetches"] == n and fleet["tier"]["upstream_fetches"] == 1
+    assert fleet["alone"]["late_upstream_pack_bytes"] > 0
+    assert fleet["tier"]["late_upstream_pack_bytes"] == 0
+
     # Pack cache on vs. off (fresh proxies, first burst + steady rounds).
     pack_cache = results["pack_cache"]
     assert set(pack_cache["modes"]) == {"on", "off"}

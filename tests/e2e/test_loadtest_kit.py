@@ -818,3 +818,26 @@ def test_k6_script_speaks_valid_git_and_fails_on_err(
     cut = {**answers, "fetch": {**answers["fetch"],
                                 "body": base64.b64encode(truncated).decode()}}
     assert run_k6(node, tmp_path, env, cut)["checks"][-1] == ["fetch: valid git answer", False]
+
+
+def test_the_kits_wire_the_fleet_tier_without_a_credential_in_argv() -> None:
+    services = compose()["services"]
+    assert {"redis", "minio", "minio-init"} <= set(services)
+    for n in (1, 2, 3):
+        goblet = services[f"goblet-{n}"]
+        assert "--set=goblet_store=s3://goblet/fleet" in goblet["command"]
+        assert "--set=goblet_store_endpoint=http://minio:9000" in goblet["command"]
+        assert "--set=goblet_redis=redis://redis:6379/0" in goblet["command"]
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(goblet["environment"])
+        assert not any("SECRET" in arg or "PASSWORD" in arg for arg in goblet["command"])
+    assert "MC_HOST_store" in services["minio-init"]["environment"]
+    assert "ports" not in services["redis"] and "ports" not in services["minio"]
+    (deployment,) = manifest()["Deployment"]
+    (sidecar,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    script = sidecar["args"][0]
+    for option in ("goblet_store=$GOBLET_STORE", "goblet_store_endpoint=$GOBLET_STORE_ENDPOINT",
+                   "goblet_redis=$GOBLET_REDIS"):
+        assert option in script
+    names = {e["name"] for e in sidecar["env"]}
+    assert {"GOBLET_STORE", "GOBLET_STORE_ENDPOINT", "GOBLET_REDIS"} <= names
+    assert not names & {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"}  # a role, or a Secret

@@ -255,6 +255,7 @@ def test_tls_to_other_hosts_is_not_intercepted(tmp_path: Path) -> None:
 # -------------------------------------------------------------- options changed at run time
 
 RUNTIME_VALUES = {
+    "goblet_store_max_bytes": "5GiB", "goblet_store_partitions": "shared,tenant",
     "goblet_hosts": ["a.example", "b.example:8443"],
     "goblet_verdict_ttl": "5m", "goblet_upstream_timeout": "7s", "goblet_instance": "i-2",
     "goblet_max_request_bytes": "2MiB", "goblet_request_body_timeout": "9s",
@@ -278,6 +279,7 @@ def test_every_option_applies_at_run_time_or_says_it_needs_a_restart(tmp_path: P
         s = addon.settings
         assert s is not None and rt.settings is s and s.offline and s.isolation == "tenant"
         assert s.allow_open_proxy
+        assert (s.store_max_bytes, s.store_partitions) == (5 << 30, {"shared", "tenant"})
         d, v = rt.decider, rt.decider.verdicts
         assert (v.ttl, v.negative_ttl, v.keep) == (300, 9, 7200)
         assert (d.isolation, d.offline, d.offline_grace) == ("tenant", True, 7200)

@@ -387,9 +387,10 @@ def test_switch_options_parse_as_booleans() -> None:
     assert s.offline is True and s.maintenance is False
 
 
-def test_restart_options_are_the_listeners_and_the_cache_dir() -> None:
+def test_restart_options_are_the_listeners_the_cache_dir_and_the_fleet_connections() -> None:
     assert {spec.name for spec in options.OPTIONS if spec.restart} == {
-        "goblet_cache_dir", "goblet_metrics_port", "goblet_metrics_host", "goblet_prefix_port"}
+        "goblet_cache_dir", "goblet_metrics_port", "goblet_metrics_host", "goblet_prefix_port",
+        "goblet_store", "goblet_store_endpoint", "goblet_redis", "goblet_fleet_lease"}
     old = options.parse_settings(type("O", (), {s.name: s.default for s in options.OPTIONS})())
     assert options.needing_restart(old, old) == []
     assert options.needing_restart(old, replace(old, metrics_port=1, verdict_ttl=9)) == [
@@ -459,6 +460,12 @@ def test_the_pack_cache_fits_in_half_the_cache_budget() -> None:
 
 # (option, a bad value, what the error says): every option that can be wrong.
 BAD = [
+    ("store", "gs://bucket", "goblet_store"), ("store", "s3://b/../x", "goblet_store"),
+    ("store_endpoint", "http://key:secret@minio:9000", "goblet_store_endpoint"),
+    ("store_max_bytes", "big", "goblet_store_max_bytes"),
+    ("store_partitions", "everyone", "goblet_store_partitions"),
+    ("redis", "redis://:pw@host:6379/0", "goblet_redis"),
+    ("fleet_lease", "1", "goblet_fleet_lease"),
     ("verdict_ttl", "soon", "goblet_verdict_ttl"), ("verdict_ttl", "2h", "goblet_verdict_ttl"),
     ("upstream_timeout", "0", "goblet_upstream_timeout"),
     ("max_request_bytes", "lots", "goblet_max_request_bytes"),

@@ -16,10 +16,10 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from goblet.auth.credentials import Credential
@@ -28,6 +28,9 @@ from goblet.cache.recovery import clean_residue, remove_tree
 from goblet.cache.store import OID_RE, CacheRepo, RepoStore
 from goblet.cache.usage import pack_bytes
 from goblet.git.runner import GitResult, GitRunner, GitTimeout
+
+if TYPE_CHECKING:
+    from goblet.fleet.tier import FleetTier
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +149,10 @@ class Filler:
         self.stall_timeout = stall_timeout
         self.max_seconds = max_seconds
         self._inflight: dict[str, asyncio.Task[FillResult]] = {}
+        # The fleet tier (``fleet/tier.py``), if configured: a first fill restores from
+        # the shared store, and every fill takes the repo's fleet-wide turn.
+        self.fleet: FleetTier | None = None
+        self._restored: dict[str, int] = {}  # repo key -> pack bytes restored from the fleet
 
     def in_flight(self, repo: CacheRepo) -> asyncio.Task[FillResult] | None:
         """The running fill of ``repo``, if any."""
@@ -201,7 +208,8 @@ class Filler:
             result, reason = _RESULTS[e.kind], e.reason
             raise
         finally:
-            grown = max(0, pack_bytes(repo.path) - before) if result == "ok" else 0
+            restored = self._restored.pop(repo.key, 0)  # not from the upstream
+            grown = max(0, pack_bytes(repo.path) - before - restored) if result == "ok" else 0
             if self.observer is not None:
                 self.observer.fill_finished(
                     repo, result, time.monotonic() - started, grown, reason
@@ -233,11 +241,19 @@ class Filler:
         if not res.ok:
             raise classify_failure(res)
 
+    def _turn(self, repo: CacheRepo) -> AbstractAsyncContextManager[Any]:
+        """The fleet-wide turn at filling ``repo``: waited for by a first fill, taken
+        if free by an update (which then publishes); nothing without a fleet tier."""
+        if self.fleet is None:
+            return nullcontext()
+        return self.fleet.turn(repo, wait=not self.store.exists(repo))
+
     async def _fill(self, repo: CacheRepo, credential: Credential, head: str | None,
                     progress: OnProgress | None = None) -> FillResult:
         started = time.monotonic()
         try:
-            async with self.locks.writer(repo.key, timeout=self.max_seconds), \
+            async with self._turn(repo), \
+                    self.locks.writer(repo.key, timeout=self.max_seconds), \
                     self._observed(repo, repo.path):
                 try:
                     return await self._fill_locked(repo, credential, head, started, progress)
@@ -274,6 +290,9 @@ class Filler:
         try:
             try:
                 await self.store.init_bare(target)
+                if self.fleet is not None and await self.fleet.restore(repo, target):
+                    # from the shared store; the fetch below adds only what moved since
+                    self._restored[repo.key] = await asyncio.to_thread(pack_bytes, target)
             except OSError as e:
                 remove_tree(target)
                 raise FillError(FailureKind.LOCAL, f"cannot create cache repo: {e}") from None

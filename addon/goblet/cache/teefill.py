@@ -22,8 +22,9 @@ Any failure — the client goes away, the upstream cuts the answer or sends an
 error, index-pack refuses the pack, another fill got there first, the
 process is killed (the temporary repo is claimed, recovery deletes it) — and
 nothing is kept: the next request fills the usual way. A tee fill holds the
-repo's writer lock from ``start`` to its end, so it is the only fill of the
-repo across every process sharing the cache dir: while it runs, requests
+repo's writer lock (and, with a fleet tier, the repo's fleet-wide turn) from
+``start`` to its end, so it is the only fill of the repo across every process
+sharing the cache dir (and the fleet): while it runs, requests
 here wait for it as for any fill, and other processes (whose ``start`` finds
 the lock taken) fill the usual way, which waits for the lock and then finds
 the repo made.
@@ -44,6 +45,7 @@ from goblet.cache.fill import FailureKind, Filler, FillError, FillResult
 from goblet.cache.locks import LockTimeout
 from goblet.cache.recovery import remove_tree
 from goblet.cache.store import CacheRepo
+from goblet.fleet.turns import Role
 from goblet.git.runner import READ_CHUNK, kill_and_reap
 from goblet.protocol.errors import ProtocolError
 from goblet.protocol.request import FetchRequest
@@ -87,6 +89,11 @@ class TeeFill:
             await held.enter_async_context(filler.locks.writer(repo.key, timeout=0))
         except (LockTimeout, OSError):
             return None
+        if filler.fleet is not None:  # the fleet's turn too: one fill per repo fleet-wide
+            turn = await held.enter_async_context(filler.fleet.turn(repo, wait=False))
+            if turn.role is Role.BUSY:
+                await held.aclose()
+                return None
         return cls(filler, repo, view, head, held, nice=nice)
 
     def __init__(self, filler: Filler, repo: CacheRepo, view: RefView, head: str | None,

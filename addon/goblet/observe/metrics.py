@@ -27,6 +27,12 @@ SOURCES = ("cache", "upstream")
 REPACK_KINDS = ("geometric", "full")
 REPACK_RESULTS = ("ok", "error", "skipped")
 PACK_CACHE_RESULTS = ("bypass", "produce", "follow", "hit")
+STORE_RESTORES = ("hit", "miss", "error")
+STORE_PUBLISHES = ("base", "increment", "skipped", "error")
+STORE_DIRECTIONS = ("down", "up")
+STORE_OPERATIONS = ("restore", "publish")
+LEASE_RESULTS = ("leader", "follower", "busy", "timeout")
+FLEET_PARTS = ("store", "redis")
 BODY_RESULTS = ("inspected", "too_large", "not_decoded", "busy", "invalid", "timeout")
 
 # Seconds: from a warm ls-refs (ms) to a cold multi-GB clone (tens of minutes).
@@ -114,6 +120,33 @@ class Metrics:
         self.verdict_entries = Gauge(
             "goblet_verdict_cache_entries", "(tenant, repo) verdicts held in memory.",
             registry=r)
+        self.store_restores = Counter(
+            "goblet_store_restores", "Cold fills that asked the object-store tier: hit "
+            "(restored, then only the delta fetched upstream), miss (nothing published), "
+            "error (unreachable or did not verify: filled from upstream).",
+            ["result"], registry=r)
+        self.store_publishes = Counter(
+            "goblet_store_publishes", "Publishes to the object store: base (a full bundle), "
+            "increment, skipped (the store already had these refs), error.",
+            ["result"], registry=r)
+        self.store_bytes = Counter(
+            "goblet_store_bytes", "Bundle bytes moved to (up) and from (down) the object store.",
+            ["direction"], registry=r)
+        self.store_duration = Histogram(
+            "goblet_store_duration_seconds", "Time of restores and publishes, by operation.",
+            ["operation"], buckets=DURATION_BUCKETS, registry=r)
+        self.lease_waits = Counter(
+            "goblet_fleet_lease_waits", "Fleet fill leases asked for: leader (taken), follower "
+            "(another instance filled and published; restored from the store), busy (another "
+            "instance fills: not waited for), timeout (waited too long: filled alone).",
+            ["result"], registry=r)
+        self.lease_wait_seconds = Histogram(
+            "goblet_fleet_lease_wait_seconds", "Time spent waiting for a fleet fill lease.",
+            buckets=DURATION_BUCKETS, registry=r)
+        self.fleet_degraded = Counter(
+            "goblet_fleet_degraded", "Fleet operations done without a shared part (store or "
+            "redis) because it failed or was unreachable: the instance filled on its own.",
+            ["part"], registry=r)
         ProcessCollector(registry=r)
         for kind in KINDS:  # export zeros so rates and ratios exist from the start
             self.request_duration.labels(kind)
@@ -130,6 +163,15 @@ class Metrics:
             self.pack_cache_requests.labels(result)
         for result in BODY_RESULTS:
             self.request_bodies.labels(result)
+        for labels, metric in ((STORE_RESTORES, self.store_restores),
+                               (STORE_PUBLISHES, self.store_publishes),
+                               (STORE_DIRECTIONS, self.store_bytes),
+                               (LEASE_RESULTS, self.lease_waits),
+                               (FLEET_PARTS, self.fleet_degraded)):
+            for label in labels:
+                metric.labels(label)
+        for operation in STORE_OPERATIONS:
+            self.store_duration.labels(operation)
 
     def track_verdicts(self, size: Callable[[], int]) -> None:
         """Report ``size()`` as the verdict cache size at every scrape."""

@@ -78,6 +78,12 @@ FAMILY_LABEL_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
     "goblet_repacks": {"kind": gm.REPACK_KINDS, "result": gm.REPACK_RESULTS},
     "goblet_pack_cache_requests": {"result": gm.PACK_CACHE_RESULTS},
     "goblet_request_bodies": {"result": gm.BODY_RESULTS},
+    "goblet_store_restores": {"result": gm.STORE_RESTORES},
+    "goblet_store_publishes": {"result": gm.STORE_PUBLISHES},
+    "goblet_store_bytes": {"direction": gm.STORE_DIRECTIONS},
+    "goblet_store_duration_seconds": {"operation": gm.STORE_OPERATIONS},
+    "goblet_fleet_lease_waits": {"result": gm.LEASE_RESULTS},
+    "goblet_fleet_degraded": {"part": gm.FLEET_PARTS},
 }
 SUFFIXES = {
     "counter": ("_total", "_created"),

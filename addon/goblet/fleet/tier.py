@@ -1,0 +1,290 @@
+"""The fleet tier as the proxy sees it: restore, publish, and take turns.
+
+- ``turn(repo)``: the fleet-wide single flight of a repo's fill. The first
+  instance takes the repo's Redis lease (``LEADER``) and fills; the others
+  wait until it is released and, if the leader published meanwhile, fill as
+  ``FOLLOWER`` (restore from the store, then fetch only the delta upstream).
+  When the store already has the repo, they do not wait: restoring is cheap
+  and the upstream then sends each of them only what moved since.
+  When the ``async with`` body succeeds, the holder publishes the repo in the
+  background and only then releases the lease; on failure it releases at once.
+  A crashed leader's lease runs out by itself.
+- ``restore(repo, target)``: a cold fill's first step. Downloads the
+  manifest's bundles (streamed to files), checks size and SHA-256, then
+  ``git bundle verify`` and a fetch from each (index-pack with fsck) into the
+  temporary repo. The fill then fetches from the upstream with the client's
+  credential as always, so the refs (and the grant) are the upstream's.
+- ``publish``: ``publish.Publisher`` bundles the repo (a base, or an increment
+  over the published tips), uploads it, replaces the manifest (fenced),
+  deletes bundles no manifest names and keeps the store within its budget.
+  Only partitions the operator opted in are published.
+
+Redis or the store failing degrades to what an instance does alone (fill from
+the upstream), counted in ``goblet_fleet_degraded`` with one log line per
+outage: a fleet failure never fails a clone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from goblet.cache.locks import RepoLocks
+from goblet.cache.recovery import remove_tree
+from goblet.cache.store import CacheRepo, RepoStore
+from goblet.fleet import bundles
+from goblet.fleet.health import PartHealth
+from goblet.fleet.lease import CoordinationError, Coordinator
+from goblet.fleet.manifest import (
+    ManifestError,
+    parse,
+)
+from goblet.fleet.publish import Publisher
+from goblet.fleet.store import NotFound, ObjectStore, StoreError
+from goblet.fleet.turns import Role, Turn
+
+if TYPE_CHECKING:
+    from goblet.observe.metrics import Metrics
+    from goblet.options import Settings
+
+log = logging.getLogger(__name__)
+
+POLL = 0.2  # seconds between looks at a lease held by another instance
+
+
+class FleetTier:
+    """The shared object store (``store``) and Redis coordination (``coordinator``);
+    either may be None (not configured)."""
+
+    def __init__(self, repos: RepoStore, locks: RepoLocks, metrics: Metrics, *,
+                 store: ObjectStore | None, coordinator: Coordinator | None,
+                 partitions: frozenset[str] = frozenset({"shared"}), max_bytes: int = 0,
+                 max_wait: float = 3600.0) -> None:
+        self.repos = repos
+        self.locks = locks
+        self.metrics = metrics
+        self.store = store
+        self.coordinator = coordinator
+        self.partitions = partitions
+        self.max_wait = max_wait
+        self.health = PartHealth(metrics)
+        self.publisher = Publisher(repos, locks, metrics, self.health, store=store,
+                                   coordinator=coordinator, max_bytes=max_bytes)
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def max_bytes(self) -> int:
+        """The store's budget (``goblet_store_max_bytes``; 0: none)."""
+        budget: int = self.publisher.max_bytes
+        return budget
+
+    @max_bytes.setter
+    def max_bytes(self, value: int) -> None:
+        self.publisher.max_bytes = value
+
+    def publishable(self, repo: CacheRepo) -> bool:
+        """Whether ``repo`` may go to (and come from) the store: its partition kind is
+        opted in."""
+        return self.store is not None and repo.partition_kind in self.partitions
+
+    # --- turns ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def turn(self, repo: CacheRepo, *, wait: bool = True) -> AsyncIterator[Turn]:
+        """This instance's turn at filling ``repo`` (see the module docstring)."""
+        turn = await self._take(repo, wait)
+        ok = False
+        try:
+            yield turn
+            ok = True
+        finally:
+            publish = ok and turn.role in (Role.LEADER, Role.ALONE) and self.publishable(repo)
+            self._spawn(self._publish_then_release(repo, turn, publish))
+
+    async def _take(self, repo: CacheRepo, wait: bool) -> Turn:
+        coord = self.coordinator
+        if coord is None:
+            return Turn(Role.ALONE)
+        started = time.monotonic()
+        try:
+            before = await coord.digest(repo.key)
+            while True:
+                token = await coord.acquire(repo.key)
+                if token is not None:
+                    turn = Turn(Role.LEADER, token)
+                    turn._renewer = asyncio.get_running_loop().create_task(
+                        self._renew(repo, turn))
+                    return self._waited(turn, started)
+                if not wait:
+                    return self._waited(Turn(Role.BUSY), started)
+                if before is not None:  # the store has it: restore now, fetch the delta
+                    return self._waited(Turn(Role.FOLLOWER), started)
+                while await coord.held(repo.key):
+                    if time.monotonic() - started > self.max_wait:
+                        return self._waited(Turn(Role.ALONE), started, "timeout")
+                    await asyncio.sleep(POLL)
+                if await coord.digest(repo.key) != before:
+                    return self._waited(Turn(Role.FOLLOWER), started)
+        except CoordinationError as e:
+            self.health.degraded("redis", str(e))
+            return Turn(Role.ALONE)
+
+    def _waited(self, turn: Turn, started: float, result: str = "") -> Turn:
+        self.health.healthy("redis")
+        self.metrics.lease_waits.labels(result or turn.role.value).inc()
+        self.metrics.lease_wait_seconds.observe(time.monotonic() - started)
+        return turn
+
+    async def _renew(self, repo: CacheRepo, turn: Turn) -> None:
+        assert self.coordinator is not None
+        every = self.coordinator.lease_ms / 3000
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if not await self.coordinator.renew(repo.key, turn.token):
+                    turn.lost = True
+                    log.warning("fleet lease of %s ran out before its fill ended", repo.url)
+                    return
+            except CoordinationError as e:
+                self.health.degraded("redis", str(e))
+
+    async def _publish_then_release(self, repo: CacheRepo, turn: Turn, publish: bool) -> None:
+        try:
+            if publish and not turn.lost:
+                await self.publish(repo, turn)
+        finally:
+            if turn._renewer is not None:
+                turn._renewer.cancel()
+            if turn.role is Role.LEADER and self.coordinator is not None:
+                try:
+                    await self.coordinator.release(repo.key, turn.token)
+                except CoordinationError as e:
+                    self.health.degraded("redis", str(e))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("fleet publish crashed", exc_info=exc)
+
+    # --- restore ----------------------------------------------------------------------
+
+    async def can_restore(self, repo: CacheRepo) -> bool:
+        """Whether the store has ``repo`` published (a cold fill would restore it)."""
+        if self.store is None or not self.publishable(repo):
+            return False
+        if self.coordinator is not None and "redis" not in self.health.down:
+            try:
+                if await self.coordinator.digest(repo.key):
+                    return True
+            except CoordinationError as e:
+                self.health.degraded("redis", str(e))
+        try:
+            await asyncio.to_thread(self.store.get_manifest, repo.key)
+        except NotFound:
+            return False
+        except StoreError as e:
+            self.health.degraded("store", str(e))
+            return False
+        self.health.healthy("store")
+        return True
+
+    async def restore(self, repo: CacheRepo, target: Path) -> bool:
+        """Fill the new, empty repo at ``target`` from the store; True if restored.
+
+        On any failure ``target`` is left empty again (re-created) and False returned:
+        the fill then fetches everything from the upstream.
+        """
+        store = self.store
+        if store is None or not self.publishable(repo):
+            return False
+        started = time.monotonic()
+        try:
+            manifest = parse(await asyncio.to_thread(store.get_manifest, repo.key))
+            moved = 0
+            for entry in manifest.bundles:
+                with bundles.bundle_file(self.repos.tmp_dir, repo.key) as path:
+                    digest = await asyncio.to_thread(store.download, repo.key, entry.name,
+                                                     path, entry.size)
+                    if digest != entry.sha256 or path.stat().st_size != entry.size:
+                        raise bundles.BundleError("bundle checksum does not match its manifest")
+                    moved += entry.size
+                    await bundles.verify(self.repos.git, target, path)
+                    await bundles.fetch(self.repos.git, target, path)
+        except NotFound:
+            self.metrics.store_restores.labels("miss").inc()
+            self.health.healthy("store")
+            await self._reset(target)
+            return False
+        except StoreError as e:
+            self.health.degraded("store", str(e))
+            self.metrics.store_restores.labels("error").inc()
+            await self._reset(target)
+            return False
+        except (ManifestError, bundles.BundleError, OSError) as e:
+            log.warning("not restoring %s from the store: %s", repo.url, e)
+            self.metrics.store_restores.labels("error").inc()
+            await self._reset(target)
+            return False
+        self.health.healthy("store")
+        seconds = time.monotonic() - started
+        self.metrics.store_restores.labels("hit").inc()
+        self.metrics.store_bytes.labels("down").inc(moved)
+        self.metrics.store_duration.labels("restore").observe(seconds)
+        log.info("restored %s from the store: %d bundle(s), %d bytes, %.3fs", repo.url,
+                 len(manifest.bundles), moved, seconds)
+        return True
+
+    async def _reset(self, target: Path) -> None:
+        """Leave an empty repo at ``target`` (whatever a failed restore put there goes)."""
+        await asyncio.to_thread(remove_tree, target)
+        await self.repos.init_bare(target)
+
+    async def publish(self, repo: CacheRepo, turn: Turn) -> None:
+        """Publish ``repo`` now (``publish.Publisher``); failures are logged and counted."""
+        await self.publisher.publish(repo, turn)
+
+    async def close(self) -> None:
+        """Let background publishes finish (briefly), then close Redis."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=10)
+        if self.coordinator is not None:
+            await self.coordinator.close()
+
+
+def redis_password() -> str | None:
+    """Redis's password, from ``GOBLET_REDIS_PASSWORD`` (never an option)."""
+    return os.environ.get("GOBLET_REDIS_PASSWORD") or None
+
+
+def build(settings: Settings, repos: RepoStore, locks: RepoLocks, metrics: Metrics
+          ) -> FleetTier | None:
+    """The fleet tier the settings ask for; None when neither store nor Redis is set."""
+    if settings.store is None and settings.redis is None:
+        return None
+    store = ObjectStore(settings.store, settings.store_endpoint) if settings.store else None
+    coordinator = Coordinator(settings.redis, password=redis_password(),
+                              lease_seconds=settings.fleet_lease) if settings.redis else None
+    return FleetTier(repos, locks, metrics, store=store, coordinator=coordinator,
+                     partitions=settings.store_partitions, max_bytes=settings.store_max_bytes)
+
+
+def describe(settings: Settings) -> str:
+    """One log line naming the fleet's shared parts (no credential is in any of them)."""
+    store = f"s3://{settings.store.bucket}/{settings.store.prefix}" if settings.store else "off"
+    if settings.store and settings.store_endpoint:
+        store += f" at {settings.store_endpoint}"
+    redis = (f"{settings.redis.host}:{settings.redis.port}/{settings.redis.db}"
+             if settings.redis else "off")
+    return (f"fleet tier: store={store} redis={redis} "
+            f"partitions={','.join(sorted(settings.store_partitions))}")

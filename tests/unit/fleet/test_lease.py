@@ -1,0 +1,123 @@
+"""Leases and fencing against a real redis-server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from goblet.cache.locks import RepoLocks
+from goblet.cache.store import RepoStore
+from goblet.fleet.lease import CoordinationError, Coordinator
+from goblet.fleet.locations import parse_redis
+from goblet.fleet.tier import FleetTier
+from goblet.fleet.turns import Role
+from goblet.git.runner import GitRunner
+from goblet.observe.metrics import Metrics
+
+from tests.support.fleetservers import RedisServer
+from tests.support.net import free_port
+
+KEY = "k" * 64
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path / "redis") as s:
+        yield s
+
+
+def coordinator(url: str, lease: float = 30.0) -> Coordinator:
+    location = parse_redis(url)
+    assert location is not None
+    return Coordinator(location, lease_seconds=lease)
+
+
+def test_one_holder_at_a_time_with_growing_tokens(server: RedisServer) -> None:
+    async def main() -> None:
+        a, b = coordinator(server.url), coordinator(server.url)
+        first = await a.acquire(KEY)
+        assert first is not None
+        assert await b.acquire(KEY) is None
+        assert await b.held(KEY)
+        assert await a.renew(KEY, first)
+        await b.release(KEY, first + 1)  # not its token: nothing happens
+        assert await a.held(KEY)
+        await a.release(KEY, first)
+        second = await b.acquire(KEY)
+        assert second is not None and second > first
+        await a.close()
+        await b.close()
+    asyncio.run(main())
+
+
+def test_a_lease_runs_out_and_its_old_holder_is_fenced(server: RedisServer) -> None:
+    async def main() -> None:
+        a, b = coordinator(server.url, lease=1), coordinator(server.url, lease=1)
+        old = await a.acquire(KEY)
+        assert old is not None
+        await asyncio.sleep(1.3)  # the holder "crashed": no renewal
+        new = await b.acquire(KEY)
+        assert new is not None and new > old
+        assert not await a.renew(KEY, old)
+        assert not await a.current(KEY, old)
+        assert not await a.set_digest(KEY, old, "stale")
+        assert await b.set_digest(KEY, new, "fresh")
+        assert await a.digest(KEY) == "fresh"
+        await a.close()
+        await b.close()
+    asyncio.run(main())
+
+
+def test_an_unreachable_redis_is_a_coordination_error() -> None:
+    async def main() -> None:
+        c = coordinator(f"redis://127.0.0.1:{free_port()}/0")
+        with pytest.raises(CoordinationError, match="redis unavailable"):
+            await c.acquire(KEY)
+        with pytest.raises(CoordinationError):
+            await c.digest(KEY)
+        await c.close()
+    asyncio.run(main())
+
+
+def test_keys_hold_the_repo_key_only(server: RedisServer) -> None:
+    async def main() -> None:
+        c = coordinator(server.url)
+        token = await c.acquire(KEY)
+        assert token is not None
+        await c.set_digest(KEY, token, "d" * 64)
+        await c.close()
+    asyncio.run(main())
+    assert set(server.dump()) == {f"goblet:lease:{KEY}", f"goblet:fence:{KEY}",
+                                  f"goblet:digest:{KEY}"}
+
+
+def test_turns_leader_busy_follower(server: RedisServer, tmp_path: Path) -> None:
+    repos = RepoStore(tmp_path / "cache", GitRunner(home=tmp_path / "home"))
+    repos.prepare()
+    repo = repos.repo_for("https://git.example/r.git")
+
+    async def main() -> None:
+        a, b = coordinator(server.url, lease=2), coordinator(server.url, lease=2)
+        ta = FleetTier(repos, RepoLocks(repos.lock_dir), Metrics(), store=None, coordinator=a)
+        tb = FleetTier(repos, RepoLocks(repos.lock_dir), Metrics(), store=None, coordinator=b)
+        async with ta.turn(repo) as first:
+            assert first.role is Role.LEADER
+            async with tb.turn(repo, wait=False) as busy:
+                assert busy.role is Role.BUSY
+            waiting = asyncio.ensure_future(tb._take(repo, wait=True))
+            await asyncio.sleep(0.5)
+            assert not waiting.done()  # nothing published yet: it waits for the leader
+        # released without a publish: the waiter takes the lease itself
+        second = await asyncio.wait_for(waiting, 5)
+        assert second.role is Role.LEADER and second.token > first.token
+        await b.set_digest(repo.key, second.token, "d" * 64)
+        async with ta.turn(repo) as third:  # the store has it: no wait, restore
+            assert third.role is Role.FOLLOWER
+        assert second._renewer is not None
+        second._renewer.cancel()
+        await b.release(repo.key, second.token)
+        await ta.close()
+        await tb.close()
+    asyncio.run(main())
