@@ -53,6 +53,13 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("goblet_verdict_ttl", str, "60s",
                "How long an upstream grant lets the same credential read the cache "
                "(e.g. 60, 60s, 5m; 0 disables cache reads)."),
+    OptionSpec("goblet_refs_ttl", str, "0",
+               "Answer info/refs and ls-refs from the cache while the refs the upstream last "
+               "listed to the same credential are younger than this and its grant is fresh "
+               "(goblet_verdict_ttl); 0: always ask the upstream (e.g. 30s, 5m)."),
+    OptionSpec("goblet_webhook_secret_file", str, "",
+               "File holding the shared secret of push webhooks on goblet_metrics_port "
+               "(GitHub: HMAC key; GitLab: token); read at each webhook. Empty: webhooks off."),
     OptionSpec("goblet_upstream_timeout", str, "60s",
                "How long a fill from upstream may make no progress before it is abandoned."),
     OptionSpec("goblet_instance", str, "",
@@ -157,6 +164,8 @@ class Settings:
     allow_open_proxy: bool = False
     relay_internal: bool = False
     cold_clones: str = "stream"
+    refs_ttl: int = 0
+    webhook_secret_file: Path | None = None
 
 
 ISOLATION_MODES = ("shared", "tenant", "user", "public")
@@ -276,6 +285,9 @@ def parse_settings(o: Any) -> Settings:
         warm_repos=_optional_file("goblet_warm_repos", o.goblet_warm_repos),
         warm_interval=parse_seconds("goblet_warm_interval", o.goblet_warm_interval, 10, 86400),
         warm_credentials=_optional_file("goblet_warm_credentials", o.goblet_warm_credentials),
+        refs_ttl=parse_seconds("goblet_refs_ttl", o.goblet_refs_ttl, 0, 86400),
+        webhook_secret_file=_optional_file("goblet_webhook_secret_file",
+                                           o.goblet_webhook_secret_file),
     ))
 
 

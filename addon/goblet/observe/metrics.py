@@ -27,6 +27,9 @@ SOURCES = ("cache", "upstream")
 REPACK_KINDS = ("geometric", "full")
 REPACK_RESULTS = ("ok", "error", "skipped")
 PACK_CACHE_RESULTS = ("bypass", "produce", "follow", "hit")
+WEBHOOK_RESULTS = ("accepted", "ignored", "refused")
+# Seconds: the age of refs answered from the cache (bounded by goblet_refs_ttl).
+AGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 BODY_RESULTS = ("inspected", "too_large", "not_decoded", "busy", "invalid", "timeout")
 
 # Seconds: from a warm ls-refs (ms) to a cold multi-GB clone (tens of minutes).
@@ -114,6 +117,16 @@ class Metrics:
         self.verdict_entries = Gauge(
             "goblet_verdict_cache_entries", "(tenant, repo) verdicts held in memory.",
             registry=r)
+        self.refs_answers = Counter(
+            "goblet_refs_answers", "info/refs and ls-refs answers, by source: cache (within "
+            "goblet_refs_ttl) or upstream.", ["source"], registry=r)
+        self.refs_age = Histogram(
+            "goblet_refs_age_seconds", "Age of the refs in ref answers given from the cache.",
+            buckets=AGE_BUCKETS, registry=r)
+        self.webhooks = Counter(
+            "goblet_webhooks", "Push webhooks received: accepted (refs marked stale), "
+            "ignored (signed, but not a push), refused (bad or missing signature, too large, "
+            "malformed).", ["result"], registry=r)
         ProcessCollector(registry=r)
         for kind in KINDS:  # export zeros so rates and ratios exist from the start
             self.request_duration.labels(kind)
@@ -123,6 +136,9 @@ class Metrics:
             self.fills.labels(result)
         for source in SOURCES:
             self.served_bytes.labels(source)
+            self.refs_answers.labels(source)
+        for result in WEBHOOK_RESULTS:
+            self.webhooks.labels(result)
         for kind in REPACK_KINDS:
             for result in REPACK_RESULTS:
                 self.repacks.labels(kind, result)
