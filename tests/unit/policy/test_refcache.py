@@ -1,0 +1,125 @@
+"""RefsFromCache: facts gathered per request, webhook marks, the notice of the fetch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from goblet.auth.verdicts import RefView, VerdictCache
+from goblet.cache.store import CacheRepo, RepoState
+from goblet.observe.metrics import Metrics
+from goblet.policy.flows import FlowState, Kind
+from goblet.policy.refcache import NOTICE_WINDOW, RefsFromCache
+from goblet.protocol.errors import ProtocolError
+from goblet.protocol.request import LsRefsRequest
+
+A = "a" * 40
+REPO = CacheRepo("https://h/r.git", "k", Path("/c/k.git"))
+CLONE = LsRefsRequest(("HEAD", "refs/heads/"), peel=True, symrefs=True, unborn=False)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Store:
+    def state(self, repo: CacheRepo) -> RepoState | None:
+        return RepoState({"refs/heads/main": A}, "refs/heads/main", 0.0)
+
+
+class Decider:
+    def __init__(self, clock: Clock) -> None:
+        self.verdicts = VerdictCache(60, clock=clock)
+        self.store = Store()
+        self.uncacheable: set[str] = set()
+        self.heads = {"k": "refs/heads/main"}
+
+
+def planner(repo: CacheRepo, body: bytes, git_protocol: str | None, **kw: Any) -> Any:
+    return ("plan", body, kw)
+
+
+@pytest.fixture
+def world() -> tuple[RefsFromCache, Decider, Clock, Metrics]:
+    clock, metrics = Clock(), Metrics()
+    decider = Decider(clock)
+    refs = RefsFromCache(decider, planner, metrics, lambda: 30.0,  # type: ignore[arg-type]
+                         clock=clock)
+    return refs, decider, clock, metrics
+
+
+def ls_refs(tenant: str = "t", options: tuple[str, ...] = ()) -> FlowState:
+    req = LsRefsRequest(CLONE.ref_prefixes, True, True, False, server_options=options)
+    return FlowState(Kind.LS_REFS, repo=REPO, tenant=tenant, version=2, ls_refs=req,
+                     body=b"0014command=ls-refs\n0000")
+
+
+def grant(decider: Decider, tenant: str = "t") -> None:
+    view = RefView.of({"HEAD": A, "refs/heads/main": A}, {}, complete=True)
+    decider.verdicts.record(tenant, REPO.url, granted=True, view=view)
+
+
+def test_a_granted_tenant_gets_cached_refs_and_its_fetch_is_told(world: Any) -> None:
+    refs, decider, clock, metrics = world
+    grant(decider)
+    clock.now += 12
+    plan = refs.plan(ls_refs(), "version=2")
+    assert plan is not None and plan[2]["hidden_refs"] == () and not plan[2]["advertise"]
+    assert metrics.refs_answers.labels("cache")._value.get() == 1
+    assert refs.notice_for("t", "k") == "goblet: refs from cache, 12 s old"
+    assert refs.notice_for("other", "k") is None
+    clock.now += NOTICE_WINDOW + 1
+    assert refs.notice_for("t", "k") is None
+
+
+def test_other_tenants_and_stale_marks_go_upstream(world: Any) -> None:
+    refs, decider, clock, metrics = world
+    grant(decider)
+    assert refs.plan(ls_refs("stranger"), None) is None
+    clock.now += 1
+    assert refs.plan(ls_refs(), None) is not None
+    refs.mark_stale([REPO.url])
+    state = ls_refs()
+    assert refs.plan(state, None) is None and "webhook" in state.reason
+    assert refs.notice_for("t", "k") is None  # the refs it got were the upstream's
+    clock.now += 1
+    grant(decider)  # the upstream listed refs again after the mark
+    assert refs.plan(ls_refs(), None) is not None
+    assert metrics.refs_answers.labels("upstream")._value.get() == 2
+
+
+def test_client_options(world: Any) -> None:
+    refs, decider, clock, _ = world
+    grant(decider)
+    clock.now += 5
+    assert refs.plan(ls_refs(options=("goblet-max-age=0",)), None) is None
+    assert refs.plan(ls_refs(options=("goblet-max-age=4",)), None) is None
+    assert refs.plan(ls_refs(options=("goblet-max-age=600",)), None) is not None
+    with pytest.raises(ProtocolError):
+        refs.plan(ls_refs(options=("goblet-max-age=x",)), None)
+
+
+def test_v0_and_no_ttl_go_upstream(world: Any) -> None:
+    refs, decider, _, _ = world
+    grant(decider)
+    v0 = FlowState(Kind.INFO_REFS, repo=REPO, tenant="t", version=0)
+    assert refs.plan(v0, None) is None
+    v2 = FlowState(Kind.INFO_REFS, repo=REPO, tenant="t", version=2)
+    plan = refs.plan(v2, None)
+    assert plan is not None and plan[2]["advertise"]
+    assert refs.notice_for("t", "k") is None  # a capability advertisement shows no refs
+    refs.refs_ttl = lambda: 0.0
+    assert refs.plan(v2, None) is None
+
+
+def test_marks_are_bounded_and_expire(world: Any) -> None:
+    refs, _, clock, _ = world
+    refs.mark_stale(["https://h/a"])
+    clock.now += 31
+    refs.mark_stale(["https://h/b"])
+    assert list(refs._marks) == ["https://h/b"]  # older than the TTL: irrelevant
