@@ -46,6 +46,7 @@ from goblet.protocol.request import cache_identity
 from goblet.serve.backend import ServeBackend
 from goblet.serve.packcache import PackCache, cache_key
 from goblet.serve.plans import PlanRegistry, ServePlan
+from goblet.serve.refanswers import RefAnswers
 
 log = logging.getLogger("goblet")
 
@@ -114,7 +115,7 @@ class Runtime:
         self.inspector = ThreadPoolExecutor(max_workers=2, thread_name_prefix="goblet-inspect")
         self.answers = AnswerPolicy(self.decider, self.store, self.inspector)
         self.refs = RefsFromCache(self.decider, self.serve_plan, metrics,
-                                  lambda: self.settings.refs_ttl)
+                                  lambda: self.settings.refs_ttl, answers=RefAnswers(git))
         self.webhooks = Webhooks(lambda: self.settings.webhook_secret_file,
                                  self.refs.mark_stale, metrics)
         self.policy = FlowPolicy(lambda: self.settings, keyer=self.keyer, store=self.store,

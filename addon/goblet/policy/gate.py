@@ -35,7 +35,7 @@ from goblet.offline.forward import UpstreamAnswer, UpstreamUnreachable
 from goblet.options import Settings
 from goblet.policy import bodies, offline
 from goblet.policy.flows import FlowState, Kind, Outcome
-from goblet.policy.refcache import RefsFromCache
+from goblet.policy.refcache import CachedRefs, RefsFromCache
 from goblet.policy.requests import Classified
 from goblet.protocol import pktline, request
 from goblet.protocol.errors import ProtocolError
@@ -149,11 +149,14 @@ class FlowPolicy:
             action = await self.upload_pack(state, raw, enc, git_protocol)
         if isinstance(action, Upstream) and self.refs is not None:
             try:
-                plan = self.refs.plan(state, git_protocol)
+                cached = await self.refs.answer(state, git_protocol)
             except ProtocolError as e:
                 return git_error(f"goblet: {e.reason}")
-            if plan is not None:
-                return Serve(plan, Outcome.CACHE)
+            if isinstance(cached, CachedRefs):
+                return Reply(200, cached.body, (("Content-Type", cached.content_type),
+                                                ("Cache-Control", "no-cache")), Outcome.CACHE)
+            if cached is not None:
+                return Serve(cached, Outcome.CACHE)
         if isinstance(action, Upstream) and self.settings().offline and state.kind in (
                 Kind.INFO_REFS, Kind.LS_REFS):
             action = await self.forward(state, method, path, headers=headers, raw=raw,

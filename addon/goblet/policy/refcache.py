@@ -3,7 +3,9 @@
 ``RefsFromCache`` gathers the facts of one ``info/refs`` or ``ls-refs``
 request (grant, the refs the upstream last listed to the credential, the
 client's ``goblet-max-age``, webhook stale marks, the cache's refs), asks the
-pure rule, and returns the serve plan of a cache answer or None (upstream).
+pure rule, and returns a cache answer — from memory (``serve/refanswers.py``:
+one ``upload-pack`` run per distinct question and refs), or, for an answer too
+large to hold, a serve plan for the backend — or None (upstream).
 It also remembers, for a few seconds, that a (tenant, repo) was just given
 cached refs, so the fetch that follows tells the user how old they were
 (``remote: goblet: refs from cache, 42 s old``: git shows it; a ref answer
@@ -20,19 +22,31 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from goblet.decide import FetchDecider
 from goblet.observe.metrics import Metrics
 from goblet.policy import freshness
 from goblet.policy.flows import FlowState, Kind
 from goblet.protocol import serveroptions
+from goblet.protocol.request import cache_identity
+from goblet.protocol.routes import ADVERTISEMENT_TYPE, RESULT_TYPE
 from goblet.serve.plans import ServePlan, clean_git_protocol
+from goblet.serve.refanswers import RefAnswers
 
 NOTICE_WINDOW = 30.0  # seconds a fetch may follow its cached ref answer and be told
 MAX_MARKS = 10_000
 MAX_NOTICES = 10_000
 
 Planner = Callable[..., ServePlan]
+
+
+@dataclass(frozen=True, slots=True)
+class CachedRefs:
+    """A ref answer made from the cache, held in memory."""
+
+    body: bytes
+    content_type: str
 
 
 def notice_text(age: float) -> str:
@@ -44,10 +58,11 @@ class RefsFromCache:
     """Decides, and remembers what it answered (see the module docstring)."""
 
     def __init__(self, decider: FetchDecider, planner: Planner, metrics: Metrics,
-                 refs_ttl: Callable[[], float],
+                 refs_ttl: Callable[[], float], *, answers: RefAnswers | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.decider = decider
         self.planner = planner
+        self.answers = answers
         self.metrics = metrics
         self.refs_ttl = refs_ttl
         self._clock = clock
@@ -71,19 +86,34 @@ class RefsFromCache:
         at = self._marks.get(url)
         return None if at is None else self._clock() - at
 
-    def plan(self, state: FlowState, git_protocol: str | None) -> ServePlan | None:
+    async def answer(self, state: FlowState,
+                     git_protocol: str | None) -> CachedRefs | ServePlan | None:
         """A cache answer to ``state``'s ref request, or None: ask the upstream.
 
         Raises ProtocolError for a malformed ``goblet-…`` server option."""
         if state.kind not in (Kind.INFO_REFS, Kind.LS_REFS):
             return None
-        got = self._plan(state, git_protocol)
-        self.metrics.refs_answers.labels("upstream" if got is None else "cache").inc()
-        if got is None and state.repo is not None:
-            self._told.pop((state.tenant, state.repo.key), None)  # these refs are upstream's
-        return got
+        plan = self.plan(state, git_protocol)
+        self.metrics.refs_answers.labels("upstream" if plan is None else "cache").inc()
+        if plan is None:
+            if state.repo is not None:
+                self._told.pop((state.tenant, state.repo.key), None)  # upstream's refs
+            return None
+        snapshot = self.decider.store.state(state.repo) if state.repo else None
+        identity = cache_identity(plan.body)
+        if self.answers is None or snapshot is None or identity is None:
+            return plan
+        key = (plan.repo_key, snapshot.digest, plan.git_protocol or "", plan.advertise,
+               plan.hidden_refs, identity)
+        body = await self.answers.answer(key, plan.repo_dir, plan.body, plan.git_protocol,
+                                         advertise=plan.advertise, hidden=plan.hidden_refs)
+        if body is None:
+            return plan  # too large to hold (or it failed here): the backend streams it
+        return CachedRefs(body, ADVERTISEMENT_TYPE if plan.advertise else RESULT_TYPE)
 
-    def _plan(self, state: FlowState, git_protocol: str | None) -> ServePlan | None:
+    def plan(self, state: FlowState, git_protocol: str | None) -> ServePlan | None:
+        """The rule's verdict on ``state``'s ref request as a serve plan (None: upstream).
+        Raises ProtocolError for a malformed ``goblet-…`` server option."""
         repo, ls = state.repo, state.ls_refs
         ttl = self.refs_ttl()
         if repo is None or ttl <= 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from goblet.policy.flows import FlowState, Kind
 from goblet.policy.refcache import NOTICE_WINDOW, RefsFromCache
 from goblet.protocol.errors import ProtocolError
 from goblet.protocol.request import LsRefsRequest
+from goblet.serve.plans import ServePlan
 
 A = "a" * 40
 REPO = CacheRepo("https://h/r.git", "k", Path("/c/k.git"))
@@ -40,8 +42,11 @@ class Decider:
         self.heads = {"k": "refs/heads/main"}
 
 
-def planner(repo: CacheRepo, body: bytes, git_protocol: str | None, **kw: Any) -> Any:
-    return ("plan", body, kw)
+def planner(repo: CacheRepo, body: bytes, git_protocol: str | None, *, advertise: bool,
+            hidden_refs: tuple[str, ...], drop_head_symref: bool) -> ServePlan:
+    return ServePlan(repo.path, body, git_protocol, repo.url, advertise=advertise,
+                     hidden_refs=hidden_refs, drop_head_symref=drop_head_symref,
+                     repo_key=repo.key)
 
 
 @pytest.fixture
@@ -51,6 +56,11 @@ def world() -> tuple[RefsFromCache, Decider, Clock, Metrics]:
     refs = RefsFromCache(decider, planner, metrics, lambda: 30.0,  # type: ignore[arg-type]
                          clock=clock)
     return refs, decider, clock, metrics
+
+
+def answer(refs: RefsFromCache, state: FlowState, git_protocol: str | None = None) -> Any:
+    """What ``RefsFromCache.answer`` gives (without ``RefAnswers``: the serve plan)."""
+    return asyncio.run(refs.answer(state, git_protocol))
 
 
 def ls_refs(tenant: str = "t", options: tuple[str, ...] = ()) -> FlowState:
@@ -68,8 +78,8 @@ def test_a_granted_tenant_gets_cached_refs_and_its_fetch_is_told(world: Any) -> 
     refs, decider, clock, metrics = world
     grant(decider)
     clock.now += 12
-    plan = refs.plan(ls_refs(), "version=2")
-    assert plan is not None and plan[2]["hidden_refs"] == () and not plan[2]["advertise"]
+    plan = answer(refs, ls_refs(), "version=2")
+    assert plan is not None and plan.hidden_refs == () and not plan.advertise
     assert metrics.refs_answers.labels("cache")._value.get() == 1
     assert refs.notice_for("t", "k") == "goblet: refs from cache, 12 s old"
     assert refs.notice_for("other", "k") is None
@@ -80,16 +90,16 @@ def test_a_granted_tenant_gets_cached_refs_and_its_fetch_is_told(world: Any) -> 
 def test_other_tenants_and_stale_marks_go_upstream(world: Any) -> None:
     refs, decider, clock, metrics = world
     grant(decider)
-    assert refs.plan(ls_refs("stranger"), None) is None
+    assert answer(refs, ls_refs("stranger"), None) is None
     clock.now += 1
-    assert refs.plan(ls_refs(), None) is not None
+    assert answer(refs, ls_refs(), None) is not None
     refs.mark_stale([REPO.url])
     state = ls_refs()
-    assert refs.plan(state, None) is None and "webhook" in state.reason
+    assert answer(refs, state, None) is None and "webhook" in state.reason
     assert refs.notice_for("t", "k") is None  # the refs it got were the upstream's
     clock.now += 1
     grant(decider)  # the upstream listed refs again after the mark
-    assert refs.plan(ls_refs(), None) is not None
+    assert answer(refs, ls_refs(), None) is not None
     assert metrics.refs_answers.labels("upstream")._value.get() == 2
 
 
@@ -97,24 +107,24 @@ def test_client_options(world: Any) -> None:
     refs, decider, clock, _ = world
     grant(decider)
     clock.now += 5
-    assert refs.plan(ls_refs(options=("goblet-max-age=0",)), None) is None
-    assert refs.plan(ls_refs(options=("goblet-max-age=4",)), None) is None
-    assert refs.plan(ls_refs(options=("goblet-max-age=600",)), None) is not None
+    assert answer(refs, ls_refs(options=("goblet-max-age=0",)), None) is None
+    assert answer(refs, ls_refs(options=("goblet-max-age=4",)), None) is None
+    assert answer(refs, ls_refs(options=("goblet-max-age=600",)), None) is not None
     with pytest.raises(ProtocolError):
-        refs.plan(ls_refs(options=("goblet-max-age=x",)), None)
+        answer(refs, ls_refs(options=("goblet-max-age=x",)), None)
 
 
 def test_v0_and_no_ttl_go_upstream(world: Any) -> None:
     refs, decider, _, _ = world
     grant(decider)
     v0 = FlowState(Kind.INFO_REFS, repo=REPO, tenant="t", version=0)
-    assert refs.plan(v0, None) is None
+    assert answer(refs, v0, None) is None
     v2 = FlowState(Kind.INFO_REFS, repo=REPO, tenant="t", version=2)
-    plan = refs.plan(v2, None)
-    assert plan is not None and plan[2]["advertise"]
+    plan = answer(refs, v2, None)
+    assert plan is not None and plan.advertise
     assert refs.notice_for("t", "k") is None  # a capability advertisement shows no refs
     refs.refs_ttl = lambda: 0.0
-    assert refs.plan(v2, None) is None
+    assert answer(refs, v2, None) is None
 
 
 def test_marks_are_bounded_and_expire(world: Any) -> None:
