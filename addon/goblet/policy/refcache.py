@@ -28,7 +28,8 @@ from goblet.decide import FetchDecider
 from goblet.observe.metrics import Metrics
 from goblet.policy import freshness
 from goblet.policy.flows import FlowState, Kind
-from goblet.protocol import serveroptions
+from goblet.protocol import refs, serveroptions
+from goblet.protocol.errors import ProtocolError
 from goblet.protocol.request import cache_identity
 from goblet.protocol.routes import ADVERTISEMENT_TYPE, RESULT_TYPE
 from goblet.serve.plans import ServePlan, clean_git_protocol
@@ -93,13 +94,19 @@ class RefsFromCache:
         Raises ProtocolError for a malformed ``goblet-…`` server option."""
         if state.kind not in (Kind.INFO_REFS, Kind.LS_REFS):
             return None
+        got = await self._answer(state, git_protocol)
+        self.metrics.refs_answers.labels("upstream" if got is None else "cache").inc()
+        if got is None and state.repo is not None:
+            self._told.pop((state.tenant, state.repo.key), None)  # upstream's refs
+        return got
+
+    async def _answer(self, state: FlowState,
+                      git_protocol: str | None) -> CachedRefs | ServePlan | None:
         plan = self.plan(state, git_protocol)
-        self.metrics.refs_answers.labels("upstream" if plan is None else "cache").inc()
         if plan is None:
-            if state.repo is not None:
-                self._told.pop((state.tenant, state.repo.key), None)  # upstream's refs
             return None
-        snapshot = self.decider.store.state(state.repo) if state.repo else None
+        assert state.repo is not None
+        snapshot = self.decider.store.state(state.repo)
         identity = cache_identity(plan.body)
         if self.answers is None or snapshot is None or identity is None:
             return plan
@@ -109,7 +116,28 @@ class RefsFromCache:
                                          advertise=plan.advertise, hidden=plan.hidden_refs)
         if body is None:
             return plan  # too large to hold (or it failed here): the backend streams it
+        if not plan.advertise and not self._only_listed(state, body):
+            # a fill moved the cache between the rule's look and upload-pack's
+            self.answers.forget(key)
+            state.reason = "refs from upstream: the cache's refs moved meanwhile"
+            self._told.pop((state.tenant, state.repo.key), None)
+            return None
         return CachedRefs(body, ADVERTISEMENT_TYPE if plan.advertise else RESULT_TYPE)
+
+    def _only_listed(self, state: FlowState, body: bytes) -> bool:
+        """Whether an ls-refs answer lists only refs, ids and peeled ids the upstream listed
+        to this credential (its latest view)."""
+        assert state.repo is not None
+        latest = self.decider.verdicts.view_age(state.tenant, state.repo.url)
+        try:
+            adv = refs.parse_ls_refs(body)
+        except ProtocolError:
+            return False
+        if latest is None:
+            return False
+        pairs = latest[0].pairs
+        return (all((name, oid) in pairs for name, oid in adv.refs.items())
+                and all((f"{name}^{{}}", oid) in pairs for name, oid in adv.peeled.items()))
 
     def plan(self, state: FlowState, git_protocol: str | None) -> ServePlan | None:
         """The rule's verdict on ``state``'s ref request as a serve plan (None: upstream).

@@ -89,6 +89,12 @@ class RefAnswers:
             return None
         return res.stdout
 
+    def forget(self, key: Key) -> None:
+        """Drop the answer of ``key`` (its user found it unfit)."""
+        dropped = self._answers.pop(key, None)
+        if dropped is not None:
+            self.bytes -= len(dropped)
+
     def _keep(self, key: Key, answer: bytes) -> None:
         self._answers[key] = answer
         self.bytes += len(answer)
