@@ -11,10 +11,11 @@ from goblet.auth.verdicts import RefView, VerdictCache
 from goblet.cache.store import CacheRepo, RepoState
 from goblet.observe.metrics import Metrics
 from goblet.policy.flows import FlowState, Kind
-from goblet.policy.refcache import NOTICE_WINDOW, RefsFromCache
+from goblet.policy.refcache import NOTICE_WINDOW, CachedRefs, RefsFromCache
 from goblet.protocol.errors import ProtocolError
 from goblet.protocol.request import LsRefsRequest
 from goblet.serve.plans import ServePlan
+from goblet.serve.refanswers import RefAnswers
 
 A = "a" * 40
 REPO = CacheRepo("https://h/r.git", "k", Path("/c/k.git"))
@@ -133,3 +134,43 @@ def test_marks_are_bounded_and_expire(world: Any) -> None:
     clock.now += 31
     refs.mark_stale(["https://h/b"])
     assert list(refs._marks) == ["https://h/b"]  # older than the TTL: irrelevant
+
+
+class Canned(RefAnswers):
+    """RefAnswers that answers with fixed bytes (as if upload-pack had)."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__(None)  # type: ignore[arg-type]
+        self.body = body
+        self.forgotten: list[Any] = []
+
+    async def answer(self, key: Any, *args: Any, **kw: Any) -> bytes | None:
+        return self.body
+
+    def forget(self, key: Any) -> None:
+        self.forgotten.append(key)
+
+
+def line(text: str) -> bytes:
+    return f"{len(text) + 5:04x}{text}\n".encode()
+
+
+@pytest.mark.parametrize(("body", "served"), [
+    (line(f"{A} HEAD symref-target:refs/heads/main") + line(f"{A} refs/heads/main") + b"0000",
+     True),
+    (line(f"{A} refs/heads/main") + line(f"{A} refs/heads/new") + b"0000", False),  # moved in
+    (line(f"{'b' * 40} refs/heads/main") + b"0000", False),  # moved on
+    (b"garbage", False),
+])
+def test_a_memoized_answer_lists_only_what_upstream_listed(world: Any, body: bytes,
+                                                           served: bool) -> None:
+    refs, decider, _, metrics = world
+    refs.answers = Canned(body)
+    grant(decider)
+    got = answer(refs, ls_refs())
+    if served:
+        assert isinstance(got, CachedRefs) and got.body == body and not refs.answers.forgotten
+        assert metrics.refs_answers.labels("cache")._value.get() == 1
+    else:
+        assert got is None and len(refs.answers.forgotten) == 1
+        assert metrics.refs_answers.labels("upstream")._value.get() == 1
