@@ -259,11 +259,12 @@ class Runtime:
                    drop_head_symref: bool = False) -> ServePlan:
         """What the backend runs to answer ``body`` from ``repo``.
 
-        A ``final`` fetch (with ``done``) without a notice may be shared through the
-        pack cache: its key names the repo, its refs and the request.
+        A ``final`` fetch (with ``done``) may be shared through the pack cache: its key
+        names the repo, its refs and the request (a notice is added as it is sent; the
+        stored answer never holds one).
         """
         key = None
-        if final and notice is None:
+        if final:
             snapshot = self.store.state(repo)
             identity = cache_identity(body)
             if snapshot is not None and identity is not None:

@@ -244,3 +244,30 @@ def test_webhook_limits(proxy: GobletProxy, metrics_port: int) -> None:
     assert 'goblet_webhooks_total{result="refused"}' in text
     assert 'goblet_refs_answers_total{source="cache"}' in text
     assert "Traceback" not in proxy.log_text()
+
+
+def scrape(port: int, sample: str) -> float:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(sample))
+
+
+def test_clones_told_their_refs_age_still_share_the_pack_cache(
+        git: GitClient, direct: GitClient, repos: Repos, upstream: UpstreamServer,
+        proxy: GobletProxy, metrics_port: int, tmp_path: Path) -> None:
+    name = repos.create()
+    url = upstream.url(name)
+    warm(git, upstream, proxy, url, tmp_path / "cold")
+    hits = scrape(metrics_port, 'goblet_pack_cache_requests_total{result="hit"}')
+    for i in range(3):  # seen once, then produced, then a hit
+        res = git.clone(url, tmp_path / f"c{i}")
+        assert "remote: goblet: refs from cache, " in res.stderr, (i, res.stderr)
+        git.fsck(tmp_path / f"c{i}")
+    assert scrape(metrics_port, 'goblet_pack_cache_requests_total{result="hit"}') > hits
+    direct.clone(url, tmp_path / "direct")
+    assert git.refs(tmp_path / "c2") == direct.refs(tmp_path / "direct")
