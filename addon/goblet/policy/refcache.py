@@ -33,7 +33,7 @@ from goblet.protocol.errors import ProtocolError
 from goblet.protocol.request import cache_identity
 from goblet.protocol.routes import ADVERTISEMENT_TYPE, RESULT_TYPE
 from goblet.serve.plans import ServePlan, clean_git_protocol
-from goblet.serve.refanswers import RefAnswers
+from goblet.serve.refanswers import TOO_LARGE, RefAnswers
 
 NOTICE_WINDOW = 30.0  # seconds a fetch may follow its cached ref answer and be told
 MAX_MARKS = 10_000
@@ -114,8 +114,12 @@ class RefsFromCache:
                plan.hidden_refs, identity)
         body = await self.answers.answer(key, plan.repo_dir, plan.body, plan.git_protocol,
                                          advertise=plan.advertise, hidden=plan.hidden_refs)
-        if body is None:
-            return plan  # too large to hold (or it failed here): the backend streams it
+        if body is TOO_LARGE:
+            return plan  # too large to hold: the backend streams it
+        if body is None:  # the cache could not answer (evicted meanwhile?): upstream can
+            state.reason = "refs from upstream: the cache could not answer"
+            return None
+        assert isinstance(body, bytes)
         if not plan.advertise and not self._only_listed(state, body):
             # a fill moved the cache between the rule's look and upload-pack's
             self.answers.forget(key)

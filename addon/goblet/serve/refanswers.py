@@ -8,14 +8,15 @@ the bytes: the key names the cache repo, its refs (the state digest), the
 hidden refs, ``GIT_PROTOCOL`` and the request (``cache_identity``: without
 ``agent=``/``session-id=``). Concurrent misses of one key share one run.
 
-Bounded: answers over ``max_answer`` bytes are not produced here (None: the
+Bounded: answers over ``max_answer`` bytes are not kept (``TOO_LARGE``: the
 caller streams one through the backend instead), and the least recently used
-answers are dropped beyond ``max_bytes`` in all.
+answers are dropped beyond ``max_bytes`` in all. A run that fails gives None.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections import OrderedDict
 from pathlib import Path
@@ -31,6 +32,16 @@ TIMEOUT = 30.0
 Key = tuple[str, str, str, bool, tuple[str, ...], bytes]
 
 
+class TooLarge(enum.Enum):
+    """The answer is larger than ``max_answer``."""
+
+    TOO_LARGE = "too large"
+
+
+TOO_LARGE = TooLarge.TOO_LARGE
+Made = bytes | TooLarge | None
+
+
 class RefAnswers:
     """An LRU of ref answers by key (see the module docstring)."""
 
@@ -41,15 +52,15 @@ class RefAnswers:
         self.max_answer = max_answer
         self.bytes = 0
         self._answers: OrderedDict[Key, bytes] = OrderedDict()
-        self._running: dict[Key, asyncio.Future[bytes | None]] = {}
+        self._running: dict[Key, asyncio.Future[Made]] = {}
 
     def __len__(self) -> int:
         return len(self._answers)
 
     async def answer(self, key: Key, repo_dir: Path, body: bytes, git_protocol: str | None, *,
-                     advertise: bool, hidden: tuple[str, ...]) -> bytes | None:
+                     advertise: bool, hidden: tuple[str, ...]) -> Made:
         """The answer of ``upload-pack`` on ``repo_dir`` to ``body`` (``--advertise-refs``
-        if ``advertise``, ``hidden`` refs hidden); None if it failed or is too large."""
+        if ``advertise``, ``hidden`` refs hidden); None if it failed, ``TOO_LARGE``."""
         got = self._answers.get(key)
         if got is not None:
             self._answers.move_to_end(key)
@@ -57,7 +68,7 @@ class RefAnswers:
         running = self._running.get(key)
         if running is not None:
             return await asyncio.shield(running)
-        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Made] = asyncio.get_running_loop().create_future()
         self._running[key] = future
         try:
             made = await self._make(repo_dir, body, git_protocol, advertise, hidden)
@@ -67,12 +78,12 @@ class RefAnswers:
             raise
         finally:
             del self._running[key]
-        if made is not None:
+        if isinstance(made, bytes):
             self._keep(key, made)
         return made
 
     async def _make(self, repo_dir: Path, body: bytes, git_protocol: str | None,
-                    advertise: bool, hidden: tuple[str, ...]) -> bytes | None:
+                    advertise: bool, hidden: tuple[str, ...]) -> Made:
         args = ["upload-pack", "--stateless-rpc", *(["--advertise-refs"] if advertise else []),
                 str(repo_dir)]
         try:
@@ -83,11 +94,10 @@ class RefAnswers:
         except (OSError, GitTimeout) as e:
             log.warning("ref answer from %s failed: %s", repo_dir.name, e)
             return None
-        if not res.ok or not res.stdout or len(res.stdout) > self.max_answer:
-            if not res.ok:
-                log.warning("ref answer from %s failed: %s", repo_dir.name, res.stderr_line())
+        if not res.ok or not res.stdout:
+            log.warning("ref answer from %s failed: %s", repo_dir.name, res.stderr_line())
             return None
-        return res.stdout
+        return TOO_LARGE if len(res.stdout) > self.max_answer else res.stdout
 
     def forget(self, key: Key) -> None:
         """Drop the answer of ``key`` (its user found it unfit)."""

@@ -15,7 +15,7 @@ from goblet.policy.refcache import NOTICE_WINDOW, CachedRefs, RefsFromCache
 from goblet.protocol.errors import ProtocolError
 from goblet.protocol.request import LsRefsRequest
 from goblet.serve.plans import ServePlan
-from goblet.serve.refanswers import RefAnswers
+from goblet.serve.refanswers import TOO_LARGE, RefAnswers
 
 A = "a" * 40
 REPO = CacheRepo("https://h/r.git", "k", Path("/c/k.git"))
@@ -139,12 +139,12 @@ def test_marks_are_bounded_and_expire(world: Any) -> None:
 class Canned(RefAnswers):
     """RefAnswers that answers with fixed bytes (as if upload-pack had)."""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: Any) -> None:
         super().__init__(None)  # type: ignore[arg-type]
         self.body = body
         self.forgotten: list[Any] = []
 
-    async def answer(self, key: Any, *args: Any, **kw: Any) -> bytes | None:
+    async def answer(self, key: Any, *args: Any, **kw: Any) -> Any:
         return self.body
 
     def forget(self, key: Any) -> None:
@@ -174,3 +174,13 @@ def test_a_memoized_answer_lists_only_what_upstream_listed(world: Any, body: byt
     else:
         assert got is None and len(refs.answers.forgotten) == 1
         assert metrics.refs_answers.labels("upstream")._value.get() == 1
+
+
+def test_a_cache_that_cannot_answer_sends_the_request_upstream(world: Any) -> None:
+    refs, decider, _, _ = world
+    refs.answers = Canned(None)  # type: ignore[arg-type]
+    grant(decider)
+    state = ls_refs()
+    assert answer(refs, state) is None and "could not answer" in state.reason
+    refs.answers = Canned(TOO_LARGE)  # type: ignore[arg-type]
+    assert isinstance(answer(refs, ls_refs()), ServePlan)  # streamed by the backend
