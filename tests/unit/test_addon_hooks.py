@@ -249,7 +249,7 @@ def test_tls_to_other_hosts_is_not_intercepted(tmp_path: Path) -> None:
 # -------------------------------------------------------------- options changed at run time
 
 RUNTIME_VALUES = {
-    "goblet_hosts": ["a.example", "b.example:8443"],
+    "goblet_hosts": ["a.example", "b.example:8443"], "goblet_refs_ttl": "45s",
     "goblet_verdict_ttl": "5m", "goblet_upstream_timeout": "7s", "goblet_instance": "i-2",
     "goblet_max_request_bytes": "2MiB", "goblet_request_body_timeout": "9s",
     "goblet_min_free_bytes": "3GiB", "goblet_log_format": "json",
@@ -258,7 +258,7 @@ RUNTIME_VALUES = {
     "goblet_repack_threads": "3", "goblet_warm_interval": "20m",
     "goblet_isolation": "tenant", "goblet_max_partitions": "4", "goblet_negative_ttl": "9s",
     "goblet_offline": "true", "goblet_offline_grace": "2h", "goblet_allow_open_proxy": "true",
-    "goblet_relay_internal": "on", "goblet_refs_ttl": "45s", "goblet_cold_clones": "fill",
+    "goblet_relay_internal": "on",
 }
 
 
@@ -275,6 +275,7 @@ def test_every_option_applies_at_run_time_or_says_it_needs_a_restart(tmp_path: P
         assert s.allow_open_proxy
         d, v = rt.decider, rt.decider.verdicts
         assert (v.ttl, v.negative_ttl, v.keep) == (300, 9, 7200)
+        assert rt.refs.refs_ttl() == 45
         assert (d.isolation, d.offline, d.offline_grace) == ("tenant", True, 7200)
         assert d.filler.stall_timeout == 7 and rt.backend.follow_timeout == 7
         assert rt.forwarder is not None
@@ -284,7 +285,6 @@ def test_every_option_applies_at_run_time_or_says_it_needs_a_restart(tmp_path: P
         assert rt.maintainer.policy.full_every == 2 * 86400 and rt.maintainer.policy.threads == 3
         assert rt.lifecycle.maintenance is False and rt.partitions.max_per_repo == 4
         assert rt.warmer.interval == 1200 and rt.reporter.instance == "i-2"
-        assert rt.refs.refs_ttl() == 45 and d.tee is False
         # a flow now gets a tenant partition
         f = git_flow("GET", "/org/repo.git/info/refs?service=git-upload-pack",
                      authorization="Bearer t0k")

@@ -483,7 +483,6 @@ BAD = [
     ("instance", "a b", "goblet_instance"),
     ("cache_dir", " ", "goblet_cache_dir"),
     ("hosts", [], "goblet_hosts"), ("hosts", ["exa mple.com"], "bad host name"),
-    ("cold_clones", "maybe", "goblet_cold_clones"),
     ("refs_ttl", "soon", "goblet_refs_ttl"), ("refs_ttl", "2d", "goblet_refs_ttl"),
     ("webhook_secret_file", "/nonexistent/secret", "goblet_webhook_secret_file"),
 ]
