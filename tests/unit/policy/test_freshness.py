@@ -7,6 +7,8 @@ from dataclasses import replace
 import pytest
 from goblet.auth.verdicts import RefView
 from goblet.policy.freshness import CacheRefs, FromCache, RefsFacts, Strict, decide, reproduce
+from hypothesis import given
+from hypothesis import strategies as st
 
 A, B, C, T = "a" * 40, "b" * 40, "c" * 40, "d" * 40
 CLONE = ("HEAD", "refs/heads/", "refs/tags/")
@@ -89,3 +91,33 @@ def test_an_incomplete_view_or_one_without_head_proves_nothing() -> None:
     got = decide(replace(FRESH, view=headless), prefixes=("refs/heads/", "refs/tags/"),
                  cache=CACHE)
     assert got == FromCache(("HEAD",), 5)  # HEAD never shown: hidden
+
+
+NAMES = ("refs/heads/main", "refs/heads/dev", "refs/heads/secret", "refs/tags/v1",
+         "refs/pull/1/head")
+OIDS = (A, B, C)
+
+
+@given(view_refs=st.dictionaries(st.sampled_from(("HEAD", *NAMES)), st.sampled_from(OIDS)),
+       cache_refs=st.dictionaries(st.sampled_from(NAMES[:4]), st.sampled_from(OIDS)),
+       head=st.sampled_from((None, *NAMES[:2])), upstream_head=st.sampled_from((None, *NAMES[:2])),
+       prefixes=st.lists(st.sampled_from(("HEAD", "refs/heads/", "refs/tags/",
+                                          "refs/heads/main")), min_size=1, max_size=3))
+def test_a_cache_answer_never_shows_a_ref_or_id_upstream_did_not(
+        view_refs: dict[str, str], cache_refs: dict[str, str], head: str | None,
+        upstream_head: str | None, prefixes: list[str]) -> None:
+    """Whatever the view and the cache hold: if the rule answers from the cache, every ref
+    the answer shows (cache refs not hidden, under the prefixes asked) is one the upstream
+    listed with that very id, and every ref the upstream listed there is shown."""
+    view = RefView.of(view_refs, {}, complete=True)
+    cache = CacheRefs(cache_refs, head, upstream_head)
+    got = decide(replace(FRESH, view=view), prefixes=tuple(prefixes), cache=cache)
+    if not isinstance(got, FromCache):
+        return
+    asked = tuple(prefixes)
+    shown = {n: o for n, o in cache_refs.items()
+             if n not in got.hidden and any(n.startswith(p) for p in asked)}
+    if "HEAD" not in got.hidden and "HEAD" in asked and head is not None and head in cache_refs:
+        shown["HEAD"] = cache_refs[head]
+    listed = {n: o for n, o in view_refs.items() if any(n.startswith(p) for p in asked)}
+    assert shown == listed
