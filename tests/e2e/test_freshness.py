@@ -271,3 +271,17 @@ def test_clones_told_their_refs_age_still_share_the_pack_cache(
     assert scrape(metrics_port, 'goblet_pack_cache_requests_total{result="hit"}') > hits
     direct.clone(url, tmp_path / "direct")
     assert git.refs(tmp_path / "c2") == direct.refs(tmp_path / "direct")
+
+
+def test_protocol_v0_refs_always_come_from_the_upstream(
+        git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy,
+        tmp_path: Path) -> None:
+    name = repos.create()
+    url = upstream.url(name)
+    v0 = ("protocol.version=0",)
+    warm(git, upstream, proxy, url, tmp_path / "cold", v0)
+    upstream.reset_stats()
+    res = git.clone(url, tmp_path / "warm", config=v0)
+    got = upstream_requests(upstream, name)
+    assert got["info_refs"] == 1 and got["upload_pack_v0"] == 0  # refs upstream, pack cached
+    assert "goblet: refs from cache" not in res.stderr
