@@ -13,10 +13,11 @@ with the shared secret (read at each request, so it can be rotated):
 Comparisons are constant-time. A missing or wrong signature gets 401, a body
 over ``MAX_BODY`` bytes 413, a signed body that is not the JSON of a push
 400; none of them changes anything. A push marks the refs of the repo's
-https URLs (with and without ``.git``) stale (``policy/refcache.py``): the
-next ref request for them goes upstream, whoever sends it. That is all a
-webhook can do — make goblet ask the upstream sooner — so a replayed one is
-harmless, and no answer says more than accepted or not.
+https URLs (with and without ``.git``, path as spelled and in lower case)
+stale (``policy/refcache.py``): the next ref request for them goes upstream,
+whoever sends it. That is all a webhook can do — make goblet ask the
+upstream sooner — so a replayed one is harmless, and no answer says more
+than accepted or not.
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ def push_urls(payload: object, forge: str) -> tuple[str, ...]:
 
 
 def _variants(url: str) -> list[str]:
-    """``url`` as cache keys: with and without a trailing ``.git``; [] if not usable."""
+    """``url`` as cache keys: with and without a trailing ``.git``, as spelled and with
+    the path in lower case (forges ignore its case; clients may not); [] if not usable.
+    Marking a URL no client uses costs nothing."""
     if len(url) > MAX_URL:
         return []
     try:
@@ -90,7 +93,8 @@ def _variants(url: str) -> list[str]:
     if parts.scheme not in ("https", "http") or not host or not path.startswith("/"):
         return []
     bare = path.removesuffix(".git")
-    return [canonical_url(host, port, bare), canonical_url(host, port, bare + ".git")]
+    return [canonical_url(host, port, p + suffix)
+            for p in dict.fromkeys((bare, bare.lower())) for suffix in ("", ".git")]
 
 
 class Webhooks:

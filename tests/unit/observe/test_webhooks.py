@@ -49,6 +49,8 @@ def test_gitlab_token() -> None:
     ({"repository": {"git_http_url": "https://Git.Example:443/org/repo.git"}}, "gitlab", KEYS),
     ({"repository": {"clone_url": "https://git.example:8443/r/"}}, "github",
      ("https://git.example:8443/r", "https://git.example:8443/r.git")),
+    ({"repository": {"clone_url": "https://git.example/Org/Repo.git"}}, "github",
+     ("https://git.example/Org/Repo", "https://git.example/Org/Repo.git", *KEYS)),
     ({"repository": {"clone_url": "ssh://git@git.example/r.git"}}, "github", ()),
     ({"repository": {"clone_url": "https://git.example:99999/r"}}, "github", ()),
     ({"repository": {"clone_url": 42}}, "github", ()),
