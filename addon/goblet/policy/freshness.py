@@ -132,4 +132,6 @@ def reproduce(view: RefView, cache: CacheRefs, prefixes: tuple[str, ...]) -> tup
     hidden = set(cache.refs) - names
     if "HEAD" not in names or (cache.head is not None and cache.head in hidden):
         hidden.add("HEAD")
+    if any(_asked(name, prefixes) for name in names & hidden):
+        return None  # e.g. HEAD listed, its branch not: upload-pack cannot show just that
     return tuple(sorted(hidden))

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 from goblet.auth.verdicts import RefView
 from goblet.policy.freshness import CacheRefs, FromCache, RefsFacts, Strict, decide, reproduce
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 A, B, C, T = "a" * 40, "b" * 40, "c" * 40, "d" * 40
@@ -98,6 +98,7 @@ NAMES = ("refs/heads/main", "refs/heads/dev", "refs/heads/secret", "refs/tags/v1
 OIDS = (A, B, C)
 
 
+@settings(max_examples=500, deadline=None)
 @given(view_refs=st.dictionaries(st.sampled_from(("HEAD", *NAMES)), st.sampled_from(OIDS)),
        cache_refs=st.dictionaries(st.sampled_from(NAMES[:4]), st.sampled_from(OIDS)),
        head=st.sampled_from((None, *NAMES[:2])), upstream_head=st.sampled_from((None, *NAMES[:2])),
