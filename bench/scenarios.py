@@ -67,6 +67,7 @@ MEDIUM_SCENARIOS: tuple[Scenario, ...] = (
              "wan"),
     Scenario("warm", "goblet warm (refs from upstream over the WAN)", "goblet", "wan"),
     Scenario("warm_lo", "goblet warm, upstream on loopback (diagnostic)", "goblet", "floor"),
+    Scenario("warm_ttl", "goblet warm, goblet_refs_ttl on (refs from the cache)", "ttl", "wan"),
     Scenario("floor", "local floor: http-backend on loopback, no proxy", "direct-floor",
              "floor"),
     Scenario("shallow_warm", "goblet warm, --depth 1", "goblet", "wan", ("--depth", "1")),
@@ -96,6 +97,9 @@ LARGE_SCENARIOS: tuple[Scenario, ...] = (
 ALL_SCENARIOS = {s.key: s for s in (*MEDIUM_SCENARIOS, *FETCH_SCENARIOS, *LARGE_SCENARIOS)}
 # The A/B phases' proxies (``BenchEnv.start_proxy``): name -> --set options. Pack cache on
 # (the default budget) vs. off; maintenance off, pack cache off (every clone runs upload-pack).
+# The refs-TTL proxy (``via="ttl"``): refs and grants good for the whole session, so every
+# timed clone through it is one within the TTL.
+TTL_PROXY = ("ttl", {"goblet_refs_ttl": "1d", "goblet_verdict_ttl": "1h"})
 PACK_CACHE_PROXIES = {"packcache-on": {}, "packcache-off": {"goblet_pack_cache_max_bytes": "0"}}
 MAINT_PROXY = ("maint", {"goblet_maintenance": "off", "goblet_pack_cache_max_bytes": "0"})
 MAINT_SCENARIOS = {
@@ -318,6 +322,10 @@ class Session:
         self.clone(prime, "medium.git", 0, warmup=True)
         self.clone(Scenario("prime_lo", "prime", "goblet", "floor"), "medium.git", 0,
                    warmup=True)
+        env.start_proxy(*TTL_PROXY)
+        for upstream in ("wan", "floor"):  # the TTL proxy caches it for both
+            self.clone(Scenario(f"prime_ttl_{upstream}", "prime", "ttl", upstream),
+                       "medium.git", 0, warmup=True)
         self.inc = {
             "fetch_goblet": env.clones / "inc-goblet-a",
             "fetch_goblet_cached": env.clones / "inc-goblet-b",
@@ -692,8 +700,12 @@ class Session:
                                "repo": "medium.git"}
         goblet = (env.goblet.port, env.goblet.ca_cert, env.goblet.proc.pid)
         plain = (env.plain.port, env.plain.ca_cert, env.plain.proc.pid)
+        ttl_proxy = env.extras[TTL_PROXY[0]]
+        assert ttl_proxy.proc
+        ttl = (ttl_proxy.port, ttl_proxy.ca_cert, ttl_proxy.proc.pid)
         runs = (
             ("goblet", goblet, env.floor.port, None),
+            ("goblet_ttl", ttl, env.floor.port, None),
             ("plain_mitmdump", plain, env.floor.port, None),
             ("upstream_alone", (None, env.floor.cert_path, None), env.floor.port, None),
             ("goblet_canned", goblet, env.canned.port, None),
@@ -701,7 +713,8 @@ class Session:
             ("canned_alone", (None, env.canned.cert_path, None), env.canned.port, None),
         )
         if cfg.quick:  # a smoke run: one row of each kind
-            runs = tuple(r for r in runs if r[0] in ("goblet", "goblet_canned", "canned_alone"))
+            runs = tuple(r for r in runs if r[0] in ("goblet", "goblet_ttl", "goblet_canned",
+                                                     "canned_alone"))
         if cfg.profile:
             runs += (("goblet_canned_profiled", goblet, env.canned.port,
                       self.out / "profile-rps.txt"),)

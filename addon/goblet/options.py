@@ -62,6 +62,13 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("goblet_verdict_ttl", str, "60s",
                "How long an upstream grant lets the same credential read the cache "
                "(e.g. 60, 60s, 5m; 0 disables cache reads)."),
+    OptionSpec("goblet_refs_ttl", str, "0",
+               "Answer info/refs and ls-refs from the cache while the refs the upstream last "
+               "listed to the same credential are younger than this and its grant is fresh "
+               "(goblet_verdict_ttl); 0: always ask the upstream (e.g. 30s, 5m)."),
+    OptionSpec("goblet_webhook_secret_file", str, "",
+               "File holding the shared secret of push webhooks on goblet_metrics_port "
+               "(GitHub: HMAC key; GitLab: token); read at each webhook. Empty: webhooks off."),
     OptionSpec("goblet_upstream_timeout", str, "60s",
                "How long a fill from upstream may make no progress before it is abandoned."),
     OptionSpec("goblet_instance", str, "",
@@ -192,6 +199,8 @@ class Settings:
     store_partitions: frozenset[str] = frozenset({"shared"})
     redis: RedisLocation | None = None
     fleet_lease: int = 30
+    refs_ttl: int = 0
+    webhook_secret_file: Path | None = None
 
 
 ISOLATION_MODES = ("shared", "tenant", "user", "public")
@@ -317,6 +326,9 @@ def parse_settings(o: Any) -> Settings:
         store_partitions=parse_partitions(o.goblet_store_partitions),
         redis=parse_redis(o.goblet_redis),
         fleet_lease=parse_seconds("goblet_fleet_lease", o.goblet_fleet_lease, 2, 3600),
+        refs_ttl=parse_seconds("goblet_refs_ttl", o.goblet_refs_ttl, 0, 86400),
+        webhook_secret_file=_optional_file("goblet_webhook_secret_file",
+                                           o.goblet_webhook_secret_file),
     ))
 
 

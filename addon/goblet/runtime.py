@@ -35,16 +35,19 @@ from goblet.observe.fills import FillReporter
 from goblet.observe.health import HealthChecker, Readiness
 from goblet.observe.metrics import CONTENT_TYPE, Metrics
 from goblet.observe.recorder import RequestRecorder
+from goblet.observe.webhooks import Webhooks
 from goblet.offline.ask import UpstreamAsker
 from goblet.offline.forward import Forwarder, tls_context
 from goblet.offline.state import UpstreamState
 from goblet.options import Settings
 from goblet.policy.answers import AnswerPolicy
 from goblet.policy.gate import FlowPolicy
+from goblet.policy.refcache import RefsFromCache
 from goblet.protocol.request import cache_identity
 from goblet.serve.backend import ServeBackend
 from goblet.serve.packcache import PackCache, cache_key
 from goblet.serve.plans import PlanRegistry, ServePlan
+from goblet.serve.refanswers import RefAnswers
 
 log = logging.getLogger("goblet")
 
@@ -113,10 +116,14 @@ class Runtime:
         # of goblet_max_request_bytes are being decoded at once.
         self.inspector = ThreadPoolExecutor(max_workers=2, thread_name_prefix="goblet-inspect")
         self.answers = AnswerPolicy(self.decider, self.store, self.inspector)
+        self.refs = RefsFromCache(self.decider, self.serve_plan, metrics,
+                                  lambda: self.settings.refs_ttl, answers=RefAnswers(git))
+        self.webhooks = Webhooks(lambda: self.settings.webhook_secret_file,
+                                 self.refs.mark_stale, metrics)
         self.policy = FlowPolicy(lambda: self.settings, keyer=self.keyer, store=self.store,
                                  decider=self.decider, asker=self.asker, metrics=metrics,
                                  inspector=self.inspector, planner=self.serve_plan,
-                                 endpoints=self.endpoint_answer)
+                                 endpoints=self.endpoint_answer, refs=self.refs)
         self.recorder = RequestRecorder(metrics, access)
         self.endpoints: EndpointServer | None = None
         self.metrics_host = ""  # where the endpoints' own port listens ("": everywhere)
@@ -193,7 +200,7 @@ class Runtime:
             log.info(fleet_tier.describe(settings))
         rt.metrics_host = metrics_host
         if settings.metrics_port:
-            rt.endpoints = EndpointServer(rt.endpoint_answer)
+            rt.endpoints = EndpointServer(rt.endpoint_answer, hooks=rt.webhooks.answer)
             await rt.endpoints.start(metrics_host, settings.metrics_port)
         loop = asyncio.get_running_loop()
         rt._tasks = [loop.create_task(rt._measure_usage()), loop.create_task(rt._watch_ready()),
@@ -260,11 +267,12 @@ class Runtime:
                    drop_head_symref: bool = False) -> ServePlan:
         """What the backend runs to answer ``body`` from ``repo``.
 
-        A ``final`` fetch (with ``done``) without a notice may be shared through the
-        pack cache: its key names the repo, its refs and the request.
+        A ``final`` fetch (with ``done``) may be shared through the pack cache: its key
+        names the repo, its refs and the request (a notice is added as it is sent; the
+        stored answer never holds one).
         """
         key = None
-        if final and notice is None:
+        if final:
             snapshot = self.store.state(repo)
             identity = cache_identity(body)
             if snapshot is not None and identity is not None:

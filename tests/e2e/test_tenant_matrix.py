@@ -53,13 +53,19 @@ def got_pack(dest: Path) -> bool:
 
 
 def error_lines(res: subprocess.CompletedProcess[str]) -> str:
-    return " | ".join(ln for ln in res.stderr.splitlines() if ln.startswith(("fatal:", "remote:")))
+    """git's error and remote lines (but the age of cached refs, with a refs TTL)."""
+    return " | ".join(ln for ln in res.stderr.splitlines() if ln.startswith(("fatal:", "remote:"))
+                      and not ln.startswith("remote: goblet: refs from cache"))
 
 
 class MatrixBase:
     """One isolation mode's matrix; subclasses set ``mode``."""
 
     mode: ClassVar[str]
+    extra_sets: ClassVar[dict[str, str]] = {}  # more proxy options (variants)
+    # what an allowed offline clone shows (with a refs TTL, a clone whose grant is still
+    # fresh is answered within the TTL and never notices the upstream is gone)
+    offline_notices: ClassVar[tuple[str, ...]] = ("remote: goblet: upstream unreachable since",)
     users: ClassVar[dict[str, dict[str, Any]]] = {
         **USERS, "carol": {"password": "carol-pw", "tokens": ["tok-carol"]},
     }
@@ -82,7 +88,8 @@ class MatrixBase:
             root / "proxy", hosts=[upstream.host], upstream_ca=upstream.cert_path,
             confdir=confdir,
             sets={"goblet_isolation": cls.mode, "goblet_offline": "on",
-                  "goblet_verdict_ttl": f"{VERDICT_TTL}s", "goblet_upstream_timeout": "3"},
+                  "goblet_verdict_ttl": f"{VERDICT_TTL}s", "goblet_upstream_timeout": "3",
+                  **cls.extra_sets},
         )
         proxy.start()
         try:
@@ -153,7 +160,7 @@ class MatrixBase:
                 allowed = online[(tenant, repo)] and self.cached_offline(tenant, repo)
                 if allowed:
                     assert res.returncode == 0, (cell, res.stderr)
-                    assert "remote: goblet: upstream unreachable since" in res.stderr, cell
+                    assert any(n in res.stderr for n in self.offline_notices), cell
                 else:
                     assert res.returncode != 0, f"{cell}: served offline without a grant"
                     assert not got_pack(dest), f"{cell}: refused clone received pack data"
@@ -220,3 +227,32 @@ class TestPublic(MatrixBase):
         assert "outcome=cache" not in "\n".join(
             ln for ln in proxy.log_text().splitlines() if names["private"] in ln
         )
+
+
+# The same matrices with a refs TTL: ref requests of a credential with a fresh grant are
+# answered from the cache, and nothing else changes for anyone.
+TTL_SETS = {"goblet_refs_ttl": "60s"}
+TTL_NOTICES = (*MatrixBase.offline_notices, "remote: goblet: refs from cache")
+
+
+def answered_refs_from_cache(proxy: GobletProxy) -> bool:
+    """Whether some ref request was answered within the TTL (the variant is not vacuous)."""
+    return "refs from cache" in proxy.log_text()
+
+
+class TestSharedRefsTTL(TestShared):
+    extra_sets = TTL_SETS
+    offline_notices = TTL_NOTICES
+
+    def check_partitions(self, proxy: GobletProxy, names: dict[str, str]) -> None:
+        super().check_partitions(proxy, names)
+        assert answered_refs_from_cache(proxy)
+
+
+class TestTenantRefsTTL(TestTenant):
+    extra_sets = TTL_SETS
+    offline_notices = TTL_NOTICES
+
+    def check_partitions(self, proxy: GobletProxy, names: dict[str, str]) -> None:
+        super().check_partitions(proxy, names)
+        assert answered_refs_from_cache(proxy)

@@ -256,7 +256,7 @@ def test_tls_to_other_hosts_is_not_intercepted(tmp_path: Path) -> None:
 
 RUNTIME_VALUES = {
     "goblet_store_max_bytes": "5GiB", "goblet_store_partitions": "shared,tenant",
-    "goblet_hosts": ["a.example", "b.example:8443"],
+    "goblet_hosts": ["a.example", "b.example:8443"], "goblet_refs_ttl": "45s",
     "goblet_verdict_ttl": "5m", "goblet_upstream_timeout": "7s", "goblet_instance": "i-2",
     "goblet_max_request_bytes": "2MiB", "goblet_request_body_timeout": "9s",
     "goblet_min_free_bytes": "3GiB", "goblet_log_format": "json",
@@ -274,7 +274,8 @@ def test_every_option_applies_at_run_time_or_says_it_needs_a_restart(tmp_path: P
         rt = addon.rt
         assert rt is not None
         covered = {spec.name for spec in opts.OPTIONS if not spec.restart}
-        assert covered - {"goblet_warm_repos", "goblet_warm_credentials"} == set(RUNTIME_VALUES)
+        files = {"goblet_warm_repos", "goblet_warm_credentials", "goblet_webhook_secret_file"}
+        assert covered - files == set(RUNTIME_VALUES)
         tctx.configure(addon, **RUNTIME_VALUES)
         s = addon.settings
         assert s is not None and rt.settings is s and s.offline and s.isolation == "tenant"
@@ -282,6 +283,7 @@ def test_every_option_applies_at_run_time_or_says_it_needs_a_restart(tmp_path: P
         assert (s.store_max_bytes, s.store_partitions) == (5 << 30, {"shared", "tenant"})
         d, v = rt.decider, rt.decider.verdicts
         assert (v.ttl, v.negative_ttl, v.keep) == (300, 9, 7200)
+        assert rt.refs.refs_ttl() == 45
         assert (d.isolation, d.offline, d.offline_grace) == ("tenant", True, 7200)
         assert d.filler.stall_timeout == 7 and rt.backend.follow_timeout == 7
         assert rt.forwarder is not None

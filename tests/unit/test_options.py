@@ -491,6 +491,8 @@ BAD = [
     ("instance", "a b", "goblet_instance"),
     ("cache_dir", " ", "goblet_cache_dir"),
     ("hosts", [], "goblet_hosts"), ("hosts", ["exa mple.com"], "bad host name"),
+    ("refs_ttl", "soon", "goblet_refs_ttl"), ("refs_ttl", "2d", "goblet_refs_ttl"),
+    ("webhook_secret_file", "/nonexistent/secret", "goblet_webhook_secret_file"),
 ]
 
 
@@ -508,7 +510,8 @@ def test_every_option_has_a_bad_value_above_or_takes_any_text() -> None:
 
 
 TEXT_OPTIONS = [spec.field for spec in OPTIONS if spec.typespec is str
-                and spec.field not in ("cache_dir", "warm_repos", "warm_credentials")]
+                and spec.field not in ("cache_dir", "warm_repos", "warm_credentials",
+                                       "webhook_secret_file")]
 
 
 @pytest.mark.parametrize("field", TEXT_OPTIONS)

@@ -154,6 +154,14 @@ class VerdictCache:
             return None
         return v.view
 
+    def view_age(self, tenant: str, repo: str) -> tuple[RefView, float] | None:
+        """The refs upstream last listed for (tenant, repo) and their age in seconds, if
+        the latest answer is a grant (of any age: callers bound it)."""
+        v = self._entries.get((tenant, repo))
+        if v is None or not v.granted or v.view is None:
+            return None
+        return v.view, max(0.0, self._clock() - v.view_at)
+
     def clear(self) -> None:
         """Forget everything."""
         self._entries.clear()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import h11
 
 from goblet.observe.health import Readiness
-from goblet.serve.h11loop import incoming_requests
+from goblet.serve.h11loop import incoming
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,17 @@ async def answer(
 
 
 Handler = Callable[[str], Awaitable[Answer]]
+# POST path, headers by lower-case name, body (None: over MAX_POST_BODY) → answer
+PostHandler = Callable[[str, dict[str, str], bytes | None], Awaitable[Answer]]
+MAX_POST_BODY = 5 * 1024 * 1024
 
 
 class EndpointServer:
-    """Serves the endpoints on their own address."""
+    """Serves the endpoints on their own address (and ``hooks``' POSTs: webhooks)."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, hooks: PostHandler | None = None) -> None:
         self.handler = handler
+        self.hooks = hooks
         self.port = 0
         self._server: asyncio.Server | None = None
 
@@ -81,18 +85,23 @@ class EndpointServer:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
         try:
             async with contextlib.aclosing(
-                incoming_requests(conn, reader, chunk=16 * 1024, idle_timeout=30)
+                incoming(conn, reader, chunk=16 * 1024, idle_timeout=30,
+                         max_body=MAX_POST_BODY if self.hooks else 0)
             ) as requests:
-                async for request in requests:
-                    await self._answer(conn, writer, request)
+                async for request, body in requests:
+                    await self._answer(conn, writer, request, body)
         except (ConnectionError, TimeoutError, h11.ProtocolError) as e:
             log.debug("endpoint connection ended: %s", e)
         finally:
             writer.close()
 
     async def _answer(self, conn: h11.Connection, writer: asyncio.StreamWriter,
-                      request: h11.Request) -> None:
-        if request.method not in (b"GET", b"HEAD"):
+                      request: h11.Request, body_in: bytes | None) -> None:
+        if request.method == b"POST" and self.hooks is not None:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                       for k, v in request.headers}
+            result = await self.hooks(request.target.decode("latin-1"), headers, body_in)
+        elif request.method not in (b"GET", b"HEAD"):
             result = Answer(405, "text/plain; charset=utf-8", b"method not allowed\n")
         else:
             result = await self.handler(request.target.decode("latin-1"))

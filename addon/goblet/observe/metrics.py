@@ -33,6 +33,9 @@ STORE_DIRECTIONS = ("down", "up")
 STORE_OPERATIONS = ("restore", "publish")
 LEASE_RESULTS = ("leader", "follower", "busy", "timeout")
 FLEET_PARTS = ("store", "redis")
+WEBHOOK_RESULTS = ("accepted", "ignored", "refused")
+# Seconds: the age of refs answered from the cache (bounded by goblet_refs_ttl).
+AGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 BODY_RESULTS = ("inspected", "too_large", "not_decoded", "busy", "invalid", "timeout")
 
 # Seconds: from a warm ls-refs (ms) to a cold multi-GB clone (tens of minutes).
@@ -147,6 +150,16 @@ class Metrics:
             "goblet_fleet_degraded", "Fleet operations done without a shared part (store or "
             "redis) because it failed or was unreachable: the instance filled on its own.",
             ["part"], registry=r)
+        self.refs_answers = Counter(
+            "goblet_refs_answers", "info/refs and ls-refs answers, by source: cache (within "
+            "goblet_refs_ttl) or upstream.", ["source"], registry=r)
+        self.refs_age = Histogram(
+            "goblet_refs_age_seconds", "Age of the refs in ref answers given from the cache.",
+            buckets=AGE_BUCKETS, registry=r)
+        self.webhooks = Counter(
+            "goblet_webhooks", "Push webhooks received: accepted (refs marked stale), "
+            "ignored (signed, but not a push), refused (bad or missing signature, too large, "
+            "malformed).", ["result"], registry=r)
         ProcessCollector(registry=r)
         for kind in KINDS:  # export zeros so rates and ratios exist from the start
             self.request_duration.labels(kind)
@@ -156,6 +169,9 @@ class Metrics:
             self.fills.labels(result)
         for source in SOURCES:
             self.served_bytes.labels(source)
+            self.refs_answers.labels(source)
+        for result in WEBHOOK_RESULTS:
+            self.webhooks.labels(result)
         for kind in REPACK_KINDS:
             for result in REPACK_RESULTS:
                 self.repacks.labels(kind, result)

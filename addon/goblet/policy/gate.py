@@ -10,6 +10,8 @@ which it applies to the flow; nothing here knows mitmproxy.
   mode via ``forward``). Decoded bodies held by requests in progress share a
   budget of twice ``goblet_max_request_bytes``; a body beyond it passes
   through uninspected, and one going upstream is let go at once.
+- ref requests within ``goblet_refs_ttl``: answered from the cache when
+  ``refcache.py`` (the rule: ``freshness.py``) finds that safe.
 - ``forward``: offline mode's own forwarding of a ref request, and what to
   answer when that very request finds the upstream down (``offline.py``).
 """
@@ -33,6 +35,7 @@ from goblet.offline.forward import UpstreamAnswer, UpstreamUnreachable
 from goblet.options import Settings
 from goblet.policy import bodies, offline
 from goblet.policy.flows import FlowState, Kind, Outcome
+from goblet.policy.refcache import CachedRefs, RefsFromCache
 from goblet.policy.requests import Classified
 from goblet.protocol import pktline, request
 from goblet.protocol.errors import ProtocolError
@@ -103,7 +106,8 @@ class FlowPolicy:
     def __init__(self, settings: Callable[[], Settings], *, keyer: TenantKeyer,
                  store: RepoStore, decider: FetchDecider, asker: UpstreamAsker | None,
                  metrics: Metrics, inspector: Executor, planner: ServePlanner,
-                 endpoints: Callable[[str], Awaitable[Answer]] | None = None) -> None:
+                 endpoints: Callable[[str], Awaitable[Answer]] | None = None,
+                 refs: RefsFromCache | None = None) -> None:
         self.settings = settings
         self.keyer = keyer
         self.store = store
@@ -113,6 +117,7 @@ class FlowPolicy:
         self.inspector = inspector
         self.planner = planner
         self.endpoints = endpoints
+        self.refs = refs  # ref requests answered within goblet_refs_ttl
         self._held = 0  # bytes of decoded request bodies held by flows in progress
 
     def state_for(self, got: Classified, host: str, port: int, *,
@@ -142,6 +147,16 @@ class FlowPolicy:
         action: Action = Upstream()
         if state.kind is Kind.UPLOAD_PACK and not streamed:
             action = await self.upload_pack(state, raw, enc, git_protocol)
+        if isinstance(action, Upstream) and self.refs is not None:
+            try:
+                cached = await self.refs.answer(state, git_protocol)
+            except ProtocolError as e:
+                return git_error(f"goblet: {e.reason}")
+            if isinstance(cached, CachedRefs):
+                return Reply(200, cached.body, (("Content-Type", cached.content_type),
+                                                ("Cache-Control", "no-cache")), Outcome.CACHE)
+            if cached is not None:
+                return Serve(cached, Outcome.CACHE)
         if isinstance(action, Upstream) and self.settings().offline and state.kind in (
                 Kind.INFO_REFS, Kind.LS_REFS):
             action = await self.forward(state, method, path, headers=headers, raw=raw,
@@ -182,8 +197,10 @@ class FlowPolicy:
         if decision.route in (Route.UPSTREAM, Route.TEE):
             self.release(state)
             return Upstream(decision.tee)
+        notice = decision.notice or (self.refs.notice_for(state.tenant, state.repo.key)
+                                     if self.refs is not None else None)
         plan = self.planner(state.repo, got.body, clean_git_protocol(git_protocol),
-                            notice=decision.notice, final=parsed.done)
+                            notice=notice, final=parsed.done)
         return Serve(plan, Outcome.OFFLINE if decision.offline else Outcome.CACHE)
 
     def _hold(self, state: FlowState, size: int) -> bool:

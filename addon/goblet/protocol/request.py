@@ -38,7 +38,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from goblet.protocol import pktline
+from goblet.protocol import pktline, serveroptions
 from goblet.protocol.errors import ProtocolError, excerpt
 from goblet.protocol.pktline import PktKind
 
@@ -65,6 +65,7 @@ _V0_CAPS_OK = frozenset(
 _V0_VALUE_ARGS = frozenset({b"deepen", b"deepen-since", b"deepen-not", b"filter"})
 
 _MAX_ARG_LEN = 4096
+_MAX_OPTIONS = 64  # server options kept per request (more make it unservable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,10 @@ class LsRefsRequest:
     peel: bool
     symrefs: bool
     unborn: bool
+    # ``server-option=`` capability values, in order (``serveroptions.py`` reads them)
+    server_options: tuple[str, ...] = field(default=(), compare=False)
+    # why the cache cannot reproduce this answer (unknown arguments or capabilities)
+    unservable: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +104,7 @@ class FetchRequest:
     done: bool
     unservable: tuple[str, ...]
     shaped: bool = field(default=False, compare=False)  # derived from the arguments above
+    server_options: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +179,7 @@ def parse_v2(body: bytes) -> V2Request:
         raise ProtocolError("v2 request does not end with a flush-pkt")
 
     if command == b"ls-refs":
-        return _parse_ls_refs(args)
+        return _parse_ls_refs(caps, args)
     if command == b"fetch":
         return _parse_fetch_v2(caps, args)
     if not re.fullmatch(rb"[a-z][a-z0-9-]{0,63}", command):
@@ -181,32 +187,51 @@ def parse_v2(body: bytes) -> V2Request:
     return OtherCommand(command.decode("ascii"))
 
 
-def _parse_ls_refs(args: list[bytes]) -> LsRefsRequest:
+_LS_REFS_FLAGS = frozenset({b"peel", b"symrefs", b"unborn"})
+
+
+def _parse_ls_refs(caps: list[bytes], args: list[bytes]) -> LsRefsRequest:
     prefixes: list[str] = []
     flags: set[bytes] = set()
+    unservable = _Reasons()
+    options = _check_caps(caps, _V2_CAPS_OK, unservable)
     for line in args:
         key, value = _split(line)
         if key == b"ref-prefix" and value is not None:
             prefixes.append(value.decode("utf-8", "replace"))
         else:
             flags.add(line)
+            if line not in _LS_REFS_FLAGS:
+                unservable.append("argument " + key.decode("ascii", "replace"))
     return LsRefsRequest(
         ref_prefixes=tuple(prefixes),
         peel=b"peel" in flags,
         symrefs=b"symrefs" in flags,
         unborn=b"unborn" in flags,
+        server_options=options,
+        unservable=tuple(unservable),
     )
 
 
-def _check_caps(caps: list[bytes], allowed: frozenset[bytes], unservable: list[str]) -> None:
-    """Note every capability the cache cannot honour in ``unservable``."""
+def _check_caps(caps: list[bytes], allowed: frozenset[bytes],
+                unservable: list[str]) -> tuple[str, ...]:
+    """Note every capability the cache cannot honour in ``unservable``; return the
+    ``server-option`` values. goblet's own options (``goblet-…``) leave a request
+    servable; any other server option is the upstream's to read."""
+    options: list[str] = []
     for cap in caps:
         key, _, value = cap.partition(b"=")
         if key == b"object-format":
             if value != b"sha1":
                 unservable.append("object-format " + value.decode("ascii", "replace"))
+        elif key == b"server-option" and len(options) < _MAX_OPTIONS:
+            option = value.decode("utf-8", "replace")
+            options.append(option)
+            if not option.startswith(serveroptions.PREFIX):
+                unservable.append("server option")
         elif key not in allowed:
             unservable.append("capability " + key.decode("ascii", "replace"))
+    return tuple(options)
 
 
 class _Reasons(list[str]):
@@ -226,6 +251,7 @@ class _Collected:
     unservable: list[str]
     done: bool = False
     shaped: bool = False
+    server_options: tuple[str, ...] = ()
 
     def add_oid(self, key: bytes, value: bytes | None) -> None:
         if value is None:
@@ -236,7 +262,8 @@ class _Collected:
 
     def result(self, version: int) -> FetchRequest:
         return FetchRequest(version, tuple(self.wants), tuple(self.haves),
-                            tuple(self.shallows), self.done, tuple(self.unservable), self.shaped)
+                            tuple(self.shallows), self.done, tuple(self.unservable), self.shaped,
+                            self.server_options)
 
 
 def _check_value_arg(key: bytes, value: bytes, unservable: list[str]) -> None:
@@ -253,7 +280,7 @@ def _check_value_arg(key: bytes, value: bytes, unservable: list[str]) -> None:
 
 def _parse_fetch_v2(caps: list[bytes], args: list[bytes]) -> FetchRequest:
     got = _Collected([], [], [], _Reasons())
-    _check_caps(caps, _V2_CAPS_OK, got.unservable)
+    got.server_options = _check_caps(caps, _V2_CAPS_OK, got.unservable)
     for line in args:
         key, value = _split(line)
         if key in (b"want", b"have", b"shallow"):

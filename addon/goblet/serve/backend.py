@@ -289,10 +289,12 @@ async def _replay(conn: h11.Connection, writer: asyncio.StreamWriter, plan: Serv
         f = path.open("rb")
     except OSError:
         return None
+    notice = _notice_inserter(plan)
     try:
         _head(conn, writer, plan)
         while chunk := await asyncio.to_thread(f.read, READ_CHUNK):
-            await _send(conn, writer, plan, chunk)
+            await _send_noticed(conn, writer, plan, notice, chunk)
+        await _send_noticed(conn, writer, plan, notice, None)
         return await _end(conn, writer, plan)
     except (ConnectionError, OSError) as e:
         plan.stats.error = f"client went away: {e.__class__.__name__}"
@@ -337,6 +339,7 @@ async def _follow(conn: h11.Connection, writer: asyncio.StreamWriter, plan: Serv
         log.info("cannot follow answer %s (%s); running upload-pack", production.key[:12], e)
         return None
     sent = 0
+    notice = _notice_inserter(plan)
     try:
         while True:
             progress = await _progress(production, sent, timeout)
@@ -350,10 +353,11 @@ async def _follow(conn: h11.Connection, writer: asyncio.StreamWriter, plan: Serv
                 if not sent:
                     _head(conn, writer, plan)
                 sent += len(chunk)
-                await _send(conn, writer, plan, chunk)
+                await _send_noticed(conn, writer, plan, notice, chunk)
             if done and sent >= available:
                 if not sent:
                     _head(conn, writer, plan)
+                await _send_noticed(conn, writer, plan, notice, None)
                 return await _end(conn, writer, plan)
     except (ConnectionError, OSError) as e:
         if not sent and not isinstance(e, ConnectionError):
@@ -377,6 +381,21 @@ def _follow_failed(writer: asyncio.StreamWriter, plan: ServePlan, production: Pr
     plan.stats.error = f"the answer being shared {what}"
     writer.transport.abort()  # never a clean end of a partial answer
     return False
+
+
+def _notice_inserter(plan: ServePlan) -> NoticeInserter | None:
+    """The inserter of ``plan``'s notice into a stored answer being replayed or followed
+    (stored answers never hold one: the producer stores what upload-pack wrote)."""
+    return NoticeInserter(plan.notice) if plan.notice else None
+
+
+async def _send_noticed(conn: h11.Connection, writer: asyncio.StreamWriter, plan: ServePlan,
+                        notice: NoticeInserter | None, chunk: bytes | None) -> None:
+    """Send ``chunk`` with the notice inserted; None: the answer ended, send what is held."""
+    if notice is not None:
+        chunk = notice.close() if chunk is None else notice.feed(chunk)
+    if chunk:
+        await _send(conn, writer, plan, chunk)
 
 
 async def _stream(conn: h11.Connection, writer: asyncio.StreamWriter,

@@ -84,6 +84,7 @@ FAMILY_LABEL_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
     "goblet_store_duration_seconds": {"operation": gm.STORE_OPERATIONS},
     "goblet_fleet_lease_waits": {"result": gm.LEASE_RESULTS},
     "goblet_fleet_degraded": {"part": gm.FLEET_PARTS},
+    "goblet_webhooks": {"result": gm.WEBHOOK_RESULTS},
 }
 SUFFIXES = {
     "counter": ("_total", "_created"),

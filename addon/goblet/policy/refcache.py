@@ -1,0 +1,203 @@
+"""Ref requests answered from the cache within ``goblet_refs_ttl`` (``freshness.py``).
+
+``RefsFromCache`` gathers the facts of one ``info/refs`` or ``ls-refs``
+request (grant, the refs the upstream last listed to the credential, the
+client's ``goblet-max-age``, webhook stale marks, the cache's refs), asks the
+pure rule, and returns a cache answer — from memory (``serve/refanswers.py``:
+one ``upload-pack`` run per distinct question and refs), or, for an answer too
+large to hold, a serve plan for the backend — or None (upstream).
+It also remembers, for a few seconds, that a (tenant, repo) was just given
+cached refs, so the fetch that follows tells the user how old they were
+(``remote: goblet: refs from cache, 42 s old``: git shows it; a ref answer
+itself has no room for such a line).
+
+Stale marks come from push webhooks (``observe/webhooks.py``): a mark makes
+every credential's refs for that URL count as stale, so it can only send
+requests upstream sooner. Marks older than the TTL are irrelevant and are
+dropped; at most ``MAX_MARKS`` are held.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from goblet.decide import FetchDecider
+from goblet.observe.metrics import Metrics
+from goblet.policy import freshness
+from goblet.policy.flows import FlowState, Kind
+from goblet.protocol import refs, serveroptions
+from goblet.protocol.errors import ProtocolError
+from goblet.protocol.request import cache_identity
+from goblet.protocol.routes import ADVERTISEMENT_TYPE, RESULT_TYPE
+from goblet.serve.plans import ServePlan, clean_git_protocol
+from goblet.serve.refanswers import TOO_LARGE, RefAnswers
+
+NOTICE_WINDOW = 30.0  # seconds a fetch may follow its cached ref answer and be told
+MAX_MARKS = 10_000
+MAX_NOTICES = 10_000
+
+Planner = Callable[..., ServePlan]
+
+
+@dataclass(frozen=True, slots=True)
+class CachedRefs:
+    """A ref answer made from the cache, held in memory."""
+
+    body: bytes
+    content_type: str
+
+
+def notice_text(age: float) -> str:
+    """The ``remote:`` line of a fetch that followed a cached ref answer."""
+    return f"goblet: refs from cache, {age:.0f} s old"
+
+
+class RefsFromCache:
+    """Decides, and remembers what it answered (see the module docstring)."""
+
+    def __init__(self, decider: FetchDecider, planner: Planner, metrics: Metrics,
+                 refs_ttl: Callable[[], float], *, answers: RefAnswers | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.decider = decider
+        self.planner = planner
+        self.answers = answers
+        self.metrics = metrics
+        self.refs_ttl = refs_ttl
+        self._clock = clock
+        self._marks: OrderedDict[str, float] = OrderedDict()  # repo URL → when marked
+        self._told: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
+
+    def mark_stale(self, urls: Iterable[str]) -> int:
+        """Count the refs of these repo URLs as stale from now on; how many were marked."""
+        now, marked = self._clock(), 0
+        for url in urls:
+            self._marks.pop(url, None)
+            self._marks[url] = now
+            marked += 1
+        horizon = now - max(self.refs_ttl(), 1.0)
+        while self._marks and (len(self._marks) > MAX_MARKS
+                               or next(iter(self._marks.values())) < horizon):
+            self._marks.popitem(last=False)
+        return marked
+
+    def _stale_age(self, url: str) -> float | None:
+        at = self._marks.get(url)
+        return None if at is None else self._clock() - at
+
+    async def answer(self, state: FlowState,
+                     git_protocol: str | None) -> CachedRefs | ServePlan | None:
+        """A cache answer to ``state``'s ref request, or None: ask the upstream.
+
+        Raises ProtocolError for a malformed ``goblet-…`` server option."""
+        if state.kind not in (Kind.INFO_REFS, Kind.LS_REFS):
+            return None
+        got = await self._answer(state, git_protocol)
+        self.metrics.refs_answers.labels("upstream" if got is None else "cache").inc()
+        if got is None and state.repo is not None:
+            self._told.pop((state.tenant, state.repo.key), None)  # upstream's refs
+        return got
+
+    async def _answer(self, state: FlowState,
+                      git_protocol: str | None) -> CachedRefs | ServePlan | None:
+        plan = self.plan(state, git_protocol)
+        if plan is None:
+            return None
+        assert state.repo is not None
+        snapshot = self.decider.store.state(state.repo)
+        identity = cache_identity(plan.body)
+        if self.answers is None or snapshot is None or identity is None:
+            return plan
+        key = (plan.repo_key, snapshot.digest, plan.git_protocol or "", plan.advertise,
+               plan.hidden_refs, identity)
+        body = await self.answers.answer(key, plan.repo_dir, plan.body, plan.git_protocol,
+                                         advertise=plan.advertise, hidden=plan.hidden_refs)
+        if body is TOO_LARGE:
+            return plan  # too large to hold: the backend streams it
+        if body is None:  # the cache could not answer (evicted meanwhile?): upstream can
+            state.reason = "refs from upstream: the cache could not answer"
+            return None
+        assert isinstance(body, bytes)
+        if not plan.advertise and not self._only_listed(state, body):
+            # a fill moved the cache between the rule's look and upload-pack's
+            self.answers.forget(key)
+            state.reason = "refs from upstream: the cache's refs moved meanwhile"
+            self._told.pop((state.tenant, state.repo.key), None)
+            return None
+        return CachedRefs(body, ADVERTISEMENT_TYPE if plan.advertise else RESULT_TYPE)
+
+    def _only_listed(self, state: FlowState, body: bytes) -> bool:
+        """Whether an ls-refs answer lists only refs, ids and peeled ids the upstream listed
+        to this credential (its latest view)."""
+        assert state.repo is not None
+        latest = self.decider.verdicts.view_age(state.tenant, state.repo.url)
+        try:
+            adv = refs.parse_ls_refs(body)
+        except ProtocolError:
+            return False
+        if latest is None:
+            return False
+        pairs = latest[0].pairs
+        return (all((name, oid) in pairs for name, oid in adv.refs.items())
+                and all((f"{name}^{{}}", oid) in pairs for name, oid in adv.peeled.items()))
+
+    def plan(self, state: FlowState, git_protocol: str | None) -> ServePlan | None:
+        """The rule's verdict on ``state``'s ref request as a serve plan (None: upstream).
+        Raises ProtocolError for a malformed ``goblet-…`` server option."""
+        repo, ls = state.repo, state.ls_refs
+        ttl = self.refs_ttl()
+        if repo is None or ttl <= 0:
+            return None
+        if state.version != 2:
+            state.reason = "refs from upstream: a v0/v1 advertisement lists every ref"
+            return None
+        if ls is not None:
+            options = serveroptions.parse(ls.server_options)
+            if ls.unservable:
+                state.reason = "ls-refs needs upstream: " + ", ".join(ls.unservable)
+                return None
+            prefixes: tuple[str, ...] | None = ls.ref_prefixes
+        else:
+            options, prefixes = serveroptions.ClientOptions(), None
+        d = self.decider
+        latest = d.verdicts.view_age(state.tenant, repo.url)
+        snapshot = d.store.state(repo)
+        facts = freshness.RefsFacts(
+            refs_ttl=ttl, max_age=options.max_age,
+            granted=d.verdicts.is_granted(state.tenant, repo.url),
+            cached=snapshot is not None and repo.key not in d.uncacheable,
+            view=latest[0] if latest else None, view_age=latest[1] if latest else 0.0,
+            stale_age=self._stale_age(repo.url))
+        cache = (freshness.CacheRefs(snapshot.refs, snapshot.head, d.heads.get(repo.key))
+                 if snapshot is not None else None)
+        verdict = freshness.decide(facts, prefixes=prefixes, cache=cache)
+        if isinstance(verdict, freshness.Strict):
+            state.reason = f"refs from upstream: {verdict.reason}"
+            return None
+        self.metrics.refs_age.observe(verdict.age)
+        state.reason = f"refs from cache, {verdict.age:.0f} s old"
+        advertise = prefixes is None
+        if not advertise:  # a capability advertisement shows no refs
+            self._remember(state.tenant, repo.key, verdict.age)
+        return self.planner(repo, b"" if advertise else state.body,
+                            clean_git_protocol(git_protocol), advertise=advertise,
+                            hidden_refs=verdict.hidden,
+                            drop_head_symref="HEAD" in verdict.hidden)
+
+    def _remember(self, tenant: str, repo_key: str, age: float) -> None:
+        key = (tenant, repo_key)
+        self._told.pop(key, None)
+        self._told[key] = (self._clock(), age)
+        while len(self._told) > MAX_NOTICES:
+            self._told.popitem(last=False)
+
+    def notice_for(self, tenant: str, repo_key: str) -> str | None:
+        """The notice for a fetch by ``tenant`` from ``repo_key`` that follows a cached
+        ref answer given within ``NOTICE_WINDOW`` seconds, else None."""
+        told = self._told.get((tenant, repo_key))
+        if told is None or self._clock() - told[0] > NOTICE_WINDOW:
+            return None
+        return notice_text(told[1])
+

@@ -1,0 +1,287 @@
+"""Freshness the operator and the client choose, through a real mitmdump.
+
+With ``goblet_refs_ttl=60s``: a second clone within the TTL by a credential
+with a fresh grant makes no upstream request at all and is told how old its
+refs are; a credential without a grant still gets the upstream's verdict;
+``goblet-max-age=0`` (``git clone --server-option``, ``git fetch -o``) makes a
+request strict again; a signed push webhook (GitHub or GitLab style) makes
+the next clone see the new commit, and a bad or unsigned one changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Repos, count
+from tests.support.cachedir import settle
+from tests.support.gitclient import GitClient
+from tests.support.net import free_port
+from tests.support.proxy import GobletProxy
+from tests.support.repos import add_commit
+from tests.support.upstream_client import UpstreamServer
+
+SECRET = "webhook-secret-for-tests"
+ALICE = ("http.extraHeader=Authorization: Bearer tok-alice",)
+BOB = ("http.extraHeader=Authorization: Bearer tok-bob",)
+KINDS = ("info_refs", "ls_refs", "fetch", "upload_pack_v0")
+
+
+@pytest.fixture(scope="module")
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, upstream: UpstreamServer, confdir: Path,
+          metrics_port: int) -> Iterator[GobletProxy]:
+    """The conftest proxy with a refs TTL, a metrics port and a webhook secret."""
+    work = tmp_path_factory.mktemp("proxy")
+    secret = work / "webhook-secret"
+    secret.write_text(SECRET + "\n")
+    px = GobletProxy(
+        work, hosts=[upstream.host], upstream_ca=upstream.cert_path, confdir=confdir,
+        sets={"goblet_upstream_timeout": "5", "goblet_refs_ttl": "60s",
+              "goblet_metrics_port": str(metrics_port),
+              "goblet_webhook_secret_file": str(secret)},
+    )
+    with px:
+        yield px
+
+
+def upstream_requests(upstream: UpstreamServer, name: str) -> dict[str, int]:
+    stats = upstream.stats()
+    return {kind: count(stats, kind, name) for kind in KINDS}
+
+
+def warm(git: GitClient, upstream: UpstreamServer, proxy: GobletProxy, url: str, dest: Path,
+         config: tuple[str, ...] = ()) -> None:
+    """Clone once (filling the cache) and wait for the cache to settle."""
+    git.clone(url, dest, config=config)
+    settle(proxy.cache_dir)
+
+
+def head(git: GitClient, clone: Path, ref: str = "HEAD") -> str:
+    return git.run("rev-parse", ref, cwd=clone).stdout.strip()
+
+
+def test_a_clone_within_the_ttl_makes_no_upstream_request(
+        git: GitClient, direct: GitClient, repos: Repos, upstream: UpstreamServer,
+        proxy: GobletProxy, tmp_path: Path) -> None:
+    name = repos.create()
+    url = upstream.url(name)
+    warm(git, upstream, proxy, url, tmp_path / "cold")
+    upstream.reset_stats()
+
+    res = git.clone(url, tmp_path / "warm")
+    assert upstream_requests(upstream, name) == dict.fromkeys(KINDS, 0)
+    assert "remote: goblet: refs from cache, " in res.stderr, res.stderr
+    direct.clone(url, tmp_path / "direct")
+    assert git.refs(tmp_path / "warm") == direct.refs(tmp_path / "direct")
+    assert head(git, tmp_path / "warm") == head(direct, tmp_path / "direct")
+    git.fsck(tmp_path / "warm")
+
+
+def test_only_a_credential_with_a_fresh_grant_gets_cached_refs(
+        git: GitClient, direct: GitClient, repos: Repos, upstream: UpstreamServer,
+        proxy: GobletProxy, tmp_path: Path) -> None:
+    name = repos.create(public=False, readers=("alice",))
+    url = upstream.url(name)
+    warm(git, upstream, proxy, url, tmp_path / "alice-cold", ALICE)
+    upstream.reset_stats()
+    git.clone(url, tmp_path / "alice-warm", config=ALICE)
+    assert upstream_requests(upstream, name) == dict.fromkeys(KINDS, 0)
+
+    for config in (BOB, ()):  # no grant within the TTL: the upstream decides, and refuses
+        upstream.reset_stats()
+        via = git.clone(url, tmp_path / f"via-{len(config)}", config=config, check=False)
+        ref = direct.clone(url, tmp_path / f"ref-{len(config)}", config=config, check=False)
+        assert via.returncode != 0 and ref.returncode != 0
+        assert upstream_requests(upstream, name)["info_refs"] >= 1
+        assert not (tmp_path / f"via-{len(config)}").exists() or not any(
+            (tmp_path / f"via-{len(config)}").rglob("*.pack"))
+
+    repos.grant(name, public=False, readers=())  # alice loses access upstream
+    upstream.reset_stats()
+    assert git.clone(url, tmp_path / "alice-fresh", config=ALICE).returncode == 0  # TTL holds
+    assert upstream_requests(upstream, name)["info_refs"] == 0
+
+
+def test_goblet_max_age_zero_is_strict_again(
+        git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy,
+        tmp_path: Path) -> None:
+    name = repos.create()
+    url = upstream.url(name)
+    clone = tmp_path / "clone"
+    warm(git, upstream, proxy, url, clone)
+
+    upstream.reset_stats()
+    res = git.clone(url, tmp_path / "strict", "--server-option=goblet-max-age=0")
+    assert upstream_requests(upstream, name)["ls_refs"] == 1
+    assert "goblet: refs from cache" not in res.stderr
+
+    new = add_commit(repos.path(name), branch="main", message="after the warm clone")
+    git.run("fetch", "origin", cwd=clone)  # within the TTL: the cached refs, no new commit
+    assert head(git, clone, "origin/main") != new
+    upstream.reset_stats()
+    git.run("fetch", "-o", "goblet-max-age=0", "origin", cwd=clone)
+    assert head(git, clone, "origin/main") == new
+    assert upstream_requests(upstream, name)["ls_refs"] >= 1  # the client's (and the fill's)
+
+
+def test_a_malformed_goblet_option_gets_a_git_error(
+        git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy,
+        tmp_path: Path) -> None:
+    name = repos.create()
+    url = upstream.url(name)
+    warm(git, upstream, proxy, url, tmp_path / "cold")
+    res = git.clone(url, tmp_path / "bad", "--server-option=goblet-max-age=soon", check=False)
+    assert res.returncode != 0
+    assert "goblet-max-age takes whole seconds" in res.stderr, res.stderr
+    assert "Traceback" not in proxy.log_text()
+
+
+def test_unknown_server_options_reach_the_upstream(
+        git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy,
+        tmp_path: Path) -> None:
+    name = repos.create()
+    url = upstream.url(name)
+    warm(git, upstream, proxy, url, tmp_path / "cold")
+    upstream.reset_stats()
+    git.clone(url, tmp_path / "opt", "--server-option=ci-job=42")
+    assert upstream_requests(upstream, name)["ls_refs"] == 1
+
+
+def post(port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, body=body,
+                     headers={"Content-Type": "application/json", **headers})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def github(url: str) -> bytes:
+    return json.dumps({"ref": "refs/heads/main",
+                       "repository": {"clone_url": url, "html_url": url.removesuffix(".git")}
+                       }).encode()
+
+
+def gitlab(url: str) -> bytes:
+    return json.dumps({"object_kind": "push", "project": {
+        "git_http_url": url, "web_url": url.removesuffix(".git")}}).encode()
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize("forge", ["github", "gitlab"])
+def test_a_signed_push_webhook_makes_the_next_clone_see_the_push(
+        forge: str, git: GitClient, repos: Repos, upstream: UpstreamServer,
+        proxy: GobletProxy, metrics_port: int, tmp_path: Path) -> None:
+    name = repos.create()
+    url = upstream.url(name)
+    warm(git, upstream, proxy, url, tmp_path / "cold")
+    new = add_commit(repos.path(name), branch="main", message="pushed")
+    git.clone(url, tmp_path / "stale")
+    assert head(git, tmp_path / "stale") != new  # within the TTL: the cached refs
+
+    if forge == "github":
+        body = github(url)
+        bad = [{"X-GitHub-Event": "push"},
+               {"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(body, "wrong")},
+               {"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(body + b" ")}]
+        good = {"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(body)}
+    else:
+        body = gitlab(url)
+        bad = [{"X-Gitlab-Event": "Push Hook"},
+               {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": "wrong"}]
+        good = {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": SECRET}
+    for headers in bad:
+        status, _ = post(metrics_port, f"/webhooks/{forge}", body, headers)
+        assert status == 401, headers
+    git.clone(url, tmp_path / "still-stale")
+    assert head(git, tmp_path / "still-stale") != new, "a refused webhook changed something"
+
+    status, answer = post(metrics_port, f"/webhooks/{forge}", body, good)
+    assert (status, answer) == (200, b"accepted\n")
+    res = git.clone(url, tmp_path / "fresh")
+    assert head(git, tmp_path / "fresh") == new
+    assert "goblet: refs from cache" not in res.stderr
+    status, _ = post(metrics_port, f"/webhooks/{forge}", body, good)  # a replay: harmless
+    assert status == 200
+    git.clone(url, tmp_path / "again")
+    assert head(git, tmp_path / "again") == new
+
+
+def test_webhook_limits(proxy: GobletProxy, metrics_port: int) -> None:
+    big = b"{" + b" " * (6 * 1024 * 1024) + b"}"
+    status, _ = post(metrics_port, "/webhooks/github", big,
+                     {"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(big)})
+    assert status == 413
+    status, _ = post(metrics_port, "/webhooks/github", b"not json",
+                     {"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(b"not json")})
+    assert status == 400
+    ping = b'{"zen": "hello"}'
+    status, _ = post(metrics_port, "/webhooks/github", ping,
+                     {"X-GitHub-Event": "ping", "X-Hub-Signature-256": sign(ping)})
+    assert status == 200
+    status, _ = post(metrics_port, "/webhooks/elsewhere", ping, {})
+    assert status == 404
+    conn = http.client.HTTPConnection("127.0.0.1", metrics_port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    assert 'goblet_webhooks_total{result="refused"}' in text
+    assert 'goblet_refs_answers_total{source="cache"}' in text
+    assert "Traceback" not in proxy.log_text()
+
+
+def scrape(port: int, sample: str) -> float:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(sample))
+
+
+def test_clones_told_their_refs_age_still_share_the_pack_cache(
+        git: GitClient, direct: GitClient, repos: Repos, upstream: UpstreamServer,
+        proxy: GobletProxy, metrics_port: int, tmp_path: Path) -> None:
+    name = repos.create()
+    url = upstream.url(name)
+    warm(git, upstream, proxy, url, tmp_path / "cold")
+    hits = scrape(metrics_port, 'goblet_pack_cache_requests_total{result="hit"}')
+    for i in range(3):  # seen once, then produced, then a hit
+        res = git.clone(url, tmp_path / f"c{i}")
+        assert "remote: goblet: refs from cache, " in res.stderr, (i, res.stderr)
+        git.fsck(tmp_path / f"c{i}")
+    assert scrape(metrics_port, 'goblet_pack_cache_requests_total{result="hit"}') > hits
+    direct.clone(url, tmp_path / "direct")
+    assert git.refs(tmp_path / "c2") == direct.refs(tmp_path / "direct")
+
+
+def test_protocol_v0_refs_always_come_from_the_upstream(
+        git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy,
+        tmp_path: Path) -> None:
+    name = repos.create()
+    url = upstream.url(name)
+    v0 = ("protocol.version=0",)
+    warm(git, upstream, proxy, url, tmp_path / "cold", v0)
+    upstream.reset_stats()
+    res = git.clone(url, tmp_path / "warm", config=v0)
+    got = upstream_requests(upstream, name)
+    assert got["info_refs"] == 1 and got["upload_pack_v0"] == 0  # refs upstream, pack cached
+    assert "goblet: refs from cache" not in res.stderr

@@ -1,0 +1,186 @@
+"""RefsFromCache: facts gathered per request, webhook marks, the notice of the fetch."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from goblet.auth.verdicts import RefView, VerdictCache
+from goblet.cache.store import CacheRepo, RepoState
+from goblet.observe.metrics import Metrics
+from goblet.policy.flows import FlowState, Kind
+from goblet.policy.refcache import NOTICE_WINDOW, CachedRefs, RefsFromCache
+from goblet.protocol.errors import ProtocolError
+from goblet.protocol.request import LsRefsRequest
+from goblet.serve.plans import ServePlan
+from goblet.serve.refanswers import TOO_LARGE, RefAnswers
+
+A = "a" * 40
+REPO = CacheRepo("https://h/r.git", "k", Path("/c/k.git"))
+CLONE = LsRefsRequest(("HEAD", "refs/heads/"), peel=True, symrefs=True, unborn=False)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Store:
+    def state(self, repo: CacheRepo) -> RepoState | None:
+        return RepoState({"refs/heads/main": A}, "refs/heads/main", 0.0)
+
+
+class Decider:
+    def __init__(self, clock: Clock) -> None:
+        self.verdicts = VerdictCache(60, clock=clock)
+        self.store = Store()
+        self.uncacheable: set[str] = set()
+        self.heads = {"k": "refs/heads/main"}
+
+
+def planner(repo: CacheRepo, body: bytes, git_protocol: str | None, *, advertise: bool,
+            hidden_refs: tuple[str, ...], drop_head_symref: bool) -> ServePlan:
+    return ServePlan(repo.path, body, git_protocol, repo.url, advertise=advertise,
+                     hidden_refs=hidden_refs, drop_head_symref=drop_head_symref,
+                     repo_key=repo.key)
+
+
+@pytest.fixture
+def world() -> tuple[RefsFromCache, Decider, Clock, Metrics]:
+    clock, metrics = Clock(), Metrics()
+    decider = Decider(clock)
+    refs = RefsFromCache(decider, planner, metrics, lambda: 30.0,  # type: ignore[arg-type]
+                         clock=clock)
+    return refs, decider, clock, metrics
+
+
+def answer(refs: RefsFromCache, state: FlowState, git_protocol: str | None = None) -> Any:
+    """What ``RefsFromCache.answer`` gives (without ``RefAnswers``: the serve plan)."""
+    return asyncio.run(refs.answer(state, git_protocol))
+
+
+def ls_refs(tenant: str = "t", options: tuple[str, ...] = ()) -> FlowState:
+    req = LsRefsRequest(CLONE.ref_prefixes, True, True, False, server_options=options)
+    return FlowState(Kind.LS_REFS, repo=REPO, tenant=tenant, version=2, ls_refs=req,
+                     body=b"0014command=ls-refs\n0000")
+
+
+def grant(decider: Decider, tenant: str = "t") -> None:
+    view = RefView.of({"HEAD": A, "refs/heads/main": A}, {}, complete=True)
+    decider.verdicts.record(tenant, REPO.url, granted=True, view=view)
+
+
+def test_a_granted_tenant_gets_cached_refs_and_its_fetch_is_told(world: Any) -> None:
+    refs, decider, clock, metrics = world
+    grant(decider)
+    clock.now += 12
+    plan = answer(refs, ls_refs(), "version=2")
+    assert plan is not None and plan.hidden_refs == () and not plan.advertise
+    assert metrics.refs_answers.labels("cache")._value.get() == 1
+    assert refs.notice_for("t", "k") == "goblet: refs from cache, 12 s old"
+    assert refs.notice_for("other", "k") is None
+    clock.now += NOTICE_WINDOW + 1
+    assert refs.notice_for("t", "k") is None
+
+
+def test_other_tenants_and_stale_marks_go_upstream(world: Any) -> None:
+    refs, decider, clock, metrics = world
+    grant(decider)
+    assert answer(refs, ls_refs("stranger"), None) is None
+    clock.now += 1
+    assert answer(refs, ls_refs(), None) is not None
+    refs.mark_stale([REPO.url])
+    state = ls_refs()
+    assert answer(refs, state, None) is None and "webhook" in state.reason
+    assert refs.notice_for("t", "k") is None  # the refs it got were the upstream's
+    clock.now += 1
+    grant(decider)  # the upstream listed refs again after the mark
+    assert answer(refs, ls_refs(), None) is not None
+    assert metrics.refs_answers.labels("upstream")._value.get() == 2
+
+
+def test_client_options(world: Any) -> None:
+    refs, decider, clock, _ = world
+    grant(decider)
+    clock.now += 5
+    assert answer(refs, ls_refs(options=("goblet-max-age=0",)), None) is None
+    assert answer(refs, ls_refs(options=("goblet-max-age=4",)), None) is None
+    assert answer(refs, ls_refs(options=("goblet-max-age=600",)), None) is not None
+    with pytest.raises(ProtocolError):
+        answer(refs, ls_refs(options=("goblet-max-age=x",)), None)
+
+
+def test_v0_and_no_ttl_go_upstream(world: Any) -> None:
+    refs, decider, _, _ = world
+    grant(decider)
+    v0 = FlowState(Kind.INFO_REFS, repo=REPO, tenant="t", version=0)
+    assert answer(refs, v0, None) is None
+    v2 = FlowState(Kind.INFO_REFS, repo=REPO, tenant="t", version=2)
+    plan = answer(refs, v2, None)
+    assert plan is not None and plan.advertise
+    assert refs.notice_for("t", "k") is None  # a capability advertisement shows no refs
+    refs.refs_ttl = lambda: 0.0
+    assert answer(refs, v2, None) is None
+
+
+def test_marks_are_bounded_and_expire(world: Any) -> None:
+    refs, _, clock, _ = world
+    refs.mark_stale(["https://h/a"])
+    clock.now += 31
+    refs.mark_stale(["https://h/b"])
+    assert list(refs._marks) == ["https://h/b"]  # older than the TTL: irrelevant
+
+
+class Canned(RefAnswers):
+    """RefAnswers that answers with fixed bytes (as if upload-pack had)."""
+
+    def __init__(self, body: Any) -> None:
+        super().__init__(None)  # type: ignore[arg-type]
+        self.body = body
+        self.forgotten: list[Any] = []
+
+    async def answer(self, key: Any, *args: Any, **kw: Any) -> Any:
+        return self.body
+
+    def forget(self, key: Any) -> None:
+        self.forgotten.append(key)
+
+
+def line(text: str) -> bytes:
+    return f"{len(text) + 5:04x}{text}\n".encode()
+
+
+@pytest.mark.parametrize(("body", "served"), [
+    (line(f"{A} HEAD symref-target:refs/heads/main") + line(f"{A} refs/heads/main") + b"0000",
+     True),
+    (line(f"{A} refs/heads/main") + line(f"{A} refs/heads/new") + b"0000", False),  # moved in
+    (line(f"{'b' * 40} refs/heads/main") + b"0000", False),  # moved on
+    (b"garbage", False),
+])
+def test_a_memoized_answer_lists_only_what_upstream_listed(world: Any, body: bytes,
+                                                           served: bool) -> None:
+    refs, decider, _, metrics = world
+    refs.answers = Canned(body)
+    grant(decider)
+    got = answer(refs, ls_refs())
+    if served:
+        assert isinstance(got, CachedRefs) and got.body == body and not refs.answers.forgotten
+        assert metrics.refs_answers.labels("cache")._value.get() == 1
+    else:
+        assert got is None and len(refs.answers.forgotten) == 1
+        assert metrics.refs_answers.labels("upstream")._value.get() == 1
+
+
+def test_a_cache_that_cannot_answer_sends_the_request_upstream(world: Any) -> None:
+    refs, decider, _, _ = world
+    refs.answers = Canned(None)  # type: ignore[arg-type]
+    grant(decider)
+    state = ls_refs()
+    assert answer(refs, state) is None and "could not answer" in state.reason
+    refs.answers = Canned(TOO_LARGE)  # type: ignore[arg-type]
+    assert isinstance(answer(refs, ls_refs()), ServePlan)  # streamed by the backend
