@@ -28,6 +28,7 @@ from goblet.cache.usage import measure
 from goblet.cache.warm import Warmer
 from goblet.decide import FetchDecider
 from goblet.git.runner import GitRunner
+from goblet.lfs.store import LfsStore
 from goblet.observe.access import AccessLog
 from goblet.observe.endpoints import Answer, EndpointServer, answer
 from goblet.observe.fills import FillReporter
@@ -40,6 +41,7 @@ from goblet.offline.state import UpstreamState
 from goblet.options import Settings
 from goblet.policy.answers import AnswerPolicy
 from goblet.policy.gate import FlowPolicy
+from goblet.policy.lfs import LfsPolicy
 from goblet.protocol.request import cache_identity
 from goblet.serve.backend import ServeBackend
 from goblet.serve.packcache import PackCache, cache_key
@@ -116,6 +118,8 @@ class Runtime:
                                  inspector=self.inspector, planner=self.serve_plan,
                                  endpoints=self.endpoint_answer)
         self.recorder = RequestRecorder(metrics, access)
+        self.lfs_store = LfsStore(settings.cache_dir)
+        self.lfs = LfsPolicy(lambda: self.settings, self.lfs_store, metrics)
         self.endpoints: EndpointServer | None = None
         self.metrics_host = ""  # where the endpoints' own port listens ("": everywhere)
         self._tasks: list[asyncio.Task[None]] = []
@@ -181,6 +185,7 @@ class Runtime:
         secret = load_or_create_secret(settings.cache_dir / SECRET_FILE)
         forwarder = Forwarder(tls_context(ca_file, insecure), settings.upstream_timeout)
         rt = cls(settings, git, secret, Metrics(), access, forwarder=forwarder)
+        rt.lfs_store.prepare()
         await rt.lifecycle.recover()
         await rt.partitions.load()
         await asyncio.to_thread(rt.packcache.load)

@@ -78,6 +78,7 @@ FAMILY_LABEL_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
     "goblet_repacks": {"kind": gm.REPACK_KINDS, "result": gm.REPACK_RESULTS},
     "goblet_pack_cache_requests": {"result": gm.PACK_CACHE_RESULTS},
     "goblet_request_bodies": {"result": gm.BODY_RESULTS},
+    "goblet_lfs_downloads": {"result": gm.LFS_DOWNLOADS},
 }
 SUFFIXES = {
     "counter": ("_total", "_created"),

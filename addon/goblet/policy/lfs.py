@@ -1,0 +1,98 @@
+"""The LFS policy: which downloads get goblet links, and how a link is answered.
+
+- A batch answer (``lfs/batch.py``) is read only when the upstream answered
+  200 with the LFS media type; each download it grants gets a link bound to
+  the asking tenant, the repo URL and the oid (``lfs/links.py``), valid for
+  ``goblet_lfs_link_ttl``. The batch request itself went upstream with the
+  client's own credential: the upstream decides, object by object.
+- A link is honoured only for the same tenant, repo and oid before it
+  expires: from the store when the object is there, else from the upstream's
+  href (with the headers upstream gave, never the client's), stored on the way
+  if it verifies. Anything else gets a one-line refusal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from goblet.lfs import batch
+from goblet.lfs.links import Grant, LinkTable, Refusal
+from goblet.lfs.store import LfsStore
+from goblet.observe.metrics import Metrics
+from goblet.options import Settings
+from goblet.policy.flows import FlowState
+from goblet.protocol.errors import ProtocolError
+from goblet.serve.files import FilePlan
+
+MEDIA_TYPE = "application/vnd.git-lfs+json"
+OBJECT_TYPE = "application/octet-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class FromStore:
+    """Answer the link from the store."""
+
+    plan: FilePlan
+
+
+@dataclass(frozen=True, slots=True)
+class FromUpstream:
+    """Fetch the object from the upstream's href (and store it if it verifies)."""
+
+    grant: Grant
+
+
+LinkAction = FromStore | FromUpstream | Refusal
+
+
+class LfsPolicy:
+    """Rewrites batch answers and answers links, from the running parts."""
+
+    def __init__(self, settings: Callable[[], Settings], store: LfsStore, metrics: Metrics,
+                 links: LinkTable | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.links = links or LinkTable(settings().lfs_link_ttl)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether goblet rewrites batch answers (``goblet_lfs``)."""
+        return self.settings().lfs
+
+    def batch_answer(self, state: FlowState, status: int, content_type: str, body: bytes, *,
+                     base: str, repo_path: str) -> bytes | None:
+        """The replacement of a batch answer, or None to pass it on as it is. ``base`` is
+        the client's URL up to the repo path (its scheme and host, or path prefix)."""
+        if not self.enabled or status != 200 or state.repo is None:
+            return None
+        if content_type.split(";", 1)[0].strip().lower() not in (MEDIA_TYPE, "application/json"):
+            return None
+        self.links.ttl = self.settings().lfs_link_ttl
+        url = state.repo.url
+
+        def link(download: batch.Download) -> str:
+            token = self.links.issue(state.tenant, url, download)
+            self.metrics.lfs_links.inc()
+            return base + batch.link_path(repo_path, token, download.oid)
+
+        try:
+            return batch.rewrite_answer(body, link)
+        except ProtocolError as e:
+            state.reason = f"LFS batch answer passed on as it is: {e.reason}"
+            return None
+
+    def link(self, state: FlowState, token: str, oid: str) -> LinkAction:
+        """What answers a link request of ``state``'s tenant."""
+        assert state.repo is not None
+        got = self.links.check(token, tenant=state.tenant, repo_url=state.repo.url, oid=oid)
+        if isinstance(got, Refusal):
+            self.metrics.lfs_downloads.labels("refused").inc()
+            return got
+        size = got.download.size
+        if self.store.has(oid, size):
+            self.store.touch(oid)
+            return FromStore(FilePlan(self.store.path_for(oid), size, OBJECT_TYPE,
+                                      label=f"lfs {oid[:12]}"))
+        return FromUpstream(got)
