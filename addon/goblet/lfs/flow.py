@@ -169,7 +169,7 @@ class LfsFlows:
         if info is None or state is None or resp is None or rt is None:
             return False
         if state.kind is Kind.LFS_BATCH:
-            if info.read and info.route is not None:
+            if info.route is not None and (info.read or resp.status_code != 200):
                 new = rt.lfs.batch_answer(state, resp.status_code,
                                           resp.headers.get("content-type", ""),
                                           resp.raw_content or b"", base=info.base,
@@ -184,6 +184,7 @@ class LfsFlows:
             m.lfs_downloads.labels("cache").inc()
             m.lfs_bytes.labels("cache").inc(state.plan.stats.bytes_sent)
         elif (transfer := info.transfer) is not None:
+            transfer.whole(resp.raw_content or b"")
             state.upstream_bytes = transfer.bytes
             m.lfs_bytes.labels("upstream").inc(transfer.bytes)
             if transfer.corrupt:

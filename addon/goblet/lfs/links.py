@@ -5,7 +5,9 @@ issues a link token for (tenant id, repo URL, oid) and keeps the upstream's
 href and headers with it, in this process's memory only. A token is 256
 random bits, so it cannot be guessed and names nothing; it is valid until
 ``ttl`` seconds after it was issued, and only for the tenant, repo and oid it
-was issued for. The table is bounded: the oldest grants go first.
+was issued for. The table is bounded: the oldest grants go first. When the
+upstream refuses a later batch request of the same tenant for the repo, every
+link it still holds there is revoked at once.
 """
 
 from __future__ import annotations
@@ -69,6 +71,15 @@ class LinkTable:
         while len(self._grants) > self._max:
             self._grants.popitem(last=False)
         return token
+
+    def revoke(self, tenant: str, repo_url: str) -> int:
+        """Forget every grant of ``tenant`` in ``repo_url`` (the upstream refused it since);
+        returns how many there were."""
+        gone = [t for t, g in self._grants.items()
+                if g.tenant == tenant and g.repo_url == repo_url]
+        for token in gone:
+            del self._grants[token]
+        return len(gone)
 
     def check(self, token: str, *, tenant: str, repo_url: str, oid: str) -> Grant | Refusal:
         """The grant of ``token`` if it is valid for this tenant, repo and oid now."""

@@ -52,6 +52,13 @@ class Transfer:
             return b""
         return out
 
+    def whole(self, body: bytes) -> None:
+        """The answer arrived whole, without streaming (mitmproxy does so for an empty
+        body, which is sent after the response hook): check it all at once."""
+        if self.active and not self.ended:
+            self.stream(body)
+            self.stream(b"")
+
     def finish(self, complete: bool) -> bool:
         """The flow ended (``complete``: with a whole answer); True if the object was
         stored."""

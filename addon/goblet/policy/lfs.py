@@ -4,7 +4,8 @@
   200 with the LFS media type; each download it grants gets a link bound to
   the asking tenant, the repo URL and the oid (``lfs/links.py``), valid for
   ``goblet_lfs_link_ttl``. The batch request itself went upstream with the
-  client's own credential: the upstream decides, object by object.
+  client's own credential: the upstream decides, object by object. A refusal
+  (401, 403, 404) revokes the tenant's links into that repo at once.
 - A link is honoured only for the same tenant, repo and oid before it
   expires: from the store when the object is there, else from the upstream's
   href (with the headers upstream gave, never the client's), stored on the way
@@ -65,7 +66,12 @@ class LfsPolicy:
                      base: str, repo_path: str) -> bytes | None:
         """The replacement of a batch answer, or None to pass it on as it is. ``base`` is
         the client's URL up to the repo path (its scheme and host, or path prefix)."""
-        if not self.enabled or status != 200 or state.repo is None:
+        if state.repo is None:
+            return None
+        if status in (401, 403, 404):
+            self.links.revoke(state.tenant, state.repo.url)  # refused now: no older link works
+            return None
+        if not self.enabled or status != 200:
             return None
         if content_type.split(";", 1)[0].strip().lower() not in (MEDIA_TYPE, "application/json"):
             return None
