@@ -73,13 +73,14 @@ class Runtime:
         self.backend = ServeBackend(git, self.plans, self.packcache,
                                     follow_timeout=float(settings.upstream_timeout))
         locks = RepoLocks(self.store.lock_dir)
+        self.lfs_store = LfsStore(settings.cache_dir)
         reporter = self.reporter = FillReporter(metrics, access, settings.instance)
         filler = Filler(self.store, locks, git, stall_timeout=settings.upstream_timeout,
                         observer=reporter)
         self.evictor = Evictor(
             self.store, locks, max_bytes=settings.cache_max_bytes,
             min_free_bytes=settings.min_free_bytes, reading=self.backend.reading,
-            on_evict=self._evicted,
+            on_evict=self._evicted, lfs=self.lfs_store,
         )
         self.maintainer = Maintainer(
             self.store, locks, git,
@@ -118,7 +119,6 @@ class Runtime:
                                  inspector=self.inspector, planner=self.serve_plan,
                                  endpoints=self.endpoint_answer)
         self.recorder = RequestRecorder(metrics, access)
-        self.lfs_store = LfsStore(settings.cache_dir)
         self.lfs = LfsPolicy(lambda: self.settings, self.lfs_store, metrics)
         self.endpoints: EndpointServer | None = None
         self.metrics_host = ""  # where the endpoints' own port listens ("": everywhere)

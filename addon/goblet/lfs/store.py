@@ -159,14 +159,14 @@ class LfsStore:
                             yield StoredObject(entry.name, st.st_size, st.st_mtime,
                                                Path(entry.path))
 
-    def remove(self, oid: str) -> int:
-        """Delete one object; returns the bytes it held (0 if it was gone)."""
+    def remove(self, oid: str) -> int | None:
+        """Delete one object; returns the bytes it held (None if it was gone)."""
         path = self.path_for(oid)
         try:
             size = path.stat().st_blocks * 512
             path.unlink()
         except OSError:
-            return 0
+            return None
         self._touched.pop(oid, None)
         return size
 

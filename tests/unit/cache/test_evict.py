@@ -155,3 +155,30 @@ def test_an_lru_pass_with_nothing_to_free_evicts_nothing(fake: FakeCache, over: 
     ev, _ = fake.evictor()
     assert run(ev.evict_lru(over)) == ([], [])
     assert fake.remaining() == {"a"}
+
+
+def test_lfs_objects_count_and_take_their_turn_in_lru_order(fake: FakeCache) -> None:
+    import hashlib  # noqa: PLC0415
+
+    from goblet.lfs.store import LfsStore  # noqa: PLC0415 (only this test needs it)
+
+    now = time.time()
+    fake.add("a", 64 * 1024, now - 1000)
+    fake.add("b", 64 * 1024, now - 100)
+    lfs = LfsStore(fake.store.root)
+    lfs.prepare()
+    data = os.urandom(64 * 1024)
+    oid = hashlib.sha256(data).hexdigest()
+    w = lfs.writer(oid, len(data))
+    w.feed(data)
+    assert w.commit()
+    os.utime(lfs.path_for(oid), (now - 500, now - 500))  # between a and b
+    one = tree_bytes(fake.store.repos_dir / f"{'a' * 64}.git")
+    total = cache_bytes(fake.store)
+    assert total == 2 * one + tree_bytes(lfs.root)
+    ev, seen = fake.evictor(max_bytes=total - one - 1, lfs=lfs)
+    done = run(ev.enforce())
+    assert seen == done
+    assert [e.url for e in done] == ["https://git.example/a.git", f"lfs:{oid}"]
+    assert done[1].partition == "lfs" and done[1].bytes > 0 and done[1].idle_seconds >= 400
+    assert not lfs.has(oid, len(data)) and fake.remaining() == {"b"}
