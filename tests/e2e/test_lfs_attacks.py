@@ -102,6 +102,44 @@ def test_links_point_at_goblet_and_serve_the_object(
     assert lfs.media_requests == 3
 
 
+def test_a_chunked_batch_answer_is_linked_too(
+        repos: Repos, lfs: LfsServer, proxy: GobletProxy) -> None:
+    name, files = lfs_repo(repos, lfs)
+    lfs.chunked_batch = True
+    try:
+        resp = batch(proxy, lfs, name, files, ALICE)
+    finally:
+        lfs.chunked_batch = False
+    got = links(resp)
+    assert len(got) == 3 and all("/info/lfs/goblet/" in h for h in got.values())
+    assert HREF_SENTINEL.encode() not in resp.body
+    oid = lfs.add(files["small.bin"])
+    assert get(proxy, got[oid], ALICE).body == files["small.bin"]
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_chunked_objects_stream_and_verify(
+        repos: Repos, lfs: LfsServer, proxy: GobletProxy, corrupt: bool) -> None:
+    name, files = lfs_repo(repos, lfs)
+    content = files["big.bin"]
+    oid = lfs.add(content)
+    lfs.chunked_media = True
+    if corrupt:
+        lfs.corrupt.add(oid)
+    try:
+        href = links(batch(proxy, lfs, name, files, ALICE))[oid]
+        if corrupt:
+            with pytest.raises((http.client.IncompleteRead, ConnectionError,
+                                http.client.RemoteDisconnected)):
+                get(proxy, href, ALICE)
+            assert not stored(proxy, oid).exists()
+        else:
+            assert get(proxy, href, ALICE).body == content and wait_stored(proxy, oid)
+    finally:
+        lfs.chunked_media = False
+        lfs.corrupt.discard(oid)
+
+
 @pytest.mark.parametrize("who", [BOB, None, "Bearer not-a-token"])
 def test_strangers_are_refused_as_the_upstream_refuses_them(
         repos: Repos, lfs: LfsServer, proxy: GobletProxy, upstream: UpstreamServer,

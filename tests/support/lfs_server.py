@@ -12,7 +12,9 @@ Contract:
   answer 404 JSON; every request is recorded in ``requests`` (method, path).
 * The **media host** serves ``GET /objects/<oid>?sig=<secret>`` only with the header the
   batch answer named, and counts what it sends in ``media_bytes`` / ``media_requests``.
-  ``corrupt`` holds oids whose bytes it changes (same size) before sending.
+  ``corrupt`` holds oids whose bytes it changes (same size) before sending; with
+  ``chunked_batch`` (``chunked_media``) set, batch answers (objects) are sent chunked,
+  without ``Content-Length``.
 * Objects are added with :meth:`LfsServer.add` (content → oid) and kept in memory.
 
 Both hosts listen on 127.0.0.1 with ephemeral ports and use the certificate and key given
@@ -47,6 +49,8 @@ class LfsServer:
         self.config = config
         self.objects: dict[str, bytes] = {}
         self.corrupt: set[str] = set()
+        self.chunked_batch = False
+        self.chunked_media = False
         self.requests: list[tuple[str, str]] = []
         self.media_bytes = 0
         self.media_requests = 0
@@ -148,7 +152,11 @@ def _api_handler(server: LfsServer) -> type[StreamingHandler]:
                 return
             objects = [self._object(o, write) for o in request.get("objects", [])]
             data = json.dumps({"transfer": "basic", "objects": objects}).encode()
-            self.send_bytes(200, data, MEDIA_TYPE)
+            if server.chunked_batch:
+                self.send(200, [("Content-Type", MEDIA_TYPE)], [data[:50], data[50:]],
+                          length=None)
+            else:
+                self.send_bytes(200, data, MEDIA_TYPE)
 
         def _object(self, obj: dict[str, Any], write: bool) -> dict[str, Any]:
             oid, size = obj.get("oid", ""), obj.get("size", 0)
@@ -192,6 +200,6 @@ def _media_handler(server: LfsServer) -> type[StreamingHandler]:
             server.count(len(data))
             self.send(200, [("Content-Type", "application/octet-stream")],
                       (data[i:i + CHUNK] for i in range(0, len(data), CHUNK)),
-                      length=len(data))
+                      length=None if server.chunked_media else len(data))
 
     return Media

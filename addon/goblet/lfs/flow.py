@@ -49,6 +49,33 @@ class LfsFlow:
     read: bool = field(default=False)
 
 
+class HeldAnswer:
+    """A batch answer without ``Content-Length`` (chunked), as a response ``stream``
+    callable: held until its end and rewritten then, or passed on unchanged once it
+    grows past ``cap`` bytes."""
+
+    def __init__(self, cap: int, rewrite: Callable[[bytes], bytes | None]) -> None:
+        self.cap = cap
+        self.rewrite = rewrite
+        self.passing = False
+        self._held = bytearray()
+
+    def __call__(self, data: bytes) -> list[bytes]:
+        """The pieces to send now (never an empty one: it would end a chunked body)."""
+        if self.passing:
+            return [data] if data else []
+        if data:
+            self._held += data
+            if len(self._held) <= self.cap:
+                return []
+            self.passing = True
+        held = bytes(self._held)
+        self._held.clear()
+        if not self.passing:
+            held = self.rewrite(held) or held
+        return [held] if held else []
+
+
 class LfsFlows:
     """The LFS hooks (see the module docstring)."""
 
@@ -147,11 +174,17 @@ class LfsFlows:
         if info is None or state is None or resp is None or rt is None:
             return False
         if state.kind is Kind.LFS_BATCH:
-            length = resp.headers.get("content-length", "")
-            info.read = resp.status_code == 200 and length.isdigit() and \
-                int(length) <= rt.settings.max_request_bytes
-            if not info.read:
-                resp.stream = state.count_bytes
+            length = resp.headers.get("content-length")
+            cap = rt.settings.max_request_bytes
+            info.read = resp.status_code == 200 and length is not None and \
+                length.isdigit() and int(length) <= cap
+            if info.read:
+                return True
+            resp.stream = state.count_bytes
+            if resp.status_code == 200 and length is None and info.route is not None:
+                route, base, ctype = info.route, info.base, resp.headers.get("content-type", "")
+                resp.stream = HeldAnswer(cap, lambda body: rt.lfs.batch_answer(
+                    state, 200, ctype, body, base=base, repo_path=route.repo_path))
             return True
         self._show(flow, info)
         if info.transfer is not None:
@@ -172,7 +205,8 @@ class LfsFlows:
             if info.route is not None and (info.read or resp.status_code != 200):
                 new = rt.lfs.batch_answer(state, resp.status_code,
                                           resp.headers.get("content-type", ""),
-                                          resp.raw_content or b"", base=info.base,
+                                          resp.get_content(strict=False) or b"",
+                                          base=info.base,
                                           repo_path=info.route.repo_path)
                 if new is not None:
                     resp.content = new

@@ -33,24 +33,23 @@ class Transfer:
         if not self.active and self.writer is not None:
             self.writer.abort()
 
-    def stream(self, data: bytes) -> bytes:
+    def stream(self, data: bytes) -> list[bytes]:
         """The response ``stream`` callable: pass ``data`` on, one piece late; at the end
-        (``b""``) release the last piece only if the object verified."""
+        (``b""``) release the last piece only if the object verified. Returns the pieces
+        to send (never an empty one: in a chunked answer that would end the body)."""
         self.bytes += len(data)
         if not self.active or self.writer is None:
-            return data
+            return [data] if data else []
         if data:
             self.writer.feed(data)
             out, self._held = self._held, data
-            return out
+            return [out] if out else []
         self.ended = True
         out, self._held = self._held, b""
-        if self.writer.failed and self.writer.verified:
-            return out  # whole and right, though not stored (disk trouble)
         if not self.writer.verified:
             self.corrupt = True
-            return b""
-        return out
+            return []
+        return [out] if out else []
 
     def whole(self, body: bytes) -> None:
         """The answer arrived whole, without streaming (mitmproxy does so for an empty

@@ -72,9 +72,10 @@ def test_a_transfer_passes_every_byte_on_one_piece_late_and_stores(store: LfsSto
     t = Transfer(store.writer(OID, len(DATA)))
     t.start(200, None)
     out = [t.stream(p) for p in pieces(DATA)]
-    assert out[0] == b"" and b"".join(out) == DATA[:-len(pieces(DATA)[-1])]
+    assert out[0] == [] and all(len(o) == 1 and o[0] for o in out[1:])  # never an empty piece
+    assert b"".join(b"".join(o) for o in out) == DATA[:-len(pieces(DATA)[-1])]
     out.append(t.stream(b""))
-    assert b"".join(out) == DATA and not t.corrupt
+    assert b"".join(b"".join(o) for o in out) == DATA and not t.corrupt
     assert t.finish(True) and store.has(OID, len(DATA))
 
 
@@ -82,7 +83,7 @@ def test_a_corrupt_transfer_never_sends_its_last_piece_nor_stores(store: LfsStor
     bad = b"X" + DATA[1:]
     t = Transfer(store.writer(OID, len(DATA)))
     t.start(200, "identity")
-    sent = b"".join(t.stream(p) for p in pieces(bad)) + t.stream(b"")
+    sent = b"".join(b"".join(t.stream(p)) for p in [*pieces(bad), b""])
     assert t.corrupt and len(sent) < len(DATA)
     assert not t.finish(True) and not list(store.objects()) and not list(store.tmp_dir.iterdir())
 
@@ -100,7 +101,7 @@ def test_answers_that_are_not_the_object_pass_through_unchecked(
         store: LfsStore, status: int, encoding: str | None) -> None:
     t = Transfer(store.writer(OID, len(DATA)))
     t.start(status, encoding)
-    assert t.stream(b"abc") == b"abc" and t.stream(b"") == b""
+    assert t.stream(b"abc") == [b"abc"] and t.stream(b"") == []
     assert not t.corrupt and not t.finish(True) and not list(store.tmp_dir.iterdir())
 
 
