@@ -14,6 +14,7 @@ files. The batch requests still go upstream every time: upstream decides who get
 from __future__ import annotations
 
 import os
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,6 +84,15 @@ def via_prefix(port: int, host: str, name: str) -> str:
     return f"http://127.0.0.1:{port}/{host}/{name}"
 
 
+def lfs_metrics(port: int) -> dict[str, float]:
+    """The ``goblet_lfs_*`` samples of goblet's /metrics (on the path-prefix port)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return {name: float(value) for name, value in
+            (line.rsplit(" ", 1) for line in text.splitlines())
+            if name.startswith("goblet_lfs_") and "_created" not in name}
+
+
 def same_files(dest: Path, files: dict[str, bytes]) -> bool:
     """Whether the checkout holds exactly ``files``' contents."""
     return all((dest / name).read_bytes() == content for name, content in files.items())
@@ -96,6 +106,7 @@ def test_warm_clone_downloads_no_lfs_bytes_from_upstream(
     url = via_prefix(prefix_port, upstream.host, name)
     lfs_url = via_prefix(prefix_port, lfs.api_host, f"{name}/info/lfs")
     lfs.reset_counters()
+    before = lfs_metrics(prefix_port)
     clone(git, url, tmp_path / "cold", lfs_url)
     assert same_files(tmp_path / "cold", files)
     assert lfs.media_bytes == sum(len(c) for c in files.values())
@@ -104,6 +115,13 @@ def test_warm_clone_downloads_no_lfs_bytes_from_upstream(
     clone(git, url, tmp_path / "warm", lfs_url)
     assert same_files(tmp_path / "warm", files)
     assert lfs.media_bytes == 0 and lfs.media_requests == 0
+    after = lfs_metrics(prefix_port)
+    grew = {name: after[name] - before.get(name, 0.0) for name in after}
+    total = sum(len(c) for c in files.values())
+    assert grew['goblet_lfs_bytes_total{source="upstream"}'] == total
+    assert grew['goblet_lfs_bytes_total{source="cache"}'] == total
+    assert grew['goblet_lfs_downloads_total{result="cache"}'] == 2
+    assert grew['goblet_lfs_downloads_total{result="refused"}'] == 0
     assert any(p.endswith("/objects/batch") for _, p in lfs.requests)  # upstream asked
     log = proxy.log_text()
     assert "lfs_object" in log and "hrefsecret" not in log
