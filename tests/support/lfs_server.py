@@ -14,7 +14,8 @@ Contract:
   batch answer named, and counts what it sends in ``media_bytes`` / ``media_requests``.
   ``corrupt`` holds oids whose bytes it changes (same size) before sending; with
   ``chunked_batch`` (``chunked_media``) set, batch answers (objects) are sent chunked,
-  without ``Content-Length``.
+  without ``Content-Length``; ``media_rate`` (bytes/s, 0: none) caps the media host's
+  throughput per answer, as a WAN would.
 * Objects are added with :meth:`LfsServer.add` (content → oid) and kept in memory.
 
 Both hosts listen on 127.0.0.1 with ephemeral ports and use the certificate and key given
@@ -51,6 +52,7 @@ class LfsServer:
         self.corrupt: set[str] = set()
         self.chunked_batch = False
         self.chunked_media = False
+        self.media_rate = 0.0
         self.requests: list[tuple[str, str]] = []
         self.media_bytes = 0
         self.media_requests = 0
@@ -182,6 +184,9 @@ def _api_handler(server: LfsServer) -> type[StreamingHandler]:
 def _media_handler(server: LfsServer) -> type[StreamingHandler]:
     class Media(StreamingHandler):
         server_version = "goblet-test-lfs-media"
+
+        def pacing_rate(self) -> float:
+            return server.media_rate
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
