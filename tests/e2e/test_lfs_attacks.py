@@ -140,6 +140,24 @@ def test_chunked_objects_stream_and_verify(
         lfs.corrupt.discard(oid)
 
 
+def test_hrefs_on_the_batch_host_get_the_client_s_own_credential_only(
+        repos: Repos, lfs: LfsServer, proxy: GobletProxy) -> None:
+    """A forge serving objects from its own host wants the client's credential there (no
+    header in the action), as git-lfs would send it; goblet sends it to that origin only."""
+    name, files = lfs_repo(repos, lfs)
+    content = files["big.bin"]
+    oid = lfs.add(content)
+    lfs.same_host_objects = True
+    try:
+        href = links(batch(proxy, lfs, name, files, ALICE))[oid]
+    finally:
+        lfs.same_host_objects = False
+    lfs.reset_counters()
+    resp = get(proxy, href, ALICE)
+    assert resp.status == 200 and resp.body == content and wait_stored(proxy, oid)
+    assert lfs.media_requests == 1
+
+
 @pytest.mark.parametrize("who", [BOB, None, "Bearer not-a-token"])
 def test_strangers_are_refused_as_the_upstream_refuses_them(
         repos: Repos, lfs: LfsServer, proxy: GobletProxy, upstream: UpstreamServer,

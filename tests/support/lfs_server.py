@@ -15,7 +15,10 @@ Contract:
   ``corrupt`` holds oids whose bytes it changes (same size) before sending; with
   ``chunked_batch`` (``chunked_media``) set, batch answers (objects) are sent chunked,
   without ``Content-Length``; ``media_rate`` (bytes/s, 0: none) caps the media host's
-  throughput per answer, as a WAN would.
+  throughput per answer, as a WAN would. With ``same_host_objects`` set, downloads point
+  at the API host itself instead (``GET /<repo>/lfs-objects/<oid>``), with no header of
+  their own: that host wants the client's own credential (as the batch API does) and
+  counts what it sends like the media host.
 * Objects are added with :meth:`LfsServer.add` (content → oid) and kept in memory.
 
 Both hosts listen on 127.0.0.1 with ephemeral ports and use the certificate and key given
@@ -53,6 +56,7 @@ class LfsServer:
         self.chunked_batch = False
         self.chunked_media = False
         self.media_rate = 0.0
+        self.same_host_objects = False
         self.requests: list[tuple[str, str]] = []
         self.media_bytes = 0
         self.media_requests = 0
@@ -167,6 +171,9 @@ def _api_handler(server: LfsServer) -> type[StreamingHandler]:
             if oid not in server.objects:
                 return {"oid": oid, "size": size,
                         "error": {"code": 404, "message": "object does not exist"}}
+            if server.same_host_objects:
+                return {"oid": oid, "size": len(server.objects[oid]), "actions": {"download": {
+                    "href": f"https://{server.api_host}/{self._repo()}/lfs-objects/{oid}"}}}
             secret = server.grant(oid)
             return {"oid": oid, "size": len(server.objects[oid]), "authenticated": True,
                     "actions": {"download": {
@@ -174,9 +181,23 @@ def _api_handler(server: LfsServer) -> type[StreamingHandler]:
                         "header": {"Authorization": f"RemoteAuth {secret}"},
                         "expires_in": 3600}}}
 
+        def _repo(self) -> str:
+            return self.path.lstrip("/").partition("/info/lfs/")[0]
+
         def do_GET(self) -> None:
             server.requests.append(("GET", self.path))
-            self.send_json(404, {"message": "not found"})
+            repo, sep, oid = self.path.lstrip("/").partition("/lfs-objects/")
+            if not sep or oid not in server.objects:
+                self.send_json(404, {"message": "not found"})
+                return
+            decision = authorize(server.config(), repo, write=False,
+                                 authorization=self.headers.get("Authorization"))
+            if decision.status != 200:
+                self.send_json(decision.status, {"message": "access denied"})
+                return
+            data = server.objects[oid]
+            server.count(len(data))
+            self.send_bytes(200, data, "application/octet-stream")
 
     return Api
 

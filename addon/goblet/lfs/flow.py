@@ -5,7 +5,9 @@ LFS flow this module handled. Batch requests go upstream unread (with the
 client's own headers, asking for an unencoded answer) and their 200 answers
 are read and rewritten. Link requests are refused, rewritten to the
 loopback backend (stored object), or rewritten to the upstream's href with
-only the headers upstream gave for it; in that last case the request's
+only the headers upstream gave for it (plus the client's own credential when
+the href is on the batch request's own origin and upstream gave no
+``Authorization``, as git-lfs itself would send it); in that last case the request's
 visible URL is put back (token hidden) once the upstream answered, so no log
 line shows the href. Locks, verify, uploads and everything else under
 ``info/lfs`` are left to the addon's ordinary pass-through.
@@ -47,6 +49,18 @@ class LfsFlow:
     shown: tuple[str, str, int, str] | None = None  # scheme, host, port, path for logs
     transfer: Transfer | None = None
     read: bool = field(default=False)
+
+
+def same_origin_credential(action_headers: tuple[tuple[str, str], ...],
+                           credential: tuple[tuple[str, str], ...],
+                           href: tuple[str, str, int], batch: tuple[str, str, int]
+                           ) -> tuple[tuple[str, str], ...]:
+    """The client's own credential headers for an href, as git-lfs would send them: only
+    when the href is on the very origin (scheme, host, port) the batch request went to
+    and upstream's action names no ``Authorization`` of its own; else none."""
+    if href != batch or any(name.lower() == "authorization" for name, _ in action_headers):
+        return ()
+    return credential
 
 
 class HeldAnswer:
@@ -154,14 +168,18 @@ class LfsFlows:
                 if req.method == "GET" else None
             info.transfer = Transfer(writer)
             href = urlsplit(download.href)
+            href_port = href.port or (443 if href.scheme == "https" else 80)
+            own = same_origin_credential(download.headers, state.credential.headers,
+                                         (href.scheme, (href.hostname or "").lower(), href_port),
+                                         ("https", req.host.lower(), req.port))
             agent = req.headers.get("user-agent", "goblet")
             req.scheme, req.host = href.scheme, href.hostname or ""
-            req.port = href.port or (443 if href.scheme == "https" else 80)
+            req.port = href_port
             req.path = href.path + (f"?{href.query}" if href.query else "")
             req.headers = http.Headers([(b"Host", href.netloc.rpartition("@")[2].encode()),
                                         (b"User-Agent", agent.encode()),
                                         (b"Accept-Encoding", b"identity")])
-            for name, value in download.headers:
+            for name, value in (*download.headers, *own):
                 req.headers.add(name, value)
             req.raw_content = b""
             state.reason = "from upstream"

@@ -1,8 +1,9 @@
-"""A batch answer without Content-Length is held to be rewritten, within a cap."""
+"""The LFS flow's pure parts: a batch answer without Content-Length is held to be
+rewritten, within a cap; the client's credential goes to the batch origin only."""
 
 from __future__ import annotations
 
-from goblet.lfs.flow import HeldAnswer
+from goblet.lfs.flow import HeldAnswer, same_origin_credential
 
 
 def test_the_whole_answer_is_held_and_rewritten_at_its_end() -> None:
@@ -26,3 +27,14 @@ def test_past_the_cap_everything_passes_unchanged() -> None:
 
 def test_an_empty_answer_sends_no_empty_piece() -> None:
     assert HeldAnswer(5, lambda body: None)(b"") == []
+
+
+def test_the_client_s_credential_goes_to_the_batch_origin_only() -> None:
+    mine = (("authorization", "Bearer mine"),)
+    batch_origin = ("https", "forge.example", 443)
+    assert same_origin_credential((), mine, batch_origin, batch_origin) == mine
+    for href in (("https", "media.example", 443), ("https", "forge.example", 8443),
+                 ("http", "forge.example", 443)):
+        assert same_origin_credential((), mine, href, batch_origin) == ()
+    theirs = (("Authorization", "RemoteAuth x"),)
+    assert same_origin_credential(theirs, mine, batch_origin, batch_origin) == ()
