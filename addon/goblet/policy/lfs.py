@@ -5,7 +5,10 @@
   the asking tenant, the repo URL and the oid (``lfs/links.py``), valid for
   ``goblet_lfs_link_ttl``. The batch request itself went upstream with the
   client's own credential: the upstream decides, object by object. A refusal
-  (401, 403, 404) revokes the tenant's links into that repo at once.
+  (401, 403, 404) revokes the tenant's links into that repo at once. In
+  ``public`` isolation only anonymous batch answers are linked, so only
+  objects anyone may read are stored; objects are content-addressed and
+  shared by every tenant the upstream grants them to in the other modes.
 - A link is honoured only for the same tenant, repo and oid before it
   expires: from the store when the object is there, else from the upstream's
   href (with the headers upstream gave, never the client's), stored on the way
@@ -17,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from goblet.auth.credentials import ANONYMOUS
 from goblet.lfs import batch
 from goblet.lfs.links import Grant, LinkTable, Refusal
 from goblet.lfs.store import LfsStore
@@ -71,8 +75,9 @@ class LfsPolicy:
         if status in (401, 403, 404):
             self.links.revoke(state.tenant, state.repo.url)  # refused now: no older link works
             return None
-        if not self.enabled or status != 200:
-            return None
+        s = self.settings()
+        if not s.lfs or status != 200 or (s.isolation == "public" and state.tenant != ANONYMOUS):
+            return None  # public isolation: only what anyone may read reaches the disk
         if content_type.split(";", 1)[0].strip().lower() not in (MEDIA_TYPE, "application/json"):
             return None
         self.links.ttl = self.settings().lfs_link_ttl

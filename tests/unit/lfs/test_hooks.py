@@ -152,3 +152,19 @@ def test_with_goblet_lfs_off_lfs_passes_through(tmp_path: Path) -> None:
         assert f.response.content == BATCH
 
     run(body, tmp_path)
+
+
+def test_public_isolation_links_only_anonymous_answers(tmp_path: Path) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        tctx.configure(addon, goblet_isolation="public")
+        for who, linked_ in ((ALICE, False), (None, True)):
+            f = flow("POST", "/o/r.git/info/lfs/objects/batch", who)
+            addon.requestheaders(f)
+            await addon.request(f)
+            f.response = tutils.tresp(status_code=200, content=BATCH, headers=http.Headers(
+                content_type="application/vnd.git-lfs+json", content_length=str(len(BATCH))))
+            addon.responseheaders(f)
+            await addon.response(f)
+            assert (b"/info/lfs/goblet/" in (f.response.content or b"")) is linked_, who
+
+    run(body, tmp_path)
