@@ -3,7 +3,8 @@
 Layout under the cache root::
 
     lfs/<oid[0:2]>/<oid[2:4]>/<oid>    one object, named by its sha256 (its mtime: last use)
-    tmp/lfs-<random>                   an object being written
+    tmp/lfs-<random>                   an object being written (removed at start-up when
+                                       it has not grown for an hour: crash residue)
 
 An object is written to a temporary file on the same filesystem while its
 bytes are hashed, and renamed into place only when its size and sha256 are
@@ -27,6 +28,7 @@ from typing import BinaryIO
 from goblet.lfs.batch import OID_RE
 
 TOUCH_EVERY = 60.0  # seconds between access-time updates of one object
+STALE_TMP = 3600.0  # seconds without growth after which a temporary object is crash residue
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +113,21 @@ class LfsStore:
         self.tmp_dir = root / "tmp"
         self._touched: dict[str, float] = {}
 
-    def prepare(self) -> None:
-        """Create the store's directories."""
+    def prepare(self, stale_after: float = STALE_TMP) -> int:
+        """Create the store's directories and remove what a crash left in ``tmp/``: objects
+        being written that have not grown for ``stale_after`` seconds (a live writer, maybe
+        of another process sharing the cache dir, keeps its file's mtime fresh). Returns
+        how many were removed."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        removed = 0
+        now = time.time()
+        for path in self.tmp_dir.glob("lfs-*"):
+            with contextlib.suppress(OSError):
+                if now - path.stat().st_mtime > stale_after:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def path_for(self, oid: str) -> Path:
         """Where the object ``oid`` lives; ValueError for anything but a sha256 hex oid."""

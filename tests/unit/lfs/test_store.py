@@ -115,3 +115,18 @@ def test_an_unstreamed_answer_is_checked_whole(store: LfsStore) -> None:
     t.start(200, None)
     t.whole(b"x")
     assert t.corrupt and not t.finish(True)
+
+
+def test_start_up_removes_only_stale_temporary_objects(store: LfsStore) -> None:
+    import os  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    stale, live = store.tmp_dir / "lfs-stale", store.tmp_dir / "lfs-live"
+    other = store.tmp_dir / "somerepo.git"
+    for path in (stale, live):
+        path.write_bytes(b"x")
+    other.mkdir()
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    assert store.prepare() == 1
+    assert not stale.exists() and live.exists() and other.exists()
