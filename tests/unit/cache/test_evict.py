@@ -4,6 +4,7 @@ free space, busy writer locks, and the drain of trash."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from goblet.cache import evict as evict_module
 from goblet.cache.evict import Eviction, cache_bytes
 from goblet.cache.locks import RepoLocks
 from goblet.cache.usage import tree_bytes
+from goblet.lfs.store import LfsStore
 
 from tests.unit.cache.fakes import FakeCache
 
@@ -158,10 +160,6 @@ def test_an_lru_pass_with_nothing_to_free_evicts_nothing(fake: FakeCache, over: 
 
 
 def test_lfs_objects_count_and_take_their_turn_in_lru_order(fake: FakeCache) -> None:
-    import hashlib  # noqa: PLC0415
-
-    from goblet.lfs.store import LfsStore  # noqa: PLC0415 (only this test needs it)
-
     now = time.time()
     fake.add("a", 64 * 1024, now - 1000)
     fake.add("b", 64 * 1024, now - 100)

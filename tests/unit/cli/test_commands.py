@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 import time
@@ -13,6 +14,7 @@ from goblet.cache.evict import cache_bytes
 from goblet.cache.locks import RepoLocks
 from goblet.cache.usage import tree_bytes
 from goblet.cli import main
+from goblet.lfs.store import LfsStore
 
 from tests.unit.cache.fakes import FakeCache
 
@@ -103,10 +105,6 @@ def test_ls_lists_what_the_state_files_say(fake: FakeCache,
 
 def test_ls_stats_and_evict_cover_lfs_objects(fake: FakeCache,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    import hashlib  # noqa: PLC0415 (only this test needs them)
-
-    from goblet.lfs.store import LfsStore  # noqa: PLC0415
-
     lfs = LfsStore(fake.store.root)
     lfs.prepare()
     oids = []

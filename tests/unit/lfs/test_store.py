@@ -4,6 +4,8 @@ last piece back until they are."""
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -118,8 +120,6 @@ def test_an_unstreamed_answer_is_checked_whole(store: LfsStore) -> None:
 
 
 def test_start_up_removes_only_stale_temporary_objects(store: LfsStore) -> None:
-    import os  # noqa: PLC0415
-    import time  # noqa: PLC0415
 
     stale, live = store.tmp_dir / "lfs-stale", store.tmp_dir / "lfs-live"
     other = store.tmp_dir / "somerepo.git"
