@@ -281,3 +281,25 @@ def test_no_href_or_credential_reaches_a_log_or_the_cache(
             if path.is_file() and not path.is_symlink():
                 assert HREF_SENTINEL.encode() not in path.read_bytes(), path
                 assert b"tok-alice" not in path.read_bytes(), path
+
+
+def test_hrefs_to_internal_addresses_are_refused_and_stored_objects_still_served(
+        tmp_path: Path, repos: Repos, lfs: LfsServer, upstream: UpstreamServer,
+        confdir: Path) -> None:
+    """Without goblet_relay_internal, an upstream's href to a loopback address is refused
+    like any relay there (the media host is on 127.0.0.1); objects in the store are served
+    from goblet's own backend all the same."""
+    with GobletProxy(tmp_path / "px", hosts=[upstream.host, lfs.api_host],
+                     upstream_ca=upstream.cert_path, confdir=confdir) as px:
+        name, files = lfs_repo(repos, lfs)
+        small, big = files["small.bin"], files["big.bin"]
+        small_oid, big_oid = lfs.add(small), lfs.add(big)
+        stored(px, small_oid).parent.mkdir(parents=True)
+        stored(px, small_oid).write_bytes(small)  # as an earlier download left it
+        got = links(batch(px, lfs, name, files, ALICE))
+        lfs.reset_counters()
+        assert get(px, got[small_oid], ALICE).body == small
+        refused = get(px, got[big_oid], ALICE)
+        assert refused.status == 502 and lfs.media_requests == 0
+        assert not stored(px, big_oid).exists()
+        assert HREF_SENTINEL not in px.log_text()
