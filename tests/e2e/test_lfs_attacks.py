@@ -303,3 +303,30 @@ def test_hrefs_to_internal_addresses_are_refused_and_stored_objects_still_served
         assert refused.status == 502 and lfs.media_requests == 0
         assert not stored(px, big_oid).exists()
         assert HREF_SENTINEL not in px.log_text()
+
+
+def test_mitmproxy_s_own_flow_log_never_shows_an_href_either(
+        tmp_path: Path, repos: Repos, lfs: LfsServer, upstream: UpstreamServer,
+        confdir: Path) -> None:
+    """With mitmdump printing every flow, headers included (flow_detail=3), the upstream's
+    hrefs and their headers still appear nowhere: goblet puts the link back first."""
+    with GobletProxy(tmp_path / "px", hosts=[upstream.host, lfs.api_host],
+                     upstream_ca=upstream.cert_path, confdir=confdir,
+                     sets={"goblet_relay_internal": "on", "flow_detail": "3"}) as px:
+        name, files = lfs_repo(repos, lfs)
+        bad = lfs.add(files["small.bin"])
+        lfs.corrupt.add(bad)
+        try:
+            for oid, href in links(batch(px, lfs, name, files, ALICE)).items():
+                try:
+                    get(px, href, ALICE)
+                except (http.client.HTTPException, ConnectionError):
+                    assert oid == bad
+        finally:
+            lfs.corrupt.discard(bad)
+        assert px.wait_for_log("lfs_object")
+        time.sleep(0.5)
+        log = px.log_text()
+        assert "info/lfs/goblet/" in log  # the flows were printed
+        for secret in (HREF_SENTINEL, "RemoteAuth"):
+            assert secret not in log
