@@ -243,7 +243,7 @@ def test_a_corrupt_object_is_never_stored_or_served_whole(
                             http.client.RemoteDisconnected)):
             get(proxy, href, ALICE)
         assert not stored(proxy, oid).exists()
-        assert not list((proxy.cache_dir / "tmp").glob("lfs-*"))
+        assert not list((proxy.cache_dir / "lfs" / "tmp").iterdir())
         assert proxy.wait_for_log("does not match its oid")
     finally:
         lfs.corrupt.discard(oid)

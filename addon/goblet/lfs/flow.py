@@ -248,7 +248,9 @@ class LfsFlows:
             elif transfer.active:
                 m.lfs_downloads.labels("upstream").inc()
             stored = transfer.finish(not transfer.corrupt)
-            state.reason = state.reason if not stored else "from upstream, stored"
+            if stored:
+                state.reason = "from upstream, stored"
+                rt.lifecycle.check_budget()  # the store grew: one budget pass soon
         return True
 
     def error(self, flow: http.HTTPFlow, state: FlowState | None) -> None:

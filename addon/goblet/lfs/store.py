@@ -3,8 +3,11 @@
 Layout under the cache root::
 
     lfs/<oid[0:2]>/<oid[2:4]>/<oid>    one object, named by its sha256 (its mtime: last use)
-    tmp/lfs-<random>                   an object being written (removed at start-up when
+    lfs/tmp/obj-<random>               an object being written (removed at start-up when
                                        it has not grown for an hour: crash residue)
+
+Temporary objects stay out of the cache's ``tmp/``, whose sweep removes
+whatever no writer lock guards.
 
 An object is written to a temporary file on the same filesystem while its
 bytes are hashed, and renamed into place only when its size and sha256 are
@@ -54,7 +57,7 @@ class ObjectWriter:
         self.written = 0
         self.failed = False
         self._hash = hashlib.sha256()
-        self._tmp = store.tmp_dir / f"lfs-{secrets.token_hex(8)}"
+        self._tmp = store.tmp_dir / f"obj-{secrets.token_hex(8)}"
         self._file: BinaryIO | None = None
         try:
             fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -110,7 +113,7 @@ class LfsStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root / "lfs"
-        self.tmp_dir = root / "tmp"
+        self.tmp_dir = self.root / "tmp"
         self._touched: dict[str, float] = {}
 
     def prepare(self, stale_after: float = STALE_TMP) -> int:
@@ -122,7 +125,7 @@ class LfsStore:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         removed = 0
         now = time.time()
-        for path in self.tmp_dir.glob("lfs-*"):
+        for path in self.tmp_dir.glob("obj-*"):
             with contextlib.suppress(OSError):
                 if now - path.stat().st_mtime > stale_after:
                     path.unlink()

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from goblet.cache.recovery import sweep_abandoned
 from goblet.lfs.serve import Transfer
 from goblet.lfs.store import LfsStore
 
@@ -121,12 +122,23 @@ def test_an_unstreamed_answer_is_checked_whole(store: LfsStore) -> None:
 
 def test_start_up_removes_only_stale_temporary_objects(store: LfsStore) -> None:
 
-    stale, live = store.tmp_dir / "lfs-stale", store.tmp_dir / "lfs-live"
-    other = store.tmp_dir / "somerepo.git"
+    stale, live = store.tmp_dir / "obj-stale", store.tmp_dir / "obj-live"
+    other = store.tmp_dir / "not-an-object"
     for path in (stale, live):
         path.write_bytes(b"x")
-    other.mkdir()
+    other.write_bytes(b"y")
     old = time.time() - 7200
     os.utime(stale, (old, old))
     assert store.prepare() == 1
     assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_objects_in_progress_survive_the_sweep_of_the_cache_s_tmp(
+        store: LfsStore, tmp_path: Path) -> None:
+    """The cache's tmp/ sweep removes work no writer lock guards: LFS writers stay out."""
+    (tmp_path / "tmp").mkdir()
+    w = store.writer(OID, len(DATA))
+    w.feed(DATA[:100])
+    sweep_abandoned(tmp_path / "tmp")
+    w.feed(DATA[100:])
+    assert w.commit() and store.has(OID, len(DATA))
