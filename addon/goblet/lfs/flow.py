@@ -27,10 +27,10 @@ from goblet.auth.credentials import credential_from_headers
 from goblet.cache.store import canonical_url
 from goblet.lfs import batch
 from goblet.lfs.links import Refusal
-from goblet.lfs.serve import Transfer
+from goblet.lfs.serve import HeldAnswer, Transfer
 from goblet.policy import requests
 from goblet.policy.flows import FlowState, Kind, Outcome
-from goblet.policy.lfs import FromStore
+from goblet.policy.lfs import FromStore, same_origin_credential
 from goblet.protocol.errors import ProtocolError
 from goblet.serve.plans import TOKEN_HEADER
 
@@ -49,45 +49,6 @@ class LfsFlow:
     shown: tuple[str, str, int, str] | None = None  # scheme, host, port, path for logs
     transfer: Transfer | None = None
     read: bool = field(default=False)
-
-
-def same_origin_credential(action_headers: tuple[tuple[str, str], ...],
-                           credential: tuple[tuple[str, str], ...],
-                           href: tuple[str, str, int], batch: tuple[str, str, int]
-                           ) -> tuple[tuple[str, str], ...]:
-    """The client's own credential headers for an href, as git-lfs would send them: only
-    when the href is on the very origin (scheme, host, port) the batch request went to
-    and upstream's action names no ``Authorization`` of its own; else none."""
-    if href != batch or any(name.lower() == "authorization" for name, _ in action_headers):
-        return ()
-    return credential
-
-
-class HeldAnswer:
-    """A batch answer without ``Content-Length`` (chunked), as a response ``stream``
-    callable: held until its end and rewritten then, or passed on unchanged once it
-    grows past ``cap`` bytes."""
-
-    def __init__(self, cap: int, rewrite: Callable[[bytes], bytes | None]) -> None:
-        self.cap = cap
-        self.rewrite = rewrite
-        self.passing = False
-        self._held = bytearray()
-
-    def __call__(self, data: bytes) -> list[bytes]:
-        """The pieces to send now (never an empty one: it would end a chunked body)."""
-        if self.passing:
-            return [data] if data else []
-        if data:
-            self._held += data
-            if len(self._held) <= self.cap:
-                return []
-            self.passing = True
-        held = bytes(self._held)
-        self._held.clear()
-        if not self.passing:
-            held = self.rewrite(held) or held
-        return [held] if held else []
 
 
 class LfsFlows:

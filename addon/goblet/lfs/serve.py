@@ -7,9 +7,15 @@ of the answer, and sent only if the whole object matched its oid. A
 mismatch (or a short answer) therefore never reaches the client as a
 complete body: ``corrupt`` is set and the caller aborts the connection, and
 nothing is stored. An answer that is not a plain 200 passes through as it is.
+
+``HeldAnswer`` is the other stream callable: a batch answer without a
+``Content-Length``, held whole (within a cap) so it can be rewritten. Neither
+ever returns an empty piece, which in a chunked answer would end the body.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from goblet.lfs.store import ObjectWriter
 
@@ -67,3 +73,30 @@ class Transfer:
             return self.writer.commit()
         self.writer.abort()
         return False
+
+
+class HeldAnswer:
+    """A batch answer without ``Content-Length`` (chunked), as a response ``stream``
+    callable: held until its end and rewritten then, or passed on unchanged once it
+    grows past ``cap`` bytes."""
+
+    def __init__(self, cap: int, rewrite: Callable[[bytes], bytes | None]) -> None:
+        self.cap = cap
+        self.rewrite = rewrite
+        self.passing = False
+        self._held = bytearray()
+
+    def __call__(self, data: bytes) -> list[bytes]:
+        """The pieces to send now (never an empty one: it would end a chunked body)."""
+        if self.passing:
+            return [data] if data else []
+        if data:
+            self._held += data
+            if len(self._held) <= self.cap:
+                return []
+            self.passing = True
+        held = bytes(self._held)
+        self._held.clear()
+        if not self.passing:
+            held = self.rewrite(held) or held
+        return [held] if held else []

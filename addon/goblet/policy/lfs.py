@@ -9,6 +9,9 @@
   ``public`` isolation only anonymous batch answers are linked, so only
   objects anyone may read are stored; objects are content-addressed and
   shared by every tenant the upstream grants them to in the other modes.
+- The href is fetched with upstream's headers for it, and with the client's
+  own credential only on the batch request's very origin when upstream gave no
+  ``Authorization`` (``same_origin_credential``).
 - A link is honoured only for the same tenant, repo and oid before it
   expires: from the store when the object is there, else from the upstream's
   href (with the headers upstream gave, never the client's), stored on the way
@@ -107,3 +110,15 @@ class LfsPolicy:
             return FromStore(FilePlan(self.store.path_for(oid), size, OBJECT_TYPE,
                                       label=f"lfs {oid[:12]}"))
         return FromUpstream(got)
+
+
+def same_origin_credential(action_headers: tuple[tuple[str, str], ...],
+                           credential: tuple[tuple[str, str], ...],
+                           href: tuple[str, str, int], batch: tuple[str, str, int]
+                           ) -> tuple[tuple[str, str], ...]:
+    """The client's own credential headers for an href, as git-lfs would send them: only
+    when the href is on the very origin (scheme, host, port) the batch request went to
+    and upstream's action names no ``Authorization`` of its own; else none."""
+    if href != batch or any(name.lower() == "authorization" for name, _ in action_headers):
+        return ()
+    return credential

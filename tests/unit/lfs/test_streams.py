@@ -1,9 +1,10 @@
-"""The LFS flow's pure parts: a batch answer without Content-Length is held to be
-rewritten, within a cap; the client's credential goes to the batch origin only."""
+"""A batch answer without Content-Length is held to be rewritten, within a cap; the
+client's credential goes to the batch request's origin only."""
 
 from __future__ import annotations
 
-from goblet.lfs.flow import HeldAnswer, same_origin_credential
+from goblet.lfs.serve import HeldAnswer
+from goblet.policy.lfs import same_origin_credential
 
 
 def test_the_whole_answer_is_held_and_rewritten_at_its_end() -> None:
