@@ -119,7 +119,8 @@ class Runtime:
                                  inspector=self.inspector, planner=self.serve_plan,
                                  endpoints=self.endpoint_answer)
         self.recorder = RequestRecorder(metrics, access)
-        self.lfs = LfsPolicy(lambda: self.settings, self.lfs_store, metrics)
+        self.lfs = LfsPolicy(lambda: self.settings, self.lfs_store, metrics,
+                             denied_at=self._denied_at)
         self.endpoints: EndpointServer | None = None
         self.metrics_host = ""  # where the endpoints' own port listens ("": everywhere)
         self._tasks: list[asyncio.Task[None]] = []
@@ -155,6 +156,11 @@ class Runtime:
         self.warmer.urls_file, self.warmer.credentials_file = s.warm_repos, s.warm_credentials
         self.warmer.interval, self.warmer.anonymous = s.warm_interval, s.isolation == "public"
         self.lifecycle.check_budget()
+
+    def _denied_at(self, tenant: str, repo_url: str) -> float | None:
+        """When the upstream last refused (tenant, repo), if that is its latest answer."""
+        verdict = self.decider.verdicts.denied_within(tenant, repo_url, float("inf"))
+        return verdict.at if verdict is not None else None
 
     def _evicted(self, eviction: Eviction) -> None:
         self.metrics.evictions.inc()

@@ -32,6 +32,7 @@ class Grant:
     repo_url: str
     download: Download
     expires: float
+    issued: float = 0.0
 
     def __repr__(self) -> str:  # the href and its headers are credentials
         return f"Grant(oid={self.download.oid[:12]}, size={self.download.size})"
@@ -67,7 +68,8 @@ class LinkTable:
         """A fresh token for ``download`` by ``tenant`` in ``repo_url``."""
         self._expire()
         token = secrets.token_urlsafe(32)
-        self._grants[token] = Grant(tenant, repo_url, download, self._clock() + self.ttl)
+        now = self._clock()
+        self._grants[token] = Grant(tenant, repo_url, download, now + self.ttl, now)
         while len(self._grants) > self._max:
             self._grants.popitem(last=False)
         return token

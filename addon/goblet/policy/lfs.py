@@ -5,7 +5,8 @@
   the asking tenant, the repo URL and the oid (``lfs/links.py``), valid for
   ``goblet_lfs_link_ttl``. The batch request itself went upstream with the
   client's own credential: the upstream decides, object by object. A refusal
-  (401, 403, 404) revokes the tenant's links into that repo at once. In
+  (401, 403, 404) revokes the tenant's links into that repo at once, as does
+  a refusal of a git ref request for the same repo URL (the verdict cache). In
   ``public`` isolation only anonymous batch answers are linked, so only
   objects anyone may read are stored; objects are content-addressed and
   shared by every tenant the upstream grants them to in the other modes.
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 from goblet.auth.credentials import ANONYMOUS
 from goblet.lfs import batch
-from goblet.lfs.links import Grant, LinkTable, Refusal
+from goblet.lfs.links import UNKNOWN, Grant, LinkTable, Refusal
 from goblet.lfs.store import LfsStore
 from goblet.observe.metrics import Metrics
 from goblet.options import Settings
@@ -58,11 +59,16 @@ class LfsPolicy:
     """Rewrites batch answers and answers links, from the running parts."""
 
     def __init__(self, settings: Callable[[], Settings], store: LfsStore, metrics: Metrics,
-                 links: LinkTable | None = None) -> None:
+                 links: LinkTable | None = None,
+                 denied_at: Callable[[str, str], float | None] = lambda tenant, url: None
+                 ) -> None:
+        """``denied_at(tenant, repo_url)``: when the upstream last refused that tenant the
+        repo (a git ref request's 401/403/404, on the links' clock), if it did."""
         self.settings = settings
         self.store = store
         self.metrics = metrics
         self.links = links or LinkTable(settings().lfs_link_ttl)
+        self.denied_at = denied_at
 
     @property
     def enabled(self) -> bool:
@@ -101,6 +107,9 @@ class LfsPolicy:
         """What answers a link request of ``state``'s tenant."""
         assert state.repo is not None
         got = self.links.check(token, tenant=state.tenant, repo_url=state.repo.url, oid=oid)
+        denied = self.denied_at(state.tenant, state.repo.url)
+        if isinstance(got, Grant) and denied is not None and denied >= got.issued:
+            got = UNKNOWN  # the upstream refused this tenant the repo since: revoked
         if isinstance(got, Refusal):
             self.metrics.lfs_downloads.labels("refused").inc()
             return got

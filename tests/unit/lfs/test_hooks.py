@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from goblet.addon import Goblet
+from goblet.auth.credentials import credential_from_headers
 from goblet.lfs.batch import link_path
 from goblet.serve.plans import TOKEN_HEADER
 from mitmproxy import http
@@ -166,5 +167,26 @@ def test_public_isolation_links_only_anonymous_answers(tmp_path: Path) -> None:
             addon.responseheaders(f)
             await addon.response(f)
             assert (b"/info/lfs/goblet/" in (f.response.content or b"")) is linked_, who
+
+    run(body, tmp_path)
+
+
+def test_a_git_refusal_for_the_repo_revokes_earlier_links_only(tmp_path: Path) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        assert addon.rt is not None
+        path = await linked(addon)
+        tenant = addon.rt.keyer.tenant_id(credential_from_headers([("authorization", ALICE)]))
+        url = f"https://{HOST}/o/r.git"
+        addon.rt.decider.verdicts.record(tenant, url, granted=False, status=404)
+        f = flow("GET", path)
+        addon.requestheaders(f)
+        await addon.request(f)
+        assert f.response is not None and f.response.status_code == 404
+        addon.rt.decider.verdicts.record(tenant, url, granted=True)  # granted again
+        fresh = await linked(addon)
+        g = flow("GET", fresh)
+        addon.requestheaders(g)
+        await addon.request(g)
+        assert g.response is None  # a new link works again
 
     run(body, tmp_path)
