@@ -133,3 +133,24 @@ def test_direct_clone_works_without_goblet(direct: GitClient, repos: Repos, lfs:
     name, files = lfs_repo(repos, lfs)
     clone(direct, upstream.url(name), tmp_path / "direct", lfs.lfs_url(name))
     assert same_files(tmp_path / "direct", files)
+
+
+def test_anonymous_clones_of_a_public_repo_share_the_store_and_strangers_get_nothing(
+        repos: Repos, lfs: LfsServer, upstream: UpstreamServer, proxy: GobletProxy,
+        prefix_port: int, tmp_path: Path) -> None:
+    git = GitClient(tmp_path / "home", ca_file=proxy.ca_cert)
+    public, files = lfs_repo(repos, lfs, public=True)
+    url = via_prefix(prefix_port, upstream.host, public)
+    lfs_url = via_prefix(prefix_port, lfs.api_host, f"{public}/info/lfs")
+    clone(git, url, tmp_path / "anon1", lfs_url, authorization=None)
+    lfs.reset_counters()
+    clone(git, url, tmp_path / "anon2", lfs_url, authorization=None)
+    assert same_files(tmp_path / "anon2", files) and lfs.media_bytes == 0
+
+    private, _ = lfs_repo(repos, lfs)  # alice only: bob is refused as upstream refuses him
+    lfs.reset_counters()
+    res = git.clone(via_prefix(prefix_port, upstream.host, private), tmp_path / "bob",
+                    config=lfs_config(via_prefix(prefix_port, lfs.api_host,
+                                                 f"{private}/info/lfs"), "Bearer tok-bob"),
+                    check=False)
+    assert res.returncode != 0 and lfs.media_requests == 0
