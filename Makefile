@@ -86,6 +86,7 @@ BENCH_ARGS ?=
 bench: $(BIN)/.installed-test
 	$(BIN)/pip install -q -e '.[bench]' 'py-spy>=0.3.14'
 	$(BIN)/python -m bench.run --write-docs $(BENCH_ARGS)
+	$(BIN)/python -m bench.lfs
 
 bench-quick: $(BIN)/.installed-test
 	$(BIN)/python -m bench.run --quick $(BENCH_ARGS)

@@ -17,6 +17,7 @@ from mitmproxy import connection, ctx, exceptions, http, tcp, tls
 from mitmproxy.proxy import server_hooks
 
 from goblet import options as opts
+from goblet.lfs.flow import LfsFlows
 from goblet.observe import exposure, redact
 from goblet.observe.access import AccessLog
 from goblet.observe.recorder import Timing
@@ -40,6 +41,7 @@ class Goblet:
         self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = (
             weakref.WeakKeyDictionary())
         self._backend_clients: set[str] = set()  # client connections goblet answers
+        self.lfs = LfsFlows(lambda: self.rt, self._backend_clients)
         self._heads = Deadlines(lambda: self.settings.request_body_timeout
                                 if self.settings else 60.0, _close_client)
 
@@ -164,6 +166,7 @@ class Goblet:
         if self.rt is None or self.settings is None:
             req.stream = True  # not started: nothing to do but pass on
             return
+        seen = req.url
         door = requests.front_door(
             exposure.PlainRequest(req.scheme, req.method, req.path, req.host, req.port,
                                   tuple(req.headers.get_all("via"))),
@@ -180,6 +183,10 @@ class Goblet:
             req.headers["Host"] = req.host if req.port == 443 else f"{req.host}:{req.port}"
         if door.via:
             req.headers["Via"] = door.via
+        login = flow.metadata.get("proxyauth")
+        if lfs := self.lfs.claim(flow, seen, (str(login[0]), str(login[1])) if login else None):
+            self._flows[flow] = lfs
+            return
         self._classify(flow)
 
     def _classify(self, flow: http.HTTPFlow) -> None:
@@ -228,6 +235,8 @@ class Goblet:
             return
         req = flow.request
         req.stream = False if state.kind is Kind.INVALID else req.stream
+        if await self.lfs.request(flow, state):
+            return
         action = await self.rt.policy.route(
             state, method=req.method, path=req.path, streamed=bool(req.stream),
             headers=req.headers.items(multi=True), raw=req.raw_content,
@@ -269,6 +278,8 @@ class Goblet:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Stream all bodies except the ref answers the response hook reads."""
         state, resp = self._flows.get(flow), flow.response
+        if self.lfs.responseheaders(flow, state):
+            return
         if resp is None or (keep := outcomes.read_answer(state, resp.status_code)) is None:
             return
         if state is not None:
@@ -292,6 +303,9 @@ class Goblet:
         state.body_arrived()
         if state.tee is not None:
             state.tee.finish(True)
+        if self.lfs.response(flow, state):
+            self._finish(flow, state)
+            return
         assert self.settings is not None
         replaced = await self.rt.answers.answer(state, resp.status_code, resp.headers,
                                                 resp.raw_content, self.settings.max_request_bytes)
@@ -311,6 +325,7 @@ class Goblet:
             state.body_arrived()
             if state.tee is not None:
                 state.tee.finish(False, flow.error.msg if flow.error else "flow error")
+            self.lfs.error(flow, state)
             if not state.timed_out:
                 state.reason = flow.error.msg if flow.error else "flow error"
             self._finish(flow, state, failed=True)

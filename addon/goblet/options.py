@@ -131,6 +131,13 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "stream: a full clone of a repo not cached yet gets the upstream's answer as it "
                "arrives, which also fills the cache; fill: fill the cache first, then serve "
                "(the client waits for the whole fill, upstream failures become git errors)."),
+    OptionSpec("goblet_lfs", str, "on",
+               "on: Git LFS downloads upstream grants are served through goblet links from "
+               "the LFS store (filled on first use, verified against the oid); off: LFS "
+               "passes through untouched."),
+    OptionSpec("goblet_lfs_link_ttl", str, "2m",
+               "How long a goblet LFS link stays valid after the upstream granted the download "
+               "(e.g. 60s, 2m)."),
     OptionSpec("goblet_relay_internal", str, "off",
                "on: also relay clients to loopback and link-local addresses (127.0.0.0/8, "
                "::1, 169.254.0.0/16 with cloud metadata services, fe80::/10) that are not "
@@ -201,6 +208,8 @@ class Settings:
     fleet_lease: int = 30
     refs_ttl: int = 0
     webhook_secret_file: Path | None = None
+    lfs: bool = True
+    lfs_link_ttl: int = 120
 
 
 ISOLATION_MODES = ("shared", "tenant", "user", "public")
@@ -314,6 +323,8 @@ def parse_settings(o: Any) -> Settings:
         allow_open_proxy=parse_bool("goblet_allow_open_proxy", o.goblet_allow_open_proxy),
         relay_internal=parse_bool("goblet_relay_internal", o.goblet_relay_internal),
         cold_clones=parse_choice("goblet_cold_clones", o.goblet_cold_clones, ("stream", "fill")),
+        lfs=parse_bool("goblet_lfs", o.goblet_lfs),
+        lfs_link_ttl=parse_seconds("goblet_lfs_link_ttl", o.goblet_lfs_link_ttl, 1, 3600),
         full_repack_interval=parse_seconds("goblet_full_repack_interval",
                                            o.goblet_full_repack_interval, 60, 365 * 86400),
         repack_threads=parse_int("goblet_repack_threads", o.goblet_repack_threads, 1, 64),

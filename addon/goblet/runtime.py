@@ -29,6 +29,7 @@ from goblet.cache.warm import Warmer
 from goblet.decide import FetchDecider
 from goblet.fleet import tier as fleet_tier
 from goblet.git.runner import GitRunner
+from goblet.lfs.store import LfsStore
 from goblet.observe.access import AccessLog
 from goblet.observe.endpoints import Answer, EndpointServer, answer
 from goblet.observe.fills import FillReporter
@@ -42,6 +43,7 @@ from goblet.offline.state import UpstreamState
 from goblet.options import Settings
 from goblet.policy.answers import AnswerPolicy
 from goblet.policy.gate import FlowPolicy
+from goblet.policy.lfs import LfsPolicy
 from goblet.policy.refcache import RefsFromCache
 from goblet.protocol.request import cache_identity
 from goblet.serve.backend import ServeBackend
@@ -75,6 +77,7 @@ class Runtime:
         self.backend = ServeBackend(git, self.plans, self.packcache,
                                     follow_timeout=float(settings.upstream_timeout))
         locks = RepoLocks(self.store.lock_dir)
+        self.lfs_store = LfsStore(settings.cache_dir)
         reporter = self.reporter = FillReporter(metrics, access, settings.instance)
         filler = Filler(self.store, locks, git, stall_timeout=settings.upstream_timeout,
                         observer=reporter)
@@ -82,7 +85,7 @@ class Runtime:
         self.evictor = Evictor(
             self.store, locks, max_bytes=settings.cache_max_bytes,
             min_free_bytes=settings.min_free_bytes, reading=self.backend.reading,
-            on_evict=self._evicted,
+            on_evict=self._evicted, lfs=self.lfs_store,
         )
         self.maintainer = Maintainer(
             self.store, locks, git,
@@ -125,6 +128,8 @@ class Runtime:
                                  inspector=self.inspector, planner=self.serve_plan,
                                  endpoints=self.endpoint_answer, refs=self.refs)
         self.recorder = RequestRecorder(metrics, access)
+        self.lfs = LfsPolicy(lambda: self.settings, self.lfs_store, metrics,
+                             denied_at=self._denied_at)
         self.endpoints: EndpointServer | None = None
         self.metrics_host = ""  # where the endpoints' own port listens ("": everywhere)
         self._tasks: list[asyncio.Task[None]] = []
@@ -163,6 +168,11 @@ class Runtime:
         self.warmer.interval, self.warmer.anonymous = s.warm_interval, s.isolation == "public"
         self.lifecycle.check_budget()
 
+    def _denied_at(self, tenant: str, repo_url: str) -> float | None:
+        """When the upstream last refused (tenant, repo), if that is its latest answer."""
+        verdict = self.decider.verdicts.denied_within(tenant, repo_url, float("inf"))
+        return verdict.at if verdict is not None else None
+
     def _evicted(self, eviction: Eviction) -> None:
         self.metrics.evictions.inc()
         self.access.event(
@@ -192,6 +202,7 @@ class Runtime:
         secret = load_or_create_secret(settings.cache_dir / SECRET_FILE)
         forwarder = Forwarder(tls_context(ca_file, insecure), settings.upstream_timeout)
         rt = cls(settings, git, secret, Metrics(), access, forwarder=forwarder)
+        rt.lfs_store.prepare()
         await rt.lifecycle.recover()
         await rt.partitions.load()
         await asyncio.to_thread(rt.packcache.load)

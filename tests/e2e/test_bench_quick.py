@@ -111,3 +111,20 @@ def test_quick_benchmark_runs_end_to_end(tmp_path: Path) -> None:
 def _docs_stamp() -> int | None:
     page = PROJECT_ROOT / "docs" / "benchmarks.md"
     return page.stat().st_mtime_ns if page.exists() else None
+
+
+def test_lfs_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    """``python -m bench.lfs`` with one small round: warm clones bring 0 LFS bytes."""
+    env = {k: v for k, v in os.environ.items()
+           if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+    out = tmp_path / "lfs.json"
+    res = subprocess.run(
+        [sys.executable, "-m", "bench.lfs", "--rounds", "1", "--files", "2", "--file-mib",
+         "0.5", "--rate-mbit", "0", "--json", str(out)],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert res.returncode == 0, f"bench failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["upstream_lfs_bytes"] for r in runs["warm"]] == [0]
+    assert runs["direct"][0]["upstream_lfs_bytes"] == runs["cold"][0]["upstream_lfs_bytes"] > 0
+    assert "warm" in res.stdout

@@ -121,7 +121,8 @@ def test_stats_adds_up(cached: dict[str, str], proxy: GobletProxy) -> None:
     rows = ok_json(goblet(proxy.cache_dir, "ls", "--json"))
     assert stats["repos"] == len(rows) == 3
     assert stats["repos_bytes"] == sum(r["bytes"] for r in rows)
-    assert stats["budget_bytes"] == stats["repos_bytes"] + stats["pack_cache_bytes"]
+    assert stats["budget_bytes"] == stats["repos_bytes"] + stats["pack_cache_bytes"] \
+        + stats["lfs_bytes"]
     assert stats["total_bytes"] >= stats["budget_bytes"] + stats["trash_bytes"]
     assert stats["free_bytes"] > 0 and stats["cache_dir"] == str(proxy.cache_dir)
     for field in ("pack_cache_entries", "trash_entries", "quarantine_entries", "tmp_entries"):
@@ -129,7 +130,8 @@ def test_stats_adds_up(cached: dict[str, str], proxy: GobletProxy) -> None:
     text = goblet(proxy.cache_dir, "stats")
     assert text.returncode == 0
     assert [line.split()[0] for line in text.stdout.splitlines()] == [
-        "cache", "repos", "pack", "budget", "whole", "free", "trash", "quarantine", "temporary"]
+        "cache", "repos", "pack", "LFS", "budget", "whole", "free", "trash", "quarantine",
+        "temporary"]
 
 
 def test_verify_finds_a_corrupt_repo_and_quarantine_moves_it(

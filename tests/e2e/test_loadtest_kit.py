@@ -114,17 +114,19 @@ def test_the_shard_key_strips_exactly_the_git_suffixes() -> None:
     chain = re.search(r"set-var\(txn\.repo\) path,(\S+)", text)
     assert chain is not None
     suffixes = re.findall(r"regsub\('([^']+)\$',''\)", chain.group(1))
-    assert suffixes == ["/info/refs", "/git-upload-pack", "/git-receive-pack"]
+    assert suffixes == ["/info/lfs/.*", "/info/refs", "/git-upload-pack", "/git-receive-pack"]
 
     def key(path: str) -> str:
         target = path.split("?", 1)[0]
-        for suffix in suffixes:
-            target = re.sub(re.escape(suffix) + "$", "", target)
+        for suffix in suffixes:  # HAProxy's regsub takes regular expressions
+            target = re.sub(suffix + "$", "", target)
         return target
 
     repo = "/github.com/org/app.git"
     paths = [f"{repo}/info/refs?service=git-upload-pack", f"{repo}/git-upload-pack",
-             f"{repo}/info/refs?service=git-receive-pack", f"{repo}/git-receive-pack"]
+             f"{repo}/info/refs?service=git-receive-pack", f"{repo}/git-receive-pack",
+             f"{repo}/info/lfs/objects/batch", f"{repo}/info/lfs/locks/verify",
+             f"{repo}/info/lfs/goblet/{'T' * 43}/{'a' * 64}"]
     assert {key(p) for p in paths} == {repo}
     assert key("/github.com/org/app/info/refs") != repo  # another cache key, another shard
 

@@ -89,7 +89,7 @@ class GobletProxy:
             "--set",
             "http2=false",
             "--set",
-            "flow_detail=0",
+            f"flow_detail={self.sets.get('flow_detail', '0')}",  # `sets` may choose another
         ]
         if self.addon:
             cmd += [
@@ -103,7 +103,8 @@ class GobletProxy:
         if self.upstream_ca is not None:
             cmd += ["--set", f"ssl_verify_upstream_trusted_ca={self.upstream_ca}"]
         for name, value in self.sets.items():
-            cmd += ["--set", f"{name}={value}"]
+            if name != "flow_detail":
+                cmd += ["--set", f"{name}={value}"]
         return cmd + self.extra_args
 
     def start(self, timeout: float = 30.0) -> GobletProxy:

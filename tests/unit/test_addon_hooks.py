@@ -265,7 +265,8 @@ RUNTIME_VALUES = {
     "goblet_repack_threads": "3", "goblet_warm_interval": "20m",
     "goblet_isolation": "tenant", "goblet_max_partitions": "4", "goblet_negative_ttl": "9s",
     "goblet_offline": "true", "goblet_offline_grace": "2h", "goblet_allow_open_proxy": "true",
-    "goblet_relay_internal": "on", "goblet_cold_clones": "fill",
+    "goblet_relay_internal": "on", "goblet_cold_clones": "fill", "goblet_lfs": "off",
+    "goblet_lfs_link_ttl": "30s",
 }
 
 
@@ -294,6 +295,7 @@ def test_every_option_applies_at_run_time_or_says_it_needs_a_restart(tmp_path: P
         assert rt.lifecycle.maintenance is False and rt.partitions.max_per_repo == 4
         assert rt.warmer.interval == 1200 and rt.reporter.instance == "i-2"
         assert d.tee is False  # cold clones: fill, then serve
+        assert not rt.lfs.enabled
         # a flow now gets a tenant partition
         f = git_flow("GET", "/org/repo.git/info/refs?service=git-upload-pack",
                      authorization="Bearer t0k")

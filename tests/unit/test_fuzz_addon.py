@@ -115,8 +115,9 @@ def test_request_path_never_crashes_and_answers_bad_input_with_4xx(tmp_path: Pat
     assert list(outside.iterdir()) == []
     layout = {p.name for p in cache.iterdir()}
     assert layout <= {"repos", "tmp", "trash", "quarantine", "packcache", "locks", "home",
-                      "tenant-secret"}
+                      "tenant-secret", "lfs"}
     assert list((cache / "repos").iterdir()) == []  # nothing was ever filled or created
+    assert [p for p in cache.glob("lfs/**/*") if not p.is_dir()] == []  # no LFS object either
 
 
 def check_answer(flow: http.HTTPFlow) -> None:

@@ -488,6 +488,8 @@ BAD = [
     ("allow_open_proxy", "sure", "goblet_allow_open_proxy"),
     ("relay_internal", "maybe", "goblet_relay_internal"),
     ("cold_clones", "tee", "goblet_cold_clones"),
+    ("lfs", "partly", "goblet_lfs"),
+    ("lfs_link_ttl", "0", "goblet_lfs_link_ttl"), ("lfs_link_ttl", "2h", "goblet_lfs_link_ttl"),
     ("instance", "a b", "goblet_instance"),
     ("cache_dir", " ", "goblet_cache_dir"),
     ("hosts", [], "goblet_hosts"), ("hosts", ["exa mple.com"], "bad host name"),

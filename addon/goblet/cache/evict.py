@@ -1,6 +1,7 @@
-"""Keep the cache within its budget: evict least recently used repos.
+"""Keep the cache within its budget: evict least recently used repos and LFS objects.
 
-Two limits, either can trigger: ``max_bytes`` (the repos and the pack cache,
+Two limits, either can trigger: ``max_bytes`` (the repos, the pack cache and the
+LFS store,
 measured by walking the files: ``count-objects`` misses bitmaps, indexes and
 reverse indexes) and ``min_free_bytes`` (free space on the cache filesystem).
 
@@ -10,6 +11,9 @@ the directory is renamed into ``trash/`` on the same filesystem. A running
 no repo and fill it again (or go upstream) as for any cold repo. Trash is
 deleted once no clone of this process reads it and it is older than the
 drain time (clones of other processes sharing the cache dir get that long).
+LFS objects (``lfs/store.py``) take their turn in the same least-recently-used
+order; they never change, so one is simply deleted (a reader keeps its open
+file).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from goblet.cache.locks import LockTimeout, RepoLocks
 from goblet.cache.recovery import remove_tree
 from goblet.cache.store import RepoInfo, RepoStore
 from goblet.cache.usage import free_bytes, tree_bytes
+from goblet.lfs.store import LfsStore, StoredObject
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +45,10 @@ class Eviction:
 
 
 def cache_bytes(store: RepoStore) -> int:
-    """The bytes the budget counts: repos and stored packs (not trash or tmp)."""
-    return tree_bytes(store.repos_dir) + tree_bytes(store.packcache_dir)
+    """The bytes the budget counts: repos, stored packs and LFS objects (not trash or
+    tmp)."""
+    return (tree_bytes(store.repos_dir) + tree_bytes(store.packcache_dir)
+            + tree_bytes(LfsStore(store.root).root))
 
 
 class Evictor:
@@ -57,6 +64,7 @@ class Evictor:
         drain_seconds: float = 30.0,
         reading: Callable[[str], bool] = lambda key: False,
         on_evict: Callable[[Eviction], None] = lambda e: None,
+        lfs: LfsStore | None = None,
     ) -> None:
         self.store = store
         self.locks = locks
@@ -65,6 +73,7 @@ class Evictor:
         self.drain_seconds = drain_seconds
         self.reading = reading
         self.on_evict = on_evict
+        self.lfs = lfs
         self._pass = asyncio.Lock()
 
     def over_budget(self) -> tuple[int, int]:
@@ -98,10 +107,18 @@ class Evictor:
         passed: list[RepoInfo] = []
         if over <= 0 and short <= 0:
             return done, passed
-        repos = await asyncio.to_thread(self.store.list_repos)
+        lfs = self.lfs
+        repos: list[RepoInfo | StoredObject] = [
+            *await asyncio.to_thread(self.store.list_repos),
+            *(await asyncio.to_thread(lambda: list(lfs.objects())) if lfs else [])]
         for info in sorted(repos, key=lambda r: r.last_access):
             if over <= 0 and short <= 0:
                 break
+            if isinstance(info, StoredObject):
+                if (gone := self._evict_object(info)) is not None:
+                    done.append(gone)
+                    over, short = over - gone.bytes, short - gone.bytes
+                continue
             size = await asyncio.to_thread(tree_bytes, info.path)
             eviction = await self.evict(info, size, lock_timeout)
             if eviction is None:
@@ -111,6 +128,17 @@ class Evictor:
             over -= size
             short -= size
         return done, passed
+
+    def _evict_object(self, obj: StoredObject) -> Eviction | None:
+        """Delete one LFS object; None if it was gone already."""
+        assert self.lfs is not None
+        freed = self.lfs.remove(obj.oid)
+        if freed is None:
+            return None
+        eviction = Eviction(obj.oid, f"lfs:{obj.oid}", freed, time.time() - obj.last_access,
+                            "lfs")
+        self.on_evict(eviction)
+        return eviction
 
     async def evict(self, info: RepoInfo, size: int = 0,
                     lock_timeout: float = 5.0) -> Eviction | None:

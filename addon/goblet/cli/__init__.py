@@ -1,16 +1,18 @@
 """``goblet``: the admin CLI for a goblet cache directory.
 
-    goblet cache ls      [--cache-dir DIR] [--json]
+    goblet cache ls      [--lfs] [--cache-dir DIR] [--json]
     goblet cache stats   [--cache-dir DIR] [--json]
     goblet cache evict   (REPO... | --lru-to SIZE) [--wait SECONDS] [--cache-dir DIR] [--json]
     goblet cache verify  [REPO...] [--quarantine] [--cache-dir DIR] [--json]
     goblet cache warm    URL... [--credentials-file F] [--upstream-ca FILE] [--json] ...
 
 REPO is a URL as ``ls`` shows it (every partition of that URL) or a unique
-prefix of a cache key. Safe while proxies serve the same directory: every
-change is made under the repo's writer lock (the same ``flock`` the proxies
-take), evicted repos go to ``trash/`` and are deleted only after the drain
-time, and ``verify`` reads without a lock.
+prefix of a cache key; ``lfs:OID`` names a stored LFS object (``ls --lfs``).
+Safe while proxies serve the same directory: every change is made under the
+repo's writer lock (the same ``flock`` the proxies take), evicted repos go to
+``trash/`` and are deleted only after the drain time (an evicted LFS object is
+deleted at once: a reader keeps its open file), and ``verify`` reads without a
+lock.
 
 Exit status: 0 ok, 1 a repo failed, 2 usage error. Errors are one line on
 stderr; the CLI never prints a traceback.
@@ -35,6 +37,7 @@ from goblet.cli.cache import Cache, UsageError, entries, print_json, repo_json
 from goblet.cli.format import human_age, human_bytes, table
 from goblet.cli.verify import cmd_verify
 from goblet.cli.warm import run_warm
+from goblet.lfs.store import LfsStore
 from goblet.options import parse_seconds, parse_size
 
 
@@ -44,9 +47,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    """One line (or JSON object) per cached repo."""
+    """One line (or JSON object) per cached repo (with ``--lfs``: per LFS object)."""
     cache = Cache.open(args.cache_dir)
     now = time.time()
+    if args.lfs:
+        return _ls_lfs(cache, now, args.json)
     rows = []
     for info in cache.repos():
         state = cache.store.state(CacheRepo(info.url, info.key, info.path))
@@ -70,15 +75,36 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ls_lfs(cache: Cache, now: float, as_json: bool) -> int:
+    objects = sorted(LfsStore(cache.root).objects(), key=lambda o: o.oid)
+    rows: list[dict[str, Any]] = [
+        {"oid": o.oid, "size": o.size, "path": str(o.path), "last_access": o.last_access,
+         "idle_seconds": round(now - o.last_access, 1)} for o in objects]
+    if as_json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print(f"no LFS objects in {cache.root}")
+        return 0
+    print(table(["OID", "SIZE", "LAST USE"], [
+        [r["oid"], human_bytes(r["size"]), human_age(r["idle_seconds"]) + " ago"]
+        for r in rows]))
+    print(f"{len(rows)} LFS object(s), {human_bytes(sum(r['size'] for r in rows))}")
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     """Totals of the cache dir: what the budget counts, free disk, trash and quarantine."""
     cache = Cache.open(args.cache_dir)
     s = cache.store
     repos_bytes, pack_bytes = tree_bytes(s.repos_dir), tree_bytes(s.packcache_dir)
+    lfs = LfsStore(cache.root)
+    lfs_bytes = tree_bytes(lfs.root)
     stats: dict[str, Any] = {
         "cache_dir": str(cache.root), "repos": len(s.list_repos()), "repos_bytes": repos_bytes,
         "pack_cache_entries": len(entries(s.packcache_dir, "*.answer")),
-        "pack_cache_bytes": pack_bytes, "budget_bytes": repos_bytes + pack_bytes,
+        "pack_cache_bytes": pack_bytes, "lfs_objects": sum(1 for _ in lfs.objects()),
+        "lfs_bytes": lfs_bytes, "budget_bytes": repos_bytes + pack_bytes + lfs_bytes,
         "total_bytes": tree_bytes(cache.root), "free_bytes": free_bytes(cache.root),
         "trash_entries": len(entries(s.trash_dir)), "trash_bytes": tree_bytes(s.trash_dir),
         "quarantine_entries": len(entries(s.quarantine_dir)),
@@ -92,7 +118,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         ["cache dir", stats["cache_dir"]],
         ["repos", f"{stats['repos']} ({human_bytes(repos_bytes)})"],
         ["pack cache", f"{stats['pack_cache_entries']} answer(s) ({human_bytes(pack_bytes)})"],
-        ["budget counts", f"{human_bytes(repos_bytes + pack_bytes)} (repos + pack cache)"],
+        ["LFS objects", f"{stats['lfs_objects']} ({human_bytes(lfs_bytes)})"],
+        ["budget counts",
+         f"{human_bytes(stats['budget_bytes'])} (repos + pack cache + LFS objects)"],
         ["whole dir", human_bytes(stats["total_bytes"])],
         ["free disk", human_bytes(stats["free_bytes"])],
         ["trash", f"{stats['trash_entries']} ({human_bytes(stats['trash_bytes'])})"],
@@ -114,13 +142,25 @@ def _not_evicted_json(info: RepoInfo) -> dict[str, Any]:
 
 
 async def _evict(cache: Cache, args: argparse.Namespace) -> dict[str, Any]:
-    evictor = Evictor(cache.store, cache.locks, max_bytes=0, min_free_bytes=0)
+    lfs = LfsStore(cache.root)
+    evictor = Evictor(cache.store, cache.locks, max_bytes=0, min_free_bytes=0, lfs=lfs)
     evicted: list[Eviction] = []
     passed: list[RepoInfo] = []
     failed: list[dict[str, Any]] = []
     answers: list[Path] = []
     if args.lru_to is None:
-        infos, unknown = cache.select(args.repos)
+        objects = [spec.removeprefix("lfs:") for spec in args.repos if spec.startswith("lfs:")]
+        for oid in objects:
+            try:
+                freed = lfs.remove(oid)
+            except ValueError:
+                freed = None
+            if freed is None:
+                failed.append({"url": f"lfs:{oid}", "key": None, "partition": "lfs",
+                               "error": "no stored LFS object has this oid"})
+            else:
+                evicted.append(Eviction(oid, f"lfs:{oid}", freed, 0.0, "lfs"))
+        infos, unknown = cache.select([s for s in args.repos if not s.startswith("lfs:")])
         failed += [{"url": spec, "key": None, "partition": None,
                     "error": "no cached repo matches"} for spec in unknown]
         for info in infos:
@@ -163,7 +203,7 @@ def cmd_evict(args: argparse.Namespace) -> int:
                   f"{human_bytes(e['bytes'])}, idle {human_age(e['idle_seconds'])})")
         if result["pack_cache_answers_removed"]:
             print(f"removed {result['pack_cache_answers_removed']} stored pack-cache answer(s)")
-        print(f"{len(result['evicted'])} repo(s) evicted; the cache now counts "
+        print(f"{len(result['evicted'])} repo(s) or LFS object(s) evicted; the cache now counts "
               f"{human_bytes(result['bytes_after'])}; evicted repos wait in trash/ until no "
               "clone can still read them")
     for f in result["failed"]:
@@ -203,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(cache, leaf=False)
     sub = cache.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: list[tuple[str, str, Callable[[argparse.Namespace], int]]] = [
-        ("ls", "list cached repos: URL, partition, size, last use, age of refs", cmd_ls),
+        ("ls", "list cached repos: URL, partition, size, last use, age of refs (--lfs: "
+               "LFS objects)", cmd_ls),
         ("stats", "totals: repos, bytes, pack cache, free disk, trash, quarantine", cmd_stats),
         ("evict", "evict named repos, or least recently used ones down to a size", cmd_evict),
         ("verify", "git fsck every (or each named) repo", cmd_verify),
@@ -217,10 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
                            help="URL as `ls` shows it, or a unique cache-key prefix")
             p.add_argument("--wait", type=_seconds, default=10, metavar="SECONDS",
                            help="how long to wait for a busy writer lock (default 10)")
+        if name == "ls":
+            p.add_argument("--lfs", action="store_true", help="list stored LFS objects instead")
         if name == "evict":
             p.add_argument("--lru-to", type=_size, metavar="SIZE",
-                           help="evict least recently used repos until the cache counts at "
-                                "most SIZE (e.g. 10GiB, 0)")
+                           help="evict least recently used repos and LFS objects until the "
+                                "cache counts at most SIZE (e.g. 10GiB, 0)")
         if name == "verify":
             p.add_argument("--quarantine", action="store_true",
                            help="move repos that fail to quarantine/ (under the writer lock)")

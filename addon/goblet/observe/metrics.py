@@ -24,6 +24,7 @@ KINDS = tuple(kind.value for kind in METRIC_KINDS)
 OUTCOMES = tuple(outcome.value for outcome in Outcome)
 FILL_RESULTS = ("ok", "denied", "upstream_error", "local_error")
 SOURCES = ("cache", "upstream")
+LFS_DOWNLOADS = ("cache", "upstream", "refused", "corrupt")
 REPACK_KINDS = ("geometric", "full")
 REPACK_RESULTS = ("ok", "error", "skipped")
 PACK_CACHE_RESULTS = ("bypass", "produce", "follow", "hit")
@@ -160,7 +161,23 @@ class Metrics:
             "goblet_webhooks", "Push webhooks received: accepted (refs marked stale), "
             "ignored (signed, but not a push), refused (bad or missing signature, too large, "
             "malformed).", ["result"], registry=r)
+        self.lfs_bytes = Counter(
+            "goblet_lfs_bytes", "Bytes of LFS objects sent to clients through goblet links, "
+            "by source (cache: the LFS store; upstream: the upstream's download href).",
+            ["source"], registry=r)
+        self.lfs_downloads = Counter(
+            "goblet_lfs_downloads", "Requests of goblet LFS links, by result: cache, upstream, "
+            "refused (unknown, expired or another credential's link), corrupt (the upstream's "
+            "object did not match its oid: not stored, connection aborted).",
+            ["result"], registry=r)
+        self.lfs_links = Counter(
+            "goblet_lfs_links", "LFS downloads upstream granted that goblet linked to itself.",
+            registry=r)
         ProcessCollector(registry=r)
+        for source in SOURCES:
+            self.lfs_bytes.labels(source)
+        for result in LFS_DOWNLOADS:
+            self.lfs_downloads.labels(result)
         for kind in KINDS:  # export zeros so rates and ratios exist from the start
             self.request_duration.labels(kind)
             for outcome in OUTCOMES:

@@ -9,6 +9,7 @@ from goblet.observe.access import AccessLog, AccessRecord
 from goblet.observe.metrics import Metrics, status_class
 from goblet.policy.flows import FlowState, Outcome
 from goblet.policy.outcomes import Ending, ending
+from goblet.serve.plans import ServePlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,8 @@ class RequestRecorder:
         m.request_duration.labels(kind).observe(timing.total)
         if state.plan is not None:
             m.served_bytes.labels("cache").inc(end.sent or 0)
-            m.pack_cache_requests.labels(state.plan.stats.cache_role).inc()
+            if isinstance(state.plan, ServePlan):
+                m.pack_cache_requests.labels(state.plan.stats.cache_role).inc()
         elif state.outcome is Outcome.UPSTREAM:
             m.served_bytes.labels("upstream").inc(end.sent or 0)
             m.upstream_requests.labels(kind, status_class(end.upstream_status)).inc()

@@ -16,6 +16,7 @@ from goblet.auth.credentials import Credential
 from goblet.cache.store import CacheRepo
 from goblet.cache.teefill import TeeFill
 from goblet.protocol.request import LsRefsRequest
+from goblet.serve.files import FilePlan
 from goblet.serve.plans import ServePlan
 
 
@@ -30,6 +31,8 @@ class Kind(enum.Enum):
     OTHER = "other"
     INVALID = "invalid"  # refused with 400
     ENDPOINT = "endpoint"  # /metrics, /healthz, /readyz
+    LFS_BATCH = "lfs_batch"  # POST …/info/lfs/objects/batch
+    LFS_OBJECT = "lfs_object"  # GET of a goblet LFS link
 
     @property
     def metric(self) -> str:
@@ -37,7 +40,8 @@ class Kind(enum.Enum):
         return self.value if self in METRIC_KINDS else Kind.OTHER.value
 
 
-METRIC_KINDS = (Kind.INFO_REFS, Kind.LS_REFS, Kind.FETCH, Kind.PUSH, Kind.OTHER)
+METRIC_KINDS = (Kind.INFO_REFS, Kind.LS_REFS, Kind.FETCH, Kind.PUSH, Kind.LFS_BATCH,
+                Kind.LFS_OBJECT, Kind.OTHER)
 
 
 class Outcome(enum.Enum):
@@ -64,7 +68,7 @@ class FlowState:
     held: int = 0  # bytes of it counted against the budget of held bodies
     outcome: Outcome = Outcome.UPSTREAM
     reason: str = ""
-    plan: ServePlan | None = None
+    plan: ServePlan | FilePlan | None = None
     host: str = ""  # upstream host[:port] as in goblet_hosts
     upstream_bytes: int = 0
     started: float = field(default_factory=time.monotonic)

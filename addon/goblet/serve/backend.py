@@ -35,6 +35,7 @@ from goblet.git.runner import READ_CHUNK, GitRunner, kill_and_reap
 from goblet.protocol.pktline import error_packet
 from goblet.protocol.refs import HeadSymrefDropper
 from goblet.protocol.sideband import NoticeInserter
+from goblet.serve.files import FilePlan, send_file
 from goblet.serve.h11loop import incoming_requests
 from goblet.serve.packcache import PackCache, Production, Role
 from goblet.serve.plans import TOKEN_HEADER, PlanRegistry, ServePlan
@@ -95,6 +96,9 @@ class ServeBackend:
                     plan = self.plans.take(_header(request, TOKEN_HEADER.encode()))
                     if plan is None:
                         await _send_simple(conn, writer, 403, b"goblet: unknown serve token\n")
+                    elif isinstance(plan, FilePlan):
+                        if not await send_file(conn, writer, plan, request.method):
+                            break
                     elif not await self._serve(conn, writer, plan):
                         break
         except (ConnectionError, h11.ProtocolError) as e:

@@ -15,8 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from goblet.protocol.routes import ADVERTISEMENT_TYPE, RESULT_TYPE
+
+if TYPE_CHECKING:
+    from goblet.serve.files import FilePlan
 
 TOKEN_HEADER = "X-Goblet-Serve-Token"  # noqa: S105 (a header name)
 _GIT_PROTOCOL = re.compile(r"[A-Za-z0-9._=:-]{1,256}")
@@ -75,19 +79,19 @@ class PlanRegistry:
     def __init__(self, ttl: float = 120.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl = ttl
         self._clock = clock
-        self._plans: dict[str, tuple[float, ServePlan]] = {}
+        self._plans: dict[str, tuple[float, ServePlan | FilePlan]] = {}
 
     def __len__(self) -> int:
         return len(self._plans)
 
-    def register(self, plan: ServePlan) -> str:
+    def register(self, plan: ServePlan | FilePlan) -> str:
         """Store ``plan`` and return its fresh token."""
         self._expire()
         token = secrets.token_urlsafe(32)
         self._plans[token] = (self._clock() + self._ttl, plan)
         return token
 
-    def take(self, token: str | None) -> ServePlan | None:
+    def take(self, token: str | None) -> ServePlan | FilePlan | None:
         """Remove and return the plan of ``token``, or None if unknown or expired."""
         if not token:
             return None

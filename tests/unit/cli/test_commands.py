@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 import time
@@ -13,6 +14,7 @@ from goblet.cache.evict import cache_bytes
 from goblet.cache.locks import RepoLocks
 from goblet.cache.usage import tree_bytes
 from goblet.cli import main
+from goblet.lfs.store import LfsStore
 
 from tests.unit.cache.fakes import FakeCache
 
@@ -99,3 +101,31 @@ def test_ls_lists_what_the_state_files_say(fake: FakeCache,
         "https://git.example/a.git", key, "shared", "refs/heads/main", 0)
     assert row["bytes"] == tree_bytes(fake.store.repos_dir / f"{key}.git")
     assert 59 <= row["idle_seconds"] < 120
+
+
+def test_ls_stats_and_evict_cover_lfs_objects(fake: FakeCache,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    lfs = LfsStore(fake.store.root)
+    lfs.prepare()
+    oids = []
+    for size in (1000, 5000):
+        data = bytes(size)
+        oid = hashlib.sha256(data).hexdigest()
+        w = lfs.writer(oid, size)
+        w.feed(data)
+        assert w.commit()
+        oids.append(oid)
+    status, out = goblet(capsys, fake, "ls", "--lfs")
+    assert status == 0 and sorted(r["oid"] for r in json.loads(out)) == sorted(oids)
+    assert {r["size"] for r in json.loads(out)} == {1000, 5000}
+    status, out = goblet(capsys, fake, "stats")
+    stats = json.loads(out)
+    assert stats["lfs_objects"] == 2 and stats["lfs_bytes"] == tree_bytes(lfs.root) > 0
+    assert stats["budget_bytes"] == cache_bytes(fake.store)
+    status, out = goblet(capsys, fake, "evict", f"lfs:{oids[0]}", f"lfs:{'0' * 64}", "lfs:x")
+    result = json.loads(out)
+    assert status == 1 and [e["url"] for e in result["evicted"]] == [f"lfs:{oids[0]}"]
+    assert len(result["failed"]) == 2
+    status, out = goblet(capsys, fake, "evict", "--lru-to", "0")
+    assert status == 0 and [e["url"] for e in json.loads(out)["evicted"]] == [f"lfs:{oids[1]}"]
+    assert list(lfs.objects()) == []

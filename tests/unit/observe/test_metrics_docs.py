@@ -85,6 +85,7 @@ FAMILY_LABEL_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
     "goblet_fleet_lease_waits": {"result": gm.LEASE_RESULTS},
     "goblet_fleet_degraded": {"part": gm.FLEET_PARTS},
     "goblet_webhooks": {"result": gm.WEBHOOK_RESULTS},
+    "goblet_lfs_downloads": {"result": gm.LFS_DOWNLOADS},
 }
 SUFFIXES = {
     "counter": ("_total", "_created"),

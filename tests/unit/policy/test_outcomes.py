@@ -66,4 +66,4 @@ def test_which_answers_are_read(state: FlowState | None, status: int, keep: bool
 
 def test_metric_kinds() -> None:
     assert [k.metric for k in Kind] == ["info_refs", "ls_refs", "fetch", "other", "push",
-                                        "other", "other", "other"]
+                                        "other", "other", "other", "lfs_batch", "lfs_object"]

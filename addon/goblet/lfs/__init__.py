@@ -1,0 +1,1 @@
+"""Git LFS downloads through the cache: batch answers rewritten to goblet links."""

@@ -1,0 +1,151 @@
+"""The Git LFS batch API, sans-IO: routes, and the download answer goblet rewrites.
+
+Routes, for an LFS endpoint ``$REPO/info/lfs`` (git-lfs derives it from the
+remote URL, ``.git`` appended if missing)::
+
+    POST $REPO/info/lfs/objects/batch            -> BATCH (answer read, downloads rewritten)
+    GET  $REPO/info/lfs/goblet/<token>/<oid>     -> LINK  (a link goblet issued)
+    anything else under $REPO/info/lfs/          -> OTHER (locks, verify, uploads: untouched)
+
+A batch answer (``application/vnd.git-lfs+json``) is::
+
+    {"transfer": "basic",
+     "objects": [{"oid": "<sha256 hex>", "size": N, "authenticated": true,
+                  "actions": {"download": {"href": URL, "header": {...},
+                                           "expires_in": S, "expires_at": T}}}
+                 | {"oid": ..., "size": N, "error": {"code": 404, "message": ...}}]}
+
+``rewrite_answer`` replaces the ``href`` of each granted download with what
+its ``link`` callback returns, and drops the action's ``header``, expiry and
+the object's ``authenticated`` flag: the original href and headers reach the
+callback only. Objects with an error, without a download action, or with an
+oid or size that is not well-formed are left exactly as upstream sent them, as
+is an answer for a transfer adapter other than ``basic``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from goblet.protocol.errors import ProtocolError
+from goblet.protocol.routes import check_repo_path
+
+OID_RE = re.compile(r"[0-9a-f]{64}")
+TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+LFS = "/info/lfs"
+BATCH = "/objects/batch"
+LINK = "/goblet/"
+MAX_SIZE = 1 << 50  # larger "sizes" are not objects anyone stores
+
+
+class Kind(enum.Enum):
+    """What an LFS request is."""
+
+    BATCH = "batch"
+    LINK = "link"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A request under ``$REPO/info/lfs``: its kind, repo path and (LINK) token and oid."""
+
+    kind: Kind
+    repo_path: str
+    token: str = ""
+    oid: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """One download upstream granted: the object and where upstream serves it."""
+
+    oid: str
+    size: int
+    href: str
+    headers: tuple[tuple[str, str], ...]
+
+
+def classify(method: str, path: str) -> Route | None:
+    """The LFS route of ``method`` + ``path`` (query included), or None when the path is
+    not under an LFS endpoint. Raises ProtocolError for an unsafe repo path or a
+    malformed goblet link."""
+    target, _, query = path.partition("?")
+    repo, sep, rest = target.partition(LFS)
+    if not sep or (rest and not rest.startswith("/")):
+        return None
+    repo = check_repo_path(repo)
+    if method == "POST" and rest == BATCH and not query:
+        return Route(Kind.BATCH, repo)
+    if rest.startswith(LINK):
+        token, _, oid = rest[len(LINK):].partition("/")
+        if method not in ("GET", "HEAD") or query or not TOKEN_RE.fullmatch(token) \
+                or not OID_RE.fullmatch(oid):
+            raise ProtocolError("malformed goblet LFS link")
+        return Route(Kind.LINK, repo, token, oid)
+    return Route(Kind.OTHER, repo)
+
+
+def link_path(repo_path: str, token: str, oid: str) -> str:
+    """The path of a goblet link (what ``classify`` reads back as LINK)."""
+    return f"{repo_path}{LFS}{LINK}{token}/{oid}"
+
+
+def _headers(value: object) -> tuple[tuple[str, str], ...] | None:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        return None
+    pairs = tuple((k, v) for k, v in value.items() if isinstance(k, str) and isinstance(v, str))
+    if len(pairs) != len(value) or any(c in k + v for k, v in pairs for c in "\r\n\0"):
+        return None
+    return pairs
+
+
+def granted_download(obj: object) -> Download | None:
+    """The download upstream granted in one object of a batch answer, if well-formed."""
+    if not isinstance(obj, dict) or "error" in obj:
+        return None
+    oid, size, actions = obj.get("oid"), obj.get("size"), obj.get("actions")
+    if not isinstance(oid, str) or not OID_RE.fullmatch(oid):
+        return None
+    if type(size) is not int or not 0 <= size <= MAX_SIZE or not isinstance(actions, dict):
+        return None
+    action = actions.get("download")
+    if not isinstance(action, dict) or not isinstance(action.get("href"), str):
+        return None
+    href: str = action["href"]
+    headers = _headers(action.get("header"))
+    if headers is None or not href.lower().startswith(("https://", "http://")):
+        return None
+    return Download(oid, size, href, headers)
+
+
+def rewrite_answer(body: bytes, link: Callable[[Download], str | None]) -> bytes | None:
+    """``body`` with each granted download pointing at ``link(download)`` (objects whose
+    callback returns None are left as they are); None when nothing was rewritten.
+
+    Raises ProtocolError (culprit ``upstream``) when ``body`` is not a batch answer.
+    """
+    try:
+        answer = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("LFS batch answer is not JSON", "upstream") from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("objects"), list):
+        raise ProtocolError("LFS batch answer has no object list", "upstream")
+    if answer.get("transfer", "basic") != "basic":
+        return None
+    changed = False
+    for obj in answer["objects"]:
+        download = granted_download(obj)
+        href = link(download) if download is not None else None
+        if href is None:
+            continue
+        obj.pop("authenticated", None)
+        obj["actions"]["download"] = {"href": href}
+        changed = True
+    return json.dumps(answer, separators=(",", ":")).encode() if changed else None

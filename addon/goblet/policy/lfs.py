@@ -1,0 +1,133 @@
+"""The LFS policy: which downloads get goblet links, and how a link is answered.
+
+- A batch answer (``lfs/batch.py``) is read only when the upstream answered
+  200 with the LFS media type; each download it grants gets a link bound to
+  the asking tenant, the repo URL and the oid (``lfs/links.py``), valid for
+  ``goblet_lfs_link_ttl``. The batch request itself went upstream with the
+  client's own credential: the upstream decides, object by object. A refusal
+  (401, 403, 404) revokes the tenant's links into that repo at once, as does
+  a refusal of a git ref request for the same repo URL (the verdict cache). In
+  ``public`` isolation only anonymous batch answers are linked, so only
+  objects anyone may read are stored; objects are content-addressed and
+  shared by every tenant the upstream grants them to in the other modes.
+- The href is fetched with upstream's headers for it, and with the client's
+  own credential only on the batch request's very origin when upstream gave no
+  ``Authorization`` (``same_origin_credential``).
+- A link is honoured only for the same tenant, repo and oid before it
+  expires: from the store when the object is there, else from the upstream's
+  href (with the headers upstream gave, never the client's), stored on the way
+  if it verifies. Anything else gets a one-line refusal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from goblet.auth.credentials import ANONYMOUS
+from goblet.lfs import batch
+from goblet.lfs.links import UNKNOWN, Grant, LinkTable, Refusal
+from goblet.lfs.store import LfsStore
+from goblet.observe.metrics import Metrics
+from goblet.options import Settings
+from goblet.policy.flows import FlowState
+from goblet.protocol.errors import ProtocolError
+from goblet.serve.files import FilePlan
+
+MEDIA_TYPE = "application/vnd.git-lfs+json"
+OBJECT_TYPE = "application/octet-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class FromStore:
+    """Answer the link from the store."""
+
+    plan: FilePlan
+
+
+@dataclass(frozen=True, slots=True)
+class FromUpstream:
+    """Fetch the object from the upstream's href (and store it if it verifies)."""
+
+    grant: Grant
+
+
+LinkAction = FromStore | FromUpstream | Refusal
+
+
+class LfsPolicy:
+    """Rewrites batch answers and answers links, from the running parts."""
+
+    def __init__(self, settings: Callable[[], Settings], store: LfsStore, metrics: Metrics,
+                 links: LinkTable | None = None,
+                 denied_at: Callable[[str, str], float | None] = lambda tenant, url: None
+                 ) -> None:
+        """``denied_at(tenant, repo_url)``: when the upstream last refused that tenant the
+        repo (a git ref request's 401/403/404, on the links' clock), if it did."""
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.links = links or LinkTable(settings().lfs_link_ttl)
+        self.denied_at = denied_at
+
+    @property
+    def enabled(self) -> bool:
+        """Whether goblet rewrites batch answers (``goblet_lfs``)."""
+        return self.settings().lfs
+
+    def batch_answer(self, state: FlowState, status: int, content_type: str, body: bytes, *,
+                     base: str, repo_path: str) -> bytes | None:
+        """The replacement of a batch answer, or None to pass it on as it is. ``base`` is
+        the client's URL up to the repo path (its scheme and host, or path prefix)."""
+        if state.repo is None:
+            return None
+        if status in (401, 403, 404):
+            self.links.revoke(state.tenant, state.repo.url)  # refused now: no older link works
+            return None
+        s = self.settings()
+        if not s.lfs or status != 200 or (s.isolation == "public" and state.tenant != ANONYMOUS):
+            return None  # public isolation: only what anyone may read reaches the disk
+        if content_type.split(";", 1)[0].strip().lower() not in (MEDIA_TYPE, "application/json"):
+            return None
+        self.links.ttl = self.settings().lfs_link_ttl
+        url = state.repo.url
+
+        def link(download: batch.Download) -> str:
+            token = self.links.issue(state.tenant, url, download)
+            self.metrics.lfs_links.inc()
+            return base + batch.link_path(repo_path, token, download.oid)
+
+        try:
+            return batch.rewrite_answer(body, link)
+        except ProtocolError as e:
+            state.reason = f"LFS batch answer passed on as it is: {e.reason}"
+            return None
+
+    def link(self, state: FlowState, token: str, oid: str) -> LinkAction:
+        """What answers a link request of ``state``'s tenant."""
+        assert state.repo is not None
+        got = self.links.check(token, tenant=state.tenant, repo_url=state.repo.url, oid=oid)
+        denied = self.denied_at(state.tenant, state.repo.url)
+        if isinstance(got, Grant) and denied is not None and denied >= got.issued:
+            got = UNKNOWN  # the upstream refused this tenant the repo since: revoked
+        if isinstance(got, Refusal):
+            self.metrics.lfs_downloads.labels("refused").inc()
+            return got
+        size = got.download.size
+        if self.store.has(oid, size):
+            self.store.touch(oid)
+            return FromStore(FilePlan(self.store.path_for(oid), size, OBJECT_TYPE,
+                                      label=f"lfs {oid[:12]}"))
+        return FromUpstream(got)
+
+
+def same_origin_credential(action_headers: tuple[tuple[str, str], ...],
+                           credential: tuple[tuple[str, str], ...],
+                           href: tuple[str, str, int], batch: tuple[str, str, int]
+                           ) -> tuple[tuple[str, str], ...]:
+    """The client's own credential headers for an href, as git-lfs would send them: only
+    when the href is on the very origin (scheme, host, port) the batch request went to
+    and upstream's action names no ``Authorization`` of its own; else none."""
+    if href != batch or any(name.lower() == "authorization" for name, _ in action_headers):
+        return ()
+    return credential

@@ -1,0 +1,192 @@
+"""The LFS flow through the addon's mitmproxy hooks (mitmproxy's test helpers, no sockets):
+a batch answer is linked, a link is refused, served from the store or sent to the href."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from goblet.addon import Goblet
+from goblet.auth.credentials import credential_from_headers
+from goblet.lfs.batch import link_path
+from goblet.serve.plans import TOKEN_HEADER
+from mitmproxy import http
+from mitmproxy.test import taddons, tflow, tutils
+
+HOST = "git.example.com"
+DATA = b"an lfs object"
+OID = hashlib.sha256(DATA).hexdigest()
+ALICE = "Bearer alice"
+BATCH = json.dumps({"transfer": "basic", "objects": [{
+    "oid": OID, "size": len(DATA), "authenticated": True,
+    "actions": {"download": {"href": "https://media.example/o/x?sig=SECRET",
+                             "header": {"Authorization": "RemoteAuth SECRET"},
+                             "expires_in": 60}}}]}).encode()
+
+
+def run(body: Callable[[Goblet, Any], Awaitable[None]], tmp_path: Path) -> None:
+    async def main() -> None:
+        addon = Goblet()
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, goblet_cache_dir=str(tmp_path / "cache"), goblet_hosts=[HOST])
+            await addon.running()
+            try:
+                await body(addon, tctx)
+            finally:
+                await addon.done()
+
+    asyncio.run(main())
+
+
+def flow(method: str, path: str, authorization: str | None = ALICE) -> http.HTTPFlow:
+    headers = http.Headers(host=HOST)
+    if authorization:
+        headers["authorization"] = authorization
+    req = tutils.treq(method=method.encode(), scheme=b"https", host=HOST, port=443,
+                      authority=b"", path=path.encode(), content=b"", headers=headers)
+    f = tflow.tflow(req=req)
+    f.server_conn.address = (HOST, 443)
+    f.client_conn.sni = HOST
+    return f
+
+
+async def linked(addon: Goblet) -> str:
+    """Send a batch request and its upstream answer through the hooks; the link."""
+    f = flow("POST", "/o/r.git/info/lfs/objects/batch")
+    addon.requestheaders(f)
+    assert f.request.stream is True and f.request.headers["accept-encoding"] == "identity"
+    await addon.request(f)
+    assert f.response is None and f.request.host == HOST  # it goes upstream as it is
+    f.response = tutils.tresp(status_code=200, content=BATCH, headers=http.Headers(
+        content_type="application/vnd.git-lfs+json", content_length=str(len(BATCH))))
+    addon.responseheaders(f)
+    assert not f.response.stream  # read, to be rewritten
+    await addon.response(f)
+    answer = json.loads(f.response.content or b"")
+    assert b"SECRET" not in (f.response.content or b"")
+    href: str = answer["objects"][0]["actions"]["download"]["href"]
+    assert href.startswith(f"https://{HOST}/o/r.git/info/lfs/goblet/")
+    return href.removeprefix(f"https://{HOST}")
+
+
+def test_a_missing_object_goes_to_the_href_with_upstream_s_header_only(tmp_path: Path) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        path = await linked(addon)
+        f = flow("GET", path)
+        addon.requestheaders(f)
+        await addon.request(f)
+        req = f.request
+        assert (req.host, req.path) == ("media.example", "/o/x?sig=SECRET")
+        assert req.headers["authorization"] == "RemoteAuth SECRET"  # not the client's
+        f.response = tutils.tresp(status_code=200, content=b"")
+        f.response.headers["content-length"] = str(len(DATA))
+        addon.responseheaders(f)
+        assert callable(f.response.stream)
+        assert "SECRET" not in f.request.url and OID in f.request.url
+        sent = [*f.response.stream(DATA), *f.response.stream(b"")]
+        assert b"".join(sent) == DATA
+        f.response.raw_content = None
+        await addon.response(f)
+        assert addon.rt is not None and addon.rt.lfs_store.has(OID, len(DATA))
+        assert "SECRET" not in str(f.request.headers)
+
+        again = flow("GET", path)  # now from the store, through the backend
+        addon.requestheaders(again)
+        await addon.request(again)
+        assert again.request.host == "127.0.0.1" and TOKEN_HEADER in again.request.headers
+
+    run(body, tmp_path)
+
+
+def test_links_are_refused_to_others(tmp_path: Path) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        path = await linked(addon)
+        token = path.split("/goblet/")[1].split("/")[0]
+        cases = [(path, "Bearer bob", 403), (path, None, 401),
+                 (link_path("/o/other.git", token, OID), ALICE, 404),
+                 (link_path("/o/r.git", "A" * 43, OID), ALICE, 404),
+                 (link_path("/o/r.git", token, "0" * 64), ALICE, 404),
+                 (path + "x", ALICE, 400)]
+        for p, who, status in cases:
+            f = flow("GET", p, who)
+            addon.requestheaders(f)
+            await addon.request(f)
+            assert f.response is not None and f.response.status_code == status, (p, who)
+            assert f.request.host == HOST and b"goblet" in (f.response.content or b"")
+
+    run(body, tmp_path)
+
+
+def test_a_refused_batch_revokes_the_tenant_s_links(tmp_path: Path) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        path = await linked(addon)
+        f = flow("POST", "/o/r.git/info/lfs/objects/batch")
+        addon.requestheaders(f)
+        await addon.request(f)
+        f.response = tutils.tresp(status_code=404, content=b'{"message":"nope"}')
+        addon.responseheaders(f)
+        await addon.response(f)
+        assert f.response.content == b'{"message":"nope"}'  # as upstream answered
+        g = flow("GET", path)
+        addon.requestheaders(g)
+        await addon.request(g)
+        assert g.response is not None and g.response.status_code == 404
+
+    run(body, tmp_path)
+
+
+def test_with_goblet_lfs_off_lfs_passes_through(tmp_path: Path) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        tctx.configure(addon, goblet_lfs="off")
+        f = flow("POST", "/o/r.git/info/lfs/objects/batch")
+        addon.requestheaders(f)
+        await addon.request(f)
+        f.response = tutils.tresp(status_code=200, content=BATCH, headers=http.Headers(
+            content_type="application/vnd.git-lfs+json", content_length=str(len(BATCH))))
+        addon.responseheaders(f)
+        assert f.response.stream  # streamed as it is, never read
+        await addon.response(f)
+        assert f.response.content == BATCH
+
+    run(body, tmp_path)
+
+
+def test_public_isolation_links_only_anonymous_answers(tmp_path: Path) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        tctx.configure(addon, goblet_isolation="public")
+        for who, linked_ in ((ALICE, False), (None, True)):
+            f = flow("POST", "/o/r.git/info/lfs/objects/batch", who)
+            addon.requestheaders(f)
+            await addon.request(f)
+            f.response = tutils.tresp(status_code=200, content=BATCH, headers=http.Headers(
+                content_type="application/vnd.git-lfs+json", content_length=str(len(BATCH))))
+            addon.responseheaders(f)
+            await addon.response(f)
+            assert (b"/info/lfs/goblet/" in (f.response.content or b"")) is linked_, who
+
+    run(body, tmp_path)
+
+
+def test_a_git_refusal_for_the_repo_revokes_earlier_links_only(tmp_path: Path) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        assert addon.rt is not None
+        path = await linked(addon)
+        tenant = addon.rt.keyer.tenant_id(credential_from_headers([("authorization", ALICE)]))
+        url = f"https://{HOST}/o/r.git"
+        addon.rt.decider.verdicts.record(tenant, url, granted=False, status=404)
+        f = flow("GET", path)
+        addon.requestheaders(f)
+        await addon.request(f)
+        assert f.response is not None and f.response.status_code == 404
+        addon.rt.decider.verdicts.record(tenant, url, granted=True)  # granted again
+        fresh = await linked(addon)
+        g = flow("GET", fresh)
+        addon.requestheaders(g)
+        await addon.request(g)
+        assert g.response is None  # a new link works again
+
+    run(body, tmp_path)

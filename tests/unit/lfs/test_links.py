@@ -1,0 +1,94 @@
+"""Goblet links: valid only for their tenant, repo and oid, until they expire or are
+revoked."""
+
+from __future__ import annotations
+
+from goblet.auth.credentials import ANONYMOUS
+from goblet.lfs.batch import TOKEN_RE, Download
+from goblet.lfs.links import NO_CREDENTIAL, OTHER_CREDENTIAL, UNKNOWN, Grant, LinkTable
+
+OID = "a" * 64
+REPO = "https://git.example/o/r.git"
+D = Download(OID, 3, "https://media.example/x?sig=secret", (("Authorization", "secret"),))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def table(ttl: float = 60, max_links: int = 100) -> tuple[LinkTable, Clock]:
+    clock = Clock()
+    return LinkTable(ttl, clock=clock, max_links=max_links), clock
+
+
+def test_a_link_is_honoured_for_its_tenant_repo_and_oid() -> None:
+    links, _ = table()
+    token = links.issue("t1", REPO, D)
+    assert TOKEN_RE.fullmatch(token)
+    got = links.check(token, tenant="t1", repo_url=REPO, oid=OID)
+    assert isinstance(got, Grant) and got.download == D
+
+
+def test_tokens_are_unguessable_and_name_nothing() -> None:
+    links, _ = table()
+    tokens = {links.issue("t1", REPO, D) for _ in range(50)}
+    assert len(tokens) == 50
+    assert not any(OID[:8] in t for t in tokens)
+
+
+def test_another_tenant_repo_or_oid_gets_a_refusal() -> None:
+    links, _ = table()
+    token = links.issue("t1", REPO, D)
+    assert links.check(token, tenant="t2", repo_url=REPO, oid=OID) is OTHER_CREDENTIAL
+    assert links.check(token, tenant=ANONYMOUS, repo_url=REPO, oid=OID) is NO_CREDENTIAL
+    assert links.check(token, tenant="t1", repo_url=REPO + "x", oid=OID) is UNKNOWN
+    assert links.check(token, tenant="t1", repo_url=REPO, oid="b" * 64) is UNKNOWN
+    assert links.check("x" * 43, tenant="t1", repo_url=REPO, oid=OID) is UNKNOWN
+
+
+def test_an_anonymous_grant_is_not_for_a_credential() -> None:
+    links, _ = table()
+    token = links.issue(ANONYMOUS, REPO, D)
+    assert links.check(token, tenant="t1", repo_url=REPO, oid=OID) is OTHER_CREDENTIAL
+    assert isinstance(links.check(token, tenant=ANONYMOUS, repo_url=REPO, oid=OID), Grant)
+
+
+def test_links_expire() -> None:
+    links, clock = table(ttl=10)
+    token = links.issue("t1", REPO, D)
+    clock.now += 10
+    assert isinstance(links.check(token, tenant="t1", repo_url=REPO, oid=OID), Grant)
+    clock.now += 0.1
+    assert links.check(token, tenant="t1", repo_url=REPO, oid=OID) is UNKNOWN
+    links.issue("t1", REPO, D)  # issuing drops the expired ones
+    assert len(links) == 1
+
+
+def test_revoking_drops_every_link_of_the_tenant_in_the_repo_only() -> None:
+    links, _ = table()
+    mine = [links.issue("t1", REPO, D) for _ in range(3)]
+    other_repo = links.issue("t1", REPO + "2", D)
+    other_tenant = links.issue("t2", REPO, D)
+    assert links.revoke("t1", REPO) == 3
+    assert all(links.check(t, tenant="t1", repo_url=REPO, oid=OID) is UNKNOWN for t in mine)
+    assert isinstance(links.check(other_repo, tenant="t1", repo_url=REPO + "2", oid=OID), Grant)
+    assert isinstance(links.check(other_tenant, tenant="t2", repo_url=REPO, oid=OID), Grant)
+
+
+def test_the_table_is_bounded_oldest_first() -> None:
+    links, _ = table(max_links=3)
+    tokens = [links.issue("t1", REPO, D) for _ in range(5)]
+    assert len(links) == 3
+    assert links.check(tokens[0], tenant="t1", repo_url=REPO, oid=OID) is UNKNOWN
+    assert isinstance(links.check(tokens[-1], tenant="t1", repo_url=REPO, oid=OID), Grant)
+
+
+def test_a_grant_never_prints_its_href_or_headers() -> None:
+    links, _ = table()
+    token = links.issue("t1", REPO, D)
+    grant = links.check(token, tenant="t1", repo_url=REPO, oid=OID)
+    assert "secret" not in repr(grant) and "secret" not in str(grant)

@@ -1,0 +1,144 @@
+"""The LFS store keeps an object only when its bytes are its oid; the transfer holds the
+last piece back until they are."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+from goblet.cache.recovery import sweep_abandoned
+from goblet.lfs.serve import Transfer
+from goblet.lfs.store import LfsStore
+
+DATA = b"hello lfs" * 1000
+OID = hashlib.sha256(DATA).hexdigest()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LfsStore:
+    s = LfsStore(tmp_path)
+    s.prepare()
+    return s
+
+
+def test_a_verified_object_is_kept_content_addressed(store: LfsStore, tmp_path: Path) -> None:
+    w = store.writer(OID, len(DATA))
+    for i in range(0, len(DATA), 1000):
+        w.feed(DATA[i:i + 1000])
+    assert w.commit()
+    assert (tmp_path / "lfs" / OID[:2] / OID[2:4] / OID).read_bytes() == DATA
+    assert store.has(OID, len(DATA)) and not store.has(OID, len(DATA) + 1)
+    assert [o.oid for o in store.objects()] == [OID]
+    assert not list(store.tmp_dir.iterdir())
+
+
+@pytest.mark.parametrize("fed", [DATA[:-1], DATA + b"x", b"x" + DATA[1:], b""])
+def test_wrong_or_short_bytes_are_never_kept(store: LfsStore, fed: bytes) -> None:
+    w = store.writer(OID, len(DATA))
+    w.feed(fed)
+    assert not w.commit()
+    assert not store.has(OID, len(DATA)) and not list(store.objects())
+    assert not list(store.tmp_dir.iterdir())
+
+
+def test_abort_leaves_nothing(store: LfsStore) -> None:
+    w = store.writer(OID, len(DATA))
+    w.feed(DATA)
+    w.abort()
+    assert not list(store.objects()) and not list(store.tmp_dir.iterdir())
+
+
+@pytest.mark.parametrize("oid", ["../" + "a" * 61, "A" * 64, "a" * 63, ""])
+def test_only_sha256_oids_become_paths(store: LfsStore, oid: str) -> None:
+    with pytest.raises(ValueError, match="oid"):
+        store.path_for(oid)
+    with pytest.raises(ValueError, match="oid"):
+        store.writer(oid, 1)
+
+
+def test_remove_frees_the_object(store: LfsStore) -> None:
+    w = store.writer(OID, len(DATA))
+    w.feed(DATA)
+    assert w.commit()
+    assert (store.remove(OID) or 0) > 0 and not store.has(OID, len(DATA))
+    assert store.remove(OID) is None
+
+
+def pieces(data: bytes, size: int = 4096) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+def test_a_transfer_passes_every_byte_on_one_piece_late_and_stores(store: LfsStore) -> None:
+    t = Transfer(store.writer(OID, len(DATA)))
+    t.start(200, None)
+    out = [t.stream(p) for p in pieces(DATA)]
+    assert out[0] == [] and all(len(o) == 1 and o[0] for o in out[1:])  # never an empty piece
+    assert b"".join(b"".join(o) for o in out) == DATA[:-len(pieces(DATA)[-1])]
+    out.append(t.stream(b""))
+    assert b"".join(b"".join(o) for o in out) == DATA and not t.corrupt
+    assert t.finish(True) and store.has(OID, len(DATA))
+
+
+def test_a_corrupt_transfer_never_sends_its_last_piece_nor_stores(store: LfsStore) -> None:
+    bad = b"X" + DATA[1:]
+    t = Transfer(store.writer(OID, len(DATA)))
+    t.start(200, "identity")
+    sent = b"".join(b"".join(t.stream(p)) for p in [*pieces(bad), b""])
+    assert t.corrupt and len(sent) < len(DATA)
+    assert not t.finish(True) and not list(store.objects()) and not list(store.tmp_dir.iterdir())
+
+
+def test_a_cut_transfer_is_not_stored(store: LfsStore) -> None:
+    t = Transfer(store.writer(OID, len(DATA)))
+    t.start(200, None)
+    for p in pieces(DATA)[:-1]:
+        t.stream(p)
+    assert not t.finish(False) and not list(store.objects())
+
+
+@pytest.mark.parametrize(("status", "encoding"), [(403, None), (200, "gzip"), (304, None)])
+def test_answers_that_are_not_the_object_pass_through_unchecked(
+        store: LfsStore, status: int, encoding: str | None) -> None:
+    t = Transfer(store.writer(OID, len(DATA)))
+    t.start(status, encoding)
+    assert t.stream(b"abc") == [b"abc"] and t.stream(b"") == []
+    assert not t.corrupt and not t.finish(True) and not list(store.tmp_dir.iterdir())
+
+
+def test_an_unstreamed_answer_is_checked_whole(store: LfsStore) -> None:
+    empty = hashlib.sha256(b"").hexdigest()
+    t = Transfer(store.writer(empty, 0))
+    t.start(200, None)
+    t.whole(b"")
+    assert not t.corrupt and t.finish(True) and store.has(empty, 0)
+    t = Transfer(store.writer(empty, 0))
+    t.start(200, None)
+    t.whole(b"x")
+    assert t.corrupt and not t.finish(True)
+
+
+def test_start_up_removes_only_stale_temporary_objects(store: LfsStore) -> None:
+
+    stale, live = store.tmp_dir / "obj-stale", store.tmp_dir / "obj-live"
+    other = store.tmp_dir / "not-an-object"
+    for path in (stale, live):
+        path.write_bytes(b"x")
+    other.write_bytes(b"y")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    assert store.prepare() == 1
+    assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_objects_in_progress_survive_the_sweep_of_the_cache_s_tmp(
+        store: LfsStore, tmp_path: Path) -> None:
+    """The cache's tmp/ sweep removes work no writer lock guards: LFS writers stay out."""
+    (tmp_path / "tmp").mkdir()
+    w = store.writer(OID, len(DATA))
+    w.feed(DATA[:100])
+    sweep_abandoned(tmp_path / "tmp")
+    w.feed(DATA[100:])
+    assert w.commit() and store.has(OID, len(DATA))
