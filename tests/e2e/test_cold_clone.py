@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import USERS, Repos, count
+from tests.e2e.conftest import Repos, count, started_upstream
 from tests.e2e.test_clone import COLD_STREAM, remote_view
 from tests.support.cachedir import repos_for, settle
 from tests.support.gitclient import GitClient
@@ -136,9 +136,7 @@ def test_an_upstream_cut_mid_pack_leaves_no_cache_repo(
 @pytest.fixture(scope="module")
 def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamServer]:
     """An upstream whose answers trickle (SLOW_MBIT), so clones can be cut midway."""
-    server = UpstreamServer(tmp_path_factory.mktemp("slow"), {"users": USERS, "repos": {}},
-                            rate_mbit=SLOW_MBIT)
-    with server:
+    with started_upstream(tmp_path_factory, "slow", rate_mbit=SLOW_MBIT) as server:
         yield server
 
 
