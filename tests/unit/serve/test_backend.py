@@ -116,7 +116,10 @@ def test_upload_pack_failing_before_output_gives_an_err_packet(tmp_path: Path) -
 
 
 class ScriptedGit(GitRunner):
-    """A GitRunner whose 'upload-pack' is a shell script (our own seam)."""
+    """A GitRunner whose 'upload-pack' is a shell script (our own seam), run in ``cwd``
+    (None: the test process's own directory)."""
+
+    cwd: Path | None = None
 
     def __init__(self, home: Path, script: str) -> None:
         super().__init__(home=home)
@@ -128,7 +131,7 @@ class ScriptedGit(GitRunner):
         return await asyncio.create_subprocess_exec(
             "sh", "-c", self.script, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True)
+            start_new_session=True, cwd=self.cwd)
 
 
 def test_a_failure_mid_stream_never_ends_the_body_cleanly(tmp_path: Path) -> None:
@@ -202,13 +205,9 @@ def with_packcache(tmp_path: Path, test: object, script: str, packcache: PackCac
 class ScriptedGitIn(ScriptedGit):
     """ScriptedGit running its script in ``home`` (where it keeps its run count)."""
 
-    async def spawn(self, args: Sequence[str], *, git_dir: Path | None = None,
-                    config: Sequence[tuple[str, str]] = (),
-                    extra_env: Mapping[str, str] | None = None) -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
-            "sh", "-c", self.script, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True, cwd=self.home)
+    def __init__(self, home: Path, script: str) -> None:
+        super().__init__(home, script)
+        self.cwd = home
 
 
 def cached_plan(tmp_path: Path) -> ServePlan:
