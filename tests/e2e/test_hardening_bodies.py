@@ -19,7 +19,7 @@ import ssl
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,13 @@ import zstandard
 
 from tests.e2e.conftest import Repos
 from tests.support import rawhttp
+from tests.support.attack import (
+    UPLOAD_HEADERS,
+    clone_head,
+    git_through,
+    post_upload,
+    upload_posts,
+)
 from tests.support.gitclient import GitClient
 from tests.support.net import wait_for
 from tests.support.proxy import GobletProxy
@@ -40,8 +47,6 @@ GiB = 1 << 30
 LIMIT = MiB  # goblet_max_request_bytes of these proxies
 RSS_BUDGET = 200 * MiB  # allowed growth of mitmdump's RSS while a hostile body is in flight
 SAFETY_KILL = GiB  # growth at which the sampler kills mitmdump (and the test fails)
-UPLOAD_HEADERS = {"Git-Protocol": "version=2",
-                  "Content-Type": "application/x-git-upload-pack-request"}
 
 
 def compressed_zeros(total: int, *, gzip_format: bool) -> bytes:
@@ -77,28 +82,19 @@ def bombs() -> dict[str, bytes]:
 
 
 @pytest.fixture
-def bproxy(tmp_path: Path, upstream: UpstreamServer, confdir: Path) -> Iterator[GobletProxy]:
+def bproxy(start_proxy: Callable[[dict[str, str]], GobletProxy]) -> GobletProxy:
     """A fresh proxy per test (its own memory baseline) inspecting at most 1 MiB."""
-    px = GobletProxy(tmp_path / "proxy", hosts=[upstream.host], upstream_ca=upstream.cert_path,
-                     confdir=confdir,
-                     sets={"goblet_max_request_bytes": "1MiB", "goblet_upstream_timeout": "60"})
-    with px:
-        yield px
+    return start_proxy({"goblet_max_request_bytes": "1MiB", "goblet_upstream_timeout": "60"})
 
 
 def bgit(tmp_path: Path, proxy: GobletProxy) -> GitClient:
-    return GitClient(tmp_path / "home", ca_file=proxy.ca_cert, proxy=proxy.url)
+    return git_through(proxy, tmp_path / "home")
 
 
 def upload_post_statuses(upstream: UpstreamServer, name: str) -> list[int | None]:
     """The statuses of the POSTs to ``name``'s git-upload-pack the upstream has received."""
     return [r["status"] for r in upstream.stats()["requests"]
             if r["method"] == "POST" and r["path"] == f"/{name}/git-upload-pack"]
-
-
-def upload_posts(upstream: UpstreamServer, name: str) -> int:
-    """How many POSTs to ``name``'s git-upload-pack the upstream has received."""
-    return len(upload_post_statuses(upstream, name))
 
 
 def log_lines(proxy: GobletProxy, name: str) -> list[str]:
@@ -194,11 +190,8 @@ def test_a_corrupt_gzip_body_gets_a_one_line_400(
 ) -> None:
     name = repos.create(commits=2)
     whole = gzip.compress(rawhttp.v2_fetch_body("a" * 40) * 20)
-    resp = rawhttp.request(
-        proxy_port=bproxy.port, ca_file=bproxy.ca_cert, host="127.0.0.1", port=upstream.port,
-        method="POST", path=f"/{name}/git-upload-pack",
-        headers={**UPLOAD_HEADERS, "Content-Encoding": "gzip"}, body=whole[: len(whole) // 2],
-    )
+    resp = post_upload(upstream, bproxy, name, {"Content-Encoding": "gzip"},
+                       whole[: len(whole) // 2])
     assert resp.status == 400, resp
     assert resp.body.startswith(b"goblet: ") and resp.body.count(b"\n") == 1, resp.body
     assert b"Traceback" not in resp.body
@@ -213,17 +206,12 @@ def test_encodings_goblet_does_not_decode_go_upstream_uninspected(
 ) -> None:
     name = repos.create(commits=3)
     git = bgit(tmp_path, bproxy)
-    git.clone(upstream.url(name), tmp_path / "warm")  # cached, and a fresh anonymous grant
-    head = git.run("rev-parse", "HEAD", cwd=tmp_path / "warm").stdout.strip()
+    head = clone_head(git, upstream.url(name), tmp_path / "warm")  # cached, a fresh grant
     plain = rawhttp.v2_fetch_body(head)
     body = brotli.compress(plain) if encoding == "br" else zstandard.ZstdCompressor().compress(
         plain)
     before = upload_posts(upstream, name)
-    resp = rawhttp.request(
-        proxy_port=bproxy.port, ca_file=bproxy.ca_cert, host="127.0.0.1", port=upstream.port,
-        method="POST", path=f"/{name}/git-upload-pack",
-        headers={**UPLOAD_HEADERS, "Content-Encoding": encoding}, body=body,
-    )
+    resp = post_upload(upstream, bproxy, name, {"Content-Encoding": encoding}, body)
     assert upload_posts(upstream, name) == before + 1, (
         f"a {encoding} body was decoded and answered by goblet (status {resp.status})")
     assert b"Traceback" not in resp.body

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tests.e2e.conftest import Repos
 from tests.support import rawhttp
+from tests.support.attack import UPLOAD_HEADERS, send
 from tests.support.cachedir import has_object, repos_for
 from tests.support.gitclient import GitClient
 from tests.support.net import wait_for
@@ -24,26 +25,19 @@ from tests.support.repos import add_commit
 from tests.support.repos import git as upstream_git
 from tests.support.upstream_client import UpstreamServer
 
-V2 = {"Git-Protocol": "version=2", "Content-Type": "application/x-git-upload-pack-request"}
+V2 = UPLOAD_HEADERS
 V0 = {"Content-Type": "application/x-git-upload-pack-request"}
 
 
 def post(upstream: UpstreamServer, proxy: GobletProxy | None, name: str, headers: dict[str, str],
          body: bytes) -> rawhttp.RawResponse:
-    return rawhttp.request(
-        proxy_port=proxy.port if proxy else None,
-        ca_file=proxy.ca_cert if proxy else upstream.cert_path,
-        host="127.0.0.1", port=upstream.port, method="POST",
-        path=f"/{name}/git-upload-pack", headers=headers, body=body,
-    )
+    return send(upstream, proxy, "POST", f"/{name}/git-upload-pack", headers, body)
 
 
 def fresh_grant(upstream: UpstreamServer, proxy: GobletProxy, name: str) -> None:
     """An anonymous info/refs and ls-refs through goblet: a fresh grant, as a client would."""
-    resp = rawhttp.request(
-        proxy_port=proxy.port, ca_file=proxy.ca_cert, host="127.0.0.1", port=upstream.port,
-        method="GET", path=f"/{name}/info/refs?service=git-upload-pack",
-        headers={"Git-Protocol": "version=2"})
+    resp = send(upstream, proxy, "GET", f"/{name}/info/refs?service=git-upload-pack",
+                {"Git-Protocol": "version=2"})
     assert resp.status == 200
     assert post(upstream, proxy, name, V2, rawhttp.v2_ls_refs_body()).status == 200
 

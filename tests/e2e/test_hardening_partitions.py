@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,25 +25,15 @@ from tests.support.repos import add_commit
 from tests.support.upstream_client import UpstreamServer
 
 
-def make_proxy(tmp_path: Path, upstream: UpstreamServer, confdir: Path,
-               sets: dict[str, str]) -> GobletProxy:
-    return GobletProxy(tmp_path / "proxy", hosts=[upstream.host], upstream_ca=upstream.cert_path,
-                       confdir=confdir, sets={"goblet_upstream_timeout": "5", **sets})
+@pytest.fixture
+def user_proxy(start_proxy: Callable[[dict[str, str]], GobletProxy]) -> GobletProxy:
+    return start_proxy({"goblet_upstream_timeout": "5", "goblet_isolation": "user"})
 
 
 @pytest.fixture
-def user_proxy(tmp_path: Path, upstream: UpstreamServer, confdir: Path) -> Iterator[GobletProxy]:
-    with make_proxy(tmp_path, upstream, confdir, {"goblet_isolation": "user"}) as px:
-        yield px
-
-
-@pytest.fixture
-def tenant_proxy(
-    tmp_path: Path, upstream: UpstreamServer, confdir: Path
-) -> Iterator[GobletProxy]:
-    sets = {"goblet_isolation": "tenant", "goblet_max_partitions": "2"}
-    with make_proxy(tmp_path, upstream, confdir, sets) as px:
-        yield px
+def tenant_proxy(start_proxy: Callable[[dict[str, str]], GobletProxy]) -> GobletProxy:
+    return start_proxy({"goblet_upstream_timeout": "5", "goblet_isolation": "tenant",
+                        "goblet_max_partitions": "2"})
 
 
 def test_a_claimed_basic_user_name_does_not_open_that_users_partition(

@@ -28,6 +28,8 @@ import pytest
 
 from tests.e2e.conftest import Repos
 from tests.support import rawhttp
+from tests.support.attack import clone_head, upload_posts
+from tests.support.attack import post_upload as post
 from tests.support.gitclient import GitClient
 from tests.support.proxy import GobletProxy
 from tests.support.tunnel import ResponseError, exchange
@@ -35,25 +37,9 @@ from tests.support.upstream_client import UpstreamServer
 
 pytestmark = pytest.mark.e2e
 
-V2 = {"Git-Protocol": "version=2", "Content-Type": "application/x-git-upload-pack-request"}
-
-
-def upload_posts(upstream: UpstreamServer, name: str) -> int:
-    return sum(1 for r in upstream.stats()["requests"]
-               if r["method"] == "POST" and r["path"] == f"/{name}/git-upload-pack")
-
-
 def warm(git: GitClient, repos: Repos, upstream: UpstreamServer, tmp_path: Path) -> tuple[str, str]:
     name = repos.create(commits=3)
-    git.clone(upstream.url(name), tmp_path / "warm")
-    return name, git.run("rev-parse", "HEAD", cwd=tmp_path / "warm").stdout.strip()
-
-
-def post(upstream: UpstreamServer, proxy: GobletProxy, name: str, headers: dict[str, str],
-         body: bytes) -> rawhttp.RawResponse:
-    return rawhttp.request(proxy_port=proxy.port, ca_file=proxy.ca_cert, host="127.0.0.1",
-                           port=upstream.port, method="POST", path=f"/{name}/git-upload-pack",
-                           headers={**V2, **headers}, body=body)
+    return name, clone_head(git, upstream.url(name), tmp_path / "warm")
 
 
 def test_two_gzip_members_are_refused_not_judged_by_the_first(

@@ -37,7 +37,7 @@ import http.client
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,22 +74,15 @@ def tiny_packet_bomb() -> bytes:
 
 
 @pytest.fixture
-def pproxy(tmp_path: Path, upstream: UpstreamServer, confdir: Path) -> Iterator[GobletProxy]:
+def pproxy(start_proxy: Callable[[dict[str, str]], GobletProxy]) -> GobletProxy:
     """A fresh proxy per test (its own memory baseline) inspecting at most 8 MiB."""
-    px = GobletProxy(tmp_path / "proxy", hosts=[upstream.host], upstream_ca=upstream.cert_path,
-                     confdir=confdir,
-                     sets={"goblet_max_request_bytes": "8MiB", "goblet_upstream_timeout": "30"})
-    with px:
-        yield px
+    return start_proxy({"goblet_max_request_bytes": "8MiB", "goblet_upstream_timeout": "30"})
 
 
 @pytest.fixture
-def dproxy(tmp_path: Path, upstream: UpstreamServer, confdir: Path) -> Iterator[GobletProxy]:
+def dproxy(start_proxy: Callable[[dict[str, str]], GobletProxy]) -> GobletProxy:
     """A fresh proxy with the default request cap."""
-    px = GobletProxy(tmp_path / "proxy", hosts=[upstream.host], upstream_ca=upstream.cert_path,
-                     confdir=confdir, sets={"goblet_upstream_timeout": "30"})
-    with px:
-        yield px
+    return start_proxy({"goblet_upstream_timeout": "30"})
 
 
 def post_in_background(proxy: GobletProxy, upstream: UpstreamServer, body: bytes
