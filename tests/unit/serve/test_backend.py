@@ -220,6 +220,17 @@ async def call(backend: ServeBackend, plans: PlanRegistry, plan: ServePlan) -> b
     return body
 
 
+async def production_under_way(backend: ServeBackend, plans: PlanRegistry, tmp_path: Path
+                               ) -> tuple[ServePlan, asyncio.Future[bytes]]:
+    """A first request for the cached plan (bypassed), a second one producing the answer
+    (left running); returns the plan of a third request, to follow it, and the second."""
+    first, producer, follower = (cached_plan(tmp_path) for _ in range(3))
+    await call(backend, plans, first)
+    producing = asyncio.ensure_future(call(backend, plans, producer))
+    await asyncio.sleep(0.3)
+    return follower, producing
+
+
 def test_a_production_whose_file_cannot_be_opened_fails_and_nobody_waits(
         tmp_path: Path) -> None:
     packcache = RecordingPackCache(tmp_path / "pc", break_first=True)
@@ -263,10 +274,7 @@ def test_a_stalled_production_sends_its_followers_their_own_way_in_time(tmp_path
     script = COUNTED + f'if [ $n = 2 ]; then sleep 60; fi; printf {ANSWER.decode()}'
 
     async def test(backend: ServeBackend, plans: PlanRegistry) -> None:
-        first, producer, follower = (cached_plan(tmp_path) for _ in range(3))
-        await call(backend, plans, first)
-        producing = asyncio.ensure_future(call(backend, plans, producer))
-        await asyncio.sleep(0.3)
+        follower, producing = await production_under_way(backend, plans, tmp_path)
         started = time.monotonic()
         assert await call(backend, plans, follower) == ANSWER
         assert time.monotonic() - started < 5
@@ -283,10 +291,7 @@ def test_a_follower_that_sent_bytes_is_aborted_when_the_production_stalls(
     script = COUNTED + 'printf 0008abcd; if [ $n = 2 ]; then sleep 60; fi; printf 0000'
 
     async def test(backend: ServeBackend, plans: PlanRegistry) -> None:
-        first, producer, follower = (cached_plan(tmp_path) for _ in range(3))
-        await call(backend, plans, first)
-        producing = asyncio.ensure_future(call(backend, plans, producer))
-        await asyncio.sleep(0.3)
+        follower, producing = await production_under_way(backend, plans, tmp_path)
         started = time.monotonic()
         with pytest.raises(asyncio.IncompleteReadError):
             await call(backend, plans, follower)
