@@ -91,6 +91,21 @@ def ref_requests(target_prefix: str, host_header: str, name: str,
     ]
 
 
+def assert_refused_on_a(proxy: GobletProxy, upstream: UpstreamServer, name: str, head: str,
+                        auth: dict[str, str], answers: list[rawhttp.RawResponse],
+                        message: str) -> None:
+    """A plain fetch of A's commit with ``auth`` (a stranger's) gets A's refusal, no pack."""
+    resp = fetch_a(proxy, upstream, name, head, auth)
+    assert resp.status in (401, 404) and no_pack(resp), (
+        f"{message} (answers {[r.status for r in answers]}, fetch {resp.status})")
+
+
+def both_sites_clone(git: GitClient, upstream: UpstreamServer, name: str, tmp_path: Path) -> None:
+    """Both sites still clone normally through goblet."""
+    warm(git, upstream, name, tmp_path / "again")
+    git.clone(upstream.alt_url(name), tmp_path / "b")
+
+
 def assert_alice_not_served_from_cache(proxy: GobletProxy, upstream: UpstreamServer, name: str,
                                        request: bytes, sni: str | None = None) -> None:
     """alice (granted on A) fetches in a tunnel to A whose request names B: goblet's 400 or
@@ -114,19 +129,15 @@ def test_an_absolute_form_target_naming_another_host_grants_nothing(
     for who, auth in STRANGERS.items():
         answers = in_tunnel(proxy, upstream, ref_requests(b_prefix, host, name, auth))
         assert all(no_pack(r) for r in answers)
-        resp = fetch_a(proxy, upstream, name, head, auth)
-        assert resp.status in (401, 404) and no_pack(resp), (
-            f"{who} got A's private commit after naming B in A's tunnel "
-            f"(answers {[r.status for r in answers]}, fetch {resp.status})")
+        assert_refused_on_a(proxy, upstream, name, head, auth, answers,
+                            f"{who} got A's private commit after naming B in A's tunnel")
 
     assert_alice_not_served_from_cache(
         proxy, upstream, name,
         http_request("POST", f"{b_prefix}/{name}/git-upload-pack", host, {**V2, **ALICE},
                      rawhttp.v2_fetch_body(head)))
 
-    # Both sites still clone normally through goblet.
-    warm(git, upstream, name, tmp_path / "again")
-    git.clone(upstream.alt_url(name), tmp_path / "b")
+    both_sites_clone(git, upstream, name, tmp_path)
 
 
 def test_a_server_name_naming_another_host_grants_nothing(
@@ -141,15 +152,12 @@ def test_a_server_name_naming_another_host_grants_nothing(
         answers = in_tunnel(proxy, upstream, requests, sni=B_NAME)
         assert all(no_pack(r) for r in answers), (
             f"{who} got a pack in a tunnel to A with SNI {B_NAME}: {[r.status for r in answers]}")
-        resp = fetch_a(proxy, upstream, name, head, auth)
-        assert resp.status in (401, 404) and no_pack(resp), (
-            f"{who} got A's private commit after an SNI naming B "
-            f"(answers {[r.status for r in answers]}, fetch {resp.status})")
+        assert_refused_on_a(proxy, upstream, name, head, auth, answers,
+                            f"{who} got A's private commit after an SNI naming B")
 
     assert_alice_not_served_from_cache(
         proxy, upstream, name,
         http_request("POST", f"/{name}/git-upload-pack", upstream.host, {**V2, **ALICE},
                      rawhttp.v2_fetch_body(head)), sni=B_NAME)
 
-    warm(git, upstream, name, tmp_path / "again")
-    git.clone(upstream.alt_url(name), tmp_path / "b")
+    both_sites_clone(git, upstream, name, tmp_path)

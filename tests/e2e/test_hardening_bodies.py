@@ -14,8 +14,6 @@ in flight, and a normal git clone through the same proxy must work meanwhile.
 from __future__ import annotations
 
 import gzip
-import http.client
-import ssl
 import struct
 import threading
 import zlib
@@ -28,7 +26,7 @@ import pytest
 import zstandard
 
 from tests.e2e.conftest import Repos
-from tests.support import rawhttp
+from tests.support import attack, rawhttp
 from tests.support.attack import (
     UPLOAD_HEADERS,
     clone_head,
@@ -110,26 +108,8 @@ def post_in_background(
 
     The result dict gets ``status`` and ``body`` of the answer, or ``error``.
     """
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        context = ssl.create_default_context(cafile=str(proxy.ca_cert))
-        conn = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=context,
-                                           timeout=120)
-        conn.set_tunnel("127.0.0.1", upstream.port)
-        try:
-            conn.request("POST", f"/{name}/git-upload-pack", body=body,
-                         headers={**UPLOAD_HEADERS, **headers}, encode_chunked=chunked)
-            resp = conn.getresponse()
-            out["status"], out["body"] = resp.status, resp.read()
-        except (OSError, http.client.HTTPException) as e:
-            out["error"] = repr(e)
-        finally:
-            conn.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, out
+    return attack.post_in_background(proxy, upstream, f"/{name}/git-upload-pack",
+                                     {**UPLOAD_HEADERS, **headers}, body, chunked=chunked)
 
 
 def attack_while_cloning(

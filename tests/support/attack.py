@@ -1,25 +1,34 @@
 """What the end-to-end attack tests share: proxies started with some options, hand-made
 requests through goblet (or straight to the upstream, for the reference answer), requests
-sent in one tunnel, and a grant warmed and then revoked.
+sent in one tunnel or from a thread, a grant warmed and then revoked, and tenants minted
+with junk headers.
 
 The tests in ``tests/e2e/test_hardening_*.py`` and ``tests/e2e/test_redteam_*.py`` play a
-client goblet must not trust; these helpers only spell the requests, every verdict stays
-in the tests.
+client goblet must not trust; these helpers set the scene and send the requests, and what
+is required of goblet's answers stays in the tests.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import ssl
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tests.support import rawhttp
+from tests.support.cachedir import repos_for
 from tests.support.gitclient import GitClient, with_userinfo
+from tests.support.net import wait_for
 from tests.support.proxy import GobletProxy
 from tests.support.tunnel import ResponseError, read_response
 from tests.support.upstream_client import UpstreamServer
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import Repos
 
 UPLOAD_HEADERS = {"Git-Protocol": "version=2",
                   "Content-Type": "application/x-git-upload-pack-request"}
@@ -86,6 +95,44 @@ def fetch(upstream: UpstreamServer, proxy: GobletProxy | None, name: str, head: 
     return post_upload(upstream, proxy, name, auth, rawhttp.v2_fetch_body(head), **kwargs)
 
 
+def tunnel_connection(proxy: GobletProxy, upstream: UpstreamServer,
+                      timeout: float) -> http.client.HTTPSConnection:
+    """An HTTPS connection to ``upstream`` (as 127.0.0.1) in a CONNECT tunnel of ``proxy``."""
+    context = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    conn = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=context,
+                                       timeout=timeout)
+    conn.set_tunnel("127.0.0.1", upstream.port)
+    return conn
+
+
+def post_in_background(
+    proxy: GobletProxy, upstream: UpstreamServer, path: str, headers: dict[str, str],
+    body: bytes | Iterator[bytes], *, chunked: bool = False, timeout: float = 120,
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """POST ``body`` to ``path`` on ``upstream`` through ``proxy``, from a thread.
+
+    The result dict gets ``sent`` (the monotonic time the whole request was out), then
+    ``status`` and ``body`` of the answer, or ``error``.
+    """
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        conn = tunnel_connection(proxy, upstream, timeout)
+        try:
+            conn.request("POST", path, body=body, headers=headers, encode_chunked=chunked)
+            out["sent"] = time.monotonic()
+            resp = conn.getresponse()
+            out["status"], out["body"] = resp.status, resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            out["error"] = repr(e)
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
 def upload_posts(upstream: UpstreamServer, name: str) -> int:
     """How many POSTs to ``name``'s git-upload-pack the upstream has received."""
     return sum(1 for r in upstream.stats()["requests"]
@@ -111,7 +158,7 @@ def one_by_one(sock: ssl.SSLSocket, requests: list[bytes]) -> list[rawhttp.RawRe
     return answers
 
 
-def warm_then_revoke(git: GitClient, repos: Any, upstream: UpstreamServer, dest: Path,
+def warm_then_revoke(git: GitClient, repos: Repos, upstream: UpstreamServer, dest: Path,
                      stale_after: float, **shape: Any) -> tuple[str, str]:
     """alice clones a private repo of hers through ``git`` into ``dest``; then the upstream
     revokes her, and her grant goes stale (``stale_after`` seconds, the verdict TTL, pass).
@@ -121,3 +168,19 @@ def warm_then_revoke(git: GitClient, repos: Any, upstream: UpstreamServer, dest:
     repos.grant(name, public=False, readers=())
     time.sleep(stale_after + 1)
     return name, head
+
+
+def clone_as_junk_tenants(git: GitClient, url: str, workdir: Path, numbers: range) -> None:
+    """Clone ``url`` once per number with a junk header ``X-Junk: N``: in ``tenant``
+    isolation, each clone a tenant of its own (into ``workdir/junkN``)."""
+    for i in numbers:
+        git.clone(url, workdir / f"junk{i}", config=(f"http.extraHeader=X-Junk: {i}",))
+
+
+def wait_partitions_at_most(proxy: GobletProxy, url: str, bound: int, what: str) -> None:
+    """Wait (up to 15 s) until ``proxy``'s cache holds at most ``bound`` copies of ``url``."""
+    def settled() -> int | None:
+        n = len(repos_for(proxy.cache_dir, url))
+        return n if n <= bound else None
+
+    wait_for(what, settled, timeout=15)
