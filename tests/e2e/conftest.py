@@ -157,6 +157,14 @@ def start_proxy(
 
 
 @pytest.fixture
+def tenant_proxy(start_proxy: Callable[[dict[str, str]], GobletProxy]) -> GobletProxy:
+    """A proxy of the test's own in ``tenant`` isolation keeping at most two partitions
+    (copies) of a repo."""
+    return start_proxy({"goblet_upstream_timeout": "5", "goblet_isolation": "tenant",
+                        "goblet_max_partitions": "2"})
+
+
+@pytest.fixture
 def git(tmp_path: Path, proxy: GobletProxy) -> GitClient:
     """git through the proxy, trusting only the proxy's CA."""
     return GitClient(tmp_path / "home", ca_file=proxy.ca_cert, proxy=proxy.url)

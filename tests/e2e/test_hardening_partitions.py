@@ -31,12 +31,6 @@ def user_proxy(start_proxy: Callable[[dict[str, str]], GobletProxy]) -> GobletPr
     return start_proxy({"goblet_upstream_timeout": "5", "goblet_isolation": "user"})
 
 
-@pytest.fixture
-def tenant_proxy(start_proxy: Callable[[dict[str, str]], GobletProxy]) -> GobletProxy:
-    return start_proxy({"goblet_upstream_timeout": "5", "goblet_isolation": "tenant",
-                        "goblet_max_partitions": "2"})
-
-
 def test_a_claimed_basic_user_name_does_not_open_that_users_partition(
     user_proxy: GobletProxy, upstream: UpstreamServer, repos: Repos, tmp_path: Path
 ) -> None:

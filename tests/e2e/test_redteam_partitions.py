@@ -14,7 +14,6 @@ minted new tenants; the new tenants are the ones that go without a copy.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,12 +26,6 @@ from tests.support.proxy import GobletProxy
 from tests.support.upstream_client import UpstreamServer
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def tenant_proxy(start_proxy: Callable[[dict[str, str]], GobletProxy]) -> GobletProxy:
-    return start_proxy({"goblet_isolation": "tenant", "goblet_max_partitions": "2",
-                        "goblet_upstream_timeout": "5"})
 
 
 def test_strangers_minting_tenants_do_not_evict_a_tenants_copy_in_use(
