@@ -8,12 +8,14 @@ names, so tests do not depend on each other's cache state.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.attack import proxy_for
 from tests.support.gitclient import GitClient
 from tests.support.proxy import GobletProxy, ensure_ca
 from tests.support.repos import make_bare_repo
@@ -95,11 +97,25 @@ def confdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@contextmanager
+def started_upstream(tmp_path_factory: pytest.TempPathFactory, label: str = "upstream",
+                     **options: Any) -> Iterator[UpstreamServer]:
+    """An HTTPS git upstream with the users ``USERS`` and no repos yet, running for the
+    ``with`` block; ``options`` go to :class:`UpstreamServer` (``alt_name``, ``private_ca``,
+    ``rate_mbit``...)."""
+    with UpstreamServer(tmp_path_factory.mktemp(label), {"users": USERS, "repos": {}},
+                        **options) as server:
+        yield server
+
+
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamServer]:
-    """The HTTPS git upstream (git http-backend), on 127.0.0.1."""
-    server = UpstreamServer(tmp_path_factory.mktemp("upstream"), {"users": USERS, "repos": {}})
-    with server:
+def upstream(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[UpstreamServer]:
+    """The HTTPS git upstream (git http-backend), on 127.0.0.1 (with the module's
+    ``UPSTREAM_OPTIONS``, if it has any)."""
+    with started_upstream(tmp_path_factory,
+                          **getattr(request.module, "UPSTREAM_OPTIONS", {})) as server:
         yield server
 
 
@@ -114,17 +130,38 @@ def proxy(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
     upstream: UpstreamServer, confdir: Path,
 ) -> Iterator[GobletProxy]:
-    """mitmdump with the goblet addon, caching the upstream's host (plus the module's
-    ``PROXY_SETS`` options, if it has any)."""
-    px = GobletProxy(
-        tmp_path_factory.mktemp("proxy"),
-        hosts=[upstream.host],
-        upstream_ca=upstream.cert_path,
-        confdir=confdir,
-        sets={"goblet_upstream_timeout": "5", **getattr(request.module, "PROXY_SETS", {})},
-    )
-    with px:
+    """mitmdump with the goblet addon, caching the upstream's host (both, where it has a
+    second virtual host), plus the module's ``PROXY_SETS`` options, if it has any."""
+    sets = {"goblet_upstream_timeout": "5", **getattr(request.module, "PROXY_SETS", {})}
+    with proxy_for(tmp_path_factory.mktemp("proxy"), upstream, confdir, sets) as px:
         yield px
+
+
+@pytest.fixture
+def start_proxy(
+    tmp_path: Path, upstream: UpstreamServer, confdir: Path
+) -> Iterator[Callable[[dict[str, str]], GobletProxy]]:
+    """Starts a proxy of the test's own in front of the module's upstream, with the given
+    ``--set`` options (its own memory baseline, outage state and partitions, where the
+    module's shared proxy would mix tests); stops it after the test."""
+    started: list[GobletProxy] = []
+
+    def start(sets: dict[str, str]) -> GobletProxy:
+        px = proxy_for(tmp_path / "proxy", upstream, confdir, sets)
+        started.append(px)
+        return px.start()
+
+    yield start
+    for px in started:
+        px.stop()
+
+
+@pytest.fixture
+def tenant_proxy(start_proxy: Callable[[dict[str, str]], GobletProxy]) -> GobletProxy:
+    """A proxy of the test's own in ``tenant`` isolation keeping at most two partitions
+    (copies) of a repo."""
+    return start_proxy({"goblet_upstream_timeout": "5", "goblet_isolation": "tenant",
+                        "goblet_max_partitions": "2"})
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from tests.support.upstream_client import UpstreamServer
 
 # The first clone of a repo fills the cache and is then served from it, as these tests
 # count (a cold clone streamed from the upstream is tests/e2e/test_cold_clone.py's).
-PROXY_SETS = {"goblet_cold_clones": "fill"}
+PROXY_SETS = {"goblet_cold_clones": "fill", "goblet_maintenance": "off"}
 
 ALICE = "Authorization: Basic " + base64.b64encode(b"alice:alice-pw").decode()
 
@@ -56,18 +55,6 @@ def one_error_line(res: subprocess.CompletedProcess[str]) -> str:
     assert len(lines) == 1 and lines[0].startswith("goblet: "), res.stderr
     assert "Traceback" not in res.stderr + res.stdout
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def proxy(
-    tmp_path_factory: pytest.TempPathFactory, upstream: UpstreamServer, confdir: Path
-) -> Iterator[GobletProxy]:
-    px = GobletProxy(tmp_path_factory.mktemp("proxy"), hosts=[upstream.host],
-                     upstream_ca=upstream.cert_path, confdir=confdir,
-                     sets={"goblet_upstream_timeout": "5", "goblet_maintenance": "off",
-                           **PROXY_SETS})
-    with px:
-        yield px
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import USERS, Repos, count
+from tests.e2e.conftest import Repos, count, started_upstream
 from tests.e2e.test_clone import COLD_STREAM, remote_view
+from tests.support.attack import git_through, proxy_for
 from tests.support.cachedir import repos_for, settle
 from tests.support.gitclient import GitClient
 from tests.support.proxy import GobletProxy
@@ -54,6 +55,15 @@ def assert_cache_sound(proxy: GobletProxy, upstream_repo: Path, url: str) -> Non
 def no_residue(proxy: GobletProxy) -> None:
     settle(proxy.cache_dir)
     assert list((proxy.cache_dir / "tmp").glob("*.git")) == []
+
+
+def next_clone_fills(proxy: GobletProxy, git: GitClient, upstream_repo: Path, url: str,
+                     dest: Path) -> None:
+    """Nothing of ``url`` is cached; the next clone works and leaves a sound cache repo."""
+    assert cache_state(proxy, url) is None
+    git.clone(url, dest)
+    git.fsck(dest)
+    assert_cache_sound(proxy, upstream_repo, url)
 
 
 def test_a_cold_clone_streams_and_fills_the_cache_with_one_download(
@@ -123,11 +133,8 @@ def test_an_upstream_cut_mid_pack_leaves_no_cache_repo(
     res = git.clone(url, tmp_path / "cut", check=False)
     assert res.returncode != 0  # as a direct clone would fail
     no_residue(proxy)
-    assert cache_state(proxy, url) is None
     assert "result=upstream_error" in proxy.log_text()
-    git.clone(url, tmp_path / "again")
-    git.fsck(tmp_path / "again")
-    assert_cache_sound(proxy, repos.path(name), url)
+    next_clone_fills(proxy, git, repos.path(name), url, tmp_path / "again")
 
 
 # --------------------------------------------------------------- a slow upstream
@@ -136,9 +143,7 @@ def test_an_upstream_cut_mid_pack_leaves_no_cache_repo(
 @pytest.fixture(scope="module")
 def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamServer]:
     """An upstream whose answers trickle (SLOW_MBIT), so clones can be cut midway."""
-    server = UpstreamServer(tmp_path_factory.mktemp("slow"), {"users": USERS, "repos": {}},
-                            rate_mbit=SLOW_MBIT)
-    with server:
+    with started_upstream(tmp_path_factory, "slow", rate_mbit=SLOW_MBIT) as server:
         yield server
 
 
@@ -158,9 +163,8 @@ def test_a_client_killed_mid_clone_leaves_nothing_half_served(
     slow: UpstreamServer, slow_repo: str, confdir: Path, tmp_path: Path,
 ) -> None:
     url = slow.url(slow_repo)
-    with GobletProxy(tmp_path / "px", hosts=[slow.host], upstream_ca=slow.cert_path,
-                     confdir=confdir) as px:
-        git = GitClient(tmp_path / "home", ca_file=px.ca_cert, proxy=px.url)
+    with proxy_for(tmp_path / "px", slow, confdir) as px:
+        git = git_through(px, tmp_path / "home")
         least = slow.stats()["pack_bytes"] + 200_000
         clone = subprocess.Popen(["git", "clone", url, str(tmp_path / "killed")],
                                  env=git.env(), stdout=subprocess.DEVNULL,
@@ -169,20 +173,16 @@ def test_a_client_killed_mid_clone_leaves_nothing_half_served(
         os.killpg(clone.pid, signal.SIGKILL)
         clone.wait(10)
         no_residue(px)
-        assert cache_state(px, url) is None
-        git.clone(url, tmp_path / "next")
-        git.fsck(tmp_path / "next")
-        assert_cache_sound(px, slow.root / slow_repo, url)
+        next_clone_fills(px, git, slow.root / slow_repo, url, tmp_path / "next")
 
 
 def test_kill_9_of_the_proxy_mid_tee_leaves_no_residue(
     slow: UpstreamServer, slow_repo: str, confdir: Path, tmp_path: Path,
 ) -> None:
     url = slow.url(slow_repo)
-    px = GobletProxy(tmp_path / "px", hosts=[slow.host], upstream_ca=slow.cert_path,
-                     confdir=confdir).start()
+    px = proxy_for(tmp_path / "px", slow, confdir).start()
     try:
-        git = GitClient(tmp_path / "home", ca_file=px.ca_cert, proxy=px.url)
+        git = git_through(px, tmp_path / "home")
         least = slow.stats()["pack_bytes"] + 200_000
         cloning = threading.Thread(
             target=lambda: git.clone(url, tmp_path / "lost", check=False), daemon=True)
@@ -196,24 +196,18 @@ def test_kill_9_of_the_proxy_mid_tee_leaves_no_residue(
         cloning.join(60)
     finally:
         px.stop()
-    again = GobletProxy(tmp_path / "px", hosts=[slow.host], upstream_ca=slow.cert_path,
-                        confdir=confdir, cache_dir=px.cache_dir)
-    with again:
+    with proxy_for(tmp_path / "px", slow, confdir, cache_dir=px.cache_dir) as again:
         assert list((again.cache_dir / "tmp").iterdir()) == []
-        assert cache_state(again, url) is None
-        git = GitClient(tmp_path / "home2", ca_file=again.ca_cert, proxy=again.url)
-        git.clone(url, tmp_path / "after")
-        git.fsck(tmp_path / "after")
-        assert_cache_sound(again, slow.root / slow_repo, url)
+        next_clone_fills(again, git_through(again, tmp_path / "home2"), slow.root / slow_repo,
+                         url, tmp_path / "after")
 
 
 def test_a_stalled_upstream_fails_the_cold_clone_within_the_timeout(
     repos: Repos, upstream: UpstreamServer, confdir: Path, tmp_path: Path,
 ) -> None:
     name = repos.create(commits=3)
-    with GobletProxy(tmp_path / "px", hosts=[upstream.host], upstream_ca=upstream.cert_path,
-                     confdir=confdir, sets={"goblet_upstream_timeout": "2"}) as px:
-        git = GitClient(tmp_path / "home", ca_file=px.ca_cert, proxy=px.url)
+    with proxy_for(tmp_path / "px", upstream, confdir, {"goblet_upstream_timeout": "2"}) as px:
+        git = git_through(px, tmp_path / "home")
         upstream.fault("stall", kinds=["fetch"])
         try:
             started = time.monotonic()
@@ -230,9 +224,8 @@ def test_fill_mode_keeps_filling_first(
     repos: Repos, upstream: UpstreamServer, confdir: Path, tmp_path: Path,
 ) -> None:
     name = repos.create(commits=3)
-    with GobletProxy(tmp_path / "px", hosts=[upstream.host], upstream_ca=upstream.cert_path,
-                     confdir=confdir, sets={"goblet_cold_clones": "fill"}) as px:
-        git = GitClient(tmp_path / "home", ca_file=px.ca_cert, proxy=px.url)
+    with proxy_for(tmp_path / "px", upstream, confdir, {"goblet_cold_clones": "fill"}) as px:
+        git = git_through(px, tmp_path / "home")
         git.clone(upstream.url(name), tmp_path / "c")
         assert COLD_STREAM not in px.log_text()
         assert "reason='filled, then served'" in px.log_text()

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,8 @@ from tests.support.proxy import GobletProxy
 from tests.support.repos import add_commit
 from tests.support.upstream_client import UpstreamServer
 
-
-@pytest.fixture(scope="module")
-def proxy(
-    tmp_path_factory: pytest.TempPathFactory, upstream: UpstreamServer, confdir: Path
-) -> Iterator[GobletProxy]:
-    """A proxy that gives up on a stalled upstream after 2 s."""
-    px = GobletProxy(tmp_path_factory.mktemp("proxy"), hosts=[upstream.host],
-                     upstream_ca=upstream.cert_path, confdir=confdir,
-                     sets={"goblet_upstream_timeout": "2", "goblet_cold_clones": "fill"})
-    with px:
-        yield px
+# The module's proxy (tests/e2e/conftest.py) gives up on a stalled upstream after 2 s.
+PROXY_SETS = {"goblet_upstream_timeout": "2", "goblet_cold_clones": "fill"}
 
 
 def cache_is_clean(proxy: GobletProxy) -> None:

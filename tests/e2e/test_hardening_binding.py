@@ -17,8 +17,6 @@ such a tunnel is not answered from the cache.
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,42 +24,26 @@ import pytest
 
 from tests.e2e.conftest import USERS, Repos
 from tests.support import rawhttp
-from tests.support.gitclient import GitClient, with_userinfo
+from tests.support.attack import (
+    ALICE,
+    STRANGERS,
+    UPLOAD_HEADERS,
+    clone_head,
+    fetch,
+    no_pack,
+    one_by_one,
+)
+from tests.support.gitclient import GitClient
 from tests.support.proxy import GobletProxy
 from tests.support.repos import make_bare_repo
-from tests.support.tunnel import ResponseError, http_request, open_tunnel, read_response
+from tests.support.tunnel import http_request, open_tunnel
 from tests.support.upstream_client import UpstreamServer
 
 B_NAME = "localhost"
-V2 = {"Git-Protocol": "version=2", "Content-Type": "application/x-git-upload-pack-request"}
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-
-ALICE = basic("alice", "alice-pw")
-STRANGERS = {"anonymous": {}, "bob": basic("bob", "bob-pw")}
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamServer]:
-    """Site A at 127.0.0.1:PORT, site B at localhost:PORT (same process, same port)."""
-    server = UpstreamServer(tmp_path_factory.mktemp("upstream"), {"users": USERS, "repos": {}},
-                            alt_name=B_NAME)
-    with server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def proxy(
-    tmp_path_factory: pytest.TempPathFactory, upstream: UpstreamServer, confdir: Path
-) -> Iterator[GobletProxy]:
-    px = GobletProxy(tmp_path_factory.mktemp("proxy"), hosts=[upstream.host, upstream.alt_host],
-                     upstream_ca=upstream.cert_path, confdir=confdir,
-                     sets={"goblet_upstream_timeout": "5"})
-    with px:
-        yield px
+# The module's upstream (tests/e2e/conftest.py): site A at 127.0.0.1:PORT, site B at
+# localhost:PORT (same process, same port); its proxy caches both.
+UPSTREAM_OPTIONS = {"alt_name": B_NAME}
+V2 = UPLOAD_HEADERS
 
 
 def twin_repos(repos: Repos, upstream: UpstreamServer) -> str:
@@ -76,33 +58,20 @@ def twin_repos(repos: Repos, upstream: UpstreamServer) -> str:
 
 def warm(git: GitClient, upstream: UpstreamServer, name: str, dest: Path) -> str:
     """alice clones A's repo through goblet; returns A's HEAD commit."""
-    git.clone(with_userinfo(upstream.url(name), "alice", "alice-pw"), dest)
-    return git.run("rev-parse", "HEAD", cwd=dest).stdout.strip()
+    return clone_head(git, upstream.url(name), dest, "alice", "alice-pw")
 
 
 def in_tunnel(proxy: GobletProxy, upstream: UpstreamServer, requests: list[bytes],
               sni: str | None = None) -> list[rawhttp.RawResponse]:
     """Send ``requests`` one after another in one tunnel to A; the answers that came."""
-    answers = []
-    with open_tunnel(proxy.port, "127.0.0.1", upstream.port, ca_file=proxy.ca_cert,
-                     sni=sni) as sock:
-        for raw in requests:
-            try:
-                sock.sendall(raw)
-                answers.append(read_response(sock))
-            except (ResponseError, OSError):
-                break
-    return answers
+    return one_by_one(open_tunnel(proxy.port, "127.0.0.1", upstream.port,
+                                  ca_file=proxy.ca_cert, sni=sni), requests)
 
 
 def fetch_a(proxy: GobletProxy, upstream: UpstreamServer, name: str, head: str,
             auth: dict[str, str]) -> rawhttp.RawResponse:
     """A plain fetch of A's commit through goblet (tunnel to A, origin-form, no SNI)."""
-    return rawhttp.request(
-        proxy_port=proxy.port, ca_file=proxy.ca_cert, host="127.0.0.1", port=upstream.port,
-        method="POST", path=f"/{name}/git-upload-pack", headers={**V2, **auth},
-        body=rawhttp.v2_fetch_body(head),
-    )
+    return fetch(upstream, proxy, name, head, auth)
 
 
 def upstream_fetches(upstream: UpstreamServer, name: str) -> int:
@@ -122,8 +91,19 @@ def ref_requests(target_prefix: str, host_header: str, name: str,
     ]
 
 
-def no_pack(resp: rawhttp.RawResponse) -> bool:
-    return b"packfile" not in resp.body and b"PACK" not in resp.body
+def assert_refused_on_a(proxy: GobletProxy, upstream: UpstreamServer, name: str, head: str,
+                        auth: dict[str, str], answers: list[rawhttp.RawResponse],
+                        message: str) -> None:
+    """A plain fetch of A's commit with ``auth`` (a stranger's) gets A's refusal, no pack."""
+    resp = fetch_a(proxy, upstream, name, head, auth)
+    assert resp.status in (401, 404) and no_pack(resp), (
+        f"{message} (answers {[r.status for r in answers]}, fetch {resp.status})")
+
+
+def both_sites_clone(git: GitClient, upstream: UpstreamServer, name: str, tmp_path: Path) -> None:
+    """Both sites still clone normally through goblet."""
+    warm(git, upstream, name, tmp_path / "again")
+    git.clone(upstream.alt_url(name), tmp_path / "b")
 
 
 def assert_alice_not_served_from_cache(proxy: GobletProxy, upstream: UpstreamServer, name: str,
@@ -149,19 +129,15 @@ def test_an_absolute_form_target_naming_another_host_grants_nothing(
     for who, auth in STRANGERS.items():
         answers = in_tunnel(proxy, upstream, ref_requests(b_prefix, host, name, auth))
         assert all(no_pack(r) for r in answers)
-        resp = fetch_a(proxy, upstream, name, head, auth)
-        assert resp.status in (401, 404) and no_pack(resp), (
-            f"{who} got A's private commit after naming B in A's tunnel "
-            f"(answers {[r.status for r in answers]}, fetch {resp.status})")
+        assert_refused_on_a(proxy, upstream, name, head, auth, answers,
+                            f"{who} got A's private commit after naming B in A's tunnel")
 
     assert_alice_not_served_from_cache(
         proxy, upstream, name,
         http_request("POST", f"{b_prefix}/{name}/git-upload-pack", host, {**V2, **ALICE},
                      rawhttp.v2_fetch_body(head)))
 
-    # Both sites still clone normally through goblet.
-    warm(git, upstream, name, tmp_path / "again")
-    git.clone(upstream.alt_url(name), tmp_path / "b")
+    both_sites_clone(git, upstream, name, tmp_path)
 
 
 def test_a_server_name_naming_another_host_grants_nothing(
@@ -176,15 +152,12 @@ def test_a_server_name_naming_another_host_grants_nothing(
         answers = in_tunnel(proxy, upstream, requests, sni=B_NAME)
         assert all(no_pack(r) for r in answers), (
             f"{who} got a pack in a tunnel to A with SNI {B_NAME}: {[r.status for r in answers]}")
-        resp = fetch_a(proxy, upstream, name, head, auth)
-        assert resp.status in (401, 404) and no_pack(resp), (
-            f"{who} got A's private commit after an SNI naming B "
-            f"(answers {[r.status for r in answers]}, fetch {resp.status})")
+        assert_refused_on_a(proxy, upstream, name, head, auth, answers,
+                            f"{who} got A's private commit after an SNI naming B")
 
     assert_alice_not_served_from_cache(
         proxy, upstream, name,
         http_request("POST", f"/{name}/git-upload-pack", upstream.host, {**V2, **ALICE},
                      rawhttp.v2_fetch_body(head)), sni=B_NAME)
 
-    warm(git, upstream, name, tmp_path / "again")
-    git.clone(upstream.alt_url(name), tmp_path / "b")
+    both_sites_clone(git, upstream, name, tmp_path)

@@ -14,12 +14,10 @@ in flight, and a normal git clone through the same proxy must work meanwhile.
 from __future__ import annotations
 
 import gzip
-import http.client
-import ssl
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,14 @@ import pytest
 import zstandard
 
 from tests.e2e.conftest import Repos
-from tests.support import rawhttp
+from tests.support import attack, rawhttp
+from tests.support.attack import (
+    UPLOAD_HEADERS,
+    clone_head,
+    git_through,
+    post_upload,
+    upload_posts,
+)
 from tests.support.gitclient import GitClient
 from tests.support.net import wait_for
 from tests.support.proxy import GobletProxy
@@ -40,8 +45,6 @@ GiB = 1 << 30
 LIMIT = MiB  # goblet_max_request_bytes of these proxies
 RSS_BUDGET = 200 * MiB  # allowed growth of mitmdump's RSS while a hostile body is in flight
 SAFETY_KILL = GiB  # growth at which the sampler kills mitmdump (and the test fails)
-UPLOAD_HEADERS = {"Git-Protocol": "version=2",
-                  "Content-Type": "application/x-git-upload-pack-request"}
 
 
 def compressed_zeros(total: int, *, gzip_format: bool) -> bytes:
@@ -77,28 +80,19 @@ def bombs() -> dict[str, bytes]:
 
 
 @pytest.fixture
-def bproxy(tmp_path: Path, upstream: UpstreamServer, confdir: Path) -> Iterator[GobletProxy]:
+def bproxy(start_proxy: Callable[[dict[str, str]], GobletProxy]) -> GobletProxy:
     """A fresh proxy per test (its own memory baseline) inspecting at most 1 MiB."""
-    px = GobletProxy(tmp_path / "proxy", hosts=[upstream.host], upstream_ca=upstream.cert_path,
-                     confdir=confdir,
-                     sets={"goblet_max_request_bytes": "1MiB", "goblet_upstream_timeout": "60"})
-    with px:
-        yield px
+    return start_proxy({"goblet_max_request_bytes": "1MiB", "goblet_upstream_timeout": "60"})
 
 
 def bgit(tmp_path: Path, proxy: GobletProxy) -> GitClient:
-    return GitClient(tmp_path / "home", ca_file=proxy.ca_cert, proxy=proxy.url)
+    return git_through(proxy, tmp_path / "home")
 
 
 def upload_post_statuses(upstream: UpstreamServer, name: str) -> list[int | None]:
     """The statuses of the POSTs to ``name``'s git-upload-pack the upstream has received."""
     return [r["status"] for r in upstream.stats()["requests"]
             if r["method"] == "POST" and r["path"] == f"/{name}/git-upload-pack"]
-
-
-def upload_posts(upstream: UpstreamServer, name: str) -> int:
-    """How many POSTs to ``name``'s git-upload-pack the upstream has received."""
-    return len(upload_post_statuses(upstream, name))
 
 
 def log_lines(proxy: GobletProxy, name: str) -> list[str]:
@@ -114,26 +108,8 @@ def post_in_background(
 
     The result dict gets ``status`` and ``body`` of the answer, or ``error``.
     """
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        context = ssl.create_default_context(cafile=str(proxy.ca_cert))
-        conn = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=context,
-                                           timeout=120)
-        conn.set_tunnel("127.0.0.1", upstream.port)
-        try:
-            conn.request("POST", f"/{name}/git-upload-pack", body=body,
-                         headers={**UPLOAD_HEADERS, **headers}, encode_chunked=chunked)
-            resp = conn.getresponse()
-            out["status"], out["body"] = resp.status, resp.read()
-        except (OSError, http.client.HTTPException) as e:
-            out["error"] = repr(e)
-        finally:
-            conn.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, out
+    return attack.post_in_background(proxy, upstream, f"/{name}/git-upload-pack",
+                                     {**UPLOAD_HEADERS, **headers}, body, chunked=chunked)
 
 
 def attack_while_cloning(
@@ -194,11 +170,8 @@ def test_a_corrupt_gzip_body_gets_a_one_line_400(
 ) -> None:
     name = repos.create(commits=2)
     whole = gzip.compress(rawhttp.v2_fetch_body("a" * 40) * 20)
-    resp = rawhttp.request(
-        proxy_port=bproxy.port, ca_file=bproxy.ca_cert, host="127.0.0.1", port=upstream.port,
-        method="POST", path=f"/{name}/git-upload-pack",
-        headers={**UPLOAD_HEADERS, "Content-Encoding": "gzip"}, body=whole[: len(whole) // 2],
-    )
+    resp = post_upload(upstream, bproxy, name, {"Content-Encoding": "gzip"},
+                       whole[: len(whole) // 2])
     assert resp.status == 400, resp
     assert resp.body.startswith(b"goblet: ") and resp.body.count(b"\n") == 1, resp.body
     assert b"Traceback" not in resp.body
@@ -206,24 +179,24 @@ def test_a_corrupt_gzip_body_gets_a_one_line_400(
     bgit(tmp_path, bproxy).clone(upstream.url(name), tmp_path / "still-works")
 
 
-@pytest.mark.parametrize("encoding", ["br", "zstd"])
+# Encodings goblet does not decode itself, and a list of encodings (even of ones it does).
+COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    "br": brotli.compress, "zstd": zstandard.ZstdCompressor().compress,
+    "gzip, identity": gzip.compress,
+}
+
+
+@pytest.mark.parametrize("encoding", list(COMPRESSORS))
 def test_encodings_goblet_does_not_decode_go_upstream_uninspected(
     encoding: str, bproxy: GobletProxy, upstream: UpstreamServer, repos: Repos,
     tmp_path: Path,
 ) -> None:
     name = repos.create(commits=3)
     git = bgit(tmp_path, bproxy)
-    git.clone(upstream.url(name), tmp_path / "warm")  # cached, and a fresh anonymous grant
-    head = git.run("rev-parse", "HEAD", cwd=tmp_path / "warm").stdout.strip()
-    plain = rawhttp.v2_fetch_body(head)
-    body = brotli.compress(plain) if encoding == "br" else zstandard.ZstdCompressor().compress(
-        plain)
+    head = clone_head(git, upstream.url(name), tmp_path / "warm")  # cached, a fresh grant
+    body = COMPRESSORS[encoding](rawhttp.v2_fetch_body(head))
     before = upload_posts(upstream, name)
-    resp = rawhttp.request(
-        proxy_port=bproxy.port, ca_file=bproxy.ca_cert, host="127.0.0.1", port=upstream.port,
-        method="POST", path=f"/{name}/git-upload-pack",
-        headers={**UPLOAD_HEADERS, "Content-Encoding": encoding}, body=body,
-    )
+    resp = post_upload(upstream, bproxy, name, {"Content-Encoding": encoding}, body)
     assert upload_posts(upstream, name) == before + 1, (
         f"a {encoding} body was decoded and answered by goblet (status {resp.status})")
     assert b"Traceback" not in resp.body

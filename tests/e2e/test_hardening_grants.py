@@ -9,21 +9,21 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 from tests.e2e.conftest import Repos
-from tests.support import rawhttp
+from tests.support import attack, rawhttp
+from tests.support.attack import UPLOAD_HEADERS, clone_head, git_through, proxy_for
 from tests.support.cachedir import repos_for
 from tests.support.gitclient import GitClient, with_userinfo
 from tests.support.proxy import GobletProxy
 from tests.support.upstream_client import UpstreamServer
 
-V2 = {"Git-Protocol": "version=2", "Content-Type": "application/x-git-upload-pack-request"}
+V2 = UPLOAD_HEADERS
 
 
 def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    return attack.basic(user, password)["Authorization"]
 
 
 def send(upstream: UpstreamServer, proxy: GobletProxy | None, name: str, kind: str,
@@ -37,12 +37,7 @@ def send(upstream: UpstreamServer, proxy: GobletProxy | None, name: str, kind: s
         body = rawhttp.v2_ls_refs_body()
     else:
         body = rawhttp.v2_fetch_body(head)
-    return rawhttp.request(
-        proxy_port=proxy.port if proxy else None,
-        ca_file=proxy.ca_cert if proxy else upstream.cert_path, host="127.0.0.1",
-        port=upstream.port, method=method, path=path,
-        headers={**headers, "Authorization": auth}, body=body,
-    )
+    return attack.send(upstream, proxy, method, path, {**headers, "Authorization": auth}, body)
 
 
 def test_a_200_answer_holding_only_an_err_packet_grants_nothing(
@@ -50,8 +45,7 @@ def test_a_200_answer_holding_only_an_err_packet_grants_nothing(
 ) -> None:
     name = repos.create(public=False, readers=("alice",))
     url = upstream.url(name)
-    git.clone(with_userinfo(url, "alice", "alice-pw"), tmp_path / "alice")
-    head = git.run("rev-parse", "HEAD", cwd=tmp_path / "alice").stdout.strip()
+    head = clone_head(git, url, tmp_path / "alice", "alice", "alice-pw")
     bob = basic("bob", "bob-pw")
 
     upstream.fault("err200", kinds=["info_refs", "ls_refs"])
@@ -82,17 +76,15 @@ def test_warming_in_public_isolation_never_caches_a_private_repo(
     creds = tmp_path / "warm-credentials.txt"
     creds.write_text(f"Authorization: {basic('alice', 'alice-pw')}\n")
     creds.chmod(0o600)
-    px = GobletProxy(tmp_path / "proxy", hosts=[upstream.host], upstream_ca=upstream.cert_path,
-                     confdir=confdir,
-                     sets={"goblet_isolation": "public", "goblet_warm_repos": str(warm_list),
-                           "goblet_warm_credentials": str(creds),
-                           "goblet_upstream_timeout": "5"})
-    with px:
+    with proxy_for(tmp_path / "proxy", upstream, confdir,
+                   {"goblet_isolation": "public", "goblet_warm_repos": str(warm_list),
+                    "goblet_warm_credentials": str(creds),
+                    "goblet_upstream_timeout": "5"}) as px:
         assert px.wait_for_log("warmed ", timeout=30), px.log_text()[-2000:]
         assert len(repos_for(px.cache_dir, upstream.url(public))) == 1
         assert repos_for(px.cache_dir, upstream.url(private)) == {}, (
             "public isolation: warming put a private repo in the cache")
         # alice still clones the private repo (straight from upstream in this mode).
-        git = GitClient(tmp_path / "home", ca_file=px.ca_cert, proxy=px.url)
+        git = git_through(px, tmp_path / "home")
         git.clone(with_userinfo(upstream.url(private), "alice", "alice-pw"), tmp_path / "c")
         assert repos_for(px.cache_dir, upstream.url(private)) == {}

@@ -9,7 +9,6 @@ mitmdump's output or anywhere in the cache directory.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,15 +24,7 @@ SENTINEL = "Zm9sZGVkLXNlbnRpbmVsLTcxMw"
 MORE = "bW9yZS1zZW50aW5lbC05Mjg"
 
 
-@pytest.fixture(scope="module")
-def proxy(
-    tmp_path_factory: pytest.TempPathFactory, upstream: UpstreamServer, confdir: Path
-) -> Iterator[GobletProxy]:
-    px = GobletProxy(tmp_path_factory.mktemp("proxy"), hosts=[upstream.host],
-                     upstream_ca=upstream.cert_path, confdir=confdir,
-                     sets={"goblet_offline": "on", "goblet_upstream_timeout": "5"})
-    with px:
-        yield px
+PROXY_SETS = {"goblet_offline": "on"}  # the module's proxy (tests/e2e/conftest.py)
 
 
 def folded(method: str, target: str, host: str, extra: list[str], body: bytes = b"") -> bytes:

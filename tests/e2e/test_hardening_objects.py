@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tests.e2e.conftest import Repos
 from tests.support import rawhttp
+from tests.support.attack import UPLOAD_HEADERS, send
 from tests.support.cachedir import has_object, repos_for
 from tests.support.gitclient import GitClient
 from tests.support.net import wait_for
@@ -24,26 +25,19 @@ from tests.support.repos import add_commit
 from tests.support.repos import git as upstream_git
 from tests.support.upstream_client import UpstreamServer
 
-V2 = {"Git-Protocol": "version=2", "Content-Type": "application/x-git-upload-pack-request"}
+V2 = UPLOAD_HEADERS
 V0 = {"Content-Type": "application/x-git-upload-pack-request"}
 
 
 def post(upstream: UpstreamServer, proxy: GobletProxy | None, name: str, headers: dict[str, str],
          body: bytes) -> rawhttp.RawResponse:
-    return rawhttp.request(
-        proxy_port=proxy.port if proxy else None,
-        ca_file=proxy.ca_cert if proxy else upstream.cert_path,
-        host="127.0.0.1", port=upstream.port, method="POST",
-        path=f"/{name}/git-upload-pack", headers=headers, body=body,
-    )
+    return send(upstream, proxy, "POST", f"/{name}/git-upload-pack", headers, body)
 
 
 def fresh_grant(upstream: UpstreamServer, proxy: GobletProxy, name: str) -> None:
     """An anonymous info/refs and ls-refs through goblet: a fresh grant, as a client would."""
-    resp = rawhttp.request(
-        proxy_port=proxy.port, ca_file=proxy.ca_cert, host="127.0.0.1", port=upstream.port,
-        method="GET", path=f"/{name}/info/refs?service=git-upload-pack",
-        headers={"Git-Protocol": "version=2"})
+    resp = send(upstream, proxy, "GET", f"/{name}/info/refs?service=git-upload-pack",
+                {"Git-Protocol": "version=2"})
     assert resp.status == 200
     assert post(upstream, proxy, name, V2, rawhttp.v2_ls_refs_body()).status == 200
 
@@ -67,6 +61,23 @@ def cache_dropped_ref(proxy: GobletProxy, url: str, ref: str) -> None:
     wait_for(f"the cache to drop {ref}", dropped, timeout=30)
 
 
+def cached_branch(git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy,
+                  clone: Path, branch: str, text: bytes,
+                  upstream_config: dict[str, str] | None = None) -> tuple[str, Path, Path, str]:
+    """A repo (its upstream configured with ``upstream_config``) with a branch ``branch``
+    whose tip adds ``BRANCH.txt``, cloned through goblet into ``clone``: the tip is in the
+    cache. Returns (repo name, upstream bare repo, cache repo, the tip)."""
+    name = repos.create(commits=3)
+    bare = repos.path(name)
+    for key, value in (upstream_config or {}).items():
+        upstream_git("config", key, value, cwd=bare)
+    tip = add_commit(bare, branch=branch, files={f"{branch}.txt": text})
+    git.clone(upstream.url(name), clone)
+    [cache] = repos_for(proxy.cache_dir, upstream.url(name))
+    assert has_object(cache, tip)
+    return name, bare, cache, tip
+
+
 def assert_not_served(upstream: UpstreamServer, proxy: GobletProxy, name: str, oid: str,
                       versions: tuple[str, ...] = ("v2", "v0")) -> None:
     """Fetches of ``oid`` through goblet give no pack, exactly like the upstream."""
@@ -86,13 +97,9 @@ def assert_not_served(upstream: UpstreamServer, proxy: GobletProxy, name: str, o
 def test_an_object_deleted_upstream_is_not_served_by_id(
     git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path
 ) -> None:
-    name = repos.create(commits=3)
+    name, bare, cache, leak = cached_branch(git, repos, upstream, proxy, tmp_path / "c",
+                                            "leak", b"deleted upstream later\n")
     url = upstream.url(name)
-    bare = repos.path(name)
-    leak = add_commit(bare, branch="leak", files={"leak.txt": b"deleted upstream later\n"})
-    git.clone(url, tmp_path / "c")
-    [cache] = repos_for(proxy.cache_dir, url)
-    assert has_object(cache, leak)
 
     upstream_git("update-ref", "-d", "refs/heads/leak", cwd=bare)
     upstream_git("reflog", "expire", "--expire=now", "--all", cwd=bare)
@@ -109,14 +116,10 @@ def test_an_object_deleted_upstream_is_not_served_by_id(
 def test_an_object_only_a_hidden_ref_reaches_is_not_served_by_id(
     git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path
 ) -> None:
-    name = repos.create(commits=3)
+    name, bare, cache, secret = cached_branch(
+        git, repos, upstream, proxy, tmp_path / "c", "secret", b"hidden later\n",
+        upstream_config={"uploadpack.allowAnySHA1InWant": "false"})
     url = upstream.url(name)
-    bare = repos.path(name)
-    upstream_git("config", "uploadpack.allowAnySHA1InWant", "false", cwd=bare)
-    secret = add_commit(bare, branch="secret", files={"secret.txt": b"hidden later\n"})
-    git.clone(url, tmp_path / "c")
-    [cache] = repos_for(proxy.cache_dir, url)
-    assert has_object(cache, secret)
 
     upstream_git("config", "uploadpack.hideRefs", "refs/heads/secret", cwd=bare)
     git.run("fetch", "--prune", "origin", cwd=tmp_path / "c")

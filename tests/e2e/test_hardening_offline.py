@@ -14,37 +14,37 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import Repos
-from tests.e2e.test_access import basic
-from tests.support import rawhttp
+from tests.support.attack import (
+    ALICE,
+    OFFLINE,
+    clone_head,
+    fetch,
+    git_through,
+    warm_then_revoke,
+)
 from tests.support.gitclient import GitClient, with_userinfo
 from tests.support.proxy import GobletProxy
 from tests.support.tunnel import open_tunnel
 from tests.support.upstream_client import UpstreamServer
 
 VERDICT_TTL = 2
-UPLOAD_HEADERS = {"Git-Protocol": "version=2",
-                  "Content-Type": "application/x-git-upload-pack-request"}
 
 
 @pytest.fixture
-def oproxy(tmp_path: Path, upstream: UpstreamServer, confdir: Path) -> Iterator[GobletProxy]:
+def oproxy(start_proxy: Callable[[dict[str, str]], GobletProxy]) -> GobletProxy:
     """A fresh offline-mode proxy per test (outage state is per host, and hosts are shared)."""
-    px = GobletProxy(tmp_path / "proxy", hosts=[upstream.host], upstream_ca=upstream.cert_path,
-                     confdir=confdir,
-                     sets={"goblet_offline": "on", "goblet_verdict_ttl": f"{VERDICT_TTL}s",
-                           "goblet_offline_grace": "1h", "goblet_upstream_timeout": "5"})
-    with px:
-        yield px
+    return start_proxy({**OFFLINE, "goblet_verdict_ttl": f"{VERDICT_TTL}s",
+                        "goblet_upstream_timeout": "5"})
 
 
 def ogit(tmp_path: Path, proxy: GobletProxy, label: str = "home") -> GitClient:
-    return GitClient(tmp_path / label, ca_file=proxy.ca_cert, proxy=proxy.url)
+    return git_through(proxy, tmp_path / label)
 
 
 def got_pack(dest: Path) -> bool:
@@ -74,30 +74,15 @@ def wait_log_lines(proxy: GobletProxy, name: str, at_least: int, timeout: float 
         time.sleep(0.05)
 
 
-def fetch(upstream: UpstreamServer, proxy: GobletProxy | None, name: str, head: str,
-          auth: str) -> rawhttp.RawResponse:
-    return rawhttp.request(
-        proxy_port=proxy.port if proxy else None,
-        ca_file=proxy.ca_cert if proxy else upstream.cert_path,
-        host="127.0.0.1", port=upstream.port, method="POST", path=f"/{name}/git-upload-pack",
-        headers={**UPLOAD_HEADERS, "Authorization": auth}, body=rawhttp.v2_fetch_body(head),
-    )
-
-
 @pytest.mark.parametrize("abandoned", ["upload-pack-post", "info-refs-get", "info-refs-hangup"])
 def test_a_client_hanging_up_does_not_make_goblet_serve_a_revoked_tenant(
     abandoned: str, oproxy: GobletProxy, upstream: UpstreamServer, repos: Repos,
     tmp_path: Path,
 ) -> None:
-    name = repos.create(public=False, readers=("alice",))
-    url = upstream.url(name)
     git = ogit(tmp_path, oproxy)
-    git.clone(with_userinfo(url, "alice", "alice-pw"), tmp_path / "warm")
-    head = git.run("rev-parse", "HEAD", cwd=tmp_path / "warm").stdout.strip()
-    alice = basic("alice", "alice-pw").split(": ", 1)[1]
-
-    repos.grant(name, public=False, readers=())  # upstream revokes alice
-    time.sleep(VERDICT_TTL + 1)  # her grant is past the verdict TTL
+    # upstream revokes alice; her grant is past the verdict TTL
+    name, head = warm_then_revoke(git, repos, upstream, tmp_path / "warm", VERDICT_TTL)
+    url = upstream.url(name)
 
     host = f"127.0.0.1:{upstream.port}"
     if abandoned == "upload-pack-post":
@@ -118,8 +103,8 @@ def test_a_client_hanging_up_does_not_make_goblet_serve_a_revoked_tenant(
         abandon(oproxy, upstream, head_bytes)
     wait_log_lines(oproxy, name, before + 3)
 
-    via = fetch(upstream, oproxy, name, head, alice)
-    straight = fetch(upstream, None, name, head, alice)
+    via = fetch(upstream, oproxy, name, head, ALICE)
+    straight = fetch(upstream, None, name, head, ALICE)
     assert straight.status == 404 and b"packfile" not in straight.body  # the reference
     assert b"packfile" not in via.body, "a revoked tenant got a pack from the cache"
     assert via.status == straight.status
@@ -135,8 +120,7 @@ def test_an_upstream_answering_500_is_an_outage_served_to_granted_tenants_only(
     name = repos.create(public=False, readers=("alice",))
     url = upstream.url(name)
     git = ogit(tmp_path, oproxy)
-    git.clone(with_userinfo(url, "alice", "alice-pw"), tmp_path / "warm")
-    head = git.run("rev-parse", "HEAD", cwd=tmp_path / "warm").stdout.strip()
+    head = clone_head(git, url, tmp_path / "warm", "alice", "alice-pw")
 
     upstream.fault("error500")
     try:

@@ -11,39 +11,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import Repos
+from tests.support.attack import clone_as_junk_tenants, git_through, wait_partitions_at_most
 from tests.support.cachedir import repos_for
-from tests.support.gitclient import GitClient, with_userinfo
-from tests.support.net import http_get, wait_for
+from tests.support.gitclient import with_userinfo
+from tests.support.net import http_get
 from tests.support.proxy import GobletProxy
 from tests.support.repos import add_commit
 from tests.support.upstream_client import UpstreamServer
 
 
-def make_proxy(tmp_path: Path, upstream: UpstreamServer, confdir: Path,
-               sets: dict[str, str]) -> GobletProxy:
-    return GobletProxy(tmp_path / "proxy", hosts=[upstream.host], upstream_ca=upstream.cert_path,
-                       confdir=confdir, sets={"goblet_upstream_timeout": "5", **sets})
-
-
 @pytest.fixture
-def user_proxy(tmp_path: Path, upstream: UpstreamServer, confdir: Path) -> Iterator[GobletProxy]:
-    with make_proxy(tmp_path, upstream, confdir, {"goblet_isolation": "user"}) as px:
-        yield px
-
-
-@pytest.fixture
-def tenant_proxy(
-    tmp_path: Path, upstream: UpstreamServer, confdir: Path
-) -> Iterator[GobletProxy]:
-    sets = {"goblet_isolation": "tenant", "goblet_max_partitions": "2"}
-    with make_proxy(tmp_path, upstream, confdir, sets) as px:
-        yield px
+def user_proxy(start_proxy: Callable[[dict[str, str]], GobletProxy]) -> GobletProxy:
+    return start_proxy({"goblet_upstream_timeout": "5", "goblet_isolation": "user"})
 
 
 def test_a_claimed_basic_user_name_does_not_open_that_users_partition(
@@ -51,7 +36,7 @@ def test_a_claimed_basic_user_name_does_not_open_that_users_partition(
 ) -> None:
     name = repos.create(public=False, readers=("alice", "bob"))
     url = upstream.url(name)
-    git = GitClient(tmp_path / "home", ca_file=user_proxy.ca_cert, proxy=user_proxy.url)
+    git = git_through(user_proxy, tmp_path / "home")
     git.clone(with_userinfo(url, "alice", "alice-pw"), tmp_path / "alice")
     [alices] = repos_for(user_proxy.cache_dir, url)
     filled_at = repos_for(user_proxy.cache_dir, url)[alices]["filled_at"]
@@ -75,15 +60,10 @@ def test_junk_headers_cannot_multiply_partitions_beyond_the_limit(
 ) -> None:
     name = repos.create(commits=4)
     url = upstream.url(name)
-    git = GitClient(tmp_path / "home", ca_file=tenant_proxy.ca_cert, proxy=tenant_proxy.url)
-    for i in range(1, 6):
-        git.clone(url, tmp_path / f"junk{i}", config=(f"http.extraHeader=X-Junk: {i}",))
-
-    def at_most_two() -> int | None:
-        n = len(repos_for(tenant_proxy.cache_dir, url))
-        return n if n <= 2 else None
-
-    wait_for("partitions beyond goblet_max_partitions to be evicted", at_most_two, timeout=15)
+    git = git_through(tenant_proxy, tmp_path / "home")
+    clone_as_junk_tenants(git, url, tmp_path, range(1, 6))
+    wait_partitions_at_most(tenant_proxy, url, 2,
+                            "partitions beyond goblet_max_partitions to be evicted")
     status, text = http_get(tenant_proxy.port, "/metrics")
     assert status == 200
     assert any(ln.startswith("goblet_partition") for ln in text.splitlines()), (

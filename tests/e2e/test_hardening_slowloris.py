@@ -6,10 +6,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.e2e.conftest import Repos
 from tests.support.gitclient import GitClient
@@ -21,16 +18,8 @@ BODY_TIMEOUT = 2
 CLOSE_WITHIN = 15.0
 
 
-@pytest.fixture(scope="module")
-def proxy(
-    tmp_path_factory: pytest.TempPathFactory, upstream: UpstreamServer, confdir: Path
-) -> Iterator[GobletProxy]:
-    px = GobletProxy(tmp_path_factory.mktemp("proxy"), hosts=[upstream.host],
-                     upstream_ca=upstream.cert_path, confdir=confdir,
-                     sets={"goblet_request_body_timeout": f"{BODY_TIMEOUT}s",
-                           "goblet_upstream_timeout": "10"})
-    with px:
-        yield px
+PROXY_SETS = {"goblet_request_body_timeout": f"{BODY_TIMEOUT}s",
+              "goblet_upstream_timeout": "10"}
 
 
 def stall(proxy: GobletProxy, upstream: UpstreamServer, name: str) -> ssl.SSLSocket:

@@ -728,10 +728,8 @@ def record_answers(port: int, repo: str) -> tuple[dict[str, Any], str]:
     return answers, tip
 
 
-def run_k6(node: str, tmp_path: Path, env: dict[str, str], answers: dict[str, Any]
-           ) -> dict[str, Any]:
-    """Import k6-script.js under node with stub k6 modules; run setup() and one iteration."""
-    work = tmp_path / "k6"
+def k6_workdir(work: Path) -> Path:
+    """``work`` holding k6-script.js, its pkt-line module and stub k6 modules, for node."""
     stubs = work / "node_modules" / "k6"
     stubs.mkdir(parents=True, exist_ok=True)
     for name, text in K6_STUBS.items():
@@ -739,6 +737,13 @@ def run_k6(node: str, tmp_path: Path, env: dict[str, str], answers: dict[str, An
     (work / "package.json").write_text('{"type": "module"}')
     for name in ("k6-script.js", "k6-pktline.js"):
         shutil.copy(LOADTEST / name, work / name)
+    return work
+
+
+def run_k6(node: str, tmp_path: Path, env: dict[str, str], answers: dict[str, Any]
+           ) -> dict[str, Any]:
+    """Import k6-script.js under node with stub k6 modules; run setup() and one iteration."""
+    work = k6_workdir(tmp_path / "k6")
     (work / "run.js").write_text(K6_RUNNER)
     fixture = work / "fixture.json"
     fixture.write_text(json.dumps({"env": env, "answers": answers}))
@@ -751,14 +756,7 @@ def run_k6(node: str, tmp_path: Path, env: dict[str, str], answers: dict[str, An
 
 def k6_import(node: str, tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Import k6-script.js (module scope only) under node with stub k6 modules."""
-    run_k6_setup = tmp_path / "k6-import"
-    stubs = run_k6_setup / "node_modules" / "k6"
-    stubs.mkdir(parents=True, exist_ok=True)
-    for name, text in K6_STUBS.items():
-        (stubs / name).write_text(text)
-    (run_k6_setup / "package.json").write_text('{"type": "module"}')
-    for name in ("k6-script.js", "k6-pktline.js"):
-        shutil.copy(LOADTEST / name, run_k6_setup / name)
+    run_k6_setup = k6_workdir(tmp_path / "k6-import")
     (run_k6_setup / "run.js").write_text(
         f"globalThis.__ENV = {json.dumps(env)};\n"
         "const script = await import('./k6-script.js');\n"

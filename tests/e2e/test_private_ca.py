@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.e2e.conftest import USERS, Repos, count
+from tests.e2e.conftest import Repos, count, started_upstream
 from tests.support.gitclient import GitClient
 from tests.support.proxy import GobletProxy
 from tests.support.upstream_client import UpstreamServer
@@ -27,9 +27,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def forge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamServer]:
-    server = UpstreamServer(tmp_path_factory.mktemp("forge"), {"users": USERS, "repos": {}},
-                            private_ca=True)
-    with server:
+    with started_upstream(tmp_path_factory, "forge", private_ca=True) as server:
         yield server
 
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.e2e.conftest import Repos, count
 from tests.support.gitclient import GitClient
@@ -16,14 +13,8 @@ from tests.support.upstream_client import UpstreamServer
 SECRET = "proxy-secret-4d1c9e"
 
 
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, upstream: UpstreamServer, confdir: Path
-          ) -> Iterator[GobletProxy]:
-    px = GobletProxy(tmp_path_factory.mktemp("proxy"), hosts=[upstream.host],
-                     upstream_ca=upstream.cert_path, confdir=confdir,
-                     sets={"proxyauth": "any", "goblet_isolation": "tenant"})
-    with px:
-        yield px
+# The module's proxy (tests/e2e/conftest.py), with goblet's own default upstream timeout.
+PROXY_SETS = {"proxyauth": "any", "goblet_isolation": "tenant", "goblet_upstream_timeout": "60s"}
 
 
 def client(tmp_path: Path, proxy: GobletProxy, user: str | None) -> GitClient:

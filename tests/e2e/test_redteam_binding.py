@@ -19,7 +19,6 @@ mode would then serve. Spellings tried, all expected to be refused or left uncac
 
 from __future__ import annotations
 
-import base64
 import socket
 import ssl
 from collections.abc import Iterator
@@ -32,37 +31,28 @@ import pytest
 
 from tests.e2e.conftest import USERS, Repos
 from tests.support import rawhttp
-from tests.support.gitclient import GitClient, with_userinfo
+from tests.support.attack import (
+    ALICE,
+    STRANGERS,
+    UPLOAD_HEADERS,
+    clone_head,
+    fetch,
+    git_through,
+    no_pack,
+    one_by_one,
+    proxy_for,
+)
+from tests.support.gitclient import GitClient
 from tests.support.proxy import GobletProxy
 from tests.support.repos import make_bare_repo
-from tests.support.tunnel import ResponseError, http_request, read_response
+from tests.support.tunnel import http_request
 from tests.support.upstream_client import UpstreamServer
 
 pytestmark = pytest.mark.e2e
 
 B_NAME = "localhost"
-V2 = {"Git-Protocol": "version=2", "Content-Type": "application/x-git-upload-pack-request"}
-BOB = {"Authorization": "Basic " + base64.b64encode(b"bob:bob-pw").decode()}
-ALICE = {"Authorization": "Basic " + base64.b64encode(b"alice:alice-pw").decode()}
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamServer]:
-    server = UpstreamServer(tmp_path_factory.mktemp("upstream"), {"users": USERS, "repos": {}},
-                            alt_name=B_NAME)
-    with server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def proxy(
-    tmp_path_factory: pytest.TempPathFactory, upstream: UpstreamServer, confdir: Path
-) -> Iterator[GobletProxy]:
-    px = GobletProxy(tmp_path_factory.mktemp("proxy"), hosts=[upstream.host, upstream.alt_host],
-                     upstream_ca=upstream.cert_path, confdir=confdir,
-                     sets={"goblet_upstream_timeout": "5"})
-    with px:
-        yield px
+UPSTREAM_OPTIONS = {"alt_name": B_NAME}  # the module's upstream and proxy: A and B
+V2 = UPLOAD_HEADERS
 
 
 def private_on_b(repos: Repos, upstream: UpstreamServer) -> str:
@@ -89,18 +79,6 @@ def tunnel(proxy: GobletProxy, host: str, port: int, sni: str,
     return context.wrap_socket(raw, server_hostname=sni)
 
 
-def send_all(sock: ssl.SSLSocket, requests: list[bytes]) -> list[rawhttp.RawResponse]:
-    answers = []
-    with sock:
-        for raw in requests:
-            try:
-                sock.sendall(raw)
-                answers.append(read_response(sock))
-            except (ResponseError, OSError):
-                break
-    return answers
-
-
 def ref_requests(host_header: str, name: str, auth: dict[str, str]) -> list[bytes]:
     return [
         http_request("GET", f"/{name}/info/refs?service=git-upload-pack", host_header,
@@ -112,19 +90,11 @@ def ref_requests(host_header: str, name: str, auth: dict[str, str]) -> list[byte
 
 def fetch_b(proxy: GobletProxy, upstream: UpstreamServer, name: str, head: str,
             auth: dict[str, str]) -> rawhttp.RawResponse:
-    return rawhttp.request(
-        proxy_port=proxy.port, ca_file=proxy.ca_cert, host=B_NAME, port=upstream.port,
-        method="POST", path=f"/{name}/git-upload-pack", headers={**V2, **auth},
-        body=rawhttp.v2_fetch_body(head))
+    return fetch(upstream, proxy, name, head, auth, host=B_NAME)
 
 
 def warm_b(git: GitClient, upstream: UpstreamServer, name: str, dest: Path) -> str:
-    git.clone(with_userinfo(upstream.alt_url(name), "alice", "alice-pw"), dest)
-    return git.run("rev-parse", "HEAD", cwd=dest).stdout.strip()
-
-
-def no_pack(resp: rawhttp.RawResponse) -> bool:
-    return b"packfile" not in resp.body and b"PACK" not in resp.body
+    return clone_head(git, upstream.alt_url(name), dest, "alice", "alice-pw")
 
 
 def fetches(upstream: UpstreamServer, name: str) -> int:
@@ -137,8 +107,8 @@ def test_a_trailing_dot_server_name_grants_nothing_for_the_undotted_host(
 ) -> None:
     name = private_on_b(repos, upstream)
     head = warm_b(git, upstream, name, tmp_path / "alice")
-    for auth in ({}, BOB):
-        answers = send_all(tunnel(proxy, B_NAME, upstream.port, f"{B_NAME}."),
+    for auth in STRANGERS.values():
+        answers = one_by_one(tunnel(proxy, B_NAME, upstream.port, f"{B_NAME}."),
                            ref_requests(upstream.alt_host, name, auth))
         assert all(r.status != 200 for r in answers), [r.status for r in answers]
         resp = fetch_b(proxy, upstream, name, head, auth)
@@ -160,7 +130,7 @@ def test_odd_host_headers_are_never_answered_from_the_cache(
              f"Content-Length: {len(rawhttp.v2_fetch_body(head))}\r\n\r\n").encode()
     fetch += rawhttp.v2_fetch_body(head)
     before = fetches(upstream, name)
-    answers = send_all(tunnel(proxy, B_NAME, upstream.port, B_NAME), [fetch])
+    answers = one_by_one(tunnel(proxy, B_NAME, upstream.port, B_NAME), [fetch])
     assert answers, "no answer"
     assert answers[0].status == 400 or fetches(upstream, name) == before + 1, (
         f"a fetch with Host headers {spelled} was answered from the cache")
@@ -178,10 +148,9 @@ def h2proxy(
     tmp_path_factory: pytest.TempPathFactory, upstream: UpstreamServer, confdir: Path
 ) -> Iterator[GobletProxy]:
     # Lazy: mitmproxy offers h2 to the client without asking the (HTTP/1.1) upstream.
-    px = Http2Proxy(tmp_path_factory.mktemp("h2proxy"), hosts=[upstream.host, upstream.alt_host],
-                    upstream_ca=upstream.cert_path, confdir=confdir,
-                    sets={"goblet_upstream_timeout": "5", "connection_strategy": "lazy"})
-    with px:
+    sets = {"goblet_upstream_timeout": "5", "connection_strategy": "lazy"}
+    with proxy_for(tmp_path_factory.mktemp("h2proxy"), upstream, confdir, sets,
+                   cls=Http2Proxy) as px:
         yield px
 
 
@@ -214,9 +183,9 @@ def test_an_http2_authority_naming_another_host_grants_nothing(
     repos: Repos, upstream: UpstreamServer, h2proxy: GobletProxy, tmp_path: Path
 ) -> None:
     name = private_on_b(repos, upstream)
-    git = GitClient(tmp_path / "home", ca_file=h2proxy.ca_cert, proxy=h2proxy.url)
+    git = git_through(h2proxy, tmp_path / "home")
     head = warm_b(git, upstream, name, tmp_path / "alice")
-    for auth in ({}, BOB):
+    for auth in STRANGERS.values():
         # A tunnel to B whose requests name A in :authority (A's repo is public).
         for path, method, body in (
                 (f"/{name}/info/refs?service=git-upload-pack", "GET", b""),

@@ -21,37 +21,28 @@ clients keep their offline access.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import Repos
 from tests.support import rawhttp
-from tests.support.gitclient import GitClient, with_userinfo
+from tests.support.attack import OFFLINE, UPLOAD_HEADERS, clone_head, git_through, send
+from tests.support.gitclient import GitClient
 from tests.support.proxy import GobletProxy
 from tests.support.upstream_client import UpstreamServer
 
 pytestmark = pytest.mark.e2e
 
-V2 = {"Git-Protocol": "version=2", "Content-Type": "application/x-git-upload-pack-request"}
-
-
-def send(upstream: UpstreamServer, proxy: GobletProxy | None, method: str, path: str,
-         headers: dict[str, str], body: bytes | None = None) -> rawhttp.RawResponse:
-    return rawhttp.request(
-        proxy_port=proxy.port if proxy else None,
-        ca_file=proxy.ca_cert if proxy else upstream.cert_path,
-        host="127.0.0.1", port=upstream.port, method=method, path=path, headers=headers,
-        body=body)
+V2 = UPLOAD_HEADERS
 
 
 def test_a_token_in_the_query_string_does_not_grant_the_anonymous_tenant(
     git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path
 ) -> None:
     name = repos.create(public=False, readers=("alice", "bob"), commits=3)
-    git.clone(with_userinfo(upstream.url(name), "alice", "alice-pw"), tmp_path / "alice")
-    head = git.run("rev-parse", "HEAD", cwd=tmp_path / "alice").stdout.strip()
+    head = clone_head(git, upstream.url(name), tmp_path / "alice", "alice", "alice-pw")
 
     # bob lists the refs with his token in the URL (no Authorization header at all).
     listed = send(upstream, proxy, "GET",
@@ -70,20 +61,15 @@ def test_a_token_in_the_query_string_does_not_grant_the_anonymous_tenant(
 
 
 @pytest.fixture
-def oproxy(tmp_path: Path, upstream: UpstreamServer, confdir: Path) -> Iterator[GobletProxy]:
-    px = GobletProxy(tmp_path / "proxy", hosts=[upstream.host], upstream_ca=upstream.cert_path,
-                     confdir=confdir,
-                     sets={"goblet_offline": "on", "goblet_offline_grace": "1h",
-                           "goblet_upstream_timeout": "5"})
-    with px:
-        yield px
+def oproxy(start_proxy: Callable[[dict[str, str]], GobletProxy]) -> GobletProxy:
+    return start_proxy({**OFFLINE, "goblet_upstream_timeout": "5"})
 
 
 def test_a_bad_token_in_the_query_string_does_not_deny_the_anonymous_tenant(
     oproxy: GobletProxy, repos: Repos, upstream: UpstreamServer, tmp_path: Path
 ) -> None:
     name = repos.create(commits=3)
-    git = GitClient(tmp_path / "home", ca_file=oproxy.ca_cert, proxy=oproxy.url)
+    git = git_through(oproxy, tmp_path / "home")
     git.clone(upstream.url(name), tmp_path / "warm")  # anonymous: granted, cached
 
     refused = send(upstream, oproxy, "GET",

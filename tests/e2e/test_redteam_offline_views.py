@@ -16,39 +16,26 @@ refs the upstream listed for it in its last online answer ("the others are hidde
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import Repos
 from tests.support import rawhttp
+from tests.support.attack import BOB, OFFLINE, UPLOAD_HEADERS, git_through, send
 from tests.support.gitclient import GitClient, with_userinfo
 from tests.support.proxy import GobletProxy
 from tests.support.upstream_client import UpstreamServer
 
 pytestmark = pytest.mark.e2e
 
-V2 = {"Git-Protocol": "version=2", "Content-Type": "application/x-git-upload-pack-request"}
-BOB = {"Authorization": "Basic " + base64.b64encode(b"bob:bob-pw").decode()}
+V2 = UPLOAD_HEADERS
 
 
 @pytest.fixture
-def oproxy(tmp_path: Path, upstream: UpstreamServer, confdir: Path) -> Iterator[GobletProxy]:
-    px = GobletProxy(tmp_path / "proxy", hosts=[upstream.host], upstream_ca=upstream.cert_path,
-                     confdir=confdir,
-                     sets={"goblet_offline": "on", "goblet_verdict_ttl": "60s",
-                           "goblet_offline_grace": "1h", "goblet_upstream_timeout": "5"})
-    with px:
-        yield px
-
-
-def send(upstream: UpstreamServer, proxy: GobletProxy, method: str, path: str,
-         headers: dict[str, str], body: bytes | None = None) -> rawhttp.RawResponse:
-    return rawhttp.request(proxy_port=proxy.port, ca_file=proxy.ca_cert, host="127.0.0.1",
-                           port=upstream.port, method=method, path=path, headers=headers,
-                           body=body)
+def oproxy(start_proxy: Callable[[dict[str, str]], GobletProxy]) -> GobletProxy:
+    return start_proxy({**OFFLINE, "goblet_verdict_ttl": "60s", "goblet_upstream_timeout": "5"})
 
 
 def ls_refs(prefixes: tuple[str, ...]) -> bytes:
@@ -67,7 +54,7 @@ def warm(git: GitClient, repos: Repos, upstream: UpstreamServer, tmp_path: Path
 def test_an_offline_ref_answer_shows_only_what_the_tenants_last_answer_listed(
     oproxy: GobletProxy, repos: Repos, upstream: UpstreamServer, tmp_path: Path
 ) -> None:
-    git = GitClient(tmp_path / "home", ca_file=oproxy.ca_cert, proxy=oproxy.url)
+    git = git_through(oproxy, tmp_path / "home")
     name, refs = warm(git, repos, upstream, tmp_path)
     main, dev = refs["refs/remotes/origin/main"], refs["refs/remotes/origin/dev"]
     listed = send(upstream, oproxy, "POST", f"/{name}/git-upload-pack", {**V2, **BOB},
@@ -94,7 +81,7 @@ def test_an_offline_ref_answer_shows_only_what_the_tenants_last_answer_listed(
 def test_a_grant_without_a_ref_list_serves_nothing_offline(
     oproxy: GobletProxy, repos: Repos, upstream: UpstreamServer, tmp_path: Path
 ) -> None:
-    git = GitClient(tmp_path / "home", ca_file=oproxy.ca_cert, proxy=oproxy.url)
+    git = git_through(oproxy, tmp_path / "home")
     name, refs = warm(git, repos, upstream, tmp_path)
     main = refs["refs/remotes/origin/main"]
     caps = send(upstream, oproxy, "GET", f"/{name}/info/refs?service=git-upload-pack",

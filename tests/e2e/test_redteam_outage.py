@@ -23,20 +23,19 @@ confirmation succeeds.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import USERS, Repos
-from tests.support import rawhttp
-from tests.support.gitclient import GitClient, with_userinfo
+from tests.e2e.conftest import Repos, started_upstream
+from tests.support import attack, rawhttp
+from tests.support.attack import ALICE, OFFLINE, git_through, proxy_for, send
 from tests.support.proxy import GobletProxy
 from tests.support.tunnel import open_tunnel, read_response
 from tests.support.upstream_client import UpstreamServer
@@ -44,39 +43,23 @@ from tests.support.upstream_client import UpstreamServer
 pytestmark = pytest.mark.e2e
 
 VERDICT_TTL = 2
-V2 = {"Git-Protocol": "version=2", "Content-Type": "application/x-git-upload-pack-request"}
-ALICE = "Basic " + base64.b64encode(b"alice:alice-pw").decode()
 
 
-def offline_proxy(tmp_path: Path, upstream: UpstreamServer, confdir: Path,
-                  **sets: str) -> GobletProxy:
-    return GobletProxy(tmp_path / "proxy", hosts=[upstream.host], upstream_ca=upstream.cert_path,
-                       confdir=confdir,
-                       sets={"goblet_offline": "on", "goblet_verdict_ttl": f"{VERDICT_TTL}s",
-                             "goblet_offline_grace": "1h", **sets})
+def offline_sets(**sets: str) -> dict[str, str]:
+    return {**OFFLINE, "goblet_verdict_ttl": f"{VERDICT_TTL}s", **sets}
 
 
 def warm_then_revoke(repos: Repos, upstream: UpstreamServer, proxy: GobletProxy,
                      tmp_path: Path) -> tuple[str, str]:
     """alice clones a private repo through goblet; then the upstream revokes her and her
     grant goes stale. Returns (repo name, its HEAD commit)."""
-    name = repos.create(public=False, readers=("alice",), commits=3)
-    git = GitClient(tmp_path / "home", ca_file=proxy.ca_cert, proxy=proxy.url)
-    git.clone(with_userinfo(upstream.url(name), "alice", "alice-pw"), tmp_path / "warm")
-    head = git.run("rev-parse", "HEAD", cwd=tmp_path / "warm").stdout.strip()
-    repos.grant(name, public=False, readers=())
-    time.sleep(VERDICT_TTL + 1)
-    return name, head
+    return attack.warm_then_revoke(git_through(proxy, tmp_path / "home"), repos, upstream,
+                                   tmp_path / "warm", VERDICT_TTL, commits=3)
 
 
 def fetch(upstream: UpstreamServer, proxy: GobletProxy | None, name: str, head: str,
           timeout: float = 60) -> rawhttp.RawResponse:
-    return rawhttp.request(
-        proxy_port=proxy.port if proxy else None,
-        ca_file=proxy.ca_cert if proxy else upstream.cert_path,
-        host="127.0.0.1", port=upstream.port, method="POST", path=f"/{name}/git-upload-pack",
-        headers={**V2, "Authorization": ALICE}, body=rawhttp.v2_fetch_body(head),
-        timeout=timeout)
+    return attack.fetch(upstream, proxy, name, head, ALICE, timeout=timeout)
 
 
 def assert_refused_like_upstream(via: rawhttp.RawResponse, straight: rawhttp.RawResponse) -> None:
@@ -88,9 +71,8 @@ def assert_refused_like_upstream(via: rawhttp.RawResponse, straight: rawhttp.Raw
 
 
 @pytest.fixture
-def oproxy(tmp_path: Path, upstream: UpstreamServer, confdir: Path) -> Iterator[GobletProxy]:
-    with offline_proxy(tmp_path, upstream, confdir, goblet_upstream_timeout="2") as px:
-        yield px
+def oproxy(start_proxy: Callable[[dict[str, str]], GobletProxy]) -> GobletProxy:
+    return start_proxy(offline_sets(goblet_upstream_timeout="2"))
 
 
 def test_one_slow_answer_to_a_client_request_is_not_an_outage_for_everyone(
@@ -102,10 +84,8 @@ def test_one_slow_answer_to_a_client_request_is_not_an_outage_for_everyone(
     # Anyone's ref request for any repo of the host, which the upstream is slow to answer.
     upstream.fault("stall", kinds=["info_refs"], count=1)
     try:
-        slow = rawhttp.request(
-            proxy_port=oproxy.port, ca_file=oproxy.ca_cert, host="127.0.0.1",
-            port=upstream.port, method="GET", path=f"/{other}/info/refs?service=git-upload-pack",
-            headers={"Git-Protocol": "version=2"}, timeout=60)
+        slow = send(upstream, oproxy, "GET", f"/{other}/info/refs?service=git-upload-pack",
+                    {"Git-Protocol": "version=2"}, timeout=60)
     finally:
         upstream.fault("none")  # releases the stalled request: the upstream is fine
     # goblet gave up on it after goblet_upstream_timeout; its own probe then found the
@@ -124,10 +104,8 @@ def test_a_client_request_answered_500_is_not_an_outage_while_goblets_own_reques
     name, head = warm_then_revoke(repos, upstream, oproxy, tmp_path)
     upstream.fault("error500", kinds=["info_refs"], count=1)
     try:
-        resp = rawhttp.request(
-            proxy_port=oproxy.port, ca_file=oproxy.ca_cert, host="127.0.0.1",
-            port=upstream.port, method="GET", path=f"/{name}/info/refs?service=git-upload-pack",
-            headers={"Git-Protocol": "version=2", "Authorization": ALICE})
+        resp = send(upstream, oproxy, "GET", f"/{name}/info/refs?service=git-upload-pack",
+                    {"Git-Protocol": "version=2", **ALICE})
     finally:
         upstream.fault("none")
     assert resp.status == 500 and b"packfile" not in resp.body
@@ -144,9 +122,7 @@ LATENCY_MS = 1000
 @pytest.fixture
 def slow_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamServer]:
     """An upstream one second away (a WAN link): goblet's own requests are in flight 1 s."""
-    server = UpstreamServer(tmp_path_factory.mktemp("slow-upstream"),
-                            {"users": USERS, "repos": {}}, latency_ms=LATENCY_MS)
-    with server:
+    with started_upstream(tmp_path_factory, "slow-upstream", latency_ms=LATENCY_MS) as server:
         yield server
 
 
@@ -173,7 +149,8 @@ def test_blocking_the_event_loop_does_not_turn_goblets_own_probe_into_an_outage(
 ) -> None:
     upstream = slow_upstream
     repos = Repos(upstream)
-    with offline_proxy(tmp_path, upstream, confdir, goblet_upstream_timeout="3") as proxy:
+    with proxy_for(tmp_path / "proxy", upstream, confdir,
+                   offline_sets(goblet_upstream_timeout="3")) as proxy:
         name, head = warm_then_revoke(repos, upstream, proxy, tmp_path)
         upstream.reset_stats()
         head_bytes, body = bomb_head_and_body(upstream)

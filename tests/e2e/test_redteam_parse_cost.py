@@ -34,17 +34,17 @@ from __future__ import annotations
 
 import gzip
 import http.client
-import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import Repos
-from tests.support.gitclient import GitClient
+from tests.support import attack
+from tests.support.attack import git_through, tunnel_connection
 from tests.support.net import http_get
 from tests.support.proxy import GobletProxy
 from tests.support.repos import git as upstream_git
@@ -74,49 +74,24 @@ def tiny_packet_bomb() -> bytes:
 
 
 @pytest.fixture
-def pproxy(tmp_path: Path, upstream: UpstreamServer, confdir: Path) -> Iterator[GobletProxy]:
+def pproxy(start_proxy: Callable[[dict[str, str]], GobletProxy]) -> GobletProxy:
     """A fresh proxy per test (its own memory baseline) inspecting at most 8 MiB."""
-    px = GobletProxy(tmp_path / "proxy", hosts=[upstream.host], upstream_ca=upstream.cert_path,
-                     confdir=confdir,
-                     sets={"goblet_max_request_bytes": "8MiB", "goblet_upstream_timeout": "30"})
-    with px:
-        yield px
+    return start_proxy({"goblet_max_request_bytes": "8MiB", "goblet_upstream_timeout": "30"})
 
 
 @pytest.fixture
-def dproxy(tmp_path: Path, upstream: UpstreamServer, confdir: Path) -> Iterator[GobletProxy]:
+def dproxy(start_proxy: Callable[[dict[str, str]], GobletProxy]) -> GobletProxy:
     """A fresh proxy with the default request cap."""
-    px = GobletProxy(tmp_path / "proxy", hosts=[upstream.host], upstream_ca=upstream.cert_path,
-                     confdir=confdir, sets={"goblet_upstream_timeout": "30"})
-    with px:
-        yield px
+    return start_proxy({"goblet_upstream_timeout": "30"})
 
 
 def post_in_background(proxy: GobletProxy, upstream: UpstreamServer, body: bytes
                        ) -> tuple[threading.Thread, dict[str, Any]]:
     """POST ``body`` (gzip-compressed here) to an upload-pack URL through the proxy."""
-    out: dict[str, Any] = {}
     wire = gzip.compress(body, 9)
+    thread, out = attack.post_in_background(proxy, upstream, "/parse-bomb.git/git-upload-pack",
+                                            UPLOAD_HEADERS, wire, timeout=150)
     out["wire_bytes"] = len(wire)
-
-    def run() -> None:
-        context = ssl.create_default_context(cafile=str(proxy.ca_cert))
-        conn = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=context,
-                                           timeout=150)
-        conn.set_tunnel("127.0.0.1", upstream.port)
-        try:
-            conn.request("POST", "/parse-bomb.git/git-upload-pack", body=wire,
-                         headers=UPLOAD_HEADERS)
-            out["sent"] = time.monotonic()
-            resp = conn.getresponse()
-            out["status"], out["body"] = resp.status, resp.read()
-        except (OSError, http.client.HTTPException) as e:
-            out["error"] = repr(e)
-        finally:
-            conn.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
     return thread, out
 
 
@@ -181,10 +156,7 @@ def test_ref_answers_with_many_refs_do_not_stall_every_other_client(
     results: list[int] = []
 
     def list_refs() -> None:
-        context = ssl.create_default_context(cafile=str(dproxy.ca_cert))
-        conn = http.client.HTTPSConnection("127.0.0.1", dproxy.port, context=context,
-                                           timeout=150)
-        conn.set_tunnel("127.0.0.1", upstream.port)
+        conn = tunnel_connection(dproxy, upstream, 150)
         try:
             conn.request("GET", f"/{name}/info/refs?service=git-upload-pack")
             resp = conn.getresponse()
@@ -224,7 +196,7 @@ def test_many_requests_in_flight_do_not_each_hold_a_decoded_body(
     pproxy: GobletProxy, upstream: UpstreamServer, repos: Repos, tmp_path: Path
 ) -> None:
     name = repos.create(commits=2)
-    git = GitClient(tmp_path / "home", ca_file=pproxy.ca_cert, proxy=pproxy.url)
+    git = git_through(pproxy, tmp_path / "home")
     git.clone(upstream.url(name), tmp_path / "warm")  # an anonymous grant
     wire = gzip.compress(padded_fetch("1" * 40), 9)
     assert len(wire) < 100_000
@@ -232,10 +204,7 @@ def test_many_requests_in_flight_do_not_each_hold_a_decoded_body(
     done: list[int] = []
 
     def post() -> None:
-        context = ssl.create_default_context(cafile=str(pproxy.ca_cert))
-        conn = http.client.HTTPSConnection("127.0.0.1", pproxy.port, context=context,
-                                           timeout=120)
-        conn.set_tunnel("127.0.0.1", upstream.port)
+        conn = tunnel_connection(pproxy, upstream, 120)
         try:
             conn.request("POST", f"/{name}/git-upload-pack", body=wire, headers=UPLOAD_HEADERS)
             resp = conn.getresponse()

@@ -14,31 +14,18 @@ minted new tenants; the new tenants are the ones that go without a copy.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import Repos
+from tests.support.attack import clone_as_junk_tenants, git_through, wait_partitions_at_most
 from tests.support.cachedir import repos_for
-from tests.support.gitclient import GitClient, with_userinfo
-from tests.support.net import wait_for
+from tests.support.gitclient import with_userinfo
 from tests.support.proxy import GobletProxy
 from tests.support.upstream_client import UpstreamServer
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def tenant_proxy(
-    tmp_path: Path, upstream: UpstreamServer, confdir: Path
-) -> Iterator[GobletProxy]:
-    px = GobletProxy(tmp_path / "proxy", hosts=[upstream.host], upstream_ca=upstream.cert_path,
-                     confdir=confdir,
-                     sets={"goblet_isolation": "tenant", "goblet_max_partitions": "2",
-                           "goblet_upstream_timeout": "5"})
-    with px:
-        yield px
 
 
 def test_strangers_minting_tenants_do_not_evict_a_tenants_copy_in_use(
@@ -46,17 +33,11 @@ def test_strangers_minting_tenants_do_not_evict_a_tenants_copy_in_use(
 ) -> None:
     name = repos.create(commits=4)
     url = upstream.url(name)
-    git = GitClient(tmp_path / "home", ca_file=tenant_proxy.ca_cert, proxy=tenant_proxy.url)
+    git = git_through(tenant_proxy, tmp_path / "home")
     git.clone(with_userinfo(url, "alice", "alice-pw"), tmp_path / "alice")
     [alices] = repos_for(tenant_proxy.cache_dir, url)
 
-    for i in range(2):
-        git.clone(url, tmp_path / f"junk{i}", config=(f"http.extraHeader=X-Junk: {i}",))
-
-    def settled() -> int | None:
-        n = len(repos_for(tenant_proxy.cache_dir, url))
-        return n if n <= 2 else None
-
-    wait_for("the partition bound to be enforced", settled, timeout=15)
+    clone_as_junk_tenants(git, url, tmp_path, range(2))
+    wait_partitions_at_most(tenant_proxy, url, 2, "the partition bound to be enforced")
     assert alices.exists(), (
         "two clones with junk headers evicted the copy alice filled and used a moment ago")

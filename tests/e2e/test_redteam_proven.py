@@ -33,6 +33,7 @@ from tests.e2e.conftest import Repos
 from tests.e2e.test_hardening_grants import basic
 from tests.e2e.test_hardening_objects import V0, is_pack, post, v0_fetch_body
 from tests.support import rawhttp
+from tests.support.attack import send
 from tests.support.cachedir import has_object, repos_for
 from tests.support.gitclient import GitClient, with_userinfo
 from tests.support.proxy import GobletProxy
@@ -46,9 +47,7 @@ pytestmark = pytest.mark.e2e
 def v0_info_refs(upstream: UpstreamServer, proxy: GobletProxy, name: str,
                  headers: dict[str, str] | None = None) -> rawhttp.RawResponse:
     """A protocol v0 ref advertisement through goblet: a fresh grant and view."""
-    return rawhttp.request(
-        proxy_port=proxy.port, ca_file=proxy.ca_cert, host="127.0.0.1", port=upstream.port,
-        method="GET", path=f"/{name}/info/refs?service=git-upload-pack", headers=headers or {})
+    return send(upstream, proxy, "GET", f"/{name}/info/refs?service=git-upload-pack", headers)
 
 
 def with_hidden_secret(repos: Repos, **grant: Any) -> tuple[str, str]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,17 +37,8 @@ GIVE_UP = 3 * BODY_TIMEOUT + 4  # a head still open after this long is never cut
 PREFIX_PORT = free_port()
 
 
-@pytest.fixture(scope="module")
-def proxy(
-    tmp_path_factory: pytest.TempPathFactory, upstream: UpstreamServer, confdir: Path
-) -> Iterator[GobletProxy]:
-    px = GobletProxy(tmp_path_factory.mktemp("proxy"), hosts=[upstream.host],
-                     upstream_ca=upstream.cert_path, confdir=confdir,
-                     sets={"goblet_request_body_timeout": f"{BODY_TIMEOUT}s",
-                           "goblet_upstream_timeout": "10",
-                           "goblet_prefix_port": str(PREFIX_PORT)})
-    with px:
-        yield px
+PROXY_SETS = {"goblet_request_body_timeout": f"{BODY_TIMEOUT}s",
+              "goblet_upstream_timeout": "10", "goblet_prefix_port": str(PREFIX_PORT)}
 
 
 def trickle(sock: socket.socket, first: bytes, seconds: float) -> float | None:

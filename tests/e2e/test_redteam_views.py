@@ -12,13 +12,21 @@ stranger (anonymous or bob, who may not read it) then tries to borrow her grant 
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import Repos
 from tests.support import rawhttp
+from tests.support.attack import (
+    ALICE,
+    BOB,
+    STRANGERS,
+    UPLOAD_HEADERS,
+    clone_head,
+    no_pack,
+    send,
+)
 from tests.support.gitclient import GitClient, with_userinfo
 from tests.support.proxy import GobletProxy
 from tests.support.tunnel import http_request, open_tunnel, read_response
@@ -26,29 +34,12 @@ from tests.support.upstream_client import UpstreamServer
 
 pytestmark = pytest.mark.e2e
 
-V2 = {"Git-Protocol": "version=2", "Content-Type": "application/x-git-upload-pack-request"}
-ALICE = {"Authorization": "Basic " + base64.b64encode(b"alice:alice-pw").decode()}
-BOB = {"Authorization": "Basic " + base64.b64encode(b"bob:bob-pw").decode()}
-STRANGERS = {"anonymous": {}, "bob": BOB}
+V2 = UPLOAD_HEADERS
 
 
 def warm(git: GitClient, repos: Repos, upstream: UpstreamServer, tmp_path: Path) -> tuple[str, str]:
     name = repos.create(public=False, readers=("alice",), commits=3)
-    git.clone(with_userinfo(upstream.url(name), "alice", "alice-pw"), tmp_path / "alice")
-    return name, git.run("rev-parse", "HEAD", cwd=tmp_path / "alice").stdout.strip()
-
-
-def send(upstream: UpstreamServer, proxy: GobletProxy | None, method: str, path: str,
-         headers: dict[str, str], body: bytes | None = None) -> rawhttp.RawResponse:
-    return rawhttp.request(
-        proxy_port=proxy.port if proxy else None,
-        ca_file=proxy.ca_cert if proxy else upstream.cert_path,
-        host="127.0.0.1", port=upstream.port, method=method, path=path, headers=headers,
-        body=body)
-
-
-def no_pack(resp: rawhttp.RawResponse) -> bool:
-    return b"packfile" not in resp.body and b"PACK" not in resp.body
+    return name, clone_head(git, upstream.url(name), tmp_path / "alice", "alice", "alice-pw")
 
 
 @pytest.mark.parametrize("spelling", ["{stem}", "{upper}.git", "{stem}.GIT"])

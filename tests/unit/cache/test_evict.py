@@ -97,14 +97,21 @@ def fake_disk(fake: FakeCache, capacity: int) -> Callable[[Path], int]:
     return lambda path: capacity - tree_bytes(fake.store.root)
 
 
-def test_min_free_evicts_until_enough_is_freed(
-    fake: FakeCache, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def four_repos_on_a_small_disk(fake: FakeCache, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Repos a to d (a the least recently used) on a disk of five repos' size; returns the
+    size of one repo."""
     now = time.time()
     for i, name in enumerate("abcd"):
         fake.add(name, 64 * 1024, now - 100 + i)
     one = tree_bytes(fake.store.repos_dir / f"{'a' * 64}.git")
     monkeypatch.setattr(evict_module, "free_bytes", fake_disk(fake, 5 * one))
+    return one
+
+
+def test_min_free_evicts_until_enough_is_freed(
+    fake: FakeCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one = four_repos_on_a_small_disk(fake, monkeypatch)
     ev, _ = fake.evictor(min_free_bytes=2 * one, drain_seconds=0.0)
     assert ev.over_budget()[1] > 0
     done = run(ev.enforce())
@@ -115,11 +122,7 @@ def test_min_free_evicts_until_enough_is_freed(
 def test_min_free_does_not_evict_again_what_trash_will_free(
     fake: FakeCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    now = time.time()
-    for i, name in enumerate("abcd"):
-        fake.add(name, 64 * 1024, now - 100 + i)
-    one = tree_bytes(fake.store.repos_dir / f"{'a' * 64}.git")
-    monkeypatch.setattr(evict_module, "free_bytes", fake_disk(fake, 5 * one))
+    one = four_repos_on_a_small_disk(fake, monkeypatch)
     ev, _ = fake.evictor(min_free_bytes=2 * one, drain_seconds=30.0)
     first = run(ev.enforce())
     assert [e.key[:1] for e in first] == ["a"]

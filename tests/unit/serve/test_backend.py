@@ -116,7 +116,10 @@ def test_upload_pack_failing_before_output_gives_an_err_packet(tmp_path: Path) -
 
 
 class ScriptedGit(GitRunner):
-    """A GitRunner whose 'upload-pack' is a shell script (our own seam)."""
+    """A GitRunner whose 'upload-pack' is a shell script (our own seam), run in ``cwd``
+    (None: the test process's own directory)."""
+
+    cwd: Path | None = None
 
     def __init__(self, home: Path, script: str) -> None:
         super().__init__(home=home)
@@ -128,7 +131,7 @@ class ScriptedGit(GitRunner):
         return await asyncio.create_subprocess_exec(
             "sh", "-c", self.script, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True)
+            start_new_session=True, cwd=self.cwd)
 
 
 def test_a_failure_mid_stream_never_ends_the_body_cleanly(tmp_path: Path) -> None:
@@ -202,13 +205,9 @@ def with_packcache(tmp_path: Path, test: object, script: str, packcache: PackCac
 class ScriptedGitIn(ScriptedGit):
     """ScriptedGit running its script in ``home`` (where it keeps its run count)."""
 
-    async def spawn(self, args: Sequence[str], *, git_dir: Path | None = None,
-                    config: Sequence[tuple[str, str]] = (),
-                    extra_env: Mapping[str, str] | None = None) -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
-            "sh", "-c", self.script, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True, cwd=self.home)
+    def __init__(self, home: Path, script: str) -> None:
+        super().__init__(home, script)
+        self.cwd = home
 
 
 def cached_plan(tmp_path: Path) -> ServePlan:
@@ -219,6 +218,17 @@ async def call(backend: ServeBackend, plans: PlanRegistry, plan: ServePlan) -> b
     [(head, body)] = await http_call(backend.port, plans.register(plan))
     assert head.startswith(b"HTTP/1.1 200")
     return body
+
+
+async def production_under_way(backend: ServeBackend, plans: PlanRegistry, tmp_path: Path
+                               ) -> tuple[ServePlan, asyncio.Future[bytes]]:
+    """A first request for the cached plan (bypassed), a second one producing the answer
+    (left running); returns the plan of a third request, to follow it, and the second."""
+    first, producer, follower = (cached_plan(tmp_path) for _ in range(3))
+    await call(backend, plans, first)
+    producing = asyncio.ensure_future(call(backend, plans, producer))
+    await asyncio.sleep(0.3)
+    return follower, producing
 
 
 def test_a_production_whose_file_cannot_be_opened_fails_and_nobody_waits(
@@ -264,10 +274,7 @@ def test_a_stalled_production_sends_its_followers_their_own_way_in_time(tmp_path
     script = COUNTED + f'if [ $n = 2 ]; then sleep 60; fi; printf {ANSWER.decode()}'
 
     async def test(backend: ServeBackend, plans: PlanRegistry) -> None:
-        first, producer, follower = (cached_plan(tmp_path) for _ in range(3))
-        await call(backend, plans, first)
-        producing = asyncio.ensure_future(call(backend, plans, producer))
-        await asyncio.sleep(0.3)
+        follower, producing = await production_under_way(backend, plans, tmp_path)
         started = time.monotonic()
         assert await call(backend, plans, follower) == ANSWER
         assert time.monotonic() - started < 5
@@ -284,10 +291,7 @@ def test_a_follower_that_sent_bytes_is_aborted_when_the_production_stalls(
     script = COUNTED + 'printf 0008abcd; if [ $n = 2 ]; then sleep 60; fi; printf 0000'
 
     async def test(backend: ServeBackend, plans: PlanRegistry) -> None:
-        first, producer, follower = (cached_plan(tmp_path) for _ in range(3))
-        await call(backend, plans, first)
-        producing = asyncio.ensure_future(call(backend, plans, producer))
-        await asyncio.sleep(0.3)
+        follower, producing = await production_under_way(backend, plans, tmp_path)
         started = time.monotonic()
         with pytest.raises(asyncio.IncompleteReadError):
             await call(backend, plans, follower)

@@ -26,6 +26,14 @@ async def produce(pc: PackCache, production: Production, data: bytes, ok: bool =
     await pc.finish(production, ok)
 
 
+def second_sight(pc: PackCache, key: str) -> Production:
+    """Ask for ``key`` twice: bypassed on first sight, produced on the second."""
+    pc.begin(key)
+    role, production = pc.begin(key)
+    assert role is Role.PRODUCE and production is not None
+    return production
+
+
 def test_bypass_first_produce_second_follow_then_hit(tmp_path: Path) -> None:
     async def scenario() -> None:
         pc = PackCache(tmp_path, max_bytes=MiB)
@@ -63,9 +71,7 @@ def test_uncacheable_or_disabled_always_bypasses(tmp_path: Path) -> None:
 def test_failed_production_aborts_followers_and_stores_nothing(tmp_path: Path) -> None:
     async def scenario() -> None:
         pc = PackCache(tmp_path, max_bytes=MiB)
-        pc.begin("k")
-        role, production = pc.begin("k")
-        assert role is Role.PRODUCE and production is not None
+        production = second_sight(pc, "k")
         assert pc.begin("k")[0] is Role.FOLLOW
         waiter = asyncio.ensure_future(_wait_done(production))
         await produce(pc, production, b"half a pack", ok=False)
@@ -78,9 +84,7 @@ def test_failed_production_aborts_followers_and_stores_nothing(tmp_path: Path) -
 
 def test_stored_answers_are_trimmed_least_recently_used_first(tmp_path: Path) -> None:
     async def store(pc: PackCache, key: str, size: int) -> None:
-        pc.begin(key)
-        role, production = pc.begin(key)
-        assert role is Role.PRODUCE and production is not None
+        production = second_sight(pc, key)
         await produce(pc, production, b"x" * size)
 
     async def scenario() -> None:
@@ -114,9 +118,7 @@ def test_another_repos_identical_request_never_hits(tmp_path: Path) -> None:
         pc = PackCache(tmp_path, max_bytes=MiB)
         body = b"command=fetch\nwant x\ndone"
         ka, kb = cache_key(A, DIGEST, "version=2", body), cache_key(B, DIGEST, "version=2", body)
-        pc.begin(ka)
-        _, production = pc.begin(ka)
-        assert production is not None
+        production = second_sight(pc, ka)
         await produce(pc, production, b"answer of A")
         assert pc.begin(ka)[0] is Role.HIT
         assert pc.begin(kb)[0] is Role.BYPASS  # B's first sight, whatever A stored
@@ -127,9 +129,7 @@ def test_another_repos_identical_request_never_hits(tmp_path: Path) -> None:
 def test_stored_answers_survive_a_restart_and_temp_files_do_not(tmp_path: Path) -> None:
     async def scenario() -> None:
         pc = PackCache(tmp_path, max_bytes=MiB)
-        pc.begin("k")
-        _, production = pc.begin("k")
-        assert production is not None
+        production = second_sight(pc, "k")
         await produce(pc, production, b"stored")
         # A production killed mid-way, named by a process whose pid is in use again
         # (here: ours, as a restarted proxy in a container gets its predecessor's).
@@ -145,9 +145,7 @@ def test_stored_answers_survive_a_restart_and_temp_files_do_not(tmp_path: Path) 
 
 
 async def store_answer(pc: PackCache, key: str, size: int) -> None:
-    pc.begin(key)
-    role, production = pc.begin(key)
-    assert role is Role.PRODUCE and production is not None
+    production = second_sight(pc, key)
     await produce(pc, production, b"x" * size)
 
 
@@ -189,9 +187,7 @@ def test_finishing_twice_changes_nothing(tmp_path: Path) -> None:
     async def scenario() -> None:
         pc = PackCache(tmp_path, max_bytes=MiB)
         await store_answer(pc, "k", 5)
-        pc.begin("j")
-        _, production = pc.begin("j")
-        assert production is not None
+        production = second_sight(pc, "j")
         await pc.finish(production, False)
         await pc.finish(production, True)  # a late "ok" cannot store a failed answer
         assert production.failed and not pc.answer_path("j").exists()
@@ -203,9 +199,7 @@ def test_finishing_twice_changes_nothing(tmp_path: Path) -> None:
 def test_a_second_instance_leaves_live_productions_alone(tmp_path: Path) -> None:
     async def scenario() -> None:
         first = PackCache(tmp_path, max_bytes=MiB)
-        first.begin("k")
-        _, production = first.begin("k")
-        assert production is not None
+        production = second_sight(first, "k")
         second = PackCache(tmp_path, max_bytes=MiB)  # another mitmdump, same cache dir
         second.begin("unrelated")  # its first request indexes the directory
         await produce(first, production, b"shared answer")
