@@ -67,7 +67,7 @@ const gitValid = new Rate('git_valid');
 const gitErrors = new Counter('git_errors');
 
 export const options = {
-  // The seed's shape: 10 -> 50 -> 100 VUs, 2-minute ramps, 5-minute holds.
+  // The shape: 10 -> 50 -> 100 VUs, 2-minute ramps, 5-minute holds.
   // Shorten for a smoke run with k6's own flag, e.g. `k6 run --stage 20s:5 ...`.
   stages: [
     { duration: '2m', target: 10 },

@@ -157,7 +157,7 @@ def parse_auth(value: str) -> list[tuple[str, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line (the seed's flags plus the mode, target and bound options)."""
+    """The command line (the classic load-test flags plus the mode, target and bound options)."""
     p = argparse.ArgumentParser(
         description="Load-test goblet with valid git traffic; see docs/operations/load-testing.md",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -280,7 +280,7 @@ class Tally:
 
 def report(results: list[Result], elapsed: float, cfg: Config, stopped_by: str
            ) -> dict[str, Any]:
-    """The JSON report (the seed's fields first, then goblet's additions)."""
+    """The JSON report (the classic load-test fields first, then goblet's additions)."""
     failed = [r for r in results if r.error is not None]
     total = len(results)
     routing: dict[str, Counter[str]] = defaultdict(Counter)

@@ -10,7 +10,7 @@ read it, or by running its command line for real:
   file itself proves nothing: Node 18 refuses any ``import``, Node 20 accepts
   any syntax error after one), and runs it against stub k6 modules fed real
   goblet answers: its pkt-lines equal loadtest/protocol.py's, its checks pass
-  valid git and fail an ERR answer; its stages and thresholds are the seed's;
+  valid git and fail an ERR answer; its stages and thresholds are the documented ones;
 - the compose file, Dockerfile and Kubernetes manifest have the required keys,
   and the goblet command lines in them start a real goblet;
 - ``loadtest.py`` against a real goblet in both modes and both ways in: JSON
@@ -52,7 +52,7 @@ from tests.support.upstream_client import UpstreamServer
 
 LOADTEST = REPO_ROOT / "loadtest"
 INSTANCE = "kit-goblet"
-SEED_STAGES = [("2m", 10), ("5m", 10), ("2m", 50), ("5m", 50), ("2m", 100), ("5m", 100),
+K6_STAGES = [("2m", 10), ("5m", 10), ("2m", 50), ("5m", 50), ("2m", 100), ("5m", 100),
                ("2m", 0)]
 
 
@@ -546,7 +546,7 @@ def loadtest(tmp_path: Path, *args: str, timeout: float = 60
     return res.returncode, report, res.stdout + res.stderr
 
 
-def seed_fields_present(report: dict[str, Any]) -> None:
+def classic_fields_present(report: dict[str, Any]) -> None:
     for key in ("total_requests", "successful", "failed", "success_rate", "total_duration_sec",
                 "requests_per_sec", "duration_ms", "server_distribution",
                 "repo_distribution", "errors"):
@@ -565,7 +565,7 @@ def test_protocol_mode_all_valid(via: str, proxy: GobletProxy, prefix_port: int,
         "--requests", "30", "--think-time", "0", "--duration", "30",
         "--repos", *(f"{upstream.host}/{n}" for n in names))
     assert code == 0, output
-    seed_fields_present(report)
+    classic_fields_present(report)
     assert report["success_rate"] == 100 and report["failed"] == 0
     assert report["total_requests"] == 120 and report["stopped_by"] == "requests"
     assert {k: v["requests"] for k, v in report["by_kind"].items()} == \
@@ -590,7 +590,7 @@ def test_clone_mode_all_valid(via: str, op: str, proxy: GobletProxy, prefix_port
         "--requests", "3", "--think-time", "0", "--duration", "40",
         "--repos", f"{upstream.host}/{name}")
     assert code == 0, output
-    seed_fields_present(report)
+    classic_fields_present(report)
     assert report["success_rate"] == 100 and report["total_requests"] == 9
     expected = {"clone": 9} if op == "clone" else {"clone": 3, "fetch": 6}
     assert {k: v["requests"] for k, v in report["by_kind"].items()} == expected
@@ -791,7 +791,7 @@ def test_k6_script_speaks_valid_git_and_fails_on_err(
     env = {"GOBLET_URL": base + "/", "REPOS": f"https://{repo}", "AUTH": "alice:alice-pw"}
     result = run_k6(node, tmp_path, env, answers)
     options = result["options"]
-    assert [(s["duration"], s["target"]) for s in options["stages"]] == SEED_STAGES
+    assert [(s["duration"], s["target"]) for s in options["stages"]] == K6_STAGES
     assert options["thresholds"]["http_req_failed"] == ["rate<0.01"]
     assert options["thresholds"]["git_valid"] == ["rate>0.99"]
     healthz, *git = result["requests"]

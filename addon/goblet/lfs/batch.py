@@ -42,7 +42,7 @@ LINK = "/goblet/"
 MAX_SIZE = 1 << 50  # larger "sizes" are not objects anyone stores
 
 
-class Kind(enum.Enum):
+class LfsKind(enum.Enum):
     """What an LFS request is."""
 
     BATCH = "batch"
@@ -51,10 +51,10 @@ class Kind(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
+class LfsTarget:
     """A request under ``$REPO/info/lfs``: its kind, repo path and (LINK) token and oid."""
 
-    kind: Kind
+    kind: LfsKind
     repo_path: str
     token: str = ""
     oid: str = ""
@@ -70,7 +70,7 @@ class Download:
     headers: tuple[tuple[str, str], ...]
 
 
-def classify(method: str, path: str) -> Route | None:
+def classify(method: str, path: str) -> LfsTarget | None:
     """The LFS route of ``method`` + ``path`` (query included), or None when the path is
     not under an LFS endpoint. Raises ProtocolError for an unsafe repo path or a
     malformed goblet link."""
@@ -80,14 +80,14 @@ def classify(method: str, path: str) -> Route | None:
         return None
     repo = check_repo_path(repo)
     if method == "POST" and rest == BATCH and not query:
-        return Route(Kind.BATCH, repo)
+        return LfsTarget(LfsKind.BATCH, repo)
     if rest.startswith(LINK):
         token, _, oid = rest[len(LINK):].partition("/")
         if method not in ("GET", "HEAD") or query or not TOKEN_RE.fullmatch(token) \
                 or not OID_RE.fullmatch(oid):
             raise ProtocolError("malformed goblet LFS link")
-        return Route(Kind.LINK, repo, token, oid)
-    return Route(Kind.OTHER, repo)
+        return LfsTarget(LfsKind.LINK, repo, token, oid)
+    return LfsTarget(LfsKind.OTHER, repo)
 
 
 def link_path(repo_path: str, token: str, oid: str) -> str:

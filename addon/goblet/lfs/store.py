@@ -59,7 +59,8 @@ class ObjectWriter:
         self._hash = hashlib.sha256()
         self._tmp = store.tmp_dir / f"obj-{secrets.token_hex(8)}"
         self._file: BinaryIO | None = None
-        try:
+        try:  # (``lfs/`` may have been removed since start-up: it comes back)
+            store.tmp_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             self._file = os.fdopen(fd, "wb")
         except OSError:

@@ -206,7 +206,7 @@ def _port(value: object) -> int:
     return int(text) if text.isdigit() else 0
 
 
-class Route(Enum):
+class Destination(Enum):
     """Where a request arriving on a proxy port goes."""
 
     ENDPOINT = "endpoint"  # answered here: /metrics, /healthz, /readyz
@@ -248,7 +248,7 @@ def add_via(values: Iterable[str], hop: str = HOP) -> str:
 
 
 def route(req: PlainRequest, *, proxy_ports: set[int], is_local: Callable[[str], bool],
-          hop: str = HOP) -> Route:
+          hop: str = HOP) -> Destination:
     """Where ``req`` goes.
 
     An endpoint request is a GET or HEAD of an endpoint path over plain HTTP
@@ -258,12 +258,12 @@ def route(req: PlainRequest, *, proxy_ports: set[int], is_local: Callable[[str],
     HTTP is relayed and marked.
     """
     if req.scheme != "http":
-        return Route.OTHER
+        return Destination.OTHER
     came_back = hop in via_names(req.via)
     if req.method in ("GET", "HEAD") and req.path.split("?", 1)[0] in PATHS and (
             came_back or (req.port in proxy_ports and is_local(req.host))):
-        return Route.ENDPOINT
-    return Route.LOOP if came_back else Route.RELAY
+        return Destination.ENDPOINT
+    return Destination.LOOP if came_back else Destination.RELAY
 
 
 @lru_cache(maxsize=256)

@@ -33,7 +33,7 @@ from goblet.offline.forward import Forwarder, UpstreamAnswer, UpstreamUnreachabl
 from goblet.offline.state import UpstreamState
 from goblet.protocol import pktline, refs
 from goblet.protocol.errors import ProtocolError
-from goblet.protocol.routes import ADVERTISEMENT_TYPE, RESULT_TYPE
+from goblet.protocol.routes import RESULT_TYPE
 
 USER_AGENT = "git/goblet"
 INFO_REFS = "/info/refs?service=git-upload-pack"
@@ -65,17 +65,7 @@ def answer_is_grant(status: int, content_type: str, body: bytes, *, ls_refs: boo
     A 200 whose body is an ``ERR`` packet (or anything else that is not a ref
     answer) proves nothing.
     """
-    wanted = RESULT_TYPE if ls_refs else ADVERTISEMENT_TYPE
-    if status != 200 or content_type.split(";", maxsplit=1)[0].strip().lower() != wanted:
-        return False
-    try:
-        if ls_refs:
-            refs.parse_ls_refs(body)
-        else:
-            refs.parse_info_refs(body)
-    except ProtocolError:
-        return False
-    return True
+    return status == 200 and refs.parse_ref_answer(content_type, body, ls_refs=ls_refs) is not None
 
 
 def identity_headers(credential: Credential) -> list[tuple[str, str]]:

@@ -31,7 +31,6 @@ from goblet.policy import bodies
 from goblet.policy.flows import FlowState, Kind, Outcome
 from goblet.protocol import refs
 from goblet.protocol.errors import ProtocolError
-from goblet.protocol.routes import ADVERTISEMENT_TYPE, RESULT_TYPE
 
 DENIALS = (401, 403, 404)
 
@@ -50,15 +49,14 @@ class RefAnswer:
 def read_ref_answer(content_type: str, body: bytes, *, ls_refs: bool) -> RefAnswer | None:
     """Parse a 200 answer to a ref request once (CPU work for repos with many refs: run it
     off the event loop); None if it is not a ref answer (then it proves nothing)."""
-    wanted = RESULT_TYPE if ls_refs else ADVERTISEMENT_TYPE
-    if content_type.split(";", 1)[0].strip().lower() != wanted:
+    adv = refs.parse_ref_answer(content_type, body, ls_refs=ls_refs)
+    if adv is None:
         return None
-    try:
-        adv = refs.parse_ls_refs(body) if ls_refs else refs.parse_info_refs(body)
-        if not ls_refs and adv.version == 2:
+    if not ls_refs and adv.version == 2:
+        try:
             return RefAnswer(adv, None, refs.restrict_v2_fetch_features(body))
-    except ProtocolError:
-        return None
+        except ProtocolError:
+            return None
     return RefAnswer(adv, RefView.of(adv.refs, adv.peeled))
 
 

@@ -22,6 +22,7 @@ import asyncio
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+from goblet.policy.flows import Kind
 from goblet.protocol import encoding
 from goblet.protocol.errors import ProtocolError
 
@@ -36,6 +37,23 @@ class BodyVerdict:
     result: str
     body: bytes | None = None
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """How a classified request's body is received: ``stream`` passes it on unread,
+    ``timed`` holds it under ``goblet_request_body_timeout``."""
+
+    stream: bool
+    timed: bool
+
+
+def intake(kind: Kind, content_length: str, cap: int, streamed: bool) -> Intake:
+    """A body announced larger than ``cap`` is streamed (passed on uninspected); one
+    goblet reads (an upload-pack request's) must arrive within the body timeout.
+    ``streamed``: mitmproxy already streams it (its own size rule)."""
+    stream = streamed or (content_length.isdigit() and int(content_length) > cap)
+    return Intake(stream, not stream and kind is Kind.UPLOAD_PACK)
 
 
 def is_identity(enc: str | None) -> bool:

@@ -74,9 +74,9 @@ def classify(facts: RequestFacts, hosts: Hosts) -> Classified | None:
         route = routes.classify(facts.method, facts.path)
     except ProtocolError as e:
         return Classified(Kind.INVALID, problem=f"bad repository path: {e.reason}")
-    if route.kind is routes.Kind.OTHER:
+    if route.kind is routes.Service.OTHER:
         return Classified(Kind.OTHER)  # web pages, LFS, API calls: passed on, logged
-    if route.kind is routes.Kind.PUSH:
+    if route.kind is routes.Service.PUSH:
         return Classified(Kind.PUSH, route.repo_path)
     if not git_query(route.kind, facts.path):
         return Classified(Kind.OTHER, route.repo_path,
@@ -86,14 +86,14 @@ def classify(facts: RequestFacts, hosts: Hosts) -> Classified | None:
         check_headers(facts.headers)
     except ProtocolError as e:
         return Classified(Kind.INVALID, problem=f"bad request: {e.reason}")
-    kind = Kind.INFO_REFS if route.kind is routes.Kind.INFO_REFS else Kind.UPLOAD_PACK
+    kind = Kind.INFO_REFS if route.kind is routes.Service.INFO_REFS else Kind.UPLOAD_PACK
     return Classified(kind, route.repo_path)
 
 
-def git_query(kind: routes.Kind, path: str) -> bool:
+def git_query(kind: routes.Service, path: str) -> bool:
     """Whether a request's query string is exactly what git sends for ``kind``."""
     _, _, query = path.partition("?")
-    if kind is routes.Kind.INFO_REFS:
+    if kind is routes.Service.INFO_REFS:
         return parse_qsl(query, keep_blank_values=True) == [("service", "git-upload-pack")]
     return not query and "?" not in path
 
@@ -174,10 +174,10 @@ def front_door(plain: exposure.PlainRequest, *, prefix_port: bool, hosts: Hosts,
             return Door(reply=(404, f"goblet: {target}\n".encode()))
         return Door(target=target)
     route = exposure.route(plain, proxy_ports=proxy_ports, is_local=is_local)
-    if route is exposure.Route.ENDPOINT:
+    if route is exposure.Destination.ENDPOINT:
         return Door(endpoint=True)
-    if route is exposure.Route.LOOP:
+    if route is exposure.Destination.LOOP:
         return Door(reply=(508, exposure.LOOP_MESSAGE))
-    if route is exposure.Route.RELAY:
+    if route is exposure.Destination.RELAY:
         return Door(via=exposure.add_via(plain.via))
     return Door()

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from goblet.protocol import pktline
 from goblet.protocol.errors import ProtocolError, excerpt
 from goblet.protocol.pktline import Pkt, PktKind
+from goblet.protocol.routes import ADVERTISEMENT_TYPE, RESULT_TYPE
 
 _OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
@@ -199,6 +200,20 @@ def refs_differ(
 
 # v2 ``fetch`` features a full-mirror cache answers exactly like the upstream.
 CACHE_FETCH_FEATURES = frozenset({"shallow", "filter", "wait-for-done"})
+
+
+def parse_ref_answer(content_type: str, body: bytes, *, ls_refs: bool) -> RefAdvertisement | None:
+    """The refs of an answer to a ref request (``ls_refs``: a v2 ``ls-refs``, else
+    ``info/refs``), or None when it is not one: git's content type for that request
+    and a body that parses. Anything else, an ``ERR`` packet included, proves nothing.
+    """
+    wanted = RESULT_TYPE if ls_refs else ADVERTISEMENT_TYPE
+    if content_type.split(";", 1)[0].strip().lower() != wanted:
+        return None
+    try:
+        return parse_ls_refs(body) if ls_refs else parse_info_refs(body)
+    except ProtocolError:
+        return None
 
 
 def restrict_v2_fetch_features(body: bytes) -> bytes | None:

@@ -39,7 +39,7 @@ _PATH_CHARS = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%/-]+")
 _BAD_ESCAPES = re.compile(r"%(2[eEfF]|5[cC]|0[0-9a-fA-F]|1[0-9a-fA-F]|7[fF]|00)")
 
 
-class Kind(enum.Enum):
+class Service(enum.Enum):
     """What a request is, as far as caching goes."""
 
     INFO_REFS = "info_refs"
@@ -49,17 +49,17 @@ class Kind(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
+class GitTarget:
     """A classified request: its kind and, for git requests, the repo path."""
 
-    kind: Kind
+    kind: Service
     repo_path: str = ""
 
 
-OTHER = Route(Kind.OTHER)
+OTHER = GitTarget(Service.OTHER)
 
 
-def classify(method: str, path: str) -> Route:
+def classify(method: str, path: str) -> GitTarget:
     """Classify ``method`` + ``path`` (the raw request target, query included).
 
     Returns ``OTHER`` for anything that is not a git smart-HTTP request.
@@ -70,14 +70,14 @@ def classify(method: str, path: str) -> Route:
         service = dict(parse_qsl(query)).get("service")
         repo = target[: -len(_INFO_REFS)]
         if service == "git-upload-pack":
-            return Route(Kind.INFO_REFS, check_repo_path(repo))
+            return GitTarget(Service.INFO_REFS, check_repo_path(repo))
         if service == "git-receive-pack":
-            return Route(Kind.PUSH, repo)
+            return GitTarget(Service.PUSH, repo)
         return OTHER
     if method == "POST" and target.endswith(_UPLOAD_PACK):
-        return Route(Kind.UPLOAD_PACK, check_repo_path(target[: -len(_UPLOAD_PACK)]))
+        return GitTarget(Service.UPLOAD_PACK, check_repo_path(target[: -len(_UPLOAD_PACK)]))
     if method == "POST" and target.endswith(_RECEIVE_PACK):
-        return Route(Kind.PUSH, target[: -len(_RECEIVE_PACK)])
+        return GitTarget(Service.PUSH, target[: -len(_RECEIVE_PACK)])
     return OTHER
 
 

@@ -31,18 +31,18 @@ def granted(oid: str = OID, size: int = 5, **extra: object) -> dict[str, object]
 
 
 @pytest.mark.parametrize(("method", "path", "kind", "repo"), [
-    ("POST", "/o/r.git/info/lfs/objects/batch", batch.Kind.BATCH, "/o/r.git"),
-    ("GET", f"/o/r.git/info/lfs/goblet/{TOKEN}/{OID}", batch.Kind.LINK, "/o/r.git"),
-    ("HEAD", f"/r/info/lfs/goblet/{TOKEN}/{OID}", batch.Kind.LINK, "/r"),
-    ("POST", "/o/r.git/info/lfs/locks/verify", batch.Kind.OTHER, "/o/r.git"),
-    ("GET", "/o/r.git/info/lfs/objects/" + OID, batch.Kind.OTHER, "/o/r.git"),
-    ("POST", "/o/r.git/info/lfs/objects/batch?x=1", batch.Kind.OTHER, "/o/r.git"),
-    ("GET", "/o/r.git/info/lfs/objects/batch", batch.Kind.OTHER, "/o/r.git"),
+    ("POST", "/o/r.git/info/lfs/objects/batch", batch.LfsKind.BATCH, "/o/r.git"),
+    ("GET", f"/o/r.git/info/lfs/goblet/{TOKEN}/{OID}", batch.LfsKind.LINK, "/o/r.git"),
+    ("HEAD", f"/r/info/lfs/goblet/{TOKEN}/{OID}", batch.LfsKind.LINK, "/r"),
+    ("POST", "/o/r.git/info/lfs/locks/verify", batch.LfsKind.OTHER, "/o/r.git"),
+    ("GET", "/o/r.git/info/lfs/objects/" + OID, batch.LfsKind.OTHER, "/o/r.git"),
+    ("POST", "/o/r.git/info/lfs/objects/batch?x=1", batch.LfsKind.OTHER, "/o/r.git"),
+    ("GET", "/o/r.git/info/lfs/objects/batch", batch.LfsKind.OTHER, "/o/r.git"),
 ])
-def test_routes(method: str, path: str, kind: batch.Kind, repo: str) -> None:
+def test_routes(method: str, path: str, kind: batch.LfsKind, repo: str) -> None:
     route = batch.classify(method, path)
     assert route is not None and (route.kind, route.repo_path) == (kind, repo)
-    if kind is batch.Kind.LINK:
+    if kind is batch.LfsKind.LINK:
         assert (route.token, route.oid) == (TOKEN, OID)
 
 
@@ -67,7 +67,7 @@ def test_malformed_links_and_unsafe_repo_paths_are_refused(path: str) -> None:
 
 def test_a_link_path_reads_back_as_the_same_link() -> None:
     route = batch.classify("GET", batch.link_path("/o/r.git", TOKEN, OID))
-    assert route == batch.Route(batch.Kind.LINK, "/o/r.git", TOKEN, OID)
+    assert route == batch.LfsTarget(batch.LfsKind.LINK, "/o/r.git", TOKEN, OID)
 
 
 def test_granted_downloads_are_linked_and_lose_their_href_headers_and_expiry() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -33,6 +34,15 @@ def test_a_verified_object_is_kept_content_addressed(store: LfsStore, tmp_path: 
     assert store.has(OID, len(DATA)) and not store.has(OID, len(DATA) + 1)
     assert [o.oid for o in store.objects()] == [OID]
     assert not list(store.tmp_dir.iterdir())
+
+
+def test_objects_are_kept_after_the_lfs_dir_was_removed(store: LfsStore, tmp_path: Path) -> None:
+    """An operator (or a test) may remove ``lfs/`` under a running proxy: the next
+    verified object is kept all the same."""
+    shutil.rmtree(tmp_path / "lfs")
+    w = store.writer(OID, len(DATA))
+    w.feed(DATA)
+    assert w.commit() and store.has(OID, len(DATA))
 
 
 @pytest.mark.parametrize("fed", [DATA[:-1], DATA + b"x", b"x" + DATA[1:], b""])

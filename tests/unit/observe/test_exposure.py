@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from goblet.observe import exposure
-from goblet.observe.exposure import Listener, PlainRequest, Route
+from goblet.observe.exposure import Destination, Listener, PlainRequest
 from mitmproxy import options as mitm_options
 from mitmproxy.proxy.mode_specs import ProxyMode
 
@@ -163,37 +163,39 @@ def plain(path: str = "/metrics", *, host: str = "127.0.0.1", port: int = 8080,
     return PlainRequest(scheme, method, path, host, port, via)
 
 
-def routed(req: PlainRequest) -> Route:
+def routed(req: PlainRequest) -> Destination:
     return exposure.route(req, proxy_ports={8080, 8081}, is_local=local, hop="goblet-me")
 
 
 def test_endpoints_at_a_local_address_on_a_proxy_port() -> None:
-    assert routed(plain()) is Route.ENDPOINT
+    assert routed(plain()) is Destination.ENDPOINT
     assert routed(plain("/readyz?x=1", host="10.1.2.3", port=8081, method="HEAD")) \
-        is Route.ENDPOINT
+        is Destination.ENDPOINT
 
 
 def test_other_hosts_paths_and_methods_are_relayed() -> None:
-    assert routed(plain(host="exporter.internal", port=8080)) is Route.RELAY
-    assert routed(plain(port=9100)) is Route.RELAY
-    assert routed(plain("/metrics/x")) is Route.RELAY
-    assert routed(plain(method="POST")) is Route.RELAY
+    assert routed(plain(host="exporter.internal", port=8080)) is Destination.RELAY
+    assert routed(plain(port=9100)) is Destination.RELAY
+    assert routed(plain("/metrics/x")) is Destination.RELAY
+    assert routed(plain(method="POST")) is Destination.RELAY
 
 
 def test_a_request_that_came_back_is_ours() -> None:
     back = ("1.1 corp-proxy (squid)", "1.0 goblet-me")
-    assert routed(plain(host="goblet.example", via=back)) is Route.ENDPOINT
-    assert routed(plain("/healthz", host="dockerhost", port=18080, via=back)) is Route.ENDPOINT
-    assert routed(plain("/anything", host="goblet.example", via=back)) is Route.LOOP
-    assert routed(plain(method="POST", host="goblet.example", via=back)) is Route.LOOP
+    assert routed(plain(host="goblet.example", via=back)) is Destination.ENDPOINT
+    assert (routed(plain("/healthz", host="dockerhost", port=18080, via=back))
+            is Destination.ENDPOINT)
+    assert routed(plain("/anything", host="goblet.example", via=back)) is Destination.LOOP
+    assert routed(plain(method="POST", host="goblet.example", via=back)) is Destination.LOOP
 
 
 def test_another_goblets_via_name_is_not_ours() -> None:
-    assert routed(plain("/x", host="goblet.example", via=("1.1 goblet-other",))) is Route.RELAY
+    assert (routed(plain("/x", host="goblet.example", via=("1.1 goblet-other",)))
+            is Destination.RELAY)
 
 
 def test_https_is_not_routed_here() -> None:
-    assert routed(plain(scheme="https", via=("1.1 goblet-me",))) is Route.OTHER
+    assert routed(plain(scheme="https", via=("1.1 goblet-me",))) is Destination.OTHER
 
 
 @pytest.mark.parametrize(

@@ -123,8 +123,8 @@ def test_classify_any_text_returns_route_or_protocol_error(method: str, path: st
         result = routes.classify(method, path)
     except ProtocolError:
         return
-    assert isinstance(result, routes.Route)
-    if result.kind in (routes.Kind.INFO_REFS, routes.Kind.UPLOAD_PACK):
+    assert isinstance(result, routes.GitTarget)
+    if result.kind in (routes.Service.INFO_REFS, routes.Service.UPLOAD_PACK):
         assert path.startswith(result.repo_path)  # kept exactly, never rewritten
 
 

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 from goblet.protocol import routes
 from goblet.protocol.errors import ProtocolError
-from goblet.protocol.routes import MAX_REPO_PATH, Kind, Route
+from goblet.protocol.routes import MAX_REPO_PATH, GitTarget, Service
 
 if TYPE_CHECKING:
     from tests.unit.conftest import GitWire
@@ -18,44 +18,48 @@ UP = "?service=git-upload-pack"
 RECV = "?service=git-receive-pack"
 
 CLASSIFY = [
-    pytest.param("GET", "/org/repo.git/info/refs" + UP, Route(Kind.INFO_REFS, "/org/repo.git"),
+    pytest.param("GET", "/org/repo.git/info/refs" + UP, GitTarget(Service.INFO_REFS,
+                 "/org/repo.git"),
                  id="info-refs"),
-    pytest.param("POST", "/org/repo.git/git-upload-pack", Route(Kind.UPLOAD_PACK, "/org/repo.git"),
+    pytest.param("POST", "/org/repo.git/git-upload-pack", GitTarget(Service.UPLOAD_PACK,
+                 "/org/repo.git"),
                  id="upload-pack"),
-    pytest.param("GET", "/org/repo/info/refs" + UP, Route(Kind.INFO_REFS, "/org/repo"),
+    pytest.param("GET", "/org/repo/info/refs" + UP, GitTarget(Service.INFO_REFS, "/org/repo"),
                  id="no-dot-git-kept-as-is"),
-    pytest.param("GET", "/Org/Repo.GIT/info/refs" + UP, Route(Kind.INFO_REFS, "/Org/Repo.GIT"),
+    pytest.param("GET", "/Org/Repo.GIT/info/refs" + UP, GitTarget(Service.INFO_REFS,
+                 "/Org/Repo.GIT"),
                  id="case-kept"),
     pytest.param("GET", "/group/sub/group/repo.git/info/refs" + UP,
-                 Route(Kind.INFO_REFS, "/group/sub/group/repo.git"), id="nested-groups"),
-    pytest.param("GET", "/r/info/refs" + UP, Route(Kind.INFO_REFS, "/r"), id="one-char-repo"),
+                 GitTarget(Service.INFO_REFS, "/group/sub/group/repo.git"), id="nested-groups"),
+    pytest.param("GET", "/r/info/refs" + UP, GitTarget(Service.INFO_REFS, "/r"),
+                 id="one-char-repo"),
     pytest.param("GET", "/org/repo.git/info/refs?service=git-upload-pack&x=1",
-                 Route(Kind.INFO_REFS, "/org/repo.git"), id="extra-query-param"),
+                 GitTarget(Service.INFO_REFS, "/org/repo.git"), id="extra-query-param"),
     pytest.param("GET", "/org/repo.git/info/refs?x=1&service=git-upload-pack",
-                 Route(Kind.INFO_REFS, "/org/repo.git"), id="service-not-first"),
+                 GitTarget(Service.INFO_REFS, "/org/repo.git"), id="service-not-first"),
     pytest.param("GET", "/org/repo.git/info/refs?service=git%2Dupload%2Dpack",
-                 Route(Kind.INFO_REFS, "/org/repo.git"), id="percent-encoded-service"),
+                 GitTarget(Service.INFO_REFS, "/org/repo.git"), id="percent-encoded-service"),
     pytest.param("POST", "/org/repo.git/git-upload-pack?x=1",
-                 Route(Kind.UPLOAD_PACK, "/org/repo.git"), id="post-with-query"),
+                 GitTarget(Service.UPLOAD_PACK, "/org/repo.git"), id="post-with-query"),
     pytest.param("GET", "/~user/my_repo-1.0.git/info/refs" + UP,
-                 Route(Kind.INFO_REFS, "/~user/my_repo-1.0.git"), id="unreserved-chars"),
-    pytest.param("GET", "/org/a%20b/info/refs" + UP, Route(Kind.INFO_REFS, "/org/a%20b"),
+                 GitTarget(Service.INFO_REFS, "/~user/my_repo-1.0.git"), id="unreserved-chars"),
+    pytest.param("GET", "/org/a%20b/info/refs" + UP, GitTarget(Service.INFO_REFS, "/org/a%20b"),
                  id="encoded-space-kept-encoded"),
-    pytest.param("GET", "/org/%41bc/info/refs" + UP, Route(Kind.INFO_REFS, "/org/%41bc"),
+    pytest.param("GET", "/org/%41bc/info/refs" + UP, GitTarget(Service.INFO_REFS, "/org/%41bc"),
                  id="encoded-letter-not-decoded"),
-    pytest.param("GET", "/org/a%25b/info/refs" + UP, Route(Kind.INFO_REFS, "/org/a%25b"),
+    pytest.param("GET", "/org/a%25b/info/refs" + UP, GitTarget(Service.INFO_REFS, "/org/a%25b"),
                  id="encoded-percent"),
-    pytest.param("GET", "/org/.git/info/refs" + UP, Route(Kind.INFO_REFS, "/org/.git"),
+    pytest.param("GET", "/org/.git/info/refs" + UP, GitTarget(Service.INFO_REFS, "/org/.git"),
                  id="dot-git-segment"),
-    pytest.param("GET", "/org/...git/info/refs" + UP, Route(Kind.INFO_REFS, "/org/...git"),
+    pytest.param("GET", "/org/...git/info/refs" + UP, GitTarget(Service.INFO_REFS, "/org/...git"),
                  id="three-dots-is-a-name"),
-    pytest.param("GET", "/org/..x/info/refs" + UP, Route(Kind.INFO_REFS, "/org/..x"),
+    pytest.param("GET", "/org/..x/info/refs" + UP, GitTarget(Service.INFO_REFS, "/org/..x"),
                  id="dotdot-prefix-is-a-name"),
-    pytest.param("GET", "/info/refs/info/refs" + UP, Route(Kind.INFO_REFS, "/info/refs"),
+    pytest.param("GET", "/info/refs/info/refs" + UP, GitTarget(Service.INFO_REFS, "/info/refs"),
                  id="repo-named-info-refs"),
-    pytest.param("GET", "/org/repo.git/info/refs" + RECV, Route(Kind.PUSH, "/org/repo.git"),
+    pytest.param("GET", "/org/repo.git/info/refs" + RECV, GitTarget(Service.PUSH, "/org/repo.git"),
                  id="push-advertisement"),
-    pytest.param("POST", "/org/repo.git/git-receive-pack", Route(Kind.PUSH, "/org/repo.git"),
+    pytest.param("POST", "/org/repo.git/git-receive-pack", GitTarget(Service.PUSH, "/org/repo.git"),
                  id="push"),
     pytest.param("GET", "/org/repo.git/info/refs", routes.OTHER, id="dumb-http-info-refs"),
     pytest.param("GET", "/org/repo.git/info/refs?service=git-upload-archive", routes.OTHER,
@@ -74,19 +78,19 @@ CLASSIFY = [
     pytest.param("GET", "/api/v4/projects?x=/info/refs", routes.OTHER, id="suffix-in-query"),
     pytest.param("GET", "", routes.OTHER, id="empty-path"),
     # PUSH and OTHER pass through untouched, so their paths are not judged here.
-    pytest.param("POST", "/org/../x/git-receive-pack", Route(Kind.PUSH, "/org/../x"),
+    pytest.param("POST", "/org/../x/git-receive-pack", GitTarget(Service.PUSH, "/org/../x"),
                  id="push-path-not-checked"),
 ]
 
 
 @pytest.mark.parametrize(("method", "path", "expected"), CLASSIFY)
-def test_classify(method: str, path: str, expected: Route) -> None:
+def test_classify(method: str, path: str, expected: GitTarget) -> None:
     assert routes.classify(method, path) == expected
 
 
 @pytest.mark.parametrize(("method", "path", "expected"), CLASSIFY)
 def test_classify_ignores_an_unrelated_query_parameter(
-    method: str, path: str, expected: Route
+    method: str, path: str, expected: GitTarget
 ) -> None:
     """Adding an unrelated parameter never changes the route of a git request."""
     sep = "&" if "?" in path else "?"
@@ -94,12 +98,12 @@ def test_classify_ignores_an_unrelated_query_parameter(
 
 
 @pytest.mark.parametrize(("kind", "method", "suffix"), [
-    pytest.param(Kind.INFO_REFS, "GET", "/info/refs" + UP, id="info-refs"),
-    pytest.param(Kind.UPLOAD_PACK, "POST", "/git-upload-pack", id="upload-pack"),
+    pytest.param(Service.INFO_REFS, "GET", "/info/refs" + UP, id="info-refs"),
+    pytest.param(Service.UPLOAD_PACK, "POST", "/git-upload-pack", id="upload-pack"),
 ])
-def test_repo_path_is_kept_exactly(kind: Kind, method: str, suffix: str) -> None:
+def test_repo_path_is_kept_exactly(kind: Service, method: str, suffix: str) -> None:
     for repo in ("/Org/Repo.git", "/org/repo", "/org/repo.git", "/a/b/c/d.GIT", "/x%41y/z"):
-        assert routes.classify(method, repo + suffix) == Route(kind, repo)
+        assert routes.classify(method, repo + suffix) == GitTarget(kind, repo)
 
 
 # Spellings an HTTP stack might rewrite into another repo: all refused.

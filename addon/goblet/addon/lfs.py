@@ -45,7 +45,7 @@ class LfsFlow:
     """What this module remembers about one LFS flow."""
 
     base: str = ""  # the client's URL up to the repo path
-    route: batch.Route | None = None
+    route: batch.LfsTarget | None = None
     shown: tuple[str, str, int, str] | None = None  # scheme, host, port, path for logs
     transfer: Transfer | None = None
     read: bool = field(default=False)
@@ -74,7 +74,7 @@ class LfsFlows:
             return None
         try:
             route = batch.classify(req.method, req.path)
-            if route is None or route.kind is batch.Kind.OTHER:
+            if route is None or route.kind is batch.LfsKind.OTHER:
                 return None
             requests.check_binding(requests.RequestFacts(
                 req.method, req.scheme, req.host, req.port, req.path, req.host_header,
@@ -84,13 +84,13 @@ class LfsFlows:
             return FlowState(Kind.INVALID, reason=f"bad LFS request: {e.reason}")
         credential = credential_from_headers(req.headers.items(multi=True), proxy_login)
         url = canonical_url(host, req.port, route.repo_path)
-        state = FlowState(Kind.LFS_BATCH if route.kind is batch.Kind.BATCH else Kind.LFS_OBJECT,
+        state = FlowState(Kind.LFS_BATCH if route.kind is batch.LfsKind.BATCH else Kind.LFS_OBJECT,
                           repo=rt.store.repo_for(url), tenant=rt.keyer.tenant_id(credential),
                           credential=credential, host=url.split("/", 3)[2])
         base = seen_url[:-len(req.path)] if seen_url.endswith(req.path) else (
             f"https://{req.host_header}")
         self._flows[flow] = LfsFlow(base=base, route=route)
-        if route.kind is batch.Kind.BATCH:
+        if route.kind is batch.LfsKind.BATCH:
             req.stream = True  # the request goes upstream unread
             req.headers["Accept-Encoding"] = "identity"
         return state

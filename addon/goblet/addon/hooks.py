@@ -13,11 +13,11 @@ import time
 import weakref
 from collections.abc import Sequence
 
-from mitmproxy import connection, ctx, exceptions, http, tcp, tls
-from mitmproxy.proxy import server_hooks
+from mitmproxy import ctx, exceptions, http
 
 from goblet import options as opts
-from goblet.lfs.flow import LfsFlows
+from goblet.addon.connections import TEXT, ConnectionHooks, close_client, proxy_ports
+from goblet.addon.lfs import LfsFlows
 from goblet.observe import exposure, redact
 from goblet.observe.access import AccessLog
 from goblet.observe.recorder import Timing
@@ -28,11 +28,10 @@ from goblet.runtime import Runtime
 from goblet.serve.plans import TOKEN_HEADER, ServePlan
 
 log = logging.getLogger("goblet")
-TEXT = {"Content-Type": "text/plain; charset=utf-8"}
 
 
-class Goblet:
-    """The goblet addon."""
+class Goblet(ConnectionHooks):
+    """The goblet addon: options, life cycle, and the request and response hooks."""
 
     def __init__(self) -> None:
         self.settings: opts.Settings | None = None
@@ -43,7 +42,7 @@ class Goblet:
         self._backend_clients: set[str] = set()  # client connections goblet answers
         self.lfs = LfsFlows(lambda: self.rt, self._backend_clients)
         self._heads = Deadlines(lambda: self.settings.request_body_timeout
-                                if self.settings else 60.0, _close_client)
+                                if self.settings else 60.0, close_client)
 
     # -- options and life cycle ----------------------------------------------------
 
@@ -98,64 +97,7 @@ class Goblet:
     def _listening() -> bool:
         return ctx.master.addons.get("proxyserver") is not None
 
-    # -- connection level --------------------------------------------------------
-
-    def client_connected(self, client: connection.Client) -> None:
-        """A new client owes its first request head (``policy/deadlines.py``)."""
-        self._heads.arm(client.id)
-
-    def client_disconnected(self, client: connection.Client) -> None:
-        """Nothing is owed by a client that is gone, or relayed as TCP or a websocket."""
-        self._heads.cancel(client.id)
-        self._backend_clients.discard(client.id)
-
-    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        """Refuse to relay clients to this host's own or link-local addresses unless
-        ``goblet_relay_internal`` (``observe/exposure.py``)."""
-        s, server = self.settings, data.server
-        if s is None or server.address is None or s.relay_internal:
-            return
-        got = await exposure.connect_verdict(
-            str(server.address[0]), server.address[1], hosts=s.hosts,
-            backend=("127.0.0.1", self.rt.backend.port) if self.rt else None,
-            ours=data.client.id in self._backend_clients, proxy_ports=_proxy_ports())
-        server.error, server.address = got.error, got.address or server.address
-
-    def tcp_start(self, flow: tcp.TCPFlow | http.HTTPFlow) -> None:
-        """A connection relayed as TCP (or, ``websocket_start``, a websocket) owes nothing."""
-        self._heads.cancel(flow.client_conn.id)
-
-    websocket_start = tcp_start
-
-    def _owes_next(self, flow: http.HTTPFlow) -> None:
-        if flow.client_conn.timestamp_end is None:
-            self._heads.arm(flow.client_conn.id)  # a kept-alive client owes its next head
-
-    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
-        """Relay TLS to hosts we do not cache without intercepting it."""
-        if self.settings is None:
-            return
-        address, sni = data.context.server.address, data.client_hello.sni
-        port = address[1] if address else 443
-        names = [(n, port) for n in (sni, address[0] if address else None) if n]
-        if not requests.intercepts(names, self.settings.hosts):
-            data.ignore_connection = True  # an opaque relay owes goblet no request
-            self._heads.cancel(data.context.client.id)
-
-    def http_connect(self, flow: http.HTTPFlow) -> None:
-        """The path-prefix port serves path-prefix URLs only: no tunnels."""
-        self._heads.arm(flow.client_conn.id)  # the tunnel's first request is owed now
-        if self._on_prefix_port(flow):
-            flow.response = http.Response.make(
-                405, b"goblet: this port serves http://<goblet>/<host>/<repo> URLs, "
-                     b"not CONNECT\n", TEXT)
-
     # -- request side ------------------------------------------------------------
-
-    def _on_prefix_port(self, flow: http.HTTPFlow) -> bool:
-        sockname = flow.client_conn.sockname
-        return bool(self.settings and self.settings.prefix_port and sockname
-                    and sockname[1] == self.settings.prefix_port)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """Classify the flow; stream everything we do not need to read."""
@@ -171,7 +113,7 @@ class Goblet:
             exposure.PlainRequest(req.scheme, req.method, req.path, req.host, req.port,
                                   tuple(req.headers.get_all("via"))),
             prefix_port=self._on_prefix_port(flow), hosts=self.settings.hosts,
-            proxy_ports=_proxy_ports(), is_local=exposure.is_local_address)
+            proxy_ports=proxy_ports(), is_local=exposure.is_local_address)
         if door.endpoint or door.reply:
             if door.reply:
                 flow.response = http.Response.make(*door.reply, {**TEXT, **self._served_by()})
@@ -207,12 +149,12 @@ class Goblet:
             proxy_login=(str(login[0]), str(login[1])) if login else None,
             proxyauth=getattr(ctx.options, "proxyauth", None),
             git_protocol=req.headers.get("git-protocol"))
-        length = req.headers.get("content-length", "")
-        if length.isdigit() and int(length) > s.max_request_bytes:
-            req.stream = True
-        if req.stream:
+        intake = bodies.intake(got.kind, req.headers.get("content-length", ""),
+                               s.max_request_bytes, streamed=bool(req.stream))
+        req.stream = req.stream or intake.stream
+        if intake.stream:
             state.reason = bodies.PASSED_ON
-        elif got.kind is Kind.UPLOAD_PACK:
+        elif intake.timed:
             state.body_timer = asyncio.get_running_loop().call_later(
                 s.request_body_timeout, self._body_timed_out, flow)
 
@@ -224,7 +166,7 @@ class Goblet:
         state.body_timer, state.timed_out = None, True
         state.reason = "request body not received in time (goblet_request_body_timeout)"
         self.rt.metrics.request_bodies.labels("timeout").inc()
-        _close_client(flow.client_conn.id)
+        close_client(flow.client_conn.id)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         """Route upload-pack requests: upstream, cache, or a git-readable error."""
@@ -245,7 +187,7 @@ class Goblet:
             return
         if isinstance(action, gate.Upstream) and action.tee is not None:
             state.tee = action.tee  # a stall of its upstream fails the client too:
-            state.tee.on_stall = lambda: _close_client(flow.client_conn.id)
+            state.tee.on_stall = lambda: close_client(flow.client_conn.id)
         elif isinstance(action, gate.Serve):
             self._to_backend(flow, state, action.plan)
             state.outcome = action.outcome
@@ -351,19 +293,6 @@ def _response(status: int, body: bytes, headers: Sequence[tuple[str, str]]) -> h
     """A mitmproxy response with these headers (Content-Length set) and body."""
     return http.Response.make(status, body, [(k.encode(), v.encode("latin-1", "replace"))
                                              for k, v in headers])
-
-
-def _proxy_ports() -> set[int]:
-    """The ports mitmproxy listens on."""
-    server = ctx.master.addons.get("proxyserver")
-    return {addr[1] for addr in server.listen_addrs()} if server else set()
-
-
-def _close_client(client_id: str) -> None:
-    """Close a client connection now (mitmproxy has no public call for it)."""
-    handler = getattr(ctx.master.addons.get("proxyserver"), "connections", {}).get(client_id)
-    if handler is not None:
-        handler.close_connection(handler.client)
 
 
 def make_addons() -> Sequence[object]:

@@ -1,0 +1,10 @@
+"""The mitmproxy side of goblet: the only package that imports mitmproxy.
+
+``hooks.py`` holds the addon class (options, life cycle, request and response
+hooks), ``connections.py`` its connection-level hooks, ``lfs.py`` the hooks of
+Git LFS flows. Each guards, asks goblet's policy and applies the answer.
+"""
+
+from goblet.addon.hooks import Goblet, make_addons
+
+__all__ = ["Goblet", "make_addons"]

@@ -1,0 +1,97 @@
+"""The connection-level hooks: first-request deadlines, relays goblet refuses, TLS
+it leaves alone, and the path-prefix port's refusal of tunnels.
+
+A mixin of the addon class (mitmproxy finds hooks by method name on one
+object); the decisions it applies live in ``observe/exposure.py``,
+``policy/requests.py`` and ``policy/deadlines.py``.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import connection, ctx, http, tcp, tls
+from mitmproxy.proxy import server_hooks
+
+from goblet import options as opts
+from goblet.observe import exposure
+from goblet.policy import requests
+from goblet.policy.deadlines import Deadlines
+from goblet.runtime import Runtime
+
+TEXT = {"Content-Type": "text/plain; charset=utf-8"}
+
+
+class ConnectionHooks:
+    """Hooks on client and server connections, before any HTTP request is read."""
+
+    settings: opts.Settings | None
+    rt: Runtime | None
+    _heads: Deadlines
+    _backend_clients: set[str]  # client connections whose requests goblet answers
+
+    def client_connected(self, client: connection.Client) -> None:
+        """A new client owes its first request head (``policy/deadlines.py``)."""
+        self._heads.arm(client.id)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        """Nothing is owed by a client that is gone, or relayed as TCP or a websocket."""
+        self._heads.cancel(client.id)
+        self._backend_clients.discard(client.id)
+
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """Refuse to relay clients to this host's own or link-local addresses unless
+        ``goblet_relay_internal`` (``observe/exposure.py``)."""
+        s, server = self.settings, data.server
+        if s is None or server.address is None or s.relay_internal:
+            return
+        got = await exposure.connect_verdict(
+            str(server.address[0]), server.address[1], hosts=s.hosts,
+            backend=("127.0.0.1", self.rt.backend.port) if self.rt else None,
+            ours=data.client.id in self._backend_clients, proxy_ports=proxy_ports())
+        server.error, server.address = got.error, got.address or server.address
+
+    def tcp_start(self, flow: tcp.TCPFlow | http.HTTPFlow) -> None:
+        """A connection relayed as TCP (or, ``websocket_start``, a websocket) owes nothing."""
+        self._heads.cancel(flow.client_conn.id)
+
+    websocket_start = tcp_start
+
+    def _owes_next(self, flow: http.HTTPFlow) -> None:
+        if flow.client_conn.timestamp_end is None:
+            self._heads.arm(flow.client_conn.id)  # a kept-alive client owes its next head
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        """Relay TLS to hosts we do not cache without intercepting it."""
+        if self.settings is None:
+            return
+        address, sni = data.context.server.address, data.client_hello.sni
+        port = address[1] if address else 443
+        names = [(n, port) for n in (sni, address[0] if address else None) if n]
+        if not requests.intercepts(names, self.settings.hosts):
+            data.ignore_connection = True  # an opaque relay owes goblet no request
+            self._heads.cancel(data.context.client.id)
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """The path-prefix port serves path-prefix URLs only: no tunnels."""
+        self._heads.arm(flow.client_conn.id)  # the tunnel's first request is owed now
+        if self._on_prefix_port(flow):
+            flow.response = http.Response.make(
+                405, b"goblet: this port serves http://<goblet>/<host>/<repo> URLs, "
+                     b"not CONNECT\n", TEXT)
+
+    def _on_prefix_port(self, flow: http.HTTPFlow) -> bool:
+        sockname = flow.client_conn.sockname
+        return bool(self.settings and self.settings.prefix_port and sockname
+                    and sockname[1] == self.settings.prefix_port)
+
+
+def proxy_ports() -> set[int]:
+    """The ports mitmproxy listens on."""
+    server = ctx.master.addons.get("proxyserver")
+    return {addr[1] for addr in server.listen_addrs()} if server else set()
+
+
+def close_client(client_id: str) -> None:
+    """Close a client connection now (mitmproxy has no public call for it)."""
+    handler = getattr(ctx.master.addons.get("proxyserver"), "connections", {}).get(client_id)
+    if handler is not None:
+        handler.close_connection(handler.client)
