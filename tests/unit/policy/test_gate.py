@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -113,12 +112,6 @@ class Gate:
     def bodies(self, result: str) -> float:
         """How many request bodies ended as ``result`` (``goblet_request_bodies_total``)."""
         return float(self.metrics.request_bodies.labels(result)._value.get())
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(1) as executor:
-        yield executor
 
 
 @pytest.fixture
