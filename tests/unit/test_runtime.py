@@ -11,23 +11,14 @@ import pytest
 from goblet.git.runner import GitRunner
 from goblet.observe.access import AccessLog
 from goblet.observe.metrics import CONTENT_TYPE, Metrics
-from goblet.options import Settings
 from goblet.runtime import Runtime
 
 from tests.unit.cache.fakes import FakeCache
-
-MiB = 1024 * 1024
+from tests.unit.fakes import settings_for
 
 
 def run(coro: object) -> object:
     return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-def settings_for(cache_dir: Path, **kw: object) -> Settings:
-    return Settings(
-        cache_dir=cache_dir, hosts=frozenset({("git.example", 443)}), verdict_ttl=60,
-        upstream_timeout=60, instance="unit", max_request_bytes=MiB, min_free_bytes=0,
-        metrics_port=0, metrics_host="", log_format="text", **kw)  # type: ignore[arg-type]
 
 
 def test_the_metrics_endpoint_answers_in_the_format_it_names(tmp_path: Path) -> None:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from goblet.auth.credentials import Credential
 from goblet.offline.ask import Finding, UpstreamAsker, answer_is_grant, served, serves_body
-from goblet.offline.forward import UpstreamAnswer, UpstreamUnreachable
+from goblet.offline.forward import UpstreamUnreachable
 from goblet.offline.state import UpstreamState
 from goblet.protocol import pktline, request
 
-ADV = "application/x-git-upload-pack-advertisement"
+from tests.unit.offline.fakes import ADV, FakeForwarder, answer
+
 RES = "application/x-git-upload-pack-result"
 OID = "a" * 40
 V0 = (pktline.encode_line("# service=git-upload-pack") + pktline.FLUSH
@@ -78,26 +78,6 @@ def test_what_counts_as_yes(status: int, body: bytes, yes: bool) -> None:
 
 
 # ------------------------------------------------------------ UpstreamAsker over a fake transport
-
-class FakeForwarder:
-    """Answers by whether the request carried the client's credential."""
-
-    def __init__(self, with_credential: object, without: object) -> None:
-        self.answers = {True: with_credential, False: without}
-        self.sent: list[tuple[str, list[tuple[str, str]]]] = []
-
-    async def send(self, method: str, url: str, headers: Any, body: bytes | None) -> Any:
-        headers = list(headers)
-        self.sent.append((url, headers))
-        answer = self.answers[any(k.lower() == "authorization" for k, _ in headers)]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-
-def answer(status: int, body: bytes = b"", ctype: str = ADV) -> UpstreamAnswer:
-    return UpstreamAnswer(status, "", [("Content-Type", ctype)], body)
-
 
 CRED = Credential((("authorization", "Bearer t"),))
 URL = "https://h/r.git"

@@ -6,27 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from goblet.auth.verdicts import VerdictCache
 from goblet.cache.store import CacheRepo
 from goblet.policy.flows import FlowState, Kind
 from goblet.policy.offline import PassOn, Refuse, ServeOffline, offline_ref_answer
 
+from tests.unit.policy.fakes import Decider
+
 REPO = CacheRepo("https://h/r.git", "k", Path("/c/k.git"))
-
-
-class Decider:
-    """The parts of FetchDecider the offline answer reads."""
-
-    def __init__(self, may: bool, hidden: tuple[str, ...] | None) -> None:
-        self.may, self.hidden = may, hidden
-        self.verdicts = VerdictCache(60, keep=3600)
-        self.offline_grace = 3600.0
-
-    def may_serve_offline(self, tenant: str, repo: CacheRepo) -> bool:
-        return self.may
-
-    def offline_hidden_refs(self, tenant: str, repo: CacheRepo) -> tuple[str, ...] | None:
-        return self.hidden
 
 
 def answer(d: Decider, kind: Kind, version: int, failed: bool = False) -> Any:

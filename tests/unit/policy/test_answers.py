@@ -1,0 +1,337 @@
+"""AnswerPolicy: what the upstream's answers prove (grants, denials), and the fills they start.
+
+Ref answers are the ones real git 2.39 got from ``git http-backend`` (``git_wire``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from goblet.auth.credentials import ANONYMOUS, Credential
+from goblet.auth.verdicts import RefView
+from goblet.cache.store import CacheRepo, RepoState
+from goblet.policy.answers import AnswerPolicy, lists_all_branches_and_tags, read_ref_answer
+from goblet.policy.flows import FlowState, Kind, Outcome
+from goblet.protocol import pktline
+from goblet.protocol.request import LsRefsRequest
+from goblet.protocol.routes import ADVERTISEMENT_TYPE as ADV
+from goblet.protocol.routes import RESULT_TYPE as RES
+
+from tests.unit.fakes import MiB
+from tests.unit.policy.fakes import Decider, Store
+
+if TYPE_CHECKING:
+    from tests.unit.conftest import GitWire
+
+REPO = CacheRepo("https://git.example/org/repo.git", "k", Path("/c/k.git"))
+ALICE = Credential((("authorization", "Bearer a"),))
+ERR = pktline.error_packet("access denied")
+CHALLENGE = 'Basic realm="git"'
+
+
+@dataclass(frozen=True)
+class Answers:
+    """Ref answers git received, and the oids they name."""
+
+    v0: bytes  # info/refs, protocol v0: main, the annotated tag v1 (peeled)
+    v2: bytes  # info/refs, protocol v2: capabilities only
+    v2_ref_in_want: bytes  # the same, advertising ref-in-want
+    sha256: bytes  # info/refs of a sha256 repo
+    ls_refs: bytes  # the answer to a clone's ls-refs (HEAD, branches, tags)
+    main: str
+    v1: str
+    c1: str
+
+    def pick(self, body: bytes | str) -> bytes:
+        """``body`` itself, or the answer it names (``-truncated``: 10 bytes short)."""
+        if isinstance(body, bytes):
+            return body
+        name, _, cut = body.partition("-")
+        whole: bytes = getattr(self, name)
+        return whole[:-10] if cut else whole
+
+
+@pytest.fixture(scope="module")
+def wire(git_wire: GitWire) -> Answers:
+    return Answers(
+        git_wire.info_refs("v0-clone").response, git_wire.info_refs("v2-clone").response,
+        git_wire.info_refs("v2-ref-in-want").response, git_wire.info_refs("v0-sha256").response,
+        git_wire.posts("v2-clone")[0].response, git_wire.oids["main"], git_wire.oids["v1"],
+        git_wire.oids["c1"])
+
+
+@dataclass
+class World:
+    decider: Decider
+    store: Store
+    policy: AnswerPolicy
+
+    def answer(self, state: FlowState, status: int, body: bytes | None, ctype: str = ADV,
+               cap: int = MiB, **headers: str) -> bytes | None:
+        """What ``AnswerPolicy.answer`` returns (``headers``: lower-case, ``_`` for ``-``)."""
+        fields = {"content-type": ctype, **{k.replace("_", "-"): v for k, v in headers.items()}}
+        return asyncio.run(self.policy.answer(state, status, fields, body, cap))
+
+    def view(self) -> RefView | None:
+        return self.decider.verdicts.view("alice", REPO.url, 60)
+
+
+@pytest.fixture
+def world(pool: ThreadPoolExecutor) -> World:
+    decider, store = Decider(), Store()
+    return World(decider, store, AnswerPolicy(decider, store, pool))  # type: ignore[arg-type]
+
+
+def flow(kind: Kind = Kind.INFO_REFS, *, prefixes: tuple[str, ...] | None = None,
+         outcome: Outcome = Outcome.UPSTREAM, repo: CacheRepo | None = REPO) -> FlowState:
+    """alice's request; ``prefixes``: an ls-refs asking for these ``ref-prefix`` values."""
+    ls_refs = LsRefsRequest(prefixes, True, True, False) if prefixes is not None else None
+    return FlowState(kind, repo=repo, tenant="alice", credential=ALICE, ls_refs=ls_refs,
+                     outcome=outcome)
+
+
+def cached(wire: Answers, head: str = "refs/heads/main", **moved: str) -> RepoState:
+    """The cache's state after a fill of what ``wire.v0`` lists (``moved``: refs changed)."""
+    refs = {"refs/heads/main": wire.main, "refs/tags/v1": wire.v1}
+    refs |= {name.replace("__", "/"): oid for name, oid in moved.items()}
+    return RepoState(refs, head, 0.0)
+
+
+# ------------------------------------------------------------------------------ read_ref_answer
+
+
+def test_an_info_refs_answer_reads_as_the_refs_it_listed(wire: Answers) -> None:
+    got = read_ref_answer(ADV, wire.v0, ls_refs=False)
+    assert got is not None and got.replacement is None and got.view is not None
+    assert got.view.pairs == {("HEAD", wire.main), ("refs/heads/main", wire.main),
+                              ("refs/tags/v1", wire.v1), ("refs/tags/v1^{}", wire.c1)}
+    assert got.advertisement.symrefs == {"HEAD": "refs/heads/main"}
+
+
+def test_an_ls_refs_answer_reads_as_the_refs_it_listed(wire: Answers) -> None:
+    got = read_ref_answer(RES + "; charset=utf-8", wire.ls_refs, ls_refs=True)
+    assert got is not None and got.view is not None
+    assert got.view.names == {"HEAD", "refs/heads/main", "refs/tags/v1"}
+
+
+def test_a_capability_advertisement_lists_no_refs_and_hides_upstream_only_features(
+        wire: Answers) -> None:
+    plain = read_ref_answer(ADV, wire.v2, ls_refs=False)
+    assert plain is not None and plain.view is None and plain.replacement is None
+    got = read_ref_answer(ADV, wire.v2_ref_in_want, ls_refs=False)
+    assert got is not None and got.view is None and got.replacement is not None
+    lines = pktline.decode(got.replacement)
+    upstream = pktline.decode(wire.v2_ref_in_want)
+    fetch = [p.line for p in upstream].index(b"fetch=shallow wait-for-done ref-in-want")
+    assert [p.line for p in lines] == [
+        *(p.line for p in upstream[:fetch]), b"fetch=shallow wait-for-done",
+        *(p.line for p in upstream[fetch + 1:])]
+
+
+@pytest.mark.parametrize(("ctype", "body", "ls_refs"), [
+    (ADV, ERR, False),  # an ERR packet with status 200
+    (RES, ERR, True),
+    ("text/html", "v0", False),
+    (RES, "v0", False),  # git's other content type
+    (ADV, "ls_refs", True),
+    (ADV, "v0-truncated", False),
+    (RES, "ls_refs-truncated", True),
+])
+def test_anything_else_is_no_ref_answer(wire: Answers, ctype: str, body: bytes | str,
+                                        ls_refs: bool) -> None:
+    assert read_ref_answer(ctype, wire.pick(body), ls_refs=ls_refs) is None
+
+
+@pytest.mark.parametrize(("prefixes", "everything"), [
+    ((), True),
+    (("refs/",), True),
+    (("refs/heads/", "refs/tags/"), True),
+    (("HEAD", "refs/heads/", "refs/tags/"), True),
+    (("refs/heads", "refs/tags"), True),
+    (("HEAD", "refs/heads/"), False),  # what `git fetch origin main` asks: no tags
+    (("refs/tags/",), False),
+    (("refs/heads/main",), False),
+])
+def test_which_ls_refs_list_every_branch_and_tag(prefixes: tuple[str, ...],
+                                                 everything: bool) -> None:
+    assert lists_all_branches_and_tags(prefixes) is everything
+
+
+# ------------------------------------------------------------------------------ grants
+
+
+def test_a_ref_answer_is_a_grant_with_the_refs_it_listed(world: World, wire: Answers) -> None:
+    assert world.answer(flow(), 200, wire.v0) is None  # nothing to replace
+    assert world.decider.verdicts.is_granted("alice", REPO.url)
+    view = world.view()
+    assert view is not None and view.complete
+    assert view.mirrored == {"refs/heads/main": wire.main, "refs/tags/v1": wire.v1}
+    assert world.decider.heads == {"k": "refs/heads/main"}
+
+
+@pytest.mark.parametrize(("status", "ctype", "body"), [
+    (200, ADV, ERR),  # "remote error: access denied" with status 200
+    (200, "text/html; charset=utf-8", "v0"),
+    (200, RES, "v0"),
+    (200, ADV, "v0-truncated"),
+    (203, ADV, "v0"),
+    (304, ADV, "v0"),
+    (500, ADV, "v0"),
+    (503, ADV, ERR),
+])
+def test_anything_else_proves_nothing(world: World, wire: Answers, status: int, ctype: str,
+                                      body: bytes | str) -> None:
+    assert world.answer(flow(), status, wire.pick(body), ctype) is None
+    assert len(world.decider.verdicts) == 0 and world.decider.fills == []
+    assert world.decider.heads == {}
+
+
+def test_an_err_packet_leaves_an_earlier_grant_as_it_was(world: World, wire: Answers) -> None:
+    world.answer(flow(), 200, wire.v0)
+    world.answer(flow(), 200, ERR)
+    assert world.decider.verdicts.is_granted("alice", REPO.url) and world.view() is not None
+
+
+@pytest.mark.parametrize("kind", [Kind.FETCH, Kind.UPLOAD_PACK, Kind.PUSH, Kind.OTHER])
+def test_only_ref_requests_are_granted(world: World, wire: Answers, kind: Kind) -> None:
+    world.answer(flow(kind), 200, wire.v0)
+    world.answer(flow(kind), 200, wire.ls_refs, RES)
+    assert len(world.decider.verdicts) == 0
+
+
+@pytest.mark.parametrize("outcome", [Outcome.CACHE, Outcome.OFFLINE, Outcome.ERROR,
+                                     Outcome.DENIED])
+def test_answers_the_upstream_did_not_give_prove_nothing(world: World, wire: Answers,
+                                                         outcome: Outcome) -> None:
+    world.answer(flow(outcome=outcome), 200, wire.v0)
+    world.answer(flow(outcome=outcome), 401, b"", www_authenticate=CHALLENGE)
+    world.answer(flow(repo=None), 401, b"")
+    world.answer(flow(repo=None), 200, wire.v0)
+    assert len(world.decider.verdicts) == 0
+
+
+def test_an_encoded_answer_is_decoded_first(world: World, wire: Answers) -> None:
+    world.answer(flow(), 200, gzip.compress(wire.v0), content_encoding="gzip")
+    assert world.decider.verdicts.is_granted("alice", REPO.url)
+
+
+@pytest.mark.parametrize(("body", "enc", "cap"), [
+    (None, None, MiB),  # streamed: never read
+    ("v0", None, 100),  # larger than the cap
+    ("v0", "gzip", MiB),  # not the gzip it claims to be
+    ("v0", "br", MiB),  # an encoding goblet does not decode
+])
+def test_an_answer_goblet_cannot_read_proves_nothing(world: World, wire: Answers,
+                                                     body: str | None, enc: str | None,
+                                                     cap: int) -> None:
+    raw = wire.v0 if body else None
+    headers = {"content_encoding": enc} if enc else {}
+    assert world.answer(flow(), 200, raw, cap=cap, **headers) is None
+    assert len(world.decider.verdicts) == 0
+
+
+def test_a_capability_advertisement_grants_and_keeps_the_last_view(world: World,
+                                                                   wire: Answers) -> None:
+    assert world.answer(flow(), 200, wire.v2) is None
+    assert world.decider.verdicts.is_granted("alice", REPO.url) and world.view() is None
+    assert world.decider.fills == []  # it lists no refs: nothing to compare the cache with
+    world.answer(flow(), 200, wire.v0)
+    before, fills = world.view(), len(world.decider.fills)
+    replaced = world.answer(flow(), 200, wire.v2_ref_in_want)
+    assert replaced is not None and b"ref-in-want" not in replaced
+    assert world.view() == before and len(world.decider.fills) == fills
+
+
+@pytest.mark.parametrize(("prefixes", "complete"), [
+    (("HEAD", "refs/heads/", "refs/tags/"), True),  # a clone's
+    ((), True),
+    (("HEAD", "refs/heads/"), False),
+])
+def test_an_ls_refs_view_is_complete_only_if_it_asked_for_every_branch_and_tag(
+        world: World, wire: Answers, prefixes: tuple[str, ...], complete: bool) -> None:
+    world.answer(flow(Kind.LS_REFS, prefixes=prefixes), 200, wire.ls_refs, RES)
+    view = world.view()
+    assert view is not None and view.complete is complete
+    assert view.names == {"HEAD", "refs/heads/main", "refs/tags/v1"}
+
+
+# ------------------------------------------------------------------------------ denials
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+@pytest.mark.parametrize("kind", [Kind.INFO_REFS, Kind.LS_REFS, Kind.FETCH, Kind.UPLOAD_PACK])
+def test_a_refusal_is_a_denial_that_replaces_the_grant_at_once(
+        world: World, wire: Answers, status: int, kind: Kind) -> None:
+    world.answer(flow(), 200, wire.v0)
+    assert world.answer(flow(kind), status, b"no", "text/plain",
+                        www_authenticate=CHALLENGE) is None
+    verdicts = world.decider.verdicts
+    assert not verdicts.is_granted("alice", REPO.url) and world.view() is None
+    denial = verdicts.denied_within("alice", REPO.url, 60)
+    assert denial is not None and (denial.status, denial.challenge) == (status, CHALLENGE)
+
+
+def test_a_denial_without_a_challenge_keeps_none(world: World) -> None:
+    world.answer(flow(), 403, b"")
+    denial = world.decider.verdicts.denied_within("alice", REPO.url, 60)
+    assert denial is not None and (denial.status, denial.challenge) == (403, None)
+
+
+# ------------------------------------------------------------------------------ fills
+
+
+def test_a_grant_for_a_repo_never_cached_starts_its_fill(world: World, wire: Answers) -> None:
+    world.answer(flow(), 200, wire.v0)
+    assert world.decider.fills == [(REPO, ALICE, "alice", "refs/heads/main")]
+
+
+def test_unless_the_clones_own_fetch_fills_it(pool: ThreadPoolExecutor, wire: Answers) -> None:
+    decider, store = Decider(tee=True), Store()
+    w = World(decider, store, AnswerPolicy(decider, store, pool))  # type: ignore[arg-type]
+    w.answer(flow(), 200, wire.v0)
+    assert decider.fills == [] and decider.verdicts.is_granted("alice", REPO.url)
+
+
+@pytest.mark.parametrize(("changed", "fills"), [
+    ({}, 0),
+    ({"refs__heads__main": "f" * 40}, 1),  # the branch moved upstream
+    ({"refs__tags__old": "f" * 40}, 1),  # a tag deleted upstream
+    ({"head": "refs/heads/dev"}, 1),  # HEAD moved upstream
+])
+def test_a_grant_starts_a_fill_when_the_cached_refs_differ(
+        world: World, wire: Answers, changed: dict[str, str], fills: int) -> None:
+    world.store.snapshot = cached(wire, **changed)
+    world.answer(flow(), 200, wire.v0)
+    assert len(world.decider.fills) == fills
+
+
+def test_refs_outside_an_ls_refs_view_are_not_taken_for_deleted(world: World,
+                                                                wire: Answers) -> None:
+    world.store.snapshot = cached(wire, refs__heads__topic="f" * 40)
+    world.answer(flow(Kind.LS_REFS, prefixes=("HEAD", "refs/tags/")), 200, wire.ls_refs, RES)
+    assert world.decider.fills == []
+    world.answer(flow(Kind.LS_REFS, prefixes=("HEAD", "refs/heads/")), 200, wire.ls_refs, RES)
+    assert len(world.decider.fills) == 1
+
+
+@pytest.mark.parametrize(("anonymous_denied", "fills"), [(True, 0), (False, 1)])
+def test_public_isolation_never_fills_a_repo_anonymous_users_cannot_read(
+        pool: ThreadPoolExecutor, wire: Answers, anonymous_denied: bool, fills: int) -> None:
+    decider, store = Decider(isolation="public"), Store()
+    if anonymous_denied:
+        decider.verdicts.record(ANONYMOUS, REPO.url, granted=False, status=401)
+    w = World(decider, store, AnswerPolicy(decider, store, pool))  # type: ignore[arg-type]
+    w.answer(flow(), 200, wire.v0)
+    assert decider.verdicts.is_granted("alice", REPO.url) and len(decider.fills) == fills
+
+
+def test_another_object_format_makes_the_repo_uncacheable(world: World, wire: Answers) -> None:
+    world.answer(flow(), 200, wire.sha256)
+    assert world.decider.uncacheable == {"k"} and world.decider.fills == []
+    assert world.decider.verdicts.is_granted("alice", REPO.url)
