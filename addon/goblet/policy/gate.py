@@ -161,6 +161,8 @@ class FlowPolicy:
                 Kind.INFO_REFS, Kind.LS_REFS):
             action = await self.forward(state, method, path, headers=headers, raw=raw,
                                         git_protocol=git_protocol)
+        if isinstance(action, Upstream):
+            self.release(state)  # a body going upstream is let go at once
         return action
 
     async def upload_pack(self, state: FlowState, raw: bytes | None, enc: str | None,

@@ -271,7 +271,8 @@ def test_a_fetch_goblet_refuses_gets_a_git_error(gate: Gate) -> None:
 def test_an_ls_refs_is_read_then_goes_upstream(gate: Gate) -> None:
     state = gate.state()
     assert gate.route(state, LS) == Upstream()
-    assert state.kind is Kind.LS_REFS and state.body == LS and gate.decider.asked == []
+    assert state.kind is Kind.LS_REFS and gate.decider.asked == []
+    assert (state.body, state.held) == (b"", 0)  # going upstream: let go at once
     assert state.ls_refs is not None and state.ls_refs.ref_prefixes == ("HEAD", "refs/heads/")
 
 
@@ -305,37 +306,41 @@ def test_a_body_goblet_does_not_inspect_passes_through(
 # ------------------------------------------------------------------------------ body budget
 
 
-def ls_refs_held(gate: Gate) -> FlowState:
-    """An ls-refs routed upstream; its state (the body read, or passed on as busy)."""
+def fetch_held(gate: Gate) -> FlowState:
+    """A fetch answered from the cache, which holds its body while it is served; its
+    state (the body read, or passed on as busy)."""
     state = gate.state()
-    assert gate.route(state, LS) == Upstream()
+    gate.route(state, FETCH)
     return state
 
 
 @pytest.fixture
 def tight(tmp_path: Path, pool: ThreadPoolExecutor) -> Gate:
-    """A gate whose cap is one ls-refs body: the budget holds exactly two."""
-    return Gate(tmp_path, pool, cap=len(LS))
+    """A gate whose cap is one fetch body (the budget holds exactly two) and whose fetches
+    are answered from the cache."""
+    gate = Gate(tmp_path, pool, cap=len(FETCH))
+    gate.decider.decision = Decision(Route.CACHE, "as told")
+    return gate
 
 
 def test_bodies_held_at_once_share_twice_the_cap(tight: Gate) -> None:
-    first, second, third = ls_refs_held(tight), ls_refs_held(tight), ls_refs_held(tight)
-    assert first.kind is second.kind is Kind.LS_REFS and first.held == len(LS)
+    first, second, third = fetch_held(tight), fetch_held(tight), fetch_held(tight)
+    assert first.kind is second.kind is Kind.FETCH and first.held == len(FETCH)
     assert (third.kind, third.body, third.held, third.reason) == (
         Kind.UPLOAD_PACK, b"", 0, BUSY)  # passed through uninspected
     assert tight.bodies("busy") == 1 and tight.bodies("inspected") == 2
     tight.policy.release(first)
     assert (first.held, first.body) == (0, b"")
-    assert ls_refs_held(tight).kind is Kind.LS_REFS
-    assert ls_refs_held(tight).kind is Kind.UPLOAD_PACK
+    assert fetch_held(tight).kind is Kind.FETCH
+    assert fetch_held(tight).kind is Kind.UPLOAD_PACK
 
 
 def test_releasing_twice_frees_a_share_once(tight: Gate) -> None:
-    first, _ = ls_refs_held(tight), ls_refs_held(tight)
+    first, _ = fetch_held(tight), fetch_held(tight)
     tight.policy.release(first)
     tight.policy.release(first)
-    assert ls_refs_held(tight).kind is Kind.LS_REFS
-    assert ls_refs_held(tight).kind is Kind.UPLOAD_PACK
+    assert fetch_held(tight).kind is Kind.FETCH
+    assert fetch_held(tight).kind is Kind.UPLOAD_PACK
 
 
 @pytest.mark.parametrize(("route", "read"), [(Route.UPSTREAM, 5), (Route.CACHE, 2)])
@@ -349,12 +354,15 @@ def test_only_bodies_going_upstream_are_let_go_at_once(tmp_path: Path,
     assert len(gate.decider.asked) == read and gate.bodies("busy") == 5 - read
 
 
-@pytest.mark.xfail(strict=True, reason="gate.py: an ls-refs that goes upstream keeps its "
-                   "decoded body counted against the budget until the flow ends; the module "
-                   "docstring says a body going upstream is let go at once")
-def test_an_ls_refs_going_upstream_is_let_go_at_once(tight: Gate) -> None:
-    states = [ls_refs_held(tight) for _ in range(3)]
-    assert [s.kind for s in states] == [Kind.LS_REFS] * 3
+def test_an_ls_refs_going_upstream_is_let_go_at_once(tmp_path: Path,
+                                                     pool: ThreadPoolExecutor) -> None:
+    """Slow ls-refs going upstream never spend the budget of the fetches after them."""
+    gate = Gate(tmp_path, pool, cap=len(LS))
+    states = [gate.state() for _ in range(3)]
+    for state in states:
+        assert gate.route(state, LS) == Upstream()
+    assert [(s.kind, s.held) for s in states] == [(Kind.LS_REFS, 0)] * 3
+    assert gate.bodies("inspected") == 3 and gate.bodies("busy") == 0
 
 
 # ------------------------------------------------------------------------------ refs from the cache
