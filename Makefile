@@ -9,6 +9,7 @@ PORT ?= 8080
 CACHE_DIR ?= cache
 CERTS_DIR ?= certs
 HOSTS ?= github.com,gitlab.com,bitbucket.org
+MITMDUMP_ARGS ?=
 PYTEST_ARGS ?= -n auto --dist loadscope
 BIN := $(VENV)/bin
 
@@ -46,6 +47,8 @@ $(BIN)/.installed-test: $(BIN)/.installed
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
+# MITMDUMP_ARGS adds any other mitmdump option, e.g.
+# MITMDUMP_ARGS="--set ssl_verify_upstream_trusted_ca=certs/upstream-cas.pem".
 run: $(BIN)/.installed
 	$(BIN)/mitmdump -s addon/goblet_addon.py \
 	  --listen-host $(HOST) -p $(PORT) \
@@ -53,7 +56,7 @@ run: $(BIN)/.installed
 	  --set goblet_cache_dir=$(CACHE_DIR) \
 	  --set goblet_hosts=$(HOSTS) \
 	  --set http2=false \
-	  --set flow_detail=0
+	  --set flow_detail=0 $(MITMDUMP_ARGS)
 
 # What the tests run besides git and Python (haproxy, prometheus, node, redis-server,
 # git-lfs): installed from Debian's packages like `deps`, services left stopped.
