@@ -28,6 +28,7 @@ from tests.support.gitclient import GitClient, with_userinfo
 from tests.support.net import free_port, metric_sum
 from tests.support.proxy import GobletProxy
 from tests.support.repos import add_commit
+from tests.support.slow_s3 import SlowS3
 from tests.support.upstream_client import UpstreamServer
 
 SENTINEL = "sentinel-fleet-token-6f1d"
@@ -291,3 +292,26 @@ def test_redis_killed_mid_fill_fails_no_clone_and_the_store_still_gets_the_repo(
     assert (tmp_path / "first" / ".git").is_dir(), leader.log_text()[-3000:]
     assert "fleet redis unavailable, filling alone" in other.log_text()
     published(leader, url, 60)
+
+
+def test_a_trickling_store_is_abandoned_and_the_clone_fills_from_the_upstream(
+    repos: Repos, upstream: UpstreamServer, confdir: Path, aws_env: None, tmp_path: Path,
+) -> None:
+    name = repos.create(commits=6)
+    url = upstream.url(name)
+    with SlowS3(size=4096, chunk=1, every=2.0) as store:  # 0.5 bytes/s, never silent 30 s
+        port = free_port()
+        px = GobletProxy(tmp_path / "px", hosts=[upstream.host], upstream_ca=upstream.cert_path,
+                         confdir=confdir, sets={
+                             "goblet_upstream_timeout": "3", "goblet_metrics_port": str(port),
+                             "goblet_store": "s3://goblet-fleet/p",
+                             "goblet_store_endpoint": store.endpoint})
+        with px:
+            started = time.monotonic()
+            GitClient(tmp_path / "home", ca_file=px.ca_cert, proxy=px.url).clone(
+                url, tmp_path / "clone")
+            assert time.monotonic() - started < 40
+            assert any(".bundle" in r for r in store.requests)
+            assert metric_sum(port, "goblet_fleet_degraded_total", part="store") >= 1
+            assert metric_sum(port, "goblet_store_restores_total", result="error") == 1
+            assert "object store too slow" in px.log_text()

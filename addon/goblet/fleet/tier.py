@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -41,12 +42,9 @@ from goblet.cache.store import CacheRepo, RepoStore
 from goblet.fleet import bundles
 from goblet.fleet.health import PartHealth
 from goblet.fleet.lease import CoordinationError, Coordinator
-from goblet.fleet.manifest import (
-    ManifestError,
-    parse,
-)
+from goblet.fleet.manifest import Manifest, ManifestError, parse
 from goblet.fleet.publish import Publisher
-from goblet.fleet.store import NotFound, ObjectStore, StoreError
+from goblet.fleet.store import NotFound, ObjectStore, Pace, StoreError
 from goblet.fleet.turns import Role, Turn
 
 if TYPE_CHECKING:
@@ -65,7 +63,7 @@ class FleetTier:
     def __init__(self, repos: RepoStore, locks: RepoLocks, metrics: Metrics, *,
                  store: ObjectStore | None, coordinator: Coordinator | None,
                  partitions: frozenset[str] = frozenset({"shared"}), max_bytes: int = 0,
-                 max_wait: float = 3600.0) -> None:
+                 max_wait: float = 3600.0, stall_timeout: float = 60.0) -> None:
         self.repos = repos
         self.locks = locks
         self.metrics = metrics
@@ -73,6 +71,9 @@ class FleetTier:
         self.coordinator = coordinator
         self.partitions = partitions
         self.max_wait = max_wait
+        # goblet_upstream_timeout: a download from the store slower than
+        # ``store.LOW_SPEED`` bytes/s for this long is the store failing.
+        self.stall_timeout = stall_timeout
         self.health = PartHealth(metrics)
         self.publisher = Publisher(repos, locks, metrics, self.health, store=store,
                                    coordinator=coordinator, max_bytes=max_bytes)
@@ -189,8 +190,10 @@ class FleetTier:
                     return True
             except CoordinationError as e:
                 self.health.degraded("redis", str(e))
+        window = max(1.0, self.stall_timeout)
         try:
-            await asyncio.to_thread(self.store.get_manifest, repo.key)
+            await asyncio.to_thread(self.store.get_manifest, repo.key,
+                                    Pace(window=window, deadline=time.monotonic() + window))
         except NotFound:
             return False
         except StoreError as e:
@@ -199,35 +202,35 @@ class FleetTier:
         self.health.healthy("store")
         return True
 
-    async def restore(self, repo: CacheRepo, target: Path) -> bool:
+    async def restore(self, repo: CacheRepo, target: Path, *,
+                      deadline: float = math.inf) -> bool:
         """Fill the new, empty repo at ``target`` from the store; True if restored.
 
-        On any failure ``target`` is left empty again (re-created) and False returned:
-        the fill then fetches everything from the upstream.
+        The whole restore ends by ``deadline`` (``time.monotonic``, the fill's), and
+        a download slower than ``store.LOW_SPEED`` bytes/s for ``stall_timeout`` is
+        abandoned: both count as the store failing. On any failure ``target`` is left
+        empty again (re-created) and False returned: the fill then fetches everything
+        from the upstream.
         """
         store = self.store
         if store is None or not self.publishable(repo):
             return False
         started = time.monotonic()
+        pace = Pace(window=max(1.0, self.stall_timeout), deadline=deadline)
         try:
-            manifest = parse(await asyncio.to_thread(store.get_manifest, repo.key))
-            moved = 0
-            for entry in manifest.bundles:
-                with bundles.bundle_file(self.repos.tmp_dir, repo.key) as path:
-                    digest = await asyncio.to_thread(store.download, repo.key, entry.name,
-                                                     path, entry.size)
-                    if digest != entry.sha256 or path.stat().st_size != entry.size:
-                        raise bundles.BundleError("bundle checksum does not match its manifest")
-                    moved += entry.size
-                    await bundles.verify(self.repos.git, target, path)
-                    await bundles.fetch(self.repos.git, target, path)
+            async with asyncio.timeout(max(0.0, deadline - started)
+                                       if deadline != math.inf else None):
+                manifest, moved = await self._restore(store, repo, target, pace)
         except NotFound:
             self.metrics.store_restores.labels("miss").inc()
             self.health.healthy("store")
             await self._reset(target)
             return False
-        except StoreError as e:
-            self.health.degraded("store", str(e))
+        except (StoreError, TimeoutError) as e:
+            pace.stop.set()  # a download still running in its thread ends at its next read
+            reason = str(e) if isinstance(e, StoreError) else \
+                "object store too slow: the fill's deadline passed"
+            self.health.degraded("store", reason)
             self.metrics.store_restores.labels("error").inc()
             await self._reset(target)
             return False
@@ -244,6 +247,22 @@ class FleetTier:
         log.info("restored %s from the store: %d bundle(s), %d bytes, %.3fs", repo.url,
                  len(manifest.bundles), moved, seconds)
         return True
+
+    async def _restore(self, store: ObjectStore, repo: CacheRepo, target: Path, pace: Pace
+                       ) -> tuple[Manifest, int]:
+        """Download, check and fetch each bundle of the manifest; (manifest, bytes)."""
+        manifest = parse(await asyncio.to_thread(store.get_manifest, repo.key, pace))
+        moved = 0
+        for entry in manifest.bundles:
+            with bundles.bundle_file(self.repos.tmp_dir, repo.key) as path:
+                digest = await asyncio.to_thread(store.download, repo.key, entry.name,
+                                                 path, entry.size, pace)
+                if digest != entry.sha256 or path.stat().st_size != entry.size:
+                    raise bundles.BundleError("bundle checksum does not match its manifest")
+                moved += entry.size
+                await bundles.verify(self.repos.git, target, path)
+                await bundles.fetch(self.repos.git, target, path)
+        return manifest, moved
 
     async def _reset(self, target: Path) -> None:
         """Leave an empty repo at ``target`` (whatever a failed restore put there goes)."""
@@ -276,7 +295,8 @@ def build(settings: Settings, repos: RepoStore, locks: RepoLocks, metrics: Metri
     coordinator = Coordinator(settings.redis, password=redis_password(),
                               lease_seconds=settings.fleet_lease) if settings.redis else None
     return FleetTier(repos, locks, metrics, store=store, coordinator=coordinator,
-                     partitions=settings.store_partitions, max_bytes=settings.store_max_bytes)
+                     partitions=settings.store_partitions, max_bytes=settings.store_max_bytes,
+                     stall_timeout=settings.upstream_timeout)
 
 
 def describe(settings: Settings) -> str:

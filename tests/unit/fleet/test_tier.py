@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,9 +24,10 @@ from goblet.fleet.turns import Role, Turn
 from goblet.git.runner import GitRunner
 from goblet.observe.metrics import Metrics
 
-from tests.support.fleetservers import RedisServer, S3Server
+from tests.support.fleetservers import AWS_ENV, RedisServer, S3Server
 from tests.support.repos import add_commit, make_bare_repo
 from tests.support.repos import git as bare_git
+from tests.support.slow_s3 import SlowS3
 
 URL = "https://git.example/org/r.git"
 
@@ -213,3 +215,46 @@ def test_bundles_in_tmp_are_claimed_so_a_sweep_leaves_them(s3: S3Server, tmp_pat
         assert sweep_abandoned(repos_a.tmp_dir) == []
         assert path.read_bytes() == b"in use"
     assert list(repos_a.tmp_dir.iterdir()) == []
+
+
+def slow_tier(tmp: Path, slow: SlowS3, stall: float) -> tuple[FleetTier, RepoStore]:
+    """An instance whose store is ``slow`` (the ObjectStore's own client and timeouts)."""
+    git = GitRunner(home=tmp / "home")
+    repos = RepoStore(tmp / "slow", git)
+    repos.prepare()
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in AWS_ENV.items():
+            mp.setenv(k, v)
+        store = ObjectStore(StoreLocation("goblet-fleet", "p"), slow.endpoint)
+    tier = FleetTier(repos, RepoLocks(repos.lock_dir), Metrics(), store=store,
+                     coordinator=None, stall_timeout=stall)
+    return tier, repos
+
+
+@pytest.mark.parametrize(("chunk", "every", "deadline"), [
+    (1, 0.5, 60.0),  # a trickle under the minimum rate: abandoned after ``stall`` seconds
+    (4096, 0.5, 3.0),  # fast enough (8 KB/s) but longer than the fill's deadline
+])
+def test_a_slow_store_ends_the_restore_and_counts_as_failing(
+    tmp_path: Path, chunk: int, every: float, deadline: float,
+) -> None:
+    with SlowS3(size=1024 * 1024, chunk=chunk, every=every) as slow:
+        tier, repos = slow_tier(tmp_path, slow, stall=2.0)
+        repo = repos.repo_for(URL)
+
+        async def main() -> tuple[bool, Path]:
+            target, claim = repos.claim_temp(repo)
+            await repos.init_bare(target)
+            ok = await tier.restore(repo, target, deadline=time.monotonic() + deadline)
+            claim.release()
+            return ok, target
+
+        started = time.monotonic()
+        ok, target = asyncio.run(main())
+        took = time.monotonic() - started
+        assert slow.requests and any(".bundle" in r for r in slow.requests)
+    assert not ok
+    assert took < 10, took
+    assert tier.metrics.fleet_degraded.labels("store")._value.get() == 1
+    assert tier.metrics.store_restores.labels("error")._value.get() == 1
+    assert refs_of(target) == {}
