@@ -39,8 +39,10 @@ def cache_state(proxy: GobletProxy, url: str) -> dict[str, object] | None:
 
 
 def assert_cache_sound(proxy: GobletProxy, upstream_repo: Path, url: str) -> None:
-    """The cache repo of ``url`` is what a fill leaves: refs, HEAD, fsck-clean."""
+    """The cache repo of ``url`` is what a fill leaves: refs, HEAD, fsck-clean (checked
+    once the full repack that follows a repo's first fill is done)."""
     [(path, state)] = repos_for(proxy.cache_dir, url).items()
+    proxy.wait_for_log(f" repack of {url}: ", 30)
     heads_tags = {n: o for n, o in (line.split(" ", 1)[::-1] for line in bare_git(
         "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/tags",
         cwd=upstream_repo).splitlines())}
@@ -91,7 +93,7 @@ def test_a_cold_clone_streams_and_fills_the_cache_with_one_download(
     assert remote_view(git, tmp_path / "warm") == remote_view(direct, tmp_path / "direct")
 
 
-def test_sixteen_concurrent_cold_clones_download_the_pack_once(
+def test_sixteen_concurrent_cold_clones_fill_the_cache_once_and_wait_for_nobody(
     git: GitClient, direct: GitClient, repos: Repos, upstream: UpstreamServer,
     proxy: GobletProxy, tmp_path: Path,
 ) -> None:
@@ -101,12 +103,17 @@ def test_sixteen_concurrent_cold_clones_download_the_pack_once(
         results = list(pool.map(
             lambda i: git.clone(url, tmp_path / f"c{i}", check=False), range(16)))
     assert [r.returncode for r in results] == [0] * 16, [r.stderr for r in results]
-    assert count(upstream.stats(), "fetch", name) == 1
+    assert 1 <= count(upstream.stats(), "fetch", name) <= 16  # one tee, the rest upstream
+    assert proxy.wait_for_log(f"fill {url} result=ok", 30)  # (stored after its clone ends)
+    assert proxy.log_text().count(f"fill {url} result=") == 1
     direct.clone(url, tmp_path / "direct")
     want = remote_view(direct, tmp_path / "direct")
     for i in range(16):
         assert remote_view(git, tmp_path / f"c{i}") == want
     assert_cache_sound(proxy, repos.path(name), url)
+    fetches = count(upstream.stats(), "fetch", name)
+    git.clone(url, tmp_path / "warm")  # from the cache now
+    assert count(upstream.stats(), "fetch", name) == fetches
 
 
 def test_requests_for_less_than_everything_pass_through_and_warm_the_cache(
@@ -172,6 +179,8 @@ def test_a_client_killed_mid_clone_leaves_nothing_half_served(
         wait_for_pack_bytes(slow, least)
         os.killpg(clone.pid, signal.SIGKILL)
         clone.wait(10)
+        assert px.wait_for_log(f"fill {url} result=abandoned", 30), (  # the client's doing
+            px.log_text()[-3000:])
         no_residue(px)
         next_clone_fills(px, git, slow.root / slow_repo, url, tmp_path / "next")
 
@@ -232,3 +241,4 @@ def test_fill_mode_keeps_filling_first(
         states = [json.loads(p.read_text()) for p in
                   (px.cache_dir / "repos").glob("*.git/goblet-state.json")]
         assert [s["url"] for s in states] == [upstream.url(name)]
+
