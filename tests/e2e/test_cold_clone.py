@@ -25,6 +25,7 @@ from tests.e2e.test_clone import COLD_STREAM, remote_view
 from tests.support.attack import git_through, proxy_for
 from tests.support.cachedir import repos_for, settle
 from tests.support.gitclient import GitClient
+from tests.support.net import wait_for
 from tests.support.proxy import GobletProxy
 from tests.support.repos import git as bare_git
 from tests.support.throttle import SlowReader
@@ -142,7 +143,7 @@ def test_an_upstream_cut_mid_pack_leaves_no_cache_repo(
     res = git.clone(url, tmp_path / "cut", check=False)
     assert res.returncode != 0  # as a direct clone would fail
     no_residue(proxy)
-    assert "result=upstream_error" in proxy.log_text()
+    assert proxy.wait_for_log(f"fill {url} result=upstream_error")  # (logged just after)
     next_clone_fills(proxy, git, repos.path(name), url, tmp_path / "again")
 
 
@@ -291,7 +292,7 @@ def test_a_slow_reader_of_a_cold_clone_delays_no_other_clone_and_keeps_its_answe
             assert sibling.returncode == 0, sibling.stderr
             assert took < 3 * normal + 5, (took, normal)  # not held by the slow reader
             assert remote_view(git, tmp_path / "sibling") == want
-            assert "while a cold clone fills the cache" in px.log_text()
+            assert px.wait_for_log("while a cold clone fills the cache")
 
             # The slow reader's copy is given up (the client's doing), its answer is not.
             assert px.wait_for_log(f"fill {url} result=abandoned", 30), px.log_text()[-3000:]
@@ -359,5 +360,6 @@ def test_a_cold_fetch_without_the_upstreams_head_fills_instead_of_teeing(
     git.run("fetch", "--quiet", url, "+refs/heads/*:refs/remotes/origin/*",
             "+refs/tags/*:refs/tags/*", cwd=dest)
     assert_cache_sound(proxy, repos.path(name), url)  # HEAD: refs/heads/trunk
-    assert re.search(rf"git fetch {re.escape(url)} .*filled, then served", proxy.log_text())
+    wait_for("the fetch's access-log line", lambda: re.search(
+        rf"git fetch {re.escape(url)} .*filled, then served", proxy.log_text()))
     git.fsck(dest)
