@@ -16,7 +16,13 @@ from collections.abc import Sequence
 from mitmproxy import ctx, exceptions, http
 
 from goblet import options as opts
-from goblet.addon.connections import TEXT, ConnectionHooks, close_client, proxy_ports
+from goblet.addon.connections import (
+    TEXT,
+    ConnectionHooks,
+    client_backlog,
+    close_client,
+    proxy_ports,
+)
 from goblet.addon.lfs import LfsFlows
 from goblet.observe import exposure, redact
 from goblet.observe.access import AccessLog
@@ -188,6 +194,7 @@ class Goblet(ConnectionHooks):
         if isinstance(action, gate.Upstream) and action.tee is not None:
             state.tee = action.tee  # a stall of its upstream fails the client too:
             state.tee.on_stall = lambda: close_client(flow.client_conn.id)
+            state.tee.client_backlog = lambda: client_backlog(flow.client_conn.id)
         elif isinstance(action, gate.Serve):
             self._to_backend(flow, state, action.plan)
             state.outcome = action.outcome
@@ -244,7 +251,7 @@ class Goblet(ConnectionHooks):
             return
         state.body_arrived()
         if state.tee is not None:
-            state.tee.finish(True)
+            state.tee.finish()
         if self.lfs.response(flow, state):
             self._finish(flow, state)
             return
@@ -265,8 +272,9 @@ class Goblet(ConnectionHooks):
         state = self._flows.pop(flow, None)
         if state is not None and state.kind is not Kind.ENDPOINT:
             state.body_arrived()
-            if state.tee is not None:
-                state.tee.finish(False, flow.error.msg if flow.error else "flow error")
+            if state.tee is not None:  # who cut it: the client if it is gone by now
+                state.tee.cut(flow.error.msg if flow.error else "flow error",
+                              client_gone=not flow.client_conn.connected)
             self.lfs.error(flow, state)
             if not state.timed_out:
                 state.reason = flow.error.msg if flow.error else "flow error"
