@@ -12,6 +12,8 @@ compatible store (moto's server) and one real redis-server, all on loopback.
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -23,12 +25,14 @@ import pytest
 
 from tests.e2e.conftest import USERS, Repos, count
 from tests.e2e.test_clone import remote_view
+from tests.e2e.test_cold_clone import big_repo, slow_clone, tee_begun
 from tests.support.fleetservers import AWS_ENV, RedisServer, S3Server
 from tests.support.gitclient import GitClient, with_userinfo
 from tests.support.net import free_port, metric_sum
 from tests.support.proxy import GobletProxy
 from tests.support.repos import add_commit
 from tests.support.slow_s3 import SlowS3
+from tests.support.throttle import SlowReader
 from tests.support.upstream_client import UpstreamServer
 
 SENTINEL = "sentinel-fleet-token-6f1d"
@@ -65,7 +69,7 @@ class Fleet:
         self.proxies: list[GobletProxy] = []
 
     def start(self, *, endpoint: str | None = None, redis: str | None = None,
-              lease: str = "4s") -> GobletProxy:
+              lease: str = "4s", sets: dict[str, str] | None = None) -> GobletProxy:
         i = len(self.proxies)
         px = GobletProxy(self.tmp / f"goblet{i}", hosts=[self.upstream.host],
                          upstream_ca=self.upstream.cert_path, confdir=self.confdir, sets={
@@ -74,7 +78,7 @@ class Fleet:
                              "goblet_store": f"s3://{self.s3.bucket}/{self.prefix}",
                              "goblet_store_endpoint": endpoint or self.s3.endpoint,
                              "goblet_redis": self.redis_url if redis is None else redis,
-                             "goblet_fleet_lease": lease})
+                             "goblet_fleet_lease": lease, **(sets or {})})
         self.stack.enter_context(px)
         self.proxies.append(px)
         return px
@@ -315,3 +319,29 @@ def test_a_trickling_store_is_abandoned_and_the_clone_fills_from_the_upstream(
             assert metric_sum(port, "goblet_fleet_degraded_total", part="store") >= 1
             assert metric_sum(port, "goblet_store_restores_total", result="error") == 1
             assert "object store too slow" in px.log_text()
+
+
+def test_a_slow_reader_streaming_a_cold_clone_holds_other_instances_no_longer_than_the_timeout(
+    fleet: Fleet, repos: Repos, upstream: UpstreamServer, tmp_path: Path,
+) -> None:
+    name = big_repo(repos)
+    url = upstream.url(name)
+    # a's streamed clone keeps its copy for a minute of slow reading (its upstream
+    # timeout); b gives up waiting for it after its own, 5 s
+    a = fleet.start(sets={"goblet_upstream_timeout": "60"})
+    b = fleet.start(sets={"goblet_upstream_timeout": "5"})
+    with SlowReader(a.port, rate=300) as reader:
+        slow = slow_clone(reader, a, url, tmp_path / "slow", tmp_path / "home-slow")
+        try:
+            tee_begun(a)  # a streams the cold clone, holding the repo's fleet lease
+            started = time.monotonic()
+            fleet.git(b, "other").clone(url, tmp_path / "other")
+            took = time.monotonic() - started
+            assert slow.poll() is None  # the slow clone still reads
+            assert 5 <= took < 40, took
+            port = int(b.sets["goblet_metrics_port"])
+            assert metric_sum(port, "goblet_fleet_lease_waits_total", result="timeout") == 1
+        finally:
+            if slow.poll() is None:
+                os.killpg(slow.pid, signal.SIGKILL)
+                slow.wait(10)

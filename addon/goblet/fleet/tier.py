@@ -8,7 +8,10 @@
   and the upstream then sends each of them only what moved since.
   When the ``async with`` body succeeds, the holder publishes the repo in the
   background and only then releases the lease; on failure it releases at once.
-  A crashed leader's lease runs out by itself.
+  A crashed leader's lease runs out by itself. A leader streaming a cold
+  clone to its client (``streaming``) marks its lease so: its fill lasts as
+  long as that client reads, so others wait for it at most ``stall_timeout``
+  (goblet_upstream_timeout) and then fill on their own.
 - ``restore(repo, target)``: a cold fill's first step. Downloads the
   manifest's bundles (streamed to files), checks size and SHA-256, then
   ``git bundle verify`` and a fetch from each (index-pack with fsck) into the
@@ -97,9 +100,11 @@ class FleetTier:
     # --- turns ------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def turn(self, repo: CacheRepo, *, wait: bool = True) -> AsyncIterator[Turn]:
-        """This instance's turn at filling ``repo`` (see the module docstring)."""
-        turn = await self._take(repo, wait)
+    async def turn(self, repo: CacheRepo, *, wait: bool = True,
+                   streaming: bool = False) -> AsyncIterator[Turn]:
+        """This instance's turn at filling ``repo`` (see the module docstring);
+        ``streaming``: the fill is a streamed cold clone (``cache/teefill.py``)."""
+        turn = await self._take(repo, wait, streaming)
         ok = False
         try:
             yield turn
@@ -108,7 +113,7 @@ class FleetTier:
             publish = ok and turn.role in (Role.LEADER, Role.ALONE) and self.publishable(repo)
             self._spawn(self._publish_then_release(repo, turn, publish))
 
-    async def _take(self, repo: CacheRepo, wait: bool) -> Turn:
+    async def _take(self, repo: CacheRepo, wait: bool, streaming: bool = False) -> Turn:
         coord = self.coordinator
         if coord is None:
             return Turn(Role.ALONE)
@@ -116,7 +121,7 @@ class FleetTier:
         try:
             before = await coord.digest(repo.key)
             while True:
-                token = await coord.acquire(repo.key)
+                token = await coord.acquire(repo.key, streaming=streaming)
                 if token is not None:
                     turn = Turn(Role.LEADER, token)
                     turn._renewer = asyncio.get_running_loop().create_task(
@@ -126,8 +131,12 @@ class FleetTier:
                     return self._waited(Turn(Role.BUSY), started)
                 if before is not None:  # the store has it: restore now, fetch the delta
                     return self._waited(Turn(Role.FOLLOWER), started)
-                while await coord.held(repo.key):
-                    if time.monotonic() - started > self.max_wait:
+                while (holder := await coord.holder(repo.key)) is not None:
+                    # A streamed cold clone lasts as long as its client reads: waited
+                    # for no longer than a stalled fetch would be.
+                    patience = min(self.max_wait, self.stall_timeout) \
+                        if holder == "stream" else self.max_wait
+                    if time.monotonic() - started > patience:
                         return self._waited(Turn(Role.ALONE), started, "timeout")
                     await asyncio.sleep(POLL)
                 if await coord.digest(repo.key) != before:
