@@ -152,6 +152,15 @@ class Coordinator:
         lease, _, digest = _keys(repo_key)
         return bool(await self._eval(_SET_DIGEST, [lease, digest], str(token), value))
 
+    async def forget(self, repo_key: str) -> None:
+        """Drop the recorded digest: the store no longer holds the repo (goblet removed
+        it, or a restore found it missing). Not fenced: the next publish records it."""
+        _, _, digest = _keys(repo_key)
+        try:
+            await self.client.delete(digest)
+        except (RedisError, OSError) as e:
+            raise CoordinationError(f"redis unavailable: {type(e).__name__}") from None
+
     async def close(self) -> None:
         """Close the connections."""
         try:

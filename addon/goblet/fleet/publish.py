@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from goblet.cache.locks import LockTimeout, RepoLocks
@@ -57,21 +58,19 @@ class Publisher:
 
     async def publish(self, repo: CacheRepo, turn: Turn) -> None:
         """Publish ``repo`` (see the module docstring); failures are logged and counted."""
-        store, coord = self.store, self.coordinator
+        store = self.store
         state = self.repos.state(repo)
         if store is None or state is None or not state.refs:
             return
         started = time.monotonic()
         try:
-            if coord is not None and turn.role is Role.LEADER:
-                try:
-                    if await coord.digest(repo.key) == state.digest:
-                        self.metrics.store_publishes.labels("skipped").inc()
-                        return
-                except CoordinationError as e:
-                    self.health.degraded("redis", str(e))
+            # What the store holds decides, never Redis's digest alone: the store may
+            # have lost the repo (its budget, a lifecycle rule, an operator) meanwhile.
             previous = await self._previous(repo)
-            if previous is not None and previous.digest == state.digest:
+            if previous is not None and not await self._whole(repo, previous):
+                log.warning("the store lost bundles of %s: publishing a new base", repo.url)
+                previous = replace(previous, bundles=(), refs={})
+            if previous is not None and previous.bundles and previous.digest == state.digest:
                 self.metrics.store_publishes.labels("skipped").inc()
                 await self._set_digest(repo, turn, state.digest)
                 return
@@ -107,6 +106,12 @@ class Publisher:
         self.metrics.store_duration.labels("publish").observe(seconds)
         log.info("published %s to the store: %s, %d bytes in %d bundle(s), %.3fs", repo.url,
                  kind, manifest.size, len(manifest.bundles), seconds)
+
+    async def _whole(self, repo: CacheRepo, manifest: Manifest) -> bool:
+        """Whether every bundle ``manifest`` names is in the store."""
+        assert self.store is not None
+        names = {o.name for o in await asyncio.to_thread(self.store.list_repo, repo.key)}
+        return all(b.name in names for b in manifest.bundles)
 
     async def _still_leader(self, repo: CacheRepo, turn: Turn) -> bool:
         """Whether ``turn`` may write the manifest: no one took its lease over. With Redis
@@ -177,22 +182,36 @@ class Publisher:
         if stale:
             await asyncio.to_thread(self.store.delete, repo.key, stale)
         if self.max_bytes:
-            await asyncio.to_thread(self._enforce_budget, repo.key)
+            removed = await asyncio.to_thread(self._enforce_budget, repo.key)
+            for key in removed:  # no instance may believe the store still has it
+                await self.forget(key)
 
-    def _enforce_budget(self, keep: str) -> None:
+    async def forget(self, repo_key: str) -> None:
+        """Drop Redis's digest of a repo the store no longer holds (if Redis is up)."""
+        if self.coordinator is None:
+            return
+        try:
+            await self.coordinator.forget(repo_key)
+        except CoordinationError as e:
+            self.health.degraded("redis", str(e))
+
+    def _enforce_budget(self, keep: str) -> list[str]:
         """Delete whole repos, least recently published first, until the store fits its
-        budget (never ``keep``, the repo just published). Blocking."""
+        budget (never ``keep``, the repo just published); the keys removed. Blocking."""
         assert self.store is not None
         folders = self.store.list_all()
         total = sum(o.size for objs in folders.values() for o in objs)
         order = sorted((max(o.modified for o in objs), key) for key, objs in folders.items()
                        if key != keep)
+        removed: list[str] = []
         for _, key in order:
             if total <= self.max_bytes:
-                return
+                break
             objs = folders[key]
             names = [o.name for o in objs]
             names.sort(key=lambda n: n != MANIFEST)  # the manifest first: no dangling names
             self.store.delete(key, names)
+            removed.append(key)
             total -= sum(o.size for o in objs)
             log.info("store budget: removed %s (%d bytes)", key[:12], sum(o.size for o in objs))
+        return removed

@@ -129,8 +129,10 @@ class FleetTier:
                     return self._waited(turn, started)
                 if not wait:
                     return self._waited(Turn(Role.BUSY), started)
-                if before is not None:  # the store has it: restore now, fetch the delta
+                if before is not None and not await self._lost(repo):
+                    # the store has it: restore now, fetch the delta
                     return self._waited(Turn(Role.FOLLOWER), started)
+                before = None
                 while (holder := await coord.holder(repo.key)) is not None:
                     # A streamed cold clone lasts as long as its client reads: waited
                     # for no longer than a stalled fetch would be.
@@ -144,6 +146,25 @@ class FleetTier:
         except CoordinationError as e:
             self.health.degraded("redis", str(e))
             return Turn(Role.ALONE)
+
+    def _glance(self) -> Pace:
+        """The pace of a look at a manifest outside a fill: ``stall_timeout`` at most."""
+        window = max(1.0, self.stall_timeout)
+        return Pace(window=window, deadline=time.monotonic() + window)
+
+    async def _lost(self, repo: CacheRepo) -> bool:
+        """Whether the store lost ``repo`` though Redis has its digest (then forgotten):
+        a follower would restore nothing, so it waits for the leader instead."""
+        if self.store is None:
+            return False
+        try:
+            await asyncio.to_thread(self.store.get_manifest, repo.key, self._glance())
+        except NotFound:
+            await self.publisher.forget(repo.key)
+            return True
+        except StoreError as e:
+            self.health.degraded("store", str(e))
+        return False
 
     def _waited(self, turn: Turn, started: float, result: str = "") -> Turn:
         self.health.healthy("redis")
@@ -199,10 +220,8 @@ class FleetTier:
                     return True
             except CoordinationError as e:
                 self.health.degraded("redis", str(e))
-        window = max(1.0, self.stall_timeout)
         try:
-            await asyncio.to_thread(self.store.get_manifest, repo.key,
-                                    Pace(window=window, deadline=time.monotonic() + window))
+            await asyncio.to_thread(self.store.get_manifest, repo.key, self._glance())
         except NotFound:
             return False
         except StoreError as e:
@@ -233,6 +252,7 @@ class FleetTier:
         except NotFound:
             self.metrics.store_restores.labels("miss").inc()
             self.health.healthy("store")
+            await self.publisher.forget(repo.key)  # Redis's digest no longer holds
             await self._reset(target)
             return False
         except (StoreError, TimeoutError) as e:

@@ -258,3 +258,74 @@ def test_a_slow_store_ends_the_restore_and_counts_as_failing(
     assert tier.metrics.fleet_degraded.labels("store")._value.get() == 1
     assert tier.metrics.store_restores.labels("error")._value.get() == 1
     assert refs_of(target) == {}
+
+
+def test_a_repo_the_store_lost_is_forgotten_in_redis_and_published_again(
+    s3: S3Server, tmp_path: Path,
+) -> None:
+    with RedisServer(tmp_path / "redis") as server:
+        location = parse_redis(server.url)
+        assert location is not None
+        coordinator = Coordinator(location, lease_seconds=30)
+        world = World(tmp_path, s3, "lost", coordinator)
+        a, repos_a = world.instance("a", tmp_path, max_bytes=1)
+        b, repos_b = world.instance("b", tmp_path)
+        first, second = repos_a.repo_for(URL), repos_a.repo_for(URL + "2")
+        world.mirror(repos_a, first)
+        world.mirror(repos_a, second)
+
+        async def lead(repo: CacheRepo) -> None:
+            token = await coordinator.acquire(repo.key)
+            assert token is not None
+            await a.publish(repo, Turn(Role.LEADER, token))
+            await coordinator.release(repo.key, token)
+
+        async def main() -> None:
+            await lead(first)
+            assert await coordinator.digest(first.key)
+            await lead(second)  # over the budget: the store removes ``first``...
+            assert not [k for k in s3.objects() if k.startswith(f"lost/repos/{first.key}/")]
+            assert await coordinator.digest(first.key) is None  # ...and Redis forgets it
+            assert await coordinator.digest(second.key)
+
+            # Lost behind goblet's back (a lifecycle rule, an operator): Redis still says
+            # published. A waiter does not take that for a restorable repo...
+            for key in [k for k in s3.objects() if k.startswith(f"lost/repos/{second.key}/")]:
+                s3.client().delete_object(Bucket=s3.bucket, Key=key)
+            holder = await coordinator.acquire(second.key)
+            assert holder is not None
+            waiting = asyncio.ensure_future(b._take(second, wait=True))
+            await asyncio.sleep(0.6)
+            assert not waiting.done()  # waits for the leader, not a follower at once
+            assert await coordinator.digest(second.key) is None
+            await coordinator.release(second.key, holder)
+            taken = await asyncio.wait_for(waiting, 5)
+            assert taken.role is Role.LEADER
+            assert taken._renewer is not None
+            taken._renewer.cancel()
+            # ...and its publish, with unchanged refs, writes the repo again.
+            await a.publish(second, taken)
+            await coordinator.release(second.key, taken.token)
+            assert world.manifest(second)["bundles"]
+            ok, _ = await restore_fresh(b, repos_b, repos_b.repo_for(URL + "2"))
+            assert ok
+            # a restore finding nothing forgets the digest too
+            await coordinator.client.set(f"goblet:digest:{first.key}", "d" * 64)
+            ok, _ = await restore_fresh(b, repos_b, repos_b.repo_for(URL))
+            assert not ok
+            assert await coordinator.digest(first.key) is None
+            await coordinator.close()
+        asyncio.run(main())
+
+
+def test_a_manifest_whose_bundles_are_gone_is_published_again(
+    s3: S3Server, tmp_path: Path,
+) -> None:
+    _, repo, (a, _), (b, repos_b) = published(tmp_path, s3, "gone")
+    for key in [k for k in s3.objects() if k.startswith(f"gone/repos/{repo.key}/")
+                and k.endswith(".bundle")]:
+        s3.client().delete_object(Bucket=s3.bucket, Key=key)
+    asyncio.run(a.publish(repo, Turn(Role.ALONE)))  # refs unchanged: not skipped
+    assert a.metrics.store_publishes.labels("base")._value.get() == 2
+    ok, _ = asyncio.run(restore_fresh(b, repos_b, repos_b.repo_for(URL)))
+    assert ok
