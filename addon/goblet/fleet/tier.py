@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from goblet.cache.locks import RepoLocks
 from goblet.cache.recovery import remove_tree
 from goblet.cache.store import CacheRepo, RepoStore
+from goblet.cache.usage import free_bytes
 from goblet.fleet import bundles
 from goblet.fleet.health import PartHealth
 from goblet.fleet.lease import CoordinationError, Coordinator
@@ -66,7 +67,8 @@ class FleetTier:
     def __init__(self, repos: RepoStore, locks: RepoLocks, metrics: Metrics, *,
                  store: ObjectStore | None, coordinator: Coordinator | None,
                  partitions: frozenset[str] = frozenset({"shared"}), max_bytes: int = 0,
-                 max_wait: float = 3600.0, stall_timeout: float = 60.0) -> None:
+                 max_wait: float = 3600.0, stall_timeout: float = 60.0,
+                 cache_max_bytes: int = 0, min_free_bytes: int = 0) -> None:
         self.repos = repos
         self.locks = locks
         self.metrics = metrics
@@ -77,6 +79,10 @@ class FleetTier:
         # goblet_upstream_timeout: a download from the store slower than
         # ``store.LOW_SPEED`` bytes/s for this long is the store failing.
         self.stall_timeout = stall_timeout
+        # goblet_cache_max_bytes and goblet_min_free_bytes: a manifest naming more than
+        # the cache may hold is not downloaded (its writer does not decide that).
+        self.cache_max_bytes = cache_max_bytes
+        self.min_free_bytes = min_free_bytes
         self.health = PartHealth(metrics)
         self.publisher = Publisher(repos, locks, metrics, self.health, store=store,
                                    coordinator=coordinator, max_bytes=max_bytes)
@@ -281,6 +287,7 @@ class FleetTier:
                        ) -> tuple[Manifest, int]:
         """Download, check and fetch each bundle of the manifest; (manifest, bytes)."""
         manifest = parse(await asyncio.to_thread(store.get_manifest, repo.key, pace))
+        self._room_for(manifest)
         moved = 0
         for entry in manifest.bundles:
             with bundles.bundle_file(self.repos.tmp_dir, repo.key) as path:
@@ -292,6 +299,20 @@ class FleetTier:
                 await bundles.verify(self.repos.git, target, path)
                 await bundles.fetch(self.repos.git, target, path)
         return manifest, moved
+
+    def _room_for(self, manifest: Manifest) -> None:
+        """BundleError unless the cache has room for what ``manifest`` names: within
+        ``cache_max_bytes``, and with ``min_free_bytes`` left free while its largest bundle
+        and the packs fetched from the bundles are both on disk."""
+        total = manifest.size
+        if self.cache_max_bytes and total > self.cache_max_bytes:
+            raise bundles.BundleError(f"manifest names {total} bytes, over the cache budget "
+                                      f"of {self.cache_max_bytes}")
+        need = total + max((b.size for b in manifest.bundles), default=0)
+        room = free_bytes(self.repos.root) - self.min_free_bytes
+        if need > room:
+            raise bundles.BundleError(f"manifest names {total} bytes, more than the cache "
+                                      f"disk has free above goblet_min_free_bytes")
 
     async def _reset(self, target: Path) -> None:
         """Leave an empty repo at ``target`` (whatever a failed restore put there goes)."""
@@ -325,7 +346,9 @@ def build(settings: Settings, repos: RepoStore, locks: RepoLocks, metrics: Metri
                               lease_seconds=settings.fleet_lease) if settings.redis else None
     return FleetTier(repos, locks, metrics, store=store, coordinator=coordinator,
                      partitions=settings.store_partitions, max_bytes=settings.store_max_bytes,
-                     stall_timeout=settings.upstream_timeout)
+                     stall_timeout=settings.upstream_timeout,
+                     cache_max_bytes=settings.cache_max_bytes,
+                     min_free_bytes=settings.min_free_bytes)
 
 
 def describe(settings: Settings) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -327,5 +328,25 @@ def test_a_manifest_whose_bundles_are_gone_is_published_again(
         s3.client().delete_object(Bucket=s3.bucket, Key=key)
     asyncio.run(a.publish(repo, Turn(Role.ALONE)))  # refs unchanged: not skipped
     assert a.metrics.store_publishes.labels("base")._value.get() == 2
+    ok, _ = asyncio.run(restore_fresh(b, repos_b, repos_b.repo_for(URL)))
+    assert ok
+
+
+@pytest.mark.parametrize("limit", ["budget", "free"])
+def test_a_manifest_naming_more_than_the_cache_has_room_for_is_not_downloaded(
+    s3: S3Server, tmp_path: Path, limit: str,
+) -> None:
+    world, repo, _, (b, repos_b) = published(tmp_path, s3, f"room-{limit}")
+    size = sum(e["size"] for e in world.manifest(repo)["bundles"])  # type: ignore[attr-defined]
+    if limit == "budget":
+        b.cache_max_bytes = size - 1
+    else:
+        b.min_free_bytes = shutil.disk_usage(repos_b.root).free - size
+    ok, target = asyncio.run(restore_fresh(b, repos_b, repos_b.repo_for(URL)))
+    assert not ok
+    assert refs_of(target) == {}
+    assert b.metrics.store_restores.labels("error")._value.get() == 1
+    assert b.metrics.store_bytes.labels("down")._value.get() == 0
+    b.cache_max_bytes, b.min_free_bytes = size * 3, 0  # room enough: restored
     ok, _ = asyncio.run(restore_fresh(b, repos_b, repos_b.repo_for(URL)))
     assert ok
