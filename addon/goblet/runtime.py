@@ -163,6 +163,7 @@ class Runtime:
         if self.fleet is not None:
             self.fleet.max_bytes, self.fleet.partitions = s.store_max_bytes, s.store_partitions
             self.fleet.stall_timeout = s.upstream_timeout
+            self.fleet.public = s.isolation == "public"
             self.fleet.cache_max_bytes, self.fleet.min_free_bytes = (s.cache_max_bytes,
                                                                      s.min_free_bytes)
         self.partitions.max_per_repo = s.max_partitions

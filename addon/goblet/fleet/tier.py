@@ -68,7 +68,8 @@ class FleetTier:
                  store: ObjectStore | None, coordinator: Coordinator | None,
                  partitions: frozenset[str] = frozenset({"shared"}), max_bytes: int = 0,
                  max_wait: float = 3600.0, stall_timeout: float = 60.0,
-                 cache_max_bytes: int = 0, min_free_bytes: int = 0) -> None:
+                 cache_max_bytes: int = 0, min_free_bytes: int = 0,
+                 public: bool = False) -> None:
         self.repos = repos
         self.locks = locks
         self.metrics = metrics
@@ -83,6 +84,8 @@ class FleetTier:
         # the cache may hold is not downloaded (its writer does not decide that).
         self.cache_max_bytes = cache_max_bytes
         self.min_free_bytes = min_free_bytes
+        # goblet_isolation=public: the tier stays out of fills (see ``publishable``).
+        self.public = public
         self.health = PartHealth(metrics)
         self.publisher = Publisher(repos, locks, metrics, self.health, store=store,
                                    coordinator=coordinator, max_bytes=max_bytes)
@@ -100,8 +103,12 @@ class FleetTier:
 
     def publishable(self, repo: CacheRepo) -> bool:
         """Whether ``repo`` may go to (and come from) the store: its partition kind is
-        opted in."""
-        return self.store is not None and repo.partition_kind in self.partitions
+        opted in, and the isolation is not ``public``. A public instance's repos share the
+        ``shared`` partition's keys, and a restore comes before the anonymous fill that
+        would be refused a private repo: restoring would put bundles another instance
+        published from a private repo on a disk that holds only public data."""
+        return (self.store is not None and not self.public
+                and repo.partition_kind in self.partitions)
 
     # --- turns ------------------------------------------------------------------------
 
@@ -121,7 +128,7 @@ class FleetTier:
 
     async def _take(self, repo: CacheRepo, wait: bool, streaming: bool = False) -> Turn:
         coord = self.coordinator
-        if coord is None:
+        if coord is None or self.public:  # a public instance neither restores nor publishes
             return Turn(Role.ALONE)
         started = time.monotonic()
         try:
@@ -320,8 +327,10 @@ class FleetTier:
         await self.repos.init_bare(target)
 
     async def publish(self, repo: CacheRepo, turn: Turn) -> None:
-        """Publish ``repo`` now (``publish.Publisher``); failures are logged and counted."""
-        await self.publisher.publish(repo, turn)
+        """Publish ``repo`` now (``publish.Publisher``) if it is ``publishable``; failures
+        are logged and counted."""
+        if self.publishable(repo):
+            await self.publisher.publish(repo, turn)
 
     async def close(self) -> None:
         """Let background publishes finish (briefly), then close Redis."""
@@ -348,7 +357,8 @@ def build(settings: Settings, repos: RepoStore, locks: RepoLocks, metrics: Metri
                      partitions=settings.store_partitions, max_bytes=settings.store_max_bytes,
                      stall_timeout=settings.upstream_timeout,
                      cache_max_bytes=settings.cache_max_bytes,
-                     min_free_bytes=settings.min_free_bytes)
+                     min_free_bytes=settings.min_free_bytes,
+                     public=settings.isolation == "public")
 
 
 def describe(settings: Settings) -> str:

@@ -350,3 +350,18 @@ def test_a_manifest_naming_more_than_the_cache_has_room_for_is_not_downloaded(
     b.cache_max_bytes, b.min_free_bytes = size * 3, 0  # room enough: restored
     ok, _ = asyncio.run(restore_fresh(b, repos_b, repos_b.repo_for(URL)))
     assert ok
+
+
+def test_a_public_instance_neither_restores_nor_publishes(s3: S3Server, tmp_path: Path) -> None:
+    world, _, _, (b, repos_b) = published(tmp_path, s3, "public")
+    b.public = True  # goblet_isolation=public
+    before = sorted(s3.objects())
+    ok, target = asyncio.run(restore_fresh(b, repos_b, repos_b.repo_for(URL)))
+    assert not ok and refs_of(target) == {}
+    assert not asyncio.run(b.can_restore(repos_b.repo_for(URL)))
+    assert sum(b.metrics.store_restores.labels(r)._value.get()
+               for r in ("hit", "miss", "error")) == 0
+    other = repos_b.repo_for(URL + "-public")
+    world.publish(b, repos_b, other)
+    assert sorted(s3.objects()) == before
+    assert asyncio.run(b._take(other, wait=True)).role is Role.ALONE
