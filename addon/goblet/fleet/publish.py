@@ -5,8 +5,10 @@ over the published tips), its upload, the manifest (fenced), then tidying.
   this repo holds all of them; after ``MAX_INCREMENTS``, or when increments
   would outweigh the base, the next publish is a new base (compaction).
 - The manifest is replaced only by the holder of the repo's lease (a holder
-  whose lease was taken over writes nothing), and never by an older token than
-  the one that wrote it.
+  whose lease was taken over writes nothing), never by an older token than
+  the one that wrote it, never without a token (Redis down) once a token wrote
+  it, and only if it is still the manifest read before (a conditional PUT on
+  its ETag; on a server without conditional writes, a window remains).
 - Bundles no manifest names are deleted afterwards, and the store is kept
   within its budget by removing whole repos, least recently published first.
 """
@@ -33,7 +35,14 @@ from goblet.fleet.manifest import (
     parse,
     stale_objects,
 )
-from goblet.fleet.store import MANIFEST, NotFound, ObjectStore, StoreError, file_sha256
+from goblet.fleet.store import (
+    MANIFEST,
+    Conflict,
+    NotFound,
+    ObjectStore,
+    StoreError,
+    file_sha256,
+)
 from goblet.fleet.turns import Role, Turn
 
 if TYPE_CHECKING:
@@ -66,7 +75,7 @@ class Publisher:
         try:
             # What the store holds decides, never Redis's digest alone: the store may
             # have lost the repo (its budget, a lifecycle rule, an operator) meanwhile.
-            previous = await self._previous(repo)
+            previous, etag = await self._previous(repo)
             if previous is not None and not await self._whole(repo, previous):
                 log.warning("the store lost bundles of %s: publishing a new base", repo.url)
                 previous = replace(previous, bundles=(), refs={})
@@ -74,7 +83,8 @@ class Publisher:
                 self.metrics.store_publishes.labels("skipped").inc()
                 await self._set_digest(repo, turn, state.digest)
                 return
-            if previous is not None and turn.token and previous.fence > turn.token:
+            if previous is not None and previous.fence > turn.token:
+                # a newer writer's (or, without a token, any fenced writer's) manifest
                 self.metrics.store_publishes.labels("skipped").inc()
                 return
             kind, manifest = await self._bundle_and_upload(repo, turn, previous)
@@ -85,9 +95,16 @@ class Publisher:
                 log.warning("fleet lease of %s was taken over: not publishing", repo.url)
                 self.metrics.store_publishes.labels("skipped").inc()
                 return
-            await asyncio.to_thread(store.put_manifest, repo.key, manifest.to_json())
+            # Conditional on the manifest read above: a writer that replaced it since
+            # (one whose fence this publish did not see) wins, and nothing is tidied.
+            await asyncio.to_thread(store.put_manifest, repo.key, manifest.to_json(),
+                                    if_match=etag)
             await self._set_digest(repo, turn, manifest.digest)
             await self._tidy(repo, manifest)
+        except Conflict:
+            log.warning("the manifest of %s changed while publishing: not replaced", repo.url)
+            self.metrics.store_publishes.labels("skipped").inc()
+            return
         except StoreError as e:
             self.health.degraded("store", str(e))
             self.metrics.store_publishes.labels("error").inc()
@@ -125,15 +142,18 @@ class Publisher:
             self.health.degraded("redis", str(e))
             return True
 
-    async def _previous(self, repo: CacheRepo) -> Manifest | None:
+    async def _previous(self, repo: CacheRepo) -> tuple[Manifest | None, str]:
+        """The stored manifest (None: none, or unreadable) and its ETag ("": none)."""
         assert self.store is not None
         try:
-            return parse(await asyncio.to_thread(self.store.get_manifest, repo.key))
+            data, etag = await asyncio.to_thread(self.store.get_manifest_tagged, repo.key)
         except NotFound:
-            return None
+            return None, ""
+        try:
+            return parse(data), etag
         except ManifestError as e:
             log.warning("replacing an unreadable manifest of %s: %s", repo.url, e)
-            return None
+            return None, etag
 
     async def _bundle_and_upload(self, repo: CacheRepo, turn: Turn, previous: Manifest | None
                                  ) -> tuple[str, Manifest | None]:

@@ -52,6 +52,10 @@ class NotFound(StoreError):
     """The object does not exist."""
 
 
+class Conflict(StoreError):
+    """A conditional write found the object changed since it was read."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredObject:
     """One object of a repo's folder."""
@@ -118,6 +122,11 @@ class ObjectStore:
 
     def get_manifest(self, repo_key: str, pace: Pace | None = None) -> bytes:
         """The manifest's bytes (at most MAX_MANIFEST_BYTES + 1); NotFound if none."""
+        return self.get_manifest_tagged(repo_key, pace)[0]
+
+    def get_manifest_tagged(self, repo_key: str, pace: Pace | None = None
+                            ) -> tuple[bytes, str]:
+        """The manifest's bytes and ETag (for ``put_manifest``'s ``if_match``)."""
         pace = pace or Pace()
         try:
             answer = self.client.get_object(Bucket=self.location.bucket,
@@ -134,7 +143,7 @@ class ObjectStore:
                     pace.check(len(parts[-1]))
             finally:
                 raw.close()
-            return b"".join(parts)
+            return b"".join(parts), str(answer.get("ETag", ""))
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise NotFound("no manifest") from None
@@ -142,11 +151,29 @@ class ObjectStore:
         except BotoCoreError as e:
             raise StoreError(_safe(e)) from None
 
-    def put_manifest(self, repo_key: str, data: bytes) -> None:
-        """Replace the manifest (one PUT: readers see the old or the new one)."""
-        self._call("put_object", Bucket=self.location.bucket,
-                   Key=self.key(repo_key, MANIFEST), Body=data,
-                   ContentType="application/json")
+    def put_manifest(self, repo_key: str, data: bytes, *, if_match: str | None = None
+                     ) -> None:
+        """Replace the manifest (one PUT: readers see the old or the new one), only if
+        it is still the one whose ETag is ``if_match`` (``""``: only if there is none);
+        Conflict if it changed. A server that does not implement conditional writes gets
+        an unconditional one."""
+        args: dict[str, Any] = {"Bucket": self.location.bucket,
+                                "Key": self.key(repo_key, MANIFEST), "Body": data,
+                                "ContentType": "application/json"}
+        if if_match is not None:
+            args.update({"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"})
+        try:
+            self.client.put_object(**args)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                raise Conflict("the manifest changed meanwhile") from None
+            if code in ("NotImplemented", "501") and if_match is not None:
+                self.put_manifest(repo_key, data)
+                return
+            raise StoreError(_safe(e)) from None
+        except BotoCoreError as e:
+            raise StoreError(_safe(e)) from None
 
     def upload(self, repo_key: str, name: str, path: Path) -> None:
         """Stream the file at ``path`` to object ``name`` (multipart when large)."""

@@ -365,3 +365,48 @@ def test_a_public_instance_neither_restores_nor_publishes(s3: S3Server, tmp_path
     world.publish(b, repos_b, other)
     assert sorted(s3.objects()) == before
     assert asyncio.run(b._take(other, wait=True)).role is Role.ALONE
+
+
+def test_without_a_token_a_fenced_manifest_is_never_replaced(
+    s3: S3Server, tmp_path: Path,
+) -> None:
+    """Redis down (ALONE, no token): an instance with older refs leaves the manifest a
+    lease holder wrote, and its bundles."""
+    world = World(tmp_path, s3, "alone")
+    new, new_repos = world.instance("new", tmp_path)
+    old, old_repos = world.instance("old", tmp_path)
+    repo_old = old_repos.repo_for(URL)
+    world.mirror(old_repos, repo_old)  # cut off from Redis, with older refs
+    add_commit(world.source, message="newer")
+    repo_new = new_repos.repo_for(URL)
+    world.mirror(new_repos, repo_new)
+    asyncio.run(new.publish(repo_new, Turn(Role.LEADER, 7)))
+    before = world.manifest(repo_new)
+    asyncio.run(old.publish(repo_old, Turn(Role.ALONE)))
+    assert world.manifest(repo_new) == before
+    assert old.metrics.store_publishes.labels("skipped")._value.get() == 1
+    names = {b["name"] for b in before["bundles"]}  # type: ignore[attr-defined]
+    assert names <= {k.rsplit("/", 1)[1] for k in s3.objects() if k.startswith("alone/")}
+
+
+def test_a_manifest_replaced_during_a_publish_is_not_overwritten(
+    s3: S3Server, tmp_path: Path,
+) -> None:
+    world, repo, (a, repos_a), _ = published(tmp_path, s3, "race")
+    add_commit(world.source, message="moved")
+    world.mirror(repos_a, repo)
+    key = f"race/repos/{repo.key}/manifest.json"
+    theirs = {**world.manifest(repo), "created_at": 2.0}
+    assert a.store is not None
+    upload = a.store.upload
+
+    def racing_upload(repo_key: str, name: str, path: Path) -> None:
+        upload(repo_key, name, path)  # meanwhile another writer replaces the manifest
+        s3.client().put_object(Bucket=s3.bucket, Key=key, Body=json.dumps(theirs).encode())
+
+    a.store.upload = racing_upload  # type: ignore[method-assign]
+    asyncio.run(a.publish(repo, Turn(Role.ALONE)))
+    assert world.manifest(repo) == theirs
+    assert a.metrics.store_publishes.labels("skipped")._value.get() == 1
+    names = {b["name"] for b in theirs["bundles"]}  # type: ignore[attr-defined]
+    assert names <= {k.rsplit("/", 1)[1] for k in s3.objects() if k.startswith("race/")}
