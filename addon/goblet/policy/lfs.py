@@ -121,6 +121,35 @@ class LfsPolicy:
         return FromUpstream(got)
 
 
+@dataclass(frozen=True, slots=True)
+class HrefRequest:
+    """The whole request goblet sends to an upstream's href (built before the flow is
+    touched, so a failure leaves the flow as it was)."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    headers: tuple[tuple[bytes, bytes], ...]
+
+
+def href_request(download: batch.Download, credential: tuple[tuple[str, str], ...],
+                 user_agent: bytes, batch_origin: tuple[str, str, int]) -> HrefRequest:
+    """The request for ``download``'s href: upstream's headers for it, the client's
+    ``user_agent`` (bytes as received), and the client's ``credential`` headers only as
+    ``same_origin_credential`` allows. Raises ValueError for an href goblet does not send
+    requests to."""
+    target = batch.parse_href(download.href)
+    if target is None:
+        raise ValueError("the upstream's download href is not a well-formed URL")
+    own = same_origin_credential(download.headers, credential, target.origin, batch_origin)
+    headers = [(b"Host", target.host_header.encode("ascii")), (b"User-Agent", user_agent),
+               (b"Accept-Encoding", b"identity")]
+    headers += [(name.encode("ascii"), value.encode("utf-8", "surrogateescape"))
+                for name, value in (*download.headers, *own)]
+    return HrefRequest(target.scheme, target.host, target.port, target.path, tuple(headers))
+
+
 def same_origin_credential(action_headers: tuple[tuple[str, str], ...],
                            credential: tuple[tuple[str, str], ...],
                            href: tuple[str, str, int], batch: tuple[str, str, int]
