@@ -19,6 +19,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -202,9 +203,17 @@ class Scene:
     def lfs_dir(self) -> Path:
         return self.px.cache_dir / "lfs"
 
-    def stored(self, oid: str) -> list[Path]:
-        """Every stored copy of ``oid``."""
-        return [p for p in self.lfs_dir().rglob(oid) if "tmp" not in p.parts]
+    def stored(self, oid: str, *, at_least: int = 1, wait: float = 5.0) -> list[Path]:
+        """Every stored copy of ``oid``, once there are ``at_least`` or ``wait`` seconds
+        passed (goblet keeps an object once mitmproxy has passed its last byte on, so the
+        client may be a moment earlier)."""
+        deadline = time.monotonic() + wait
+        while True:
+            found = [p for p in self.lfs_dir().rglob(oid)
+                     if p.relative_to(self.lfs_dir()).parts[0] != "tmp"]
+            if len(found) >= at_least or time.monotonic() > deadline:
+                return found
+            time.sleep(0.02)
 
     def tmp_files(self) -> list[Path]:
         d = self.lfs_dir() / "tmp"

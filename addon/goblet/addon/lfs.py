@@ -29,14 +29,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 
 from goblet.addon.early import to_backend
 from goblet.auth.credentials import credential_from_headers
+from goblet.auth.partition import partition, proxy_logins_verified
 from goblet.cache.store import canonical_url
 from goblet.lfs import batch
 from goblet.lfs.links import Refusal
 from goblet.lfs.serve import HeldAnswer, Transfer
+from goblet.lfs.store import LfsScope
 from goblet.policy import bodies, requests
 from goblet.policy.flows import FlowState, Kind, Outcome
 from goblet.policy.gate import Reply, refuse
@@ -59,6 +61,7 @@ class LfsFlow:
     base: str = ""  # the client's URL up to the repo path
     route: batch.LfsTarget | None = None
     shown: tuple[str, str, int, str] | None = None  # scheme, host, port, path for logs
+    scope: LfsScope | None = None  # where the store keeps what this API grants the tenant
     transfer: Transfer | None = None
     read: bool = field(default=False)
 
@@ -128,7 +131,10 @@ class LfsFlows:
                           credential=credential, host=url.split("/", 3)[2])
         base = seen_url[:-len(req.path)] if seen_url.endswith(req.path) else (
             f"https://{req.host_header}")
-        self._flows[flow] = LfsFlow(base=base, route=route)
+        scope = LfsScope(state.host, partition(
+            rt.settings.isolation, credential, state.tenant, rt.keyer,
+            verified_proxy_user=proxy_logins_verified(getattr(ctx.options, "proxyauth", None))))
+        self._flows[flow] = LfsFlow(base=base, route=route, scope=scope)
         if route.kind is batch.LfsKind.BATCH:
             req.stream = True  # the request goes upstream unread
             req.headers["Accept-Encoding"] = "identity"
@@ -137,15 +143,15 @@ class LfsFlows:
     def _link(self, flow: http.HTTPFlow, state: FlowState) -> Reply | None:
         """Refuse a link request, or point it at the backend or the href."""
         info, rt = self._flows[flow], self._rt()
-        assert rt is not None and info.route is not None
-        req, route = flow.request, info.route
+        assert rt is not None and info.route is not None and info.scope is not None
+        req, route, scope = flow.request, info.route, info.scope
         info.shown = (req.scheme, req.host, req.port,
                       batch.link_path(route.repo_path, HIDDEN, route.oid))
         if bodies.may_have_body("HTTP/1.1", req.headers.fields):  # announced one
             reason = "goblet: an LFS link request carries no body"
             state.outcome, state.reason = Outcome.ERROR, reason
             return Reply(400, (reason + "\n").encode(), TEXT, Outcome.ERROR, reason)
-        action = rt.lfs.link(state, route.token, route.oid)
+        action = rt.lfs.link(state, route.token, route.oid, scope)
         if isinstance(action, Refusal):
             headers: tuple[tuple[str, str], ...] = TEXT
             if action.status == 401:
@@ -161,8 +167,8 @@ class LfsFlows:
                       if name.lower() == b"user-agent"), b"goblet")
         out = href_request(download, state.credential.headers, agent,
                            ("https", req.host.lower(), req.port))
-        writer = rt.lfs_store.writer(download.oid, download.size) \
-            if req.method == "GET" else None
+        writer = rt.lfs_store.writer(scope, download.oid, download.size) \
+            if req.method == "GET" and rt.lfs.may_store(scope, download.oid) else None
         info.transfer = Transfer(writer)
         req.scheme, req.host, req.port, req.path = out.scheme, out.host, out.port, out.path
         req.headers = http.Headers(list(out.headers))

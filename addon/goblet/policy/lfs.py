@@ -8,8 +8,12 @@
   (401, 403, 404) revokes the tenant's links into that repo at once, as does
   a refusal of a git ref request for the same repo URL (the verdict cache). In
   ``public`` isolation only anonymous batch answers are linked, so only
-  objects anyone may read are stored; objects are content-addressed and
-  shared by every tenant the upstream grants them to in the other modes.
+  objects anyone may read are stored. Stored objects are kept per LFS API
+  (the goblet host the batch request went to) and per partition
+  (``lfs/store.py``): in ``shared`` isolation one copy serves every tenant
+  that API grants the object to; in ``tenant`` and ``user`` isolation each
+  partition has its own copies (at most ``goblet_max_partitions`` of one
+  object).
 - The href is fetched with upstream's headers for it, and with the client's
   own credential only on the batch request's very origin when upstream gave no
   ``Authorization`` (``same_origin_credential``).
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 from goblet.auth.credentials import ANONYMOUS
 from goblet.lfs import batch
 from goblet.lfs.links import UNKNOWN, Grant, LinkTable, Refusal
-from goblet.lfs.store import LfsStore
+from goblet.lfs.store import LfsScope, LfsStore
 from goblet.observe.metrics import Metrics
 from goblet.options import Settings
 from goblet.policy.flows import FlowState
@@ -103,8 +107,9 @@ class LfsPolicy:
             state.reason = f"LFS batch answer passed on as it is: {e.reason}"
             return None
 
-    def link(self, state: FlowState, token: str, oid: str) -> LinkAction:
-        """What answers a link request of ``state``'s tenant."""
+    def link(self, state: FlowState, token: str, oid: str, scope: LfsScope) -> LinkAction:
+        """What answers a link request of ``state``'s tenant (``scope``: where the store
+        keeps what that LFS API grants within the tenant's partition)."""
         assert state.repo is not None
         got = self.links.check(token, tenant=state.tenant, repo_url=state.repo.url, oid=oid)
         denied = self.denied_at(state.tenant, state.repo.url)
@@ -114,11 +119,18 @@ class LfsPolicy:
             self.metrics.lfs_downloads.labels("refused").inc()
             return got
         size = got.download.size
-        if self.store.has(oid, size):
-            self.store.touch(oid)
-            return FromStore(FilePlan(self.store.path_for(oid), size, OBJECT_TYPE,
+        if self.store.has(scope, oid, size):
+            self.store.touch(scope, oid)
+            return FromStore(FilePlan(self.store.path_for(scope, oid), size, OBJECT_TYPE,
                                       label=f"lfs {oid[:12]}"))
         return FromUpstream(got)
+
+    def may_store(self, scope: LfsScope, oid: str) -> bool:
+        """Whether a download of ``oid`` may be written to ``scope``: in ``tenant`` and
+        ``user`` isolation, at most ``goblet_max_partitions`` partitions keep a copy of one
+        object of one LFS API (beyond, it is streamed and not kept)."""
+        bound = self.settings().max_partitions
+        return not scope.partition or not bound or self.store.copies(scope, oid) < bound
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from goblet.addon import Goblet
 from goblet.addon import lfs as addon_lfs
 from goblet.auth.credentials import credential_from_headers
 from goblet.lfs.batch import link_path
+from goblet.lfs.store import LfsScope
 from goblet.policy import lfs as policy_lfs
 from goblet.policy.bodies import Discard
 from goblet.serve.plans import TOKEN_HEADER, ReplyPlan
@@ -95,7 +96,7 @@ def test_a_missing_object_goes_to_the_href_with_upstream_s_header_only(tmp_path:
         assert b"".join(sent) == DATA
         f.response.raw_content = None
         await addon.response(f)
-        assert addon.rt is not None and addon.rt.lfs_store.has(OID, len(DATA))
+        assert addon.rt is not None and addon.rt.lfs_store.has(LfsScope(HOST), OID, len(DATA))
         assert "SECRET" not in str(f.request.headers)
 
         again = flow("GET", path)  # now from the store, through the backend
