@@ -219,12 +219,15 @@ class LfsFlows:
         if state.kind is Kind.LFS_BATCH:
             length = resp.headers.get("content-length")
             cap = rt.settings.max_request_bytes
-            info.read = resp.status_code == 200 and length is not None and \
+            plain = bodies.is_identity(resp.headers.get("content-encoding"))
+            if not plain and resp.status_code == 200:  # (goblet asked for none)
+                state.reason = "LFS batch answer passed on as it is: encoded"
+            info.read = resp.status_code == 200 and plain and length is not None and \
                 length.isdigit() and int(length) <= cap
             if info.read:
                 return True
             resp.stream = state.count_bytes
-            if resp.status_code == 200 and length is None and info.route is not None:
+            if resp.status_code == 200 and plain and length is None and info.route is not None:
                 route, base, ctype = info.route, info.base, resp.headers.get("content-type", "")
                 resp.stream = HeldAnswer(cap, lambda body: rt.lfs.batch_answer(
                     state, 200, ctype, body, base=base, repo_path=route.repo_path))
@@ -246,7 +249,7 @@ class LfsFlows:
             if info.route is not None and (info.read or resp.status_code != 200):
                 new = rt.lfs.batch_answer(state, resp.status_code,
                                           resp.headers.get("content-type", ""),
-                                          resp.get_content(strict=False) or b"",
+                                          resp.raw_content or b"",  # (never encoded)
                                           base=info.base,
                                           repo_path=info.route.repo_path)
                 if new is not None:

@@ -4,6 +4,7 @@ a batch answer is linked, a link is refused, served from the store or sent to th
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -249,5 +250,24 @@ def test_a_failure_while_deciding_a_link_refuses_it_and_forwards_nothing(
                                       b"(RuntimeError): refused\n")
         assert f.request.host == HOST and f.request.headers["authorization"] == ALICE
         assert not list((tmp_path / "cache" / "lfs" / "tmp").iterdir())
+
+    run(body, tmp_path)
+
+
+def test_an_encoded_batch_answer_passes_on_unread(tmp_path: Path) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        f = flow("POST", "/o/r.git/info/lfs/objects/batch")
+        addon.requestheaders(f)
+        await addon.request(f)
+        raw = gzip.compress(BATCH)
+        f.response = tutils.tresp(status_code=200, content=b"")
+        f.response.headers = http.Headers(content_type="application/vnd.git-lfs+json",
+                                          content_encoding="gzip",
+                                          content_length=str(len(raw)))
+        addon.responseheaders(f)
+        assert f.response.stream  # streamed as it is, never read
+        f.response.raw_content = raw
+        await addon.response(f)
+        assert f.response.raw_content == raw
 
     run(body, tmp_path)
