@@ -167,9 +167,10 @@ class LfsFlows:
                       if name.lower() == b"user-agent"), b"goblet")
         out = href_request(download, state.credential.headers, agent,
                            ("https", req.host.lower(), req.port))
-        writer = rt.lfs_store.writer(scope, download.oid, download.size) \
-            if req.method == "GET" and rt.lfs.may_store(scope, download.oid) else None
-        info.transfer = Transfer(writer)
+        oid, size = download.oid, download.size
+        info.transfer = Transfer(oid, size, (lambda: rt.lfs_store.writer(scope, oid, size)
+                                             if rt.lfs.may_store(scope, oid) else None)
+                                 if req.method == "GET" else None)
         req.scheme, req.host, req.port, req.path = out.scheme, out.host, out.port, out.path
         req.headers = http.Headers(list(out.headers))
         state.reason = "from upstream"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from goblet.cache.recovery import sweep_abandoned
 from goblet.lfs.serve import Transfer
-from goblet.lfs.store import LfsScope, LfsStore
+from goblet.lfs.store import LfsScope, LfsStore, ObjectWriter
 
 DATA = b"hello lfs" * 1000
 OID = hashlib.sha256(DATA).hexdigest()
@@ -85,7 +85,7 @@ def pieces(data: bytes, size: int = 4096) -> list[bytes]:
 
 
 def test_a_transfer_passes_every_byte_on_one_piece_late_and_stores(store: LfsStore) -> None:
-    t = Transfer(store.writer(HOST, OID, len(DATA)))
+    t = Transfer(OID, len(DATA), lambda: store.writer(HOST, OID, len(DATA)))
     t.start(200, None)
     out = [t.stream(p) for p in pieces(DATA)]
     assert out[0] == [] and all(len(o) == 1 and o[0] for o in out[1:])  # never an empty piece
@@ -97,7 +97,7 @@ def test_a_transfer_passes_every_byte_on_one_piece_late_and_stores(store: LfsSto
 
 def test_a_corrupt_transfer_never_sends_its_last_piece_nor_stores(store: LfsStore) -> None:
     bad = b"X" + DATA[1:]
-    t = Transfer(store.writer(HOST, OID, len(DATA)))
+    t = Transfer(OID, len(DATA), lambda: store.writer(HOST, OID, len(DATA)))
     t.start(200, "identity")
     sent = b"".join(b"".join(t.stream(p)) for p in [*pieces(bad), b""])
     assert t.corrupt and len(sent) < len(DATA)
@@ -105,7 +105,7 @@ def test_a_corrupt_transfer_never_sends_its_last_piece_nor_stores(store: LfsStor
 
 
 def test_a_cut_transfer_is_not_stored(store: LfsStore) -> None:
-    t = Transfer(store.writer(HOST, OID, len(DATA)))
+    t = Transfer(OID, len(DATA), lambda: store.writer(HOST, OID, len(DATA)))
     t.start(200, None)
     for p in pieces(DATA)[:-1]:
         t.stream(p)
@@ -115,7 +115,7 @@ def test_a_cut_transfer_is_not_stored(store: LfsStore) -> None:
 @pytest.mark.parametrize(("status", "encoding"), [(403, None), (200, "gzip"), (304, None)])
 def test_answers_that_are_not_the_object_pass_through_unchecked(
         store: LfsStore, status: int, encoding: str | None) -> None:
-    t = Transfer(store.writer(HOST, OID, len(DATA)))
+    t = Transfer(OID, len(DATA), lambda: store.writer(HOST, OID, len(DATA)))
     t.start(status, encoding)
     assert t.stream(b"abc") == [b"abc"] and t.stream(b"") == []
     assert not t.corrupt and not t.finish(True) and not list(store.tmp_dir.iterdir())
@@ -123,11 +123,11 @@ def test_answers_that_are_not_the_object_pass_through_unchecked(
 
 def test_an_unstreamed_answer_is_checked_whole(store: LfsStore) -> None:
     empty = hashlib.sha256(b"").hexdigest()
-    t = Transfer(store.writer(HOST, empty, 0))
+    t = Transfer(empty, 0, lambda: store.writer(HOST, empty, 0))
     t.start(200, None)
     t.whole(b"")
     assert not t.corrupt and t.finish(True) and store.has(HOST, empty, 0)
-    t = Transfer(store.writer(HOST, empty, 0))
+    t = Transfer(empty, 0, lambda: store.writer(HOST, empty, 0))
     t.start(200, None)
     t.whole(b"x")
     assert t.corrupt and not t.finish(True)
@@ -186,3 +186,28 @@ def test_objects_of_the_flat_layout_are_listed_and_evicted_never_answered(
     [obj] = store.objects()
     assert (obj.oid, obj.origin, obj.path) == (OID, "", flat)
     assert (store.remove_object(obj) or 0) > 0 and not flat.exists()
+
+
+def test_no_temporary_file_exists_before_the_answer_is_the_object(store: LfsStore) -> None:
+    opened: list[int] = []
+
+    def open_writer() -> ObjectWriter:
+        opened.append(1)
+        return store.writer(HOST, OID, len(DATA))
+    t = Transfer(OID, len(DATA), open_writer)  # the href's connection fails: no answer
+    assert not t.finish(False) and not opened and not list(store.tmp_dir.iterdir())
+    for status, encoding in ((502, None), (200, "gzip")):
+        t = Transfer(OID, len(DATA), open_writer)
+        t.start(status, encoding)
+        assert not t.finish(True) and not opened and not list(store.tmp_dir.iterdir())
+
+
+def test_an_object_not_kept_is_verified_all_the_same(store: LfsStore) -> None:
+    t = Transfer(OID, len(DATA), lambda: None)  # the store does not take it
+    t.start(200, None)
+    sent = b"".join(b"".join(t.stream(p)) for p in [*pieces(DATA), b""])
+    assert sent == DATA and not t.corrupt and not t.finish(True)
+    t = Transfer(OID, len(DATA), lambda: None)
+    t.start(200, None)
+    sent = b"".join(b"".join(t.stream(p)) for p in [*pieces(b"X" + DATA[1:]), b""])
+    assert t.corrupt and len(sent) < len(DATA) and not list(store.objects())
