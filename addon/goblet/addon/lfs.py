@@ -219,7 +219,7 @@ class LfsFlows:
             return False
         if state.kind is Kind.LFS_BATCH:
             length = resp.headers.get("content-length")
-            cap = rt.settings.max_request_bytes
+            cap = min(rt.settings.max_request_bytes, batch.MAX_ANSWER)
             plain = bodies.is_identity(resp.headers.get("content-encoding"))
             if not plain and resp.status_code == 200:  # (goblet asked for none)
                 state.reason = "LFS batch answer passed on as it is: encoded"

@@ -43,6 +43,8 @@ LFS = "/info/lfs"
 BATCH = "/objects/batch"
 LINK = "/goblet/"
 MAX_SIZE = 1 << 50  # larger "sizes" are not objects anyone stores
+MAX_ANSWER = 8 << 20  # bytes of a batch answer goblet reads to rewrite (git-lfs asks for
+# 100 objects at a time: a few hundred KiB); a bigger one passes on as it is
 HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 HOST_RE = re.compile(r"[a-z0-9_]([a-z0-9_.-]{0,252})")
 URL_CHARS_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII: no space, control, non-ASCII
