@@ -168,8 +168,7 @@ class LfsFlows:
         out = href_request(download, state.credential.headers, agent,
                            ("https", req.host.lower(), req.port))
         oid, size = download.oid, download.size
-        info.transfer = Transfer(oid, size, (lambda: rt.lfs_store.writer(scope, oid, size)
-                                             if rt.lfs.may_store(scope, oid) else None)
+        info.transfer = Transfer(oid, size, (lambda: rt.lfs.writer(scope, oid, size))
                                  if req.method == "GET" else None)
         req.scheme, req.host, req.port, req.path = out.scheme, out.host, out.port, out.path
         req.headers = http.Headers(list(out.headers))

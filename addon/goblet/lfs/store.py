@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from goblet.cache.usage import free_bytes
 from goblet.lfs.batch import OID_RE
 
 TOUCH_EVERY = 60.0  # seconds between access-time updates of one object
@@ -146,6 +147,7 @@ class ObjectWriter:
 
     def abort(self) -> None:
         """Drop the temporary file."""
+        self.store._writing.discard(self.store.path_for(self.scope, self.oid))
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()
@@ -161,6 +163,7 @@ class LfsStore:
         self.root = root / "lfs"
         self.tmp_dir = self.root / "tmp"
         self._touched: dict[str, float] = {}
+        self._writing: set[Path] = set()  # objects with a writer in this process
 
     def prepare(self, stale_after: float = STALE_TMP) -> int:
         """Create the store's directories and remove what a crash left in ``tmp/``: objects
@@ -221,8 +224,19 @@ class LfsStore:
 
     def writer(self, scope: LfsScope, oid: str, size: int) -> ObjectWriter:
         """A writer that stores ``oid`` in ``scope`` if its bytes verify."""
-        self.path_for(scope, oid)  # validates
+        self._writing.add(self.path_for(scope, oid))  # (validates the oid)
         return ObjectWriter(self, scope, oid, size)
+
+    def open_writer(self, scope: LfsScope, oid: str, size: int, *, max_bytes: int = 0,
+                    min_free: int = 0) -> ObjectWriter | None:
+        """``writer``, or None when ``oid`` is being written to ``scope`` already (one
+        writer per object: other downloads of it are not kept), when ``size`` is more than
+        ``max_bytes`` (the cache's budget; 0: none), or when keeping it would leave less
+        than ``min_free`` bytes free on the cache's filesystem."""
+        if self.path_for(scope, oid) in self._writing or (max_bytes and size > max_bytes) or (
+                min_free and free_bytes(self.root.parent) - size < min_free):
+            return None
+        return self.writer(scope, oid, size)
 
     def objects(self) -> Iterator[StoredObject]:
         """Every stored object (skipping anything that is not one), older layout too."""

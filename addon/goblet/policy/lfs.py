@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from goblet.auth.credentials import ANONYMOUS
 from goblet.lfs import batch
 from goblet.lfs.links import UNKNOWN, Grant, LinkTable, Refusal
-from goblet.lfs.store import LfsScope, LfsStore
+from goblet.lfs.store import LfsScope, LfsStore, ObjectWriter
 from goblet.observe.metrics import Metrics
 from goblet.options import Settings
 from goblet.policy.flows import FlowState
@@ -125,12 +125,18 @@ class LfsPolicy:
                                       label=f"lfs {oid[:12]}"))
         return FromUpstream(got)
 
-    def may_store(self, scope: LfsScope, oid: str) -> bool:
-        """Whether a download of ``oid`` may be written to ``scope``: in ``tenant`` and
-        ``user`` isolation, at most ``goblet_max_partitions`` partitions keep a copy of one
-        object of one LFS API (beyond, it is streamed and not kept)."""
-        bound = self.settings().max_partitions
-        return not scope.partition or not bound or self.store.copies(scope, oid) < bound
+    def writer(self, scope: LfsScope, oid: str, size: int) -> ObjectWriter | None:
+        """Where a download of ``oid`` (``size`` bytes, as the grant says) is written to
+        ``scope``, or None when it is streamed and not kept: another download of it is
+        being written already; it is bigger than ``goblet_cache_max_bytes``; keeping it
+        would leave less than ``goblet_min_free_bytes`` free; or, in ``tenant`` and
+        ``user`` isolation, ``goblet_max_partitions`` partitions keep it already."""
+        s = self.settings()
+        bound = s.max_partitions
+        if scope.partition and bound and self.store.copies(scope, oid) >= bound:
+            return None
+        return self.store.open_writer(scope, oid, size, max_bytes=s.cache_max_bytes,
+                                      min_free=s.min_free_bytes)
 
 
 @dataclass(frozen=True, slots=True)

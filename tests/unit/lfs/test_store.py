@@ -211,3 +211,20 @@ def test_an_object_not_kept_is_verified_all_the_same(store: LfsStore) -> None:
     t.start(200, None)
     sent = b"".join(b"".join(t.stream(p)) for p in [*pieces(b"X" + DATA[1:]), b""])
     assert t.corrupt and len(sent) < len(DATA) and not list(store.objects())
+
+
+def test_one_writer_per_object_and_none_past_the_budget_or_free_space(
+        store: LfsStore) -> None:
+    first = store.open_writer(HOST, OID, len(DATA))
+    assert first is not None
+    assert store.open_writer(HOST, OID, len(DATA)) is None  # being written: not again
+    assert store.open_writer(LfsScope("other.example"), OID, len(DATA)) is not None
+    first.abort()
+    again = store.open_writer(HOST, OID, len(DATA))
+    assert again is not None
+    again.feed(DATA)
+    assert again.commit() and store.open_writer(HOST, OID, len(DATA)) is not None
+    other = "c" * 64
+    assert store.open_writer(HOST, other, 1000, max_bytes=999) is None
+    assert store.open_writer(HOST, other, 1000, max_bytes=1000) is not None
+    assert store.open_writer(HOST, "d" * 64, 1, min_free=1 << 62) is None
