@@ -42,7 +42,7 @@ from goblet.lfs.store import LfsScope
 from goblet.policy import bodies, requests
 from goblet.policy.flows import FlowState, Kind, Outcome
 from goblet.policy.gate import Reply, refuse
-from goblet.policy.lfs import FromStore, href_request
+from goblet.policy.lfs import OBJECT_TYPE, FromStore, href_request
 from goblet.protocol.errors import ProtocolError
 
 if TYPE_CHECKING:
@@ -237,6 +237,10 @@ class LfsFlows:
             transfer = info.transfer
             transfer.start(resp.status_code, resp.headers.get("content-encoding"))
             resp.stream = transfer.stream
+            if resp.status_code == 200 and (transfer.active or flow.request.method == "HEAD"):
+                resp.headers = http.Headers([  # the object: as the store answers it
+                    (b"Content-Type", OBJECT_TYPE.encode()),
+                    (b"Content-Length", str(transfer.size).encode())])
         elif state.kind is Kind.LFS_OBJECT and not resp.stream:
             resp.stream = True
         return True

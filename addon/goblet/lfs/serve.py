@@ -74,11 +74,15 @@ class Transfer:
             return [data] if data else []
         if data:
             self._check.feed(data)
+            if self._check.written > self.size:  # more than the object: never sent on
+                self.corrupt = True
+            if self.corrupt:
+                return []
             out, self._held = self._held, data
             return [out] if out else []
         self.ended = True
         out, self._held = self._held, b""
-        if not self._check.verified:
+        if self.corrupt or not self._check.verified:
             self.corrupt = True
             return []
         return [out] if out else []

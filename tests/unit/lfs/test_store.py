@@ -228,3 +228,10 @@ def test_one_writer_per_object_and_none_past_the_budget_or_free_space(
     assert store.open_writer(HOST, other, 1000, max_bytes=999) is None
     assert store.open_writer(HOST, other, 1000, max_bytes=1000) is not None
     assert store.open_writer(HOST, "d" * 64, 1, min_free=1 << 62) is None
+
+
+def test_bytes_past_the_object_are_never_sent_on(store: LfsStore) -> None:
+    t = Transfer(OID, len(DATA), lambda: None)
+    t.start(200, None)
+    sent = b"".join(b"".join(t.stream(p)) for p in [*pieces(DATA + b"tail" * 5000), b""])
+    assert t.corrupt and len(sent) < len(DATA)
