@@ -10,11 +10,13 @@ import contextlib
 import http.client
 import json
 import os
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from tests.support import rawhttp
 from tests.support.hostile_lfs import (
     ALICE,
     Scene,
@@ -113,3 +115,25 @@ def test_the_credential_goes_to_the_batch_origin_only(scene: Scene, case: str,
             if "/objects/batch" not in p]
     sent += [hd.get("authorization") for _, _, hd in scene.media.requests[n_media:]]
     assert any(a == ALICE for a in sent) is gets_it, sent
+
+
+def test_misspelled_links_log_no_live_token(scene: Scene) -> None:
+    oid, data = grant_fresh(scene, f"https://{scene.media.host}/o")
+    link = links(scene.batch("o/paths.git", [(oid, len(data))], ALICE))[0]
+    path = "/" + link.split("/", 3)[3]
+    token = path.split("/goblet/")[1].split("/")[0]
+    n_log = len(scene.px.log_text())
+    for spelled in (path, path.replace(oid, oid.upper()),
+                    path.replace("/info/lfs/goblet/", "/info/lfs//goblet/"),
+                    path.replace("/o/paths.git/", "/o/./paths.git/"), path + "/",
+                    path.replace(f"{token}/", f"{token}%2F"),
+                    path.replace(token, f"%{ord(token[0]):02X}{token[1:]}"),
+                    path.replace("/info/lfs/", "/info/LFS/"),
+                    path.replace(f"/{oid}", f";x=1/{oid}")):
+        with contextlib.suppress(http.client.HTTPException, ConnectionError):
+            rawhttp.request(proxy_port=scene.px.port, ca_file=scene.px.ca_cert,
+                            host="127.0.0.1", port=scene.api.port, method="GET", path=spelled,
+                            headers={"Authorization": ALICE})
+    time.sleep(0.5)
+    log = scene.px.log_text()[n_log:]
+    assert log.count("git ") >= 9 and token not in log and token[1:] not in log

@@ -3,7 +3,8 @@
 Routes, for an LFS endpoint ``$REPO/info/lfs`` (git-lfs derives it from the
 remote URL, ``.git`` appended if missing)::
 
-    POST $REPO/info/lfs/objects/batch            -> BATCH (answer read, downloads rewritten)
+    POST $REPO/info/lfs/objects/batch            -> BATCH (answer read, downloads rewritten;
+                                                    an upload answer's actions untouched)
     GET  $REPO/info/lfs/goblet/<token>/<oid>     -> LINK  (a link goblet issued)
     anything else under $REPO/info/lfs/          -> OTHER (locks, verify, uploads: untouched)
 
