@@ -22,6 +22,12 @@ Rules, in order; the first that applies wins:
    upstream; a network failure answers with a git-readable error; a local
    failure, or the failure of a fill another credential started, sends the
    request upstream (no denial recorded, no foreign error text shown).
+   A repo not cached at all is first tried as a cold clone (``_cold``). A
+   request finding a tee fill here (a cold clone's own answer filling the
+   cache, at the pace of that clone's client) follows it while its client
+   keeps up, and goes upstream as soon as that client holds the answer back
+   or the fill fails; while another process holds the writer lock of a repo
+   not cached yet, requests for the repo go upstream.
 6. Every wanted object (and every ``shallow`` the client names) must be one
    the upstream would serve this credential now: a tip of the refs the
    upstream last listed for it (within the TTL), or reachable in the cache
@@ -44,13 +50,14 @@ import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from goblet.auth.credentials import ANONYMOUS, Credential
 from goblet.auth.verdicts import RefView, VerdictCache
 from goblet.cache import reach, teefill
 from goblet.cache.fill import FailureKind, Filler, FillError, FillResult
 from goblet.cache.store import CacheRepo, RepoStore
-from goblet.cache.teefill import TeeFill
+from goblet.cache.teefill import Busy, TeeFill
 from goblet.offline.ask import Finding, UpstreamAsker
 from goblet.offline.state import UpstreamState
 from goblet.protocol.request import FetchRequest
@@ -127,6 +134,7 @@ class FetchDecider:
         self.uncacheable: set[str] = set()  # repo keys with a foreign object format
         self.heads: dict[str, str] = {}  # repo key -> upstream HEAD target, last seen
         self._fill_tenant: dict[str, str] = {}  # repo key -> tenant whose credential fills it
+        self._tees: dict[str, TeeFill] = {}  # repo key -> tee fill in flight
 
     def fill_credential(self, credential: Credential) -> Credential:
         """The credential a fill uses: anonymous in ``public`` isolation."""
@@ -213,35 +221,86 @@ class FetchDecider:
 
     async def _cold(self, repo: CacheRepo, tenant: str, credential: Credential,
                     req: FetchRequest) -> Decision | None:
-        """Rule 5 for a repo not cached at all: a plain full clone (protocol v2) streams
-        from the upstream while its answer fills the cache; a request for less (shallow,
-        filtered, with haves, some refs only) goes upstream while a fill warms the cache
-        for the next. None: fill, then serve, as for a missing object (a full clone in
-        v0/v1 or without a ref list, ``public`` isolation, no new copy allowed, or another
-        fill of the repo running, maybe in another process or, with a fleet tier, on
-        another instance; or the fleet's store has the repo: restore, then delta)."""
+        """Rule 5 for a repo not cached at all: a plain full clone (protocol v2, the
+        upstream's HEAD known) streams from the upstream while its answer fills the cache;
+        a request for less (shallow, filtered, with haves, some refs only) goes upstream
+        while a fill warms the cache for the next. With streaming on, a request finding
+        another process filling the repo (its writer lock held) goes upstream too: it
+        never waits for a fill that may be a tee held by a slow client. None: fill, then
+        serve, as for a missing object (a full clone in v0/v1, without a ref list or
+        without the upstream's HEAD, ``public`` isolation, no new copy allowed; or, with
+        a fleet tier, the store has the repo (restore, then delta) or another instance
+        fills it (wait for it, then restore))."""
         if self.isolation == "public" or not self.admit(repo):
             return None
+        if self.tee and self.filler.locks.held_elsewhere(repo.key):
+            return Decision(Route.UPSTREAM, "cold: another process fills the repo: "
+                                            "passed upstream")
         fleet = self.filler.fleet
         if fleet is not None and await fleet.can_restore(repo):
             return None  # restore from the shared store and fetch the delta: no full clone
         view = self.verdicts.view(tenant, repo.url, self.verdicts.ttl)
         if not self.tee or view is None or (req.version != 2 and teefill.full_clone(req, view)):
             return None
-        if teefill.eligible(req, view):
+        head = self.heads.get(repo.key)
+        if teefill.full_clone(req, view) and head is None:
+            return None  # a tee could not set HEAD: the fill asks the upstream for it
+        if teefill.eligible(req, view, head):
             assert view is not None
-            tee = await TeeFill.start(self.filler, repo, view, self.heads.get(repo.key))
-            if tee is None:  # another fill runs (maybe in another process): wait for it
-                return None
-            self.filler.track(repo, tee.task)
-            self._fill_tenant[repo.key] = tenant
-            tee.task.add_done_callback(lambda t: self._fill_tenant.pop(repo.key, None))
-            if await tee.begin():
-                return Decision(Route.TEE, "cold clone: the upstream's answer fills the cache",
-                                tee=tee)
-            return Decision(Route.UPSTREAM, "cold clone: passed upstream (no cache repo)")
+            return await self._tee(repo, tenant, view, head)
         self.start_fill(repo, credential, tenant)
         return Decision(Route.UPSTREAM, "cold: passed upstream while the cache fills")
+
+    async def _tee(self, repo: CacheRepo, tenant: str, view: RefView,
+                   head: str | None) -> Decision | None:
+        """Start a tee fill of ``repo`` with the request's own answer (``Route.TEE``). If
+        another process holds the repo's writer lock, or the temporary repo cannot be
+        made, the request passes upstream without one; None (fill, then serve: wait for
+        the fleet's leader and restore) if another instance of the fleet fills it."""
+        tee = await TeeFill.start(self.filler, repo, view, head)
+        if tee is Busy.FLEET:
+            return None
+        if tee is Busy.LOCK:
+            return Decision(Route.UPSTREAM, "cold: another fill holds the repo: "
+                                            "passed upstream")
+        self.filler.track(repo, tee.task)
+        self._fill_tenant[repo.key] = tenant
+        self._tees[repo.key] = tee
+        tee.task.add_done_callback(lambda t: self._untrack_tee(repo, tee))
+        if await tee.begin():
+            return Decision(Route.TEE, "cold clone: the upstream's answer fills the cache",
+                            tee=tee)
+        return Decision(Route.UPSTREAM, "cold clone: passed upstream (no cache repo)")
+
+    def _untrack_tee(self, repo: CacheRepo, tee: TeeFill) -> None:
+        self._fill_tenant.pop(repo.key, None)
+        if self._tees.get(repo.key) is tee:
+            del self._tees[repo.key]
+
+    async def _follow_tee(self, repo: CacheRepo) -> bool:
+        """Wait for ``repo``'s tee fill while its client keeps up with the upstream. True
+        once the fill made the repo, or its answer ended and only local work is left
+        (then waited for as any fill); False when the fill failed, or as soon as its
+        client holds the answer back (a slow reader must delay nobody else)."""
+        tee = self._tees.get(repo.key)
+        if tee is None:
+            return True
+        bound = asyncio.ensure_future(tee.client_bound.wait())
+        waits: list[asyncio.Future[Any]] = [bound, tee.task]
+        try:  # (``asyncio.wait`` never cancels what it waits for)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            bound.cancel()
+        if tee.task.done():
+            return not tee.task.cancelled() and tee.task.exception() is None
+        return not (tee.copying and tee.client_bound.is_set())
+
+    def teeing(self, repo: CacheRepo) -> bool:
+        """Whether ``repo``'s fill in flight is a tee fill still copying its client's
+        answer, at that client's pace: nothing waits for it. (Once the answer is whole,
+        what is left is local work, bounded like any fill's, and may be waited for.)"""
+        tee = self._tees.get(repo.key)
+        return tee is not None and tee.copying and not tee.task.done()
 
     async def _reverify(self, repo: CacheRepo, tenant: str, credential: Credential,
                         host: str) -> float | None:
@@ -282,9 +341,17 @@ class FetchDecider:
 
     async def _fill(self, repo: CacheRepo, tenant: str, credential: Credential,
                     missing: set[str]) -> Decision | None:
-        """Rule 5: bring ``missing`` into the cache; a Decision if that failed."""
+        """Rule 5: bring ``missing`` into the cache; a Decision if that failed. A tee fill
+        still copying is waited for only while its client keeps up (``_follow_tee``), and
+        a tee fill that fails sends its waiters upstream: its failure is another
+        client's."""
+        if self.teeing(repo) and not await self._follow_tee(repo):
+            return Decision(Route.UPSTREAM, "cold: passed upstream while a cold clone "
+                                            "fills the cache (its client holds it back)")
         task = self.filler.in_flight(repo)
         own = task is None or self._fill_tenant.get(repo.key) == tenant
+        tee = self._tees.get(repo.key)
+        teed = tee is not None and tee.task is task
         if task is None and not self.store.exists(repo):
             task = self.start_fill(repo, credential, tenant)
             if task is None:
@@ -294,7 +361,12 @@ class FetchDecider:
             try:
                 await asyncio.shield(task)
             except FillError as e:
+                if teed:
+                    return Decision(Route.UPSTREAM, "a cold clone's fill failed: "
+                                                    "upstream answers")
                 return self._after_failure(e, repo, tenant, own)
+            missing = missing - await self.store.present(repo, missing)
+        elif missing and self.store.exists(repo):  # (a tee fill made it meanwhile)
             missing = missing - await self.store.present(repo, missing)
         if missing and self.store.exists(repo):
             try:
@@ -334,8 +406,8 @@ class FetchDecider:
         """Whether upstream serves ``repo`` anonymously (asking with an anonymous fill)."""
         if self.verdicts.is_granted(ANONYMOUS, repo.url):
             return True
-        if self.verdicts.is_denied(ANONYMOUS, repo.url):
-            return False
+        if self.verdicts.is_denied(ANONYMOUS, repo.url) or self.teeing(repo):
+            return False  # (a tee fill proves nothing about anonymous access)
         task = self.start_fill(repo, Credential(), tenant)
         if task is None:
             return False

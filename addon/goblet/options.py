@@ -70,7 +70,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "File holding the shared secret of push webhooks on goblet_metrics_port "
                "(GitHub: HMAC key; GitLab: token); read at each webhook. Empty: webhooks off."),
     OptionSpec("goblet_upstream_timeout", str, "60s",
-               "How long a fill from upstream may make no progress before it is abandoned."),
+               "How long a fill from upstream may make no progress before it is abandoned "
+               "(a cold clone's streamed fill: its client taking less than 1000 bytes/s)."),
     OptionSpec("goblet_instance", str, "",
                "Name of this instance in logs and X-Served-By (default: the host name)."),
     OptionSpec("goblet_max_request_bytes", str, "64MiB",

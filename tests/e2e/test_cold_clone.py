@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -24,8 +25,10 @@ from tests.e2e.test_clone import COLD_STREAM, remote_view
 from tests.support.attack import git_through, proxy_for
 from tests.support.cachedir import repos_for, settle
 from tests.support.gitclient import GitClient
+from tests.support.net import wait_for
 from tests.support.proxy import GobletProxy
 from tests.support.repos import git as bare_git
+from tests.support.throttle import SlowReader
 from tests.support.upstream_client import UpstreamServer
 
 SLOW_MBIT = 4  # the slow upstream: a 2.4 MB pack takes about five seconds
@@ -39,8 +42,10 @@ def cache_state(proxy: GobletProxy, url: str) -> dict[str, object] | None:
 
 
 def assert_cache_sound(proxy: GobletProxy, upstream_repo: Path, url: str) -> None:
-    """The cache repo of ``url`` is what a fill leaves: refs, HEAD, fsck-clean."""
+    """The cache repo of ``url`` is what a fill leaves: refs, HEAD, fsck-clean (checked
+    once the full repack that follows a repo's first fill is done)."""
     [(path, state)] = repos_for(proxy.cache_dir, url).items()
+    proxy.wait_for_log(f" repack of {url}: ", 30)
     heads_tags = {n: o for n, o in (line.split(" ", 1)[::-1] for line in bare_git(
         "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/tags",
         cwd=upstream_repo).splitlines())}
@@ -101,12 +106,17 @@ def test_sixteen_concurrent_cold_clones_download_the_pack_once(
         results = list(pool.map(
             lambda i: git.clone(url, tmp_path / f"c{i}", check=False), range(16)))
     assert [r.returncode for r in results] == [0] * 16, [r.stderr for r in results]
-    assert count(upstream.stats(), "fetch", name) == 1
+    assert count(upstream.stats(), "fetch", name) == 1  # one tee; the rest follow it
+    assert proxy.wait_for_log(f"fill {url} result=ok", 30)  # (stored after its clone ends)
+    assert proxy.log_text().count(f"fill {url} result=") == 1
     direct.clone(url, tmp_path / "direct")
     want = remote_view(direct, tmp_path / "direct")
     for i in range(16):
         assert remote_view(git, tmp_path / f"c{i}") == want
     assert_cache_sound(proxy, repos.path(name), url)
+    fetches = count(upstream.stats(), "fetch", name)
+    git.clone(url, tmp_path / "warm")  # from the cache now
+    assert count(upstream.stats(), "fetch", name) == fetches
 
 
 def test_requests_for_less_than_everything_pass_through_and_warm_the_cache(
@@ -133,7 +143,7 @@ def test_an_upstream_cut_mid_pack_leaves_no_cache_repo(
     res = git.clone(url, tmp_path / "cut", check=False)
     assert res.returncode != 0  # as a direct clone would fail
     no_residue(proxy)
-    assert "result=upstream_error" in proxy.log_text()
+    assert proxy.wait_for_log(f"fill {url} result=upstream_error")  # (logged just after)
     next_clone_fills(proxy, git, repos.path(name), url, tmp_path / "again")
 
 
@@ -172,6 +182,8 @@ def test_a_client_killed_mid_clone_leaves_nothing_half_served(
         wait_for_pack_bytes(slow, least)
         os.killpg(clone.pid, signal.SIGKILL)
         clone.wait(10)
+        assert px.wait_for_log(f"fill {url} result=abandoned", 30), (  # the client's doing
+            px.log_text()[-3000:])
         no_residue(px)
         next_clone_fills(px, git, slow.root / slow_repo, url, tmp_path / "next")
 
@@ -232,3 +244,122 @@ def test_fill_mode_keeps_filling_first(
         states = [json.loads(p.read_text()) for p in
                   (px.cache_dir / "repos").glob("*.git/goblet-state.json")]
         assert [s["url"] for s in states] == [upstream.url(name)]
+
+
+# --------------------------------------------------------------- slow and vanishing clients
+
+
+def tee_begun(proxy: GobletProxy, timeout: float = 30) -> None:
+    """Wait until a tee fill has made its temporary repo."""
+    deadline = time.monotonic() + timeout
+    while not list((proxy.cache_dir / "tmp").glob("*.git")):
+        assert time.monotonic() < deadline, proxy.log_text()[-3000:]
+        time.sleep(0.05)
+
+
+def slow_clone(reader: SlowReader, proxy: GobletProxy, url: str, dest: Path,
+               home: Path) -> subprocess.Popen[bytes]:
+    """``git clone`` through ``reader`` (a slow reader of the proxy's answers)."""
+    env = GitClient(home, ca_file=proxy.ca_cert, proxy=reader.url).env()
+    return subprocess.Popen(["git", "clone", "--quiet", url, str(dest)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def big_repo(repos: Repos) -> str:
+    """A repo whose pack (about 4 MB) no socket buffer on the way holds whole."""
+    return repos.create(commits=40, files_per_commit=3, blob_size=32_000)
+
+
+def test_a_slow_reader_of_a_cold_clone_delays_no_other_clone_and_keeps_its_answer(
+    repos: Repos, upstream: UpstreamServer, direct: GitClient, confdir: Path, tmp_path: Path,
+) -> None:
+    name = big_repo(repos)
+    url = upstream.url(name)
+    started = time.monotonic()
+    direct.clone(url, tmp_path / "direct")
+    normal = time.monotonic() - started
+    want = remote_view(direct, tmp_path / "direct")
+    with proxy_for(tmp_path / "px", upstream, confdir, {"goblet_upstream_timeout": "3"}) as px, \
+            SlowReader(px.port, rate=300) as reader:
+        slow = slow_clone(reader, px, url, tmp_path / "slow", tmp_path / "home-slow")
+        try:
+            tee_begun(px)
+            git = git_through(px, tmp_path / "home")
+            started = time.monotonic()
+            sibling = git.clone(url, tmp_path / "sibling", check=False)
+            took = time.monotonic() - started
+            assert sibling.returncode == 0, sibling.stderr
+            assert took < 3 * normal + 5, (took, normal)  # not held by the slow reader
+            assert remote_view(git, tmp_path / "sibling") == want
+            assert px.wait_for_log("while a cold clone fills the cache")
+
+            # The slow reader's copy is given up (the client's doing), its answer is not.
+            assert px.wait_for_log(f"fill {url} result=abandoned", 30), px.log_text()[-3000:]
+            assert "the client took less than 1000 bytes/s" in px.log_text()
+            no_residue(px)
+            assert cache_state(px, url) is None
+            assert slow.poll() is None, "the slow reader's connection was closed"
+            reader.rate = None
+            _, err = slow.communicate(timeout=120)
+            assert slow.returncode == 0, err
+        finally:
+            if slow.poll() is None:
+                os.killpg(slow.pid, signal.SIGKILL)
+                slow.wait(10)
+        git.fsck(tmp_path / "slow")
+        assert remote_view(git, tmp_path / "slow") == want
+        assert f"fill {url} result=upstream_error" not in px.log_text()
+
+        next_clone_fills(px, git, repos.path(name), url, tmp_path / "next")  # teed again
+
+
+def test_a_client_gone_mid_tee_fails_no_sibling_and_leaves_no_half_repo(
+    repos: Repos, upstream: UpstreamServer, confdir: Path, tmp_path: Path,
+) -> None:
+    name = big_repo(repos)
+    url = upstream.url(name)
+    with proxy_for(tmp_path / "px", upstream, confdir, {"goblet_upstream_timeout": "60"}) as px, \
+            SlowReader(px.port, rate=2000) as reader:
+        leaving = slow_clone(reader, px, url, tmp_path / "gone", tmp_path / "home-gone")
+        git = git_through(px, tmp_path / "home")
+        try:
+            tee_begun(px)
+            with ThreadPoolExecutor(1) as pool:
+                sibling = pool.submit(git.clone, url, tmp_path / "sibling", check=False)
+                # The sibling's fetch follows its ls-refs: let it reach the proxy first.
+                deadline = time.monotonic() + 30
+                while px.log_text().count(f"git ls_refs {url} ") < 2:
+                    assert time.monotonic() < deadline, px.log_text()[-3000:]
+                    time.sleep(0.05)
+                time.sleep(1)
+                os.killpg(leaving.pid, signal.SIGKILL)  # mid-tee: the client goes away
+                leaving.wait(10)
+                res = sibling.result(120)
+        finally:
+            if leaving.poll() is None:
+                os.killpg(leaving.pid, signal.SIGKILL)
+                leaving.wait(10)
+        assert res.returncode == 0, res.stderr
+        git.fsck(tmp_path / "sibling")
+        assert px.wait_for_log(f"fill {url} result=abandoned", 30), px.log_text()[-3000:]
+        assert f"fill {url} result=upstream_error" not in px.log_text()
+        no_residue(px)
+        next_clone_fills(px, git, repos.path(name), url, tmp_path / "next")
+
+
+def test_a_cold_fetch_without_the_upstreams_head_fills_instead_of_teeing(
+    git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path,
+) -> None:
+    # HEAD names trunk; git's own default (and git init's, in the cache) is another name.
+    name = repos.create(branches=("trunk", "dev"), default_branch="trunk")
+    url = upstream.url(name)
+    dest = tmp_path / "fetched"
+    git.run("init", "--quiet", str(dest))
+    # Every branch and tag, but no HEAD in the ref list: a full clone whose HEAD is unknown.
+    git.run("fetch", "--quiet", url, "+refs/heads/*:refs/remotes/origin/*",
+            "+refs/tags/*:refs/tags/*", cwd=dest)
+    assert_cache_sound(proxy, repos.path(name), url)  # HEAD: refs/heads/trunk
+    wait_for("the fetch's access-log line", lambda: re.search(
+        rf"git fetch {re.escape(url)} .*filled, then served", proxy.log_text()))
+    git.fsck(dest)

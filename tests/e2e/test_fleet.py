@@ -9,15 +9,17 @@ Sharded topology (three instances, separate cache dirs, HAProxy hashing
   instance (``X-Served-By``, and HAProxy's own log agrees), and repositories do
   spread over the instances;
 - concurrent clones (``loadtest.py --mode clone``) fill each repository exactly
-  once across the fleet: one pack download upstream, one ``fill`` log line,
-  and Prometheus counts the same fills;
+  once across the fleet: one ``fill`` log line (clones that come while the
+  first one's answer streams into the cache pass upstream rather than wait for
+  it), and Prometheus counts the same fills;
 - tenants' credentials pass through HAProxy: the upstream still decides;
 - when an instance dies, only its repositories move (consistent hashing).
 
 Shared topology (the design for forward-proxy clients): HAProxy in TCP mode in
 front of three processes sharing one cache dir. Concurrent real clones through
-``HTTPS_PROXY`` land on several processes and still download each pack from
-upstream once, into one cache repo.
+``HTTPS_PROXY`` land on several processes and fill one cache repo per
+repository (a clone finding another process filling it passes upstream rather
+than wait); later clones through any process download no pack upstream.
 
 Needs Debian's ``haproxy`` and ``prometheus``; fails (never skips) without them.
 """
@@ -42,6 +44,7 @@ import pytest
 
 from tests.e2e.conftest import Repos, count
 from tests.support import rawhttp
+from tests.support.cachedir import settle
 from tests.support.gitclient import GitClient, with_userinfo
 from tests.support.net import http_get, wait_for
 from tests.support.proxy import REPO_ROOT, mitmdump_binary
@@ -258,7 +261,9 @@ def test_concurrent_clones_fill_each_repo_once_across_the_fleet(
     for name in names:
         routing = report["routing"][f"{upstream.host}/{name}"]
         assert len(routing) == 1, f"{name} answered by {routing}"
-        assert count(upstream.stats(), "fetch", name) == 1, f"{name}: more than one pack"
+        assert 1 <= count(upstream.stats(), "fetch", name) <= 16
+        # (a cold clone's answer is stored after its client has it: wait for its line)
+        wait_for(f"the fill of {name}", lambda n=name: fleet.fills(upstream.url(n)) or None)
         assert fleet.fills(upstream.url(name)) == 1, f"{name}: not exactly one fill"
     fills_logged = len(re.findall(r"\] fill \S+ result=ok ", fleet.logs()))
     assert wait_for(
@@ -336,14 +341,17 @@ def test_connect_clients_share_one_cache_dir_behind_haproxy_tcp(
             assert head == list_refs(repos.path(name))["refs/heads/main"]
         cache = Path(shared.state["instances"][0]["cache_dir"])
         assert all(Path(i["cache_dir"]) == cache for i in shared.state["instances"])
-        for name in names:
-            assert count(upstream.stats(), "fetch", name) == 1, f"{name}: more than one pack"
+        settle(cache)  # (a cold clone's answer is stored after its client has it)
+        fetched = {}
+        for name in names:  # (a clone finding another process filling passed upstream)
+            fetched[name] = count(upstream.stats(), "fetch", name)
+            assert 1 <= fetched[name] <= 3, f"{name}: more packs than clones"
             states = [json.loads(p.read_text()) for p in cache.glob("repos/*/goblet-state.json")]
             assert sum(1 for s in states if s.get("url") == upstream.url(name)) == 1
         # Warm: later clones through any process download no pack upstream.
         for k, name in enumerate(names * 2):
             traced_clone(git, upstream.url(name), tmp_path / f"warm-{k}")
         for name in names:
-            assert count(upstream.stats(), "fetch", name) == 1
+            assert count(upstream.stats(), "fetch", name) == fetched[name]
     finally:
         stop_fleet(shared)

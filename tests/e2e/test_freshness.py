@@ -16,6 +16,7 @@ import http.client
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,11 +61,15 @@ def upstream_requests(upstream: UpstreamServer, name: str) -> dict[str, int]:
     return {kind: count(stats, kind, name) for kind in KINDS}
 
 
-def warm(git: GitClient, upstream: UpstreamServer, proxy: GobletProxy, url: str, dest: Path,
-         config: tuple[str, ...] = ()) -> None:
-    """Clone once (filling the cache) and wait for the cache to settle."""
+def warm(git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, dest: Path,
+         config: tuple[str, ...] = (), **create: Any) -> tuple[str, str]:
+    """A new repo (``create`` as for ``Repos.create``) cloned once through goblet into
+    ``dest`` (filling the cache), the cache settled; its name and URL."""
+    name = repos.create(**create)
+    url = upstream.url(name)
     git.clone(url, dest, config=config)
     settle(proxy.cache_dir)
+    return name, url
 
 
 def head(git: GitClient, clone: Path, ref: str = "HEAD") -> str:
@@ -74,9 +79,7 @@ def head(git: GitClient, clone: Path, ref: str = "HEAD") -> str:
 def test_a_clone_within_the_ttl_makes_no_upstream_request(
         git: GitClient, direct: GitClient, repos: Repos, upstream: UpstreamServer,
         proxy: GobletProxy, tmp_path: Path) -> None:
-    name = repos.create()
-    url = upstream.url(name)
-    warm(git, upstream, proxy, url, tmp_path / "cold")
+    name, url = warm(git, repos, upstream, proxy, tmp_path / "cold")
     upstream.reset_stats()
 
     res = git.clone(url, tmp_path / "warm")
@@ -91,9 +94,8 @@ def test_a_clone_within_the_ttl_makes_no_upstream_request(
 def test_only_a_credential_with_a_fresh_grant_gets_cached_refs(
         git: GitClient, direct: GitClient, repos: Repos, upstream: UpstreamServer,
         proxy: GobletProxy, tmp_path: Path) -> None:
-    name = repos.create(public=False, readers=("alice",))
-    url = upstream.url(name)
-    warm(git, upstream, proxy, url, tmp_path / "alice-cold", ALICE)
+    name, url = warm(git, repos, upstream, proxy, tmp_path / "alice-cold", ALICE,
+                     public=False, readers=("alice",))
     upstream.reset_stats()
     git.clone(url, tmp_path / "alice-warm", config=ALICE)
     assert upstream_requests(upstream, name) == dict.fromkeys(KINDS, 0)
@@ -116,10 +118,8 @@ def test_only_a_credential_with_a_fresh_grant_gets_cached_refs(
 def test_goblet_max_age_zero_is_strict_again(
         git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy,
         tmp_path: Path) -> None:
-    name = repos.create()
-    url = upstream.url(name)
     clone = tmp_path / "clone"
-    warm(git, upstream, proxy, url, clone)
+    name, url = warm(git, repos, upstream, proxy, clone)
 
     upstream.reset_stats()
     res = git.clone(url, tmp_path / "strict", "--server-option=goblet-max-age=0")
@@ -138,9 +138,7 @@ def test_goblet_max_age_zero_is_strict_again(
 def test_a_malformed_goblet_option_gets_a_git_error(
         git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy,
         tmp_path: Path) -> None:
-    name = repos.create()
-    url = upstream.url(name)
-    warm(git, upstream, proxy, url, tmp_path / "cold")
+    _, url = warm(git, repos, upstream, proxy, tmp_path / "cold")
     res = git.clone(url, tmp_path / "bad", "--server-option=goblet-max-age=soon", check=False)
     assert res.returncode != 0
     assert "goblet-max-age takes whole seconds" in res.stderr, res.stderr
@@ -150,9 +148,7 @@ def test_a_malformed_goblet_option_gets_a_git_error(
 def test_unknown_server_options_reach_the_upstream(
         git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy,
         tmp_path: Path) -> None:
-    name = repos.create()
-    url = upstream.url(name)
-    warm(git, upstream, proxy, url, tmp_path / "cold")
+    name, url = warm(git, repos, upstream, proxy, tmp_path / "cold")
     upstream.reset_stats()
     git.clone(url, tmp_path / "opt", "--server-option=ci-job=42")
     assert upstream_requests(upstream, name)["ls_refs"] == 1
@@ -188,9 +184,7 @@ def sign(body: bytes, secret: str = SECRET) -> str:
 def test_a_signed_push_webhook_makes_the_next_clone_see_the_push(
         forge: str, git: GitClient, repos: Repos, upstream: UpstreamServer,
         proxy: GobletProxy, metrics_port: int, tmp_path: Path) -> None:
-    name = repos.create()
-    url = upstream.url(name)
-    warm(git, upstream, proxy, url, tmp_path / "cold")
+    name, url = warm(git, repos, upstream, proxy, tmp_path / "cold")
     new = add_commit(repos.path(name), branch="main", message="pushed")
     git.clone(url, tmp_path / "stale")
     assert head(git, tmp_path / "stale") != new  # within the TTL: the cached refs
@@ -260,9 +254,7 @@ def scrape(port: int, sample: str) -> float:
 def test_clones_told_their_refs_age_still_share_the_pack_cache(
         git: GitClient, direct: GitClient, repos: Repos, upstream: UpstreamServer,
         proxy: GobletProxy, metrics_port: int, tmp_path: Path) -> None:
-    name = repos.create()
-    url = upstream.url(name)
-    warm(git, upstream, proxy, url, tmp_path / "cold")
+    _, url = warm(git, repos, upstream, proxy, tmp_path / "cold")
     hits = scrape(metrics_port, 'goblet_pack_cache_requests_total{result="hit"}')
     for i in range(3):  # seen once, then produced, then a hit
         res = git.clone(url, tmp_path / f"c{i}")
@@ -276,10 +268,8 @@ def test_clones_told_their_refs_age_still_share_the_pack_cache(
 def test_protocol_v0_refs_always_come_from_the_upstream(
         git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy,
         tmp_path: Path) -> None:
-    name = repos.create()
-    url = upstream.url(name)
     v0 = ("protocol.version=0",)
-    warm(git, upstream, proxy, url, tmp_path / "cold", v0)
+    name, url = warm(git, repos, upstream, proxy, tmp_path / "cold", v0)
     upstream.reset_stats()
     res = git.clone(url, tmp_path / "warm", config=v0)
     got = upstream_requests(upstream, name)

@@ -240,7 +240,9 @@ def answered_refs_from_cache(proxy: GobletProxy) -> bool:
     return "refs from cache" in proxy.log_text()
 
 
-class TestSharedRefsTTL(TestShared):
+class RefsTTL(MatrixBase):
+    """A matrix (the class after this one in a subclass's bases) with a refs TTL."""
+
     extra_sets = TTL_SETS
     offline_notices = TTL_NOTICES
 
@@ -249,10 +251,9 @@ class TestSharedRefsTTL(TestShared):
         assert answered_refs_from_cache(proxy)
 
 
-class TestTenantRefsTTL(TestTenant):
-    extra_sets = TTL_SETS
-    offline_notices = TTL_NOTICES
+class TestSharedRefsTTL(RefsTTL, TestShared):
+    pass
 
-    def check_partitions(self, proxy: GobletProxy, names: dict[str, str]) -> None:
-        super().check_partitions(proxy, names)
-        assert answered_refs_from_cache(proxy)
+
+class TestTenantRefsTTL(RefsTTL, TestTenant):
+    pass

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import boto3
 import redis
 
 from tests.support.net import free_port
+from tests.support.stopping import StopsOnExit, terminate
 
 # moto accepts any credentials; goblet reads them from the environment like any AWS client.
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "fleet-test-key", "AWS_SECRET_ACCESS_KEY": "fleet-test-secret",
@@ -37,29 +36,20 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: flo
     raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port}")
 
 
-class _Server:
+class _Server(StopsOnExit):
     proc: subprocess.Popen[bytes] | None = None
     port = 0
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            terminate(self.proc)
 
     def kill(self) -> None:
         """SIGKILL, as a crash."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
 
 class RedisServer(_Server):

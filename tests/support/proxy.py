@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 
 from mitmproxy.certs import CertStore
+
+from tests.support.stopping import StopsOnExit, terminate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ADDON = REPO_ROOT / "addon" / "goblet_addon.py"
@@ -32,7 +32,7 @@ def ensure_ca(confdir: Path) -> Path:
     return confdir / "mitmproxy-ca-cert.pem"
 
 
-class GobletProxy:
+class GobletProxy(StopsOnExit):
     """Starts mitmdump with the goblet addon on 127.0.0.1 and an ephemeral port.
 
     ``sets`` are extra ``--set name=value`` options. The combined stdout and
@@ -201,24 +201,10 @@ class GobletProxy:
         """SIGTERM, then SIGKILL after 10 s; return the exit status."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         if self._reader is not None:
             self._reader.join(5)
         return self.proc.returncode
 
     def __enter__(self) -> GobletProxy:
         return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -15,9 +15,9 @@ import ssl
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 
 from tests.support.rawhttp import RawResponse
+from tests.support.stopping import StopsOnExit
 
 MAX_RESPONSE = 64 * 1024 * 1024
 
@@ -156,7 +156,7 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-class RssSampler:
+class RssSampler(StopsOnExit):
     """Samples a process's RSS every ``interval`` seconds from a thread; keeps the peak.
 
     ``kill_above`` (bytes of growth over the baseline taken at start) SIGKILLs the
@@ -193,12 +193,8 @@ class RssSampler:
         self._thread.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
+        """Stop sampling (the thread ends within ``interval``)."""
         self._stop.set()
         self._thread.join(5)
 

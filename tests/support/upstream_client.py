@@ -22,14 +22,14 @@ import http.client
 import json
 import os
 import selectors
-import signal
 import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
+
+from tests.support.stopping import StopsOnExit, terminate
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 20.0
@@ -42,7 +42,7 @@ def without_proxy_env(env: dict[str, str]) -> dict[str, str]:
     return {key: value for key, value in env.items() if key.lower() not in banned}
 
 
-class UpstreamServer:
+class UpstreamServer(StopsOnExit):
     """Starts, stops and controls one upstream server process.
 
     ``port`` is 0 until :meth:`start` returns; ``returncode`` is set by :meth:`stop`. Usable
@@ -153,13 +153,7 @@ class UpstreamServer:
         ``returncode``; idempotent."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
+            terminate(proc, reap=10)
             self.returncode = proc.returncode
             if proc.stdout is not None:
                 proc.stdout.close()
@@ -179,14 +173,6 @@ class UpstreamServer:
 
     def __enter__(self) -> UpstreamServer:
         return self if self._proc is not None else self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- addresses ---------------------------------------------------------------------
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from goblet.auth.credentials import Credential
 from goblet.auth.verdicts import RefView, VerdictCache
-from goblet.cache.fill import FailureKind, FillError, FillResult
+from goblet.cache.fill import FailureKind, Filler, FillError, FillResult
+from goblet.cache.locks import RepoLocks
 from goblet.cache.store import CacheRepo, RepoStore
 from goblet.decide import Decision, FetchDecider, Route
 from goblet.git.runner import GitRunner
@@ -29,6 +33,9 @@ BOB = Credential((("authorization", "Bearer b"),))
 
 class FakeFiller:
     """Fills that resolve as told; records what it was asked."""
+
+    fleet = None
+    locks: RepoLocks | None = None  # (set for cold repos: a cold clone looks at the lock)
 
     def __init__(self) -> None:
         self.task: asyncio.Task[FillResult] | None = None
@@ -277,3 +284,132 @@ def test_offline_ref_answers_hide_refs_the_tenant_was_not_shown(tmp_path: Path) 
         {"HEAD": w.refs["refs/heads/main"], **w.refs}, {}))
     assert w.decider.offline_hidden_refs("erin", w.repo) == ()
     assert w.decider.offline_hidden_refs("carol", w.repo) is None
+
+
+# ---------------------------------------------------------------------- cold repos
+
+COLD = "https://git.example/org/cold.git"
+C_MAIN, C_V1 = "3" * 40, "4" * 40
+COLD_VIEW = RefView.of({"HEAD": C_MAIN, "refs/heads/main": C_MAIN, "refs/tags/v1": C_V1}, {},
+                       complete=True)
+FULL_CLONE = FetchRequest(2, (C_MAIN, C_V1), (), (), True, ())
+
+
+class ColdWorld:
+    """A cache without the repo, a grant with a complete ref list, HEAD known; a real
+    filler (``real``) so cold clones make real tee fills, else the fake."""
+
+    def __init__(self, root: Path, *, real: bool) -> None:
+        (root / "home").mkdir(parents=True)
+        self.store = RepoStore(root / "cache", GitRunner(home=root / "home"))
+        self.store.prepare()
+        self.locks = RepoLocks(self.store.lock_dir, poll=0.01)
+        self.fake = FakeFiller()
+        self.fake.locks = self.locks
+        filler = Filler(self.store, self.locks, self.store.git, stall_timeout=60) \
+            if real else self.fake
+        self.verdicts = VerdictCache(60)
+        self.decider = FetchDecider(self.store, filler, self.verdicts)  # type: ignore[arg-type]
+        self.repo = self.store.repo_for(COLD)
+        self.decider.heads[self.repo.key] = "refs/heads/main"
+        for tenant in ("alice", "bob"):
+            self.verdicts.record(tenant, COLD, granted=True, view=COLD_VIEW)
+
+    async def decide(self, tenant: str, req: FetchRequest = FULL_CLONE,
+                     credential: Credential = ALICE) -> Decision:
+        """Decide, failing (instead of hanging) if the decision waits for a fill."""
+        return await asyncio.wait_for(
+            self.decider.decide(self.repo, tenant, credential, req, HOST), 5)
+
+    @contextlib.contextmanager
+    def held_by_another_process(self) -> Iterator[None]:
+        """The repo's writer lock, held the way another process holds it (an flock)."""
+        self.locks.lock_path(self.repo.key).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.locks.lock_path(self.repo.key), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+def test_requests_follow_a_tee_until_its_client_holds_it_back(tmp_path: Path) -> None:
+    w = ColdWorld(tmp_path, real=True)
+
+    async def scenario() -> list[Decision]:
+        first = await w.decide("alice")
+        assert first.route is Route.TEE and first.tee is not None
+        waiting = [asyncio.ensure_future(c) for c in (
+            w.decide("bob", credential=BOB), w.decide("alice"),
+            w.decide("alice", FetchRequest(2, (C_MAIN,), (), (), True, ())))]
+        await asyncio.sleep(0.1)
+        assert not any(f.done() for f in waiting)  # its client keeps up: they follow it
+        first.tee.client_bound.set()  # now the client holds the answer back
+        decisions = list(await asyncio.gather(*waiting))
+        first.tee.cut("Client disconnected.", client_gone=True)
+        with pytest.raises(FillError) as caught:
+            await first.tee.task
+        assert caught.value.kind is FailureKind.CLIENT
+        return decisions
+
+    for d in asyncio.run(scenario()):
+        assert d.route is Route.UPSTREAM and "while a cold clone fills the cache" in d.reason
+    assert not w.store.exists(w.repo) and list(w.store.tmp_dir.iterdir()) == []
+
+
+def test_requests_following_a_tee_that_fails_go_upstream(tmp_path: Path) -> None:
+    w = ColdWorld(tmp_path, real=True)
+
+    async def scenario() -> list[Decision]:
+        first = await w.decide("alice")
+        assert first.route is Route.TEE and first.tee is not None
+        waiting = [asyncio.ensure_future(w.decide("bob", credential=BOB)),
+                   asyncio.ensure_future(w.decide("alice"))]
+        await asyncio.sleep(0.1)
+        first.tee.cut("Client disconnected.", client_gone=True)  # the tee's client is gone
+        return list(await asyncio.gather(*waiting))
+
+    for d in asyncio.run(scenario()):
+        assert d.route is Route.UPSTREAM and "Client disconnected" not in d.reason
+    assert not w.store.exists(w.repo) and list(w.store.tmp_dir.iterdir()) == []
+
+
+def test_a_cold_repo_another_process_is_filling_is_passed_upstream(tmp_path: Path) -> None:
+    w = ColdWorld(tmp_path, real=True)
+    with w.held_by_another_process():
+        d = asyncio.run(w.decide("alice"))
+        assert d.route is Route.UPSTREAM and "another process fills the repo" in d.reason
+        partial = asyncio.run(w.decide("alice", FetchRequest(2, (C_MAIN,), (), (), True, ())))
+        assert partial.route is Route.UPSTREAM
+    assert w.decider.filler.in_flight(w.repo) is None  # nothing started, nothing waiting
+
+
+def test_in_fill_mode_a_cold_clone_still_waits_for_the_fill_elsewhere(tmp_path: Path) -> None:
+    w = ColdWorld(tmp_path, real=False)
+    w.decider.tee = False  # goblet_cold_clones=fill: every answer from the cache
+    with w.held_by_another_process():
+        d = asyncio.run(w.decide("alice"))
+    assert w.fake.started == [ALICE]  # (the fake fill brings nothing: then upstream)
+    assert d.route is Route.UPSTREAM and "not in cache" in d.reason
+
+
+def test_a_cold_clone_without_the_upstreams_head_is_filled_not_teed(tmp_path: Path) -> None:
+    w = ColdWorld(tmp_path, real=False)
+    del w.decider.heads[w.repo.key]  # the ls-refs before it named no HEAD symref
+    d = asyncio.run(w.decide("alice"))
+    assert d.route is not Route.TEE and d.tee is None
+    assert w.fake.started == [ALICE]  # an ordinary fill, which asks the upstream for HEAD
+
+
+def test_a_tee_whose_answer_is_whole_is_waited_for_and_its_failure_sends_upstream(
+        tmp_path: Path) -> None:
+    w = ColdWorld(tmp_path, real=True)
+
+    async def scenario() -> Decision:
+        first = await w.decide("alice")
+        assert first.tee is not None
+        first.tee.finish()  # the answer ended (here with no pack in it: it cannot be kept)
+        return await w.decide("alice")  # the same tenant waits for the store, which fails
+
+    d = asyncio.run(scenario())
+    assert d.route is Route.UPSTREAM and d.reason == "a cold clone's fill failed: upstream answers"

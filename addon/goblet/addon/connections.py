@@ -95,3 +95,13 @@ def close_client(client_id: str) -> None:
     handler = getattr(ctx.master.addons.get("proxyserver"), "connections", {}).get(client_id)
     if handler is not None:
         handler.close_connection(handler.client)
+
+
+def client_backlog(client_id: str) -> int:
+    """Bytes the proxy holds for a client connection that it has not taken yet (0 if
+    unknown): mitmproxy reads an upstream answer no faster than its client takes it."""
+    handler = getattr(ctx.master.addons.get("proxyserver"), "connections", {}).get(client_id)
+    io = getattr(handler, "transports", {}).get(getattr(handler, "client", None))
+    transport = getattr(getattr(io, "writer", None), "transport", None)
+    size = getattr(transport, "get_write_buffer_size", None)
+    return int(size()) if callable(size) else 0

@@ -9,7 +9,7 @@ loopback backend, which answers from a single-use ``ReplyPlan``, while the body 
 dropped as it arrives (``bodies.Discard``): the client's connection is closed after the
 answer, once the body is over, past ``goblet_max_request_bytes`` or at
 ``goblet_request_body_timeout``. Flows followed elsewhere (an LFS link) may drop their
-body the same way.
+body the same way. The bodies goblet does hold (to read them) get their deadline here too.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from mitmproxy import http
 
 from goblet.addon.connections import close_client
 from goblet.policy import bodies
+from goblet.policy.flows import FlowState
 from goblet.serve.files import FilePlan
 from goblet.serve.plans import TOKEN_HEADER, ReplyPlan, ServePlan
 
@@ -80,6 +81,23 @@ class EarlyAnswers:
         if timed:
             self._drops[flow] = asyncio.get_running_loop().call_later(
                 rt.settings.request_body_timeout, self._timed_out, flow)
+
+    def time_held(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """Give a body goblet does hold (an upload-pack request's, to read it) its
+        deadline: if it has not arrived by then, and was not passed on meanwhile, the
+        client's connection is closed."""
+        rt = self._rt()
+        assert rt is not None
+
+        def passed() -> None:
+            if state.body_timer is None or flow.request.stream:
+                return  # (a body passed on upstream owes goblet nothing)
+            state.body_timer, state.timed_out = None, True
+            state.reason = "request body not received in time (goblet_request_body_timeout)"
+            rt.metrics.request_bodies.labels("timeout").inc()
+            close_client(flow.client_conn.id)
+        state.body_timer = asyncio.get_running_loop().call_later(
+            rt.settings.request_body_timeout, passed)
 
     def answered(self, flow: http.HTTPFlow) -> bool:
         """Whether ``flow`` was answered through the backend (nothing more to decide)."""

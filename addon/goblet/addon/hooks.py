@@ -7,7 +7,6 @@ answers back into them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import weakref
@@ -16,7 +15,13 @@ from collections.abc import Sequence
 from mitmproxy import ctx, exceptions, http
 
 from goblet import options as opts
-from goblet.addon.connections import TEXT, ConnectionHooks, close_client, proxy_ports
+from goblet.addon.connections import (
+    TEXT,
+    ConnectionHooks,
+    client_backlog,
+    close_client,
+    proxy_ports,
+)
 from goblet.addon.early import EarlyAnswers, to_backend
 from goblet.addon.lfs import LfsFlows
 from goblet.observe import exposure, redact
@@ -178,18 +183,7 @@ class Goblet(ConnectionHooks):
         if intake.stream:
             state.reason = bodies.PASSED_ON
         elif intake.timed:
-            state.body_timer = asyncio.get_running_loop().call_later(
-                s.request_body_timeout, self._body_timed_out, flow)
-
-    def _body_timed_out(self, flow: http.HTTPFlow) -> None:
-        """A request body goblet waits for is too slow: drop the client's connection."""
-        state = self._flows.get(flow)
-        if state is None or state.body_timer is None or flow.request.stream or self.rt is None:
-            return  # (a body passed on upstream owes goblet nothing)
-        state.body_timer, state.timed_out = None, True
-        state.reason = "request body not received in time (goblet_request_body_timeout)"
-        self.rt.metrics.request_bodies.labels("timeout").inc()
-        close_client(flow.client_conn.id)
+            self.early.time_held(flow, state)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         """Route upload-pack requests: upstream, cache, or a git-readable error."""
@@ -211,6 +205,7 @@ class Goblet(ConnectionHooks):
         if isinstance(action, gate.Upstream) and action.tee is not None:
             state.tee = action.tee  # a stall of its upstream fails the client too:
             state.tee.on_stall = lambda: close_client(flow.client_conn.id)
+            state.tee.client_backlog = lambda: client_backlog(flow.client_conn.id)
         elif isinstance(action, gate.Serve):
             self._to_backend(flow, state, action.plan)
             state.outcome = action.outcome
@@ -262,7 +257,7 @@ class Goblet(ConnectionHooks):
             return
         state.body_arrived()
         if state.tee is not None:
-            state.tee.finish(True)
+            state.tee.finish()
         if self.lfs.response(flow, state):
             self._finish(flow, state)
             return
@@ -284,8 +279,9 @@ class Goblet(ConnectionHooks):
         state = self._flows.pop(flow, None)
         if state is not None and state.kind is not Kind.ENDPOINT:
             state.body_arrived()
-            if state.tee is not None:
-                state.tee.finish(False, flow.error.msg if flow.error else "flow error")
+            if state.tee is not None:  # who cut it: the client if it is gone by now
+                state.tee.cut(flow.error.msg if flow.error else "flow error",
+                              client_gone=not flow.client_conn.connected)
             self.lfs.error(flow, state)
             if not state.timed_out:
                 state.reason = flow.error.msg if flow.error else "flow error"

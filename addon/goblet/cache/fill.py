@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+# The least a fill's transfer may average over ``stall_timeout`` seconds (bytes/s): git's
+# ``http.lowSpeedLimit`` for fetches, the slowest client a tee fill copies for.
+LOW_SPEED_LIMIT = 1000
 _HTTP_STATUS = re.compile(r"returned error: ([0-9]{3})")
 _NOT_FOUND = re.compile(r"repository '[^']*' not found")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 header field name
@@ -52,6 +55,7 @@ class FailureKind(enum.Enum):
     DENIED = "denied"  # upstream refused the credential (401/403/404)
     UPSTREAM = "upstream"  # network error, timeout, 5xx, truncated answer
     LOCAL = "local"  # our side: disk, git, locks
+    CLIENT = "client"  # a tee fill's client went away or read too slowly (``teefill.py``)
 
 
 class FillError(Exception):
@@ -122,11 +126,17 @@ class FillObserver(Protocol):
     def fill_finished(
         self, repo: CacheRepo, result: str, seconds: float, bytes_in: int, reason: str
     ) -> None:
-        """A fill ended: ``result`` is ok, denied, upstream_error or local_error."""
+        """A fill ended: ``result`` is ok, denied, upstream_error, local_error or
+        abandoned (``result_of``)."""
 
 
 _RESULTS = {FailureKind.DENIED: "denied", FailureKind.UPSTREAM: "upstream_error",
-            FailureKind.LOCAL: "local_error"}
+            FailureKind.LOCAL: "local_error", FailureKind.CLIENT: "abandoned"}
+
+
+def result_of(kind: FailureKind) -> str:
+    """The ``result`` a fill that failed with ``kind`` is reported with (metrics, log)."""
+    return _RESULTS[kind]
 
 
 class Filler:
@@ -205,7 +215,7 @@ class Filler:
             yield
             result, reason = "ok", ""
         except FillError as e:
-            result, reason = _RESULTS[e.kind], e.reason
+            result, reason = result_of(e.kind), e.reason
             raise
         finally:
             restored = self._restored.pop(repo.key, 0)  # not from the upstream
@@ -217,7 +227,7 @@ class Filler:
 
     def _fetch_config(self, repo: CacheRepo, credential: Credential) -> list[tuple[str, str]]:
         return [
-            ("http.lowSpeedLimit", "1000"),
+            ("http.lowSpeedLimit", str(LOW_SPEED_LIMIT)),
             ("http.lowSpeedTime", str(max(1, round(self.stall_timeout)))),
             *header_config(repo.url, credential),
         ]

@@ -51,6 +51,30 @@ class RepoLocks:
         """Where the flock file of ``key`` lives."""
         return self._dir / f"{key}.lock"
 
+    def held_elsewhere(self, key: str) -> bool:
+        """Whether another process holds the writer lock of ``key`` now.
+
+        A snapshot (the lock may be taken or released right after), for callers
+        that would rather not wait; False while a task of this process holds or
+        awaits the lock (its fills are known here) and when it cannot be told.
+        """
+        local = self._local.get(key)
+        if local is not None and local.locked():
+            return False
+        try:
+            fd = os.open(self.lock_path(key), os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return False  # no lock file: nobody has ever held it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)  # (closing drops the lock, if it was taken)
+        return False
+
     @contextlib.asynccontextmanager
     async def writer(self, key: str, timeout: float = 3600.0) -> AsyncIterator[None]:
         """Hold the writer lock of ``key`` for the body of the ``async with``.

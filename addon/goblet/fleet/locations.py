@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _PREFIX = re.compile(r"[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*")
@@ -56,11 +56,11 @@ def parse_store(value: str) -> StoreLocation | None:
     return StoreLocation(bucket, prefix)
 
 
-def parse_endpoint(value: str) -> str | None:
-    """An S3-compatible endpoint, ``http(s)://host[:port]``; None for empty (AWS's own).
-
-    User info is refused: credentials come from the AWS chain, never from an option.
-    """
+def _split_url(value: str, option: str, schemes: tuple[str, ...], form: str,
+               credentials: str) -> tuple[SplitResult, int | None] | None:
+    """``value`` split as a URL of one of ``schemes`` with a host and no user info, and its
+    port; None for an empty value. ``form`` and ``credentials`` (where they come from
+    instead) complete the errors, which are ValueErrors naming ``option``."""
     text = str(value).strip()
     if not text:
         return None
@@ -68,12 +68,25 @@ def parse_endpoint(value: str) -> str | None:
         parts = urlsplit(text)
         port = parts.port
     except ValueError:
-        raise ValueError(f"goblet_store_endpoint: bad URL {value!r}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"goblet_store_endpoint must be http(s)://host[:port], not {value!r}")
+        raise ValueError(f"{option}: bad URL {value!r}") from None
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"{option} must be {form}, not {value!r}")
     if "@" in parts.netloc:
-        raise ValueError("goblet_store_endpoint must not hold credentials (use the AWS "
-                         "environment, profile or instance role)")
+        raise ValueError(f"{option} must not hold credentials ({credentials})")
+    return parts, port
+
+
+def parse_endpoint(value: str) -> str | None:
+    """An S3-compatible endpoint, ``http(s)://host[:port]``; None for empty (AWS's own).
+
+    User info is refused: credentials come from the AWS chain, never from an option.
+    """
+    split = _split_url(value, "goblet_store_endpoint", ("http", "https"),
+                       "http(s)://host[:port]",
+                       "use the AWS environment, profile or instance role")
+    if split is None:
+        return None
+    parts, port = split
     if parts.path.strip("/") or parts.query or parts.fragment:
         raise ValueError(f"goblet_store_endpoint must be http(s)://host[:port], not {value!r}")
     host = parts.netloc.rsplit(":", 1)[0] if port is not None else parts.netloc
@@ -88,26 +101,19 @@ def parse_redis(value: str) -> RedisLocation | None:
     A password in the URL is refused (it would sit in argv): set
     ``GOBLET_REDIS_PASSWORD`` in the environment instead.
     """
-    text = str(value).strip()
-    if not text:
+    split = _split_url(value, "goblet_redis", ("redis", "rediss"), "redis://host:port/db",
+                       "set GOBLET_REDIS_PASSWORD in the environment")
+    if split is None:
         return None
-    try:
-        parts = urlsplit(text)
-        port = parts.port or 6379
-    except ValueError:
-        raise ValueError(f"goblet_redis: bad URL {value!r}") from None
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ValueError(f"goblet_redis must be redis://host:port/db, not {value!r}")
-    if "@" in parts.netloc:
-        raise ValueError("goblet_redis must not hold credentials (set GOBLET_REDIS_PASSWORD "
-                         "in the environment)")
+    parts, port = split
     db_text = parts.path.strip("/") or "0"
     if not re.fullmatch(r"[0-9]{1,2}", db_text) or parts.query or parts.fragment:
         raise ValueError(f"goblet_redis: bad database number in {value!r}")
     host = parts.hostname
+    assert host is not None  # _split_url refuses a URL without one
     if not _HOST.fullmatch(host) and not _HOST.fullmatch(f"[{host}]"):
         raise ValueError(f"goblet_redis: bad host in {value!r}")
-    return RedisLocation(parts.scheme == "rediss", host, port, int(db_text))
+    return RedisLocation(parts.scheme == "rediss", host, port or 6379, int(db_text))
 
 
 PARTITION_KINDS = ("shared", "tenant", "user")

@@ -3,7 +3,14 @@
 On the proxy port they are answered when a request is sent to the proxy
 itself as plain HTTP (``curl http://127.0.0.1:8080/metrics``), so probes and
 Prometheus need no proxy settings. With ``goblet_metrics_port`` they are also
-served by a tiny h11 server on that port (GET and HEAD only).
+served by a tiny h11 server on that port (GET and HEAD; POST only to the
+paths the webhooks take, when they are configured).
+
+Whoever reaches that port can send it anything, so what it holds is bounded:
+a request (head and body) must arrive within ``REQUEST_TIMEOUT`` seconds;
+bodies are read and dropped unless a webhook wants one, and a webhook body
+is kept only when its ``Content-Length`` is at most ``MAX_POST_BODY`` and the
+bodies held at once stay within ``BODY_BUDGET`` (else 413 or 503, unread).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from dataclasses import dataclass
 import h11
 
 from goblet.observe.health import Readiness
-from goblet.serve.h11loop import incoming
+from goblet.serve.h11loop import REFUSE, incoming
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +66,23 @@ Handler = Callable[[str], Awaitable[Answer]]
 # POST path, headers by lower-case name, body (None: over MAX_POST_BODY) → answer
 PostHandler = Callable[[str, dict[str, str], bytes | None], Awaitable[Answer]]
 MAX_POST_BODY = 5 * 1024 * 1024
+BODY_BUDGET = 2 * MAX_POST_BODY  # POST bodies held at once, over every connection
+REQUEST_TIMEOUT = 30.0
+DISCARD_SECONDS, DISCARD_BYTES = 5.0, 8 * MAX_POST_BODY  # after a refusal, at most
+TEXT = "text/plain; charset=utf-8"
 
 
 class EndpointServer:
-    """Serves the endpoints on their own address (and ``hooks``' POSTs: webhooks)."""
+    """Serves the endpoints on their own address, and POSTs to the paths ``wants``
+    accepts to ``hooks`` (webhooks)."""
 
-    def __init__(self, handler: Handler, hooks: PostHandler | None = None) -> None:
+    def __init__(self, handler: Handler, hooks: PostHandler | None = None,
+                 wants: Callable[[str], bool] = lambda path: False) -> None:
         self.handler = handler
         self.hooks = hooks
+        self.wants = wants
         self.port = 0
+        self.held = 0  # bytes of POST bodies held now
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -83,28 +98,60 @@ class EndpointServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        reserved = 0
+        refusal: Answer | None = None
+
+        def keep(request: h11.Request) -> int:
+            """Bytes of this request's body to keep (see the module docstring)."""
+            nonlocal reserved, refusal
+            if request.method != b"POST" or self.hooks is None \
+                    or not self.wants(request.target.decode("latin-1")):
+                return 0
+            length = dict(request.headers).get(b"content-length", b"")
+            if not length.isdigit() or int(length) > MAX_POST_BODY:
+                return REFUSE  # handed to ``hooks`` as None: too large (413)
+            if self.held + int(length) > BODY_BUDGET:
+                refusal = Answer(503, TEXT, b"busy: too many payloads at once\n")
+                return REFUSE
+            reserved = int(length)
+            self.held += reserved
+            return reserved
+
         try:
             async with contextlib.aclosing(
-                incoming(conn, reader, chunk=16 * 1024, idle_timeout=30,
-                         max_body=MAX_POST_BODY if self.hooks else 0)
+                incoming(conn, reader, chunk=16 * 1024, idle_timeout=REQUEST_TIMEOUT,
+                         request_timeout=REQUEST_TIMEOUT, keep=keep)
             ) as requests:
                 async for request, body in requests:
-                    await self._answer(conn, writer, request, body)
+                    try:
+                        await self._answer(conn, writer, request, body, refusal)
+                    finally:
+                        self.held -= reserved
+                        reserved, refusal = 0, None
+                    if body is None:  # refused unread: the last request of the connection
+                        await _discard(reader)
         except (ConnectionError, TimeoutError, h11.ProtocolError) as e:
             log.debug("endpoint connection ended: %s", e)
         finally:
+            self.held -= reserved
             writer.close()
 
     async def _answer(self, conn: h11.Connection, writer: asyncio.StreamWriter,
-                      request: h11.Request, body_in: bytes | None) -> None:
-        if request.method == b"POST" and self.hooks is not None:
+                      request: h11.Request, body_in: bytes | None,
+                      refusal: Answer | None) -> None:
+        target = request.target.decode("latin-1")
+        if refusal is not None:
+            result = refusal
+        elif request.method == b"POST" and self.hooks is not None and self.wants(target):
             headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                        for k, v in request.headers}
-            result = await self.hooks(request.target.decode("latin-1"), headers, body_in)
+            result = await self.hooks(target, headers, body_in)
         elif request.method not in (b"GET", b"HEAD"):
-            result = Answer(405, "text/plain; charset=utf-8", b"method not allowed\n")
+            known = target.split("?", 1)[0] in PATHS
+            result = (Answer(405, TEXT, b"method not allowed\n") if known
+                      else Answer(404, TEXT, b"not found\n"))
         else:
-            result = await self.handler(request.target.decode("latin-1"))
+            result = await self.handler(target)
         body = b"" if request.method == b"HEAD" else result.body
         writer.write(conn.send(h11.Response(status_code=result.status, headers=[
             ("Content-Type", result.content_type),
@@ -114,3 +161,16 @@ class EndpointServer:
         writer.write(conn.send(h11.Data(data=body)) or b"")
         writer.write(conn.send(h11.EndOfMessage()) or b"")
         await writer.drain()
+
+
+async def _discard(reader: asyncio.StreamReader) -> None:
+    """Read and drop what a client still sends after a refusal, for a while (so that it
+    reads the answer rather than a reset), then let the connection close."""
+    loop = asyncio.get_running_loop()
+    end, left = loop.time() + DISCARD_SECONDS, DISCARD_BYTES
+    with contextlib.suppress(ConnectionError, TimeoutError):
+        while left > 0 and (wait := end - loop.time()) > 0:
+            data = await asyncio.wait_for(reader.read(64 * 1024), wait)
+            if not data:
+                return
+            left -= len(data)

@@ -34,7 +34,8 @@ class FillReporter:
         text = f"fill {repo.url} result={result} bytes={bytes_in} duration={seconds:.3f}s"
         if reason:
             text += f" reason={reason!r}"
-        level = logging.INFO if result == "ok" else logging.WARNING
+        # (abandoned: a client went away or read too slowly; nothing failed here or upstream)
+        level = logging.INFO if result in ("ok", "abandoned") else logging.WARNING
         self.access.event("fill", text, level, url=repo.url, result=result, bytes=bytes_in,
                           duration=round(seconds, 3), reason=reason, instance=self.instance)
         if result == "ok":

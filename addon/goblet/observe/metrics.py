@@ -22,7 +22,7 @@ from goblet.policy.flows import METRIC_KINDS, Outcome
 
 KINDS = tuple(kind.value for kind in METRIC_KINDS)
 OUTCOMES = tuple(outcome.value for outcome in Outcome)
-FILL_RESULTS = ("ok", "denied", "upstream_error", "local_error")
+FILL_RESULTS = ("ok", "denied", "upstream_error", "local_error", "abandoned")
 SOURCES = ("cache", "upstream")
 LFS_DOWNLOADS = ("cache", "upstream", "refused", "corrupt")
 REPACK_KINDS = ("geometric", "full")

@@ -11,13 +11,13 @@ with the shared secret (read at each request, so it can be rotated):
   Hook`` or ``Tag Push Hook`` is acted on.
 
 Comparisons are constant-time. A missing or wrong signature gets 401, a body
-over ``MAX_BODY`` bytes 413, a signed body that is not the JSON of a push
-400; none of them changes anything. A push marks the refs of the repo's
-https URLs (with and without ``.git``, path as spelled and in lower case)
-stale (``policy/refcache.py``): the next ref request for them goes upstream,
-whoever sends it. That is all a webhook can do — make goblet ask the
-upstream sooner — so a replayed one is harmless, and no answer says more
-than accepted or not.
+over ``MAX_BODY`` bytes (or of no stated length) 413, unread, a signed body
+that is not the JSON of a push 400; none of them changes anything. A push
+marks the refs of the repo's https URLs (with and without ``.git``, path as
+spelled and in lower case) stale (``policy/refcache.py``): the next ref
+request for them goes upstream, whoever sends it. That is all a webhook can
+do — make goblet ask the upstream sooner — so a replayed one is harmless,
+and no answer says more than accepted or not.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 PATHS = frozenset({"/webhooks/github", "/webhooks/gitlab"})
 MAX_BODY = MAX_POST_BODY  # GitHub caps payloads at 25 MB, but a push's is far smaller
 MAX_URL = 1024
+LOG_EVERY = 10.0  # seconds between two "webhook refused" log lines
 TEXT = "text/plain; charset=utf-8"
 _GITHUB_PUSH = frozenset({"push"})
 _GITLAB_PUSH = frozenset({"Push Hook", "Tag Push Hook"})
@@ -105,10 +107,12 @@ class Webhooks:
         self.secret_file = secret_file
         self.mark_stale = mark_stale
         self.metrics = metrics
+        self._last_log = -LOG_EVERY
+        self._quiet = 0
 
     async def answer(self, path: str, headers: Mapping[str, str], body: bytes | None) -> Answer:
         """The answer to ``POST path`` (``headers`` by lower-case name; ``body`` None
-        when it was larger than ``MAX_BODY``)."""
+        when it was larger than ``MAX_BODY`` or of no stated length)."""
         route = path.split("?", 1)[0]
         secret_file = self.secret_file()
         if route not in PATHS or secret_file is None:
@@ -146,7 +150,18 @@ class Webhooks:
         log.info("webhook: %s push, refs of %s marked stale", forge, urls[0])
         return Answer(200, TEXT, b"accepted\n")
 
+    def wants(self, path: str) -> bool:
+        """Whether a POST to ``path`` is a webhook goblet takes (its body is read only
+        then): one of ``PATHS``, with a secret file configured."""
+        return path.split("?", 1)[0] in PATHS and self.secret_file() is not None
+
     def _refused(self, status: int, reason: str) -> Answer:
         self.metrics.webhooks.labels("refused").inc()
-        log.info("webhook refused: %s", reason)
+        now = time.monotonic()
+        if now - self._last_log >= LOG_EVERY:  # refusals are anyone's to send: few lines
+            more = f" ({self._quiet} more refused since the last line)" if self._quiet else ""
+            log.info("webhook refused: %s%s", reason, more)
+            self._last_log, self._quiet = now, 0
+        else:
+            self._quiet += 1
         return Answer(status, TEXT, f"{reason}\n".encode())

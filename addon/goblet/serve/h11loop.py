@@ -3,15 +3,16 @@
 Both loopback servers goblet runs (the serving backend and the endpoints'
 port) answer bodiless requests one at a time on a keep-alive connection; this
 is the loop they share. Each request is handed over once its body has been
-read (and dropped, unless the caller keeps a bounded one: webhooks); the caller then sends the whole
-answer through the same ``h11.Connection`` before asking for the next.
+read (and dropped, unless the caller keeps a bounded one: webhooks); the
+caller then sends the whole answer through the same ``h11.Connection``
+before asking for the next.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import h11
 
@@ -33,22 +34,38 @@ async def incoming_requests(conn: h11.Connection, reader: asyncio.StreamReader, 
             yield request
 
 
+REFUSE = -1  # from ``keep``: hand the request over at once, without its body
+
+
 async def incoming(conn: h11.Connection, reader: asyncio.StreamReader, *, chunk: int,
-                   idle_timeout: float | None = None, max_body: int = 0
+                   idle_timeout: float | None = None, request_timeout: float | None = None,
+                   keep: Callable[[h11.Request], int] | None = None
                    ) -> AsyncGenerator[tuple[h11.Request, bytes | None], None]:
-    """``incoming_requests`` with each request's body, kept up to ``max_body`` bytes
-    (0: dropped, ``b""`` is handed over). A body over ``max_body`` is handed over as
-    None at once, without reading the rest, and ends the iteration after it."""
+    """``incoming_requests`` with each request's body.
+
+    ``keep(request)``, asked once its head has arrived, says how many bytes of
+    its body to keep (0, or no ``keep``: the body is read and dropped, ``b""``
+    is handed over). A body over that many bytes, or a request ``keep``
+    answers ``REFUSE``, is handed over as None at once, without reading the
+    rest, and ends the iteration after it. ``request_timeout``: seconds for a
+    whole request, head and body, to arrive from when goblet starts waiting
+    for it (TimeoutError after that, however slowly bytes trickle in)."""
+    loop = asyncio.get_running_loop()
     while True:
-        event = await _next_event(conn, reader, chunk, idle_timeout)
+        deadline = None if request_timeout is None else loop.time() + request_timeout
+        event = await _next_event(conn, reader, chunk, idle_timeout, deadline)
         if not isinstance(event, h11.Request):
             return
         request, body = event, bytearray()
+        limit = keep(request) if keep is not None else 0
+        if limit == REFUSE:
+            yield request, None
+            return
         while not isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-            event = await _next_event(conn, reader, chunk, idle_timeout)
-            if isinstance(event, h11.Data) and max_body:
+            event = await _next_event(conn, reader, chunk, idle_timeout, deadline)
+            if isinstance(event, h11.Data) and limit:
                 body += event.data
-                if len(body) > max_body:
+                if len(body) > limit:
                     yield request, None
                     return
         if isinstance(event, h11.ConnectionClosed):
@@ -60,9 +77,16 @@ async def incoming(conn: h11.Connection, reader: asyncio.StreamReader, *, chunk:
 
 
 async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, chunk: int,
-                      idle_timeout: float | None) -> object:
+                      idle_timeout: float | None, deadline: float | None = None) -> object:
+    loop = asyncio.get_running_loop()
     while True:
         event = conn.next_event()
         if event is not h11.NEED_DATA:
             return event
-        conn.receive_data(await asyncio.wait_for(reader.read(chunk), idle_timeout))
+        wait = idle_timeout
+        if deadline is not None:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError("request not received in time")
+            wait = left if wait is None else min(wait, left)
+        conn.receive_data(await asyncio.wait_for(reader.read(chunk), wait))

@@ -22,33 +22,30 @@ if TYPE_CHECKING:
 
 U = "https://github.com/org/repo.git/"
 
+
+def url_error(status: int) -> str:
+    """What git prints when the upstream answers ``status``."""
+    return f"fatal: unable to access '{U}': The requested URL returned error: {status}\n"
+
+
 # (stderr as git 2.39 prints it, kind, HTTP status). Samples marked "real" were captured
 # from git 2.39.5 against a local server (and a full tmpfs for ENOSPC).
 FAILURES = [
-    pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 401\n",
-                 FailureKind.DENIED, 401, id="401"),
-    pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 403\n",
-                 FailureKind.DENIED, 403, id="403-real"),
-    pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 404\n",
-                 FailureKind.DENIED, 404, id="404-url-form"),
+    pytest.param(url_error(401), FailureKind.DENIED, 401, id="401"),
+    pytest.param(url_error(403), FailureKind.DENIED, 403, id="403-real"),
+    pytest.param(url_error(404), FailureKind.DENIED, 404, id="404-url-form"),
     pytest.param("error: RPC failed; HTTP 404 curl 22 The requested URL returned error: 404\n"
                  "fatal: expected flush after ref listing\n",
                  FailureKind.DENIED, 404, id="404-during-rpc"),
-    pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 500\n",
-                 FailureKind.UPSTREAM, 500, id="500-real"),
-    pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 502\n",
-                 FailureKind.UPSTREAM, 502, id="502-real"),
+    pytest.param(url_error(500), FailureKind.UPSTREAM, 500, id="500-real"),
+    pytest.param(url_error(502), FailureKind.UPSTREAM, 502, id="502-real"),
     pytest.param("error: RPC failed; HTTP 503 curl 22 The requested URL returned error: 503\n"
                  "fatal: the remote end hung up unexpectedly\n",
                  FailureKind.UPSTREAM, 503, id="503-rpc"),
-    pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 429\n",
-                 FailureKind.UPSTREAM, 429, id="429-rate-limited"),
-    pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 400\n",
-                 FailureKind.UPSTREAM, 400, id="400"),
-    pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 402\n",
-                 FailureKind.UPSTREAM, 402, id="402-next-to-denied"),
-    pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 405\n",
-                 FailureKind.UPSTREAM, 405, id="405-next-to-denied"),
+    pytest.param(url_error(429), FailureKind.UPSTREAM, 429, id="429-rate-limited"),
+    pytest.param(url_error(400), FailureKind.UPSTREAM, 400, id="400"),
+    pytest.param(url_error(402), FailureKind.UPSTREAM, 402, id="402-next-to-denied"),
+    pytest.param(url_error(405), FailureKind.UPSTREAM, 405, id="405-next-to-denied"),
     pytest.param("fatal: could not read Username for 'https://github.com': terminal prompts "
                  "disabled\n", FailureKind.DENIED, 401, id="username-prompt-real"),
     pytest.param(f"remote: Invalid username or password.\nfatal: Authentication failed for "
@@ -100,8 +97,7 @@ def test_classify_failure(stderr: str, kind: FailureKind, status: int | None) ->
 @pytest.mark.parametrize(
     ("stderr", "reason"),
     [
-        pytest.param(f"fatal: unable to access '{U}': The requested URL returned error: 403\n",
-                     "upstream answered 403", id="status"),
+        pytest.param(url_error(403), "upstream answered 403", id="status"),
         pytest.param("warning: x\nfatal: protocol error: bad pack header\nhint: y\n",
                      "upstream fetch failed: fatal: protocol error: bad pack header",
                      id="last-fatal-line"),

@@ -49,3 +49,21 @@ def test_a_waiting_writer_gets_the_lock_once_it_is_released(tmp_path: Path) -> N
         return order
 
     assert asyncio.run(scenario()) == ["first in", "first out", "second in", "second out"]
+
+
+def test_held_elsewhere_tells_only_a_lock_another_process_holds(tmp_path: Path) -> None:
+    key = "k" * 64
+
+    async def scenario() -> None:
+        here, there = RepoLocks(tmp_path), RepoLocks(tmp_path)  # there: as another process
+        assert not here.held_elsewhere(key)  # never held (no lock file yet)
+        async with there.writer(key):
+            assert here.held_elsewhere(key)
+            assert not here.held_elsewhere("j" * 64)
+        assert not here.held_elsewhere(key)
+        async with here.writer(key):
+            assert not here.held_elsewhere(key)  # this process's own: its fills are known
+        async with there.writer(key, timeout=0):  # the probes left nothing held
+            pass
+
+    asyncio.run(scenario())

@@ -66,10 +66,28 @@ class World:
         refs, head = asyncio.run(repos.read_refs(repo.path))
         repos.write_state(repo.path, repo, refs, head)
 
+    def publish(self, tier: FleetTier, repos: RepoStore, repo: CacheRepo) -> None:
+        """Mirror the source into ``repo`` and publish it from ``tier``, alone."""
+        self.mirror(repos, repo)
+        asyncio.run(tier.publish(repo, Turn(Role.ALONE)))
+
     def manifest(self, repo: CacheRepo) -> dict[str, object]:
         raw = self.s3.client().get_object(
             Bucket=self.s3.bucket, Key=f"{self.prefix}/repos/{repo.key}/manifest.json")
         return json.loads(raw["Body"].read())  # type: ignore[no-any-return]
+
+
+Instance = tuple[FleetTier, RepoStore]
+
+
+def published(tmp: Path, s3: S3Server, prefix: str) -> tuple[World, CacheRepo, Instance, Instance]:
+    """A world whose instance "a" has published URL's repo once, and an instance "b"."""
+    world = World(tmp, s3, prefix)
+    a, repos_a = world.instance("a", tmp)
+    b, repos_b = world.instance("b", tmp)
+    repo = repos_a.repo_for(URL)
+    world.publish(a, repos_a, repo)
+    return world, repo, (a, repos_a), (b, repos_b)
 
 
 def refs_of(path: Path) -> dict[str, str]:
@@ -89,18 +107,12 @@ async def restore_fresh(tier: FleetTier, repos: RepoStore, repo: CacheRepo) -> t
 def test_base_then_increments_then_compaction_restore_exactly(
     s3: S3Server, tmp_path: Path,
 ) -> None:
-    world = World(tmp_path, s3, "incr")
-    a, repos_a = world.instance("a", tmp_path)
-    b, repos_b = world.instance("b", tmp_path)
-    repo = repos_a.repo_for(URL)
-    world.mirror(repos_a, repo)
-    asyncio.run(a.publish(repo, Turn(Role.ALONE)))
+    world, repo, (a, repos_a), (b, repos_b) = published(tmp_path, s3, "incr")
     assert len(world.manifest(repo)["bundles"]) == 1  # type: ignore[arg-type]
     for i in range(MAX_INCREMENTS):
         add_commit(world.source, message=f"change {i}",
                    files={f"f{i}.bin": bytes(range(256)) * 200})
-        world.mirror(repos_a, repo)
-        asyncio.run(a.publish(repo, Turn(Role.ALONE)))
+        world.publish(a, repos_a, repo)
         assert len(world.manifest(repo)["bundles"]) == i + 2  # type: ignore[arg-type]
     ok, target = asyncio.run(restore_fresh(b, repos_b, repos_b.repo_for(URL)))
     assert ok
@@ -111,8 +123,7 @@ def test_base_then_increments_then_compaction_restore_exactly(
     assert a.metrics.store_publishes.labels("skipped")._value.get() == 1
     # one more: over MAX_INCREMENTS, a new base; old bundles deleted
     add_commit(world.source, message="compact")
-    world.mirror(repos_a, repo)
-    asyncio.run(a.publish(repo, Turn(Role.ALONE)))
+    world.publish(a, repos_a, repo)
     names = [b["name"] for b in world.manifest(repo)["bundles"]]  # type: ignore[attr-defined]
     assert len(names) == 1
     stored = [k for k in s3.objects() if k.startswith(f"incr/repos/{repo.key}/")]
@@ -125,12 +136,7 @@ def test_base_then_increments_then_compaction_restore_exactly(
 def test_a_tampered_bundle_is_refused_and_leaves_an_empty_repo(
     s3: S3Server, tmp_path: Path,
 ) -> None:
-    world = World(tmp_path, s3, "tamper")
-    a, repos_a = world.instance("a", tmp_path)
-    b, repos_b = world.instance("b", tmp_path)
-    repo = repos_a.repo_for(URL)
-    world.mirror(repos_a, repo)
-    asyncio.run(a.publish(repo, Turn(Role.ALONE)))
+    world, repo, _, (b, repos_b) = published(tmp_path, s3, "tamper")
     manifest = world.manifest(repo)
     [entry] = manifest["bundles"]  # type: ignore[misc]
     key = f"tamper/repos/{repo.key}/{entry['name']}"
@@ -178,10 +184,8 @@ def test_the_store_budget_removes_the_least_recently_published(
     world = World(tmp_path, s3, "budget")
     a, repos_a = world.instance("a", tmp_path, max_bytes=1)
     first, second = repos_a.repo_for(URL), repos_a.repo_for(URL + "2")
-    world.mirror(repos_a, first)
-    asyncio.run(a.publish(first, Turn(Role.ALONE)))
-    world.mirror(repos_a, second)
-    asyncio.run(a.publish(second, Turn(Role.ALONE)))
+    world.publish(a, repos_a, first)
+    world.publish(a, repos_a, second)
     keys = [k for k in s3.objects() if k.startswith("budget/")]
     assert keys and all(f"/{second.key}/" in k for k in keys)
 
@@ -192,8 +196,7 @@ def test_nothing_published_names_the_url_partition_or_a_tenant(
     world = World(tmp_path, s3, "names")
     a, repos_a = world.instance("a", tmp_path)
     repo = repos_a.repo_for(URL)
-    world.mirror(repos_a, repo)
-    asyncio.run(a.publish(repo, Turn(Role.ALONE)))
+    world.publish(a, repos_a, repo)
     tenant = repos_a.repo_for(URL, "tenant:abc123")
     assert not a.publishable(tenant)  # only `shared` unless opted in
     for key, value in s3.objects().items():

@@ -29,7 +29,8 @@ def test_a_fill_in_flight_is_counted_until_it_ends() -> None:
     assert sample(m, "goblet_fills_in_flight") == 1
 
 
-@pytest.mark.parametrize("result", ["ok", "denied", "upstream_error", "local_error"])
+@pytest.mark.parametrize("result", ["ok", "denied", "upstream_error", "local_error",
+                                    "abandoned"])
 def test_each_result_is_counted_timed_and_logged(result: str,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     m = Metrics()
@@ -48,7 +49,7 @@ def test_each_result_is_counted_timed_and_logged(result: str,
     if result == "ok":
         assert record.levelno == logging.INFO and "reason=" not in record.getMessage()
         assert filled == [REPO]
-    else:
-        assert record.levelno == logging.WARNING
+    else:  # a client that went away (abandoned) is no trouble of the operator's
+        assert record.levelno == (logging.INFO if result == "abandoned" else logging.WARNING)
         assert "reason='upstream answered 401'" in record.getMessage()
         assert filled == []  # only a successful fill is followed by upkeep

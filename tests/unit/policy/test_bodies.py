@@ -18,6 +18,11 @@ CAP = 1000
 BODY = b"0014command=ls-refs\n0000" * 10  # 250 bytes
 
 
+def gz(data: bytes) -> bytes:
+    """gzip with a fixed timestamp: test ids must be the same in every xdist worker."""
+    return gzip.compress(data, mtime=0)
+
+
 class Recording(ThreadPoolExecutor):
     """A worker pool that notes the threads its jobs ran in."""
 
@@ -51,7 +56,7 @@ def test_identity_bodies_are_taken_as_they_are_on_the_loop(enc: str | None,
 
 
 @pytest.mark.parametrize(("enc", "encode"), [
-    ("gzip", gzip.compress), ("x-gzip", gzip.compress), ("GZIP", gzip.compress),
+    ("gzip", gz), ("x-gzip", gz), ("GZIP", gz),
     ("deflate", zlib.compress),
 ])
 def test_compressed_bodies_are_decoded_in_the_executor(
@@ -67,7 +72,7 @@ def test_a_streamed_body_is_too_large(recording: Recording) -> None:
 
 @pytest.mark.parametrize(("raw", "enc"), [
     (b"x" * (CAP + 1), None),
-    (gzip.compress(b"\0" * (CAP + 1)), "gzip"),
+    (gz(b"\0" * (CAP + 1)), "gzip"),
     (zlib.compress(b"\0" * (CAP + 1)), "deflate"),
 ])
 def test_past_the_cap_a_body_passes_through(raw: bytes, enc: str | None,
@@ -93,15 +98,15 @@ def test_a_bomb_is_abandoned_at_the_cap(recording: Recording) -> None:
 
 @pytest.mark.parametrize("enc", ["br", "zstd", "gzip, gzip", "compress"])
 def test_encodings_git_never_sends_are_not_decoded(enc: str, recording: Recording) -> None:
-    got = read(gzip.compress(BODY), enc, recording)
+    got = read(gz(BODY), enc, recording)
     assert (got.result, got.body) == ("not_decoded", None) and got.reason
     assert recording.threads == []
 
 
 @pytest.mark.parametrize(("raw", "enc"), [
-    (gzip.compress(BODY)[:-4], "gzip"),  # truncated: its trailer cut off
-    (gzip.compress(BODY)[:20], "gzip"),
-    (gzip.compress(BODY) + b"junk", "gzip"),  # data after its end
+    (gz(BODY)[:-4], "gzip"),  # truncated: its trailer cut off
+    (gz(BODY)[:20], "gzip"),
+    (gz(BODY) + b"junk", "gzip"),  # data after its end
     (b"not gzip at all", "gzip"),
     (b"", "gzip"),
     (b"\xff" * 40, "deflate"),
@@ -116,11 +121,11 @@ def test_corrupt_or_truncated_compressed_bodies_are_invalid(raw: bytes, enc: str
 
 
 @pytest.mark.parametrize(("raw", "enc", "expected"), [
-    (gzip.compress(BODY), "gzip", BODY),
+    (gz(BODY), "gzip", BODY),
     (BODY, None, BODY),
     (None, None, None),  # streamed
     (b"x" * (CAP + 1), None, None),  # too large
-    (gzip.compress(BODY)[:-4], "gzip", None),  # invalid
+    (gz(BODY)[:-4], "gzip", None),  # invalid
     (BODY, "br", None),  # not decoded
 ])
 def test_read_answer_is_the_decoded_body_or_none(raw: bytes | None, enc: str | None,

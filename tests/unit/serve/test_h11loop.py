@@ -12,7 +12,7 @@ import contextlib
 
 import h11
 import pytest
-from goblet.serve.h11loop import incoming_requests
+from goblet.serve.h11loop import REFUSE, incoming, incoming_requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -122,3 +122,67 @@ def test_malformed_requests_are_protocol_errors(garbage: bytes) -> None:
 def test_a_silent_client_times_out() -> None:
     with pytest.raises(TimeoutError):
         run([GET[:10]], eof=False, idle_timeout=0.05)
+
+
+# -- bodies kept, dropped or refused; requests that trickle in ----------------------------
+
+
+async def bodies(stream: bytes, keep: object, **kw: float) -> list[tuple[str, bytes | None]]:
+    reader = asyncio.StreamReader()
+    reader.feed_data(stream)
+    reader.feed_eof()
+    conn = h11.Connection(h11.SERVER)
+    got = []
+    async with contextlib.aclosing(
+        incoming(conn, reader, chunk=7, keep=keep, **kw)  # type: ignore[arg-type]
+    ) as requests:
+        async for request, body in requests:
+            got.append((request.target.decode(), body))
+            answer(conn)
+    return got
+
+
+def test_bodies_are_kept_up_to_what_keep_says_and_dropped_otherwise() -> None:
+    stream = POST + CHUNKED + GET
+    assert asyncio.run(bodies(stream, None)) == [("/b", b""), ("/c", b""), ("/a", b"")]
+    assert asyncio.run(bodies(stream, lambda r: 5)) == [
+        ("/b", b"hello"), ("/c", b"abc"), ("/a", b"")]
+    # over the limit: handed over as None, and nothing after it is read
+    assert asyncio.run(bodies(stream, lambda r: 4)) == [("/b", None)]
+
+
+def test_a_refused_request_is_handed_over_before_its_body_is_read() -> None:
+    seen: list[str] = []
+
+    def keep(request: h11.Request) -> int:
+        seen.append(request.target.decode())
+        return REFUSE
+
+    head = b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n"
+    assert asyncio.run(bodies(head + b"x" * 10, keep)) == [("/big", None)]
+    assert seen == ["/big"]
+
+
+def test_a_request_that_trickles_in_is_cut_at_its_deadline() -> None:
+    async def scenario() -> None:
+        reader = asyncio.StreamReader()
+        conn = h11.Connection(h11.SERVER)
+        head = b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+
+        async def drip() -> None:
+            for byte in head + b"x" * 100:
+                reader.feed_data(bytes([byte]))
+                await asyncio.sleep(0.01)  # well within the idle timeout, every time
+
+        feeding = asyncio.ensure_future(drip())
+        try:
+            with pytest.raises(TimeoutError):
+                async with contextlib.aclosing(
+                    incoming(conn, reader, chunk=64, idle_timeout=5, request_timeout=0.2)
+                ) as requests:
+                    async for _ in requests:
+                        pytest.fail("the request arrived whole")
+        finally:
+            feeding.cancel()
+
+    asyncio.run(scenario())

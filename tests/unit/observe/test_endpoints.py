@@ -1,0 +1,128 @@
+"""The endpoints' own port holds little, whatever reaches it: bodies are read only for
+the webhooks it takes, each bounded, all of them together within a budget."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from goblet.observe import endpoints
+from goblet.observe.endpoints import BODY_BUDGET, MAX_POST_BODY, Answer, EndpointServer
+
+TEXT = "text/plain; charset=utf-8"
+HOOK = "/webhooks/github"
+
+
+class Hooks:
+    """A webhook handler that records what it got and holds each request until let go."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, int | None]] = []
+        self.release = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def __call__(self, path: str, headers: dict[str, str], body: bytes | None) -> Answer:
+        self.got.append((path, None if body is None else len(body)))
+        if body is None:
+            return Answer(413, TEXT, b"too large\n")
+        self.entered.set()
+        await self.release.wait()
+        return Answer(200, TEXT, b"accepted\n")
+
+
+async def page(path: str) -> Answer:
+    return Answer(200, TEXT, b"page\n")
+
+
+Client = Callable[[bytes], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+Scenario = Callable[[EndpointServer, Hooks, Client], Awaitable[None]]
+
+
+def run(scenario: Scenario) -> None:
+    """Run ``scenario`` against a fresh server whose webhook path is ``HOOK``."""
+    async def main() -> None:
+        hooks = Hooks()
+        server = EndpointServer(page, hooks=hooks, wants=lambda p: p == HOOK)
+        await server.start("127.0.0.1", 0)
+        writers: list[asyncio.StreamWriter] = []
+
+        async def send(data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writers.append(writer)
+            writer.write(data)
+            await writer.drain()
+            return reader, writer
+
+        try:
+            await scenario(server, hooks, send)
+        finally:
+            hooks.release.set()
+            for w in writers:
+                w.close()
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def post(path: str, length: int, body: bytes = b"") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode()
+            + body)
+
+
+async def status(reader: asyncio.StreamReader) -> int:
+    line = await asyncio.wait_for(reader.readline(), 10)
+    return int(line.split()[1])
+
+
+async def until(check: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+def test_a_body_for_any_other_path_is_never_held() -> None:
+    async def scenario(server: EndpointServer, hooks: Hooks, send: Client) -> None:
+        await send(post("/anything", 50 * MAX_POST_BODY, b"x" * (MAX_POST_BODY + 1024)))
+        await asyncio.sleep(0.2)
+        assert server.held == 0 and hooks.got == []
+        reader, _ = await send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await status(reader) == 200  # the port still answers meanwhile
+
+    run(scenario)
+
+
+def test_a_webhook_body_too_large_or_of_no_length_is_refused_unread() -> None:
+    async def scenario(server: EndpointServer, hooks: Hooks, send: Client) -> None:
+        reader, _ = await send(post(HOOK, MAX_POST_BODY + 1))  # the body is never sent
+        assert await status(reader) == 413
+        chunked = f"POST {HOOK} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        reader, _ = await send(chunked)
+        assert await status(reader) == 413
+        assert hooks.got == [(HOOK, None), (HOOK, None)] and server.held == 0
+
+    run(scenario)
+
+
+def test_bodies_held_at_once_stay_within_the_budget() -> None:
+    async def scenario(server: EndpointServer, hooks: Hooks, send: Client) -> None:
+        n = BODY_BUDGET // MAX_POST_BODY
+        held = [await send(post(HOOK, MAX_POST_BODY, b"{" * MAX_POST_BODY)) for _ in range(n)]
+        await until(lambda: len(hooks.got) == n)
+        assert server.held == BODY_BUDGET
+        reader, _ = await send(post(HOOK, 10))  # its body is never sent: refused at once
+        assert await status(reader) == 503
+        hooks.release.set()
+        assert [await status(r) for r, _ in held] == [200] * n
+        await until(lambda: server.held == 0)
+        reader, _ = await send(post(HOOK, 2, b"{}"))
+        assert await status(reader) == 200
+
+    run(scenario)
+
+
+def test_the_budget_leaves_room_for_at_least_two_payloads() -> None:
+    assert endpoints.BODY_BUDGET >= 2 * endpoints.MAX_POST_BODY
