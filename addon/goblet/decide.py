@@ -22,11 +22,12 @@ Rules, in order; the first that applies wins:
    upstream; a network failure answers with a git-readable error; a local
    failure, or the failure of a fill another credential started, sends the
    request upstream (no denial recorded, no foreign error text shown).
-   A repo not cached at all is first tried as a cold clone (``_cold``), and
-   nothing waits for a tee fill (a cold clone's own answer filling the cache,
-   at the pace of that clone's client): while one runs here, or while another
-   process holds the writer lock of a repo not cached yet, requests for the
-   repo go upstream.
+   A repo not cached at all is first tried as a cold clone (``_cold``). A
+   request finding a tee fill here (a cold clone's own answer filling the
+   cache, at the pace of that clone's client) follows it while its client
+   keeps up, and goes upstream as soon as that client holds the answer back
+   or the fill fails; while another process holds the writer lock of a repo
+   not cached yet, requests for the repo go upstream.
 6. Every wanted object (and every ``shallow`` the client names) must be one
    the upstream would serve this credential now: a tip of the refs the
    upstream last listed for it (within the TTL), or reachable in the cache
@@ -49,6 +50,7 @@ import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from goblet.auth.credentials import ANONYMOUS, Credential
 from goblet.auth.verdicts import RefView, VerdictCache
@@ -275,6 +277,24 @@ class FetchDecider:
         if self._tees.get(repo.key) is tee:
             del self._tees[repo.key]
 
+    async def _follow_tee(self, repo: CacheRepo) -> bool:
+        """Wait for ``repo``'s tee fill while its client keeps up with the upstream. True
+        once the fill made the repo, or its answer ended and only local work is left
+        (then waited for as any fill); False when the fill failed, or as soon as its
+        client holds the answer back (a slow reader must delay nobody else)."""
+        tee = self._tees.get(repo.key)
+        if tee is None:
+            return True
+        bound = asyncio.ensure_future(tee.client_bound.wait())
+        waits: list[asyncio.Future[Any]] = [bound, tee.task]
+        try:  # (``asyncio.wait`` never cancels what it waits for)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            bound.cancel()
+        if tee.task.done():
+            return not tee.task.cancelled() and tee.task.exception() is None
+        return not (tee.copying and tee.client_bound.is_set())
+
     def teeing(self, repo: CacheRepo) -> bool:
         """Whether ``repo``'s fill in flight is a tee fill still copying its client's
         answer, at that client's pace: nothing waits for it. (Once the answer is whole,
@@ -322,11 +342,12 @@ class FetchDecider:
     async def _fill(self, repo: CacheRepo, tenant: str, credential: Credential,
                     missing: set[str]) -> Decision | None:
         """Rule 5: bring ``missing`` into the cache; a Decision if that failed. A tee fill
-        still copying is never waited for (a slow client may hold it), and a tee fill that
-        fails sends its waiters upstream: its failure is another client's."""
-        if self.teeing(repo):
+        still copying is waited for only while its client keeps up (``_follow_tee``), and
+        a tee fill that fails sends its waiters upstream: its failure is another
+        client's."""
+        if self.teeing(repo) and not await self._follow_tee(repo):
             return Decision(Route.UPSTREAM, "cold: passed upstream while a cold clone "
-                                            "fills the cache")
+                                            "fills the cache (its client holds it back)")
         task = self.filler.in_flight(repo)
         own = task is None or self._fill_tenant.get(repo.key) == tenant
         tee = self._tees.get(repo.key)
@@ -344,6 +365,8 @@ class FetchDecider:
                     return Decision(Route.UPSTREAM, "a cold clone's fill failed: "
                                                     "upstream answers")
                 return self._after_failure(e, repo, tenant, own)
+            missing = missing - await self.store.present(repo, missing)
+        elif missing and self.store.exists(repo):  # (a tee fill made it meanwhile)
             missing = missing - await self.store.present(repo, missing)
         if missing and self.store.exists(repo):
             try:

@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from goblet.lfs.store import LfsScope
 
 from tests.e2e.conftest import Repos
 from tests.e2e.test_lfs import lfs as lfs  # noqa: PLC0414 (the module's fixtures)
@@ -67,8 +68,10 @@ def get(px: GobletProxy, href: str, authorization: str | None) -> rawhttp.RawRes
 
 
 def stored(px: GobletProxy, oid: str) -> Path:
-    """Where goblet keeps the object ``oid``."""
-    return px.cache_dir / "lfs" / oid[:2] / oid[2:4] / oid
+    """Where goblet keeps the object ``oid`` (``lfs/<api>/<partition>/…``; a path that
+    does not exist while it keeps none)."""
+    found = sorted((px.cache_dir / "lfs").glob(f"*/*/{oid[:2]}/{oid[2:4]}/{oid}"))
+    return found[0] if found else px.cache_dir / "lfs" / "none" / oid
 
 
 def wait_stored(px: GobletProxy, oid: str, timeout: float = 5.0) -> bool:
@@ -294,8 +297,10 @@ def test_hrefs_to_internal_addresses_are_refused_and_stored_objects_still_served
         name, files = lfs_repo(repos, lfs)
         small, big = files["small.bin"], files["big.bin"]
         small_oid, big_oid = lfs.add(small), lfs.add(big)
-        stored(px, small_oid).parent.mkdir(parents=True)
-        stored(px, small_oid).write_bytes(small)  # as an earlier download left it
+        kept = px.cache_dir / "lfs" / LfsScope(lfs.api_host).relative / small_oid[:2] / \
+            small_oid[2:4] / small_oid
+        kept.parent.mkdir(parents=True)
+        kept.write_bytes(small)  # as an earlier download left it
         got = links(batch(px, lfs, name, files, ALICE))
         lfs.reset_counters()
         assert get(px, got[small_oid], ALICE).body == small

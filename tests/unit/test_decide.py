@@ -333,15 +333,19 @@ class ColdWorld:
             os.close(fd)
 
 
-def test_requests_for_a_repo_a_cold_clone_is_teeing_never_wait_for_it(tmp_path: Path) -> None:
+def test_requests_follow_a_tee_until_its_client_holds_it_back(tmp_path: Path) -> None:
     w = ColdWorld(tmp_path, real=True)
 
     async def scenario() -> list[Decision]:
         first = await w.decide("alice")
         assert first.route is Route.TEE and first.tee is not None
-        # Its client reads slowly (or not at all): nobody waits for that.
-        decisions = [await w.decide("bob", credential=BOB), await w.decide("alice"),
-                     await w.decide("alice", FetchRequest(2, (C_MAIN,), (), (), True, ()))]
+        waiting = [asyncio.ensure_future(c) for c in (
+            w.decide("bob", credential=BOB), w.decide("alice"),
+            w.decide("alice", FetchRequest(2, (C_MAIN,), (), (), True, ())))]
+        await asyncio.sleep(0.1)
+        assert not any(f.done() for f in waiting)  # its client keeps up: they follow it
+        first.tee.client_bound.set()  # now the client holds the answer back
+        decisions = list(await asyncio.gather(*waiting))
         first.tee.cut("Client disconnected.", client_gone=True)
         with pytest.raises(FillError) as caught:
             await first.tee.task
@@ -350,6 +354,23 @@ def test_requests_for_a_repo_a_cold_clone_is_teeing_never_wait_for_it(tmp_path: 
 
     for d in asyncio.run(scenario()):
         assert d.route is Route.UPSTREAM and "while a cold clone fills the cache" in d.reason
+    assert not w.store.exists(w.repo) and list(w.store.tmp_dir.iterdir()) == []
+
+
+def test_requests_following_a_tee_that_fails_go_upstream(tmp_path: Path) -> None:
+    w = ColdWorld(tmp_path, real=True)
+
+    async def scenario() -> list[Decision]:
+        first = await w.decide("alice")
+        assert first.route is Route.TEE and first.tee is not None
+        waiting = [asyncio.ensure_future(w.decide("bob", credential=BOB)),
+                   asyncio.ensure_future(w.decide("alice"))]
+        await asyncio.sleep(0.1)
+        first.tee.cut("Client disconnected.", client_gone=True)  # the tee's client is gone
+        return list(await asyncio.gather(*waiting))
+
+    for d in asyncio.run(scenario()):
+        assert d.route is Route.UPSTREAM and "Client disconnected" not in d.reason
     assert not w.store.exists(w.repo) and list(w.store.tmp_dir.iterdir()) == []
 
 

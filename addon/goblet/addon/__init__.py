@@ -2,7 +2,9 @@
 
 ``hooks.py`` holds the addon class (options, life cycle, request and response
 hooks), ``connections.py`` its connection-level hooks, ``lfs.py`` the hooks of
-Git LFS flows. Each guards, asks goblet's policy and applies the answer.
+Git LFS flows, ``early.py`` the answers goblet gives before a request's body
+(which it then never holds). Each guards, asks goblet's policy and applies the
+answer.
 """
 
 from goblet.addon.hooks import Goblet, make_addons

@@ -7,7 +7,6 @@ answers back into them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import weakref
@@ -23,6 +22,7 @@ from goblet.addon.connections import (
     close_client,
     proxy_ports,
 )
+from goblet.addon.early import EarlyAnswers, to_backend
 from goblet.addon.lfs import LfsFlows
 from goblet.observe import exposure, redact
 from goblet.observe.access import AccessLog
@@ -31,7 +31,7 @@ from goblet.policy import bodies, gate, outcomes, requests
 from goblet.policy.deadlines import Deadlines
 from goblet.policy.flows import FlowState, Kind, Outcome
 from goblet.runtime import Runtime
-from goblet.serve.plans import TOKEN_HEADER, ServePlan
+from goblet.serve.plans import ServePlan
 
 log = logging.getLogger("goblet")
 
@@ -46,6 +46,7 @@ class Goblet(ConnectionHooks):
         self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, FlowState] = (
             weakref.WeakKeyDictionary())
         self._backend_clients: set[str] = set()  # client connections goblet answers
+        self.early = EarlyAnswers(lambda: self.rt, self._backend_clients)
         self.lfs = LfsFlows(lambda: self.rt, self._backend_clients)
         self._heads = Deadlines(lambda: self.settings.request_body_timeout
                                 if self.settings else 60.0, close_client)
@@ -115,16 +116,18 @@ class Goblet(ConnectionHooks):
             req.stream = True  # not started: nothing to do but pass on
             return
         seen = req.url
+        body = bodies.may_have_body(req.http_version, req.headers.fields)
         door = requests.front_door(
             exposure.PlainRequest(req.scheme, req.method, req.path, req.host, req.port,
                                   tuple(req.headers.get_all("via"))),
             prefix_port=self._on_prefix_port(flow), hosts=self.settings.hosts,
             proxy_ports=proxy_ports(), is_local=exposure.is_local_address)
+        if door.reply or (door.endpoint and body):  # (an endpoint takes no body)
+            self._reply_early(flow, FlowState(Kind.ENDPOINT), gate.Reply(
+                *door.reply, (*TEXT.items(), *self._served_by().items())) if door.reply
+                else gate.refuse(400, "goblet: this endpoint takes no request body"), body=body)
         if door.endpoint or door.reply:
-            if door.reply:
-                flow.response = http.Response.make(*door.reply, {**TEXT, **self._served_by()})
-            else:
-                self._flows[flow] = FlowState(Kind.ENDPOINT)
+            self._flows.setdefault(flow, FlowState(Kind.ENDPOINT))
             return
         if door.target:
             req.scheme, (req.host, req.port, req.path) = "https", door.target
@@ -132,57 +135,65 @@ class Goblet(ConnectionHooks):
         if door.via:
             req.headers["Via"] = door.via
         login = flow.metadata.get("proxyauth")
-        if lfs := self.lfs.claim(flow, seen, (str(login[0]), str(login[1])) if login else None):
-            self._flows[flow] = lfs
+        login = (str(login[0]), str(login[1])) if login else None
+        if got := self.lfs.requestheaders(flow, seen, login):
+            self._flows[flow] = got[0]
+            if got[1] is not None:
+                self._reply_early(flow, got[0], got[1], body=body)
+            elif got[0].kind is Kind.LFS_OBJECT:
+                self.early.discard(flow, timed=body)  # a link never needs one
             return
-        self._classify(flow)
+        self._classify(flow, body, login)
 
-    def _classify(self, flow: http.HTTPFlow) -> None:
+    def _reply_early(self, flow: http.HTTPFlow, state: FlowState, reply: gate.Reply, *,
+                     body: bool) -> None:
+        """Answer with goblet's own ``reply`` now (``body``: the request may carry one,
+        never held; ``addon/early.py``)."""
+        self._flows[flow] = state
+        state.outcome = reply.outcome or state.outcome
+        state.reason = reply.reason or state.reason
+        self.early.reply(flow, reply.status, reply.body, [*reply.headers, *(
+            self._served_by().items() if state.kind is not Kind.ENDPOINT else ())], body=body)
+
+    def _classify(self, flow: http.HTTPFlow, body: bool, login: tuple[str, str] | None) -> None:
+        """Refuse an invalid request at once, pass on what goblet does not read, hold what
+        it does (``body``: the request may carry one) within the cap and body timeout."""
         assert self.rt is not None and self.settings is not None
         req, s = flow.request, self.settings
         got = requests.classify(requests.RequestFacts(
             req.method, req.scheme, req.host, req.port, req.path, req.host_header,
             req.authority, flow.server_conn.address, flow.client_conn.sni,
             tuple(req.headers.fields)), s.hosts)
-        if got is None or got.kind in (Kind.PUSH, Kind.INVALID, Kind.OTHER):
-            req.stream = got is None or got.kind is not Kind.INVALID
+        if got is not None and got.kind is Kind.INVALID:
+            self._reply_early(flow, FlowState(got.kind, reason=got.problem),
+                              gate.refuse(400, f"goblet: {got.problem}"), body=body)
+            return
+        if got is None or got.kind in (Kind.PUSH, Kind.OTHER):
+            req.stream = True
             if got is not None:
                 self._flows[flow] = FlowState(got.kind, reason=got.problem)
             return
-        login = flow.metadata.get("proxyauth")
         state = self._flows[flow] = self.rt.policy.state_for(
-            got, req.host, req.port, headers=req.headers.items(multi=True),
-            proxy_login=(str(login[0]), str(login[1])) if login else None,
+            got, req.host, req.port, headers=req.headers.items(multi=True), proxy_login=login,
             proxyauth=getattr(ctx.options, "proxyauth", None),
             git_protocol=req.headers.get("git-protocol"))
         intake = bodies.intake(got.kind, req.headers.get("content-length", ""),
-                               s.max_request_bytes, streamed=bool(req.stream))
+                               s.max_request_bytes, streamed=bool(req.stream), body=body)
         req.stream = req.stream or intake.stream
         if intake.stream:
             state.reason = bodies.PASSED_ON
         elif intake.timed:
-            state.body_timer = asyncio.get_running_loop().call_later(
-                s.request_body_timeout, self._body_timed_out, flow)
-
-    def _body_timed_out(self, flow: http.HTTPFlow) -> None:
-        """A request body goblet waits for is too slow: drop the client's connection."""
-        state = self._flows.get(flow)
-        if state is None or state.body_timer is None or flow.request.stream or self.rt is None:
-            return
-        state.body_timer, state.timed_out = None, True
-        state.reason = "request body not received in time (goblet_request_body_timeout)"
-        self.rt.metrics.request_bodies.labels("timeout").inc()
-        close_client(flow.client_conn.id)
+            self.early.time_held(flow, state)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         """Route upload-pack requests: upstream, cache, or a git-readable error."""
-        state = self._flows.get(flow)
-        if state is not None:
+        self.early.body_ended(flow)
+        if (state := self._flows.get(flow)) is not None:
             state.body_arrived()
-        if flow.response or flow.error or not flow.live or state is None or self.rt is None:
-            return
+        if flow.response or flow.error or not flow.live or state is None or self.rt is None \
+                or self.early.answered(flow):
+            return  # (answered at requestheaders already)
         req = flow.request
-        req.stream = False if state.kind is Kind.INVALID else req.stream
         if await self.lfs.request(flow, state):
             return
         action = await self.rt.policy.route(
@@ -212,14 +223,8 @@ class Goblet(ConnectionHooks):
         """Rewrite ``flow`` so mitmproxy fetches its answer (``plan``) from our backend."""
         assert self.rt is not None and state.repo is not None
         self.rt.store.touch(state.repo)
-        self._backend_clients.add(flow.client_conn.id)
-        token = self.rt.plans.register(plan)
-        req, port = flow.request, self.rt.backend.port
-        req.scheme, req.host, req.port = "http", "127.0.0.1", port
-        req.headers = http.Headers([(b"Host", f"127.0.0.1:{port}".encode()),
-                                    (b"Content-Length", b"0"),
-                                    (TOKEN_HEADER.encode(), token.encode())])
-        req.raw_content = b""
+        to_backend(flow, self.rt, self._backend_clients, plan)
+        flow.request.raw_content = b""
         state.outcome, state.plan = Outcome.CACHE, plan
 
     # -- response side -----------------------------------------------------------
@@ -227,6 +232,7 @@ class Goblet(ConnectionHooks):
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Stream all bodies except the ref answers the response hook reads."""
         state, resp = self._flows.get(flow), flow.response
+        self.early.unshow(flow)
         if self.lfs.responseheaders(flow, state):
             return
         if resp is None or (keep := outcomes.read_answer(state, resp.status_code)) is None:
@@ -269,6 +275,7 @@ class Goblet(ConnectionHooks):
         client may have caused it, and only goblet's own attempts count.
         """
         self._owes_next(flow)
+        self.early.body_ended(flow, unshow=True)
         state = self._flows.pop(flow, None)
         if state is not None and state.kind is not Kind.ENDPOINT:
             state.body_arrived()

@@ -15,13 +15,17 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-# Headers git (and mitmproxy in front of it) sends that carry no identity.
+# Headers git (and mitmproxy in front of it) sends that carry no identity; and the
+# range and conditional headers of HTTP (git-lfs resumes a cut download with ``Range``),
+# which say which part or version of an answer is wanted, never who asks.
 NON_CREDENTIAL_HEADERS = frozenset(
     {
         "host", "user-agent", "accept", "accept-encoding", "accept-language", "pragma",
         "cache-control", "git-protocol", "content-type", "content-length",
         "content-encoding", "transfer-encoding", "expect", "connection", "keep-alive",
         "te", "proxy-connection", "proxy-authorization", "via", "x-forwarded-for",
+        "range", "if-range", "if-match", "if-none-match", "if-modified-since",
+        "if-unmodified-since",
     }
 )
 ANONYMOUS = "anonymous"

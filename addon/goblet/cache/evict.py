@@ -132,7 +132,7 @@ class Evictor:
     def _evict_object(self, obj: StoredObject) -> Eviction | None:
         """Delete one LFS object; None if it was gone already."""
         assert self.lfs is not None
-        freed = self.lfs.remove(obj.oid)
+        freed = self.lfs.remove_object(obj)
         if freed is None:
             return None
         eviction = Eviction(obj.oid, f"lfs:{obj.oid}", freed, time.time() - obj.last_access,

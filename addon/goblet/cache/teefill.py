@@ -81,6 +81,10 @@ from goblet.protocol.routes import RESULT_TYPE
 log = logging.getLogger(__name__)
 
 INCOMING = "goblet-incoming.pack"
+# The client holds the answer back when the proxy keeps at least BACKLOG_BYTES for it at
+# each of BOUND_SAMPLES samples SAMPLE_SECONDS apart: requests waiting for the fill then
+# stop waiting (a fast client drains what the proxy holds in far less than a sample).
+BACKLOG_BYTES, BOUND_SAMPLES, SAMPLE_SECONDS = 32 * 1024, 4, 0.5
 DENIALS = (401, 403, 404)
 
 
@@ -210,6 +214,9 @@ class TeeFill:
         self.on_stall: Callable[[], None] = lambda: None
         # Bytes of the answer the proxy holds for the client, not yet taken (0: unknown).
         self.client_backlog: Callable[[], int] = lambda: 0
+        # Set once the client was seen holding the answer back (``BACKLOG_BYTES``): the
+        # fill then goes at the client's pace, and nobody else should wait for it.
+        self.client_bound = asyncio.Event()
         # Created at once, so it can be tracked as the repo's fill before ``begin``.
         self.task: asyncio.Task[FillResult] = asyncio.get_running_loop().create_task(
             self._complete(), name=f"goblet-tee-{repo.key[:12]}")
@@ -313,6 +320,16 @@ class TeeFill:
                     if verdict.close_client:
                         self.on_stall()
 
+    async def _watch_client(self) -> None:
+        """Set ``client_bound`` once the client holds the answer back (see
+        ``BACKLOG_BYTES``); sampled while the copy goes on."""
+        held = 0
+        while self.copying and not self.client_bound.is_set():
+            await asyncio.sleep(SAMPLE_SECONDS)
+            held = held + 1 if self.client_backlog() >= BACKLOG_BYTES else 0
+            if held >= BOUND_SAMPLES:
+                self.client_bound.set()
+
     async def _complete(self) -> FillResult:
         async with self._held:
             return await self._completed()
@@ -325,8 +342,10 @@ class TeeFill:
         result, reason = "local_error", "crashed"
         if observer is not None:
             observer.fill_started(self.repo)
+        watcher = asyncio.get_running_loop().create_task(self._watch_client())
         try:
             await self._wait_for_end()
+            watcher.cancel()
             self._file.close()
             ending = self._demux.close()
             if self._failure is not None:
@@ -340,6 +359,7 @@ class TeeFill:
             result, reason = result_of(e.kind), e.reason
             raise
         finally:
+            watcher.cancel()
             if not self._file.closed:
                 self._file.close()
             if target.exists():

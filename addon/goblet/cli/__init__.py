@@ -78,8 +78,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def _ls_lfs(cache: Cache, now: float, as_json: bool) -> int:
     objects = sorted(LfsStore(cache.root).objects(), key=lambda o: o.oid)
     rows: list[dict[str, Any]] = [
-        {"oid": o.oid, "size": o.size, "path": str(o.path), "last_access": o.last_access,
-         "idle_seconds": round(now - o.last_access, 1)} for o in objects]
+        {"oid": o.oid, "size": o.size, "origin": o.origin or None, "path": str(o.path),
+         "last_access": o.last_access, "idle_seconds": round(now - o.last_access, 1)}
+        for o in objects]
     if as_json:
         print_json(rows)
         return 0

@@ -3,7 +3,8 @@
 Routes, for an LFS endpoint ``$REPO/info/lfs`` (git-lfs derives it from the
 remote URL, ``.git`` appended if missing)::
 
-    POST $REPO/info/lfs/objects/batch            -> BATCH (answer read, downloads rewritten)
+    POST $REPO/info/lfs/objects/batch            -> BATCH (answer read, downloads rewritten;
+                                                    an upload answer's actions untouched)
     GET  $REPO/info/lfs/goblet/<token>/<oid>     -> LINK  (a link goblet issued)
     anything else under $REPO/info/lfs/          -> OTHER (locks, verify, uploads: untouched)
 
@@ -19,17 +20,20 @@ A batch answer (``application/vnd.git-lfs+json``) is::
 its ``link`` callback returns, and drops the action's ``header``, expiry and
 the object's ``authenticated`` flag: the original href and headers reach the
 callback only. Objects with an error, without a download action, or with an
-oid or size that is not well-formed are left exactly as upstream sent them, as
-is an answer for a transfer adapter other than ``basic``.
+oid, size, href (``parse_href``) or header that is not well-formed are left
+exactly as upstream sent them, as is an answer for a transfer adapter other
+than ``basic``.
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from goblet.protocol.errors import ProtocolError
 from goblet.protocol.routes import check_repo_path
@@ -40,6 +44,11 @@ LFS = "/info/lfs"
 BATCH = "/objects/batch"
 LINK = "/goblet/"
 MAX_SIZE = 1 << 50  # larger "sizes" are not objects anyone stores
+MAX_ANSWER = 8 << 20  # bytes of a batch answer goblet reads to rewrite (git-lfs asks for
+# 100 objects at a time: a few hundred KiB); a bigger one passes on as it is
+HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+HOST_RE = re.compile(r"[a-z0-9_]([a-z0-9_.-]{0,252})")
+URL_CHARS_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII: no space, control, non-ASCII
 
 
 class LfsKind(enum.Enum):
@@ -70,6 +79,53 @@ class Download:
     headers: tuple[tuple[str, str], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Href:
+    """Where an href points, as goblet sends a request there: scheme, host (no brackets),
+    port, path with query, and the ``Host`` header value."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    host_header: str
+
+    @property
+    def origin(self) -> tuple[str, str, int]:
+        """(scheme, host, port), to compare with the batch request's origin."""
+        return self.scheme, self.host, self.port
+
+
+def parse_href(href: str) -> Href | None:
+    """``href`` as goblet would request it, or None when it is not a plain, well-formed
+    absolute http(s) URL: printable ASCII only (no whitespace or control characters, no
+    backslash), no user info, a host name or IP address, a port in 1-65535."""
+    if not URL_CHARS_RE.fullmatch(href) or "\\" in href:
+        return None
+    try:
+        url = urlsplit(href)
+        port = url.port
+    except ValueError:  # a bad port or IPv6 literal
+        return None
+    scheme, netloc = url.scheme.lower(), url.netloc
+    if scheme not in ("http", "https") or not netloc or "@" in netloc:
+        return None
+    host = (url.hostname or "").lower()
+    if netloc.startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+    elif not HOST_RE.fullmatch(host) or ":" in host:
+        return None
+    if port == 0:
+        return None
+    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    if not path.startswith("/"):
+        return None
+    return Href(scheme, host, port or (443 if scheme == "https" else 80), path, netloc)
+
+
 def classify(method: str, path: str) -> LfsTarget | None:
     """The LFS route of ``method`` + ``path`` (query included), or None when the path is
     not under an LFS endpoint. Raises ProtocolError for an unsafe repo path or a
@@ -96,13 +152,23 @@ def link_path(repo_path: str, token: str, oid: str) -> str:
 
 
 def _headers(value: object) -> tuple[tuple[str, str], ...] | None:
+    """An action's ``header`` object as (name, value) pairs, or None unless every name is
+    an HTTP token and every value is sendable (no control characters, valid UTF-8)."""
     if value is None:
         return ()
     if not isinstance(value, dict):
         return None
     pairs = tuple((k, v) for k, v in value.items() if isinstance(k, str) and isinstance(v, str))
-    if len(pairs) != len(value) or any(c in k + v for k, v in pairs for c in "\r\n\0"):
+    if len(pairs) != len(value):
         return None
+    for name, val in pairs:
+        if not HEADER_NAME_RE.fullmatch(name) or any(
+                (c < " " and c != "\t") or c == "\x7f" for c in val):
+            return None
+        try:
+            val.encode()
+        except UnicodeEncodeError:  # a lone surrogate from a JSON escape
+            return None
     return pairs
 
 
@@ -120,7 +186,7 @@ def granted_download(obj: object) -> Download | None:
         return None
     href: str = action["href"]
     headers = _headers(action.get("header"))
-    if headers is None or not href.lower().startswith(("https://", "http://")):
+    if headers is None or parse_href(href) is None:
         return None
     return Download(oid, size, href, headers)
 

@@ -5,9 +5,13 @@ issues a link token for (tenant id, repo URL, oid) and keeps the upstream's
 href and headers with it, in this process's memory only. A token is 256
 random bits, so it cannot be guessed and names nothing; it is valid until
 ``ttl`` seconds after it was issued, and only for the tenant, repo and oid it
-was issued for. The table is bounded: the oldest grants go first. When the
-upstream refuses a later batch request of the same tenant for the repo, every
-link it still holds there is revoked at once.
+was issued for. There is one link per (tenant, repo, oid): a later grant of
+the same object renews it (same token, the new href and expiry), so an answer
+listing one object many times makes one link. The table is bounded, oldest
+grants first: each tenant holds at most ``max_per_tenant`` links, the table
+``max_links``. When the upstream refuses a later batch request of the same
+tenant for the repo, every link it still holds there is revoked at once
+(indexed by tenant and repo: no scan of the table).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from goblet.auth.credentials import ANONYMOUS
 from goblet.lfs.batch import Download
 
 MAX_LINKS = 200_000
+MAX_PER_TENANT = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,32 +60,50 @@ class LinkTable:
     """Token → Grant, in memory, each valid for ``ttl`` seconds."""
 
     def __init__(self, ttl: float, *, clock: Callable[[], float] = time.monotonic,
-                 max_links: int = MAX_LINKS) -> None:
+                 max_links: int = MAX_LINKS, max_per_tenant: int = MAX_PER_TENANT) -> None:
         self.ttl = ttl
         self._clock = clock
         self._max = max_links
-        self._grants: OrderedDict[str, Grant] = OrderedDict()
+        self._max_tenant = max_per_tenant
+        self._grants: OrderedDict[str, Grant] = OrderedDict()  # oldest grant first
+        self._by_object: dict[tuple[str, str, str], str] = {}  # (tenant, repo, oid) → token
+        self._by_repo: dict[tuple[str, str], set[str]] = {}  # (tenant, repo) → tokens
+        self._by_tenant: dict[str, OrderedDict[str, None]] = {}  # tenant → tokens, oldest first
 
     def __len__(self) -> int:
         return len(self._grants)
 
     def issue(self, tenant: str, repo_url: str, download: Download) -> str:
-        """A fresh token for ``download`` by ``tenant`` in ``repo_url``."""
+        """The token for ``download`` by ``tenant`` in ``repo_url``: a fresh one, or the
+        one this object already has there, renewed."""
         self._expire()
-        token = secrets.token_urlsafe(32)
         now = self._clock()
-        self._grants[token] = Grant(tenant, repo_url, download, now + self.ttl, now)
+        grant = Grant(tenant, repo_url, download, now + self.ttl, now)
+        key = (tenant, repo_url, download.oid)
+        token = self._by_object.get(key)
+        if token is not None:
+            self._grants[token] = grant
+            self._grants.move_to_end(token)
+            self._by_tenant[tenant].move_to_end(token)
+            return token
+        token = secrets.token_urlsafe(32)
+        self._grants[token] = grant
+        self._by_object[key] = token
+        self._by_repo.setdefault((tenant, repo_url), set()).add(token)
+        mine = self._by_tenant.setdefault(tenant, OrderedDict())
+        mine[token] = None
+        while len(mine) > self._max_tenant:
+            self._drop(next(iter(mine)))
         while len(self._grants) > self._max:
-            self._grants.popitem(last=False)
+            self._drop(next(iter(self._grants)))
         return token
 
     def revoke(self, tenant: str, repo_url: str) -> int:
         """Forget every grant of ``tenant`` in ``repo_url`` (the upstream refused it since);
         returns how many there were."""
-        gone = [t for t, g in self._grants.items()
-                if g.tenant == tenant and g.repo_url == repo_url]
+        gone = self._by_repo.get((tenant, repo_url), set()).copy()
         for token in gone:
-            del self._grants[token]
+            self._drop(token)
         return len(gone)
 
     def check(self, token: str, *, tenant: str, repo_url: str, oid: str) -> Grant | Refusal:
@@ -94,10 +117,24 @@ class LinkTable:
             return NO_CREDENTIAL if tenant == ANONYMOUS else OTHER_CREDENTIAL
         return grant
 
+    def _drop(self, token: str) -> None:
+        grant = self._grants.pop(token)
+        self._by_object.pop((grant.tenant, grant.repo_url, grant.download.oid), None)
+        repo = self._by_repo.get((grant.tenant, grant.repo_url))
+        if repo is not None:
+            repo.discard(token)
+            if not repo:
+                del self._by_repo[(grant.tenant, grant.repo_url)]
+        mine = self._by_tenant.get(grant.tenant)
+        if mine is not None:
+            mine.pop(token, None)
+            if not mine:
+                del self._by_tenant[grant.tenant]
+
     def _expire(self) -> None:
         now = self._clock()
         while self._grants:
             token, grant = next(iter(self._grants.items()))
             if grant.expires >= now:
                 return
-            del self._grants[token]
+            self._drop(token)

@@ -1,10 +1,13 @@
-"""Keep request header lines out of every log line, mitmproxy's own included.
+"""Keep request header lines and LFS link tokens out of every log line, mitmproxy's own
+included.
 
 mitmproxy's HTTP/1 parser refuses a header line without a colon and logs the
 line whole ("Invalid header line: b'Authorization Bearer …'"), which is how a
 typo in ``http.extraHeader`` would put a token into the log. goblet installs
 a log-record factory that replaces such lines with ``<redacted>`` before any
-handler sees the record.
+handler sees the record. The token of a goblet LFS link (``…/goblet/<token>/``)
+becomes ``-`` in any spelling of the path (another case, doubled slashes,
+``%2F``, escaped characters), so a misspelled link logs no live token either.
 """
 
 from __future__ import annotations
@@ -15,12 +18,19 @@ from typing import Any
 
 _LINE = re.compile(r"(Invalid header line: |Invalid headers?: )"
                    r"""b(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+_LINK = re.compile(r"(?i)(goblet(?:/|%2f)+)(?:%[0-9a-f]{2}|[A-Za-z0-9_-]){20,}")
 _installed = False
 
 
 def redact(text: str) -> str:
-    """``text`` with every quoted header line of a parse error replaced."""
-    return _LINE.sub(r"\1<redacted>", text)
+    """``text`` with every quoted header line of a parse error replaced, and every LFS
+    link token hidden."""
+    return redact_links(_LINE.sub(r"\1<redacted>", text))
+
+
+def redact_links(text: str) -> str:
+    """``text`` with the token of every goblet LFS link in it replaced by ``-``."""
+    return _LINK.sub(r"\1-", text) if "oblet" in text.lower() else text
 
 
 def install() -> None:
@@ -32,9 +42,9 @@ def install() -> None:
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = make(*args, **kwargs)
-        if "nvalid header" in str(record.msg) or (
-                isinstance(record.args, tuple)
-                and any("nvalid header" in str(a) for a in record.args)):
+        texts = [str(record.msg), *(str(a) for a in record.args)] if isinstance(
+            record.args, tuple) else [str(record.msg)]
+        if any("nvalid header" in t or "oblet" in t.lower() for t in texts):
             record.msg, record.args = redact(record.getMessage()), None
         return record
 

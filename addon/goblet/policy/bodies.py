@@ -19,6 +19,7 @@ label of ``goblet_request_bodies_total``:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -48,12 +49,47 @@ class Intake:
     timed: bool
 
 
-def intake(kind: Kind, content_length: str, cap: int, streamed: bool) -> Intake:
-    """A body announced larger than ``cap`` is streamed (passed on uninspected); one
-    goblet reads (an upload-pack request's) must arrive within the body timeout.
+def intake(kind: Kind, content_length: str, cap: int, streamed: bool, *,
+           body: bool = False) -> Intake:
+    """A body announced larger than ``cap`` is streamed (passed on uninspected); every
+    other one mitmproxy holds for goblet (an upload-pack request's, or any other request
+    that ``body`` says may carry one) must arrive within the body timeout.
     ``streamed``: mitmproxy already streams it (its own size rule)."""
     stream = streamed or (content_length.isdigit() and int(content_length) > cap)
-    return Intake(stream, not stream and kind is Kind.UPLOAD_PACK)
+    return Intake(stream, not stream and (kind is Kind.UPLOAD_PACK or body))
+
+
+def may_have_body(http_version: str, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request may carry a body: it has a ``Transfer-Encoding``, or a
+    ``Content-Length`` other than 0; an HTTP/2 or HTTP/3 request without
+    ``Content-Length`` may have one too (it frames its body itself)."""
+    length = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"transfer-encoding":
+            return True
+        if lowered == b"content-length":
+            length = value.strip()
+    if length is not None:
+        return length != b"0"
+    return not http_version.upper().startswith("HTTP/1")
+
+
+class Discard:
+    """A request ``stream`` callable for a body goblet never reads: it is dropped as it
+    arrives, and ``over`` is called once when more than ``cap`` bytes came."""
+
+    def __init__(self, cap: int, over: Callable[[], None]) -> None:
+        self.cap = cap
+        self.over = over
+        self.bytes = 0
+
+    def __call__(self, data: bytes) -> list[bytes]:
+        """Nothing to send on."""
+        before, self.bytes = self.bytes, self.bytes + len(data)
+        if before <= self.cap < self.bytes:
+            self.over()
+        return []
 
 
 def is_identity(enc: str | None) -> bool:

@@ -8,8 +8,12 @@
   (401, 403, 404) revokes the tenant's links into that repo at once, as does
   a refusal of a git ref request for the same repo URL (the verdict cache). In
   ``public`` isolation only anonymous batch answers are linked, so only
-  objects anyone may read are stored; objects are content-addressed and
-  shared by every tenant the upstream grants them to in the other modes.
+  objects anyone may read are stored. Stored objects are kept per LFS API
+  (the goblet host the batch request went to) and per partition
+  (``lfs/store.py``): in ``shared`` isolation one copy serves every tenant
+  that API grants the object to; in ``tenant`` and ``user`` isolation each
+  partition has its own copies (at most ``goblet_max_partitions`` of one
+  object).
 - The href is fetched with upstream's headers for it, and with the client's
   own credential only on the batch request's very origin when upstream gave no
   ``Authorization`` (``same_origin_credential``).
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 from goblet.auth.credentials import ANONYMOUS
 from goblet.lfs import batch
 from goblet.lfs.links import UNKNOWN, Grant, LinkTable, Refusal
-from goblet.lfs.store import LfsStore
+from goblet.lfs.store import LfsScope, LfsStore, ObjectWriter
 from goblet.observe.metrics import Metrics
 from goblet.options import Settings
 from goblet.policy.flows import FlowState
@@ -103,8 +107,9 @@ class LfsPolicy:
             state.reason = f"LFS batch answer passed on as it is: {e.reason}"
             return None
 
-    def link(self, state: FlowState, token: str, oid: str) -> LinkAction:
-        """What answers a link request of ``state``'s tenant."""
+    def link(self, state: FlowState, token: str, oid: str, scope: LfsScope) -> LinkAction:
+        """What answers a link request of ``state``'s tenant (``scope``: where the store
+        keeps what that LFS API grants within the tenant's partition)."""
         assert state.repo is not None
         got = self.links.check(token, tenant=state.tenant, repo_url=state.repo.url, oid=oid)
         denied = self.denied_at(state.tenant, state.repo.url)
@@ -114,11 +119,53 @@ class LfsPolicy:
             self.metrics.lfs_downloads.labels("refused").inc()
             return got
         size = got.download.size
-        if self.store.has(oid, size):
-            self.store.touch(oid)
-            return FromStore(FilePlan(self.store.path_for(oid), size, OBJECT_TYPE,
+        if self.store.has(scope, oid, size):
+            self.store.touch(scope, oid)
+            return FromStore(FilePlan(self.store.path_for(scope, oid), size, OBJECT_TYPE,
                                       label=f"lfs {oid[:12]}"))
         return FromUpstream(got)
+
+    def writer(self, scope: LfsScope, oid: str, size: int) -> ObjectWriter | None:
+        """Where a download of ``oid`` (``size`` bytes, as the grant says) is written to
+        ``scope``, or None when it is streamed and not kept: another download of it is
+        being written already; it is bigger than ``goblet_cache_max_bytes``; keeping it
+        would leave less than ``goblet_min_free_bytes`` free; or, in ``tenant`` and
+        ``user`` isolation, ``goblet_max_partitions`` partitions keep it already."""
+        s = self.settings()
+        bound = s.max_partitions
+        if scope.partition and bound and self.store.copies(scope, oid) >= bound:
+            return None
+        return self.store.open_writer(scope, oid, size, max_bytes=s.cache_max_bytes,
+                                      min_free=s.min_free_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class HrefRequest:
+    """The whole request goblet sends to an upstream's href (built before the flow is
+    touched, so a failure leaves the flow as it was)."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    headers: tuple[tuple[bytes, bytes], ...]
+
+
+def href_request(download: batch.Download, credential: tuple[tuple[str, str], ...],
+                 user_agent: bytes, batch_origin: tuple[str, str, int]) -> HrefRequest:
+    """The request for ``download``'s href: upstream's headers for it, the client's
+    ``user_agent`` (bytes as received), and the client's ``credential`` headers only as
+    ``same_origin_credential`` allows. Raises ValueError for an href goblet does not send
+    requests to."""
+    target = batch.parse_href(download.href)
+    if target is None:
+        raise ValueError("the upstream's download href is not a well-formed URL")
+    own = same_origin_credential(download.headers, credential, target.origin, batch_origin)
+    headers = [(b"Host", target.host_header.encode("ascii")), (b"User-Agent", user_agent),
+               (b"Accept-Encoding", b"identity")]
+    headers += [(name.encode("ascii"), value.encode("utf-8", "surrogateescape"))
+                for name, value in (*download.headers, *own)]
+    return HrefRequest(target.scheme, target.host, target.port, target.path, tuple(headers))
 
 
 def same_origin_credential(action_headers: tuple[tuple[str, str], ...],

@@ -38,7 +38,7 @@ from goblet.protocol.sideband import NoticeInserter
 from goblet.serve.files import FilePlan, send_file
 from goblet.serve.h11loop import incoming_requests
 from goblet.serve.packcache import PackCache, Production, Role
-from goblet.serve.plans import TOKEN_HEADER, PlanRegistry, ServePlan
+from goblet.serve.plans import TOKEN_HEADER, PlanRegistry, ReplyPlan, ServePlan
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ class ServeBackend:
                     plan = self.plans.take(_header(request, TOKEN_HEADER.encode()))
                     if plan is None:
                         await _send_simple(conn, writer, 403, b"goblet: unknown serve token\n")
+                    elif isinstance(plan, ReplyPlan):
+                        await _send_reply(conn, writer, plan)
                     elif isinstance(plan, FilePlan):
                         if not await send_file(conn, writer, plan, request.method):
                             break
@@ -460,6 +462,16 @@ async def _send_simple(
     writer.write(conn.send(h11.Data(data=body)) or b"")
     writer.write(conn.send(h11.EndOfMessage()) or b"")
     await writer.drain()
+
+
+async def _send_reply(conn: h11.Connection, writer: asyncio.StreamWriter,
+                      plan: ReplyPlan) -> None:
+    writer.write(conn.send(h11.Response(status_code=plan.status, headers=[
+        *plan.headers, (b"Content-Length", str(len(plan.body)).encode())])) or b"")
+    writer.write(conn.send(h11.Data(data=plan.body)) or b"")
+    writer.write(conn.send(h11.EndOfMessage()) or b"")
+    await writer.drain()
+    plan.stats.bytes_sent, plan.stats.complete = len(plan.body), True
 
 
 async def _send_git_error(

@@ -66,6 +66,18 @@ class ServePlan:
         return ADVERTISEMENT_TYPE if self.advertise else RESULT_TYPE
 
 
+@dataclass(frozen=True, slots=True)
+class ReplyPlan:
+    """A short answer of goblet's own (a refusal) for a request whose body goblet will
+    not read: the flow goes to the backend while mitmproxy discards the body, so the
+    answer needs no buffered body first."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    stats: ServeStats = field(default_factory=ServeStats)
+
+
 def clean_git_protocol(value: str | None) -> str | None:
     """The Git-Protocol header value if it is well-formed (``key[=value]`` list), else None."""
     if value is None or not _GIT_PROTOCOL.fullmatch(value):
@@ -79,19 +91,19 @@ class PlanRegistry:
     def __init__(self, ttl: float = 120.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl = ttl
         self._clock = clock
-        self._plans: dict[str, tuple[float, ServePlan | FilePlan]] = {}
+        self._plans: dict[str, tuple[float, ServePlan | FilePlan | ReplyPlan]] = {}
 
     def __len__(self) -> int:
         return len(self._plans)
 
-    def register(self, plan: ServePlan | FilePlan) -> str:
+    def register(self, plan: ServePlan | FilePlan | ReplyPlan) -> str:
         """Store ``plan`` and return its fresh token."""
         self._expire()
         token = secrets.token_urlsafe(32)
         self._plans[token] = (self._clock() + self._ttl, plan)
         return token
 
-    def take(self, token: str | None) -> ServePlan | FilePlan | None:
+    def take(self, token: str | None) -> ServePlan | FilePlan | ReplyPlan | None:
         """Remove and return the plan of ``token``, or None if unknown or expired."""
         if not token:
             return None

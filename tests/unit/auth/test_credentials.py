@@ -258,3 +258,15 @@ def test_real_git_extra_header_is_the_whole_credential(git_wire: GitWire) -> Non
     # The GET and the POST of one clone are one tenant despite different Accept/Content-Type.
     assert len(tenants) == 1
     assert tenants != {ANONYMOUS}
+
+
+@pytest.mark.parametrize("header", [
+    ("Range", "bytes=2000-"), ("If-Range", '"e"'), ("If-Match", '"e"'),
+    ("If-None-Match", '"e"'), ("If-Modified-Since", "Wed, 21 Oct 2015 07:28:00 GMT"),
+    ("If-Unmodified-Since", "Wed, 21 Oct 2015 07:28:00 GMT"),
+])
+def test_range_and_conditional_headers_are_no_credential(header: tuple[str, str]) -> None:
+    """git-lfs resumes a cut download with Range: the same credential, the same tenant."""
+    base = [*GIT_HEADERS, ("Authorization", "Bearer A")]
+    assert credential_from_headers([*base, header]) == credential_from_headers(base)
+    assert tenant([*base, header]) == tenant(base)

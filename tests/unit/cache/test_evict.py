@@ -15,7 +15,7 @@ from goblet.cache import evict as evict_module
 from goblet.cache.evict import Eviction, cache_bytes
 from goblet.cache.locks import RepoLocks
 from goblet.cache.usage import tree_bytes
-from goblet.lfs.store import LfsStore
+from goblet.lfs.store import LfsScope, LfsStore
 
 from tests.unit.cache.fakes import FakeCache
 
@@ -162,6 +162,9 @@ def test_an_lru_pass_with_nothing_to_free_evicts_nothing(fake: FakeCache, over: 
     assert fake.remaining() == {"a"}
 
 
+HOST = LfsScope("git.example.com")
+
+
 def test_lfs_objects_count_and_take_their_turn_in_lru_order(fake: FakeCache) -> None:
     now = time.time()
     fake.add("a", 64 * 1024, now - 1000)
@@ -170,10 +173,10 @@ def test_lfs_objects_count_and_take_their_turn_in_lru_order(fake: FakeCache) -> 
     lfs.prepare()
     data = os.urandom(64 * 1024)
     oid = hashlib.sha256(data).hexdigest()
-    w = lfs.writer(oid, len(data))
+    w = lfs.writer(HOST, oid, len(data))
     w.feed(data)
     assert w.commit()
-    os.utime(lfs.path_for(oid), (now - 500, now - 500))  # between a and b
+    os.utime(lfs.path_for(HOST, oid), (now - 500, now - 500))  # between a and b
     one = tree_bytes(fake.store.repos_dir / f"{'a' * 64}.git")
     total = cache_bytes(fake.store)
     assert total == 2 * one + tree_bytes(lfs.root)
@@ -182,4 +185,4 @@ def test_lfs_objects_count_and_take_their_turn_in_lru_order(fake: FakeCache) -> 
     assert seen == done
     assert [e.url for e in done] == ["https://git.example/a.git", f"lfs:{oid}"]
     assert done[1].partition == "lfs" and done[1].bytes > 0 and done[1].idle_seconds >= 400
-    assert not lfs.has(oid, len(data)) and fake.remaining() == {"b"}
+    assert not lfs.has(HOST, oid, len(data)) and fake.remaining() == {"b"}

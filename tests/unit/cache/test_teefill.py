@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from goblet.auth.verdicts import RefView
+from goblet.cache import teefill
 from goblet.cache.fill import FailureKind, Filler, FillError, result_of
 from goblet.cache.locks import RepoLocks
 from goblet.cache.store import CacheRepo, RepoStore
@@ -207,6 +208,35 @@ def test_a_slow_reader_loses_the_copy_within_a_window_and_keeps_its_connection(
     assert isinstance(e, FillError) and e.kind is FailureKind.CLIENT
     assert stalls == []
     assert rig.observer.results[0][0] == "abandoned"
+
+
+@pytest.mark.parametrize(("backlogs", "bound"), [
+    ([65536] * 8, True),  # held back at every sample
+    ([65536, 65536, 0] * 3, False),  # drained between samples: it keeps up
+    ([100] * 8, False),  # a few bytes in flight are no holding back
+])
+def test_a_client_holding_the_answer_back_is_told_to_whoever_waits(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch, backlogs: list[int], bound: bool) -> None:
+    monkeypatch.setattr(teefill, "SAMPLE_SECONDS", 0.01)
+    taken: list[int] = []
+
+    def backlog() -> int:
+        taken.append(backlogs[len(taken)] if len(taken) < len(backlogs) else 0)
+        return taken[-1]
+
+    async def scenario() -> bool:
+        tee = await rig.tee()
+        tee.client_backlog = backlog
+        for _ in range(1000):  # every sample taken (or the event set)
+            if len(taken) >= len(backlogs) or tee.client_bound.is_set():
+                break
+            await asyncio.sleep(0.01)
+        seen = tee.client_bound.is_set()
+        tee.cut("Client disconnected.", client_gone=True)
+        await rig.ended(tee)
+        return seen
+
+    assert asyncio.run(scenario()) is bound
 
 
 def test_a_silent_upstream_ends_the_fill_and_the_clients_connection(rig: Rig) -> None:

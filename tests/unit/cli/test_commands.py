@@ -14,7 +14,7 @@ from goblet.cache.evict import cache_bytes
 from goblet.cache.locks import RepoLocks
 from goblet.cache.usage import tree_bytes
 from goblet.cli import main
-from goblet.lfs.store import LfsStore
+from goblet.lfs.store import LfsScope, LfsStore
 
 from tests.unit.cache.fakes import FakeCache
 
@@ -111,13 +111,14 @@ def test_ls_stats_and_evict_cover_lfs_objects(fake: FakeCache,
     for size in (1000, 5000):
         data = bytes(size)
         oid = hashlib.sha256(data).hexdigest()
-        w = lfs.writer(oid, size)
+        w = lfs.writer(LfsScope("git.example.com", "tenant:x" * (size > 1000)), oid, size)
         w.feed(data)
         assert w.commit()
         oids.append(oid)
     status, out = goblet(capsys, fake, "ls", "--lfs")
     assert status == 0 and sorted(r["oid"] for r in json.loads(out)) == sorted(oids)
     assert {r["size"] for r in json.loads(out)} == {1000, 5000}
+    assert {r["origin"] for r in json.loads(out)} == {"git.example.com"}
     status, out = goblet(capsys, fake, "stats")
     stats = json.loads(out)
     assert stats["lfs_objects"] == 2 and stats["lfs_bytes"] == tree_bytes(lfs.root) > 0

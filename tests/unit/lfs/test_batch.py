@@ -126,3 +126,47 @@ def test_any_bytes_rewrite_or_raise_a_protocol_error(data: bytes) -> None:
 def test_any_json_rewrites_or_raises_a_protocol_error(value: object) -> None:
     with contextlib.suppress(ProtocolError):  # and nothing else
         batch.rewrite_answer(json.dumps({"objects": [value]}).encode(), lambda d: "x")
+
+
+@pytest.mark.parametrize(("href", "expected"), [
+    ("https://media.example/o?sig=s", ("https", "media.example", 443, "/o?sig=s",
+                                       "media.example")),
+    ("HTTP://Media.Example:8080", ("http", "media.example", 8080, "/", "Media.Example:8080")),
+    ("https://[::1]:9/x#frag", ("https", "::1", 9, "/x", "[::1]:9")),
+    ("https://10.0.0.1/a%20b", ("https", "10.0.0.1", 443, "/a%20b", "10.0.0.1")),
+])
+def test_hrefs_goblet_requests(href: str, expected: tuple[object, ...]) -> None:
+    got = batch.parse_href(href)
+    assert got is not None
+    assert (got.scheme, got.host, got.port, got.path, got.host_header) == expected
+
+
+@pytest.mark.parametrize("href", [
+    "https://h:99999/", "https://h:abc/", "https://h:0/", "https://[::1/", "https://[zz]/",
+    "https:///x", "https://:443/x", "https://h/a b", "https://h/a\tb", "https://h/\x7f",
+    "https://h/caf\u00e9", "https://u:p@h/", "https://h@h2/", "https://h\\@h2/",
+    "ftp://h/", "//h/x", "https://h h/", "https://h_/x\n", "https://-h.example:/x:y@z",
+])
+def test_hrefs_goblet_refuses(href: str) -> None:
+    assert batch.parse_href(href) is None
+    obj = granted()
+    obj["actions"]["download"]["href"] = href  # type: ignore[index]
+    assert batch.granted_download(obj) is None  # left as the upstream sent it
+
+
+@pytest.mark.parametrize("header", [
+    {"Bad Name": "x"}, {"": "x"}, {"X": "a\x01b"}, {"X": "a\x7fb"}, {"X": "\ud800"},
+    {"X:Y": "v"},
+])
+def test_action_headers_goblet_would_not_send_leave_the_object_unlinked(
+        header: dict[str, str]) -> None:
+    obj = granted()
+    obj["actions"]["download"]["header"] = header  # type: ignore[index]
+    assert batch.granted_download(obj) is None
+
+
+def test_action_headers_with_tabs_and_utf8_are_sent() -> None:
+    obj = granted()
+    obj["actions"]["download"]["header"] = {"X-A": "a\tb", "X-B": "caf\u00e9"}  # type: ignore[index]
+    got = batch.granted_download(obj)
+    assert got is not None and got.headers == (("X-A", "a\tb"), ("X-B", "caf\u00e9"))

@@ -4,16 +4,22 @@ a batch answer is linked, a link is refused, served from the store or sent to th
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from goblet.addon import Goblet
+from goblet.addon import lfs as addon_lfs
 from goblet.auth.credentials import credential_from_headers
 from goblet.lfs.batch import link_path
-from goblet.serve.plans import TOKEN_HEADER
+from goblet.lfs.store import LfsScope
+from goblet.policy import lfs as policy_lfs
+from goblet.policy.bodies import Discard
+from goblet.serve.plans import TOKEN_HEADER, ReplyPlan
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -91,7 +97,7 @@ def test_a_missing_object_goes_to_the_href_with_upstream_s_header_only(tmp_path:
         assert b"".join(sent) == DATA
         f.response.raw_content = None
         await addon.response(f)
-        assert addon.rt is not None and addon.rt.lfs_store.has(OID, len(DATA))
+        assert addon.rt is not None and addon.rt.lfs_store.has(LfsScope(HOST), OID, len(DATA))
         assert "SECRET" not in str(f.request.headers)
 
         again = flow("GET", path)  # now from the store, through the backend
@@ -188,5 +194,80 @@ def test_a_git_refusal_for_the_repo_revokes_earlier_links_only(tmp_path: Path) -
         addon.requestheaders(g)
         await addon.request(g)
         assert g.response is None  # a new link works again
+
+    run(body, tmp_path)
+
+
+def test_a_link_announcing_a_body_is_refused_without_reading_it(tmp_path: Path) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        assert addon.rt is not None
+        path = await linked(addon)
+        f = flow("GET", path)
+        f.request.headers["content-length"] = "1000000"
+        addon.requestheaders(f)
+        assert f.response is None and isinstance(f.request.stream, Discard)
+        req = f.request
+        assert (req.host, req.port) == ("127.0.0.1", addon.rt.backend.port)  # never the href
+        plan = addon.rt.plans.take(req.headers[TOKEN_HEADER])
+        assert isinstance(plan, ReplyPlan) and plan.status == 400
+        assert b"no body" in plan.body
+
+    run(body, tmp_path)
+
+
+def test_a_user_agent_that_is_not_utf8_goes_to_the_href_as_it_came(tmp_path: Path) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        path = await linked(addon)
+        f = flow("GET", path)
+        f.request.headers = http.Headers([
+            (b"host", HOST.encode()), (b"authorization", ALICE.encode()),
+            (b"user-agent", b"git-lfs/3.3 (caf\xe9)")])
+        addon.requestheaders(f)
+        await addon.request(f)
+        assert f.response is None and f.request.host == "media.example"
+        assert dict(f.request.headers.fields) == {
+            b"Host": b"media.example", b"User-Agent": b"git-lfs/3.3 (caf\xe9)",
+            b"Accept-Encoding": b"identity", b"Authorization": b"RemoteAuth SECRET"}
+
+    run(body, tmp_path)
+
+
+def test_a_failure_while_deciding_a_link_refuses_it_and_forwards_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        assert addon.rt is not None
+        path = await linked(addon)
+
+        def broken(*args: object) -> object:
+            raise RuntimeError("boom")
+        monkeypatch.setattr(policy_lfs, "href_request", broken)
+        monkeypatch.setattr(addon_lfs, "href_request", broken)
+        f = flow("GET", path)
+        addon.requestheaders(f)
+        await addon.request(f)
+        assert f.response is not None and f.response.status_code == 502
+        assert f.response.content == (b"goblet: LFS link could not be handled "
+                                      b"(RuntimeError): refused\n")
+        assert f.request.host == HOST and f.request.headers["authorization"] == ALICE
+        assert not list((tmp_path / "cache" / "lfs" / "tmp").iterdir())
+
+    run(body, tmp_path)
+
+
+def test_an_encoded_batch_answer_passes_on_unread(tmp_path: Path) -> None:
+    async def body(addon: Goblet, tctx: Any) -> None:
+        f = flow("POST", "/o/r.git/info/lfs/objects/batch")
+        addon.requestheaders(f)
+        await addon.request(f)
+        raw = gzip.compress(BATCH)
+        f.response = tutils.tresp(status_code=200, content=b"")
+        f.response.headers = http.Headers(content_type="application/vnd.git-lfs+json",
+                                          content_encoding="gzip",
+                                          content_length=str(len(raw)))
+        addon.responseheaders(f)
+        assert f.response.stream  # streamed as it is, never read
+        f.response.raw_content = raw
+        await addon.response(f)
+        assert f.response.raw_content == raw
 
     run(body, tmp_path)

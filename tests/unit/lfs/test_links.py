@@ -3,6 +3,8 @@ revoked."""
 
 from __future__ import annotations
 
+import time
+
 from goblet.auth.credentials import ANONYMOUS
 from goblet.lfs.batch import TOKEN_RE, Download
 from goblet.lfs.links import NO_CREDENTIAL, OTHER_CREDENTIAL, UNKNOWN, Grant, LinkTable
@@ -20,9 +22,16 @@ class Clock:
         return self.now
 
 
-def table(ttl: float = 60, max_links: int = 100) -> tuple[LinkTable, Clock]:
+def table(ttl: float = 60, max_links: int = 100, max_per_tenant: int = 100
+          ) -> tuple[LinkTable, Clock]:
     clock = Clock()
-    return LinkTable(ttl, clock=clock, max_links=max_links), clock
+    return LinkTable(ttl, clock=clock, max_links=max_links,
+                     max_per_tenant=max_per_tenant), clock
+
+
+def obj(i: int) -> Download:
+    """Another object (its own oid) with the same href and header."""
+    return Download(f"{i:064x}", 3, D.href, D.headers)
 
 
 def test_a_link_is_honoured_for_its_tenant_repo_and_oid() -> None:
@@ -35,7 +44,7 @@ def test_a_link_is_honoured_for_its_tenant_repo_and_oid() -> None:
 
 def test_tokens_are_unguessable_and_name_nothing() -> None:
     links, _ = table()
-    tokens = {links.issue("t1", REPO, D) for _ in range(50)}
+    tokens = {links.issue("t1", REPO, obj(i)) for i in range(50)}
     assert len(tokens) == 50
     assert not any(OID[:8] in t for t in tokens)
 
@@ -70,21 +79,22 @@ def test_links_expire() -> None:
 
 def test_revoking_drops_every_link_of_the_tenant_in_the_repo_only() -> None:
     links, _ = table()
-    mine = [links.issue("t1", REPO, D) for _ in range(3)]
+    mine = [links.issue("t1", REPO, obj(i)) for i in range(3)]
     other_repo = links.issue("t1", REPO + "2", D)
     other_tenant = links.issue("t2", REPO, D)
-    assert links.revoke("t1", REPO) == 3
-    assert all(links.check(t, tenant="t1", repo_url=REPO, oid=OID) is UNKNOWN for t in mine)
+    assert links.revoke("t1", REPO) == 3 and links.revoke("t1", REPO) == 0
+    assert all(links.check(t, tenant="t1", repo_url=REPO, oid=f"{i:064x}") is UNKNOWN
+               for i, t in enumerate(mine))
     assert isinstance(links.check(other_repo, tenant="t1", repo_url=REPO + "2", oid=OID), Grant)
     assert isinstance(links.check(other_tenant, tenant="t2", repo_url=REPO, oid=OID), Grant)
 
 
 def test_the_table_is_bounded_oldest_first() -> None:
     links, _ = table(max_links=3)
-    tokens = [links.issue("t1", REPO, D) for _ in range(5)]
+    tokens = [links.issue(f"t{i}", REPO, D) for i in range(5)]
     assert len(links) == 3
-    assert links.check(tokens[0], tenant="t1", repo_url=REPO, oid=OID) is UNKNOWN
-    assert isinstance(links.check(tokens[-1], tenant="t1", repo_url=REPO, oid=OID), Grant)
+    assert links.check(tokens[0], tenant="t0", repo_url=REPO, oid=OID) is UNKNOWN
+    assert isinstance(links.check(tokens[-1], tenant="t4", repo_url=REPO, oid=OID), Grant)
 
 
 def test_a_grant_never_prints_its_href_or_headers() -> None:
@@ -92,3 +102,36 @@ def test_a_grant_never_prints_its_href_or_headers() -> None:
     token = links.issue("t1", REPO, D)
     grant = links.check(token, tenant="t1", repo_url=REPO, oid=OID)
     assert "secret" not in repr(grant) and "secret" not in str(grant)
+
+
+def test_one_object_granted_again_keeps_its_one_link_renewed() -> None:
+    links, clock = table(ttl=10)
+    token = links.issue("t1", REPO, D)
+    clock.now += 8
+    fresh = Download(OID, 3, "https://media.example/x?sig=new", ())
+    assert [links.issue("t1", REPO, fresh) for _ in range(1000)] == [token] * 1000
+    assert len(links) == 1
+    clock.now += 8  # past the first grant's expiry, within the renewal's
+    got = links.check(token, tenant="t1", repo_url=REPO, oid=OID)
+    assert isinstance(got, Grant) and got.download == fresh and got.issued == 108
+    assert links.issue("t2", REPO, D) != token and links.issue("t1", REPO + "2", D) != token
+
+
+def test_a_tenant_flooding_the_table_only_evicts_its_own_links() -> None:
+    links, _ = table(max_links=1000, max_per_tenant=10)
+    bob = links.issue("bob", REPO, D)
+    for i in range(5000):
+        links.issue("mallory", REPO, obj(i))
+    assert len(links) == 11
+    assert isinstance(links.check(bob, tenant="bob", repo_url=REPO, oid=OID), Grant)
+
+
+def test_revoking_costs_nothing_like_a_scan_of_the_table() -> None:
+    links, _ = table(max_links=300_000, max_per_tenant=300_000)
+    for i in range(200_000):
+        links.issue("alice", REPO, obj(i))
+    started = time.process_time()
+    for i in range(1000):
+        links.revoke("anonymous", f"{REPO}{i}")
+    assert time.process_time() - started < 0.5  # a scan each would take minutes
+    assert links.revoke("alice", REPO) == 200_000 and len(links) == 0
