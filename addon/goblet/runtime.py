@@ -162,6 +162,10 @@ class Runtime:
         self.lifecycle.maintenance = s.maintenance
         if self.fleet is not None:
             self.fleet.max_bytes, self.fleet.partitions = s.store_max_bytes, s.store_partitions
+            self.fleet.stall_timeout = s.upstream_timeout
+            self.fleet.public = s.isolation == "public"
+            self.fleet.cache_max_bytes, self.fleet.min_free_bytes = (s.cache_max_bytes,
+                                                                     s.min_free_bytes)
         self.partitions.max_per_repo = s.max_partitions
         self.reporter.instance = s.instance
         self.warmer.urls_file, self.warmer.credentials_file = s.warm_repos, s.warm_credentials

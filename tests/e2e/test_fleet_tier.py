@@ -12,6 +12,8 @@ compatible store (moto's server) and one real redis-server, all on loopback.
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -23,11 +25,14 @@ import pytest
 
 from tests.e2e.conftest import USERS, Repos, count
 from tests.e2e.test_clone import remote_view
+from tests.e2e.test_cold_clone import big_repo, slow_clone, tee_begun
 from tests.support.fleetservers import AWS_ENV, RedisServer, S3Server
 from tests.support.gitclient import GitClient, with_userinfo
 from tests.support.net import free_port, metric_sum
 from tests.support.proxy import GobletProxy
 from tests.support.repos import add_commit
+from tests.support.slow_s3 import SlowS3
+from tests.support.throttle import SlowReader
 from tests.support.upstream_client import UpstreamServer
 
 SENTINEL = "sentinel-fleet-token-6f1d"
@@ -64,7 +69,7 @@ class Fleet:
         self.proxies: list[GobletProxy] = []
 
     def start(self, *, endpoint: str | None = None, redis: str | None = None,
-              lease: str = "4s") -> GobletProxy:
+              lease: str = "4s", sets: dict[str, str] | None = None) -> GobletProxy:
         i = len(self.proxies)
         px = GobletProxy(self.tmp / f"goblet{i}", hosts=[self.upstream.host],
                          upstream_ca=self.upstream.cert_path, confdir=self.confdir, sets={
@@ -73,7 +78,7 @@ class Fleet:
                              "goblet_store": f"s3://{self.s3.bucket}/{self.prefix}",
                              "goblet_store_endpoint": endpoint or self.s3.endpoint,
                              "goblet_redis": self.redis_url if redis is None else redis,
-                             "goblet_fleet_lease": lease})
+                             "goblet_fleet_lease": lease, **(sets or {})})
         self.stack.enter_context(px)
         self.proxies.append(px)
         return px
@@ -291,3 +296,52 @@ def test_redis_killed_mid_fill_fails_no_clone_and_the_store_still_gets_the_repo(
     assert (tmp_path / "first" / ".git").is_dir(), leader.log_text()[-3000:]
     assert "fleet redis unavailable, filling alone" in other.log_text()
     published(leader, url, 60)
+
+
+def test_a_trickling_store_is_abandoned_and_the_clone_fills_from_the_upstream(
+    repos: Repos, upstream: UpstreamServer, confdir: Path, aws_env: None, tmp_path: Path,
+) -> None:
+    name = repos.create(commits=6)
+    url = upstream.url(name)
+    with SlowS3(size=4096, chunk=1, every=2.0) as store:  # 0.5 bytes/s, never silent 30 s
+        port = free_port()
+        px = GobletProxy(tmp_path / "px", hosts=[upstream.host], upstream_ca=upstream.cert_path,
+                         confdir=confdir, sets={
+                             "goblet_upstream_timeout": "3", "goblet_metrics_port": str(port),
+                             "goblet_store": "s3://goblet-fleet/p",
+                             "goblet_store_endpoint": store.endpoint})
+        with px:
+            started = time.monotonic()
+            GitClient(tmp_path / "home", ca_file=px.ca_cert, proxy=px.url).clone(
+                url, tmp_path / "clone")
+            assert time.monotonic() - started < 40
+            assert any(".bundle" in r for r in store.requests)
+            assert metric_sum(port, "goblet_fleet_degraded_total", part="store") >= 1
+            assert metric_sum(port, "goblet_store_restores_total", result="error") == 1
+            assert "object store too slow" in px.log_text()
+
+
+def test_a_slow_reader_streaming_a_cold_clone_holds_other_instances_no_longer_than_the_timeout(
+    fleet: Fleet, repos: Repos, upstream: UpstreamServer, tmp_path: Path,
+) -> None:
+    name = big_repo(repos)
+    url = upstream.url(name)
+    # a's streamed clone keeps its copy for a minute of slow reading (its upstream
+    # timeout); b gives up waiting for it after its own, 5 s
+    a = fleet.start(sets={"goblet_upstream_timeout": "60"})
+    b = fleet.start(sets={"goblet_upstream_timeout": "5"})
+    with SlowReader(a.port, rate=300) as reader:
+        slow = slow_clone(reader, a, url, tmp_path / "slow", tmp_path / "home-slow")
+        try:
+            tee_begun(a)  # a streams the cold clone, holding the repo's fleet lease
+            started = time.monotonic()
+            fleet.git(b, "other").clone(url, tmp_path / "other")
+            took = time.monotonic() - started
+            assert slow.poll() is None  # the slow clone still reads
+            assert 5 <= took < 40, took
+            port = int(b.sets["goblet_metrics_port"])
+            assert metric_sum(port, "goblet_fleet_lease_waits_total", result="timeout") == 1
+        finally:
+            if slow.poll() is None:
+                os.killpg(slow.pid, signal.SIGKILL)
+                slow.wait(10)

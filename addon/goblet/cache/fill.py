@@ -300,7 +300,8 @@ class Filler:
         try:
             try:
                 await self.store.init_bare(target)
-                if self.fleet is not None and await self.fleet.restore(repo, target):
+                if self.fleet is not None and await self.fleet.restore(
+                        repo, target, deadline=started + self.max_seconds):
                     # from the shared store; the fetch below adds only what moved since
                     self._restored[repo.key] = await asyncio.to_thread(pack_bytes, target)
             except OSError as e:

@@ -42,7 +42,9 @@ sharing the cache dir ever waits for a tee fill: while it runs, other
 requests for the repo pass to the upstream (``decide.py``), here and in other
 processes (whose ``start`` finds the lock taken). Other instances of a fleet
 (``Busy.FLEET``) wait for its end and restore what it published, as for any
-fill of the fleet's leader (``fleet/tier.py``).
+fill of the fleet's leader (``fleet/tier.py``), but no longer than
+``goblet_upstream_timeout``: its turn is marked streaming, then they fill on
+their own.
 """
 
 from __future__ import annotations
@@ -182,7 +184,8 @@ class TeeFill:
         except (LockTimeout, OSError):
             return Busy.LOCK
         if filler.fleet is not None:  # the fleet's turn too: one fill per repo fleet-wide
-            turn = await held.enter_async_context(filler.fleet.turn(repo, wait=False))
+            turn = await held.enter_async_context(
+                filler.fleet.turn(repo, wait=False, streaming=True))
             if turn.role is Role.BUSY:
                 await held.aclose()
                 return Busy.FLEET

@@ -5,8 +5,10 @@ over the published tips), its upload, the manifest (fenced), then tidying.
   this repo holds all of them; after ``MAX_INCREMENTS``, or when increments
   would outweigh the base, the next publish is a new base (compaction).
 - The manifest is replaced only by the holder of the repo's lease (a holder
-  whose lease was taken over writes nothing), and never by an older token than
-  the one that wrote it.
+  whose lease was taken over writes nothing), never by an older token than
+  the one that wrote it, never without a token (Redis down) once a token wrote
+  it, and only if it is still the manifest read before (a conditional PUT on
+  its ETag; on a server without conditional writes, a window remains).
 - Bundles no manifest names are deleted afterwards, and the store is kept
   within its budget by removing whole repos, least recently published first.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from goblet.cache.locks import LockTimeout, RepoLocks
@@ -32,7 +35,14 @@ from goblet.fleet.manifest import (
     parse,
     stale_objects,
 )
-from goblet.fleet.store import MANIFEST, NotFound, ObjectStore, StoreError, file_sha256
+from goblet.fleet.store import (
+    MANIFEST,
+    Conflict,
+    NotFound,
+    ObjectStore,
+    StoreError,
+    file_sha256,
+)
 from goblet.fleet.turns import Role, Turn
 
 if TYPE_CHECKING:
@@ -57,25 +67,24 @@ class Publisher:
 
     async def publish(self, repo: CacheRepo, turn: Turn) -> None:
         """Publish ``repo`` (see the module docstring); failures are logged and counted."""
-        store, coord = self.store, self.coordinator
+        store = self.store
         state = self.repos.state(repo)
         if store is None or state is None or not state.refs:
             return
         started = time.monotonic()
         try:
-            if coord is not None and turn.role is Role.LEADER:
-                try:
-                    if await coord.digest(repo.key) == state.digest:
-                        self.metrics.store_publishes.labels("skipped").inc()
-                        return
-                except CoordinationError as e:
-                    self.health.degraded("redis", str(e))
-            previous = await self._previous(repo)
-            if previous is not None and previous.digest == state.digest:
+            # What the store holds decides, never Redis's digest alone: the store may
+            # have lost the repo (its budget, a lifecycle rule, an operator) meanwhile.
+            previous, etag = await self._previous(repo)
+            if previous is not None and not await self._whole(repo, previous):
+                log.warning("the store lost bundles of %s: publishing a new base", repo.url)
+                previous = replace(previous, bundles=(), refs={})
+            if previous is not None and previous.bundles and previous.digest == state.digest:
                 self.metrics.store_publishes.labels("skipped").inc()
                 await self._set_digest(repo, turn, state.digest)
                 return
-            if previous is not None and turn.token and previous.fence > turn.token:
+            if previous is not None and previous.fence > turn.token:
+                # a newer writer's (or, without a token, any fenced writer's) manifest
                 self.metrics.store_publishes.labels("skipped").inc()
                 return
             kind, manifest = await self._bundle_and_upload(repo, turn, previous)
@@ -86,9 +95,16 @@ class Publisher:
                 log.warning("fleet lease of %s was taken over: not publishing", repo.url)
                 self.metrics.store_publishes.labels("skipped").inc()
                 return
-            await asyncio.to_thread(store.put_manifest, repo.key, manifest.to_json())
+            # Conditional on the manifest read above: a writer that replaced it since
+            # (one whose fence this publish did not see) wins, and nothing is tidied.
+            await asyncio.to_thread(store.put_manifest, repo.key, manifest.to_json(),
+                                    if_match=etag)
             await self._set_digest(repo, turn, manifest.digest)
             await self._tidy(repo, manifest)
+        except Conflict:
+            log.warning("the manifest of %s changed while publishing: not replaced", repo.url)
+            self.metrics.store_publishes.labels("skipped").inc()
+            return
         except StoreError as e:
             self.health.degraded("store", str(e))
             self.metrics.store_publishes.labels("error").inc()
@@ -108,6 +124,12 @@ class Publisher:
         log.info("published %s to the store: %s, %d bytes in %d bundle(s), %.3fs", repo.url,
                  kind, manifest.size, len(manifest.bundles), seconds)
 
+    async def _whole(self, repo: CacheRepo, manifest: Manifest) -> bool:
+        """Whether every bundle ``manifest`` names is in the store."""
+        assert self.store is not None
+        names = {o.name for o in await asyncio.to_thread(self.store.list_repo, repo.key)}
+        return all(b.name in names for b in manifest.bundles)
+
     async def _still_leader(self, repo: CacheRepo, turn: Turn) -> bool:
         """Whether ``turn`` may write the manifest: no one took its lease over. With Redis
         gone this cannot be known; the manifest's own fence (never replaced by an older
@@ -120,15 +142,18 @@ class Publisher:
             self.health.degraded("redis", str(e))
             return True
 
-    async def _previous(self, repo: CacheRepo) -> Manifest | None:
+    async def _previous(self, repo: CacheRepo) -> tuple[Manifest | None, str]:
+        """The stored manifest (None: none, or unreadable) and its ETag ("": none)."""
         assert self.store is not None
         try:
-            return parse(await asyncio.to_thread(self.store.get_manifest, repo.key))
+            data, etag = await asyncio.to_thread(self.store.get_manifest_tagged, repo.key)
         except NotFound:
-            return None
+            return None, ""
+        try:
+            return parse(data), etag
         except ManifestError as e:
             log.warning("replacing an unreadable manifest of %s: %s", repo.url, e)
-            return None
+            return None, etag
 
     async def _bundle_and_upload(self, repo: CacheRepo, turn: Turn, previous: Manifest | None
                                  ) -> tuple[str, Manifest | None]:
@@ -177,22 +202,36 @@ class Publisher:
         if stale:
             await asyncio.to_thread(self.store.delete, repo.key, stale)
         if self.max_bytes:
-            await asyncio.to_thread(self._enforce_budget, repo.key)
+            removed = await asyncio.to_thread(self._enforce_budget, repo.key)
+            for key in removed:  # no instance may believe the store still has it
+                await self.forget(key)
 
-    def _enforce_budget(self, keep: str) -> None:
+    async def forget(self, repo_key: str) -> None:
+        """Drop Redis's digest of a repo the store no longer holds (if Redis is up)."""
+        if self.coordinator is None:
+            return
+        try:
+            await self.coordinator.forget(repo_key)
+        except CoordinationError as e:
+            self.health.degraded("redis", str(e))
+
+    def _enforce_budget(self, keep: str) -> list[str]:
         """Delete whole repos, least recently published first, until the store fits its
-        budget (never ``keep``, the repo just published). Blocking."""
+        budget (never ``keep``, the repo just published); the keys removed. Blocking."""
         assert self.store is not None
         folders = self.store.list_all()
         total = sum(o.size for objs in folders.values() for o in objs)
         order = sorted((max(o.modified for o in objs), key) for key, objs in folders.items()
                        if key != keep)
+        removed: list[str] = []
         for _, key in order:
             if total <= self.max_bytes:
-                return
+                break
             objs = folders[key]
             names = [o.name for o in objs]
             names.sort(key=lambda n: n != MANIFEST)  # the manifest first: no dangling names
             self.store.delete(key, names)
+            removed.append(key)
             total -= sum(o.size for o in objs)
             log.info("store budget: removed %s (%d bytes)", key[:12], sum(o.size for o in objs))
+        return removed

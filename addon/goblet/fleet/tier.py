@@ -8,7 +8,10 @@
   and the upstream then sends each of them only what moved since.
   When the ``async with`` body succeeds, the holder publishes the repo in the
   background and only then releases the lease; on failure it releases at once.
-  A crashed leader's lease runs out by itself.
+  A crashed leader's lease runs out by itself. A leader streaming a cold
+  clone to its client (``streaming``) marks its lease so: its fill lasts as
+  long as that client reads, so others wait for it at most ``stall_timeout``
+  (goblet_upstream_timeout) and then fill on their own.
 - ``restore(repo, target)``: a cold fill's first step. Downloads the
   manifest's bundles (streamed to files), checks size and SHA-256, then
   ``git bundle verify`` and a fetch from each (index-pack with fsck) into the
@@ -29,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -38,15 +42,13 @@ from typing import TYPE_CHECKING, Any
 from goblet.cache.locks import RepoLocks
 from goblet.cache.recovery import remove_tree
 from goblet.cache.store import CacheRepo, RepoStore
+from goblet.cache.usage import free_bytes
 from goblet.fleet import bundles
 from goblet.fleet.health import PartHealth
 from goblet.fleet.lease import CoordinationError, Coordinator
-from goblet.fleet.manifest import (
-    ManifestError,
-    parse,
-)
+from goblet.fleet.manifest import Manifest, ManifestError, parse
 from goblet.fleet.publish import Publisher
-from goblet.fleet.store import NotFound, ObjectStore, StoreError
+from goblet.fleet.store import NotFound, ObjectStore, Pace, StoreError
 from goblet.fleet.turns import Role, Turn
 
 if TYPE_CHECKING:
@@ -65,7 +67,9 @@ class FleetTier:
     def __init__(self, repos: RepoStore, locks: RepoLocks, metrics: Metrics, *,
                  store: ObjectStore | None, coordinator: Coordinator | None,
                  partitions: frozenset[str] = frozenset({"shared"}), max_bytes: int = 0,
-                 max_wait: float = 3600.0) -> None:
+                 max_wait: float = 3600.0, stall_timeout: float = 60.0,
+                 cache_max_bytes: int = 0, min_free_bytes: int = 0,
+                 public: bool = False) -> None:
         self.repos = repos
         self.locks = locks
         self.metrics = metrics
@@ -73,6 +77,15 @@ class FleetTier:
         self.coordinator = coordinator
         self.partitions = partitions
         self.max_wait = max_wait
+        # goblet_upstream_timeout: a download from the store slower than
+        # ``store.LOW_SPEED`` bytes/s for this long is the store failing.
+        self.stall_timeout = stall_timeout
+        # goblet_cache_max_bytes and goblet_min_free_bytes: a manifest naming more than
+        # the cache may hold is not downloaded (its writer does not decide that).
+        self.cache_max_bytes = cache_max_bytes
+        self.min_free_bytes = min_free_bytes
+        # goblet_isolation=public: the tier stays out of fills (see ``publishable``).
+        self.public = public
         self.health = PartHealth(metrics)
         self.publisher = Publisher(repos, locks, metrics, self.health, store=store,
                                    coordinator=coordinator, max_bytes=max_bytes)
@@ -90,15 +103,21 @@ class FleetTier:
 
     def publishable(self, repo: CacheRepo) -> bool:
         """Whether ``repo`` may go to (and come from) the store: its partition kind is
-        opted in."""
-        return self.store is not None and repo.partition_kind in self.partitions
+        opted in, and the isolation is not ``public``. A public instance's repos share the
+        ``shared`` partition's keys, and a restore comes before the anonymous fill that
+        would be refused a private repo: restoring would put bundles another instance
+        published from a private repo on a disk that holds only public data."""
+        return (self.store is not None and not self.public
+                and repo.partition_kind in self.partitions)
 
     # --- turns ------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def turn(self, repo: CacheRepo, *, wait: bool = True) -> AsyncIterator[Turn]:
-        """This instance's turn at filling ``repo`` (see the module docstring)."""
-        turn = await self._take(repo, wait)
+    async def turn(self, repo: CacheRepo, *, wait: bool = True,
+                   streaming: bool = False) -> AsyncIterator[Turn]:
+        """This instance's turn at filling ``repo`` (see the module docstring);
+        ``streaming``: the fill is a streamed cold clone (``cache/teefill.py``)."""
+        turn = await self._take(repo, wait, streaming)
         ok = False
         try:
             yield turn
@@ -107,15 +126,15 @@ class FleetTier:
             publish = ok and turn.role in (Role.LEADER, Role.ALONE) and self.publishable(repo)
             self._spawn(self._publish_then_release(repo, turn, publish))
 
-    async def _take(self, repo: CacheRepo, wait: bool) -> Turn:
+    async def _take(self, repo: CacheRepo, wait: bool, streaming: bool = False) -> Turn:
         coord = self.coordinator
-        if coord is None:
+        if coord is None or self.public:  # a public instance neither restores nor publishes
             return Turn(Role.ALONE)
         started = time.monotonic()
         try:
             before = await coord.digest(repo.key)
             while True:
-                token = await coord.acquire(repo.key)
+                token = await coord.acquire(repo.key, streaming=streaming)
                 if token is not None:
                     turn = Turn(Role.LEADER, token)
                     turn._renewer = asyncio.get_running_loop().create_task(
@@ -123,10 +142,16 @@ class FleetTier:
                     return self._waited(turn, started)
                 if not wait:
                     return self._waited(Turn(Role.BUSY), started)
-                if before is not None:  # the store has it: restore now, fetch the delta
+                if before is not None and not await self._lost(repo):
+                    # the store has it: restore now, fetch the delta
                     return self._waited(Turn(Role.FOLLOWER), started)
-                while await coord.held(repo.key):
-                    if time.monotonic() - started > self.max_wait:
+                before = None
+                while (holder := await coord.holder(repo.key)) is not None:
+                    # A streamed cold clone lasts as long as its client reads: waited
+                    # for no longer than a stalled fetch would be.
+                    patience = min(self.max_wait, self.stall_timeout) \
+                        if holder == "stream" else self.max_wait
+                    if time.monotonic() - started > patience:
                         return self._waited(Turn(Role.ALONE), started, "timeout")
                     await asyncio.sleep(POLL)
                 if await coord.digest(repo.key) != before:
@@ -134,6 +159,25 @@ class FleetTier:
         except CoordinationError as e:
             self.health.degraded("redis", str(e))
             return Turn(Role.ALONE)
+
+    def _glance(self) -> Pace:
+        """The pace of a look at a manifest outside a fill: ``stall_timeout`` at most."""
+        window = max(1.0, self.stall_timeout)
+        return Pace(window=window, deadline=time.monotonic() + window)
+
+    async def _lost(self, repo: CacheRepo) -> bool:
+        """Whether the store lost ``repo`` though Redis has its digest (then forgotten):
+        a follower would restore nothing, so it waits for the leader instead."""
+        if self.store is None:
+            return False
+        try:
+            await asyncio.to_thread(self.store.get_manifest, repo.key, self._glance())
+        except NotFound:
+            await self.publisher.forget(repo.key)
+            return True
+        except StoreError as e:
+            self.health.degraded("store", str(e))
+        return False
 
     def _waited(self, turn: Turn, started: float, result: str = "") -> Turn:
         self.health.healthy("redis")
@@ -190,7 +234,7 @@ class FleetTier:
             except CoordinationError as e:
                 self.health.degraded("redis", str(e))
         try:
-            await asyncio.to_thread(self.store.get_manifest, repo.key)
+            await asyncio.to_thread(self.store.get_manifest, repo.key, self._glance())
         except NotFound:
             return False
         except StoreError as e:
@@ -199,35 +243,36 @@ class FleetTier:
         self.health.healthy("store")
         return True
 
-    async def restore(self, repo: CacheRepo, target: Path) -> bool:
+    async def restore(self, repo: CacheRepo, target: Path, *,
+                      deadline: float = math.inf) -> bool:
         """Fill the new, empty repo at ``target`` from the store; True if restored.
 
-        On any failure ``target`` is left empty again (re-created) and False returned:
-        the fill then fetches everything from the upstream.
+        The whole restore ends by ``deadline`` (``time.monotonic``, the fill's), and
+        a download slower than ``store.LOW_SPEED`` bytes/s for ``stall_timeout`` is
+        abandoned: both count as the store failing. On any failure ``target`` is left
+        empty again (re-created) and False returned: the fill then fetches everything
+        from the upstream.
         """
         store = self.store
         if store is None or not self.publishable(repo):
             return False
         started = time.monotonic()
+        pace = Pace(window=max(1.0, self.stall_timeout), deadline=deadline)
         try:
-            manifest = parse(await asyncio.to_thread(store.get_manifest, repo.key))
-            moved = 0
-            for entry in manifest.bundles:
-                with bundles.bundle_file(self.repos.tmp_dir, repo.key) as path:
-                    digest = await asyncio.to_thread(store.download, repo.key, entry.name,
-                                                     path, entry.size)
-                    if digest != entry.sha256 or path.stat().st_size != entry.size:
-                        raise bundles.BundleError("bundle checksum does not match its manifest")
-                    moved += entry.size
-                    await bundles.verify(self.repos.git, target, path)
-                    await bundles.fetch(self.repos.git, target, path)
+            async with asyncio.timeout(max(0.0, deadline - started)
+                                       if deadline != math.inf else None):
+                manifest, moved = await self._restore(store, repo, target, pace)
         except NotFound:
             self.metrics.store_restores.labels("miss").inc()
             self.health.healthy("store")
+            await self.publisher.forget(repo.key)  # Redis's digest no longer holds
             await self._reset(target)
             return False
-        except StoreError as e:
-            self.health.degraded("store", str(e))
+        except (StoreError, TimeoutError) as e:
+            pace.stop.set()  # a download still running in its thread ends at its next read
+            reason = str(e) if isinstance(e, StoreError) else \
+                "object store too slow: the fill's deadline passed"
+            self.health.degraded("store", reason)
             self.metrics.store_restores.labels("error").inc()
             await self._reset(target)
             return False
@@ -245,14 +290,47 @@ class FleetTier:
                  len(manifest.bundles), moved, seconds)
         return True
 
+    async def _restore(self, store: ObjectStore, repo: CacheRepo, target: Path, pace: Pace
+                       ) -> tuple[Manifest, int]:
+        """Download, check and fetch each bundle of the manifest; (manifest, bytes)."""
+        manifest = parse(await asyncio.to_thread(store.get_manifest, repo.key, pace))
+        self._room_for(manifest)
+        moved = 0
+        for entry in manifest.bundles:
+            with bundles.bundle_file(self.repos.tmp_dir, repo.key) as path:
+                digest = await asyncio.to_thread(store.download, repo.key, entry.name,
+                                                 path, entry.size, pace)
+                if digest != entry.sha256 or path.stat().st_size != entry.size:
+                    raise bundles.BundleError("bundle checksum does not match its manifest")
+                moved += entry.size
+                await bundles.verify(self.repos.git, target, path)
+                await bundles.fetch(self.repos.git, target, path)
+        return manifest, moved
+
+    def _room_for(self, manifest: Manifest) -> None:
+        """BundleError unless the cache has room for what ``manifest`` names: within
+        ``cache_max_bytes``, and with ``min_free_bytes`` left free while its largest bundle
+        and the packs fetched from the bundles are both on disk."""
+        total = manifest.size
+        if self.cache_max_bytes and total > self.cache_max_bytes:
+            raise bundles.BundleError(f"manifest names {total} bytes, over the cache budget "
+                                      f"of {self.cache_max_bytes}")
+        need = total + max((b.size for b in manifest.bundles), default=0)
+        room = free_bytes(self.repos.root) - self.min_free_bytes
+        if need > room:
+            raise bundles.BundleError(f"manifest names {total} bytes, more than the cache "
+                                      f"disk has free above goblet_min_free_bytes")
+
     async def _reset(self, target: Path) -> None:
         """Leave an empty repo at ``target`` (whatever a failed restore put there goes)."""
         await asyncio.to_thread(remove_tree, target)
         await self.repos.init_bare(target)
 
     async def publish(self, repo: CacheRepo, turn: Turn) -> None:
-        """Publish ``repo`` now (``publish.Publisher``); failures are logged and counted."""
-        await self.publisher.publish(repo, turn)
+        """Publish ``repo`` now (``publish.Publisher``) if it is ``publishable``; failures
+        are logged and counted."""
+        if self.publishable(repo):
+            await self.publisher.publish(repo, turn)
 
     async def close(self) -> None:
         """Let background publishes finish (briefly), then close Redis."""
@@ -276,7 +354,11 @@ def build(settings: Settings, repos: RepoStore, locks: RepoLocks, metrics: Metri
     coordinator = Coordinator(settings.redis, password=redis_password(),
                               lease_seconds=settings.fleet_lease) if settings.redis else None
     return FleetTier(repos, locks, metrics, store=store, coordinator=coordinator,
-                     partitions=settings.store_partitions, max_bytes=settings.store_max_bytes)
+                     partitions=settings.store_partitions, max_bytes=settings.store_max_bytes,
+                     stall_timeout=settings.upstream_timeout,
+                     cache_max_bytes=settings.cache_max_bytes,
+                     min_free_bytes=settings.min_free_bytes,
+                     public=settings.isolation == "public")
 
 
 def describe(settings: Settings) -> str:

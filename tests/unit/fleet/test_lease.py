@@ -121,3 +121,43 @@ def test_turns_leader_busy_follower(server: RedisServer, tmp_path: Path) -> None
         await ta.close()
         await tb.close()
     asyncio.run(main())
+
+
+def test_a_streaming_leader_is_waited_for_no_longer_than_the_upstream_timeout(
+    server: RedisServer, tmp_path: Path,
+) -> None:
+    repos = RepoStore(tmp_path / "cache", GitRunner(home=tmp_path / "home"))
+    repos.prepare()
+    repo = repos.repo_for("https://git.example/r.git")
+
+    async def main() -> None:
+        a, b = coordinator(server.url, lease=2), coordinator(server.url, lease=2)
+        ta = FleetTier(repos, RepoLocks(repos.lock_dir), Metrics(), store=None, coordinator=a)
+        tb = FleetTier(repos, RepoLocks(repos.lock_dir), Metrics(), store=None, coordinator=b,
+                       stall_timeout=1.0)
+        async with ta.turn(repo, wait=False, streaming=True) as streaming:
+            assert streaming.role is Role.LEADER
+            assert await b.holder(repo.key) == "stream"
+            await asyncio.sleep(1.0)  # renewed: still streaming
+            assert await b.holder(repo.key) == "stream"
+            started = asyncio.get_running_loop().time()
+            alone = await asyncio.wait_for(tb._take(repo, wait=True), 5)
+            assert alone.role is Role.ALONE
+            assert 1.0 <= asyncio.get_running_loop().time() - started < 2.5
+            assert tb.metrics.lease_waits.labels("timeout")._value.get() == 1
+        await asyncio.sleep(0.3)  # the release runs in the background
+        assert await b.holder(repo.key) is None
+        async with ta.turn(repo) as filling:  # an ordinary fill: waited for as long as it runs
+            assert filling.role is Role.LEADER
+            assert await b.holder(repo.key) == "fill"
+            waiting = asyncio.ensure_future(tb._take(repo, wait=True))
+            await asyncio.sleep(2.0)
+            assert not waiting.done()
+        second = await asyncio.wait_for(waiting, 5)
+        assert second.role is Role.LEADER
+        assert second._renewer is not None
+        second._renewer.cancel()
+        await b.release(repo.key, second.token)
+        await ta.close()
+        await tb.close()
+    asyncio.run(main())

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,9 +25,10 @@ from goblet.fleet.turns import Role, Turn
 from goblet.git.runner import GitRunner
 from goblet.observe.metrics import Metrics
 
-from tests.support.fleetservers import RedisServer, S3Server
+from tests.support.fleetservers import AWS_ENV, RedisServer, S3Server
 from tests.support.repos import add_commit, make_bare_repo
 from tests.support.repos import git as bare_git
+from tests.support.slow_s3 import SlowS3
 
 URL = "https://git.example/org/r.git"
 
@@ -213,3 +216,197 @@ def test_bundles_in_tmp_are_claimed_so_a_sweep_leaves_them(s3: S3Server, tmp_pat
         assert sweep_abandoned(repos_a.tmp_dir) == []
         assert path.read_bytes() == b"in use"
     assert list(repos_a.tmp_dir.iterdir()) == []
+
+
+def slow_tier(tmp: Path, slow: SlowS3, stall: float) -> tuple[FleetTier, RepoStore]:
+    """An instance whose store is ``slow`` (the ObjectStore's own client and timeouts)."""
+    git = GitRunner(home=tmp / "home")
+    repos = RepoStore(tmp / "slow", git)
+    repos.prepare()
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in AWS_ENV.items():
+            mp.setenv(k, v)
+        store = ObjectStore(StoreLocation("goblet-fleet", "p"), slow.endpoint)
+    tier = FleetTier(repos, RepoLocks(repos.lock_dir), Metrics(), store=store,
+                     coordinator=None, stall_timeout=stall)
+    return tier, repos
+
+
+@pytest.mark.parametrize(("chunk", "every", "deadline"), [
+    (1, 0.5, 60.0),  # a trickle under the minimum rate: abandoned after ``stall`` seconds
+    (4096, 0.5, 3.0),  # fast enough (8 KB/s) but longer than the fill's deadline
+])
+def test_a_slow_store_ends_the_restore_and_counts_as_failing(
+    tmp_path: Path, chunk: int, every: float, deadline: float,
+) -> None:
+    with SlowS3(size=1024 * 1024, chunk=chunk, every=every) as slow:
+        tier, repos = slow_tier(tmp_path, slow, stall=2.0)
+        repo = repos.repo_for(URL)
+
+        async def main() -> tuple[bool, Path]:
+            target, claim = repos.claim_temp(repo)
+            await repos.init_bare(target)
+            ok = await tier.restore(repo, target, deadline=time.monotonic() + deadline)
+            claim.release()
+            return ok, target
+
+        started = time.monotonic()
+        ok, target = asyncio.run(main())
+        took = time.monotonic() - started
+        assert slow.requests and any(".bundle" in r for r in slow.requests)
+    assert not ok
+    assert took < 10, took
+    assert tier.metrics.fleet_degraded.labels("store")._value.get() == 1
+    assert tier.metrics.store_restores.labels("error")._value.get() == 1
+    assert refs_of(target) == {}
+
+
+def test_a_repo_the_store_lost_is_forgotten_in_redis_and_published_again(
+    s3: S3Server, tmp_path: Path,
+) -> None:
+    with RedisServer(tmp_path / "redis") as server:
+        location = parse_redis(server.url)
+        assert location is not None
+        coordinator = Coordinator(location, lease_seconds=30)
+        world = World(tmp_path, s3, "lost", coordinator)
+        a, repos_a = world.instance("a", tmp_path, max_bytes=1)
+        b, repos_b = world.instance("b", tmp_path)
+        first, second = repos_a.repo_for(URL), repos_a.repo_for(URL + "2")
+        world.mirror(repos_a, first)
+        world.mirror(repos_a, second)
+
+        async def lead(repo: CacheRepo) -> None:
+            token = await coordinator.acquire(repo.key)
+            assert token is not None
+            await a.publish(repo, Turn(Role.LEADER, token))
+            await coordinator.release(repo.key, token)
+
+        async def main() -> None:
+            await lead(first)
+            assert await coordinator.digest(first.key)
+            await lead(second)  # over the budget: the store removes ``first``...
+            assert not [k for k in s3.objects() if k.startswith(f"lost/repos/{first.key}/")]
+            assert await coordinator.digest(first.key) is None  # ...and Redis forgets it
+            assert await coordinator.digest(second.key)
+
+            # Lost behind goblet's back (a lifecycle rule, an operator): Redis still says
+            # published. A waiter does not take that for a restorable repo...
+            for key in [k for k in s3.objects() if k.startswith(f"lost/repos/{second.key}/")]:
+                s3.client().delete_object(Bucket=s3.bucket, Key=key)
+            holder = await coordinator.acquire(second.key)
+            assert holder is not None
+            waiting = asyncio.ensure_future(b._take(second, wait=True))
+            await asyncio.sleep(0.6)
+            assert not waiting.done()  # waits for the leader, not a follower at once
+            assert await coordinator.digest(second.key) is None
+            await coordinator.release(second.key, holder)
+            taken = await asyncio.wait_for(waiting, 5)
+            assert taken.role is Role.LEADER
+            assert taken._renewer is not None
+            taken._renewer.cancel()
+            # ...and its publish, with unchanged refs, writes the repo again.
+            await a.publish(second, taken)
+            await coordinator.release(second.key, taken.token)
+            assert world.manifest(second)["bundles"]
+            ok, _ = await restore_fresh(b, repos_b, repos_b.repo_for(URL + "2"))
+            assert ok
+            # a restore finding nothing forgets the digest too
+            await coordinator.client.set(f"goblet:digest:{first.key}", "d" * 64)
+            ok, _ = await restore_fresh(b, repos_b, repos_b.repo_for(URL))
+            assert not ok
+            assert await coordinator.digest(first.key) is None
+            await coordinator.close()
+        asyncio.run(main())
+
+
+def test_a_manifest_whose_bundles_are_gone_is_published_again(
+    s3: S3Server, tmp_path: Path,
+) -> None:
+    _, repo, (a, _), (b, repos_b) = published(tmp_path, s3, "gone")
+    for key in [k for k in s3.objects() if k.startswith(f"gone/repos/{repo.key}/")
+                and k.endswith(".bundle")]:
+        s3.client().delete_object(Bucket=s3.bucket, Key=key)
+    asyncio.run(a.publish(repo, Turn(Role.ALONE)))  # refs unchanged: not skipped
+    assert a.metrics.store_publishes.labels("base")._value.get() == 2
+    ok, _ = asyncio.run(restore_fresh(b, repos_b, repos_b.repo_for(URL)))
+    assert ok
+
+
+@pytest.mark.parametrize("limit", ["budget", "free"])
+def test_a_manifest_naming_more_than_the_cache_has_room_for_is_not_downloaded(
+    s3: S3Server, tmp_path: Path, limit: str,
+) -> None:
+    world, repo, _, (b, repos_b) = published(tmp_path, s3, f"room-{limit}")
+    size = sum(e["size"] for e in world.manifest(repo)["bundles"])  # type: ignore[attr-defined]
+    if limit == "budget":
+        b.cache_max_bytes = size - 1
+    else:
+        b.min_free_bytes = shutil.disk_usage(repos_b.root).free - size
+    ok, target = asyncio.run(restore_fresh(b, repos_b, repos_b.repo_for(URL)))
+    assert not ok
+    assert refs_of(target) == {}
+    assert b.metrics.store_restores.labels("error")._value.get() == 1
+    assert b.metrics.store_bytes.labels("down")._value.get() == 0
+    b.cache_max_bytes, b.min_free_bytes = size * 3, 0  # room enough: restored
+    ok, _ = asyncio.run(restore_fresh(b, repos_b, repos_b.repo_for(URL)))
+    assert ok
+
+
+def test_a_public_instance_neither_restores_nor_publishes(s3: S3Server, tmp_path: Path) -> None:
+    world, _, _, (b, repos_b) = published(tmp_path, s3, "public")
+    b.public = True  # goblet_isolation=public
+    before = sorted(s3.objects())
+    ok, target = asyncio.run(restore_fresh(b, repos_b, repos_b.repo_for(URL)))
+    assert not ok and refs_of(target) == {}
+    assert not asyncio.run(b.can_restore(repos_b.repo_for(URL)))
+    assert sum(b.metrics.store_restores.labels(r)._value.get()
+               for r in ("hit", "miss", "error")) == 0
+    other = repos_b.repo_for(URL + "-public")
+    world.publish(b, repos_b, other)
+    assert sorted(s3.objects()) == before
+    assert asyncio.run(b._take(other, wait=True)).role is Role.ALONE
+
+
+def test_without_a_token_a_fenced_manifest_is_never_replaced(
+    s3: S3Server, tmp_path: Path,
+) -> None:
+    """Redis down (ALONE, no token): an instance with older refs leaves the manifest a
+    lease holder wrote, and its bundles."""
+    world = World(tmp_path, s3, "alone")
+    new, new_repos = world.instance("new", tmp_path)
+    old, old_repos = world.instance("old", tmp_path)
+    repo_old = old_repos.repo_for(URL)
+    world.mirror(old_repos, repo_old)  # cut off from Redis, with older refs
+    add_commit(world.source, message="newer")
+    repo_new = new_repos.repo_for(URL)
+    world.mirror(new_repos, repo_new)
+    asyncio.run(new.publish(repo_new, Turn(Role.LEADER, 7)))
+    before = world.manifest(repo_new)
+    asyncio.run(old.publish(repo_old, Turn(Role.ALONE)))
+    assert world.manifest(repo_new) == before
+    assert old.metrics.store_publishes.labels("skipped")._value.get() == 1
+    names = {b["name"] for b in before["bundles"]}  # type: ignore[attr-defined]
+    assert names <= {k.rsplit("/", 1)[1] for k in s3.objects() if k.startswith("alone/")}
+
+
+def test_a_manifest_replaced_during_a_publish_is_not_overwritten(
+    s3: S3Server, tmp_path: Path,
+) -> None:
+    world, repo, (a, repos_a), _ = published(tmp_path, s3, "race")
+    add_commit(world.source, message="moved")
+    world.mirror(repos_a, repo)
+    key = f"race/repos/{repo.key}/manifest.json"
+    theirs = {**world.manifest(repo), "created_at": 2.0}
+    assert a.store is not None
+    upload = a.store.upload
+
+    def racing_upload(repo_key: str, name: str, path: Path) -> None:
+        upload(repo_key, name, path)  # meanwhile another writer replaces the manifest
+        s3.client().put_object(Bucket=s3.bucket, Key=key, Body=json.dumps(theirs).encode())
+
+    a.store.upload = racing_upload  # type: ignore[method-assign]
+    asyncio.run(a.publish(repo, Turn(Role.ALONE)))
+    assert world.manifest(repo) == theirs
+    assert a.metrics.store_publishes.labels("skipped")._value.get() == 1
+    names = {b["name"] for b in theirs["bundles"]}  # type: ignore[attr-defined]
+    assert names <= {k.rsplit("/", 1)[1] for k in s3.objects() if k.startswith("race/")}
