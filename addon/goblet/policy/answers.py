@@ -17,11 +17,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
-from functools import partial
 
 from goblet.auth.credentials import ANONYMOUS
 from goblet.auth.verdicts import RefView
@@ -29,6 +27,7 @@ from goblet.cache.store import RepoStore
 from goblet.decide import FetchDecider
 from goblet.policy import bodies
 from goblet.policy.flows import FlowState, Kind, Outcome
+from goblet.policy.offload import run_sized
 from goblet.protocol import refs
 from goblet.protocol.errors import ProtocolError
 
@@ -87,9 +86,9 @@ class AnswerPolicy:
                                             self.inspector)
             if body is None:
                 return None
-            read = await asyncio.get_running_loop().run_in_executor(
-                self.inspector, partial(read_ref_answer, headers.get("content-type", ""),
-                                        body, ls_refs=state.kind is Kind.LS_REFS))
+            read = await run_sized(self.inspector, len(body), read_ref_answer,
+                                   headers.get("content-type", ""), body,
+                                   ls_refs=state.kind is Kind.LS_REFS)
             if read is not None:
                 self.granted(state, read)
                 return read.replacement

@@ -18,7 +18,6 @@ which it applies to the flow; nothing here knows mitmproxy.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
@@ -35,6 +34,7 @@ from goblet.offline.forward import UpstreamAnswer, UpstreamUnreachable
 from goblet.options import Settings
 from goblet.policy import bodies, offline
 from goblet.policy.flows import FlowState, Kind, Outcome
+from goblet.policy.offload import run_sized
 from goblet.policy.refcache import CachedRefs, RefsFromCache
 from goblet.policy.requests import Classified
 from goblet.protocol import pktline, request
@@ -95,8 +95,8 @@ ServePlanner = Callable[..., ServePlan]
 
 
 def parse_upload_pack(body: bytes, version: int) -> request.V2Request | request.FetchRequest:
-    """Parse an upload-pack request body in protocol ``version`` (CPU work: run it off the
-    event loop)."""
+    """Parse an upload-pack request body in protocol ``version`` (CPU work: a large one
+    runs off the event loop, ``policy/offload.py``)."""
     return request.parse_v2(body) if version == 2 else request.parse_v0(body, version)
 
 
@@ -180,8 +180,8 @@ class FlowPolicy:
             state.reason = state.reason or got.reason
             return Upstream()
         try:
-            parsed = await asyncio.get_running_loop().run_in_executor(
-                self.inspector, parse_upload_pack, got.body, state.version)
+            parsed = await run_sized(self.inspector, len(got.body), parse_upload_pack,
+                                     got.body, state.version)
         except ProtocolError as e:
             return refuse(400, f"goblet: malformed request: {e.reason}")
         state.body = got.body

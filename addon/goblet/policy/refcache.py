@@ -24,6 +24,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from goblet.auth.verdicts import RefView
+from goblet.cache.store import RepoState
 from goblet.decide import FetchDecider
 from goblet.observe.metrics import Metrics
 from goblet.policy import freshness
@@ -34,10 +36,12 @@ from goblet.protocol.request import cache_identity
 from goblet.protocol.routes import ADVERTISEMENT_TYPE, RESULT_TYPE
 from goblet.serve.plans import ServePlan, clean_git_protocol
 from goblet.serve.refanswers import TOO_LARGE, RefAnswers
+from goblet.serve.refanswers import Key as AnswerKey
 
 NOTICE_WINDOW = 30.0  # seconds a fetch may follow its cached ref answer and be told
 MAX_MARKS = 10_000
 MAX_NOTICES = 10_000
+MAX_LISTED = 4096  # remembered checks of held ls-refs answers against a credential's view
 
 Planner = Callable[..., ServePlan]
 
@@ -69,6 +73,8 @@ class RefsFromCache:
         self._clock = clock
         self._marks: OrderedDict[str, float] = OrderedDict()  # repo URL → when marked
         self._told: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
+        self._listed: OrderedDict[tuple[AnswerKey, int], tuple[RefView, bytes, bool]] = (
+            OrderedDict())
 
     def mark_stale(self, urls: Iterable[str]) -> int:
         """Count the refs of these repo URLs as stale from now on; how many were marked."""
@@ -102,11 +108,11 @@ class RefsFromCache:
 
     async def _answer(self, state: FlowState,
                       git_protocol: str | None) -> CachedRefs | ServePlan | None:
-        plan = self.plan(state, git_protocol)
-        if plan is None:
+        got = self._plan(state, git_protocol)
+        if got is None:
             return None
+        plan, snapshot = got
         assert state.repo is not None
-        snapshot = self.decider.store.state(state.repo)
         identity = cache_identity(plan.body)
         if self.answers is None or snapshot is None or identity is None:
             return plan
@@ -120,7 +126,7 @@ class RefsFromCache:
             state.reason = "refs from upstream: the cache could not answer"
             return None
         assert isinstance(body, bytes)
-        if not plan.advertise and not self._only_listed(state, body):
+        if not plan.advertise and not self._only_listed(state, key, body):
             # a fill moved the cache between the rule's look and upload-pack's
             self.answers.forget(key)
             state.reason = "refs from upstream: the cache's refs moved meanwhile"
@@ -128,24 +134,37 @@ class RefsFromCache:
             return None
         return CachedRefs(body, ADVERTISEMENT_TYPE if plan.advertise else RESULT_TYPE)
 
-    def _only_listed(self, state: FlowState, body: bytes) -> bool:
-        """Whether an ls-refs answer lists only refs, ids and peeled ids the upstream listed
-        to this credential (its latest view)."""
+    def _only_listed(self, state: FlowState, key: AnswerKey, body: bytes) -> bool:
+        """Whether an ls-refs answer (``body``, held under ``key``) lists only refs, ids and
+        peeled ids the upstream listed to this credential (its latest view). The check is
+        remembered per answer and view object: a new grant makes a new view."""
         assert state.repo is not None
         latest = self.decider.verdicts.view_age(state.tenant, state.repo.url)
+        if latest is None:
+            return False
+        view = latest[0]
+        memo = (key, id(view))  # (the entry holds the view: its id is not reused meanwhile)
+        seen = self._listed.get(memo)
+        if seen is not None and seen[0] is view and seen[1] is body:
+            return seen[2]
         try:
             adv = refs.parse_ls_refs(body)
         except ProtocolError:
             return False
-        if latest is None:
-            return False
-        pairs = latest[0].pairs
-        return (all((name, oid) in pairs for name, oid in adv.refs.items())
-                and all((f"{name}^{{}}", oid) in pairs for name, oid in adv.peeled.items()))
+        pairs = view.pairs
+        ok = (all((name, oid) in pairs for name, oid in adv.refs.items())
+              and all((f"{name}^{{}}", oid) in pairs for name, oid in adv.peeled.items()))
+        self._listed.pop(memo, None)
+        self._listed[memo] = (view, body, ok)
+        while len(self._listed) > MAX_LISTED:
+            self._listed.popitem(last=False)
+        return ok
 
-    def plan(self, state: FlowState, git_protocol: str | None) -> ServePlan | None:
-        """The rule's verdict on ``state``'s ref request as a serve plan (None: upstream).
-        Raises ProtocolError for a malformed ``goblet-…`` server option."""
+    def _plan(self, state: FlowState,
+              git_protocol: str | None) -> tuple[ServePlan, RepoState | None] | None:
+        """The rule's verdict on ``state``'s ref request as a serve plan, with the cache
+        snapshot it was decided on (None: upstream). Raises ProtocolError for a malformed
+        ``goblet-…`` server option."""
         repo, ls = state.repo, state.ls_refs
         ttl = self.refs_ttl()
         if repo is None or ttl <= 0:
@@ -184,7 +203,7 @@ class RefsFromCache:
         return self.planner(repo, b"" if advertise else state.body,
                             clean_git_protocol(git_protocol), advertise=advertise,
                             hidden_refs=verdict.hidden,
-                            drop_head_symref="HEAD" in verdict.hidden)
+                            drop_head_symref="HEAD" in verdict.hidden), snapshot
 
     def _remember(self, tenant: str, repo_key: str, age: float) -> None:
         key = (tenant, repo_key)

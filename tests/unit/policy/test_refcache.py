@@ -184,3 +184,24 @@ def test_a_cache_that_cannot_answer_sends_the_request_upstream(world: Any) -> No
     assert answer(refs, state) is None and "could not answer" in state.reason
     refs.answers = Canned(TOO_LARGE)  # type: ignore[arg-type]
     assert isinstance(answer(refs, ls_refs()), ServePlan)  # streamed by the backend
+
+
+def test_the_remembered_check_follows_each_credentials_latest_view(world: Any) -> None:
+    """The check of a held answer against a view is remembered per view: the upstream
+    listing other refs to a credential (a new view) makes the same held answer fail,
+    and another credential's view is checked on its own."""
+    refs, decider, clock, _ = world
+    body = line(f"{A} refs/heads/main") + b"0000"
+    refs.answers = Canned(body)
+    grant(decider)
+    assert isinstance(answer(refs, ls_refs()), CachedRefs)
+    assert isinstance(answer(refs, ls_refs()), CachedRefs)  # remembered: same verdict
+    moved = RefView.of({"HEAD": "b" * 40, "refs/heads/main": "b" * 40}, {}, complete=True)
+    decider.verdicts.record("t", REPO.url, granted=True, view=moved)
+    assert answer(refs, ls_refs()) is None  # the view moved on: not what upstream listed
+    other = RefView.of({"refs/heads/other": A}, {}, complete=True)
+    decider.verdicts.record("u", REPO.url, granted=True, view=other)
+    assert answer(refs, ls_refs("u")) is None
+    clock.now += 1
+    grant(decider)  # the upstream lists main at A to "t" again
+    assert isinstance(answer(refs, ls_refs()), CachedRefs)

@@ -1,0 +1,37 @@
+"""run_sized: small work inline on the event loop, large work in the executor."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from goblet.policy.offload import INLINE_BYTES, run_sized
+
+
+def where(tag: str, *, fail: bool = False) -> tuple[str, str]:
+    if fail:
+        raise ValueError(tag)
+    return tag, threading.current_thread().name
+
+
+def test_small_work_runs_inline_and_large_work_in_the_executor() -> None:
+    async def main() -> list[tuple[str, str]]:
+        with ThreadPoolExecutor(1, thread_name_prefix="worker") as pool:
+            return [await run_sized(pool, INLINE_BYTES, where, "small"),
+                    await run_sized(pool, INLINE_BYTES + 1, where, tag="large")]
+
+    small, large = asyncio.run(main())
+    assert small == ("small", threading.current_thread().name)
+    assert large[0] == "large" and large[1].startswith("worker")
+
+
+@pytest.mark.parametrize("size", [0, INLINE_BYTES + 1])
+def test_exceptions_reach_the_caller_either_way(size: int) -> None:
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            await run_sized(pool, size, where, "x", fail=True)
+
+    with pytest.raises(ValueError, match="x"):
+        asyncio.run(main())
