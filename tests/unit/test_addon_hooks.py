@@ -312,3 +312,18 @@ def test_every_option_applies_at_run_time_or_says_it_needs_a_restart(tmp_path: P
                 tctx.configure(addon, **{name: value})
 
     run(body, tmp_path)
+
+
+def test_goblet_answers_are_sent_byte_for_byte() -> None:
+    """An answer goblet makes or relays keeps its body as given, even a compressed one
+    (an upstream's gzip answer relayed in offline mode was once compressed again)."""
+    import gzip
+
+    from goblet.addon.hooks import _response
+
+    raw = gzip.compress(b"000eversion 2\n0000", mtime=0)
+    resp = _response(200, raw, [("Content-Type", "text/plain"), ("Content-Encoding", "gzip")])
+    assert resp.raw_content == raw and resp.content == b"000eversion 2\n0000"
+    assert resp.headers["content-length"] == str(len(raw))
+    assert resp.status_code == 200 and resp.reason == "OK"
+    assert _response(404, b"", []).reason == "Not Found"

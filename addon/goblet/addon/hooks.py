@@ -13,6 +13,7 @@ import weakref
 from collections.abc import Sequence
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.net.http import status_codes
 
 from goblet import options as opts
 from goblet.addon.connections import (
@@ -305,9 +306,13 @@ class Goblet(ConnectionHooks):
 
 
 def _response(status: int, body: bytes, headers: Sequence[tuple[str, str]]) -> http.Response:
-    """A mitmproxy response with these headers (Content-Length set) and body."""
-    return http.Response.make(status, body, [(k.encode(), v.encode("latin-1", "replace"))
-                                             for k, v in headers])
+    """A mitmproxy response with these headers (Content-Length set) and body, sent as it is
+    (built directly: ``Response.make`` would run the body through content encoding)."""
+    fields = [(k.encode(), v.encode("latin-1", "replace")) for k, v in headers]
+    fields.append((b"Content-Length", str(len(body)).encode()))
+    now = time.time()
+    return http.Response(b"HTTP/1.1", status, status_codes.RESPONSES.get(status, "").encode(),
+                         http.Headers(fields), body, None, now, now)
 
 
 def make_addons() -> Sequence[object]:
