@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from goblet import options as opts
 from goblet.addon import Goblet
+from goblet.addon.hooks import _response
 from goblet.auth.credentials import credential_from_headers
 from goblet.decide import Decision, Route
 from goblet.protocol import pktline
@@ -317,10 +319,6 @@ def test_every_option_applies_at_run_time_or_says_it_needs_a_restart(tmp_path: P
 def test_goblet_answers_are_sent_byte_for_byte() -> None:
     """An answer goblet makes or relays keeps its body as given, even a compressed one
     (an upstream's gzip answer relayed in offline mode was once compressed again)."""
-    import gzip
-
-    from goblet.addon.hooks import _response
-
     raw = gzip.compress(b"000eversion 2\n0000", mtime=0)
     resp = _response(200, raw, [("Content-Type", "text/plain"), ("Content-Encoding", "gzip")])
     assert resp.raw_content == raw and resp.content == b"000eversion 2\n0000"

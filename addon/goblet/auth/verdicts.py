@@ -22,6 +22,12 @@ class RefView:
     pairs: frozenset[tuple[str, str]]
     tips: frozenset[str] = field(compare=False)
     complete: bool = False  # every branch and tag was listed (no ref-prefix left any out)
+    #: The advertised ref names (peeled entries excluded); made once, read per request.
+    names: frozenset[str] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names",
+                           frozenset(n for n, _ in self.pairs if not n.endswith("^{}")))
 
     @classmethod
     def of(cls, refs: Mapping[str, str], peeled: Mapping[str, str], *,
@@ -35,11 +41,6 @@ class RefView:
         """The listed branches and tags (what a fill mirrors), name → oid."""
         return {n: o for n, o in self.pairs if n.startswith(("refs/heads/", "refs/tags/"))
                 and not n.endswith("^{}")}
-
-    @property
-    def names(self) -> frozenset[str]:
-        """The advertised ref names (peeled entries excluded)."""
-        return frozenset(n for n, _ in self.pairs if not n.endswith("^{}"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,8 @@ class AccessRecord:
 
 def printable(text: str) -> str:
     """``text`` with control and other non-printable characters as ``\\xNN`` escapes."""
+    if text.isprintable():
+        return text
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 

@@ -25,7 +25,7 @@ not show it within the TTL: the answer is what the upstream said, aged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from goblet.auth.verdicts import RefView
@@ -79,10 +79,14 @@ class CacheRefs:
     upstream_head: str | None
 
 
+Reproducer = Callable[[RefView, CacheRefs, tuple[str, ...]], tuple[str, ...] | None]
+
+
 def decide(facts: RefsFacts, *, prefixes: tuple[str, ...] | None,
-           cache: CacheRefs | None) -> RefsVerdict:
+           cache: CacheRefs | None, hide: Reproducer | None = None) -> RefsVerdict:
     """The rule above. ``prefixes``: the ls-refs ``ref-prefix`` values, or None for a v2
-    capability advertisement."""
+    capability advertisement. ``hide`` computes what ``reproduce`` does (a caller may
+    remember its results)."""
     if facts.refs_ttl <= 0:
         return Strict("goblet_refs_ttl is 0")
     if facts.max_age == 0:
@@ -102,7 +106,7 @@ def decide(facts: RefsFacts, *, prefixes: tuple[str, ...] | None,
         return FromCache((), facts.view_age)
     if not prefixes or not all(p == "HEAD" or p.startswith(MIRRORED) for p in prefixes):
         return Strict("asks for refs the cache does not mirror")
-    hidden = reproduce(facts.view, cache, prefixes)
+    hidden = (hide or reproduce)(facts.view, cache, prefixes)
     if hidden is None:
         return Strict("the cache's refs differ from those the upstream listed")
     return FromCache(hidden, facts.view_age)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from goblet.auth.verdicts import RefView
@@ -41,7 +41,7 @@ from goblet.serve.refanswers import Key as AnswerKey
 NOTICE_WINDOW = 30.0  # seconds a fetch may follow its cached ref answer and be told
 MAX_MARKS = 10_000
 MAX_NOTICES = 10_000
-MAX_LISTED = 4096  # remembered checks of held ls-refs answers against a credential's view
+MAX_LISTED = 4096  # remembered checks of cache refs and held answers against views
 
 Planner = Callable[..., ServePlan]
 
@@ -74,6 +74,9 @@ class RefsFromCache:
         self._marks: OrderedDict[str, float] = OrderedDict()  # repo URL → when marked
         self._told: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
         self._listed: OrderedDict[tuple[AnswerKey, int], tuple[RefView, bytes, bool]] = (
+            OrderedDict())
+        self._hidden: OrderedDict[tuple[object, ...], tuple[RefView, Mapping[str, str],
+                                                            tuple[str, ...] | None]] = (
             OrderedDict())
 
     def mark_stale(self, urls: Iterable[str]) -> int:
@@ -191,7 +194,7 @@ class RefsFromCache:
             stale_age=self._stale_age(repo.url))
         cache = (freshness.CacheRefs(snapshot.refs, snapshot.head, d.heads.get(repo.key))
                  if snapshot is not None else None)
-        verdict = freshness.decide(facts, prefixes=prefixes, cache=cache)
+        verdict = freshness.decide(facts, prefixes=prefixes, cache=cache, hide=self._hide)
         if isinstance(verdict, freshness.Strict):
             state.reason = f"refs from upstream: {verdict.reason}"
             return None
@@ -204,6 +207,20 @@ class RefsFromCache:
                             clean_git_protocol(git_protocol), advertise=advertise,
                             hidden_refs=verdict.hidden,
                             drop_head_symref="HEAD" in verdict.hidden), snapshot
+
+    def _hide(self, view: RefView, cache: freshness.CacheRefs,
+              prefixes: tuple[str, ...]) -> tuple[str, ...] | None:
+        """``freshness.reproduce``, remembered per view, cache refs and question (the
+        entry holds the view and the refs mapping, so their ids are not reused)."""
+        memo = (id(view), id(cache.refs), cache.head, cache.upstream_head, prefixes)
+        seen = self._hidden.get(memo)
+        if seen is not None and seen[0] is view and seen[1] is cache.refs:
+            return seen[2]
+        hidden = freshness.reproduce(view, cache, prefixes)
+        self._hidden[memo] = (view, cache.refs, hidden)
+        while len(self._hidden) > MAX_LISTED:
+            self._hidden.popitem(last=False)
+        return hidden
 
     def _remember(self, tenant: str, repo_key: str, age: float) -> None:
         key = (tenant, repo_key)

@@ -205,3 +205,20 @@ def test_the_remembered_check_follows_each_credentials_latest_view(world: Any) -
     clock.now += 1
     grant(decider)  # the upstream lists main at A to "t" again
     assert isinstance(answer(refs, ls_refs()), CachedRefs)
+
+
+def test_the_refs_to_hide_follow_the_cache_snapshot(world: Any) -> None:
+    """What to hide is remembered per view and cache snapshot: a fill that brings a
+    branch the credential was not shown hides it from the next answer."""
+    refs, decider, _, _ = world
+    first = RepoState({"refs/heads/main": A}, "refs/heads/main", 0.0)
+    filled = RepoState({"refs/heads/main": A, "refs/heads/extra": A}, "refs/heads/main", 1.0)
+    decider.store.state = lambda repo: current  # type: ignore[method-assign]
+    grant(decider)
+    current = first
+    assert answer(refs, ls_refs()).hidden_refs == ()
+    assert answer(refs, ls_refs()).hidden_refs == ()
+    current = filled
+    assert answer(refs, ls_refs()).hidden_refs == ("refs/heads/extra",)
+    current = first
+    assert answer(refs, ls_refs()).hidden_refs == ()
