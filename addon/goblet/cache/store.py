@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "goblet-state.json"
 ACCESS_FILE = "goblet-access"
 ACCESS_EVERY = 60.0  # seconds between access-time updates of one repo
+MAX_REMEMBERED_REPOS = 10_000  # CacheRepo objects repo_for keeps (they are pure values)
 OID_RE = re.compile(r"[0-9a-f]{40}")
 
 # Per-repo settings: no background gc or maintenance (goblet runs it), whole packs.
@@ -136,6 +137,7 @@ class RepoStore:
         self.git = git
         self._state_cache: dict[str, tuple[tuple[int, int], RepoState]] = {}
         self._touched: dict[str, float] = {}
+        self._repos: dict[tuple[str, str], CacheRepo] = {}  # repo_for, remembered
 
     def prepare(self) -> None:
         """Create the directory layout (idempotent). Raises OSError if impossible."""
@@ -149,9 +151,16 @@ class RepoStore:
         ``partition`` separates caches of one URL (isolation modes ``tenant``
         and ``user``); the empty partition is the shared cache.
         """
+        got = self._repos.get((url, partition))
+        if got is not None:
+            return got
         material = url if not partition else f"{url}\0{partition}"
         key = hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
-        return CacheRepo(url, key, self.repos_dir / f"{key}.git", partition)
+        repo = CacheRepo(url, key, self.repos_dir / f"{key}.git", partition)
+        if len(self._repos) >= MAX_REMEMBERED_REPOS:
+            self._repos.clear()  # (a bound, not an LRU: misses only cost a hash)
+        self._repos[(url, partition)] = repo
+        return repo
 
     def touch(self, repo: CacheRepo) -> None:
         """Note that ``repo`` served a request (at most once a minute per repo)."""

@@ -17,9 +17,10 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from goblet.auth.credentials import ANONYMOUS
 from goblet.auth.verdicts import RefView
@@ -27,11 +28,12 @@ from goblet.cache.store import RepoStore
 from goblet.decide import FetchDecider
 from goblet.policy import bodies
 from goblet.policy.flows import FlowState, Kind, Outcome
-from goblet.policy.offload import run_sized
+from goblet.policy.offload import INLINE_BYTES, run_sized
 from goblet.protocol import refs
 from goblet.protocol.errors import ProtocolError
 
 DENIALS = (401, 403, 404)
+MAX_READ_MEMO = 256  # small ref answers whose reading is remembered (≤ INLINE_BYTES each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +47,12 @@ class RefAnswer:
     replacement: bytes | None = None
 
 
-def read_ref_answer(content_type: str, body: bytes, *, ls_refs: bool) -> RefAnswer | None:
-    """Parse a 200 answer to a ref request once (CPU work for repos with many refs: run it
-    off the event loop); None if it is not a ref answer (then it proves nothing)."""
+def read_ref_answer(content_type: str, body: bytes, *, ls_refs: bool,
+                    complete: bool = False) -> RefAnswer | None:
+    """Parse a 200 answer to a ref request once (CPU work for repos with many refs: a large
+    one runs off the event loop); None if it is not a ref answer (then it proves
+    nothing). ``complete``: the question asked for every branch and tag (the view says
+    so)."""
     adv = refs.parse_ref_answer(content_type, body, ls_refs=ls_refs)
     if adv is None:
         return None
@@ -56,7 +61,7 @@ def read_ref_answer(content_type: str, body: bytes, *, ls_refs: bool) -> RefAnsw
             return RefAnswer(adv, None, refs.restrict_v2_fetch_features(body))
         except ProtocolError:
             return None
-    return RefAnswer(adv, RefView.of(adv.refs, adv.peeled))
+    return RefAnswer(adv, RefView.of(adv.refs, adv.peeled, complete=complete))
 
 
 def lists_all_branches_and_tags(prefixes: tuple[str, ...]) -> bool:
@@ -72,6 +77,8 @@ class AnswerPolicy:
         self.decider = decider
         self.store = store
         self.inspector = inspector
+        self._read_memo: OrderedDict[tuple[str, bool, bool, bytes], RefAnswer | None] = (
+            OrderedDict())
 
     async def answer(self, state: FlowState, status: int, headers: Mapping[str, str],
                      raw: bytes | None, cap: int) -> bytes | None:
@@ -86,13 +93,31 @@ class AnswerPolicy:
                                             self.inspector)
             if body is None:
                 return None
-            read = await run_sized(self.inspector, len(body), read_ref_answer,
-                                   headers.get("content-type", ""), body,
-                                   ls_refs=state.kind is Kind.LS_REFS)
+            prefixes = state.ls_refs.ref_prefixes if state.ls_refs else ()
+            read = await self._read(headers.get("content-type", ""), body,
+                                    state.kind is Kind.LS_REFS,
+                                    lists_all_branches_and_tags(prefixes))
             if read is not None:
                 self.granted(state, read)
                 return read.replacement
         return None
+
+    async def _read(self, content_type: str, body: bytes, ls_refs: bool,
+                    complete: bool) -> RefAnswer | None:
+        """``read_ref_answer``; the reading of a small answer is remembered (an upstream
+        repeats the same answer until its refs move)."""
+        if len(body) > INLINE_BYTES:
+            return await run_sized(self.inspector, len(body), read_ref_answer, content_type,
+                                   body, ls_refs=ls_refs, complete=complete)
+        key = (content_type, ls_refs, complete, body)
+        if key in self._read_memo:
+            self._read_memo.move_to_end(key)
+            return self._read_memo[key]
+        read = read_ref_answer(content_type, body, ls_refs=ls_refs, complete=complete)
+        self._read_memo[key] = read
+        while len(self._read_memo) > MAX_READ_MEMO:
+            self._read_memo.popitem(last=False)
+        return read
 
     def denied(self, state: FlowState, status: int, challenge: str | None) -> None:
         """The upstream refused this request (401, 403 or 404)."""
@@ -105,11 +130,7 @@ class AnswerPolicy:
         start a fill if the cache's refs differ from the ones it listed."""
         assert state.repo is not None
         decider, repo, adv = self.decider, state.repo, read.advertisement
-        view = read.view
-        if view is not None:
-            prefixes = state.ls_refs.ref_prefixes if state.ls_refs else ()
-            view = replace(view, complete=lists_all_branches_and_tags(prefixes))
-        decider.verdicts.record(state.tenant, repo.url, granted=True, view=view)
+        decider.verdicts.record(state.tenant, repo.url, granted=True, view=read.view)
         if adv.object_format != "sha1":
             decider.uncacheable.add(repo.key)
             return

@@ -335,3 +335,18 @@ def test_another_object_format_makes_the_repo_uncacheable(world: World, wire: An
     world.answer(flow(), 200, wire.sha256)
     assert world.decider.uncacheable == {"k"} and world.decider.fills == []
     assert world.decider.verdicts.is_granted("alice", REPO.url)
+
+
+def test_a_repeated_answer_is_read_once_and_its_question_still_counts(
+        world: World, wire: Answers) -> None:
+    """The same bytes answering the same question are parsed once; the same bytes
+    answering a narrower ls-refs make a view that does not claim to list everything."""
+    world.answer(flow(Kind.LS_REFS, prefixes=("HEAD", "refs/heads/", "refs/tags/")), 200,
+                 wire.ls_refs, RES)
+    first = world.view()
+    world.answer(flow(Kind.LS_REFS, prefixes=("HEAD", "refs/heads/", "refs/tags/")), 200,
+                 wire.ls_refs, RES)
+    assert world.view() is first and first is not None and first.complete
+    world.answer(flow(Kind.LS_REFS, prefixes=("refs/heads/",)), 200, wire.ls_refs, RES)
+    narrow = world.view()
+    assert narrow is not None and not narrow.complete and narrow.pairs == first.pairs
