@@ -68,6 +68,8 @@ class Goblet(ConnectionHooks):
             verdict = exposure.start_verdict_for(o, listening=self._listening())
             if verdict.refuse:
                 raise exceptions.OptionsError(verdict.message)
+        if "termlog_verbosity" in updated:
+            self.access.verbosity(str(getattr(o, "termlog_verbosity", "info")))
         if not any(name.startswith("goblet_") for name in updated):
             return
         try:

@@ -1,9 +1,15 @@
 """One access-log line per git request, as text or JSON. Never a credential.
 
-Text (through mitmproxy's own log, so it shares its timestamp and verbosity)::
+Text, on stdout next to mitmproxy's own lines, with the same ``[HH:MM:SS.mmm]``
+timestamp and mitmproxy's ``termlog_verbosity``::
 
     git fetch https://github.com/o/r.git tenant=3f2a9c01b7de outcome=cache status=200
         bytes=123456 duration=0.412s upstream=- instance=goblet-1 [reason='…']
+
+Request lines go to their own logger (``goblet.access.request``) with its own
+handler rather than through mitmproxy's log: mitmproxy hands every record it
+sees to every addon as an event, which cost more than the rest of a cached ref
+answer. Fill and error events (rare) still go through mitmproxy's log.
 
 JSON (``goblet_log_format=json``): one object per line on stderr, with the
 same fields plus ``time`` (RFC 3339, UTC) and ``event: "request"``; fills and
@@ -20,6 +26,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 _ACCESS = logging.getLogger("goblet.access")
+_REQUESTS = logging.getLogger("goblet.access.request")
+_REQUESTS.propagate = False  # (its own handler, see the module docstring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +79,38 @@ def format_json(event: str, fields: dict[str, Any], ts: float | None = None) -> 
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
+class _Stdout(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stdout`` is when a record comes (as ``print`` does)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
+_STDOUT = _Stdout()
+_STDOUT.setFormatter(logging.Formatter("[%(asctime)s.%(msecs)03d] %(message)s",
+                                       datefmt="%H:%M:%S"))
+
+
 class AccessLog:
     """Writes access records and events in the configured format."""
 
     def __init__(self) -> None:
         self.json = False
         self._handler: logging.Handler | None = None
+        if _STDOUT not in _REQUESTS.handlers:  # (one process-wide logger and handler)
+            _REQUESTS.addHandler(_STDOUT)
+        _REQUESTS.setLevel(logging.INFO)
+
+    def verbosity(self, level: str) -> None:
+        """Follow mitmproxy's ``termlog_verbosity`` (``error``, ``warn``, ``info``…) for
+        text request lines."""
+        got = logging.getLevelName(level.upper())
+        _STDOUT.setLevel(got if isinstance(got, int) else logging.INFO)
 
     def configure(self, fmt: str) -> None:
-        """Switch between ``text`` (mitmproxy's log) and ``json`` (stderr lines)."""
+        """Switch between ``text`` (stdout, beside mitmproxy's log) and ``json`` (stderr
+        lines)."""
         self.json = fmt == "json"
         if self.json and self._handler is None:
             self._handler = logging.StreamHandler(sys.stderr)
@@ -97,7 +128,7 @@ class AccessLog:
         if self.json:
             _ACCESS.info(format_json("request", asdict(record)))
         else:
-            _ACCESS.info(format_text(record))
+            _REQUESTS.info(format_text(record))
 
     def event(self, event: str, message: str, level: int = logging.INFO, **fields: Any) -> None:
         """Log a fill or error event (``message`` is the text form)."""

@@ -37,8 +37,8 @@ def ending(state: FlowState, status: int | None, response_bytes: int | None,
             return Ending(state.outcome, stats.bytes_sent, None, reason)
         return Ending(Outcome.ERROR, stats.bytes_sent, None,
                       stats.error or reason or "cache stream incomplete")
-    if state.outcome is not Outcome.UPSTREAM:
-        return Ending(state.outcome, None, None, reason)  # goblet's own answer
+    if state.outcome is not Outcome.UPSTREAM:  # goblet's own answer, whole in memory
+        return Ending(state.outcome, None if failed else response_bytes, None, reason)
     upstream_status = None if failed else status
     sent = (state.upstream_bytes or response_bytes) if status is not None else None
     if failed or status is None or status >= 500:

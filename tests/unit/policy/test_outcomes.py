@@ -46,7 +46,10 @@ def test_upstream_answers(status: int | None, failed: bool, outcome: Outcome,
 def test_own_answers_keep_their_outcome() -> None:
     s = FlowState(Kind.INVALID, outcome=Outcome.ERROR, reason="bad")
     e = ending(s, 400, 20, False)
-    assert (e.outcome, e.sent, e.upstream_status, e.reason) == (Outcome.ERROR, None, None, "bad")
+    assert (e.outcome, e.sent, e.upstream_status, e.reason) == (Outcome.ERROR, 20, None, "bad")
+    cached = ending(FlowState(Kind.LS_REFS, outcome=Outcome.CACHE), 200, 2157, False)
+    assert (cached.outcome, cached.sent) == (Outcome.CACHE, 2157)  # a ref answer from cache
+    assert ending(s, 400, 20, True).sent is None  # it may not have reached the client
 
 
 @pytest.mark.parametrize(("state", "status", "keep"), [
