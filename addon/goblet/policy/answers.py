@@ -28,12 +28,12 @@ from goblet.cache.store import RepoStore
 from goblet.decide import FetchDecider
 from goblet.policy import bodies
 from goblet.policy.flows import FlowState, Kind, Outcome
-from goblet.policy.offload import INLINE_BYTES, run_sized
+from goblet.policy.offload import INLINE_ANSWER_BYTES, run_sized
 from goblet.protocol import refs
 from goblet.protocol.errors import ProtocolError
 
 DENIALS = (401, 403, 404)
-MAX_READ_MEMO = 256  # small ref answers whose reading is remembered (≤ INLINE_BYTES each)
+MAX_READ_MEMO = 256  # small ref answers whose reading is remembered (≤ 8 KiB each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +106,10 @@ class AnswerPolicy:
                     complete: bool) -> RefAnswer | None:
         """``read_ref_answer``; the reading of a small answer is remembered (an upstream
         repeats the same answer until its refs move)."""
-        if len(body) > INLINE_BYTES:
-            return await run_sized(self.inspector, len(body), read_ref_answer, content_type,
-                                   body, ls_refs=ls_refs, complete=complete)
+        if len(body) > INLINE_ANSWER_BYTES:
+            return await run_sized(self.inspector, len(body), INLINE_ANSWER_BYTES,
+                                   read_ref_answer, content_type, body, ls_refs=ls_refs,
+                                   complete=complete)
         key = (content_type, ls_refs, complete, body)
         if key in self._read_memo:
             self._read_memo.move_to_end(key)

@@ -34,7 +34,7 @@ from goblet.offline.forward import UpstreamAnswer, UpstreamUnreachable
 from goblet.options import Settings
 from goblet.policy import bodies, offline
 from goblet.policy.flows import FlowState, Kind, Outcome
-from goblet.policy.offload import run_sized
+from goblet.policy.offload import INLINE_REQUEST_BYTES, run_sized
 from goblet.policy.refcache import CachedRefs, RefsFromCache
 from goblet.policy.requests import Classified
 from goblet.protocol import pktline, request
@@ -180,8 +180,8 @@ class FlowPolicy:
             state.reason = state.reason or got.reason
             return Upstream()
         try:
-            parsed = await run_sized(self.inspector, len(got.body), parse_upload_pack,
-                                     got.body, state.version)
+            parsed = await run_sized(self.inspector, len(got.body), INLINE_REQUEST_BYTES,
+                                     parse_upload_pack, got.body, state.version)
         except ProtocolError as e:
             return refuse(400, f"goblet: malformed request: {e.reason}")
         state.body = got.body

@@ -20,9 +20,11 @@ dropped; at most ``MAX_MARKS`` are held.
 from __future__ import annotations
 
 import time
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 
 from goblet.auth.verdicts import RefView
 from goblet.cache.store import RepoState
@@ -41,7 +43,11 @@ from goblet.serve.refanswers import Key as AnswerKey
 NOTICE_WINDOW = 30.0  # seconds a fetch may follow its cached ref answer and be told
 MAX_MARKS = 10_000
 MAX_NOTICES = 10_000
-MAX_LISTED = 4096  # remembered checks of cache refs and held answers against views
+MAX_MEMO = 1024  # remembered "refs to hide" verdicts (view, snapshot, question)
+MAX_MEMO_PREFIX_CHARS = 1024  # ... only for questions this small
+MAX_MEMO_HIDDEN = 256  # ... and answers this small
+MAX_QUESTION_BYTES = 4096  # an ls-refs larger than this is never answered from the cache
+MAX_QUESTION_PREFIXES = 128  # nor one with more ref-prefix lines
 
 Planner = Callable[..., ServePlan]
 
@@ -73,9 +79,7 @@ class RefsFromCache:
         self._clock = clock
         self._marks: OrderedDict[str, float] = OrderedDict()  # repo URL → when marked
         self._told: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
-        self._listed: OrderedDict[tuple[AnswerKey, int], tuple[RefView, bytes, bool]] = (
-            OrderedDict())
-        self._hidden: OrderedDict[tuple[object, ...], tuple[RefView, Mapping[str, str],
+        self._hidden: OrderedDict[tuple[object, ...], tuple[weakref.ref[RefView],
                                                             tuple[str, ...] | None]] = (
             OrderedDict())
 
@@ -146,10 +150,10 @@ class RefsFromCache:
         if latest is None:
             return False
         view = latest[0]
-        memo = (key, id(view))  # (the entry holds the view: its id is not reused meanwhile)
-        seen = self._listed.get(memo)
-        if seen is not None and seen[0] is view and seen[1] is body:
-            return seen[2]
+        assert self.answers is not None
+        seen = self.answers.recall(key, body, view)
+        if seen is not None:
+            return seen
         try:
             adv = refs.parse_ls_refs(body)
         except ProtocolError:
@@ -157,10 +161,7 @@ class RefsFromCache:
         pairs = view.pairs
         ok = (all((name, oid) in pairs for name, oid in adv.refs.items())
               and all((f"{name}^{{}}", oid) in pairs for name, oid in adv.peeled.items()))
-        self._listed.pop(memo, None)
-        self._listed[memo] = (view, body, ok)
-        while len(self._listed) > MAX_LISTED:
-            self._listed.popitem(last=False)
+        self.answers.remember(key, body, view, ok)
         return ok
 
     def _plan(self, state: FlowState,
@@ -180,6 +181,11 @@ class RefsFromCache:
             if ls.unservable:
                 state.reason = "ls-refs needs upstream: " + ", ".join(ls.unservable)
                 return None
+            if (len(state.body) > MAX_QUESTION_BYTES
+                    or len(ls.ref_prefixes or ()) > MAX_QUESTION_PREFIXES):
+                state.reason = "refs from upstream: an ls-refs this large is not answered " \
+                               "from the cache"
+                return None
             prefixes: tuple[str, ...] | None = ls.ref_prefixes
         else:
             options, prefixes = serveroptions.ClientOptions(), None
@@ -194,7 +200,9 @@ class RefsFromCache:
             stale_age=self._stale_age(repo.url))
         cache = (freshness.CacheRefs(snapshot.refs, snapshot.head, d.heads.get(repo.key))
                  if snapshot is not None else None)
-        verdict = freshness.decide(facts, prefixes=prefixes, cache=cache, hide=self._hide)
+        hide = (partial(self._hide, repo.key, snapshot.digest)
+                if snapshot is not None and snapshot.digest else None)
+        verdict = freshness.decide(facts, prefixes=prefixes, cache=cache, hide=hide)
         if isinstance(verdict, freshness.Strict):
             state.reason = f"refs from upstream: {verdict.reason}"
             return None
@@ -208,18 +216,22 @@ class RefsFromCache:
                             hidden_refs=verdict.hidden,
                             drop_head_symref="HEAD" in verdict.hidden), snapshot
 
-    def _hide(self, view: RefView, cache: freshness.CacheRefs,
+    def _hide(self, repo_key: str, digest: str, view: RefView, cache: freshness.CacheRefs,
               prefixes: tuple[str, ...]) -> tuple[str, ...] | None:
-        """``freshness.reproduce``, remembered per view, cache refs and question (the
-        entry holds the view and the refs mapping, so their ids are not reused)."""
-        memo = (id(view), id(cache.refs), cache.head, cache.upstream_head, prefixes)
+        """``freshness.reproduce``, remembered per view (weakly), cache snapshot (its
+        digest names its refs and HEAD) and question; only small questions and
+        answers are kept (``MAX_MEMO_*``)."""
+        memo = (repo_key, digest, id(view), cache.upstream_head, prefixes)
         seen = self._hidden.get(memo)
-        if seen is not None and seen[0] is view and seen[1] is cache.refs:
-            return seen[2]
+        if seen is not None and seen[0]() is view:
+            self._hidden.move_to_end(memo)
+            return seen[1]
         hidden = freshness.reproduce(view, cache, prefixes)
-        self._hidden[memo] = (view, cache.refs, hidden)
-        while len(self._hidden) > MAX_LISTED:
-            self._hidden.popitem(last=False)
+        if sum(map(len, prefixes)) <= MAX_MEMO_PREFIX_CHARS and (
+                hidden is None or len(hidden) <= MAX_MEMO_HIDDEN):
+            self._hidden[memo] = (weakref.ref(view), hidden)
+            while len(self._hidden) > MAX_MEMO:
+                self._hidden.popitem(last=False)
         return hidden
 
     def _remember(self, tenant: str, repo_key: str, age: float) -> None:

@@ -10,7 +10,13 @@ hidden refs, ``GIT_PROTOCOL`` and the request (``cache_identity``: without
 
 Bounded: answers over ``max_answer`` bytes are not kept (``TOO_LARGE``: the
 caller streams one through the backend instead), and the least recently used
-answers are dropped beyond ``max_bytes`` in all. A run that fails gives None.
+answers are dropped beyond ``max_bytes`` in all (answers and the requests in
+their keys). A run that fails gives None.
+
+A caller may ``remember`` a verdict it reached about a held answer and some
+object (e.g. that it lists only refs a credential's view holds); the verdict is
+dropped with the answer, held only while that object lives (a weak reference),
+and at most ``MAX_CHECKS`` are kept per answer.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import weakref
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 from goblet.git.runner import GitRunner, GitTimeout
 
@@ -28,6 +36,8 @@ log = logging.getLogger(__name__)
 MAX_BYTES = 32 * 1024 * 1024
 MAX_ANSWER = 4 * 1024 * 1024
 TIMEOUT = 30.0
+
+MAX_CHECKS = 16
 
 Key = tuple[str, str, str, bool, tuple[str, ...], bytes]
 
@@ -53,6 +63,7 @@ class RefAnswers:
         self.bytes = 0
         self._answers: OrderedDict[Key, bytes] = OrderedDict()
         self._running: dict[Key, asyncio.Future[Made]] = {}
+        self._checks: dict[Key, dict[int, tuple[weakref.ref[Any], bool]]] = {}
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -103,11 +114,33 @@ class RefAnswers:
         """Drop the answer of ``key`` (its user found it unfit)."""
         dropped = self._answers.pop(key, None)
         if dropped is not None:
-            self.bytes -= len(dropped)
+            self._dropped(key, dropped)
+
+    def recall(self, key: Key, answer: bytes, subject: object) -> bool | None:
+        """The verdict ``remember`` stored for ``answer`` (still held under ``key``) and
+        this very ``subject``, else None."""
+        if self._answers.get(key) is not answer:
+            return None
+        got = self._checks.get(key, {}).get(id(subject))
+        return got[1] if got is not None and got[0]() is subject else None
+
+    def remember(self, key: Key, answer: bytes, subject: object, verdict: bool) -> None:
+        """Store ``verdict`` about ``answer`` (if still held under ``key``) and ``subject``
+        (weakly referenced)."""
+        if self._answers.get(key) is not answer:
+            return
+        checks = self._checks.setdefault(key, {})
+        if len(checks) >= MAX_CHECKS:
+            checks.clear()
+        checks[id(subject)] = (weakref.ref(subject), verdict)
 
     def _keep(self, key: Key, answer: bytes) -> None:
         self._answers[key] = answer
-        self.bytes += len(answer)
+        self.bytes += len(answer) + len(key[-1])
         while self.bytes > self.max_bytes and self._answers:
-            _, dropped = self._answers.popitem(last=False)
-            self.bytes -= len(dropped)
+            old, dropped = self._answers.popitem(last=False)
+            self._dropped(old, dropped)
+
+    def _dropped(self, key: Key, answer: bytes) -> None:
+        self.bytes -= len(answer) + len(key[-1])
+        self._checks.pop(key, None)

@@ -7,7 +7,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from goblet.policy.offload import INLINE_BYTES, run_sized
+from goblet.policy.offload import run_sized
+
+LIMIT = 1024
 
 
 def where(tag: str, *, fail: bool = False) -> tuple[str, str]:
@@ -19,19 +21,19 @@ def where(tag: str, *, fail: bool = False) -> tuple[str, str]:
 def test_small_work_runs_inline_and_large_work_in_the_executor() -> None:
     async def main() -> list[tuple[str, str]]:
         with ThreadPoolExecutor(1, thread_name_prefix="worker") as pool:
-            return [await run_sized(pool, INLINE_BYTES, where, "small"),
-                    await run_sized(pool, INLINE_BYTES + 1, where, tag="large")]
+            return [await run_sized(pool, LIMIT, LIMIT, where, "small"),
+                    await run_sized(pool, LIMIT + 1, LIMIT, where, tag="large")]
 
     small, large = asyncio.run(main())
     assert small == ("small", threading.current_thread().name)
     assert large[0] == "large" and large[1].startswith("worker")
 
 
-@pytest.mark.parametrize("size", [0, INLINE_BYTES + 1])
+@pytest.mark.parametrize("size", [0, LIMIT + 1])
 def test_exceptions_reach_the_caller_either_way(size: int) -> None:
     async def main() -> None:
         with ThreadPoolExecutor(1) as pool:
-            await run_sized(pool, size, where, "x", fail=True)
+            await run_sized(pool, size, LIMIT, where, "x", fail=True)
 
     with pytest.raises(ValueError, match="x"):
         asyncio.run(main())

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from goblet.auth.verdicts import RefView, VerdictCache
-from goblet.cache.store import CacheRepo, RepoState
+from goblet.cache.store import CacheRepo, RepoState, refs_digest
 from goblet.observe.metrics import Metrics
 from goblet.policy.flows import FlowState, Kind
 from goblet.policy.refcache import NOTICE_WINDOW, CachedRefs, RefsFromCache
@@ -211,8 +211,11 @@ def test_the_refs_to_hide_follow_the_cache_snapshot(world: Any) -> None:
     """What to hide is remembered per view and cache snapshot: a fill that brings a
     branch the credential was not shown hides it from the next answer."""
     refs, decider, _, _ = world
-    first = RepoState({"refs/heads/main": A}, "refs/heads/main", 0.0)
-    filled = RepoState({"refs/heads/main": A, "refs/heads/extra": A}, "refs/heads/main", 1.0)
+    def snapshot(refs: dict[str, str]) -> RepoState:
+        return RepoState(refs, "refs/heads/main", 0.0, digest=refs_digest(refs, "refs/heads/main"))
+
+    first = snapshot({"refs/heads/main": A})
+    filled = snapshot({"refs/heads/main": A, "refs/heads/extra": A})
     decider.store.state = lambda repo: current  # type: ignore[method-assign]
     grant(decider)
     current = first
@@ -222,3 +225,18 @@ def test_the_refs_to_hide_follow_the_cache_snapshot(world: Any) -> None:
     assert answer(refs, ls_refs()).hidden_refs == ("refs/heads/extra",)
     current = first
     assert answer(refs, ls_refs()).hidden_refs == ()
+
+
+def test_a_large_ls_refs_is_never_answered_from_the_cache(world: Any) -> None:
+    """A question too large to answer cheaply goes upstream (its parse, identity and the
+    refs it asks to hide would all be paid on the event loop)."""
+    refs, decider, _, _ = world
+    grant(decider)
+    many = LsRefsRequest(tuple(f"refs/heads/b{i}/" for i in range(129)), True, True, False)
+    state = FlowState(Kind.LS_REFS, repo=REPO, tenant="t", version=2, ls_refs=many,
+                      body=b"0014command=ls-refs\n0000")
+    assert answer(refs, state) is None and "this large" in state.reason
+    big = ls_refs()
+    big.body = b"0" * 4097
+    assert answer(refs, big) is None and "this large" in big.reason
+    assert answer(refs, ls_refs()) is not None

@@ -78,3 +78,28 @@ def test_the_budget_drops_the_least_recently_used(tmp_path: Path) -> None:
     assert isinstance(one, bytes) and len(one) <= 100 < 2 * len(one)  # room for one answer
     asyncio.run(ask("b"))
     assert len(answers) == 1 and answers.bytes <= 100
+
+
+class Subject:
+    """Something a verdict is about (weakly referenced, as a credential's view is)."""
+
+
+def test_a_remembered_verdict_lives_with_its_answer_and_its_subject(tmp_path: Path) -> None:
+    repo = tmp_path / "r.git"
+    make_bare_repo(repo)
+    answers = RefAnswers(CountingRunner(tmp_path / "home"))
+    body = asyncio.run(answers.answer(key(), repo, LS_REFS, "version=2", advertise=False,
+                                      hidden=()))
+    assert isinstance(body, bytes)
+    one, other = Subject(), Subject()
+    answers.remember(key(), body, one, True)
+    assert answers.recall(key(), body, one) is True
+    assert answers.recall(key(), body, other) is None  # another subject: not known
+    assert answers.recall(key(), bytes(bytearray(body)), one) is None  # not the one held
+    answers.remember(key("other"), body, one, True)  # not held under that key: ignored
+    assert answers.recall(key("other"), body, one) is None
+    del one
+    assert answers.recall(key(), body, Subject()) is None  # gone with its subject
+    answers.remember(key(), body, other, False)
+    answers.forget(key())
+    assert answers.recall(key(), body, other) is None and answers.bytes == 0
