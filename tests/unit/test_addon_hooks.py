@@ -325,3 +325,6 @@ def test_goblet_answers_are_sent_byte_for_byte() -> None:
     assert resp.headers["content-length"] == str(len(raw))
     assert resp.status_code == 200 and resp.reason == "OK"
     assert _response(404, b"", []).reason == "Not Found"
+    framed = _response(200, b"abc", [("Content-Length", "99"), ("Transfer-Encoding", "chunked")])
+    assert framed.headers.get_all("content-length") == ["3"]
+    assert "transfer-encoding" not in framed.headers

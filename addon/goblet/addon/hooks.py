@@ -310,7 +310,8 @@ class Goblet(ConnectionHooks):
 def _response(status: int, body: bytes, headers: Sequence[tuple[str, str]]) -> http.Response:
     """A mitmproxy response with these headers (Content-Length set) and body, sent as it is
     (built directly: ``Response.make`` would run the body through content encoding)."""
-    fields = [(k.encode(), v.encode("latin-1", "replace")) for k, v in headers]
+    fields = [(k.encode(), v.encode("latin-1", "replace")) for k, v in headers
+              if k.lower() not in ("content-length", "transfer-encoding")]  # (framed here)
     fields.append((b"Content-Length", str(len(body)).encode()))
     now = time.time()
     return http.Response(b"HTTP/1.1", status, status_codes.RESPONSES.get(status, "").encode(),
