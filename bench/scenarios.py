@@ -714,7 +714,7 @@ class Session:
         )
         if cfg.quick:  # a smoke run: one row of each kind
             runs = tuple(r for r in runs if r[0] in ("goblet", "goblet_ttl", "goblet_canned",
-                                                     "canned_alone"))
+                                                     "plain_mitmdump_canned", "canned_alone"))
         if cfg.profile:
             runs += (("goblet_canned_profiled", goblet, env.canned.port,
                       self.out / "profile-rps.txt"),)

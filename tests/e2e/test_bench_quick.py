@@ -90,7 +90,7 @@ def test_quick_benchmark_runs_end_to_end(tmp_path: Path) -> None:
         "warm_vs_floor", "large_warm_vs_floor", "warm_vs_direct", "cold_vs_direct",
         "large_cold_vs_direct", "cold_pack_bytes", "large_cold_pack_bytes", "rss_growth",
         "warm_pack_bytes", "warm_requests", "refs_rps", "refs_rps_canned",
-        "warm_ttl_vs_floor", "refs_rps_ttl",
+        "warm_ttl_vs_floor", "refs_rps_ttl", "refs_rps_share_ttl", "refs_rps_share_canned",
     }
     # within the refs TTL a warm clone asks the upstream nothing at all
     assert max(results["scenarios"]["warm_ttl"]["upstream_requests"]) == 0
