@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from goblet import options as opts
 from goblet.addon import Goblet
-from goblet.addon.hooks import _response
+from goblet.addon.early import goblet_response
 from goblet.auth.credentials import credential_from_headers
 from goblet.decide import Decision, Route
 from goblet.protocol import pktline
@@ -320,11 +320,12 @@ def test_goblet_answers_are_sent_byte_for_byte() -> None:
     """An answer goblet makes or relays keeps its body as given, even a compressed one
     (an upstream's gzip answer relayed in offline mode was once compressed again)."""
     raw = gzip.compress(b"000eversion 2\n0000", mtime=0)
-    resp = _response(200, raw, [("Content-Type", "text/plain"), ("Content-Encoding", "gzip")])
+    resp = goblet_response(200, raw, [("Content-Type", "text/plain"), ("Content-Encoding", "gzip")])
     assert resp.raw_content == raw and resp.content == b"000eversion 2\n0000"
     assert resp.headers["content-length"] == str(len(raw))
     assert resp.status_code == 200 and resp.reason == "OK"
-    assert _response(404, b"", []).reason == "Not Found"
-    framed = _response(200, b"abc", [("Content-Length", "99"), ("Transfer-Encoding", "chunked")])
+    assert goblet_response(404, b"", []).reason == "Not Found"
+    framed = goblet_response(200, b"abc", [("Content-Length", "99"),
+                                           ("Transfer-Encoding", "chunked")])
     assert framed.headers.get_all("content-length") == ["3"]
     assert "transfer-encoding" not in framed.headers

@@ -8,6 +8,8 @@ object); the decisions it applies live in ``observe/exposure.py``,
 
 from __future__ import annotations
 
+import time
+
 from mitmproxy import connection, ctx, http, tcp, tls
 from mitmproxy.proxy import server_hooks
 
@@ -84,10 +86,20 @@ class ConnectionHooks:
                     and sockname[1] == self.settings.prefix_port)
 
 
-def proxy_ports() -> set[int]:
-    """The ports mitmproxy listens on."""
-    server = ctx.master.addons.get("proxyserver")
-    return {addr[1] for addr in server.listen_addrs()} if server else set()
+_PORTS_EVERY = 1.0  # seconds proxy_ports trusts its last look
+_ports: tuple[float, frozenset[int]] = (-_PORTS_EVERY, frozenset())
+
+
+def proxy_ports() -> frozenset[int]:
+    """The ports mitmproxy listens on (looked up at most once a second: a look asks the
+    kernel for every listening socket's address)."""
+    global _ports  # noqa: PLW0603 (one process, one proxyserver)
+    now = time.monotonic()
+    if now - _ports[0] >= _PORTS_EVERY:
+        server = ctx.master.addons.get("proxyserver")
+        _ports = (now, frozenset(addr[1] for addr in server.listen_addrs())
+                  if server else frozenset())
+    return _ports[1]
 
 
 def close_client(client_id: str) -> None:

@@ -15,11 +15,13 @@ body the same way. The bodies goblet does hold (to read them) get their deadline
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from mitmproxy import http
+from mitmproxy.net.http import status_codes
 
 from goblet.addon.connections import close_client
 from goblet.policy import bodies
@@ -63,10 +65,10 @@ class EarlyAnswers:
         request may carry a body, which is then dropped)."""
         rt, req = self._rt(), flow.request
         assert rt is not None
-        encoded = [(k.encode(), v.encode("latin-1", "replace")) for k, v in headers]
         if not body:
-            flow.response = http.Response.make(status, content, encoded)
+            flow.response = goblet_response(status, content, headers)
             return
+        encoded = [(k.encode(), v.encode("latin-1", "replace")) for k, v in headers]
         self._shown.setdefault(flow, (req.scheme, req.host, req.port, req.path))
         to_backend(flow, rt, self._backend_clients, ReplyPlan(status, content, tuple(encoded)))
         self.discard(flow, timed=True)
@@ -126,3 +128,14 @@ class EarlyAnswers:
         if self._drops.pop(flow, None) is not None and rt is not None:
             rt.metrics.request_bodies.labels("timeout").inc()
             close_client(flow.client_conn.id)
+
+
+def goblet_response(status: int, body: bytes, headers: Sequence[tuple[str, str]]) -> http.Response:
+    """A mitmproxy response with these headers (Content-Length set) and body, sent as it is
+    (built directly: ``Response.make`` would run the body through content encoding)."""
+    fields = [(k.encode(), v.encode("latin-1", "replace")) for k, v in headers
+              if k.lower() not in ("content-length", "transfer-encoding")]  # (framed here)
+    fields.append((b"Content-Length", str(len(body)).encode()))
+    now = time.time()
+    return http.Response(b"HTTP/1.1", status, status_codes.RESPONSES.get(status, "").encode(),
+                         http.Headers(fields), body, None, now, now)

@@ -13,7 +13,6 @@ import weakref
 from collections.abc import Sequence
 
 from mitmproxy import ctx, exceptions, http
-from mitmproxy.net.http import status_codes
 
 from goblet import options as opts
 from goblet.addon.connections import (
@@ -23,7 +22,7 @@ from goblet.addon.connections import (
     close_client,
     proxy_ports,
 )
-from goblet.addon.early import EarlyAnswers, to_backend
+from goblet.addon.early import EarlyAnswers, goblet_response, to_backend
 from goblet.addon.lfs import LfsFlows
 from goblet.observe import exposure, redact
 from goblet.observe.access import AccessLog
@@ -213,7 +212,7 @@ class Goblet(ConnectionHooks):
             self._to_backend(flow, state, action.plan)
             state.outcome = action.outcome
         elif isinstance(action, gate.Reply):
-            flow.response = _response(action.status, action.body, [
+            flow.response = goblet_response(action.status, action.body, [
                 *action.headers, *(self._served_by().items() if state.kind is not Kind.ENDPOINT
                                    else ())])
             state.outcome = action.outcome or state.outcome
@@ -305,17 +304,6 @@ class Goblet(ConnectionHooks):
             url=f"{req.scheme}://{req.pretty_host}{req.path.split('?', 1)[0]}",  # no query
             timing=Timing(time.monotonic() - state.started, upstream),
             instance=self.settings.instance)
-
-
-def _response(status: int, body: bytes, headers: Sequence[tuple[str, str]]) -> http.Response:
-    """A mitmproxy response with these headers (Content-Length set) and body, sent as it is
-    (built directly: ``Response.make`` would run the body through content encoding)."""
-    fields = [(k.encode(), v.encode("latin-1", "replace")) for k, v in headers
-              if k.lower() not in ("content-length", "transfer-encoding")]  # (framed here)
-    fields.append((b"Content-Length", str(len(body)).encode()))
-    now = time.time()
-    return http.Response(b"HTTP/1.1", status, status_codes.RESPONSES.get(status, "").encode(),
-                         http.Headers(fields), body, None, now, now)
 
 
 def make_addons() -> Sequence[object]:

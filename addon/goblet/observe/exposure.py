@@ -30,6 +30,7 @@ import re
 import secrets
 import socket
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
@@ -247,7 +248,7 @@ def add_via(values: Iterable[str], hop: str = HOP) -> str:
     return f"{present}, 1.1 {hop}" if present else f"1.1 {hop}"
 
 
-def route(req: PlainRequest, *, proxy_ports: set[int], is_local: Callable[[str], bool],
+def route(req: PlainRequest, *, proxy_ports: AbstractSet[int], is_local: Callable[[str], bool],
           hop: str = HOP) -> Destination:
     """Where ``req`` goes.
 
@@ -336,7 +337,7 @@ class Connect:
 
 async def connect_verdict(host: str, port: int, *, hosts: frozenset[tuple[str, int]],
                           backend: tuple[str, int] | None, ours: bool,
-                          proxy_ports: set[int]) -> Connect:
+                          proxy_ports: AbstractSet[int]) -> Connect:
     """Goblet hosts are connected as named; goblet's own backend only for a client whose
     flow goblet rewrote to it (``ours``); anything else only if none of its addresses is
     internal, and then to the address looked up (so DNS cannot answer differently twice).

@@ -20,6 +20,7 @@ look like.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
@@ -163,7 +164,7 @@ class Door:
 
 
 def front_door(plain: exposure.PlainRequest, *, prefix_port: bool, hosts: Hosts,
-               proxy_ports: set[int], is_local: Callable[[str], bool]) -> Door:
+               proxy_ports: AbstractSet[int], is_local: Callable[[str], bool]) -> Door:
     """Endpoints and loops (``observe/exposure.py``) on the proxy ports; path-prefix
     URLs, which name only goblet hosts, on the prefix port."""
     if prefix_port:
