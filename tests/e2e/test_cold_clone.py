@@ -184,6 +184,10 @@ def test_a_client_killed_mid_clone_leaves_nothing_half_served(
         clone.wait(10)
         assert px.wait_for_log(f"fill {url} result=abandoned", 30), (  # the client's doing
             px.log_text()[-3000:])
+        # ... and so is its request: abandoned, not an error of goblet's or the upstream's
+        assert px.wait_for_log("outcome=abandoned", 30), px.log_text()[-3000:]
+        assert re.search(rf"git fetch {re.escape(url)} tenant=\S+ outcome=abandoned ",
+                         px.log_text()), px.log_text()[-3000:]
         no_residue(px)
         next_clone_fills(px, git, slow.root / slow_repo, url, tmp_path / "next")
 

@@ -206,7 +206,7 @@ class Goblet(ConnectionHooks):
             return
         if isinstance(action, gate.Upstream) and action.tee is not None:
             state.tee = action.tee  # a stall of its upstream fails the client too:
-            state.tee.on_stall = lambda: close_client(flow.client_conn.id)
+            state.tee.on_stall = lambda: _cut(flow, state)
             state.tee.client_backlog = lambda: client_backlog(flow.client_conn.id)
         elif isinstance(action, gate.Serve):
             self._to_backend(flow, state, action.plan)
@@ -287,9 +287,10 @@ class Goblet(ConnectionHooks):
             self.lfs.error(flow, state)
             if not state.timed_out:
                 state.reason = flow.error.msg if flow.error else "flow error"
-            self._finish(flow, state, failed=True)
+            self._finish(flow, state, failed=True, client_gone=not flow.client_conn.connected)
 
-    def _finish(self, flow: http.HTTPFlow, state: FlowState, failed: bool = False) -> None:
+    def _finish(self, flow: http.HTTPFlow, state: FlowState, failed: bool = False,
+                client_gone: bool = False) -> None:
         """Count the request in the metrics and write its access-log line."""
         if self.rt is None or self.settings is None:
             return
@@ -303,7 +304,13 @@ class Goblet(ConnectionHooks):
             response_bytes=len(resp.raw_content or b"") if resp else None,
             url=f"{req.scheme}://{req.pretty_host}{req.path.split('?', 1)[0]}",  # no query
             timing=Timing(time.monotonic() - state.started, upstream),
-            instance=self.settings.instance)
+            instance=self.settings.instance, client_gone=client_gone)
+
+
+def _cut(flow: http.HTTPFlow, state: FlowState) -> None:
+    """goblet closes ``flow``'s client (so its ending is not the client's doing)."""
+    state.cut = True
+    close_client(flow.client_conn.id)
 
 
 def make_addons() -> Sequence[object]:

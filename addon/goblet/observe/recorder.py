@@ -28,10 +28,12 @@ class RequestRecorder:
         self.access = access
 
     def finish(self, state: FlowState, *, status: int | None, failed: bool,
-               response_bytes: int | None, url: str, timing: Timing, instance: str) -> None:
+               response_bytes: int | None, url: str, timing: Timing, instance: str,
+               client_gone: bool = False) -> None:
         """Count and log a request that ended (``url``: of the request as received; the
-        cache repo's URL is logged for git requests)."""
-        end = ending(state, status, response_bytes, failed)
+        cache repo's URL is logged for git requests; ``client_gone``: it failed because
+        the client closed its connection)."""
+        end = ending(state, status, response_bytes, failed, client_gone=client_gone)
         self.record(state, end, url=state.repo.url if state.repo else url, status=status,
                     timing=timing, instance=instance)
 

@@ -52,6 +52,7 @@ class Outcome(enum.Enum):
     DENIED = "denied"  # the upstream answered 401, 403 or 404
     OFFLINE = "offline"
     ERROR = "error"
+    ABANDONED = "abandoned"  # the client went away before its whole answer was sent
 
 
 @dataclass(slots=True)
@@ -75,6 +76,7 @@ class FlowState:
     tee: TeeFill | None = None  # a cold clone whose upstream answer fills the cache
     body_timer: asyncio.TimerHandle | None = None
     timed_out: bool = False
+    cut: bool = False  # goblet closed the client (its streamed fill stalled)
 
     def count_bytes(self, data: bytes) -> bytes:
         """A response ``stream`` callable that counts what passes through."""

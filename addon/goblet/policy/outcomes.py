@@ -1,7 +1,10 @@
 """How a git request ended, for its metrics and its access-log line.
 
+- The client closed its connection before its whole answer was sent (a
+  killed CI job, Ctrl-C): ``abandoned``, whoever was answering — unless goblet
+  closed it (a stalled streamed fill, a body past its deadline).
 - Answered from the cache (or offline): ``cache``/``offline`` if the backend
-  sent the whole answer, else ``error`` (a stream cut short, the client gone).
+  sent the whole answer, else ``error`` (a stream cut short).
 - Passed upstream: ``denied`` for 401/403/404, ``error`` for a 5xx or when no
   (complete) answer came, else ``upstream``.
 - goblet's own answers keep the outcome they were given (``error`` for a 400).
@@ -27,10 +30,18 @@ class Ending:
 
 
 def ending(state: FlowState, status: int | None, response_bytes: int | None,
-           failed: bool) -> Ending:
+           failed: bool, *, client_gone: bool = False) -> Ending:
     """How ``state``'s request ended: ``status`` of the answer (None without one),
-    ``response_bytes`` of a buffered answer, ``failed`` when the flow errored."""
+    ``response_bytes`` of a buffered answer, ``failed`` when the flow errored,
+    ``client_gone`` when it did because the client closed its connection (not goblet,
+    and not a deadline goblet enforces): ``abandoned``, nobody's failure."""
     reason = state.reason
+    if failed and client_gone and not state.timed_out and not state.cut:
+        sent = state.plan.stats.bytes_sent if state.plan is not None \
+            else state.upstream_bytes or None
+        return Ending(Outcome.ABANDONED, sent, None,
+                      f"the client went away mid-answer ({reason})" if reason
+                      else "the client went away mid-answer")
     if state.plan is not None:
         stats = state.plan.stats
         if stats.complete and not failed:

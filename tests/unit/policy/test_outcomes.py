@@ -70,3 +70,18 @@ def test_which_answers_are_read(state: FlowState | None, status: int, keep: bool
 def test_metric_kinds() -> None:
     assert [k.metric for k in Kind] == ["info_refs", "ls_refs", "fetch", "other", "push",
                                         "other", "other", "other", "lfs_batch", "lfs_object"]
+
+
+def test_a_client_that_went_away_abandoned_its_request() -> None:
+    """Whoever was answering, a client closing its connection mid-answer is nobody's
+    failure; a client goblet cut off (a deadline, a stalled fill) is an error."""
+    served = FlowState(Kind.FETCH, outcome=Outcome.CACHE, plan=plan(False, sent=7),
+                       reason="client disconnected")
+    e = ending(served, 200, None, True, client_gone=True)
+    assert (e.outcome, e.sent) == (Outcome.ABANDONED, 7) and "went away" in e.reason
+    relayed = FlowState(Kind.FETCH, upstream_bytes=99)
+    assert ending(relayed, 200, None, True, client_gone=True).sent == 99
+    assert ending(relayed, 200, None, True, client_gone=False).outcome is Outcome.ERROR
+    assert ending(relayed, 200, None, False, client_gone=True).outcome is Outcome.UPSTREAM
+    for late in (FlowState(Kind.FETCH, timed_out=True), FlowState(Kind.FETCH, cut=True)):
+        assert ending(late, None, None, True, client_gone=True).outcome is Outcome.ERROR
