@@ -124,6 +124,9 @@ class Pace:
     moved: int  # bytes of the answer that passed in that interval
     idle: float  # seconds since the last byte of the answer passed
     backlog: int  # bytes of the answer the proxy holds for the client, not yet taken
+    # bytes the client took in that interval (what passed, plus the backlog it drained);
+    # None: as ``moved``
+    taken: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +144,11 @@ def overdue(pace: Pace, *, window: float, max_seconds: float,
 
     - Not complete after ``max_seconds``: given up, the client's doing if the answer
       waits for it (``backlog``), else the upstream's.
-    - The answer waits for the client and less than ``min_rate`` bytes/s of it passed
-      over the interval: given up, the client's doing (a slow reader).
+    - The answer waits for the client and the client took less than ``min_rate``
+      bytes/s of it over the interval: given up, the client's doing (a slow reader).
+      What it took counts the backlog it drained: the proxy reads the upstream in bursts
+      once a client's backlog drains, so a steady slow reader may see no upstream bytes
+      pass for a while.
     - Nothing waits for the client and nothing came for ``window`` seconds: the
       upstream stalled; given up, and the client's connection is closed too.
 
@@ -153,7 +159,8 @@ def overdue(pace: Pace, *, window: float, max_seconds: float,
         who = "the client reads it slowly" if slow_client else "the upstream sends it slowly"
         return Overdue(FailureKind.CLIENT if slow_client else FailureKind.UPSTREAM,
                        f"answer not complete after {max_seconds:.0f}s ({who})")
-    if slow_client and pace.moved < min_rate * pace.interval:
+    taken = pace.moved if pace.taken is None else pace.taken
+    if slow_client and taken < min_rate * pace.interval:
         return Overdue(FailureKind.CLIENT, f"the client took less than {min_rate:.0f} bytes/s "
                                            f"for {pace.interval:.0f}s")
     if not slow_client and pace.idle >= window:
@@ -208,6 +215,7 @@ class TeeFill:
         self._ended = asyncio.Event()
         self._last_data = clock()
         self._moved = 0  # bytes of the answer since the last ``Pace`` sample
+        self._backlog = 0  # the client's backlog at the last ``Pace`` sample
         self._started = clock()
         self._begun = asyncio.Event()
         # Called when the upstream stalls: the client's own request then fails too.
@@ -299,9 +307,10 @@ class TeeFill:
 
     def _pace(self, interval: float) -> Pace:
         now = self._clock()
+        backlog = self.client_backlog()
         pace = Pace(now - self._started, interval, self._moved, now - self._last_data,
-                    self.client_backlog())
-        self._moved = 0
+                    backlog, max(0, self._moved + self._backlog - backlog))
+        self._moved, self._backlog = 0, backlog
         return pace
 
     async def _wait_for_end(self) -> None:

@@ -18,6 +18,7 @@ from goblet.cache.locks import RepoLocks
 from goblet.cache.store import CacheRepo, RepoStore
 from goblet.cache.teefill import Pace, TeeFill, cut_by, eligible, overdue
 from goblet.git.runner import GitRunner
+from goblet.protocol import pktline
 from goblet.protocol.request import FetchRequest
 
 URL = "https://git.example/org/cold.git"
@@ -46,6 +47,18 @@ def test_a_client_reading_slower_than_the_least_rate_loses_the_copy_not_its_answ
     got = overdue(pace(moved=4999, backlog=65536), window=5, max_seconds=3600)
     assert got is not None and got.kind is FailureKind.CLIENT and not got.close_client
     assert "less than 1000 bytes/s" in got.reason
+
+
+def test_a_steady_slow_reader_draining_its_backlog_keeps_the_copy() -> None:
+    """The proxy reads the upstream in bursts once a client's backlog drains: a client
+    taking 6 KB/s off a 64 KiB backlog moves no upstream bytes for seconds, yet reads."""
+    assert overdue(pace(moved=0, backlog=35_536, idle=5), window=5, max_seconds=3600) \
+        is not None  # (what it took unknown: as before, the upstream bytes count)
+    steady = Pace(10, 5, 0, 5, 35_536, taken=30_000)  # 64 KiB → 35,536 B in 5 s
+    assert overdue(steady, window=5, max_seconds=3600) is None
+    stuck = Pace(10, 5, 0, 5, 65_536, taken=4_999)  # under 1000 B/s
+    got = overdue(stuck, window=5, max_seconds=3600)
+    assert got is not None and got.kind is FailureKind.CLIENT and not got.close_client
 
 
 def test_a_client_keeping_up_with_a_slow_upstream_is_not_blamed() -> None:
@@ -208,6 +221,26 @@ def test_a_slow_reader_loses_the_copy_within_a_window_and_keeps_its_connection(
     assert isinstance(e, FillError) and e.kind is FailureKind.CLIENT
     assert stalls == []
     assert rig.observer.results[0][0] == "abandoned"
+
+
+def test_a_steady_slow_reader_keeps_the_copy_while_no_upstream_bytes_pass(
+        rig: Rig) -> None:
+    """The proxy reads the upstream again only once the client drained its backlog: a
+    client taking 3 KB/s of it passes windows without one upstream byte, and reads."""
+
+    async def scenario() -> tuple[bool, FillError]:
+        tee = await rig.tee()
+        tee.feed(b"0008NAK\n" + pktline.encode_data(b"\x02" + b"." * 60_000))  # a burst
+        loop, start = asyncio.get_running_loop(), asyncio.get_running_loop().time()
+        tee.client_backlog = lambda: max(0, 60_000 - int(3000 * (loop.time() - start)))
+        await asyncio.sleep(3.5)  # three windows of 1 s: no byte from the upstream
+        alive = not tee.task.done()
+        tee.cut("client gone", client_gone=True)
+        return alive, await rig.ended(tee)
+
+    alive, e = asyncio.run(scenario())
+    assert alive, rig.observer.results
+    assert e.kind is FailureKind.CLIENT and rig.observer.results[0][0] == "abandoned"
 
 
 @pytest.mark.parametrize(("backlogs", "bound"), [
