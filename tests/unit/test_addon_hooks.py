@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from goblet import options as opts
 from goblet.addon import Goblet
+from goblet.addon.connections import close_client, closed_by_goblet
 from goblet.addon.early import goblet_response
 from goblet.auth.credentials import credential_from_headers
 from goblet.decide import Decision, Route
@@ -329,3 +330,11 @@ def test_goblet_answers_are_sent_byte_for_byte() -> None:
                                            ("Transfer-Encoding", "chunked")])
     assert framed.headers.get_all("content-length") == ["3"]
     assert "transfer-encoding" not in framed.headers
+
+
+def test_clients_goblet_closes_are_remembered_as_its_doing() -> None:
+    """A flow whose client goblet closed (a deadline, a stalled fill) must not be counted
+    as abandoned by its client."""
+    with taddons.context():
+        close_client("client-a")
+    assert closed_by_goblet("client-a") and not closed_by_goblet("client-b")

@@ -9,6 +9,7 @@ object); the decisions it applies live in ``observe/exposure.py``,
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 
 from mitmproxy import connection, ctx, http, tcp, tls
 from mitmproxy.proxy import server_hooks
@@ -102,8 +103,21 @@ def proxy_ports() -> frozenset[int]:
     return _ports[1]
 
 
+_CLOSED_KEPT = 10_000  # client ids close_client remembers (newest; ids are never reused)
+_closed: OrderedDict[str, None] = OrderedDict()
+
+
+def closed_by_goblet(client_id: str) -> bool:
+    """Whether goblet closed this client connection itself (``close_client``): its flows
+    did not end by the client's doing."""
+    return client_id in _closed
+
+
 def close_client(client_id: str) -> None:
     """Close a client connection now (mitmproxy has no public call for it)."""
+    _closed[client_id] = None
+    while len(_closed) > _CLOSED_KEPT:
+        _closed.popitem(last=False)
     handler = getattr(ctx.master.addons.get("proxyserver"), "connections", {}).get(client_id)
     if handler is not None:
         handler.close_connection(handler.client)

@@ -20,6 +20,7 @@ from goblet.addon.connections import (
     ConnectionHooks,
     client_backlog,
     close_client,
+    closed_by_goblet,
     proxy_ports,
 )
 from goblet.addon.early import EarlyAnswers, goblet_response, to_backend
@@ -206,7 +207,7 @@ class Goblet(ConnectionHooks):
             return
         if isinstance(action, gate.Upstream) and action.tee is not None:
             state.tee = action.tee  # a stall of its upstream fails the client too:
-            state.tee.on_stall = lambda: _cut(flow, state)
+            state.tee.on_stall = lambda: close_client(flow.client_conn.id)
             state.tee.client_backlog = lambda: client_backlog(flow.client_conn.id)
         elif isinstance(action, gate.Serve):
             self._to_backend(flow, state, action.plan)
@@ -287,7 +288,8 @@ class Goblet(ConnectionHooks):
             self.lfs.error(flow, state)
             if not state.timed_out:
                 state.reason = flow.error.msg if flow.error else "flow error"
-            self._finish(flow, state, failed=True, client_gone=not flow.client_conn.connected)
+            gone = not flow.client_conn.connected and not closed_by_goblet(flow.client_conn.id)
+            self._finish(flow, state, failed=True, client_gone=gone)
 
     def _finish(self, flow: http.HTTPFlow, state: FlowState, failed: bool = False,
                 client_gone: bool = False) -> None:
@@ -305,12 +307,6 @@ class Goblet(ConnectionHooks):
             url=f"{req.scheme}://{req.pretty_host}{req.path.split('?', 1)[0]}",  # no query
             timing=Timing(time.monotonic() - state.started, upstream),
             instance=self.settings.instance, client_gone=client_gone)
-
-
-def _cut(flow: http.HTTPFlow, state: FlowState) -> None:
-    """goblet closes ``flow``'s client (so its ending is not the client's doing)."""
-    state.cut = True
-    close_client(flow.client_conn.id)
 
 
 def make_addons() -> Sequence[object]:

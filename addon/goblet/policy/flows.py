@@ -76,11 +76,12 @@ class FlowState:
     tee: TeeFill | None = None  # a cold clone whose upstream answer fills the cache
     body_timer: asyncio.TimerHandle | None = None
     timed_out: bool = False
-    cut: bool = False  # goblet closed the client (its streamed fill stalled)
+    last_byte: float = 0.0  # monotonic time the last byte of an upstream answer passed
 
     def count_bytes(self, data: bytes) -> bytes:
         """A response ``stream`` callable that counts what passes through."""
         self.upstream_bytes += len(data)
+        self.last_byte = time.monotonic()
         return data
 
     def body_arrived(self) -> None:

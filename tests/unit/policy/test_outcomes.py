@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from goblet.policy.flows import FlowState, Kind, Outcome
-from goblet.policy.outcomes import ending, read_answer
+from goblet.policy.outcomes import ABANDON_IDLE, ending, read_answer
 from goblet.serve.plans import ServePlan
 
 
@@ -73,15 +73,28 @@ def test_metric_kinds() -> None:
 
 
 def test_a_client_that_went_away_abandoned_its_request() -> None:
-    """Whoever was answering, a client closing its connection mid-answer is nobody's
-    failure; a client goblet cut off (a deadline, a stalled fill) is an error."""
+    """A client closing its connection while its answer came is nobody's failure; a
+    client goblet cut off (a deadline, a stalled fill), a 4xx/5xx answer, or an answer
+    that had stopped coming is an error."""
     served = FlowState(Kind.FETCH, outcome=Outcome.CACHE, plan=plan(False, sent=7),
                        reason="client disconnected")
     e = ending(served, 200, None, True, client_gone=True)
     assert (e.outcome, e.sent) == (Outcome.ABANDONED, 7) and "went away" in e.reason
-    relayed = FlowState(Kind.FETCH, upstream_bytes=99)
-    assert ending(relayed, 200, None, True, client_gone=True).sent == 99
-    assert ending(relayed, 200, None, True, client_gone=False).outcome is Outcome.ERROR
+    nothing_yet = FlowState(Kind.FETCH, outcome=Outcome.CACHE, plan=plan(False, sent=0))
+    assert ending(nothing_yet, 200, None, True, client_gone=True).outcome is Outcome.ERROR
+    relayed = FlowState(Kind.FETCH, upstream_bytes=99, last_byte=100.0)
+    got = ending(relayed, 200, None, True, client_gone=True, now=105.0)
+    assert (got.outcome, got.sent) == (Outcome.ABANDONED, 99)
+    stalled = ending(relayed, 200, None, True, client_gone=True, now=100.0 + ABANDON_IDLE + 1)
+    assert stalled.outcome is Outcome.ERROR  # it gave up on an answer that stopped coming
+    for status in (401, 503):  # git hangs up on these as they arrive
+        assert ending(relayed, status, None, True, client_gone=True,
+                      now=101.0).outcome is not Outcome.ABANDONED
+    assert ending(relayed, 200, None, True, client_gone=False, now=101.0).outcome \
+        is Outcome.ERROR
     assert ending(relayed, 200, None, False, client_gone=True).outcome is Outcome.UPSTREAM
-    for late in (FlowState(Kind.FETCH, timed_out=True), FlowState(Kind.FETCH, cut=True)):
-        assert ending(late, None, None, True, client_gone=True).outcome is Outcome.ERROR
+    late = FlowState(Kind.FETCH, timed_out=True, upstream_bytes=5, last_byte=100.0)
+    assert ending(late, None, None, True, client_gone=True, now=101.0).outcome \
+        is Outcome.ERROR
+    own = FlowState(Kind.LS_REFS, outcome=Outcome.CACHE)  # whole in memory
+    assert ending(own, 200, 2157, True, client_gone=True).outcome is Outcome.ABANDONED
