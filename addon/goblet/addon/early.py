@@ -68,9 +68,9 @@ class EarlyAnswers:
         if not body:
             flow.response = goblet_response(status, content, headers)
             return
-        encoded = [(k.encode(), v.encode("latin-1", "replace")) for k, v in headers]
         self._shown.setdefault(flow, (req.scheme, req.host, req.port, req.path))
-        to_backend(flow, rt, self._backend_clients, ReplyPlan(status, content, tuple(encoded)))
+        to_backend(flow, rt, self._backend_clients,
+                   ReplyPlan(status, content, tuple(header_fields(headers))))
         self.discard(flow, timed=True)
 
     def discard(self, flow: http.HTTPFlow, *, timed: bool) -> None:
@@ -133,9 +133,15 @@ class EarlyAnswers:
 def goblet_response(status: int, body: bytes, headers: Sequence[tuple[str, str]]) -> http.Response:
     """A mitmproxy response with these headers (Content-Length set) and body, sent as it is
     (built directly: ``Response.make`` would run the body through content encoding)."""
-    fields = [(k.encode(), v.encode("latin-1", "replace")) for k, v in headers
-              if k.lower() not in ("content-length", "transfer-encoding")]  # (framed here)
+    fields = header_fields(headers)
     fields.append((b"Content-Length", str(len(body)).encode()))
     now = time.time()
     return http.Response(b"HTTP/1.1", status, status_codes.RESPONSES.get(status, "").encode(),
                          http.Headers(fields), body, None, now, now)
+
+
+def header_fields(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """goblet's answer headers as wire fields, without Content-Length or Transfer-Encoding
+    (whoever sends the answer frames its body)."""
+    return [(k.encode(), v.encode("latin-1", "replace")) for k, v in headers
+            if k.lower() not in ("content-length", "transfer-encoding")]

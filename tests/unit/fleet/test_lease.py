@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from goblet.cache.locks import RepoLocks
@@ -93,15 +94,25 @@ def test_keys_hold_the_repo_key_only(server: RedisServer) -> None:
                                   f"goblet:digest:{KEY}"}
 
 
-def test_turns_leader_busy_follower(server: RedisServer, tmp_path: Path) -> None:
+def prepared_store(tmp_path: Path) -> RepoStore:
     repos = RepoStore(tmp_path / "cache", GitRunner(home=tmp_path / "home"))
     repos.prepare()
+    return repos
+
+
+def tier(repos: RepoStore, coordinator: Coordinator, **kw: Any) -> FleetTier:
+    """A fleet tier on ``repos`` with no object store, coordinated by ``coordinator``."""
+    return FleetTier(repos, RepoLocks(repos.lock_dir), Metrics(), store=None,
+                     coordinator=coordinator, **kw)
+
+
+def test_turns_leader_busy_follower(server: RedisServer, tmp_path: Path) -> None:
+    repos = prepared_store(tmp_path)
     repo = repos.repo_for("https://git.example/r.git")
 
     async def main() -> None:
         a, b = coordinator(server.url, lease=2), coordinator(server.url, lease=2)
-        ta = FleetTier(repos, RepoLocks(repos.lock_dir), Metrics(), store=None, coordinator=a)
-        tb = FleetTier(repos, RepoLocks(repos.lock_dir), Metrics(), store=None, coordinator=b)
+        ta, tb = tier(repos, a), tier(repos, b)
         async with ta.turn(repo) as first:
             assert first.role is Role.LEADER
             async with tb.turn(repo, wait=False) as busy:
@@ -126,15 +137,12 @@ def test_turns_leader_busy_follower(server: RedisServer, tmp_path: Path) -> None
 def test_a_streaming_leader_is_waited_for_no_longer_than_the_upstream_timeout(
     server: RedisServer, tmp_path: Path,
 ) -> None:
-    repos = RepoStore(tmp_path / "cache", GitRunner(home=tmp_path / "home"))
-    repos.prepare()
+    repos = prepared_store(tmp_path)
     repo = repos.repo_for("https://git.example/r.git")
 
     async def main() -> None:
         a, b = coordinator(server.url, lease=2), coordinator(server.url, lease=2)
-        ta = FleetTier(repos, RepoLocks(repos.lock_dir), Metrics(), store=None, coordinator=a)
-        tb = FleetTier(repos, RepoLocks(repos.lock_dir), Metrics(), store=None, coordinator=b,
-                       stall_timeout=1.0)
+        ta, tb = tier(repos, a), tier(repos, b, stall_timeout=1.0)
         async with ta.turn(repo, wait=False, streaming=True) as streaming:
             assert streaming.role is Role.LEADER
             assert await b.holder(repo.key) == "stream"
