@@ -21,10 +21,12 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Repos, count
+from tests.support.attack import post_upload
 from tests.support.cachedir import settle
 from tests.support.gitclient import GitClient
 from tests.support.net import free_port
 from tests.support.proxy import GobletProxy
+from tests.support.rawhttp import pkt, v2_ls_refs_body
 from tests.support.repos import add_commit
 from tests.support.upstream_client import UpstreamServer
 
@@ -275,3 +277,29 @@ def test_protocol_v0_refs_always_come_from_the_upstream(
     got = upstream_requests(upstream, name)
     assert got["info_refs"] == 1 and got["upload_pack_v0"] == 0  # refs upstream, pack cached
     assert "goblet: refs from cache" not in res.stderr
+
+
+def test_raw_ls_refs_get_cached_refs_only_as_the_upstream_would_answer_them(
+        git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy,
+        tmp_path: Path) -> None:
+    """Raw ls-refs bytes within the TTL: the granted credential's plain question is
+    answered from the cache with the upstream's own bytes; an oversized question (129
+    ref-prefix lines) goes upstream; another credential, or none, gets the upstream's
+    refusal and no ref."""
+    name, _ = warm(git, repos, upstream, proxy, tmp_path / "cold", ALICE,
+                   public=False, readers=("alice",))
+    alice = {"Authorization": "Bearer tok-alice"}
+    plain = v2_ls_refs_body()
+    big = (pkt(b"command=ls-refs") + b"0001" + pkt("peel")
+           + b"".join(pkt(f"ref-prefix refs/heads/b{i}/") for i in range(128))
+           + pkt("ref-prefix refs/heads/") + b"0000")
+    for body, upstream_asked in ((plain, 0), (big, 1)):
+        upstream.reset_stats()
+        via = post_upload(upstream, proxy, name, alice, body)
+        assert upstream_requests(upstream, name)["ls_refs"] == upstream_asked
+        ref = post_upload(upstream, None, name, alice, body)
+        assert (via.status, via.body) == (ref.status, ref.body) and b"refs/heads/" in via.body
+    for auth in ({"Authorization": "Bearer tok-bob"}, {}):
+        via = post_upload(upstream, proxy, name, auth, plain)
+        ref = post_upload(upstream, None, name, auth, plain)
+        assert via.status == ref.status >= 400 and b"refs/heads/" not in via.body
