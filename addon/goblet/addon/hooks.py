@@ -304,7 +304,8 @@ class Goblet(ConnectionHooks):
         self.rt.recorder.finish(
             state, status=resp.status_code if resp else None, failed=failed,
             response_bytes=len(resp.raw_content or b"") if resp else None,
-            url=f"{req.scheme}://{req.pretty_host}{req.path.split('?', 1)[0]}",  # no query
+            url=state.repo.url if state.repo else  # (else as received, without a query)
+            f"{req.scheme}://{req.pretty_host}{req.path.split('?', 1)[0]}",
             timing=Timing(time.monotonic() - state.started, upstream),
             instance=self.settings.instance, client_gone=client_gone)
 

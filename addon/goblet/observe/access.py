@@ -18,12 +18,15 @@ errors use ``event: "fill"`` / ``"error"``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from goblet.observe import redact
 
 _ACCESS = logging.getLogger("goblet.access")
 _REQUESTS = logging.getLogger("goblet.access.request")
@@ -82,14 +85,43 @@ def format_json(event: str, fields: dict[str, Any], ts: float | None = None) -> 
 class _Stdout(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stdout`` is when a record comes (as ``print`` does)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
     def emit(self, record: logging.LogRecord) -> None:
         self.stream = sys.stdout
         super().emit(record)
+
+    def write_line(self, message: str) -> None:
+        """Write ``message`` as ``emit`` would format it, without making a record (the
+        fast path of ``AccessLog.request``: a request line costs a few microseconds)."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:  # (the same local ``HH:MM:SS`` as the formatter's)
+            self._second, self._stamp = second, time.strftime("%H:%M:%S",
+                                                              time.localtime(second))
+        line = f"[{self._stamp}.{int(now % 1 * 1000):03d}] {message}{self.terminator}"
+        with self.lock or contextlib.nullcontext():
+            try:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            except (OSError, ValueError):  # (a closed or broken stdout: as ``emit`` would)
+                pass
 
 
 _STDOUT = _Stdout()
 _STDOUT.setFormatter(logging.Formatter("[%(asctime)s.%(msecs)03d] %(message)s",
                                        datefmt="%H:%M:%S"))
+
+
+def _plain_stdout() -> bool:
+    """Whether request lines go to goblet's stdout handler alone, unfiltered and at a
+    level that shows them (nobody has changed the logger): then they skip logging's
+    record machinery."""
+    return (_REQUESTS.handlers == [_STDOUT] and not _REQUESTS.filters and not _STDOUT.filters
+            and _STDOUT.level <= logging.INFO and _REQUESTS.isEnabledFor(logging.INFO))
 
 
 class AccessLog:
@@ -127,6 +159,8 @@ class AccessLog:
         """Log one git request."""
         if self.json:
             _ACCESS.info(format_json("request", asdict(record)))
+        elif _plain_stdout():  # (redacted as the record factory would: ``redact.py``)
+            _STDOUT.write_line(redact.redact_record_text(format_text(record)))
         else:
             _REQUESTS.info(format_text(record))
 

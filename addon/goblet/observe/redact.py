@@ -33,6 +33,17 @@ def redact_links(text: str) -> str:
     return _LINK.sub(r"\1-", text) if "oblet" in text.lower() else text
 
 
+def may_need_redaction(text: str) -> bool:
+    """Whether ``text`` may hold a header line or a link token (a cheap test before the
+    patterns; False means ``redact(text) == text``)."""
+    return "nvalid header" in text or "oblet" in text.lower()
+
+
+def redact_record_text(text: str) -> str:
+    """``text`` as the installed record factory leaves a log message."""
+    return redact(text) if may_need_redaction(text) else text
+
+
 def install() -> None:
     """Redact header lines in every log record from now on (idempotent)."""
     global _installed  # noqa: PLW0603 (one process-wide factory)
@@ -44,7 +55,7 @@ def install() -> None:
         record = make(*args, **kwargs)
         texts = [str(record.msg), *(str(a) for a in record.args)] if isinstance(
             record.args, tuple) else [str(record.msg)]
-        if any("nvalid header" in t or "oblet" in t.lower() for t in texts):
+        if any(may_need_redaction(t) for t in texts):
             record.msg, record.args = redact(record.getMessage()), None
         return record
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from goblet.auth.credentials import ANONYMOUS
 from goblet.auth.verdicts import RefView
-from goblet.cache.store import RepoStore
+from goblet.cache.store import RepoState, RepoStore
 from goblet.decide import FetchDecider
 from goblet.policy import bodies
 from goblet.policy.flows import FlowState, Kind, Outcome
@@ -34,6 +34,7 @@ from goblet.protocol.errors import ProtocolError
 
 DENIALS = (401, 403, 404)
 MAX_READ_MEMO = 256  # small ref answers whose reading is remembered (≤ 8 KiB each)
+MAX_DIFFER_REFS = 256  # refs of an answer whose comparison with the cache is remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,7 @@ class AnswerPolicy:
         self.inspector = inspector
         self._read_memo: OrderedDict[tuple[str, bool, bool, bytes], RefAnswer | None] = (
             OrderedDict())
+        self._differs: dict[str, tuple[RefAnswer, RepoState, tuple[str, ...], bool]] = {}
 
     async def answer(self, state: FlowState, status: int, headers: Mapping[str, str],
                      raw: bytes | None, cap: int) -> bytes | None:
@@ -120,6 +122,24 @@ class AnswerPolicy:
             self._read_memo.popitem(last=False)
         return read
 
+    def _differ(self, repo_key: str, read: RefAnswer, snapshot: RepoState,
+                prefixes: tuple[str, ...]) -> bool:
+        """``refs.refs_differ`` of ``read``'s refs and the cache's, remembered per repo for
+        the same reading (``_read`` keeps one per small answer), snapshot and prefixes;
+        at most MAX_READ_MEMO repos, of small answers only."""
+        seen = self._differs.get(repo_key)
+        if seen is not None and seen[0] is read and seen[1] is snapshot \
+                and seen[2] == prefixes:
+            return seen[3]
+        differ = refs.refs_differ(read.advertisement.refs, snapshot.refs, prefixes)
+        if len(read.advertisement.refs) > MAX_DIFFER_REFS:
+            return differ  # (a large answer is read anew each time: nothing to remember)
+        self._differs.pop(repo_key, None)
+        self._differs[repo_key] = (read, snapshot, prefixes, differ)
+        while len(self._differs) > MAX_READ_MEMO:
+            self._differs.pop(next(iter(self._differs)))
+        return differ
+
     def denied(self, state: FlowState, status: int, challenge: str | None) -> None:
         """The upstream refused this request (401, 403 or 404)."""
         assert state.repo is not None
@@ -142,7 +162,7 @@ class AnswerPolicy:
             decider.heads[repo.key] = head
         prefixes = state.ls_refs.ref_prefixes if state.ls_refs else ()
         snapshot = self.store.state(repo)
-        stale = snapshot is None or refs.refs_differ(adv.refs, snapshot.refs, prefixes) \
+        stale = snapshot is None or self._differ(repo.key, read, snapshot, prefixes) \
             or bool(head and snapshot.head != head)
         if decider.isolation == "public" and decider.verdicts.is_denied(ANONYMOUS, repo.url):
             return  # not anonymously readable: never cached in public isolation

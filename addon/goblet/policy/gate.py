@@ -18,6 +18,7 @@ which it applies to the flow; nothing here knows mitmproxy.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
@@ -92,12 +93,19 @@ def relay(answer: UpstreamAnswer) -> Reply:
 
 
 ServePlanner = Callable[..., ServePlan]
+MAX_PARSE_MEMO = 256  # small request bodies whose parse is remembered (≤ 1 KiB each)
 
 
 def parse_upload_pack(body: bytes, version: int) -> request.V2Request | request.FetchRequest:
     """Parse an upload-pack request body in protocol ``version`` (CPU work: a large one
     runs off the event loop, ``policy/offload.py``)."""
     return request.parse_v2(body) if version == 2 else request.parse_v0(body, version)
+
+
+# The parse of a small body (≤ INLINE_REQUEST_BYTES), remembered: CI clients repeat the
+# same few questions, and the parsed requests are immutable. (A malformed body raises
+# each time.)
+_parse_small = functools.lru_cache(maxsize=MAX_PARSE_MEMO)(parse_upload_pack)
 
 
 class FlowPolicy:
@@ -180,8 +188,10 @@ class FlowPolicy:
             state.reason = state.reason or got.reason
             return Upstream()
         try:
+            small = len(got.body) <= INLINE_REQUEST_BYTES
             parsed = await run_sized(self.inspector, len(got.body), INLINE_REQUEST_BYTES,
-                                     parse_upload_pack, got.body, state.version)
+                                     _parse_small if small else parse_upload_pack, got.body,
+                                     state.version)
         except ProtocolError as e:
             return refuse(400, f"goblet: malformed request: {e.reason}")
         state.body = got.body

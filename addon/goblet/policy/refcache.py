@@ -24,7 +24,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 
 from goblet.auth.verdicts import RefView
 from goblet.cache.store import RepoState
@@ -48,6 +48,11 @@ MAX_MEMO_PREFIX_CHARS = 1024  # ... only for questions this small
 MAX_MEMO_HIDDEN = 256  # ... and answers this small
 MAX_QUESTION_BYTES = 4096  # an ls-refs larger than this is never answered from the cache
 MAX_QUESTION_PREFIXES = 128  # nor one with more ref-prefix lines
+MAX_IDENTITY_MEMO = 256  # questions whose cache identity is remembered (≤ 4 KiB each)
+
+# ``cache_identity`` of a question small enough to answer from the cache, remembered:
+# CI clients ask the same few.
+_identity = lru_cache(maxsize=MAX_IDENTITY_MEMO)(cache_identity)
 
 Planner = Callable[..., ServePlan]
 
@@ -120,7 +125,7 @@ class RefsFromCache:
             return None
         plan, snapshot = got
         assert state.repo is not None
-        identity = cache_identity(plan.body)
+        identity = _identity(plan.body)  # (small: see _plan)
         if self.answers is None or snapshot is None or identity is None:
             return plan
         key = (plan.repo_key, snapshot.digest, plan.git_protocol or "", plan.advertise,

@@ -19,6 +19,7 @@ with ProtocolError, because the upstream might read them as another repo.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote_to_bytes
@@ -81,6 +82,7 @@ def classify(method: str, path: str) -> GitTarget:
     return OTHER
 
 
+@functools.lru_cache(maxsize=1024)  # (pure; only accepted paths, ≤ MAX_REPO_PATH, are kept)
 def check_repo_path(repo: str) -> str:
     """Return ``repo`` unchanged if it is a safe, canonical repo path."""
     if not repo.startswith("/") or repo == "/":

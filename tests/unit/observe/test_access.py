@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import pytest
@@ -52,3 +53,36 @@ def test_json_lines_go_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     assert got.out == ""
     line = json.loads(got.err.strip().splitlines()[-1])
     assert line["event"] == "request" and line["kind"] == "ls_refs" and line["bytes"] == 2157
+
+
+def test_a_handler_or_filter_added_to_the_request_logger_is_honoured(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Lines skip logging's records only while nobody has changed the logger: an added
+    handler receives them (redacted), and a filter can drop them."""
+    redact.install()
+    log = AccessLog()
+    log.configure("text")
+    log.verbosity("info")
+    got: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            got.append(record.getMessage())
+
+    logger, keep = logging.getLogger("goblet.access.request"), Keep()
+    logger.addHandler(keep)
+    try:
+        log.request(RECORD)
+    finally:
+        logger.removeHandler(keep)
+    assert len(got) == 1 and got[0].startswith("git ls_refs ") and TOKEN not in got[0]
+    assert capsys.readouterr().out.count("git ls_refs") == 1  # (the stdout line too)
+    drop = logging.Filter("nothing.matches")
+    logger.addFilter(drop)
+    try:
+        log.request(RECORD)
+    finally:
+        logger.removeFilter(drop)
+    assert capsys.readouterr().out == ""
+    log.request(RECORD)
+    assert capsys.readouterr().out.count("git ls_refs") == 1

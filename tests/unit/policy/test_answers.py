@@ -350,3 +350,19 @@ def test_a_repeated_answer_is_read_once_and_its_question_still_counts(
     world.answer(flow(Kind.LS_REFS, prefixes=("refs/heads/",)), 200, wire.ls_refs, RES)
     narrow = world.view()
     assert narrow is not None and not narrow.complete and narrow.pairs == first.pairs
+
+
+def test_a_repeated_answer_is_compared_with_the_cache_as_it_is_now(world: World,
+                                                                  wire: Answers) -> None:
+    """The comparison of one answer with the cache is remembered only while the cache's
+    snapshot stays the same: a fill elsewhere that moves it is seen at once."""
+    world.store.snapshot = cached(wire)
+    world.answer(flow(), 200, wire.v0)
+    world.answer(flow(), 200, wire.v0)
+    assert world.decider.fills == []
+    world.store.snapshot = cached(wire, refs__heads__main=wire.c1)
+    world.answer(flow(), 200, wire.v0)
+    assert len(world.decider.fills) == 1
+    world.store.snapshot = cached(wire)
+    world.answer(flow(), 200, wire.v0)
+    assert len(world.decider.fills) == 1
