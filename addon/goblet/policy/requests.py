@@ -19,6 +19,7 @@ look like.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -125,10 +126,13 @@ def check_binding(facts: RequestFacts) -> None:
         raise ProtocolError("TLS server name does not match the request's host")
 
 
+_BREAKS = re.compile(rb"[\r\n\0]")
+
+
 def check_headers(headers: Iterable[tuple[bytes, bytes]]) -> None:
     """Raise ProtocolError if a header name or value holds CR, LF or NUL."""
     for name, value in headers:
-        if any(c in value or c in name for c in (b"\r", b"\n", b"\0")):
+        if _BREAKS.search(value) or _BREAKS.search(name):
             raise ProtocolError("malformed (folded or multi-line) request header")
         if name.lower() == b"transfer-encoding" and value.strip().lower() != b"chunked":
             raise ProtocolError("unsupported Transfer-Encoding")
