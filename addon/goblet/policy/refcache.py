@@ -137,6 +137,11 @@ class RefsFromCache:
         if body is None:  # the cache could not answer (evicted meanwhile?): upstream can
             state.reason = "refs from upstream: the cache could not answer"
             return None
+        if not self.decider.verdicts.is_granted(state.tenant, state.repo.url):
+            # the grant expired or was replaced by a refusal while the answer was made
+            state.reason = "refs from upstream: the grant ended meanwhile"
+            self._told.pop((state.tenant, state.repo.key), None)
+            return None
         assert isinstance(body, bytes)
         if not plan.advertise and not self._only_listed(state, key, body):
             # a fill moved the cache between the rule's look and upload-pack's

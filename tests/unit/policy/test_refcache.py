@@ -240,3 +240,43 @@ def test_a_large_ls_refs_is_never_answered_from_the_cache(world: Any) -> None:
     big.body = b"0" * 4097
     assert answer(refs, big) is None and "this large" in big.reason
     assert answer(refs, ls_refs()) is not None
+
+
+class Slow(Canned):
+    """Canned answers that take a while: ``meanwhile`` runs while the answer is made."""
+
+    def __init__(self, body: Any, meanwhile: Any) -> None:
+        super().__init__(body)
+        self.meanwhile = meanwhile
+
+    async def answer(self, key: Any, *args: Any, **kw: Any) -> Any:
+        self.meanwhile()
+        return self.body
+
+
+@pytest.mark.parametrize("ending", ["expired", "refused"])
+@pytest.mark.parametrize("kind", [Kind.LS_REFS, Kind.INFO_REFS])
+def test_a_grant_that_ends_while_the_answer_is_made_sends_it_upstream(
+        world: Any, ending: str, kind: Kind) -> None:
+    """The grant is checked again once the held answer is ready: one that expired or was
+    replaced by a refusal in the meantime gets the upstream's verdict, not the cache's."""
+    refs, decider, clock, _ = world
+
+    def end() -> None:
+        if ending == "expired":
+            clock.now += 61  # (the verdict TTL is 60 s)
+        else:
+            decider.verdicts.record("t", REPO.url, granted=False, status=403)
+
+    body = line(f"{A} HEAD symref-target:refs/heads/main") + line(f"{A} refs/heads/main") \
+        + b"0000"
+    state = ls_refs() if kind is Kind.LS_REFS else FlowState(
+        Kind.INFO_REFS, repo=REPO, tenant="t", version=2)
+    refs.answers = Slow(body, lambda: None)
+    grant(decider)
+    assert isinstance(answer(refs, state), CachedRefs)  # (the grant holds throughout)
+    refs.answers = Slow(body, end)
+    state = ls_refs() if kind is Kind.LS_REFS else FlowState(
+        Kind.INFO_REFS, repo=REPO, tenant="t", version=2)
+    assert answer(refs, state) is None and "grant ended" in state.reason
+    assert refs.notice_for("t", "k") is None
