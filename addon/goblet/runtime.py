@@ -122,7 +122,7 @@ class Runtime:
         self.refs = RefsFromCache(self.decider, self.serve_plan, metrics,
                                   lambda: self.settings.refs_ttl, answers=RefAnswers(git))
         self.webhooks = Webhooks(lambda: self.settings.webhook_secret_file,
-                                 self.refs.mark_stale, metrics)
+                                 self.refs.mark_stale, metrics, lambda: self.settings.hosts)
         self.policy = FlowPolicy(lambda: self.settings, keyer=self.keyer, store=self.store,
                                  decider=self.decider, asker=self.asker, metrics=metrics,
                                  inspector=self.inspector, planner=self.serve_plan,

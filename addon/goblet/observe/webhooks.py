@@ -14,7 +14,8 @@ Comparisons are constant-time. A missing or wrong signature gets 401, a body
 over ``MAX_BODY`` bytes (or of no stated length) 413, unread, a signed body
 that is not the JSON of a push 400; none of them changes anything. A push
 marks the refs of the repo's https URLs (with and without ``.git``, path as
-spelled and in lower case) stale (``policy/refcache.py``): the next ref
+spelled and in lower case) stale (``policy/refcache.py``) if its host is one of
+``goblet_hosts`` (another is answered 200 and ignored): the next ref
 request for them goes upstream, whoever sends it. That is all a webhook can
 do — make goblet ask the upstream sooner — so a replayed one is harmless,
 and no answer says more than accepted or not.
@@ -29,6 +30,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -62,9 +64,11 @@ def gitlab_token_ok(secret: bytes, header: str | None) -> bool:
     return hmac.compare_digest(secret, header.encode("utf-8", "replace"))
 
 
-def push_urls(payload: object, forge: str) -> tuple[str, ...]:
+def push_urls(payload: object, forge: str,
+              hosts: AbstractSet[tuple[str, int]] | None = None) -> tuple[str, ...]:
     """The canonical https URLs (``https://host[:port]/path``, with and without ``.git``)
-    of the repo a push payload names; empty if it names none."""
+    of the repo a push payload names, on ``hosts`` (lower-case host, port) only if given;
+    empty if it names none."""
     if not isinstance(payload, dict):
         return ()
     section = payload.get("repository" if forge == "github" else "project")
@@ -76,11 +80,11 @@ def push_urls(payload: object, forge: str) -> tuple[str, ...]:
         for name in fields:
             value = source.get(name)
             if isinstance(value, str):
-                found += _variants(value)
+                found += _variants(value, hosts)
     return tuple(dict.fromkeys(found))
 
 
-def _variants(url: str) -> list[str]:
+def _variants(url: str, hosts: AbstractSet[tuple[str, int]] | None) -> list[str]:
     """``url`` as cache keys: with and without a trailing ``.git``, as spelled and with
     the path in lower case (forges ignore its case; clients may not); [] if not usable.
     Marking a URL no client uses costs nothing."""
@@ -94,6 +98,8 @@ def _variants(url: str) -> list[str]:
     host, path = parts.hostname, parts.path.rstrip("/")
     if parts.scheme not in ("https", "http") or not host or not path.startswith("/"):
         return []
+    if hosts is not None and (host, port) not in hosts:
+        return []  # (not a host goblet caches: nothing of it to mark)
     bare = path.removesuffix(".git")
     return [canonical_url(host, port, p + suffix)
             for p in dict.fromkeys((bare, bare.lower())) for suffix in ("", ".git")]
@@ -103,9 +109,11 @@ class Webhooks:
     """Answers webhook requests (see the module docstring)."""
 
     def __init__(self, secret_file: Callable[[], Path | None],
-                 mark_stale: Callable[[Iterable[str]], int], metrics: Metrics) -> None:
+                 mark_stale: Callable[[Iterable[str]], int], metrics: Metrics,
+                 hosts: Callable[[], AbstractSet[tuple[str, int]]]) -> None:
         self.secret_file = secret_file
         self.mark_stale = mark_stale
+        self.hosts = hosts  # goblet_hosts: only their repos are marked
         self.metrics = metrics
         self._last_log = -LOG_EVERY
         self._quiet = 0
@@ -145,6 +153,10 @@ class Webhooks:
         urls = push_urls(payload, forge)
         if not urls:
             return self._refused(400, "payload names no repository")
+        urls = push_urls(payload, forge, self.hosts())
+        if not urls:
+            self.metrics.webhooks.labels("ignored").inc()
+            return Answer(200, TEXT, b"ignored: not a repository on goblet_hosts\n")
         self.mark_stale(urls)
         self.metrics.webhooks.labels("accepted").inc()
         log.info("webhook: %s push, refs of %s marked stale", forge, urls[0])

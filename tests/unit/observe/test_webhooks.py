@@ -18,6 +18,7 @@ from goblet.observe.webhooks import Webhooks, github_signature_ok, gitlab_token_
 SECRET = b"s3cret"
 URL = "https://git.example/org/repo.git"
 KEYS = ("https://git.example/org/repo", "https://git.example/org/repo.git")
+HOSTS = frozenset({("git.example", 443)})
 
 
 def sign(body: bytes, secret: bytes = SECRET) -> str:
@@ -76,7 +77,7 @@ def hooks(tmp_path: Path, secret: bytes | None = SECRET) -> tuple[Webhooks, Mark
     if secret is not None:
         path.write_bytes(secret + b"\n")
     marks, metrics = Marks(), Metrics()
-    return Webhooks(lambda: path, marks, metrics), marks, metrics
+    return Webhooks(lambda: path, marks, metrics, lambda: HOSTS), marks, metrics
 
 
 def call(h: Webhooks, path: str, headers: dict[str, str], body: bytes | None) -> tuple[int, bytes]:
@@ -142,6 +143,21 @@ def test_without_a_usable_secret_every_webhook_is_refused(tmp_path: Path,
 
 
 def test_webhooks_off_without_a_secret_file() -> None:
-    h = Webhooks(lambda: None, Marks(), Metrics())
+    h = Webhooks(lambda: None, Marks(), Metrics(), lambda: HOSTS)
     assert call(h, "/webhooks/github", {}, PUSH)[0] == 404
     assert webhooks.MAX_BODY >= 1024 * 1024
+
+
+def test_only_repos_on_goblet_hosts_are_marked(tmp_path: Path) -> None:
+    """A signed push for a repo on a host goblet does not cache is answered and ignored:
+    nothing of it is in the cache, so nothing is marked."""
+    h, marks, metrics = hooks(tmp_path)
+    body = json.dumps({"repository": {"clone_url": "https://elsewhere.example/org/repo.git",
+                                      "html_url": "https://git.example:8443/org/repo"}}).encode()
+    headers = {"x-github-event": "push", "x-hub-signature-256": sign(body)}
+    assert call(h, "/webhooks/github", headers, body) == (
+        200, b"ignored: not a repository on goblet_hosts\n")
+    assert marks.marked == [] and metrics.webhooks.labels("ignored")._value.get() == 1
+    assert push_urls(json.loads(body), "github", HOSTS) == ()
+    assert push_urls(json.loads(body), "github", HOSTS | {("git.example", 8443)}) == (
+        "https://git.example:8443/org/repo", "https://git.example:8443/org/repo.git")
