@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
+from urllib.parse import unquote
 
 import pytest
 
@@ -137,3 +138,6 @@ def test_misspelled_links_log_no_live_token(scene: Scene) -> None:
     time.sleep(0.5)
     log = scene.px.log_text()[n_log:]
     assert log.count("git ") >= 9 and token not in log and token[1:] not in log
+    # nor does the upstream see it: a spelling goblet does not read as its link is refused
+    sent = [p for _, p, _ in [*scene.api.requests, *scene.media.requests]]
+    assert not [p for p in sent if token[1:] in p or token[1:] in unquote(p)], sent

@@ -33,7 +33,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from goblet.protocol.errors import ProtocolError
 from goblet.protocol.routes import check_repo_path
@@ -129,7 +129,14 @@ def parse_href(href: str) -> Href | None:
 def classify(method: str, path: str) -> LfsTarget | None:
     """The LFS route of ``method`` + ``path`` (query included), or None when the path is
     not under an LFS endpoint. Raises ProtocolError for an unsafe repo path or a
-    malformed goblet link."""
+    malformed goblet link (in any spelling: ``names_a_link``)."""
+    route = _classify(method, path)
+    if (route is None or route.kind is LfsKind.OTHER) and names_a_link(path):
+        raise ProtocolError("malformed goblet LFS link")  # (its token is not passed on)
+    return route
+
+
+def _classify(method: str, path: str) -> LfsTarget | None:
     target, _, query = path.partition("?")
     repo, sep, rest = target.partition(LFS)
     if not sep or (rest and not rest.startswith("/")):
@@ -144,6 +151,17 @@ def classify(method: str, path: str) -> LfsTarget | None:
             raise ProtocolError("malformed goblet LFS link")
         return LfsTarget(LfsKind.LINK, repo, token, oid)
     return LfsTarget(LfsKind.OTHER, repo)
+
+
+_LINK_SPELLED = re.compile(r"(?i)/info(?:/|%2f)+lfs(?:/|%2f)+goblet(?:/|%2f|$)")
+
+
+def names_a_link(path: str) -> bool:
+    """Whether ``path`` spells a goblet link's prefix in any way (another case, doubled
+    slashes, ``%2F``, escaped letters): one ``classify`` does not read as a link is
+    refused, never passed upstream with the token in it."""
+    return bool(_LINK_SPELLED.search(path)
+                or ("%" in path and _LINK_SPELLED.search(unquote(path))))
 
 
 def link_path(repo_path: str, token: str, oid: str) -> str:

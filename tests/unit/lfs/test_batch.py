@@ -47,7 +47,8 @@ def test_routes(method: str, path: str, kind: batch.LfsKind, repo: str) -> None:
 
 
 @pytest.mark.parametrize("path", ["/o/r.git/info/refs", "/o/r.git/info/lfsx/objects/batch",
-                                  "/o/r.git/git-upload-pack"])
+                                  "/o/r.git/git-upload-pack", "/goblet/goblet.git/info/refs",
+                                  "/o/goblet/info/lfsx/goblet/x"])
 def test_paths_outside_an_lfs_endpoint_are_not_lfs(path: str) -> None:
     assert batch.classify("POST", path) is None
 
@@ -59,6 +60,14 @@ def test_paths_outside_an_lfs_endpoint_are_not_lfs(path: str) -> None:
     f"/o/r.git/info/lfs/goblet/{TOKEN}/{OID}/x",
     f"/o/r.git/info/lfs/goblet/{TOKEN}/{OID}?a=b",
     f"/o/../r.git/info/lfs/goblet/{TOKEN}/{OID}",  # unsafe repo path
+    # misspelled links: refused, never passed upstream with the token in them
+    f"/o/r.git/info/lfs//goblet/{TOKEN}/{OID}",
+    f"/o/r.git/info/LFS/goblet/{TOKEN}/{OID}",
+    f"/o/r.git/Info/Lfs/Goblet/{TOKEN}/{OID}",
+    f"/o/r.git/info%2Flfs%2fgoblet%2F{TOKEN}/{OID}",
+    f"/o/r.git/info/lfs/%67oblet/{TOKEN}/{OID}",
+    f"/o/r.git/info/lfs/goblet//{TOKEN}/{OID}",
+    "/o/r.git/info/lfs/goblet",
 ])
 def test_malformed_links_and_unsafe_repo_paths_are_refused(path: str) -> None:
     with pytest.raises(ProtocolError):
