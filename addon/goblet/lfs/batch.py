@@ -153,13 +153,14 @@ def _classify(method: str, path: str) -> LfsTarget | None:
     return LfsTarget(LfsKind.OTHER, repo)
 
 
-_LINK_SPELLED = re.compile(r"(?i)/info(?:/|%2f)+lfs(?:/|%2f)+goblet(?:/|%2f|$)")
+_LINK_SPELLED = re.compile(
+    r"(?i)/info(?:/|%2f)+lfs(?:/|%2f)+goblet(?:/|%2f)+(?:%[0-9a-f]{2}|[A-Za-z0-9_-]){20,}")
 
 
 def names_a_link(path: str) -> bool:
-    """Whether ``path`` spells a goblet link's prefix in any way (another case, doubled
-    slashes, ``%2F``, escaped letters): one ``classify`` does not read as a link is
-    refused, never passed upstream with the token in it."""
+    """Whether ``path`` spells a goblet link's prefix and something like a token in any
+    way (another case, doubled slashes, ``%2F``, escaped letters): one ``classify`` does
+    not read as a link is refused, never passed upstream with the token in it."""
     return bool(_LINK_SPELLED.search(path)
                 or ("%" in path and _LINK_SPELLED.search(unquote(path))))
 
