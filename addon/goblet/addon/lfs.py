@@ -108,15 +108,16 @@ class LfsFlows:
     def _claim(self, flow: http.HTTPFlow, seen_url: str,
                proxy_login: tuple[str, str] | None) -> FlowState | None:
         rt, req = self._rt(), flow.request
-        if rt is None or not rt.settings.lfs or req.scheme != "https":
+        if rt is None or not rt.settings.lfs:
             return None
         host = req.host.lower()
-        if (host, req.port) not in rt.settings.hosts or not requests.host_header_matches(
-                req.host_header, host, req.port):
-            return None
+        ours = req.scheme == "https" and (host, req.port) in rt.settings.hosts and \
+            requests.host_header_matches(req.host_header, host, req.port)
         try:
-            route = batch.classify(req.method, req.path)
+            route = batch.classify(req.method, req.path) if ours else None
             if route is None or route.kind is batch.LfsKind.OTHER:
+                if rt.lfs.links.live_in(req.path)[1]:  # (a mangled link: its token stays here)
+                    raise ProtocolError("a goblet LFS link token outside its link")
                 return None
             requests.check_binding(requests.RequestFacts(
                 req.method, req.scheme, req.host, req.port, req.path, req.host_header,

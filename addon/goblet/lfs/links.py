@@ -16,17 +16,21 @@ tenant for the repo, every link it still holds there is revoked at once
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from goblet.auth.credentials import ANONYMOUS
 from goblet.lfs.batch import Download
 
 MAX_LINKS = 200_000
 MAX_PER_TENANT = 50_000
+TOKEN_CHARS = 43  # secrets.token_urlsafe(32): 256 bits in base64url
+_RUN = re.compile(rf"[A-Za-z0-9_-]{{{TOKEN_CHARS},}}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +120,35 @@ class LinkTable:
         if grant.tenant != tenant:
             return NO_CREDENTIAL if tenant == ANONYMOUS else OTHER_CREDENTIAL
         return grant
+
+    def live_in(self, text: str) -> tuple[str, set[str]]:
+        """The form of ``text`` that shows its live tokens (``text`` itself, or it with
+        percent-escapes decoded up to twice) and those tokens, in any spelling: (text,
+        {}) for most text. The work is bounded by the length of ``text``: one lookup per
+        position of a run of token characters."""
+        found: set[str] = set()
+        shown = text
+        if not self._grants:
+            return text, found
+        now, form = self._clock(), text
+        for _ in range(3):
+            for run in _RUN.findall(form):
+                for i in range(len(run) - TOKEN_CHARS + 1):
+                    grant = self._grants.get(run[i:i + TOKEN_CHARS])
+                    if grant is not None and grant.expires >= now:
+                        found.add(run[i:i + TOKEN_CHARS])
+                        shown = form
+            if "%" not in form:
+                break
+            form = unquote(form)
+        return shown, found
+
+    def hide(self, text: str) -> str:
+        """``text`` with every live token in it (``live_in``) shown as ``-``."""
+        shown, found = self.live_in(text)
+        for token in found:
+            shown = shown.replace(token, "-")
+        return shown
 
     def _drop(self, token: str) -> None:
         grant = self._grants.pop(token)

@@ -34,7 +34,6 @@ from goblet.protocol.errors import ProtocolError
 
 DENIALS = (401, 403, 404)
 MAX_READ_MEMO = 256  # small ref answers whose reading is remembered (≤ 8 KiB each)
-MAX_DIFFER_REFS = 256  # refs of an answer whose comparison with the cache is remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +79,7 @@ class AnswerPolicy:
         self.inspector = inspector
         self._read_memo: OrderedDict[tuple[str, bool, bool, bytes], RefAnswer | None] = (
             OrderedDict())
-        self._differs: dict[str, tuple[RefAnswer, RepoState, tuple[str, ...], bool]] = {}
+        self._differs: dict[str, tuple[tuple[bytes, str, str, tuple[str, ...]], bool]] = {}
 
     async def answer(self, state: FlowState, status: int, headers: Mapping[str, str],
                      raw: bytes | None, cap: int) -> bytes | None:
@@ -100,7 +99,7 @@ class AnswerPolicy:
                                     state.kind is Kind.LS_REFS,
                                     lists_all_branches_and_tags(prefixes))
             if read is not None:
-                self.granted(state, read)
+                self.granted(state, read, body)
                 return read.replacement
         return None
 
@@ -122,20 +121,22 @@ class AnswerPolicy:
             self._read_memo.popitem(last=False)
         return read
 
-    def _differ(self, repo_key: str, read: RefAnswer, snapshot: RepoState,
+    def _differ(self, state: FlowState, body: bytes, read: RefAnswer, snapshot: RepoState,
                 prefixes: tuple[str, ...]) -> bool:
-        """``refs.refs_differ`` of ``read``'s refs and the cache's, remembered per repo for
-        the same reading (``_read`` keeps one per small answer), snapshot and prefixes;
-        at most MAX_READ_MEMO repos, of small answers only."""
+        """``refs.refs_differ`` of ``read``'s refs (read from ``body``) and the cache's,
+        remembered per repo for the same small answer to the same kind of request, cache
+        refs (the snapshot's digest) and prefixes; at most MAX_READ_MEMO repos. Holds
+        neither the reading nor the snapshot."""
+        assert state.repo is not None
+        repo_key, key = state.repo.key, (body, state.kind.value, snapshot.digest, prefixes)
         seen = self._differs.get(repo_key)
-        if seen is not None and seen[0] is read and seen[1] is snapshot \
-                and seen[2] == prefixes:
-            return seen[3]
+        if seen is not None and seen[0] == key:
+            return seen[1]
         differ = refs.refs_differ(read.advertisement.refs, snapshot.refs, prefixes)
-        if len(read.advertisement.refs) > MAX_DIFFER_REFS:
+        if not 0 < len(body) <= INLINE_ANSWER_BYTES or not snapshot.digest:
             return differ  # (a large answer is read anew each time: nothing to remember)
         self._differs.pop(repo_key, None)
-        self._differs[repo_key] = (read, snapshot, prefixes, differ)
+        self._differs[repo_key] = (key, differ)
         while len(self._differs) > MAX_READ_MEMO:
             self._differs.pop(next(iter(self._differs)))
         return differ
@@ -146,9 +147,10 @@ class AnswerPolicy:
         self.decider.verdicts.record(state.tenant, state.repo.url, granted=False,
                                      status=status, challenge=challenge)
 
-    def granted(self, state: FlowState, read: RefAnswer) -> None:
+    def granted(self, state: FlowState, read: RefAnswer, body: bytes = b"") -> None:
         """The upstream answered this ref request with ``read``: record the grant, and
-        start a fill if the cache's refs differ from the ones it listed."""
+        start a fill if the cache's refs differ from the ones it listed (``body``: the
+        answer ``read`` was read from, when known)."""
         assert state.repo is not None
         decider, repo, adv = self.decider, state.repo, read.advertisement
         decider.verdicts.record(state.tenant, repo.url, granted=True, view=read.view)
@@ -162,8 +164,8 @@ class AnswerPolicy:
             decider.heads[repo.key] = head
         prefixes = state.ls_refs.ref_prefixes if state.ls_refs else ()
         snapshot = self.store.state(repo)
-        stale = snapshot is None or self._differ(repo.key, read, snapshot, prefixes) \
-            or bool(head and snapshot.head != head)
+        stale = (snapshot is None or self._differ(state, body, read, snapshot, prefixes)
+                 or bool(head and snapshot.head != head))
         if decider.isolation == "public" and decider.verdicts.is_denied(ANONYMOUS, repo.url):
             return  # not anonymously readable: never cached in public isolation
         if snapshot is None and decider.tee:

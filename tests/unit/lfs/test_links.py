@@ -135,3 +135,22 @@ def test_revoking_costs_nothing_like_a_scan_of_the_table() -> None:
         links.revoke("anonymous", f"{REPO}{i}")
     assert time.process_time() - started < 0.5  # a scan each would take minutes
     assert links.revoke("alice", REPO) == 200_000 and len(links) == 0
+
+
+def test_live_tokens_are_found_in_any_spelling_and_hidden() -> None:
+    """A live token in a path is found as it is, inside a longer run, and behind
+    percent-escapes (decoded up to twice); an expired or unknown one is not."""
+    links, clock = table(ttl=60)
+    token = links.issue("t1", REPO, D)
+    escaped = "".join(f"%{ord(c):02X}" for c in token[:3]) + token[3:]
+    for text in (f"/o/r.git/info/lfs/goblet/{token}/{OID}", f"/x{token}{OID}",
+                 f"/info/lfs/g%6Fblet/{escaped}", f"/a%252F{escaped.replace('%', '%25')}",
+                 f"/info/./lfs/goblet;x/{token}"):
+        assert links.live_in(text)[1] == {token}, text
+        hidden = links.hide(text)
+        assert token not in hidden and token[1:] not in hidden and "-" in hidden, hidden
+    other = "B" * 43
+    assert links.live_in(f"/o/{other}") == (f"/o/{other}", set())
+    assert links.hide("/o/r.git/info/refs") == "/o/r.git/info/refs"
+    clock.now += 61
+    assert links.live_in(f"/o/{token}")[1] == set()

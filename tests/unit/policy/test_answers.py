@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 from goblet.auth.credentials import ANONYMOUS, Credential
 from goblet.auth.verdicts import RefView
-from goblet.cache.store import CacheRepo, RepoState
+from goblet.cache.store import CacheRepo, RepoState, refs_digest
 from goblet.policy.answers import AnswerPolicy, lists_all_branches_and_tags, read_ref_answer
 from goblet.policy.flows import FlowState, Kind, Outcome
 from goblet.protocol import pktline
@@ -100,7 +100,7 @@ def cached(wire: Answers, head: str = "refs/heads/main", **moved: str) -> RepoSt
     """The cache's state after a fill of what ``wire.v0`` lists (``moved``: refs changed)."""
     refs = {"refs/heads/main": wire.main, "refs/tags/v1": wire.v1}
     refs |= {name.replace("__", "/"): oid for name, oid in moved.items()}
-    return RepoState(refs, head, 0.0)
+    return RepoState(refs, head, 0.0, digest=refs_digest(refs, head))
 
 
 # ------------------------------------------------------------------------------ read_ref_answer
