@@ -25,7 +25,7 @@ import pytest
 
 from tests.e2e.conftest import Repos
 from tests.support.proxy import GobletProxy
-from tests.support.tunnel import ResponseError, exchange, read_response
+from tests.support.tunnel import ResponseError, exchange, open_tunnel, read_response
 from tests.support.upstream_client import UpstreamServer
 
 pytestmark = pytest.mark.e2e
@@ -63,6 +63,32 @@ def test_a_credential_header_without_its_colon_is_not_logged(
                 read_response(sock)
     wait_new(proxy, seen, "client disconnect")
     leaked = [ln[:160] for ln in new_log(proxy, seen).splitlines() if TOKEN in ln]
+    assert leaked == [], f"a credential reached mitmdump's log: {leaked}"
+
+
+@pytest.mark.parametrize("how", ["bad-request-line", "closed-mid-headers"])
+def test_what_mitmproxy_logs_of_a_broken_request_head_holds_no_credential(
+    how: str, upstream: UpstreamServer, proxy: GobletProxy
+) -> None:
+    """mitmproxy logs a bad request line, and the head of a client that hung up before
+    the end of its headers, as the bytes it got: the token in them is redacted."""
+    seen = len(proxy.log_text())
+    with open_tunnel(proxy.port, "127.0.0.1", upstream.port, ca_file=proxy.ca_cert,
+                     timeout=10) as sock:
+        if how == "bad-request-line":
+            sock.sendall(f"GET /o/r.git/info/refs?access_token={TOKEN}\r\n"
+                         f"Host: {upstream.host}\r\n\r\n".encode())
+            with contextlib.suppress(ResponseError, OSError):
+                read_response(sock)
+        else:
+            sock.sendall(f"GET /o/r.git/info/refs HTTP/1.1\r\nHost: {upstream.host}\r\n"
+                         f"Authorization: Bearer {TOKEN}\r\n".encode())
+            time.sleep(0.3)
+    wait_new(proxy, seen, "client disconnect")
+    time.sleep(0.2)
+    log = new_log(proxy, seen)
+    assert "<redacted>" in log, log[-2000:]
+    leaked = [ln[:160] for ln in log.splitlines() if TOKEN in ln]
     assert leaked == [], f"a credential reached mitmdump's log: {leaked}"
 
 

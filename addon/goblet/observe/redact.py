@@ -3,9 +3,11 @@ included.
 
 mitmproxy's HTTP/1 parser refuses a header line without a colon and logs the
 line whole ("Invalid header line: b'Authorization Bearer …'"), which is how a
-typo in ``http.extraHeader`` would put a token into the log. goblet installs
-a log-record factory that replaces such lines with ``<redacted>`` before any
-handler sees the record. The token of a goblet LFS link (``…/goblet/<token>/``)
+typo in ``http.extraHeader`` would put a token into the log; it logs a bad
+request line, and the head of a client that closed its connection before the
+end of its headers, whole too (``Authorization`` lines included). goblet
+installs a log-record factory that replaces such quoted bytes with
+``<redacted>`` before any handler sees the record. The token of a goblet LFS link (``…/goblet/<token>/``)
 becomes ``-`` in any spelling of the path (another case, doubled slashes,
 ``%2F``, escaped characters), so a misspelled link logs no live token either.
 """
@@ -16,7 +18,8 @@ import logging
 import re
 from typing import Any
 
-_LINE = re.compile(r"(Invalid header line: |Invalid headers?: )"
+_LINE = re.compile(r"(Invalid header line: |Invalid headers?: |Bad HTTP request line: "
+                   r"|Client closed connection before completing request headers: )"
                    r"""b(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
 _LINK = re.compile(r"(?i)(goblet(?:/|%2f)+)(?:%[0-9a-f]{2}|[A-Za-z0-9_-]){20,}")
 _installed = False
@@ -36,7 +39,8 @@ def redact_links(text: str) -> str:
 def may_need_redaction(text: str) -> bool:
     """Whether ``text`` may hold a header line or a link token (a cheap test before the
     patterns; False means ``redact(text) == text``)."""
-    return "nvalid header" in text or "oblet" in text.lower()
+    return ("nvalid header" in text or "oblet" in text.lower() or "request line" in text
+            or "request headers:" in text)
 
 
 def redact_record_text(text: str) -> str:

@@ -16,6 +16,9 @@ TOKEN = "tok-3c1d9e"
     f'Invalid header line: b"Cookie {TOKEN} \\"quoted\\""',
     f"Invalid headers: b'x {TOKEN}' and more",
     "Invalid header line: " + repr(f"it's \\ {TOKEN}".encode()),
+    f"Bad HTTP request line: b'GET /x?t={TOKEN}'",
+    "127.0.0.1:5000: Client closed connection before completing request headers: "
+    f"b'GET / HTTP/1.1\\r\\nAuthorization: Bearer {TOKEN}\\r\\n'",
 ])
 def test_header_lines_are_redacted(text: str) -> None:
     out = redact.redact(text)
