@@ -7,9 +7,10 @@ typo in ``http.extraHeader`` would put a token into the log; it logs a bad
 request line, and the head of a client that closed its connection before the
 end of its headers, whole too (``Authorization`` lines included). goblet
 installs a log-record factory that replaces such quoted bytes with
-``<redacted>`` before any handler sees the record. The token of a goblet LFS link (``…/goblet/<token>/``)
-becomes ``-`` in any spelling of the path (another case, doubled slashes,
-``%2F``, escaped characters), so a misspelled link logs no live token either.
+``<redacted>`` before any handler sees the record. The token of a goblet LFS
+link (``…/goblet/<token>/``) becomes ``-`` in any spelling of the path
+(another case, doubled slashes, ``%2F``, escaped characters), so a misspelled
+link logs no live token either.
 """
 
 from __future__ import annotations
