@@ -108,16 +108,20 @@ class LfsFlows:
     def _claim(self, flow: http.HTTPFlow, seen_url: str,
                proxy_login: tuple[str, str] | None) -> FlowState | None:
         rt, req = self._rt(), flow.request
-        if rt is None or not rt.settings.lfs:
+        if rt is None:
             return None
-        host = req.host.lower()
-        ours = req.scheme == "https" and (host, req.port) in rt.settings.hosts and \
-            requests.host_header_matches(req.host_header, host, req.port)
+        host, links = req.host.lower(), rt.lfs.links
+        ours = rt.settings.lfs and req.scheme == "https" and (host, req.port) in \
+            rt.settings.hosts and requests.host_header_matches(req.host_header, host, req.port)
         try:
             route = batch.classify(req.method, req.path) if ours else None
+            # A live token anywhere but in its own link's place (a mangled link, LFS
+            # turned off since it was issued...) is refused: it never goes upstream.
+            if links.live_in(route.repo_path if route is not None and
+                             route.kind is batch.LfsKind.LINK else req.path)[1]:
+                req.path = links.hide(req.path)  # (nor into mitmproxy's flow printout)
+                raise ProtocolError("a goblet LFS link token outside its link")
             if route is None or route.kind is batch.LfsKind.OTHER:
-                if rt.lfs.links.live_in(req.path)[1]:  # (a mangled link: its token stays here)
-                    raise ProtocolError("a goblet LFS link token outside its link")
                 return None
             requests.check_binding(requests.RequestFacts(
                 req.method, req.scheme, req.host, req.port, req.path, req.host_header,

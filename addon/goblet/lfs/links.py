@@ -30,6 +30,7 @@ from goblet.lfs.batch import Download
 MAX_LINKS = 200_000
 MAX_PER_TENANT = 50_000
 TOKEN_CHARS = 43  # secrets.token_urlsafe(32): 256 bits in base64url
+MAX_SCAN = 8192  # characters of a text ``live_in`` looks at (a request target is shorter)
 _RUN = re.compile(rf"[A-Za-z0-9_-]{{{TOKEN_CHARS},}}")
 
 
@@ -124,15 +125,16 @@ class LinkTable:
     def live_in(self, text: str) -> tuple[str, set[str]]:
         """The form of ``text`` that shows its live tokens (``text`` itself, or it with
         percent-escapes decoded up to twice) and those tokens, in any spelling: (text,
-        {}) for most text. The work is bounded by the length of ``text``: one lookup per
-        position of a run of token characters."""
+        {}) for most text. Only the first MAX_SCAN characters of each form are looked at
+        (one lookup per position of a run of token characters): a token further on is
+        not found."""
         found: set[str] = set()
         shown = text
         if not self._grants:
             return text, found
         now, form = self._clock(), text
         for _ in range(3):
-            for run in _RUN.findall(form):
+            for run in _RUN.findall(form, 0, MAX_SCAN):
                 for i in range(len(run) - TOKEN_CHARS + 1):
                     grant = self._grants.get(run[i:i + TOKEN_CHARS])
                     if grant is not None and grant.expires >= now:

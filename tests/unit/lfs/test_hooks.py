@@ -271,3 +271,33 @@ def test_an_encoded_batch_answer_passes_on_unread(tmp_path: Path) -> None:
         assert f.response.raw_content == raw
 
     run(body, tmp_path)
+
+
+def test_a_live_token_never_leaves_outside_its_own_link(tmp_path: Path) -> None:
+    """A live token anywhere but in its own link's place — in a batch path, in the repo
+    part of a link, in any request once LFS was turned off — is refused with 400 and its
+    flow shows the token hidden: the request never goes upstream with it."""
+    async def body(addon: Goblet, tctx: Any) -> None:
+        path = await linked(addon)
+        token = path.split("/goblet/")[1].split("/")[0]
+        for method, p in [("POST", f"/o/{token}/info/lfs/objects/batch"),
+                          ("GET", link_path(f"/o/{token}", "A" * 43, OID)),
+                          ("GET", f"/o/r.git/info/refs?x={token}")]:
+            f = flow(method, p)
+            addon.requestheaders(f)
+            await addon.request(f)
+            assert f.response is not None and f.response.status_code == 400, p
+            assert token not in f.request.path and f.request.host == HOST, p
+        tctx.configure(addon, goblet_lfs="off")
+        for p in (path, path.replace("/goblet/", "/goblet/./")):
+            f = flow("GET", p)
+            addon.requestheaders(f)
+            await addon.request(f)
+            assert f.response is not None and f.response.status_code == 400, p
+            assert token not in f.request.path, p
+        f = flow("GET", "/o/r.git/info/refs?service=git-upload-pack")
+        addon.requestheaders(f)
+        await addon.request(f)
+        assert f.response is None  # everything else passes as before
+
+    run(body, tmp_path)

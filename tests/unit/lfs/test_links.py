@@ -154,3 +154,10 @@ def test_live_tokens_are_found_in_any_spelling_and_hidden() -> None:
     assert links.hide("/o/r.git/info/refs") == "/o/r.git/info/refs"
     clock.now += 61
     assert links.live_in(f"/o/{token}")[1] == set()
+
+
+def test_only_the_start_of_a_long_text_is_looked_at() -> None:
+    links, _ = table()
+    token = links.issue("t1", REPO, D)
+    assert links.live_in("/" + "a" * 9000 + "/" + token)[1] == set()  # beyond MAX_SCAN
+    assert links.live_in("/" + "a" * 100 + "/" + token)[1] == {token}
