@@ -8,6 +8,7 @@ object); the decisions it applies live in ``observe/exposure.py``,
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 
@@ -21,6 +22,8 @@ from goblet.policy.deadlines import Deadlines
 from goblet.runtime import Runtime
 
 TEXT = {"Content-Type": "text/plain; charset=utf-8"}
+_NOT_RELAYED = "goblet_not_relayed"  # flow.metadata key of a raw tunnel goblet closed
+log = logging.getLogger("goblet")
 
 
 class ConnectionHooks:
@@ -53,10 +56,32 @@ class ConnectionHooks:
         server.error, server.address = got.error, got.address or server.address
 
     def tcp_start(self, flow: tcp.TCPFlow | http.HTTPFlow) -> None:
-        """A connection relayed as TCP (or, ``websocket_start``, a websocket) owes nothing."""
+        """A connection relayed as TCP (or, ``websocket_start``, a websocket) owes nothing.
+        Raw TCP to a goblet host — a tunnel whose first bytes mitmproxy did not take for
+        HTTP — would pass every check goblet makes on requests: it is closed, and
+        ``tcp_message`` relays none of its bytes."""
         self._heads.cancel(flow.client_conn.id)
+        if not isinstance(flow, tcp.TCPFlow) or self.settings is None:
+            return
+        address = flow.server_conn.address
+        port = address[1] if address else 443
+        names = [(n, port) for n in (flow.client_conn.sni, address[0] if address else None)
+                 if n]
+        if requests.intercepts(names, self.settings.hosts):
+            flow.metadata[_NOT_RELAYED] = True
+            log.warning("goblet: a tunnel to %s:%d that is not HTTP: closed, nothing relayed",
+                        names[0][0], port)
+            close_client(flow.client_conn.id)
 
-    websocket_start = tcp_start
+    def tcp_message(self, flow: tcp.TCPFlow) -> None:
+        """Nothing of a tunnel ``tcp_start`` closed is relayed (its messages are emptied
+        before mitmproxy sends them on)."""
+        if flow.metadata.get(_NOT_RELAYED) and flow.messages:
+            flow.messages[-1].content = b""
+
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        """A websocket owes no request head."""
+        self._heads.cancel(flow.client_conn.id)
 
     def _owes_next(self, flow: http.HTTPFlow) -> None:
         if flow.client_conn.timestamp_end is None:
