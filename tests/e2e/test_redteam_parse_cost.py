@@ -232,6 +232,8 @@ def test_many_requests_in_flight_do_not_each_hold_a_decoded_body(
         t.join(120)
     assert len(done) == 32
     assert not rss.killed
-    assert rss.growth < 12 * CAP, (
+    # Each holding its decoded body would be 32 x CAP (256 MiB); the held-bytes budget
+    # (2 x CAP) and two decoding threads measured 62-94 MiB, with the allocator's noise.
+    assert rss.growth < 16 * CAP, (
         f"32 requests of {len(wire)} bytes each (8 MiB decoded) in flight grew mitmdump's "
         f"RSS by {rss.growth >> 20} MiB")
