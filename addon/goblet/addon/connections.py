@@ -63,14 +63,11 @@ class ConnectionHooks:
         self._heads.cancel(flow.client_conn.id)
         if not isinstance(flow, tcp.TCPFlow) or self.settings is None:
             return
-        address = flow.server_conn.address
-        port = address[1] if address else 443
-        names = [(n, port) for n in (flow.client_conn.sni, address[0] if address else None)
-                 if n]
+        names = _names(flow.client_conn.sni, flow.server_conn.address)
         if requests.intercepts(names, self.settings.hosts):
             flow.metadata[_NOT_RELAYED] = True
             log.warning("goblet: a tunnel to %s:%d that is not HTTP: closed, nothing relayed",
-                        names[0][0], port)
+                        *names[0])
             close_client(flow.client_conn.id)
 
     def tcp_message(self, flow: tcp.TCPFlow) -> None:
@@ -91,9 +88,7 @@ class ConnectionHooks:
         """Relay TLS to hosts we do not cache without intercepting it."""
         if self.settings is None:
             return
-        address, sni = data.context.server.address, data.client_hello.sni
-        port = address[1] if address else 443
-        names = [(n, port) for n in (sni, address[0] if address else None) if n]
+        names = _names(data.client_hello.sni, data.context.server.address)
         if not requests.intercepts(names, self.settings.hosts):
             data.ignore_connection = True  # an opaque relay owes goblet no request
             self._heads.cancel(data.context.client.id)
@@ -110,6 +105,12 @@ class ConnectionHooks:
         sockname = flow.client_conn.sockname
         return bool(self.settings and self.settings.prefix_port and sockname
                     and sockname[1] == self.settings.prefix_port)
+
+
+def _names(sni: str | None, address: tuple[str, int] | None) -> list[tuple[str, int]]:
+    """The (name, port) pairs a tunnel goes to: its TLS server name and its address."""
+    port = address[1] if address else 443
+    return [(n, port) for n in (sni, address[0] if address else None) if n]
 
 
 _PORTS_EVERY = 1.0  # seconds proxy_ports trusts its last look

@@ -136,7 +136,7 @@ class RepoStore:
         self.packcache_dir = root / "packcache"
         self.lock_dir = root / "locks"
         self.git = git
-        self._state_cache: dict[str, tuple[Path, str, tuple[int, int], RepoState]] = {}
+        self._state_cache: dict[str, tuple[tuple[int, int], RepoState]] = {}
         self._touched: dict[str, float] = {}
         self._repos: dict[tuple[str, str], CacheRepo] = {}  # repo_for, remembered
 
@@ -232,19 +232,17 @@ class RepoStore:
 
     def state(self, repo: CacheRepo) -> RepoState | None:
         """The last fill's snapshot, or None if the repo was never filled."""
-        cached = self._state_cache.get(repo.key)
-        same = cached is not None and (cached[0] is repo.path or cached[0] == repo.path)
-        path = cached[1] if same and cached else os.path.join(repo.path, STATE_FILE)
-        try:
-            st = os.stat(path)  # (every call: another process may have filled the repo)
+        try:  # (a stat every call: another process may have filled the repo)
+            st = os.stat(os.path.join(repo.path, STATE_FILE))
         except FileNotFoundError:
             return None
         stamp = (st.st_mtime_ns, st.st_ino)
-        if same and cached and cached[2] == stamp:
-            return cached[3]
+        cached = self._state_cache.get(repo.key)
+        if cached and cached[0] == stamp:
+            return cached[1]
         state = self._read_state(repo.path)
         if state is not None:
-            self._state_cache[repo.key] = (repo.path, path, stamp, state)
+            self._state_cache[repo.key] = (stamp, state)
         return state
 
     @staticmethod

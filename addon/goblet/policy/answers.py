@@ -133,7 +133,7 @@ class AnswerPolicy:
         if seen is not None and seen[0] == key:
             return seen[1]
         differ = refs.refs_differ(read.advertisement.refs, snapshot.refs, prefixes)
-        if not 0 < len(body) <= INLINE_ANSWER_BYTES or not snapshot.digest:
+        if len(body) > INLINE_ANSWER_BYTES or not snapshot.digest:
             return differ  # (a large answer is read anew each time: nothing to remember)
         self._differs.pop(repo_key, None)
         self._differs[repo_key] = (key, differ)
@@ -147,10 +147,10 @@ class AnswerPolicy:
         self.decider.verdicts.record(state.tenant, state.repo.url, granted=False,
                                      status=status, challenge=challenge)
 
-    def granted(self, state: FlowState, read: RefAnswer, body: bytes = b"") -> None:
-        """The upstream answered this ref request with ``read``: record the grant, and
-        start a fill if the cache's refs differ from the ones it listed (``body``: the
-        answer ``read`` was read from, when known)."""
+    def granted(self, state: FlowState, read: RefAnswer, body: bytes) -> None:
+        """The upstream answered this ref request with ``read`` (read from ``body``):
+        record the grant, and start a fill if the cache's refs differ from the ones it
+        listed."""
         assert state.repo is not None
         decider, repo, adv = self.decider, state.repo, read.advertisement
         decider.verdicts.record(state.tenant, repo.url, granted=True, view=read.view)
