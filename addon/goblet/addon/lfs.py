@@ -119,7 +119,6 @@ class LfsFlows:
             # turned off since it was issued...) is refused: it never goes upstream.
             if links.live_in(route.repo_path if route is not None and
                              route.kind is batch.LfsKind.LINK else req.path)[1]:
-                req.path = links.hide(req.path)  # (nor into mitmproxy's flow printout)
                 raise ProtocolError("a goblet LFS link token outside its link")
             if route is None or route.kind is batch.LfsKind.OTHER:
                 return None
@@ -127,7 +126,8 @@ class LfsFlows:
                 req.method, req.scheme, req.host, req.port, req.path, req.host_header,
                 req.authority, flow.server_conn.address, flow.client_conn.sni))
             requests.check_headers(req.headers.fields)
-        except ProtocolError as e:
+        except ProtocolError as e:  # refused: its flow shows no live token either
+            req.path = links.hide(req.path)  # (mitmproxy's flow printout)
             return FlowState(Kind.INVALID, reason=f"bad LFS request: {e.reason}")
         credential = credential_from_headers(req.headers.items(multi=True), proxy_login)
         url = canonical_url(host, req.port, route.repo_path)

@@ -280,10 +280,12 @@ def test_a_live_token_never_leaves_outside_its_own_link(tmp_path: Path) -> None:
     async def body(addon: Goblet, tctx: Any) -> None:
         path = await linked(addon)
         token = path.split("/goblet/")[1].split("/")[0]
-        for method, p in [("POST", f"/o/{token}/info/lfs/objects/batch"),
-                          ("GET", link_path(f"/o/{token}", "A" * 43, OID)),
-                          ("GET", f"/o/r.git/info/refs?x={token}")]:
-            f = flow(method, p)
+        for method, p, who in [("POST", f"/o/{token}/info/lfs/objects/batch", ALICE),
+                               ("GET", link_path(f"/o/{token}", "A" * 43, OID), ALICE),
+                               ("GET", f"/o/r.git/info/refs?x={token}", ALICE),
+                               ("GET", f"/o/r.git/info/refs?x={token}", "Bearer bob"),
+                               ("GET", f"/o/r.git/info/lfs//goblet/{token}/{OID}", None)]:
+            f = flow(method, p, who)
             addon.requestheaders(f)
             await addon.request(f)
             assert f.response is not None and f.response.status_code == 400, p
