@@ -8,6 +8,7 @@ documented in ``docs/reference/metrics.md`` and a test keeps the two in step.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -39,6 +40,8 @@ WEBHOOK_RESULTS = ("accepted", "ignored", "refused")
 AGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 BODY_RESULTS = ("inspected", "too_large", "not_decoded", "busy", "invalid", "timeout")
 
+_Labelled = TypeVar("_Labelled", Counter, Histogram)
+
 # Seconds: from a warm ls-refs (ms) to a cold multi-GB clone (tens of minutes).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
                     600, 1200, 1800)
@@ -53,6 +56,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Counter | Histogram] = {}
         r = self.registry
         self.requests = Counter(
             "goblet_requests", "Git requests handled, by kind and outcome.",
@@ -174,11 +178,15 @@ class Metrics:
             "goblet_lfs_links", "LFS downloads upstream granted that goblet linked to itself.",
             registry=r)
         ProcessCollector(registry=r)
+        self._export_zeros()
+
+    def _export_zeros(self) -> None:
+        """Make every labelled series exist from the start, so rates and ratios do."""
         for source in SOURCES:
             self.lfs_bytes.labels(source)
         for result in LFS_DOWNLOADS:
             self.lfs_downloads.labels(result)
-        for kind in KINDS:  # export zeros so rates and ratios exist from the start
+        for kind in KINDS:
             self.request_duration.labels(kind)
             for outcome in OUTCOMES:
                 self.requests.labels(kind, outcome)
@@ -205,6 +213,16 @@ class Metrics:
                 metric.labels(label)
         for operation in STORE_OPERATIONS:
             self.store_duration.labels(operation)
+
+    def of(self, metric: _Labelled, *values: str) -> _Labelled:
+        """``metric.labels(*values)`` of one of this instance's metrics, remembered: the
+        per-request counters skip prometheus_client's label checks (every label value
+        is from a small fixed set, so this stays small)."""
+        key = (id(metric), values)  # (``metric`` lives as long as ``self``: ids are stable)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child  # type: ignore[return-value]
 
     def track_verdicts(self, size: Callable[[], int]) -> None:
         """Report ``size()`` as the verdict cache size at every scrape."""

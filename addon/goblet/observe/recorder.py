@@ -41,17 +41,17 @@ class RequestRecorder:
                timing: Timing, instance: str) -> None:
         """Count and log ``state``'s request, which ended as ``end``."""
         m, kind = self.metrics, state.kind.metric
-        m.requests.labels(kind, end.outcome.value).inc()
-        m.request_duration.labels(kind).observe(timing.total)
+        m.of(m.requests, kind, end.outcome.value).inc()
+        m.of(m.request_duration, kind).observe(timing.total)
         if state.plan is not None:
-            m.served_bytes.labels("cache").inc(end.sent or 0)
+            m.of(m.served_bytes, "cache").inc(end.sent or 0)
             if isinstance(state.plan, ServePlan):
-                m.pack_cache_requests.labels(state.plan.stats.cache_role).inc()
+                m.of(m.pack_cache_requests, state.plan.stats.cache_role).inc()
         elif state.outcome is Outcome.UPSTREAM:
-            m.served_bytes.labels("upstream").inc(end.sent or 0)
-            m.upstream_requests.labels(kind, status_class(end.upstream_status)).inc()
+            m.of(m.served_bytes, "upstream").inc(end.sent or 0)
+            m.of(m.upstream_requests, kind, status_class(end.upstream_status)).inc()
             if timing.upstream is not None:
-                m.upstream_duration.labels(kind).observe(timing.upstream)
+                m.of(m.upstream_duration, kind).observe(timing.upstream)
         self.access.request(AccessRecord(
             kind=state.kind.value, url=url,
             tenant=short(state.tenant) if state.tenant else "-",

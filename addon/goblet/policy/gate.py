@@ -181,7 +181,7 @@ class FlowPolicy:
         got = await bodies.read_body(raw, enc, s.max_request_bytes, self.inspector)
         if got.body is not None and not self._hold(state, len(got.body)):
             got = bodies.BodyVerdict("busy", reason=bodies.BUSY)
-        self.metrics.request_bodies.labels(got.result).inc()
+        self.metrics.of(self.metrics.request_bodies, got.result).inc()
         if got.result == "invalid":
             return refuse(400, got.reason)
         if got.body is None:

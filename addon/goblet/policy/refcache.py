@@ -113,7 +113,7 @@ class RefsFromCache:
         if state.kind not in (Kind.INFO_REFS, Kind.LS_REFS):
             return None
         got = await self._answer(state, git_protocol)
-        self.metrics.refs_answers.labels("upstream" if got is None else "cache").inc()
+        self.metrics.of(self.metrics.refs_answers, "upstream" if got is None else "cache").inc()
         if got is None and state.repo is not None:
             self._told.pop((state.tenant, state.repo.key), None)  # upstream's refs
         return got
