@@ -31,7 +31,7 @@ class ConnectionHooks:
 
     settings: opts.Settings | None
     rt: Runtime | None
-    _heads: Deadlines
+    _heads: Deadlines[str]
     _backend_clients: set[str]  # client connections whose requests goblet answers
 
     def client_connected(self, client: connection.Client) -> None:

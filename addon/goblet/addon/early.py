@@ -25,6 +25,7 @@ from mitmproxy.net.http import status_codes
 
 from goblet.addon.connections import close_client
 from goblet.policy import bodies
+from goblet.policy.deadlines import Deadlines
 from goblet.policy.flows import FlowState
 from goblet.serve.files import FilePlan
 from goblet.serve.plans import TOKEN_HEADER, ReplyPlan, ServePlan
@@ -58,6 +59,8 @@ class EarlyAnswers:
         # the deadlines of bodies dropped unread (they end with the body, not the answer)
         self._drops: weakref.WeakKeyDictionary[http.HTTPFlow, asyncio.TimerHandle] = (
             weakref.WeakKeyDictionary())
+        # the deadlines of bodies goblet holds to read them
+        self._held: Deadlines[_HeldBody] = Deadlines(self._held_seconds, self._held_passed)
 
     def reply(self, flow: http.HTTPFlow, status: int, content: bytes,
               headers: Sequence[tuple[str, str]], *, body: bool) -> None:
@@ -88,18 +91,22 @@ class EarlyAnswers:
         """Give a body goblet does hold (an upload-pack request's, to read it) its
         deadline: if it has not arrived by then, and was not passed on meanwhile, the
         client's connection is closed."""
-        rt = self._rt()
-        assert rt is not None
+        held = _HeldBody(flow, state, self._held)
+        self._held.arm(held)
+        state.body_timer = held
 
-        def passed() -> None:
-            if state.body_timer is None or flow.request.stream:
-                return  # (a body passed on upstream owes goblet nothing)
-            state.body_timer, state.timed_out = None, True
-            state.reason = "request body not received in time (goblet_request_body_timeout)"
-            rt.metrics.request_bodies.labels("timeout").inc()
-            close_client(flow.client_conn.id)
-        state.body_timer = asyncio.get_running_loop().call_later(
-            rt.settings.request_body_timeout, passed)
+    def _held_seconds(self) -> float:
+        rt = self._rt()
+        return rt.settings.request_body_timeout if rt is not None else 60.0
+
+    def _held_passed(self, held: _HeldBody) -> None:
+        state, rt = held.state, self._rt()
+        if state.body_timer is not held or held.flow.request.stream or rt is None:
+            return  # (a body passed on upstream owes goblet nothing)
+        state.body_timer, state.timed_out = None, True
+        state.reason = "request body not received in time (goblet_request_body_timeout)"
+        rt.metrics.of(rt.metrics.request_bodies, "timeout").inc()
+        close_client(held.flow.client_conn.id)
 
     def answered(self, flow: http.HTTPFlow) -> bool:
         """Whether ``flow`` was answered through the backend (nothing more to decide)."""
@@ -128,6 +135,19 @@ class EarlyAnswers:
         if self._drops.pop(flow, None) is not None and rt is not None:
             rt.metrics.request_bodies.labels("timeout").inc()
             close_client(flow.client_conn.id)
+
+
+class _HeldBody:
+    """The pending deadline of one held body (``FlowState.body_timer``)."""
+
+    __slots__ = ("_deadlines", "flow", "state")
+
+    def __init__(self, flow: http.HTTPFlow, state: FlowState,
+                 deadlines: Deadlines[_HeldBody]) -> None:
+        self.flow, self.state, self._deadlines = flow, state, deadlines
+
+    def cancel(self) -> None:
+        self._deadlines.cancel(self)
 
 
 def goblet_response(status: int, body: bytes, headers: Sequence[tuple[str, str]]) -> http.Response:

@@ -7,10 +7,10 @@ new kind or outcome cannot be logged without being countable.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from goblet.auth.credentials import Credential
 from goblet.cache.store import CacheRepo
@@ -18,6 +18,12 @@ from goblet.cache.teefill import TeeFill
 from goblet.protocol.request import LsRefsRequest
 from goblet.serve.files import FilePlan
 from goblet.serve.plans import ServePlan
+
+
+class Cancellable(Protocol):
+    """A pending deadline."""
+
+    def cancel(self) -> None: ...
 
 
 class Kind(enum.Enum):
@@ -74,7 +80,7 @@ class FlowState:
     upstream_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
     tee: TeeFill | None = None  # a cold clone whose upstream answer fills the cache
-    body_timer: asyncio.TimerHandle | None = None
+    body_timer: Cancellable | None = None  # the deadline of a body goblet holds
     timed_out: bool = False
     last_byte: float = 0.0  # monotonic time the last byte of an upstream answer passed
 

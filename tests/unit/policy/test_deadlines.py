@@ -26,3 +26,39 @@ def test_a_deadline_that_passes_closes_its_connection_only() -> None:
         assert closed == ["slow", "restarted"] and len(d) == 0
 
     asyncio.run(scenario())
+
+
+def test_a_shortened_length_applies_to_deadlines_armed_after_it() -> None:
+    closed: list[str] = []
+    seconds = [0.5]
+
+    async def scenario() -> None:
+        d = Deadlines(lambda: seconds[0], closed.append)
+        d.arm("armed-before")
+        seconds[0] = 0.03
+        d.arm("armed-after")
+        d.arm("cancelled")
+        d.cancel("cancelled")
+        await asyncio.sleep(0.1)
+        assert closed == ["armed-after"] and len(d) == 1
+        d.cancel("armed-before")
+        d.arm("again")
+        await asyncio.sleep(0.1)
+        assert closed == ["armed-after", "again"] and len(d) == 0
+
+    asyncio.run(scenario())
+
+
+def test_one_timer_serves_every_deadline() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        d = Deadlines(lambda: 60.0, lambda key: None)
+        for i in range(100):
+            d.arm(f"c{i}")
+            d.arm(f"c{i}")
+            d.cancel(f"c{i}")
+            d.arm(f"c{i}")
+        timers = [t for t in loop._scheduled if not t.cancelled()]  # type: ignore[attr-defined]
+        assert len(timers) == 1 and len(d) == 100
+
+    asyncio.run(scenario())
