@@ -12,7 +12,7 @@ import pytest
 from goblet import options as opts
 from goblet.addon import Goblet
 from goblet.addon.connections import close_client, closed_by_goblet
-from goblet.addon.early import goblet_response
+from goblet.addon.early import goblet_response, set_header
 from goblet.auth.credentials import credential_from_headers
 from goblet.decide import Decision, Route
 from goblet.protocol import pktline
@@ -330,6 +330,22 @@ def test_goblet_answers_are_sent_byte_for_byte() -> None:
                                            ("Transfer-Encoding", "chunked")])
     assert framed.headers.get_all("content-length") == ["3"]
     assert "transfer-encoding" not in framed.headers
+    checked = http.Response(b"HTTP/1.1", 200, b"OK", http.Headers(
+        [(b"Content-Type", b"text/plain"), (b"Content-Length", b"3")]), b"abc", None,
+        resp.timestamp_start, resp.timestamp_end)  # (with mitmproxy's type checks)
+    made = goblet_response(200, b"abc", [("Content-Type", "text/plain")])
+    made.timestamp_start = made.timestamp_end = resp.timestamp_start
+    assert made.get_state() == checked.get_state() and vars(made.data) == vars(checked.data)
+    assert made.copy().get_state() == checked.get_state()
+
+
+@pytest.mark.parametrize("upstream", [[], [(b"x-served-BY", b"spoofed"), (b"X-Served-By", b"2")]])
+def test_an_answer_names_the_instance_once_whatever_upstream_sent(
+        upstream: list[tuple[bytes, bytes]]) -> None:
+    headers = http.Headers([(b"Content-Type", b"text/plain"), *upstream])
+    set_header(headers, "X-Served-By", "edge-1")
+    assert headers.get_all("x-served-by") == ["edge-1"]
+    assert headers["content-type"] == "text/plain" and len(headers.fields) == 2
 
 
 def test_clients_goblet_closes_are_remembered_as_its_doing() -> None:

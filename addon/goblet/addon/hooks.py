@@ -23,7 +23,7 @@ from goblet.addon.connections import (
     closed_by_goblet,
     proxy_ports,
 )
-from goblet.addon.early import EarlyAnswers, goblet_response, to_backend
+from goblet.addon.early import EarlyAnswers, goblet_response, set_header, to_backend
 from goblet.addon.lfs import LfsFlows
 from goblet.observe import exposure, redact
 from goblet.observe.access import AccessLog
@@ -118,7 +118,6 @@ class Goblet(ConnectionHooks):
         if self.rt is None or self.settings is None:
             req.stream = True  # not started: nothing to do but pass on
             return
-        seen = req.url
         body = bodies.may_have_body(req.http_version, req.headers.fields)
         door = requests.front_door(
             exposure.PlainRequest(req.scheme, req.method, req.path, req.host, req.port,
@@ -132,6 +131,7 @@ class Goblet(ConnectionHooks):
         if door.endpoint or door.reply:
             self._flows.setdefault(flow, FlowState(Kind.ENDPOINT))
             return
+        seen = req.url if door.target else None  # (the URL as received, if rewritten)
         if door.target:
             req.scheme, (req.host, req.port, req.path) = "https", door.target
             req.headers["Host"] = req.host if req.port == 443 else f"{req.host}:{req.port}"
@@ -240,8 +240,8 @@ class Goblet(ConnectionHooks):
             return
         if resp is None or (keep := outcomes.read_answer(state, resp.status_code)) is None:
             return
-        if state is not None:
-            resp.headers.update(self._served_by())
+        if state is not None and self.settings is not None:
+            set_header(resp.headers, "X-Served-By", self.settings.instance)
         if keep:
             return
         resp.stream = True

@@ -76,13 +76,14 @@ class LfsFlows:
         self._flows: weakref.WeakKeyDictionary[http.HTTPFlow, LfsFlow] = (
             weakref.WeakKeyDictionary())
 
-    def requestheaders(self, flow: http.HTTPFlow, seen_url: str,
+    def requestheaders(self, flow: http.HTTPFlow, seen_url: str | None,
                        proxy_login: tuple[str, str] | None
                        ) -> tuple[FlowState, Reply | None] | None:
         """Claim an LFS batch or link request to a goblet host (``seen_url``: the URL as
-        the client sent it) and decide a link at once: its FlowState and goblet's own
-        answer if it has one (a refusal), or None for any other request. A link that is
-        followed points at the backend or the href when this returns."""
+        the client sent it, None if it is the request's) and decide a link at once: its
+        FlowState and goblet's own answer if it has one (a refusal), or None for any other
+        request. A link that is followed points at the backend or the href when this
+        returns."""
         try:
             state = self._claim(flow, seen_url, proxy_login)
             if state is None:
@@ -105,7 +106,7 @@ class LfsFlows:
         return refuse(502, f"goblet: {what} could not be handled ({e.__class__.__name__}): "
                            "refused")
 
-    def _claim(self, flow: http.HTTPFlow, seen_url: str,
+    def _claim(self, flow: http.HTTPFlow, seen_url: str | None,
                proxy_login: tuple[str, str] | None) -> FlowState | None:
         rt, req = self._rt(), flow.request
         if rt is None:
@@ -134,6 +135,7 @@ class LfsFlows:
         state = FlowState(Kind.LFS_BATCH if route.kind is batch.LfsKind.BATCH else Kind.LFS_OBJECT,
                           repo=rt.store.repo_for(url), tenant=rt.keyer.tenant_id(credential),
                           credential=credential, host=url.split("/", 3)[2])
+        seen_url = seen_url or req.url
         base = seen_url[:-len(req.path)] if seen_url.endswith(req.path) else (
             f"https://{req.host_header}")
         scope = LfsScope(state.host, partition(
