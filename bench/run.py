@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="emulated WAN: body pacing in Mbit/s (default 20)")
     p.add_argument("--concurrency", type=int, help="concurrent warm clones (default 16; quick 4)")
     p.add_argument("--rps-seconds", type=float, help="load test duration (default 10; quick 1)")
+    p.add_argument("--rps-rounds", type=int, help="interleaved rounds of the compared load rows "
+                   "(default 3; quick 1)")
     p.add_argument("--rps-clients", type=int, help="load test client processes (default 4; "
                    "quick 2)")
     p.add_argument("--maint-fills", type=int,
@@ -76,8 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-work", action="store_true",
                    help="keep the session's repos, caches and clones under the run directory")
     args = p.parse_args(argv)
-    for name in ("runs", "large_runs", "concurrency", "rps_clients", "maint_fills",
-                 "fleet_instances"):
+    for name in ("runs", "large_runs", "concurrency", "rps_clients", "rps_rounds",
+                 "maint_fills", "fleet_instances"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -97,6 +99,7 @@ def make_config(args: argparse.Namespace) -> Config:
         concurrent_runs=1 if quick else 3,
         rps_clients=2 if quick else 4,
         rps_seconds=1.0 if quick else 10.0,
+        rps_rounds=1 if quick else 3,
         profile=not quick and not args.no_profile,
         seed=args.seed,
         medium=MEDIUM_QUICK if quick else MEDIUM,
@@ -108,7 +111,7 @@ def make_config(args: argparse.Namespace) -> Config:
     )
     overrides = {k: getattr(args, k) for k in
                  ("runs", "large_runs", "concurrency", "rps_seconds", "rps_clients",
-                  "maint_fills", "fleet_instances")
+                  "rps_rounds", "maint_fills", "fleet_instances")
                  if getattr(args, k) is not None}
     return replace(cfg, **overrides)
 
@@ -324,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             "latency_ms": cfg.latency_ms, "rate_mbit": cfg.rate_mbit, "runs": cfg.runs,
             "large_runs": cfg.large_runs, "concurrency": cfg.concurrency,
             "concurrent_runs": cfg.concurrent_runs, "rps_clients": cfg.rps_clients,
-            "rps_seconds": cfg.rps_seconds, "maint_fills": cfg.maint_fills,
+            "rps_seconds": cfg.rps_seconds, "rps_rounds": cfg.rps_rounds,
+            "maint_fills": cfg.maint_fills,
             "seed": cfg.seed, "profile": cfg.profile,
             "warm-up": "one untimed run per scenario (page cache cannot be dropped)"
                        if cfg.warmup else "none (quick run)",

@@ -118,6 +118,9 @@ QUIET_WINDOW_S = 0.3
 QUIET_LIMIT_S = 120.0
 QUIET_BUDGET_S = 600.0  # in all, per session: past it, steps no longer wait (still repeated)
 DISTURBED_CORES = 0.5
+# The load rows compared as shares of each other: run in interleaved rounds (goblet,
+# plain mitmdump, goblet with the TTL, again...), the round with the median rate kept.
+RPS_COMPARED = ("goblet_canned", "plain_mitmdump_canned", "goblet_ttl")
 MAX_REPEATS = 2
 
 
@@ -141,6 +144,7 @@ class Config:
     quiet: bool = True  # wait for other jobs to calm down; repeat disturbed steps
     warmup: bool = True  # round 0: one untimed run of every scenario
     maint_fills: int = 50  # incremental fills (one pack each) before the maintenance A/B
+    rps_rounds: int = 3  # interleaved rounds of the rows whose rates are compared (RPS_COMPARED)
     fleet_instances: int = 4  # goblet instances of the fleet phase (alone vs. shared tier)
 
     @property
@@ -705,7 +709,7 @@ class Session:
         ttl_proxy = env.extras[TTL_PROXY[0]]
         assert ttl_proxy.proc
         ttl = (ttl_proxy.port, ttl_proxy.ca_cert, ttl_proxy.proc.pid)
-        runs = (
+        runs: tuple[tuple[str, tuple[int | None, Path, int | None], int, Path | None], ...] = (
             ("goblet", goblet, env.floor.port, None),
             ("goblet_ttl", ttl, env.floor.port, None),
             ("plain_mitmdump", plain, env.floor.port, None),
@@ -717,9 +721,13 @@ class Session:
         if cfg.quick:  # a smoke run: one row of each kind
             runs = tuple(r for r in runs if r[0] in ("goblet", "goblet_ttl", "goblet_canned",
                                                      "plain_mitmdump_canned", "canned_alone"))
+        once = tuple(r for r in runs if r[0] not in RPS_COMPARED)
+        compared = tuple(r for r in runs if r[0] in RPS_COMPARED)
+        runs = once + compared * max(1, cfg.rps_rounds)
         if cfg.profile:
             runs += (("goblet_canned_profiled", goblet, env.canned.port,
                       self.out / "profile-rps.txt"),)
+        rounds: dict[str, list[dict[str, Any]]] = {}
         for name, (port, ca, pid), upstream_port, profile in runs:
             for attempt in range(MAX_REPEATS + 1):
                 result = self._load_row(name, port, ca, pid, upstream_port, profile, head)
@@ -731,7 +739,11 @@ class Session:
                 out.setdefault("disturbed", []).append(
                     {"row": name, "requests_per_s": result["requests_per_s"],
                      "others_cores": others})
-            out[name] = result
+            rounds.setdefault(name, []).append(result)
+        for name, results in rounds.items():
+            ranked = sorted(results, key=lambda r: r["requests_per_s"])
+            out[name] = ranked[(len(ranked) - 1) // 2] | {
+                "rounds": [r["requests_per_s"] for r in results]}
         self.results["rps"] = out
 
     def _load_row(self, name: str, port: int | None, ca: Path, pid: int | None,
