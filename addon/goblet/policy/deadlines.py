@@ -13,6 +13,7 @@ relayed as opaque TLS owe goblet nothing and have no deadline.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -25,58 +26,67 @@ class Deadlines(Generic[K]):
 
     All deadlines share one loop timer, set for the earliest of them (a timer per
     request, armed and cancelled each time, costs more than the rest of this).
-    Deadlines are kept in the order they pass: with one length for all, that is
-    the order they were armed in; a length shortened since breaks it until the
-    next sweep sorts them again.
+    Deadlines of one length pass in the order they were armed, so each length has a
+    queue in that order (a length changed at run time starts a queue of its own);
+    a sweep looks at the head of each.
     """
 
     def __init__(self, seconds: Callable[[], float], close: Callable[[K], None]) -> None:
         self._seconds = seconds
         self._close = close
-        self._due: dict[K, float] = {}  # loop time each passes at, soonest first
-        self._sorted = True
+        self._queues: dict[float, OrderedDict[K, float]] = {}  # length -> key -> due
+        self._length_of: dict[K, float] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __len__(self) -> int:
-        return len(self._due)
+        return len(self._length_of)
 
     def arm(self, key: K) -> None:
         """Start (or restart) the deadline of ``key``."""
-        loop = asyncio.get_running_loop()
-        due = loop.time() + self._seconds()
-        self._due.pop(key, None)
-        if self._due and due < next(reversed(self._due.values())):
-            self._sorted = False
-        self._due[key] = due
-        if self._timer is None or due < self._timer.when():
+        self.cancel(key)
+        loop, length = asyncio.get_running_loop(), self._seconds()
+        queue = self._queues.get(length)
+        if queue is None:
+            queue = self._queues[length] = OrderedDict()
+        due = queue[key] = loop.time() + length
+        self._length_of[key] = length
+        if self._timer is None or self._loop is not loop or due < self._timer.when():
             self._wake(loop, due)
 
     def cancel(self, key: K) -> None:
         """``key`` is no longer owed (the connection sent its head, the body arrived, it
         is gone): the timer stays set (it finds nothing due when it fires)."""
-        self._due.pop(key, None)
+        length = self._length_of.pop(key, None)
+        if length is not None:
+            del self._queues[length][key]
 
     def _wake(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = loop.call_at(when, self._sweep)
+        self._timer, self._loop = loop.call_at(when, self._sweep), loop
 
     def _sweep(self) -> None:
-        """Close every connection whose deadline passed; set the timer for the next."""
+        """Close every key whose deadline passed; set the timer for the next."""
         self._timer = None
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        if not self._sorted:
-            self._due = dict(sorted(self._due.items(), key=lambda item: item[1]))
-            self._sorted = True
-        passed = []
-        for key, due in self._due.items():
-            if due > now:
-                break
-            passed.append(key)
-        for key in passed:
-            del self._due[key]
-        if self._due:
-            self._wake(loop, next(iter(self._due.values())))
+        now, passed = loop.time(), []
+        for length, queue in list(self._queues.items()):
+            while queue:
+                key, due = next(iter(queue.items()))
+                if due > now:
+                    break
+                queue.popitem(last=False)
+                del self._length_of[key]
+                passed.append(key)
+            if not queue:
+                del self._queues[length]
+        soonest = min((next(iter(q.values())) for q in self._queues.values()), default=None)
+        if soonest is not None:
+            self._wake(loop, soonest)
         for key in passed:  # (each on its own, as separate timers were)
-            loop.call_soon(self._close, key)
+            try:
+                self._close(key)
+            except Exception as e:  # noqa: BLE001 (reported as a failed timer callback would be)
+                loop.call_exception_handler({"message": "closing at a deadline failed",
+                                             "exception": e})

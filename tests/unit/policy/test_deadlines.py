@@ -62,3 +62,50 @@ def test_one_timer_serves_every_deadline() -> None:
         assert len(timers) == 1 and len(d) == 100
 
     asyncio.run(scenario())
+
+
+def test_deadlines_of_an_old_length_are_not_visited_by_each_sweep() -> None:
+    """A length shortened at run time (say, during a slowloris attack) starts a queue of its
+    own: sweeps for the short deadlines look at the old queue's head only."""
+    closed: list[str] = []
+    seconds = [30.0]
+    async def scenario() -> None:
+        d = Deadlines(lambda: seconds[0], closed.append)
+        for i in range(5000):
+            d.arm(f"old{i}")
+        seconds[0] = 0.01
+        for i in range(20):
+            d.arm(f"new{i}")
+            await asyncio.sleep(0.012)
+        assert sorted(closed) == sorted(f"new{i}" for i in range(20))
+        assert len(d) == 5000
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_close_leaves_the_others_and_a_new_loop_is_followed() -> None:
+    closed: list[str] = []
+    reported: list[object] = []
+
+    def close(key: str) -> None:
+        if key == "bad":
+            raise RuntimeError("boom")
+        closed.append(key)
+
+    d = Deadlines(lambda: 0.02, close)
+
+    async def first() -> None:
+        d.arm("pending")  # still pending when this loop ends: its timer never fires
+        await asyncio.sleep(0.001)
+
+    async def second() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: reported.append(context["exception"]))
+        d.arm("bad")
+        d.arm("good")
+        await asyncio.sleep(0.06)
+
+    asyncio.run(first())
+    asyncio.run(second())
+    assert closed == ["pending", "good"] and len(d) == 0
+    assert len(reported) == 1 and isinstance(reported[0], RuntimeError)
