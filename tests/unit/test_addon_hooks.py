@@ -15,6 +15,7 @@ from goblet.addon.connections import close_client, closed_by_goblet
 from goblet.addon.early import goblet_response, set_header
 from goblet.auth.credentials import credential_from_headers
 from goblet.decide import Decision, Route
+from goblet.policy import gate
 from goblet.protocol import pktline
 from goblet.serve.plans import TOKEN_HEADER
 from mitmproxy import exceptions, http
@@ -214,6 +215,23 @@ def test_an_error_decision_answers_with_an_err_packet(tmp_path: Path, mocker: An
         assert f.response.content == pktline.error_packet("goblet: upstream answered 502")
 
     run(body, tmp_path)
+
+
+def test_an_answer_relayed_from_upstream_names_goblets_instance_once(
+        tmp_path: Path, mocker: Any) -> None:
+    """An answer goblet relays (offline mode forwards ref requests itself) keeps the
+    upstream's headers, but X-Served-By is goblet's alone."""
+    async def body(addon: Goblet, tctx: Any) -> None:
+        mocker.patch.object(addon.rt.policy, "route", return_value=gate.Reply(
+            200, b"0000", (("Content-Type", "text/plain"), ("X-Served-By", "upstream-7"))))
+        f = git_flow("GET", "/org/repo.git/info/refs?service=git-upload-pack")
+        addon.requestheaders(f)
+        await addon.request(f)
+        assert f.response is not None and f.response.content == b"0000"
+        assert f.response.headers.get_all("x-served-by") == ["edge-9"]
+        assert f.response.headers["content-type"] == "text/plain"
+
+    run(body, tmp_path, goblet_instance="edge-9")
 
 
 def test_an_upstream_decision_leaves_the_flow_alone(tmp_path: Path, mocker: Any) -> None:

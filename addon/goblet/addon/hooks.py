@@ -213,9 +213,9 @@ class Goblet(ConnectionHooks):
             self._to_backend(flow, state, action.plan)
             state.outcome = action.outcome
         elif isinstance(action, gate.Reply):
-            flow.response = goblet_response(action.status, action.body, [
-                *action.headers, *(self._served_by().items() if state.kind is not Kind.ENDPOINT
-                                   else ())])
+            flow.response = goblet_response(action.status, action.body, action.headers)
+            if state.kind is not Kind.ENDPOINT and self.settings is not None:
+                set_header(flow.response.headers, "X-Served-By", self.settings.instance)
             state.outcome = action.outcome or state.outcome
             state.reason = action.reason or state.reason
 
