@@ -51,7 +51,9 @@ class Deadlines(Generic[K]):
             queue = self._queues[length] = OrderedDict()
         due = queue[key] = loop.time() + length
         self._length_of[key] = length
-        if self._timer is None or self._loop is not loop or due < self._timer.when():
+        if self._loop is not loop:  # (a new loop: the old one's timer never fires)
+            self._wake(loop, min(due, self._soonest() or due))
+        elif self._timer is None or due < self._timer.when():
             self._wake(loop, due)
 
     def cancel(self, key: K) -> None:
@@ -60,6 +62,9 @@ class Deadlines(Generic[K]):
         length = self._length_of.pop(key, None)
         if length is not None:
             del self._queues[length][key]
+
+    def _soonest(self) -> float | None:
+        return min((next(iter(q.values())) for q in self._queues.values()), default=None)
 
     def _wake(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._timer is not None:
@@ -81,10 +86,11 @@ class Deadlines(Generic[K]):
                 passed.append(key)
             if not queue:
                 del self._queues[length]
-        soonest = min((next(iter(q.values())) for q in self._queues.values()), default=None)
-        if soonest is not None:
+        if (soonest := self._soonest()) is not None:
             self._wake(loop, soonest)
         for key in passed:  # (each on its own, as separate timers were)
+            if key in self._length_of:
+                continue  # armed again meanwhile (by an earlier close): owed anew
             try:
                 self._close(key)
             except Exception as e:  # noqa: BLE001 (reported as a failed timer callback would be)
