@@ -118,8 +118,8 @@ QUIET_WINDOW_S = 0.3
 QUIET_LIMIT_S = 120.0
 QUIET_BUDGET_S = 600.0  # in all, per session: past it, steps no longer wait (still repeated)
 DISTURBED_CORES = 0.5
-# The load rows compared as shares of each other: run in interleaved rounds (goblet,
-# plain mitmdump, goblet with the TTL, again...), the round with the median rate kept.
+# The load rows compared as shares of each other: run in interleaved rounds (TTL, goblet,
+# plain mitmdump... in the order of the rows), the round with the median rate kept.
 RPS_COMPARED = ("goblet_canned", "plain_mitmdump_canned", "goblet_ttl")
 MAX_REPEATS = 2
 
