@@ -150,10 +150,9 @@ class Webhooks:
             payload = await asyncio.to_thread(json.loads, body)
         except (ValueError, RecursionError):
             return self._refused(400, "payload is not JSON")
-        urls = push_urls(payload, forge)
-        if not urls:
-            return self._refused(400, "payload names no repository")
         urls = push_urls(payload, forge, self.hosts())
+        if not urls and not push_urls(payload, forge):
+            return self._refused(400, "payload names no repository")
         if not urls:
             self.metrics.webhooks.labels("ignored").inc()
             return Answer(200, TEXT, b"ignored: not a repository on goblet_hosts\n")
