@@ -234,6 +234,30 @@ def test_an_answer_relayed_from_upstream_names_goblets_instance_once(
     run(body, tmp_path, goblet_instance="edge-9")
 
 
+def test_a_held_body_that_never_ends_closes_only_its_own_client(tmp_path: Path) -> None:
+    """An attacker's ls-refs POST whose body never arrives (no credential, or another
+    one) is cut at goblet_request_body_timeout: its own connection closes, a client
+    whose body arrived keeps its own, and a body passed on unread owes goblet nothing."""
+    async def body(addon: Goblet, tctx: Any) -> None:
+        flows = {}
+        for name, auth in (("slow", {}), ("done", {"authorization": "Bearer other"}),
+                           ("passed", {})):
+            f = git_flow("POST", "/org/repo.git/git-upload-pack", LS_REFS,
+                         git_protocol="version=2", **auth)
+            f.client_conn.id = f"client-{name}-{id(f)}"
+            addon.requestheaders(f)
+            assert f.request.stream is False  # (held: goblet reads it)
+            flows[name] = f
+        await addon.request(flows["done"])  # its body arrived
+        flows["passed"].request.stream = True  # (passed on unread meanwhile)
+        await asyncio.sleep(1.3)
+        assert closed_by_goblet(flows["slow"].client_conn.id)
+        assert not closed_by_goblet(flows["done"].client_conn.id)
+        assert not closed_by_goblet(flows["passed"].client_conn.id)
+
+    run(body, tmp_path, goblet_request_body_timeout="1s")
+
+
 def test_an_upstream_decision_leaves_the_flow_alone(tmp_path: Path, mocker: Any) -> None:
     async def body(addon: Goblet, tctx: Any) -> None:
         mocker.patch.object(addon.rt.decider, "decide",
