@@ -105,6 +105,9 @@ class FetchRequest:
     unservable: tuple[str, ...]
     shaped: bool = field(default=False, compare=False)  # derived from the arguments above
     server_options: tuple[str, ...] = field(default=(), compare=False)
+    #: ``include-tag``: the answer adds every tag object of the serving repo's tags that
+    #: point into the pack, listed to the client or not (``decide.py`` rule 8)
+    include_tag: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +255,7 @@ class _Collected:
     done: bool = False
     shaped: bool = False
     server_options: tuple[str, ...] = ()
+    include_tag: bool = False
 
     def add_oid(self, key: bytes, value: bytes | None) -> None:
         if value is None:
@@ -263,7 +267,7 @@ class _Collected:
     def result(self, version: int) -> FetchRequest:
         return FetchRequest(version, tuple(self.wants), tuple(self.haves),
                             tuple(self.shallows), self.done, tuple(self.unservable), self.shaped,
-                            self.server_options)
+                            self.server_options, self.include_tag)
 
 
 def _check_value_arg(key: bytes, value: bytes, unservable: list[str]) -> None:
@@ -288,6 +292,7 @@ def _parse_fetch_v2(caps: list[bytes], args: list[bytes]) -> FetchRequest:
         elif value is None and key in _V2_FLAG_ARGS:
             got.done = got.done or key == b"done"
             got.shaped = got.shaped or key == b"deepen-relative"
+            got.include_tag = got.include_tag or key == b"include-tag"
         elif value is not None and key in _V2_VALUE_ARGS:
             _check_value_arg(key, value, got.unservable)
             got.shaped = True
@@ -346,7 +351,9 @@ def _v0_want_list_line(line: bytes, first: bool, got: _Collected) -> None:
         oid_part, _, caps = value.partition(b" ")
         if caps and not first:
             raise ProtocolError("capabilities on a want line other than the first")
-        _check_caps([c for c in caps.split(b" ") if c], _V0_CAPS_OK, got.unservable)
+        listed = [c for c in caps.split(b" ") if c]
+        _check_caps(listed, _V0_CAPS_OK, got.unservable)
+        got.include_tag = got.include_tag or b"include-tag" in listed
         got.add_oid(key, oid_part)
     elif key == b"shallow" and value is not None:
         got.add_oid(key, value)

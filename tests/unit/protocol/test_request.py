@@ -455,6 +455,20 @@ def test_real_git_v0_requests(git_wire: GitWire, session: str, index: int, expec
         request.parse_v0(exchange.body + b"0009don")
 
 
+@pytest.mark.parametrize(("session", "index", "parse", "follows"), [
+    ("v2-clone", 1, request.parse_v2, False),  # a clone wants its tags by name
+    ("v2-incremental", 1, request.parse_v2, True),  # a fetch follows tags (include-tag)
+    ("v0-clone", 0, request.parse_v0, False),
+    ("v0-incremental", 0, request.parse_v0, True),
+])
+def test_real_git_tag_following_is_noted(git_wire: GitWire, session: str, index: int,
+                                         parse: Callable[[bytes], object], follows: bool) -> None:
+    exchange = git_wire.posts(session)[index]
+    assert (b"include-tag" in exchange.body) is follows
+    parsed = parse(exchange.body)
+    assert isinstance(parsed, FetchRequest) and parsed.include_tag is follows
+
+
 def test_real_git_v2_fetch_is_sent_without_lf_after_command(git_wire: GitWire) -> None:
     first = pktline.decode(git_wire.posts("v2-clone")[1].body)[0]
     assert first.payload == b"command=fetch"  # the reason parsing must not require the LF
