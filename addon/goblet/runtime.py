@@ -129,7 +129,7 @@ class Runtime:
                                  endpoints=self.endpoint_answer, refs=self.refs)
         self.recorder = RequestRecorder(metrics, access)
         self.lfs = LfsPolicy(lambda: self.settings, self.lfs_store, metrics,
-                             denied_at=self._denied_at)
+                             denied_at=self._denied_at, inspector=self.inspector)
         self.endpoints: EndpointServer | None = None
         self.metrics_host = ""  # where the endpoints' own port listens ("": everywhere)
         self._tasks: list[asyncio.Task[None]] = []

@@ -261,7 +261,7 @@ class Goblet(ConnectionHooks):
         state.body_arrived()
         if state.tee is not None:
             state.tee.finish()
-        if self.lfs.response(flow, state):
+        if await self.lfs.response(flow, state):
             self._finish(flow, state)
             return
         assert self.settings is not None

@@ -42,7 +42,7 @@ from goblet.lfs.store import LfsScope
 from goblet.policy import bodies, requests
 from goblet.policy.flows import FlowState, Kind, Outcome
 from goblet.policy.gate import Reply, refuse
-from goblet.policy.lfs import OBJECT_TYPE, FromStore, href_request
+from goblet.policy.lfs import HELD_ANSWER_CAP, OBJECT_TYPE, FromStore, href_request
 from goblet.protocol.errors import ProtocolError
 
 if TYPE_CHECKING:
@@ -196,11 +196,11 @@ class LfsFlows:
             self._abort(flow, state, e)
             return True
 
-    def response(self, flow: http.HTTPFlow, state: FlowState | None) -> bool:
+    async def response(self, flow: http.HTTPFlow, state: FlowState | None) -> bool:
         """Rewrite a batch answer; store (or refuse to finish) an object; True if ``state``
         is an LFS flow."""
         try:
-            return self._response(flow, state)
+            return await self._response(flow, state)
         except Exception as e:  # noqa: BLE001 (fail closed: abort, store nothing)
             self._abort(flow, state, e)
             return True
@@ -236,8 +236,9 @@ class LfsFlows:
             resp.stream = state.count_bytes
             if resp.status_code == 200 and plain and length is None and info.route is not None:
                 route, base, ctype = info.route, info.base, resp.headers.get("content-type", "")
-                resp.stream = HeldAnswer(cap, lambda body: rt.lfs.batch_answer(
-                    state, 200, ctype, body, base=base, repo_path=route.repo_path))
+                resp.stream = HeldAnswer(min(cap, HELD_ANSWER_CAP), lambda body: (  # (inline)
+                    rt.lfs.batch_answer(state, 200, ctype, body, base=base,
+                                        repo_path=route.repo_path)))
             return True
         self._show(flow, info)
         if info.transfer is not None:
@@ -252,18 +253,18 @@ class LfsFlows:
             resp.stream = True
         return True
 
-    def _response(self, flow: http.HTTPFlow, state: FlowState | None) -> bool:
+    async def _response(self, flow: http.HTTPFlow, state: FlowState | None) -> bool:
         info, resp, rt = self._flows.pop(flow, None), flow.response, self._rt()
         if info is None or state is None or resp is None or rt is None:
             return False
         if state.kind is Kind.LFS_BATCH:
             if info.route is not None and (info.read or resp.status_code != 200):
-                new = rt.lfs.batch_answer(state, resp.status_code,
-                                          resp.headers.get("content-type", ""),
-                                          resp.raw_content or b"",  # (never encoded)
-                                          base=info.base,
-                                          repo_path=info.route.repo_path)
-                if new is not None:
+                new = await rt.lfs.answer_off_loop(state, resp.status_code,
+                                                   resp.headers.get("content-type", ""),
+                                                   resp.raw_content or b"",  # (never encoded)
+                                                   base=info.base,
+                                                   repo_path=info.route.repo_path)
+                if new is not None and flow.live and flow.response is resp:
                     resp.content = new
                     state.reason = "downloads linked to goblet"
             return True

@@ -16,13 +16,14 @@ A batch answer (``application/vnd.git-lfs+json``) is::
                                            "expires_in": S, "expires_at": T}}}
                  | {"oid": ..., "size": N, "error": {"code": 404, "message": ...}}]}
 
-``rewrite_answer`` replaces the ``href`` of each granted download with what
-its ``link`` callback returns, and drops the action's ``header``, expiry and
-the object's ``authenticated`` flag: the original href and headers reach the
-callback only. Objects with an error, without a download action, or with an
-oid, size, href (``parse_href``) or header that is not well-formed are left
-exactly as upstream sent them, as is an answer for a transfer adapter other
-than ``basic``.
+``rewrite_answer`` (``read_answer``, the links, ``linked_answer``: the first and
+last are CPU work a caller may run off the event loop) replaces the ``href`` of
+each granted download with what its ``link`` callback returns, and drops the
+action's ``header``, expiry and the object's ``authenticated`` flag: the
+original href and headers reach the callback only. Objects with an error,
+without a download action, or with an oid, size, href (``parse_href``) or
+header that is not well-formed are left exactly as upstream sent them, as is an
+answer for a transfer adapter other than ``basic``.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ import enum
 import ipaddress
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from goblet.protocol.errors import ProtocolError
@@ -210,27 +212,55 @@ def granted_download(obj: object) -> Download | None:
     return Download(oid, size, href, headers)
 
 
-def rewrite_answer(body: bytes, link: Callable[[Download], str | None]) -> bytes | None:
-    """``body`` with each granted download pointing at ``link(download)`` (objects whose
-    callback returns None are left as they are); None when nothing was rewritten.
+@dataclass(frozen=True, slots=True)
+class BatchAnswer:
+    """A parsed batch answer (``read_answer``): the JSON document and each object in it
+    that grants a well-formed download, with that download."""
+
+    document: dict[str, Any]
+    granted: tuple[tuple[dict[str, Any], Download], ...]
+
+
+def read_answer(body: bytes) -> BatchAnswer | None:
+    """Parse a batch answer; None for a transfer adapter other than ``basic`` (left as it
+    is). CPU work in proportion to ``body``: thread-safe, touches nothing shared.
 
     Raises ProtocolError (culprit ``upstream``) when ``body`` is not a batch answer.
     """
     try:
-        answer = json.loads(body)
+        document = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("LFS batch answer is not JSON", "upstream") from None
-    if not isinstance(answer, dict) or not isinstance(answer.get("objects"), list):
+    if not isinstance(document, dict) or not isinstance(document.get("objects"), list):
         raise ProtocolError("LFS batch answer has no object list", "upstream")
-    if answer.get("transfer", "basic") != "basic":
+    if document.get("transfer", "basic") != "basic":
         return None
+    return BatchAnswer(document, tuple((obj, download) for obj in document["objects"]
+                                       if (download := granted_download(obj)) is not None))
+
+
+def linked_answer(answer: BatchAnswer, hrefs: Sequence[str | None]) -> bytes | None:
+    """``answer`` with the download of its ``granted[i]`` pointing at ``hrefs[i]`` (None:
+    left as it is), as bytes; None when nothing changed. Consumes ``answer`` (its document
+    is changed in place); thread-safe otherwise."""
     changed = False
-    for obj in answer["objects"]:
-        download = granted_download(obj)
-        href = link(download) if download is not None else None
+    for (obj, _), href in zip(answer.granted, hrefs, strict=True):
         if href is None:
             continue
         obj.pop("authenticated", None)
         obj["actions"]["download"] = {"href": href}
         changed = True
-    return json.dumps(answer, separators=(",", ":")).encode() if changed else None
+    return json.dumps(answer.document, separators=(",", ":")).encode() if changed else None
+
+
+def rewrite_answer(body: bytes, link: Callable[[Download], str | None]) -> bytes | None:
+    """``body`` with each granted download pointing at ``link(download)`` (objects whose
+    callback returns None are left as they are); None when nothing was rewritten. The
+    three steps in one: ``read_answer``, ``link`` per download, ``linked_answer``.
+
+    Raises ProtocolError (culprit ``upstream``) when ``body`` is not a batch answer.
+    """
+    answer = read_answer(body)
+    if answer is None:
+        return None
+    return linked_answer(answer, [link(download) for _, download in answer.granted])

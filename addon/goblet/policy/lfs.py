@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from goblet.auth.credentials import ANONYMOUS
@@ -35,11 +36,16 @@ from goblet.lfs.store import LfsScope, LfsStore, ObjectWriter
 from goblet.observe.metrics import Metrics
 from goblet.options import Settings
 from goblet.policy.flows import FlowState
+from goblet.policy.offload import INLINE_ANSWER_BYTES, run_sized
 from goblet.protocol.errors import ProtocolError
 from goblet.serve.files import FilePlan
 
 MEDIA_TYPE = "application/vnd.git-lfs+json"
 OBJECT_TYPE = "application/octet-stream"
+# A batch answer without Content-Length is held and rewritten inline (a response stream
+# callback cannot wait for a thread): at most this big, about 13 ms of JSON work. git-lfs
+# asks for 100 objects at a time, a few dozen KiB; a bigger one passes on as it is.
+HELD_ANSWER_CAP = 256 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +68,15 @@ LinkAction = FromStore | FromUpstream | Refusal
 class LfsPolicy:
     """Rewrites batch answers and answers links, from the running parts."""
 
-    def __init__(self, settings: Callable[[], Settings], store: LfsStore, metrics: Metrics,
+    def __init__(self, settings: Callable[[], Settings], store: LfsStore, metrics: Metrics, *,
                  links: LinkTable | None = None,
-                 denied_at: Callable[[str, str], float | None] = lambda tenant, url: None
-                 ) -> None:
+                 denied_at: Callable[[str, str], float | None] = lambda tenant, url: None,
+                 inspector: Executor | None = None) -> None:
         """``denied_at(tenant, repo_url)``: when the upstream last refused that tenant the
-        repo (a git ref request's 401/403/404, on the links' clock), if it did."""
+        repo (a git ref request's 401/403/404, on the links' clock), if it did;
+        ``inspector``: the threads large batch answers are parsed in."""
         self.settings = settings
+        self.inspector = inspector or ThreadPoolExecutor(max_workers=1)
         self.store = store
         self.metrics = metrics
         self.links = links or LinkTable(settings().lfs_link_ttl)
@@ -82,7 +90,41 @@ class LfsPolicy:
     def batch_answer(self, state: FlowState, status: int, content_type: str, body: bytes, *,
                      base: str, repo_path: str) -> bytes | None:
         """The replacement of a batch answer, or None to pass it on as it is. ``base`` is
-        the client's URL up to the repo path (its scheme and host, or path prefix)."""
+        the client's URL up to the repo path (its scheme and host, or path prefix). All
+        inline: for answers of at most ``HELD_ANSWER_CAP`` bytes (``answer_off_loop``
+        for bigger ones)."""
+        link = self._linker(state, status, content_type, base=base, repo_path=repo_path)
+        try:
+            return batch.rewrite_answer(body, link) if link is not None else None
+        except ProtocolError as e:
+            state.reason = f"LFS batch answer passed on as it is: {e.reason}"
+            return None
+
+    async def answer_off_loop(self, state: FlowState, status: int, content_type: str,
+                              body: bytes, *, base: str, repo_path: str) -> bytes | None:
+        """``batch_answer``, with the JSON work on a body over ``INLINE_ANSWER_BYTES``
+        (parsing and writing it: about 50 ms per MiB) in the inspector threads; the links
+        are issued on the event loop."""
+        link = self._linker(state, status, content_type, base=base, repo_path=repo_path)
+        if link is None:
+            return None
+        size = len(body)
+        try:
+            answer = await run_sized(self.inspector, size, INLINE_ANSWER_BYTES,
+                                     batch.read_answer, body)
+        except ProtocolError as e:
+            state.reason = f"LFS batch answer passed on as it is: {e.reason}"
+            return None
+        if answer is None:
+            return None
+        hrefs = [link(download) for _, download in answer.granted]
+        return await run_sized(self.inspector, size, INLINE_ANSWER_BYTES, batch.linked_answer,
+                               answer, hrefs)
+
+    def _linker(self, state: FlowState, status: int, content_type: str, *, base: str,
+                repo_path: str) -> Callable[[batch.Download], str] | None:
+        """How a download of this batch answer gets its goblet link; None if the answer is
+        passed on as it is (a refusal revokes the tenant's links into the repo first)."""
         if state.repo is None:
             return None
         if status in (401, 403, 404):
@@ -93,19 +135,14 @@ class LfsPolicy:
             return None  # public isolation: only what anyone may read reaches the disk
         if content_type.split(";", 1)[0].strip().lower() not in (MEDIA_TYPE, "application/json"):
             return None
-        self.links.ttl = self.settings().lfs_link_ttl
-        url = state.repo.url
+        self.links.ttl = s.lfs_link_ttl
+        url, tenant = state.repo.url, state.tenant
 
         def link(download: batch.Download) -> str:
-            token = self.links.issue(state.tenant, url, download)
+            token = self.links.issue(tenant, url, download)
             self.metrics.lfs_links.inc()
             return base + batch.link_path(repo_path, token, download.oid)
-
-        try:
-            return batch.rewrite_answer(body, link)
-        except ProtocolError as e:
-            state.reason = f"LFS batch answer passed on as it is: {e.reason}"
-            return None
+        return link
 
     def link(self, state: FlowState, token: str, oid: str, scope: LfsScope) -> LinkAction:
         """What answers a link request of ``state``'s tenant (``scope``: where the store
