@@ -39,13 +39,14 @@ Rules, in order; the first that applies wins:
 7. Offline answers: the wanted objects must be cached and reachable from the
    cache's current tips of the refs the tenant last saw; the client is told
    in a ``remote:`` line that the data may be stale.
-8. Tag following (``include-tag``, which ``git fetch`` sends): upload-pack adds
-   the tag object of every tag of the cache repo that points into the pack,
-   whether or not the upstream listed that tag to this credential (a tag
-   deleted upstream that no fill has pruned yet, or one a ref ACL hides). So
-   such a request is answered from the cache only if every tag the cache
-   holds is one the upstream last listed to this credential, naming the same
-   object; otherwise → upstream (offline: a git-readable error).
+8. Tag following: a cache answer never follows tags by itself. upload-pack
+   would add, for ``include-tag`` (which ``git fetch`` sends), the tag object
+   of every tag of the cache repo that points into the pack, listed to the
+   client or not: a tag deleted upstream that no fill has pruned yet, one a
+   ref ACL hides from this credential, one a fill brings while the answer is
+   made. So ``include-tag`` is taken out of a request the cache answers
+   (``policy/gate.py``); git then asks for the listed tags it lacks by id (its
+   tag backfill), which rule 6 judges like any other want.
 
 The decision is final before the first byte of the answer.
 """
@@ -72,7 +73,6 @@ from goblet.protocol.request import FetchRequest
 # A network failure of goblet's own this recent counts as "the upstream is down now"
 # without asking it again (so an outage does not cost every request a timeout).
 RECENT_OUTAGE = 10.0
-MAX_TAG_SETS = 256  # the tags of this many cache ref states are remembered (rule 8)
 
 
 class Route(enum.Enum):
@@ -143,7 +143,6 @@ class FetchDecider:
         self.heads: dict[str, str] = {}  # repo key -> upstream HEAD target, last seen
         self._fill_tenant: dict[str, str] = {}  # repo key -> tenant whose credential fills it
         self._tees: dict[str, TeeFill] = {}  # repo key -> tee fill in flight
-        self._tags: dict[str, frozenset[tuple[str, str]]] = {}  # refs digest -> its tags
 
     def fill_credential(self, credential: Credential) -> Credential:
         """The credential a fill uses: anonymous in ``public`` isolation."""
@@ -219,9 +218,6 @@ class FetchDecider:
         refused = await self._not_advertised(repo, tenant, credential, req, host=host)
         if refused is not None:
             return refused
-        if unseen := self._unseen_tags(repo, tenant, req, self.verdicts.ttl):
-            return Decision(Route.UPSTREAM, f"include-tag: {unseen} cached tag(s) not listed "
-                                            "to this credential: upstream answers")
         if not self.verdicts.is_granted(tenant, repo.url):
             return Decision(Route.UPSTREAM, "grant expired while filling")
         notice = None
@@ -348,9 +344,6 @@ class FetchDecider:
         if await reach.unreachable(self.store.git, repo.path, asked, tips):
             return Decision(Route.ERROR, "goblet: upstream unreachable and the wanted objects "
                                          "are not cached")
-        if self._unseen_tags(repo, tenant, req, self.offline_grace):
-            return Decision(Route.ERROR, "goblet: upstream unreachable and the cache holds tags "
-                                         "this credential was not shown: fetch with --no-tags")
         return Decision(Route.CACHE, "offline: all wants cached",
                         notice=offline_notice(down, state.filled_at if state else None))
 
@@ -416,26 +409,6 @@ class FetchDecider:
                 return await self._offline(repo, tenant, req, down)
         return Decision(Route.UPSTREAM, f"{len(unknown)} object(s) not advertised to this "
                                         "credential: upstream decides")
-
-    def _unseen_tags(self, repo: CacheRepo, tenant: str, req: FetchRequest,
-                     within: float) -> int:
-        """Rule 8: how many of the cache repo's tags an ``include-tag`` answer could carry
-        that the upstream did not list to ``tenant`` (its view no older than ``within``
-        seconds) as they are; 0 for a request without ``include-tag``. The cache's tags are
-        those its last fill recorded (a fill writes its record right after the refs)."""
-        if not req.include_tag:
-            return 0
-        state = self.store.state(repo)
-        if state is None:
-            return 1  # (tags unknown: as if one were unseen)
-        tags = self._tags.get(state.digest)
-        if tags is None:
-            if len(self._tags) >= MAX_TAG_SETS:
-                self._tags.pop(next(iter(self._tags)))
-            tags = self._tags[state.digest] = frozenset(
-                (name, oid) for name, oid in state.refs.items() if name.startswith("refs/tags/"))
-        view = self.verdicts.view(tenant, repo.url, within)
-        return len(tags - view.pairs) if view is not None else len(tags)
 
     async def _public(self, repo: CacheRepo, tenant: str) -> bool:
         """Whether upstream serves ``repo`` anonymously (asking with an anonymous fill)."""

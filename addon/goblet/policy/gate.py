@@ -211,7 +211,8 @@ class FlowPolicy:
             return Upstream(decision.tee)
         notice = decision.notice or (self.refs.notice_for(state.tenant, state.repo.key)
                                      if self.refs is not None else None)
-        plan = self.planner(state.repo, got.body, clean_git_protocol(git_protocol),
+        served = request.without_include_tag(got.body) if parsed.include_tag else got.body
+        plan = self.planner(state.repo, served, clean_git_protocol(git_protocol),
                             notice=notice, final=parsed.done)
         return Serve(plan, Outcome.OFFLINE if decision.offline else Outcome.CACHE)
 

@@ -64,6 +64,9 @@ _V0_CAPS_OK = frozenset(
 )
 _V0_VALUE_ARGS = frozenset({b"deepen", b"deepen-since", b"deepen-not", b"filter"})
 
+# What git's upload-pack takes as the end of one capability and the start of another,
+# besides the space the list is split on (git never sends these inside one).
+_SPACE_RE = re.compile(rb"[\t\n\v\f\r]")
 _MAX_ARG_LEN = 4096
 _MAX_OPTIONS = 64  # server options kept per request (more make it unservable)
 
@@ -105,8 +108,8 @@ class FetchRequest:
     unservable: tuple[str, ...]
     shaped: bool = field(default=False, compare=False)  # derived from the arguments above
     server_options: tuple[str, ...] = field(default=(), compare=False)
-    #: ``include-tag``: the answer adds every tag object of the serving repo's tags that
-    #: point into the pack, listed to the client or not (``decide.py`` rule 8)
+    #: ``include-tag``: the answer adds the tag object of every tag of the serving repo
+    #: that points into the pack, listed to the client or not (``decide.py`` rule 8)
     include_tag: bool = field(default=False, compare=False)
 
 
@@ -224,7 +227,9 @@ def _check_caps(caps: list[bytes], allowed: frozenset[bytes],
     options: list[str] = []
     for cap in caps:
         key, _, value = cap.partition(b"=")
-        if key == b"object-format":
+        if _SPACE_RE.search(cap):  # (git would read a second capability after it)
+            unservable.append("capability with a control character")
+        elif key == b"object-format":
             if value != b"sha1":
                 unservable.append("object-format " + value.decode("ascii", "replace"))
         elif key == b"server-option" and len(options) < _MAX_OPTIONS:
@@ -353,7 +358,7 @@ def _v0_want_list_line(line: bytes, first: bool, got: _Collected) -> None:
             raise ProtocolError("capabilities on a want line other than the first")
         listed = [c for c in caps.split(b" ") if c]
         _check_caps(listed, _V0_CAPS_OK, got.unservable)
-        got.include_tag = got.include_tag or b"include-tag" in listed
+        got.include_tag = got.include_tag or any(_is_include_tag(c) for c in listed)
         got.add_oid(key, oid_part)
     elif key == b"shallow" and value is not None:
         got.add_oid(key, value)
@@ -375,6 +380,31 @@ def protocol_version(header: str | None) -> int:
 
 
 _VOLATILE = (b"agent=", b"session-id=")
+
+
+def _is_include_tag(cap: bytes) -> bool:
+    """Whether a v0/v1 capability asks for ``include-tag`` (git reads ``include-tag=…``
+    as ``include-tag`` too)."""
+    return cap.partition(b"=")[0] == b"include-tag"
+
+
+def without_include_tag(body: bytes) -> bytes:
+    """``body``, a fetch request that parsed (``FetchRequest.include_tag``), without its
+    ``include-tag``: the v2 argument line, or the capability on the v0/v1 first want
+    line. Every other packet is kept byte for byte."""
+    out, start = bytearray(), 0
+    for p, end in pktline.iter_decode(body):
+        raw, start = body[start:end], end
+        line = p.line if p.kind is PktKind.DATA else b""
+        if line == b"include-tag":
+            continue
+        if line.startswith(b"want ") and b" " in line[5:]:
+            oid, _, caps = line[5:].partition(b" ")
+            kept = b" ".join(c for c in caps.split(b" ") if not _is_include_tag(c))
+            raw = pktline.encode_data(b"want " + oid + (b" " + kept if kept else b"")
+                                      + p.payload[len(line):])
+        out += raw
+    return bytes(out)
 
 
 def cache_identity(body: bytes) -> bytes | None:

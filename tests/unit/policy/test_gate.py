@@ -220,6 +220,24 @@ def test_a_fetch_the_cache_can_answer_is_served(gate: Gate) -> None:
     assert gate.bodies("inspected") == 1
 
 
+@pytest.mark.parametrize(("git_protocol", "body", "served"), [
+    (V2, v2_fetch_body(OID, extra=("include-tag",)), FETCH),
+    (None, pkt(f"want {OID} multi_ack_detailed include-tag side-band-64k") + b"0000"
+     + pkt("done"), V0_FETCH),
+    (None, pkt(f"want {OID} multi_ack_detailed side-band-64k include-tag=1") + b"0000"
+     + pkt("done"), V0_FETCH),
+], ids=["v2", "v0", "v0-with-value"])
+def test_a_fetch_the_cache_answers_never_follows_tags(gate: Gate, git_protocol: str | None,
+                                                      body: bytes, served: bytes) -> None:
+    # upload-pack would add the tag object of every cached tag pointing into the pack,
+    # listed to this credential or not
+    gate.decider.decision = Decision(Route.CACHE, "all wants cached")
+    got = gate.route(gate.state(git_protocol=git_protocol), body)
+    assert isinstance(got, Serve) and got.plan.body == served
+    (asked,) = gate.decider.asked
+    assert asked.include_tag
+
+
 def test_a_fetch_is_read_in_the_clients_protocol_version_and_encoding(gate: Gate) -> None:
     gate.decider.decision = Decision(Route.CACHE, "all wants cached")
     got = gate.route(gate.state(git_protocol=None), gzip.compress(V0_FETCH), enc="gzip",

@@ -8,7 +8,9 @@ byte and with trailing data.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -23,6 +25,9 @@ from goblet.protocol.request import (
 )
 from hypothesis import assume, given
 from hypothesis import strategies as st
+
+from tests.support.packs import objects_in
+from tests.support.repos import clean_env, git, make_bare_repo
 
 if TYPE_CHECKING:
     from tests.unit.conftest import GitWire
@@ -602,3 +607,63 @@ def test_changing_any_other_line_changes_the_identity(lines: list[bytes | Pkt], 
 def test_shaping_arguments_are_noted(arg: bytes, shaped: bool) -> None:
     got = request.parse_v2(fetch_v2(b"want " + A.encode(), arg))
     assert isinstance(got, FetchRequest) and got.shaped is shaped
+
+
+# ------------------------------------------------------------------------ tag following
+
+FOLLOWING = [  # (capabilities, whether git's upload-pack follows tags for them)
+    ("include-tag", True), ("include-tag=1", True),
+    ("agent=git/2.39.5\tinclude-tag", True), ("session-id=x\rinclude-tag", True),
+    ("agent=git/2.39.5\x0binclude-tag", False), ("agent=git/2.39.5\x0cinclude-tag", False),
+]
+
+
+@pytest.mark.parametrize(("cap", "follows"), FOLLOWING)
+def test_tag_following_is_never_left_in_what_the_cache_answers(tmp_path: Path, cap: str,
+                                                                follows: bool) -> None:
+    """Oracle: git's own upload-pack on a repo with an annotated tag. Whatever spelling of
+    ``include-tag`` git honours, goblet either leaves the request to the upstream or
+    takes it out of the body the cache answers."""
+    repo = tmp_path / "r.git"
+    make_bare_repo(repo, commits=3, annotated_tags=("v1",))
+    tag = git("rev-parse", "refs/tags/v1", cwd=repo)
+    head = git("rev-parse", "refs/heads/main", cwd=repo)
+    body = (pktline.encode_data(f"want {head} multi_ack_detailed ofs-delta {cap}\n".encode())
+            + b"0000" + pktline.encode_data(b"done\n"))
+
+    def objects(answer_to: bytes) -> set[str]:
+        out = subprocess.run(["git", "upload-pack", "--stateless-rpc", str(repo)],
+                             input=answer_to, capture_output=True, check=True,
+                             env=clean_env()).stdout
+        return set(objects_in(out[out.index(b"PACK"):]))
+
+    assert (tag in objects(body)) is follows
+    parsed = request.parse_v0(body)
+    assert isinstance(parsed, FetchRequest)
+    if parsed.unservable:
+        return  # the upstream answers
+    assert parsed.include_tag or not follows
+    served = request.without_include_tag(body)
+    assert tag not in objects(served) and head in objects(served)
+
+
+W_A = b"want " + A.encode()
+
+
+@pytest.mark.parametrize(("sent", "served"), [
+    (fetch_v2(b"thin-pack", b"include-tag", b"ofs-delta", W_A, b"done"),
+     fetch_v2(b"thin-pack", b"ofs-delta", W_A, b"done")),
+    (body(W_A + b"  include-tag  thin-pack\n", FLUSH_PKT, b"done\n"),
+     body(W_A + b"   thin-pack\n", FLUSH_PKT, b"done\n")),
+    (body(W_A + b" include-tag=1\n", b"want " + B.encode() + b"\n", FLUSH_PKT,
+          b"have " + C.encode() + b"\n", b"done\n"),
+     body(W_A + b"\n", b"want " + B.encode() + b"\n", FLUSH_PKT, b"have " + C.encode() + b"\n",
+          b"done\n")),
+    (body(W_A + b" ofs-delta include-tag", FLUSH_PKT), body(W_A + b" ofs-delta", FLUSH_PKT)),
+], ids=["v2", "v0-spacing-kept", "v0-with-value-more-wants", "v0-no-lf"])
+def test_without_include_tag_keeps_every_other_byte(sent: bytes, served: bytes) -> None:
+    assert request.without_include_tag(sent) == served
+    parse = request.parse_v2 if b"command=fetch" in sent else request.parse_v0
+    before, after = parse(sent), parse(served)
+    assert isinstance(before, FetchRequest) and isinstance(after, FetchRequest)
+    assert before == after and before.include_tag and not after.include_tag
