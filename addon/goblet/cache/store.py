@@ -273,7 +273,9 @@ class RepoStore:
         if not res.ok:
             raise OSError(f"for-each-ref failed: {res.stderr_line()}")
         refs: dict[str, str] = {}
-        for line in res.stdout.decode("utf-8", "replace").splitlines():
+        # (a name that is not UTF-8 keeps its bytes as surrogates: two such names never
+        # become one, and git gets each back as it was, in arguments and environment)
+        for line in res.stdout.decode("utf-8", "surrogateescape").splitlines():
             oid, _, name = line.partition(" ")
             refs[name] = oid
         return refs, read_head(path)

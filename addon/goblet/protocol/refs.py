@@ -133,7 +133,10 @@ def _parse_v0_refs(pkts: list[Pkt], version: int) -> RefAdvertisement:
                 if cap.startswith("symref="):
                     src, _, dst = cap[len("symref=") :].partition(":")
                     symrefs[src] = dst
-        text = line.decode("utf-8", "replace")
+        try:  # (a name that is not UTF-8: the answer proves nothing, so goblet stays out)
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _fail(f"non-UTF-8 ref line {excerpt(line)!r}") from e
         oid, sep, name = text.partition(" ")
         if not sep or not name:
             raise _fail(f"malformed ref line {excerpt(line)!r}")

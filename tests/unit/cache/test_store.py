@@ -163,6 +163,27 @@ def test_read_refs_agrees_with_git(store: RepoStore, bare: Path, packed: bool) -
     assert head == "refs/heads/main"
 
 
+def test_ref_names_that_are_not_utf8_stay_apart_and_reach_git_as_they_were(
+        store: RepoStore, bare: Path) -> None:
+    main = expected_refs(bare)["refs/heads/main"]
+    v1 = expected_refs(bare)["refs/tags/v1"]
+    for name, oid in ((b"refs/tags/\xfe", main), (b"refs/tags/\xff", v1)):
+        subprocess.run([b"git", b"update-ref", name, oid.encode()], cwd=bare, check=True,
+                       env=store.git.env())
+    refs, _ = asyncio.run(store.read_refs(bare))
+    odd = {n: o for n, o in refs.items() if n not in expected_refs(bare)}
+    fe, ff = (b.decode("utf-8", "surrogateescape") for b in (b"refs/tags/\xfe", b"refs/tags/\xff"))
+    assert odd == {fe: main, ff: v1}  # two names, not one "refs/tags/\ufffd"
+    repo = store.repo_for(URL)
+    store.write_state(bare, repo, refs, "refs/heads/main")
+    assert store._read_state(bare).refs == refs  # type: ignore[union-attr]
+    # a name hidden through goblet's git config is hidden as those very bytes
+    res = asyncio.run(store.git.run(["upload-pack", "--advertise-refs", "--stateless-rpc",
+                                     str(bare)],
+                                    config=[("uploadpack.hideRefs", fe)]))
+    assert res.ok and b"refs/tags/\xff" in res.stdout and b"refs/tags/\xfe" not in res.stdout
+
+
 def test_read_refs_after_a_loose_update_of_a_packed_ref(store: RepoStore, bare: Path) -> None:
     git("pack-refs", "--all", cwd=bare)
     main = expected_refs(bare)["refs/heads/main"]

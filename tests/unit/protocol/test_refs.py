@@ -141,6 +141,9 @@ INFO_INVALID = [
     pytest.param(body(b"version 2\n", b"agent=\xff\n", FLUSH_PKT), "non-UTF-8",
                  id="v2-non-utf8"),
     pytest.param(b"0003", "invalid pkt-line length", id="bad-framing"),
+    # two names differing only in bytes that are not UTF-8 would read as one
+    pytest.param(body(FIRST, f"{A} refs/tags/\xfe\n".encode("latin-1"), FLUSH_PKT), "non-UTF-8",
+                 id="v0-non-utf8-name"),
 ]
 
 
