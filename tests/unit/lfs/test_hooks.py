@@ -80,6 +80,18 @@ async def linked(addon: Goblet) -> str:
     return href.removeprefix(f"https://{HOST}")
 
 
+async def answered_batch(addon: Goblet, content: bytes) -> http.HTTPFlow:
+    """A batch request through the hooks up to the upstream's 200 answer (``content``,
+    with its length) at ``responseheaders``."""
+    f = flow("POST", "/o/r.git/info/lfs/objects/batch")
+    addon.requestheaders(f)
+    await addon.request(f)
+    f.response = tutils.tresp(status_code=200, content=content, headers=http.Headers(
+        content_type="application/vnd.git-lfs+json", content_length=str(len(content))))
+    addon.responseheaders(f)
+    return f
+
+
 def test_a_missing_object_goes_to_the_href_with_upstream_s_header_only(tmp_path: Path) -> None:
     async def body(addon: Goblet, tctx: Any) -> None:
         path = await linked(addon)
@@ -149,13 +161,8 @@ def test_a_refused_batch_revokes_the_tenant_s_links(tmp_path: Path) -> None:
 def test_with_goblet_lfs_off_lfs_passes_through(tmp_path: Path) -> None:
     async def body(addon: Goblet, tctx: Any) -> None:
         tctx.configure(addon, goblet_lfs="off")
-        f = flow("POST", "/o/r.git/info/lfs/objects/batch")
-        addon.requestheaders(f)
-        await addon.request(f)
-        f.response = tutils.tresp(status_code=200, content=BATCH, headers=http.Headers(
-            content_type="application/vnd.git-lfs+json", content_length=str(len(BATCH))))
-        addon.responseheaders(f)
-        assert f.response.stream  # streamed as it is, never read
+        f = await answered_batch(addon, BATCH)
+        assert f.response is not None and f.response.stream  # streamed as it is, never read
         await addon.response(f)
         assert f.response.content == BATCH
 
@@ -296,13 +303,9 @@ def test_a_big_batch_answer_is_read_and_written_off_the_event_loop(
     assert (len(content) > policy_lfs.INLINE_ANSWER_BYTES) is off_loop
 
     async def body(addon: Goblet, tctx: Any) -> None:
-        f = flow("POST", "/o/r.git/info/lfs/objects/batch")
-        addon.requestheaders(f)
-        await addon.request(f)
-        f.response = tutils.tresp(status_code=200, content=content, headers=http.Headers(
-            content_type="application/vnd.git-lfs+json", content_length=str(len(content))))
-        addon.responseheaders(f)
+        f = await answered_batch(addon, content)
         await addon.response(f)
+        assert f.response is not None
         answer = json.loads(f.response.content or b"")
         hrefs = {o["actions"]["download"]["href"] for o in answer["objects"]}
         assert len(hrefs) == count and all("/info/lfs/goblet/" in h for h in hrefs)
@@ -314,31 +317,31 @@ def test_a_big_batch_answer_is_read_and_written_off_the_event_loop(
     assert all((t != main) is off_loop for t in threads.values()), threads
 
 
+async def chunked_batch_stream(addon: Goblet) -> Callable[[bytes], list[bytes]]:
+    """A batch request through the hooks, answered 200 without Content-Length: the
+    response's stream callable (the held answer)."""
+    f = flow("POST", "/o/r.git/info/lfs/objects/batch")
+    addon.requestheaders(f)
+    await addon.request(f)
+    f.response = tutils.tresp(status_code=200, content=b"", headers=http.Headers(
+        content_type="application/vnd.git-lfs+json", transfer_encoding="chunked"))
+    addon.responseheaders(f)
+    held = f.response.stream
+    assert callable(held)
+    return held
+
+
 def test_a_chunked_batch_answer_is_held_within_the_inline_cap(tmp_path: Path) -> None:
     async def body(addon: Goblet, tctx: Any) -> None:
-        f = flow("POST", "/o/r.git/info/lfs/objects/batch")
-        addon.requestheaders(f)
-        await addon.request(f)
-        f.response = tutils.tresp(status_code=200, content=b"", headers=http.Headers(
-            content_type="application/vnd.git-lfs+json", transfer_encoding="chunked"))
-        addon.responseheaders(f)
-        held = f.response.stream
-        assert callable(held)
+        held = await chunked_batch_stream(addon)
         big = many_objects(2000)
         assert len(big) > policy_lfs.HELD_ANSWER_CAP
         out = b"".join(piece for i in range(0, len(big), 65536)
                        for piece in held(big[i:i + 65536])) + b"".join(held(b""))
         assert out == big  # past the cap: passed on as it is, unlinked
-        f2 = flow("POST", "/o/r.git/info/lfs/objects/batch")
-        addon.requestheaders(f2)
-        await addon.request(f2)
-        f2.response = tutils.tresp(status_code=200, content=b"", headers=http.Headers(
-            content_type="application/vnd.git-lfs+json", transfer_encoding="chunked"))
-        addon.responseheaders(f2)
-        held2 = f2.response.stream
-        assert callable(held2)
+        held = await chunked_batch_stream(addon)
         small = many_objects(3)
-        out = b"".join(held2(small)) + b"".join(held2(b""))
+        out = b"".join(held(small)) + b"".join(held(b""))
         assert b"/info/lfs/goblet/" in out and b"SECRET" not in out
 
     run(body, tmp_path)
