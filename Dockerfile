@@ -56,5 +56,7 @@ ENTRYPOINT ["tini", "--", "mitmdump", "-s", "/opt/goblet/addon/goblet_addon.py",
 # goblet refuses to listen beyond loopback without proxyauth unless told, so the
 # default opts in: publish on 127.0.0.1 as above, or when others can reach the
 # port replace the opt-in with `--set proxyauth=@/etc/goblet/htpasswd` (mount one)
-# (docs/operations/exposure.md).
+# (docs/operations/exposure.md). proxyauth asks every request on the proxy port for
+# credentials, /healthz too: then also `--set goblet_metrics_port=9464` and run the
+# container with `-e GOBLET_HEALTH_PORT=9464`, or the health check fails.
 CMD ["--listen-host", "0.0.0.0", "-p", "8080", "--set", "goblet_allow_open_proxy=on"]

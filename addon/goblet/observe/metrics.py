@@ -188,6 +188,7 @@ class Metrics:
             self.lfs_downloads.labels(result)
         for kind in KINDS:
             self.request_duration.labels(kind)
+            self.upstream_duration.labels(kind)
             for outcome in OUTCOMES:
                 self.requests.labels(kind, outcome)
         for result in FILL_RESULTS:

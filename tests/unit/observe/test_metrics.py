@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from goblet.observe.metrics import CONTENT_TYPE, Metrics, status_class
+from goblet.observe.metrics import CONTENT_TYPE, KINDS, Metrics, status_class
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -16,3 +16,11 @@ def test_the_content_type_names_the_format_render_writes() -> None:
 def test_status_classes() -> None:
     assert [status_class(s) for s in (None, 99, 100, 204, 302, 404, 503, 599, 600)] == [
         "error", "error", "1xx", "2xx", "3xx", "4xx", "5xx", "5xx", "error"]
+
+
+def test_every_kind_has_its_duration_series_from_the_start() -> None:
+    # (a dashboard panel of either histogram shows 0, not "no data", before the first request)
+    body = Metrics().render().decode("utf-8")
+    for family in ("goblet_request_duration_seconds", "goblet_upstream_duration_seconds"):
+        for kind in KINDS:
+            assert f'{family}_count{{kind="{kind}"}} 0.0' in body, (family, kind)
