@@ -69,11 +69,16 @@ def fetch_outcomes(proxy: GobletProxy, name: str) -> list[str]:
             if "git fetch " in ln and f"/{name} " in ln]
 
 
+@pytest.mark.parametrize("spec", [
+    "sparse:oid={blob}",
+    "combine:tree:9+sparse%3Aoid%3D{blob}",  # git percent-decodes each combined filter
+])
 def test_a_sparse_filter_naming_a_deleted_blob_is_not_answered_from_the_cache(
-    git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path
+    spec: str, git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy,
+    tmp_path: Path,
 ) -> None:
     name, head, ids = deleted_branch(git, repos, upstream, proxy, tmp_path)
-    body = rawhttp.v2_fetch_body(head, extra=(f"filter sparse:oid={ids['blob']}",))
+    body = rawhttp.v2_fetch_body(head, extra=(f"filter {spec.format(blob=ids['blob'])}",))
     straight = post(upstream, None, name, V2, body)
     assert not has_pack(straight.body), "the upstream itself applies the deleted blob"
     assert b"unable to parse sparse filter data" in straight.body

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from urllib.parse import unquote_to_bytes
 
 from goblet.protocol import pktline, serveroptions
 from goblet.protocol.errors import ProtocolError, excerpt
@@ -277,14 +278,32 @@ class _Collected:
 
 def _check_value_arg(key: bytes, value: bytes, unservable: list[str]) -> None:
     """Check an argument with a value; note in ``unservable`` what reads the cache's
-    objects or refs by name: ``deepen-not <ref>`` and ``sparse:oid=<blob>`` filters
-    (their answer depends on an object the upstream may not serve any more)."""
+    objects or refs by name: ``deepen-not <ref>``, and any filter but the plain ones
+    (``servable_filter``): a ``sparse:oid=<blob-ish>`` filter shapes the answer by a
+    blob, or a file on any ref, that the upstream may not serve this credential."""
     if key == b"deepen" and not value.isdigit():
         raise ProtocolError(f"bad deepen value {excerpt(value)!r}")
     if key == b"deepen-not":
         unservable.append("argument deepen-not")
-    elif key == b"filter" and b"sparse:" in value.lower():
-        unservable.append("sparse filter")
+    elif key == b"filter" and not servable_filter(value):
+        unservable.append("filter other than blob:none, blob:limit, tree or object:type")
+
+
+# Filters that name no object: they shape the answer by the wanted objects alone.
+_PLAIN_FILTER_RE = re.compile(
+    rb"blob:none|blob:limit=[0-9]{1,20}[kmgKMG]?|tree:[0-9]{1,10}"
+    rb"|object:type=(?:blob|tree|commit|tag)")
+
+
+def servable_filter(spec: bytes) -> bool:
+    """Whether a ``filter`` spec is one the cache may apply: a plain filter, or a
+    ``combine:`` of plain ones (git percent-decodes each of those first, so they are
+    judged decoded). Anything else, ``sparse:`` included however it is spelled, is the
+    upstream's."""
+    if spec.startswith(b"combine:"):
+        parts = spec[len(b"combine:"):].split(b"+")
+        return all(_PLAIN_FILTER_RE.fullmatch(unquote_to_bytes(part)) for part in parts)
+    return _PLAIN_FILTER_RE.fullmatch(spec) is not None
 
 
 def _parse_fetch_v2(caps: list[bytes], args: list[bytes]) -> FetchRequest:

@@ -40,6 +40,11 @@ from goblet.serve.h11loop import incoming_requests
 from goblet.serve.packcache import PackCache, Production, Role
 from goblet.serve.plans import TOKEN_HEADER, PlanRegistry, ReplyPlan, ServePlan
 
+# upload-pack's settings for every cache answer, whatever the repo's config says. A
+# sparse filter reads a blob (or a file on any ref) by name: never applied by the cache
+# (``protocol/request.py`` sends such requests upstream already; this holds even then).
+SERVE_CONFIG = (("uploadpackfilter.sparse:oid.allow", "false"),)
+
 log = logging.getLogger(__name__)
 
 _STDERR_KEEP = 8192
@@ -165,7 +170,7 @@ class ServeBackend:
         try:
             proc = await self.git.spawn(
                 [*args, str(plan.repo_dir)], extra_env=extra,
-                config=[("uploadpack.hideRefs", ref) for ref in plan.hidden_refs])
+                config=[*SERVE_CONFIG, *(("uploadpack.hideRefs", ref) for ref in plan.hidden_refs)])
         except OSError as e:
             stats.error = f"cannot start upload-pack: {e.strerror}"
             await _send_git_error(conn, writer, plan, "goblet: cache unavailable, retry")

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from tests.unit.conftest import GitWire
 
 A = "7aa2146a29940f8769e70f62eaa723fa0ff72a4f"
+FILTER = "filter other than blob:none, blob:limit, tree or object:type"
 B = "24dcde016213df9b5392b4fba262860090130afa"
 C = "7d8352aeb13f809a13ed9d94287fe96fab03e626"
 S256 = "1c11b0b897f2dab4ab14bceaa6969f5f39fd6d2d2b111353af99e4eb0a6a0917"
@@ -124,7 +125,7 @@ V2_VALID = [
     pytest.param(fetch_v2(b"want " + A.encode(), b"deepen-not refs/heads/old"),
                  fetch(unservable=("argument deepen-not",)), id="fetch-deepen-not"),
     pytest.param(fetch_v2(b"want " + A.encode(), b"filter sparse:oid=" + B.encode()),
-                 fetch(unservable=("sparse filter",)), id="fetch-filter-sparse"),
+                 fetch(unservable=(FILTER,)), id="fetch-filter-sparse"),
     pytest.param(fetch_v2(b"want " + A.encode(), b"filter blob:none"), fetch(),
                  id="fetch-filter-blob-none"),
     pytest.param(fetch_v2(b"want " + A.encode(), b"have " + B.encode(), b"have " + C.encode()),
@@ -667,3 +668,20 @@ def test_without_include_tag_keeps_every_other_byte(sent: bytes, served: bytes) 
     before, after = parse(sent), parse(served)
     assert isinstance(before, FetchRequest) and isinstance(after, FetchRequest)
     assert before == after and before.include_tag and not after.include_tag
+
+
+@pytest.mark.parametrize(("spec", "servable"), [
+    (b"blob:none", True), (b"blob:limit=1k", True), (b"blob:limit=200", True),
+    (b"tree:0", True), (b"object:type=blob", True),
+    (b"combine:blob:none+tree:3", True), (b"combine:blob%3Anone+tree%3A3", True),
+    (b"sparse:oid=" + B.encode(), False), (b"SPARSE:oid=x", False),
+    (b"combine:tree:9+sparse%3Aoid%3D" + B.encode(), False),  # git decodes each part
+    (b"combine:tree:9+sparse%3aoid%3dmain%3aREADME", False),
+    (b"combine:blob:none+combine%3Atree%3A1", False),  # nested: the upstream's
+    (b"blob:limit=-1", False), (b"tree:", False), (b"object:type=note", False), (b"", False),
+])
+def test_only_filters_that_name_no_object_are_servable(spec: bytes, servable: bool) -> None:
+    assert request.servable_filter(spec) is servable
+    parsed = request.parse_v2(fetch_v2(b"want " + A.encode(), b"filter " + spec))
+    assert isinstance(parsed, FetchRequest)
+    assert (FILTER not in parsed.unservable) is servable

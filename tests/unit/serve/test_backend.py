@@ -91,6 +91,30 @@ def test_serves_upload_pack_output_with_chunked_encoding(bare_repo: Path, tmp_pa
     with_backend(tmp_path, test)
 
 
+@pytest.mark.parametrize(("spec", "served"), [(b"blob:none", True), (b"sparse:oid=main:", False)])
+def test_the_cache_never_applies_a_sparse_filter(bare_repo: Path, tmp_path: Path, spec: bytes,
+                                                 served: bool) -> None:
+    # (the repo allows filters, as every cache repo does: the serve config still refuses this)
+    runner = GitRunner(home=tmp_path, base_config=[("uploadpack.allowFilter", "true")])
+    head = subprocess.run(["git", "--git-dir", str(bare_repo), "rev-parse", "main"],
+                          check=True, capture_output=True).stdout.strip()
+    body = (pktline.encode_data(b"command=fetch\n") + pktline.DELIM
+            + pktline.encode_data(b"want " + head + b"\n")
+            + pktline.encode_data(b"filter " + spec + b"\n")
+            + pktline.encode_data(b"done\n") + pktline.FLUSH)
+
+    async def test(backend: ServeBackend, plans: PlanRegistry) -> None:
+        plan = ServePlan(bare_repo, body, "version=2", "test")
+        try:
+            [(_, answer)] = await http_call(backend.port, plans.register(plan))
+        except asyncio.IncompleteReadError:  # (upload-pack died: the body is cut, not ended)
+            answer = b""
+        assert (b"PACK" in answer) is served, answer[:200]
+        assert ("filter 'sparse:oid' not supported" in (plan.stats.error or "")) is not served
+
+    with_backend(tmp_path, test, runner)
+
+
 def test_tokens_are_single_use_and_unknown_ones_refused(bare_repo: Path, tmp_path: Path) -> None:
     async def test(backend: ServeBackend, plans: PlanRegistry) -> None:
         token = plans.register(ServePlan(bare_repo, LS_REFS, "version=2", "test"))
