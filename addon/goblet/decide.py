@@ -39,14 +39,17 @@ Rules, in order; the first that applies wins:
 7. Offline answers: the wanted objects must be cached and reachable from the
    cache's current tips of the refs the tenant last saw; the client is told
    in a ``remote:`` line that the data may be stale.
-8. Tag following: a cache answer never follows tags by itself. upload-pack
-   would add, for ``include-tag`` (which ``git fetch`` sends), the tag object
-   of every tag of the cache repo that points into the pack, listed to the
-   client or not: a tag deleted upstream that no fill has pruned yet, one a
-   ref ACL hides from this credential, one a fill brings while the answer is
-   made. So ``include-tag`` is taken out of a request the cache answers
-   (``policy/gate.py``); git then asks for the listed tags it lacks by id (its
-   tag backfill), which rule 6 judges like any other want.
+8. Tag following (``include-tag``): upload-pack adds the tag object of every
+   tag of the cache repo that points into the pack, listed to the client or
+   not (a tag deleted upstream that no fill has pruned yet, one a ref ACL
+   hides from this credential). A request with ``have`` lines (``git fetch``
+   into a repo, which fetches the listed tags it lacks by id afterwards, its
+   tag backfill, judged by rule 6) is answered without following tags:
+   ``include-tag`` is taken out (``policy/gate.py``). One without (a
+   ``--single-branch`` or ``--depth`` clone, which never backfills) keeps it
+   only if every tag of the cache's record is one the upstream last listed to
+   this credential, naming the same object; otherwise → upstream (offline:
+   answered without following tags).
 
 The decision is final before the first byte of the answer.
 """
@@ -73,6 +76,7 @@ from goblet.protocol.request import FetchRequest
 # A network failure of goblet's own this recent counts as "the upstream is down now"
 # without asking it again (so an outage does not cost every request a timeout).
 RECENT_OUTAGE = 10.0
+MAX_TAG_SETS = 256  # the tags of this many cache ref states are remembered (rule 8)
 
 
 class Route(enum.Enum):
@@ -95,6 +99,7 @@ class Decision:
     reason: str
     notice: str | None = None
     tee: TeeFill | None = None  # with Route.TEE: feed it the upstream's answer
+    follow_tags: bool = False  # with Route.CACHE: upload-pack may honour include-tag (rule 8)
 
     @property
     def offline(self) -> bool:
@@ -143,6 +148,7 @@ class FetchDecider:
         self.heads: dict[str, str] = {}  # repo key -> upstream HEAD target, last seen
         self._fill_tenant: dict[str, str] = {}  # repo key -> tenant whose credential fills it
         self._tees: dict[str, TeeFill] = {}  # repo key -> tee fill in flight
+        self._tags: dict[str, frozenset[tuple[str, str]]] = {}  # refs digest -> its tags
 
     def fill_credential(self, credential: Credential) -> Credential:
         """The credential a fill uses: anonymous in ``public`` isolation."""
@@ -218,6 +224,10 @@ class FetchDecider:
         refused = await self._not_advertised(repo, tenant, credential, req, host=host)
         if refused is not None:
             return refused
+        follow = self._may_follow_tags(repo, tenant, req, self.verdicts.ttl)
+        if follow is None:
+            return Decision(Route.UPSTREAM, "include-tag: the cache holds tags not listed to "
+                                            "this credential: upstream answers")
         if not self.verdicts.is_granted(tenant, repo.url):
             return Decision(Route.UPSTREAM, "grant expired while filling")
         notice = None
@@ -225,7 +235,7 @@ class FetchDecider:
             state = self.store.state(repo)
             notice = offline_notice(down, state.filled_at if state else None)
         return Decision(Route.CACHE, "filled, then served" if filled else "all wants cached",
-                        notice=notice)
+                        notice=notice, follow_tags=follow)
 
     async def _cold(self, repo: CacheRepo, tenant: str, credential: Credential,
                     req: FetchRequest) -> Decision | None:
@@ -345,7 +355,9 @@ class FetchDecider:
             return Decision(Route.ERROR, "goblet: upstream unreachable and the wanted objects "
                                          "are not cached")
         return Decision(Route.CACHE, "offline: all wants cached",
-                        notice=offline_notice(down, state.filled_at if state else None))
+                        notice=offline_notice(down, state.filled_at if state else None),
+                        follow_tags=bool(self._may_follow_tags(repo, tenant, req,
+                                                               self.offline_grace)))
 
     async def _fill(self, repo: CacheRepo, tenant: str, credential: Credential,
                     missing: set[str]) -> Decision | None:
@@ -409,6 +421,26 @@ class FetchDecider:
                 return await self._offline(repo, tenant, req, down)
         return Decision(Route.UPSTREAM, f"{len(unknown)} object(s) not advertised to this "
                                         "credential: upstream decides")
+
+    def _may_follow_tags(self, repo: CacheRepo, tenant: str, req: FetchRequest,
+                         within: float) -> bool | None:
+        """Rule 8: True if the cache's answer may follow tags as ``req`` asks; False if
+        ``include-tag`` is to be taken out (or was not asked for); None if only the upstream
+        may answer. ``within``: how old ``tenant``'s view of the refs may be. The cache's
+        tags are those its last fill recorded."""
+        if not req.include_tag or req.haves:
+            return False
+        state = self.store.state(repo)
+        view = self.verdicts.view(tenant, repo.url, within)
+        if state is None or view is None:
+            return None
+        tags = self._tags.get(state.digest)
+        if tags is None:
+            if len(self._tags) >= MAX_TAG_SETS:
+                self._tags.pop(next(iter(self._tags)))
+            tags = self._tags[state.digest] = frozenset(
+                (name, oid) for name, oid in state.refs.items() if name.startswith("refs/tags/"))
+        return True if tags <= view.pairs else None
 
     async def _public(self, repo: CacheRepo, tenant: str) -> bool:
         """Whether upstream serves ``repo`` anonymously (asking with an anonymous fill)."""

@@ -1,12 +1,14 @@
-"""Tag following sends no tag from the cache; git still gets every tag it was listed.
+"""Tag following sends no tag the upstream does not list to the credential.
 
-``git fetch`` follows tags: its request carries ``include-tag``, and upload-pack then adds
-the tag object of every tag of the serving repo that points into the pack, listed to the
-client or not. The cache keeps a tag deleted upstream until a fill prunes it (a ref request
-limited to branches starts no fill), so a fetch the cache answers with ``include-tag``
-could carry a tag object (its message, its tagger) the upstream no longer has. goblet takes
-``include-tag`` out of every request the cache answers; git then fetches the tags it was
-listed and lacks by id (its tag backfill).
+``git fetch`` and ``--single-branch``/``--depth`` clones follow tags: their request carries
+``include-tag``, and upload-pack then adds the tag object of every tag of the serving repo
+that points into the pack, listed to the client or not. The cache keeps a tag deleted
+upstream until a fill prunes it (a ref request limited to branches starts no fill), so a
+fetch the cache answers could carry a tag object (its message, its tagger) the upstream no
+longer has. A fetch with ``have`` lines (git backfills the listed tags it lacks by id
+afterwards) is answered without following tags; one without (a clone, which never
+backfills) follows tags from the cache only while every cached tag is one the upstream
+listed to this credential, and goes upstream otherwise.
 """
 
 from __future__ import annotations
@@ -80,15 +82,21 @@ def test_a_tag_deleted_upstream_is_not_sent_by_tag_following(
     straight = refs_then_fetch(upstream, None, name, ("refs/heads/",), head)
     assert tag not in straight  # the reference: the upstream sends no such tag
 
-    # ls-refs of branches only: no fill prunes the cache's tag
+    # ls-refs of branches only: no fill prunes the cache's tag; a clone-like fetch (no
+    # haves) that follows tags is the upstream's to answer
     via = refs_then_fetch(upstream, proxy, name, ("refs/heads/",), head)
     [state] = repos_for(proxy.cache_dir, url).values()
     assert "refs/tags/leaky" in state["refs"] and has_object(cache, tag)
-    assert fetch_outcomes(proxy, url)[-1] == "cache"
-    assert tag not in via and not any(secret in body for _, body in via.values())
-    # the same objects, less the listed tags the upstream followed (git fetches those next)
-    assert set(via) <= set(straight)
-    assert {straight[oid][0] for oid in set(straight) - set(via)} <= {"tag"}
+    assert fetch_outcomes(proxy, url)[-1] == "upstream"
+    assert tag not in via and set(via) == set(straight)
+
+    # with haves (git backfills tags itself): the cache answers, without following tags
+    base = upstream_git("rev-parse", "main~2", cwd=bare)
+    resp = send(upstream, proxy, "POST", f"/{name}/git-upload-pack", V2, rawhttp.v2_fetch_body(
+        head, extra=("include-tag", "no-progress", f"have {base}")))
+    got = objects_in(v2_pack(resp.body))
+    assert fetch_outcomes(proxy, url)[-1] == "cache" and head in got
+    assert tag not in got and not any(secret in body for _, body in got.values())
 
     # protocol v0, include-tag hidden behind a tab in another capability (git reads it as
     # a capability of its own): the cache does not answer it
@@ -119,3 +127,24 @@ def test_git_fetch_still_gets_the_tags_it_was_listed_from_the_cache(
     assert git.run("rev-parse", "refs/tags/fresh", cwd=tmp_path / "c").stdout.strip() == fresh
     outcomes = fetch_outcomes(proxy, upstream.url(name))[before:]
     assert len(outcomes) >= 2 and set(outcomes) == {"cache"}, outcomes  # (the backfill too)
+
+
+def test_shallow_and_single_branch_clones_get_the_tags_upstream_gives(
+    git: GitClient, direct: GitClient, repos: Repos, upstream: UpstreamServer,
+    proxy: GobletProxy, tmp_path: Path
+) -> None:
+    # (such clones follow tags and never backfill: stripping include-tag would lose tags)
+    name, bare, _, head = tagged_repo(repos, b"on main's parent")
+    upstream_git("tag", "-a", "tip", "-m", "on main's tip", head, cwd=bare)
+    url = with_userinfo(upstream.url(name), "alice", "alice-pw")
+    git.clone(url, tmp_path / "warm")
+    for options in (("--depth", "1"), ("--single-branch",)):
+        dest = tmp_path / "-".join(options)
+        before = len(fetch_outcomes(proxy, upstream.url(name)))
+        git.clone(url, dest, *options)
+        assert fetch_outcomes(proxy, upstream.url(name))[before:] == ["cache"], options
+        direct.clone(url, tmp_path / ("direct" + "-".join(options)), *options)
+        tags = {n for n in git.refs(dest) if n.startswith("refs/tags/")}
+        assert tags == {n for n in direct.refs(tmp_path / ("direct" + "-".join(options)))
+                        if n.startswith("refs/tags/")}, options
+        assert "refs/tags/tip" in tags

@@ -124,14 +124,48 @@ class World:
         self.verdicts.record(tenant, URL, granted=True, view=view)
 
     def decide(self, tenant: str, *wants: str, credential: Credential = ALICE,
-               shallows: tuple[str, ...] = (), version: int = 2) -> Decision:
-        req = FetchRequest(version, tuple(wants), (), shallows, True, ())
+               shallows: tuple[str, ...] = (), version: int = 2, include_tag: bool = False,
+               haves: tuple[str, ...] = ()) -> Decision:
+        req = FetchRequest(version, tuple(wants), haves, shallows, True, (),
+                           include_tag=include_tag)
         return asyncio.run(self.decider.decide(self.repo, tenant, credential, req, HOST))
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     return World(tmp_path)
+
+
+def test_a_clone_follows_tags_from_the_cache_when_every_cached_tag_was_listed(
+        world: World) -> None:
+    world.grant("alice")  # main, dev and the tag v1, as the cache has them
+    d = world.decide("alice", world.refs["refs/heads/main"], include_tag=True)
+    assert d.route is Route.CACHE and d.follow_tags
+
+
+@pytest.mark.parametrize("tag", ["unlisted", "another object"])
+def test_a_clone_following_a_cached_tag_not_listed_goes_upstream(world: World, tag: str) -> None:
+    # upload-pack would add the tag object of every cached tag pointing into the pack: a tag
+    # deleted upstream (not pruned yet) or hidden from this credential would go out
+    main, dev = world.refs["refs/heads/main"], world.refs["refs/heads/dev"]
+    shown = {"refs/heads/main": main, "refs/heads/dev": dev}
+    if tag == "another object":
+        shown["refs/tags/v1"] = world.old
+    world.verdicts.record("alice", URL, granted=True, view=RefView.of(shown, {}))
+    d = world.decide("alice", main, include_tag=True)
+    assert d.route is Route.UPSTREAM and d.reason.startswith("include-tag:")
+    assert world.decide("alice", main).route is Route.CACHE  # no tag following: no tag sent
+    # a fetch with haves backfills the listed tags itself: answered, without tag following
+    d = world.decide("alice", main, include_tag=True, haves=(world.old,))
+    assert d.route is Route.CACHE and not d.follow_tags
+
+
+def test_a_clone_following_tags_of_a_repo_without_a_fill_record_goes_upstream(
+        world: World) -> None:
+    world.grant("alice")
+    (world.repo.path / "goblet-state.json").unlink()
+    assert world.decide("alice", world.refs["refs/heads/main"],
+                        include_tag=True).route is Route.UPSTREAM
 
 
 def test_advertised_tips_are_served(world: World) -> None:
@@ -230,6 +264,14 @@ def offline(tmp_path: Path) -> World:
     w.grant("alice")
     w.clock[0] += 3600  # the grant is an hour old: stale online, within the grace
     return w
+
+
+def test_offline_clones_do_not_follow_tags_the_tenant_was_not_shown(tmp_path: Path) -> None:
+    w = World(tmp_path, offline=True)
+    w.grant("alice", main="refs/heads/main")  # the tenant was never shown the tag
+    w.clock[0] += 3600
+    d = w.decide("alice", w.refs["refs/heads/main"], include_tag=True)
+    assert d.route is Route.CACHE and d.offline and not d.follow_tags
 
 
 def test_offline_needs_an_outage_goblet_observed(offline: World) -> None:

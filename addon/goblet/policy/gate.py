@@ -211,7 +211,8 @@ class FlowPolicy:
             return Upstream(decision.tee)
         notice = decision.notice or (self.refs.notice_for(state.tenant, state.repo.key)
                                      if self.refs is not None else None)
-        served = request.without_include_tag(got.body) if parsed.include_tag else got.body
+        served = got.body if decision.follow_tags or not parsed.include_tag else (
+            request.without_include_tag(got.body))  # (``decide.py`` rule 8)
         plan = self.planner(state.repo, served, clean_git_protocol(git_protocol),
                             notice=notice, final=parsed.done)
         return Serve(plan, Outcome.OFFLINE if decision.offline else Outcome.CACHE)

@@ -227,8 +227,8 @@ def test_a_fetch_the_cache_can_answer_is_served(gate: Gate) -> None:
     (None, pkt(f"want {OID} multi_ack_detailed side-band-64k include-tag=1") + b"0000"
      + pkt("done"), V0_FETCH),
 ], ids=["v2", "v0", "v0-with-value"])
-def test_a_fetch_the_cache_answers_never_follows_tags(gate: Gate, git_protocol: str | None,
-                                                      body: bytes, served: bytes) -> None:
+def test_a_fetch_the_cache_answers_follows_tags_only_as_decided(
+        gate: Gate, git_protocol: str | None, body: bytes, served: bytes) -> None:
     # upload-pack would add the tag object of every cached tag pointing into the pack,
     # listed to this credential or not
     gate.decider.decision = Decision(Route.CACHE, "all wants cached")
@@ -236,6 +236,9 @@ def test_a_fetch_the_cache_answers_never_follows_tags(gate: Gate, git_protocol: 
     assert isinstance(got, Serve) and got.plan.body == served
     (asked,) = gate.decider.asked
     assert asked.include_tag
+    gate.decider.decision = Decision(Route.CACHE, "all wants cached", follow_tags=True)
+    got = gate.route(gate.state(git_protocol=git_protocol), body)
+    assert isinstance(got, Serve) and got.plan.body == body  # (rule 8 let it follow tags)
 
 
 def test_a_fetch_is_read_in_the_clients_protocol_version_and_encoding(gate: Gate) -> None:
