@@ -29,6 +29,7 @@ from goblet.lfs.batch import Download
 
 MAX_LINKS = 200_000
 MAX_PER_TENANT = 50_000
+MAX_REVOCATIONS = 10_000  # (tenant, repo) revocations remembered, for answers read meanwhile
 TOKEN_CHARS = 43  # secrets.token_urlsafe(32): 256 bits in base64url
 MAX_SCAN = 8192  # characters of a text ``live_in`` looks at (a request target is shorter)
 _RUN = re.compile(rf"[A-Za-z0-9_-]{{{TOKEN_CHARS},}}")
@@ -74,6 +75,7 @@ class LinkTable:
         self._by_object: dict[tuple[str, str, str], str] = {}  # (tenant, repo, oid) → token
         self._by_repo: dict[tuple[str, str], set[str]] = {}  # (tenant, repo) → tokens
         self._by_tenant: dict[str, OrderedDict[str, None]] = {}  # tenant → tokens, oldest first
+        self._revoked: OrderedDict[tuple[str, str], float] = OrderedDict()  # → when, last
 
     def __len__(self) -> int:
         return len(self._grants)
@@ -103,9 +105,23 @@ class LinkTable:
             self._drop(next(iter(self._grants)))
         return token
 
+    def now(self) -> float:
+        """The table's clock (for ``revoked_since``)."""
+        return self._clock()
+
+    def revoked_since(self, tenant: str, repo_url: str, since: float) -> bool:
+        """Whether ``revoke(tenant, repo_url)`` was called at or after ``since``."""
+        at = self._revoked.get((tenant, repo_url))
+        return at is not None and at >= since
+
     def revoke(self, tenant: str, repo_url: str) -> int:
         """Forget every grant of ``tenant`` in ``repo_url`` (the upstream refused it since);
         returns how many there were."""
+        key = (tenant, repo_url)
+        self._revoked.pop(key, None)
+        self._revoked[key] = self._clock()  # (most recent last; the oldest go first)
+        while len(self._revoked) > MAX_REVOCATIONS:
+            self._revoked.popitem(last=False)
         gone = self._by_repo.get((tenant, repo_url), set()).copy()
         for token in gone:
             self._drop(token)

@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ OBJECT_TYPE = "application/octet-stream"
 # callback cannot wait for a thread): at most this big, about 13 ms of JSON work. git-lfs
 # asks for 100 objects at a time, a few dozen KiB; a bigger one passes on as it is.
 HELD_ANSWER_CAP = 256 << 10
+LINK_SLICE = 256  # links issued per turn of the event loop (about 5 µs each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,23 +105,41 @@ class LfsPolicy:
     async def answer_off_loop(self, state: FlowState, status: int, content_type: str,
                               body: bytes, *, base: str, repo_path: str) -> bytes | None:
         """``batch_answer``, with the JSON work on a body over ``INLINE_ANSWER_BYTES``
-        (parsing and writing it: about 50 ms per MiB) in the inspector threads; the links
-        are issued on the event loop."""
-        link = self._linker(state, status, content_type, base=base, repo_path=repo_path)
-        if link is None:
+        (parsing and writing it: about 50 ms per MiB) in the inspector threads. The links
+        are issued on the event loop, ``LINK_SLICE`` at a time with a turn of the loop in
+        between; an answer whose tenant was refused the repo meanwhile, or whose links
+        settings changed, passes on unlinked."""
+        if self._linker(state, status, content_type, base=base, repo_path=repo_path) is None:
             return None
-        size = len(body)
+        arrived, size = self.links.now(), len(body)
         try:
             answer = await run_sized(self.inspector, size, INLINE_ANSWER_BYTES,
                                      batch.read_answer, body)
         except ProtocolError as e:
             state.reason = f"LFS batch answer passed on as it is: {e.reason}"
             return None
-        if answer is None:
+        hrefs: list[str | None] = []
+        for i, (_, download) in enumerate(answer.granted if answer is not None else ()):
+            if i % LINK_SLICE == 0:
+                if i:
+                    await asyncio.sleep(0)
+                got = self._linker(state, status, content_type, base=base, repo_path=repo_path)
+                if got is None or self._refused_since(state, arrived):
+                    return None  # (links issued so far are revoked, or expire unused)
+                link = got
+            hrefs.append(link(download))
+        if answer is None or not hrefs:
             return None
-        hrefs = [link(download) for _, download in answer.granted]
         return await run_sized(self.inspector, size, INLINE_ANSWER_BYTES, batch.linked_answer,
                                answer, hrefs)
+
+    def _refused_since(self, state: FlowState, since: float) -> bool:
+        """Whether the upstream refused ``state``'s tenant the repo at or after ``since``
+        (a batch answer's refusal, or a git request's)."""
+        assert state.repo is not None
+        denied = self.denied_at(state.tenant, state.repo.url)
+        return self.links.revoked_since(state.tenant, state.repo.url, since) or (
+            denied is not None and denied >= since)
 
     def _linker(self, state: FlowState, status: int, content_type: str, *, base: str,
                 repo_path: str) -> Callable[[batch.Download], str] | None:

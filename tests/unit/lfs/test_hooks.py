@@ -9,6 +9,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -315,6 +316,33 @@ def test_a_big_batch_answer_is_read_and_written_off_the_event_loop(
     main = threading.main_thread().name
     assert set(threads) == {"read_answer", "linked_answer"}
     assert all((t != main) is off_loop for t in threads.values()), threads
+
+
+def test_a_batch_answer_read_while_its_tenant_is_refused_is_not_linked(tmp_path: Path) -> None:
+    content = many_objects(400)  # (read in a thread: time for a refusal to come meanwhile)
+
+    class RefusedMeanwhile(ThreadPoolExecutor):
+        def __init__(self, refuse: Callable[[], object]) -> None:
+            super().__init__(max_workers=1)
+            self.refuse = refuse
+
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            self.refuse()  # (a 401 to another batch request of the tenant, say)
+            return super().submit(fn, *args, **kwargs)
+
+    async def body(addon: Goblet, tctx: Any) -> None:
+        assert addon.rt is not None
+        lfs = addon.rt.lfs
+        f = await answered_batch(addon, content)
+        state = addon._flows[f]
+        assert state.repo is not None
+        url = state.repo.url
+        lfs.inspector = RefusedMeanwhile(lambda: lfs.links.revoke(state.tenant, url))
+        await addon.response(f)
+        assert f.response is not None and f.response.content == content  # unlinked
+        assert len(lfs.links) == 0
+
+    run(body, tmp_path)
 
 
 async def chunked_batch_stream(addon: Goblet) -> Callable[[bytes], list[bytes]]:

@@ -7,7 +7,14 @@ import time
 
 from goblet.auth.credentials import ANONYMOUS
 from goblet.lfs.batch import TOKEN_RE, Download
-from goblet.lfs.links import NO_CREDENTIAL, OTHER_CREDENTIAL, UNKNOWN, Grant, LinkTable
+from goblet.lfs.links import (
+    MAX_REVOCATIONS,
+    NO_CREDENTIAL,
+    OTHER_CREDENTIAL,
+    UNKNOWN,
+    Grant,
+    LinkTable,
+)
 
 OID = "a" * 64
 REPO = "https://git.example/o/r.git"
@@ -161,3 +168,16 @@ def test_only_the_start_of_a_long_text_is_looked_at() -> None:
     token = links.issue("t1", REPO, D)
     assert links.live_in("/" + "a" * 9000 + "/" + token)[1] == set()  # beyond MAX_SCAN
     assert links.live_in("/" + "a" * 100 + "/" + token)[1] == {token}
+
+
+def test_revocations_are_remembered_for_answers_read_meanwhile_within_a_bound() -> None:
+    now = [100.0]
+    links = LinkTable(60, clock=lambda: now[0])
+    links.revoke("alice", "u")
+    assert links.revoked_since("alice", "u", 100.0)
+    assert not links.revoked_since("alice", "u", 100.5)  # an answer that arrived later
+    assert not links.revoked_since("bob", "u", 0.0)
+    for i in range(MAX_REVOCATIONS):
+        links.revoke(f"t{i}", "u")
+    assert not links.revoked_since("alice", "u", 0.0)  # the oldest went first
+    assert links.revoked_since(f"t{MAX_REVOCATIONS - 1}", "u", 0.0)
