@@ -42,14 +42,16 @@ Rules, in order; the first that applies wins:
 8. Tag following (``include-tag``): upload-pack adds the tag object of every
    tag of the cache repo that points into the pack, listed to the client or
    not (a tag deleted upstream that no fill has pruned yet, one a ref ACL
-   hides from this credential). A request with ``have`` lines (``git fetch``
-   into a repo, which fetches the listed tags it lacks by id afterwards, its
-   tag backfill, judged by rule 6) is answered without following tags:
-   ``include-tag`` is taken out (``policy/gate.py``). One without (a
-   ``--single-branch`` or ``--depth`` clone, which never backfills) keeps it
-   only if every tag of the cache's record is one the upstream last listed to
-   this credential, naming the same object; otherwise → upstream (offline:
-   answered without following tags).
+   hides from this credential). Such a request keeps ``include-tag`` if every
+   tag of the cache's record is one the upstream last listed to this
+   credential, naming the same object (its answer is then never shared
+   through the pack cache: it depends on the refs pack-objects reads at its
+   end). Otherwise a request with ``have`` lines (``git fetch``, which fetches
+   the listed tags it lacks by id afterwards, its tag backfill, judged by
+   rule 6) is answered without ``include-tag`` (``policy/gate.py``), and one
+   without (a ``--single-branch`` or ``--depth`` clone, which never
+   backfills) goes upstream; while the upstream is down it is answered
+   without following tags.
 
 The decision is final before the first byte of the answer.
 """
@@ -225,7 +227,8 @@ class FetchDecider:
         if refused is not None:
             return refused
         follow = self._may_follow_tags(repo, tenant, req, self.verdicts.ttl)
-        if follow is None:
+        if follow is None and not (self.offline and self.upstream.down_since(host,
+                                                                              RECENT_OUTAGE)):
             return Decision(Route.UPSTREAM, "include-tag: the cache holds tags not listed to "
                                             "this credential: upstream answers")
         if not self.verdicts.is_granted(tenant, repo.url):
@@ -235,7 +238,7 @@ class FetchDecider:
             state = self.store.state(repo)
             notice = offline_notice(down, state.filled_at if state else None)
         return Decision(Route.CACHE, "filled, then served" if filled else "all wants cached",
-                        notice=notice, follow_tags=follow)
+                        notice=notice, follow_tags=bool(follow))
 
     async def _cold(self, repo: CacheRepo, tenant: str, credential: Credential,
                     req: FetchRequest) -> Decision | None:
@@ -428,19 +431,20 @@ class FetchDecider:
         ``include-tag`` is to be taken out (or was not asked for); None if only the upstream
         may answer. ``within``: how old ``tenant``'s view of the refs may be. The cache's
         tags are those its last fill recorded."""
-        if not req.include_tag or req.haves:
+        if not req.include_tag:
             return False
         state = self.store.state(repo)
         view = self.verdicts.view(tenant, repo.url, within)
-        if state is None or view is None:
-            return None
-        tags = self._tags.get(state.digest)
-        if tags is None:
-            if len(self._tags) >= MAX_TAG_SETS:
-                self._tags.pop(next(iter(self._tags)))
-            tags = self._tags[state.digest] = frozenset(
-                (name, oid) for name, oid in state.refs.items() if name.startswith("refs/tags/"))
-        return True if tags <= view.pairs else None
+        if state is not None and view is not None:
+            tags = self._tags.get(state.digest)
+            if tags is None:
+                if len(self._tags) >= MAX_TAG_SETS:
+                    self._tags.pop(next(iter(self._tags)))
+                tags = self._tags[state.digest] = frozenset(
+                    (n, o) for n, o in state.refs.items() if n.startswith("refs/tags/"))
+            if tags <= view.pairs:
+                return True
+        return False if req.haves else None
 
     async def _public(self, repo: CacheRepo, tenant: str) -> bool:
         """Whether upstream serves ``repo`` anonymously (asking with an anonymous fill)."""

@@ -126,7 +126,21 @@ def test_git_fetch_still_gets_the_tags_it_was_listed_from_the_cache(
     git.run("fetch", "origin", cwd=tmp_path / "c")  # follows tags (include-tag)
     assert git.run("rev-parse", "refs/tags/fresh", cwd=tmp_path / "c").stdout.strip() == fresh
     outcomes = fetch_outcomes(proxy, upstream.url(name))[before:]
-    assert len(outcomes) >= 2 and set(outcomes) == {"cache"}, outcomes  # (the backfill too)
+    assert outcomes and set(outcomes) == {"cache"}, outcomes
+
+    # the cache still holds a tag alice is no longer shown: the fetch is answered without
+    # following tags, and git fetches the ones it was listed by id (its tag backfill)
+    upstream_git("tag", "-d", "leaky", cwd=bare)
+    inside = add_commit(bare, branch="main", files={"new2.txt": b"2\n"})
+    upstream_git("tag", "-a", "fresh2", "-m", "second fresh tag", inside, cwd=bare)
+    add_commit(bare, branch="main", files={"newer2.txt": b"2\n"})
+    ls = send(upstream, proxy, "POST", f"/{name}/git-upload-pack", V2, ls_refs("refs/heads/"))
+    assert ls.status == 200  # (alice's view now lacks leaky; the cache's record has it)
+    fresh2 = upstream_git("rev-parse", "refs/tags/fresh2", cwd=bare)
+    before = len(fetch_outcomes(proxy, upstream.url(name)))
+    git.run("fetch", "origin", cwd=tmp_path / "c")
+    assert git.run("rev-parse", "refs/tags/fresh2", cwd=tmp_path / "c").stdout.strip() == fresh2
+    assert fetch_outcomes(proxy, upstream.url(name))[before:]
 
 
 def test_shallow_and_single_branch_clones_get_the_tags_upstream_gives(
@@ -134,17 +148,21 @@ def test_shallow_and_single_branch_clones_get_the_tags_upstream_gives(
     proxy: GobletProxy, tmp_path: Path
 ) -> None:
     # (such clones follow tags and never backfill: stripping include-tag would lose tags)
-    name, bare, _, head = tagged_repo(repos, b"on main's parent")
-    upstream_git("tag", "-a", "tip", "-m", "on main's tip", head, cwd=bare)
+    name, bare, _, _ = tagged_repo(repos, b"on main's parent")
     url = with_userinfo(upstream.url(name), "alice", "alice-pw")
+    reference = tmp_path / "reference.git"  # a stale local copy a clone borrows from
+    direct.run("clone", "--bare", "--quiet", url, str(reference))
+    tip = add_commit(bare, branch="main", files={"tip.txt": b"tip\n"})
+    upstream_git("tag", "-a", "tip", "-m", "on main's tip", tip, cwd=bare)
     git.clone(url, tmp_path / "warm")
-    for options in (("--depth", "1"), ("--single-branch",)):
-        dest = tmp_path / "-".join(options)
+    for options in (("--depth", "1"), ("--single-branch",),
+                    ("--reference", str(reference), "--single-branch")):  # (sends haves)
+        dest = tmp_path / "-".join(o.replace("/", "_") for o in options)
         before = len(fetch_outcomes(proxy, upstream.url(name)))
         git.clone(url, dest, *options)
         assert fetch_outcomes(proxy, upstream.url(name))[before:] == ["cache"], options
-        direct.clone(url, tmp_path / ("direct" + "-".join(options)), *options)
+        straight = dest.with_name("direct" + dest.name)
+        direct.clone(url, straight, *options)
         tags = {n for n in git.refs(dest) if n.startswith("refs/tags/")}
-        assert tags == {n for n in direct.refs(tmp_path / ("direct" + "-".join(options)))
-                        if n.startswith("refs/tags/")}, options
+        assert tags == {n for n in direct.refs(straight) if n.startswith("refs/tags/")}, options
         assert "refs/tags/tip" in tags

@@ -136,10 +136,12 @@ def world(tmp_path: Path) -> World:
     return World(tmp_path)
 
 
-def test_a_clone_follows_tags_from_the_cache_when_every_cached_tag_was_listed(
-        world: World) -> None:
+@pytest.mark.parametrize("haves", [False, True], ids=["clone", "fetch"])
+def test_tags_are_followed_from_the_cache_when_every_cached_tag_was_listed(
+        world: World, haves: bool) -> None:
     world.grant("alice")  # main, dev and the tag v1, as the cache has them
-    d = world.decide("alice", world.refs["refs/heads/main"], include_tag=True)
+    d = world.decide("alice", world.refs["refs/heads/main"], include_tag=True,
+                     haves=(world.old,) if haves else ())
     assert d.route is Route.CACHE and d.follow_tags
 
 
@@ -272,6 +274,17 @@ def test_offline_clones_do_not_follow_tags_the_tenant_was_not_shown(tmp_path: Pa
     w.clock[0] += 3600
     d = w.decide("alice", w.refs["refs/heads/main"], include_tag=True)
     assert d.route is Route.CACHE and d.offline and not d.follow_tags
+
+
+def test_a_clone_following_unlisted_tags_is_answered_while_the_upstream_is_down(
+        tmp_path: Path) -> None:
+    w = World(tmp_path, offline=True)
+    w.grant("alice", main="refs/heads/main")  # fresh, but never shown the tag
+    main = w.refs["refs/heads/main"]
+    assert w.decide("alice", main, include_tag=True).route is Route.UPSTREAM
+    w.upstream.unreachable(HOST)  # (no upstream to send it to: no tags followed)
+    d = w.decide("alice", main, include_tag=True)
+    assert d.route is Route.CACHE and not d.follow_tags and d.notice is not None
 
 
 def test_offline_needs_an_outage_goblet_observed(offline: World) -> None:

@@ -211,10 +211,11 @@ class FlowPolicy:
             return Upstream(decision.tee)
         notice = decision.notice or (self.refs.notice_for(state.tenant, state.repo.key)
                                      if self.refs is not None else None)
-        served = got.body if decision.follow_tags or not parsed.include_tag else (
-            request.without_include_tag(got.body))  # (``decide.py`` rule 8)
+        follows = parsed.include_tag and decision.follow_tags  # (``decide.py`` rule 8)
+        served = request.without_include_tag(got.body) if parsed.include_tag and not follows \
+            else got.body
         plan = self.planner(state.repo, served, clean_git_protocol(git_protocol),
-                            notice=notice, final=parsed.done)
+                            notice=notice, final=parsed.done and not follows)
         return Serve(plan, Outcome.OFFLINE if decision.offline else Outcome.CACHE)
 
     def _hold(self, state: FlowState, size: int) -> bool:

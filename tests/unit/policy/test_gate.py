@@ -236,9 +236,11 @@ def test_a_fetch_the_cache_answers_follows_tags_only_as_decided(
     assert isinstance(got, Serve) and got.plan.body == served
     (asked,) = gate.decider.asked
     assert asked.include_tag
+    assert gate.planner.asked[-1]["final"] is True  # (may be shared: the pack cache)
     gate.decider.decision = Decision(Route.CACHE, "all wants cached", follow_tags=True)
     got = gate.route(gate.state(git_protocol=git_protocol), body)
     assert isinstance(got, Serve) and got.plan.body == body  # (rule 8 let it follow tags)
+    assert gate.planner.asked[-1]["final"] is False  # its tags depend on the refs: not shared
 
 
 def test_a_fetch_is_read_in_the_clients_protocol_version_and_encoding(gate: Gate) -> None:
