@@ -13,13 +13,13 @@ listed to this credential, and goes upstream otherwise.
 
 from __future__ import annotations
 
-import re
 import uuid
 from pathlib import Path
 
 from tests.e2e.conftest import Repos
+from tests.e2e.test_redteam_filters import fetch_outcomes
 from tests.support import rawhttp
-from tests.support.attack import ALICE, UPLOAD_HEADERS, send
+from tests.support.attack import ALICE, STRANGERS, UPLOAD_HEADERS, no_pack, send
 from tests.support.cachedir import has_object, repos_for
 from tests.support.gitclient import GitClient, with_userinfo
 from tests.support.packs import objects_in, v2_pack
@@ -32,12 +32,6 @@ V2 = {**UPLOAD_HEADERS, **ALICE}
 V0 = {"Content-Type": "application/x-git-upload-pack-request", **ALICE}
 
 
-def ls_refs(*prefixes: str) -> bytes:
-    return (rawhttp.pkt(b"command=ls-refs") + rawhttp.pkt("object-format=sha1") + b"0001"
-            + rawhttp.pkt("peel") + rawhttp.pkt("symrefs")
-            + b"".join(rawhttp.pkt(f"ref-prefix {p}") for p in prefixes) + b"0000")
-
-
 def refs_then_fetch(upstream: UpstreamServer, proxy: GobletProxy | None, name: str,
                     prefixes: tuple[str, ...], head: str) -> dict[str, tuple[str, bytes]]:
     """As ``git fetch`` asks: info/refs, ls-refs (``prefixes``), then a fetch of ``head``
@@ -45,15 +39,11 @@ def refs_then_fetch(upstream: UpstreamServer, proxy: GobletProxy | None, name: s
     path = f"/{name}/git-upload-pack"
     assert send(upstream, proxy, "GET", f"/{name}/info/refs?service=git-upload-pack",
                 {"Git-Protocol": "version=2", **ALICE}).status == 200
-    assert send(upstream, proxy, "POST", path, V2, ls_refs(*prefixes)).status == 200
+    assert send(upstream, proxy, "POST", path, V2, rawhttp.v2_ls_refs_body(prefixes)).status == 200
     resp = send(upstream, proxy, "POST", path, V2,
                 rawhttp.v2_fetch_body(head, extra=("include-tag", "no-progress")))
     assert resp.status == 200, resp.body[:300]
     return objects_in(v2_pack(resp.body))
-
-
-def fetch_outcomes(proxy: GobletProxy, url: str) -> list[str]:
-    return re.findall(rf"git fetch {re.escape(url)} .*?outcome=(\w+)", proxy.log_text())
 
 
 def tagged_repo(repos: Repos, secret: bytes) -> tuple[str, Path, str, str]:
@@ -87,7 +77,7 @@ def test_a_tag_deleted_upstream_is_not_sent_by_tag_following(
     via = refs_then_fetch(upstream, proxy, name, ("refs/heads/",), head)
     [state] = repos_for(proxy.cache_dir, url).values()
     assert "refs/tags/leaky" in state["refs"] and has_object(cache, tag)
-    assert fetch_outcomes(proxy, url)[-1] == "upstream"
+    assert fetch_outcomes(proxy, name)[-1] == "upstream"
     assert tag not in via and set(via) == set(straight)
 
     # with haves (git backfills tags itself): the cache answers, without following tags
@@ -95,7 +85,7 @@ def test_a_tag_deleted_upstream_is_not_sent_by_tag_following(
     resp = send(upstream, proxy, "POST", f"/{name}/git-upload-pack", V2, rawhttp.v2_fetch_body(
         head, extra=("include-tag", "no-progress", f"have {base}")))
     got = objects_in(v2_pack(resp.body))
-    assert fetch_outcomes(proxy, url)[-1] == "cache" and head in got
+    assert fetch_outcomes(proxy, name)[-1] == "cache" and head in got
     assert tag not in got and not any(secret in body for _, body in got.values())
 
     # protocol v0, include-tag hidden behind a tab in another capability (git reads it as
@@ -103,7 +93,7 @@ def test_a_tag_deleted_upstream_is_not_sent_by_tag_following(
     body = (rawhttp.pkt(f"want {head} multi_ack_detailed ofs-delta agent=git/2.39.5\t"
                         "include-tag") + b"0000" + rawhttp.pkt("done"))
     resp = send(upstream, proxy, "POST", f"/{name}/git-upload-pack", V0, body)
-    assert resp.status == 200 and fetch_outcomes(proxy, url)[-1] == "upstream"
+    assert resp.status == 200 and fetch_outcomes(proxy, name)[-1] == "upstream"
     assert tag not in objects_in(resp.body[resp.body.index(b"PACK"):])
 
 
@@ -122,10 +112,10 @@ def test_git_fetch_still_gets_the_tags_it_was_listed_from_the_cache(
     upstream_git("tag", "-a", "fresh", "-m", "fresh tag", inside, cwd=bare)
     add_commit(bare, branch="main", files={"newer.txt": b"newer\n"})
     fresh = upstream_git("rev-parse", "refs/tags/fresh", cwd=bare)
-    before = len(fetch_outcomes(proxy, upstream.url(name)))
+    before = len(fetch_outcomes(proxy, name))
     git.run("fetch", "origin", cwd=tmp_path / "c")  # follows tags (include-tag)
     assert git.run("rev-parse", "refs/tags/fresh", cwd=tmp_path / "c").stdout.strip() == fresh
-    outcomes = fetch_outcomes(proxy, upstream.url(name))[before:]
+    outcomes = fetch_outcomes(proxy, name)[before:]
     assert outcomes and set(outcomes) == {"cache"}, outcomes
 
     # the cache still holds a tag alice is no longer shown: the fetch is answered without
@@ -134,13 +124,14 @@ def test_git_fetch_still_gets_the_tags_it_was_listed_from_the_cache(
     inside = add_commit(bare, branch="main", files={"new2.txt": b"2\n"})
     upstream_git("tag", "-a", "fresh2", "-m", "second fresh tag", inside, cwd=bare)
     add_commit(bare, branch="main", files={"newer2.txt": b"2\n"})
-    ls = send(upstream, proxy, "POST", f"/{name}/git-upload-pack", V2, ls_refs("refs/heads/"))
+    ls = send(upstream, proxy, "POST", f"/{name}/git-upload-pack", V2,
+              rawhttp.v2_ls_refs_body(("refs/heads/",)))
     assert ls.status == 200  # (alice's view now lacks leaky; the cache's record has it)
     fresh2 = upstream_git("rev-parse", "refs/tags/fresh2", cwd=bare)
-    before = len(fetch_outcomes(proxy, upstream.url(name)))
+    before = len(fetch_outcomes(proxy, name))
     git.run("fetch", "origin", cwd=tmp_path / "c")
     assert git.run("rev-parse", "refs/tags/fresh2", cwd=tmp_path / "c").stdout.strip() == fresh2
-    assert fetch_outcomes(proxy, upstream.url(name))[before:]
+    assert fetch_outcomes(proxy, name)[before:]
 
 
 def test_shallow_and_single_branch_clones_get_the_tags_upstream_gives(
@@ -158,11 +149,39 @@ def test_shallow_and_single_branch_clones_get_the_tags_upstream_gives(
     for options in (("--depth", "1"), ("--single-branch",),
                     ("--reference", str(reference), "--single-branch")):  # (sends haves)
         dest = tmp_path / "-".join(o.replace("/", "_") for o in options)
-        before = len(fetch_outcomes(proxy, upstream.url(name)))
+        before = len(fetch_outcomes(proxy, name))
         git.clone(url, dest, *options)
-        assert fetch_outcomes(proxy, upstream.url(name))[before:] == ["cache"], options
+        assert fetch_outcomes(proxy, name)[before:] == ["cache"], options
         straight = dest.with_name("direct" + dest.name)
         direct.clone(url, straight, *options)
         tags = {n for n in git.refs(dest) if n.startswith("refs/tags/")}
         assert tags == {n for n in direct.refs(straight) if n.startswith("refs/tags/")}, options
         assert "refs/tags/tip" in tags
+
+
+def test_strangers_following_tags_get_the_upstreams_refusal_however_they_ask(
+    git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path
+) -> None:
+    # alice warms the cache (her tags listed to her); no credential and bob's, who may not
+    # read the repo, ask for it with tag following, with and without haves, v2 and v0
+    name, bare, tag, head = tagged_repo(repos, f"tag message {uuid.uuid4().hex}".encode())
+    git.clone(with_userinfo(upstream.url(name), "alice", "alice-pw"), tmp_path / "c")
+    base = upstream_git("rev-parse", "main~2", cwd=bare)
+    path = f"/{name}/git-upload-pack"
+    bodies = {
+        "v2": (UPLOAD_HEADERS, rawhttp.v2_fetch_body(head, extra=("include-tag",))),
+        "v2-haves": (UPLOAD_HEADERS, rawhttp.v2_fetch_body(
+            head, extra=("include-tag", f"have {base}"))),
+        "v0": ({"Content-Type": "application/x-git-upload-pack-request"},
+               rawhttp.pkt(f"want {head} ofs-delta include-tag=1") + b"0000"
+               + rawhttp.pkt("done")),
+    }
+    for who, auth in STRANGERS.items():
+        for how, (headers, body) in bodies.items():
+            for ask in (("GET", f"/{name}/info/refs?service=git-upload-pack", None),
+                        ("POST", path, rawhttp.v2_ls_refs_body(("refs/heads/", "refs/tags/")))):
+                send(upstream, proxy, ask[0], ask[1], {**UPLOAD_HEADERS, **auth}, ask[2])
+            via = send(upstream, proxy, "POST", path, {**headers, **auth}, body)
+            straight = send(upstream, None, "POST", path, {**headers, **auth}, body)
+            assert no_pack(via) and tag.encode() not in via.body, (who, how)
+            assert via.status == straight.status != 200, (who, how, via.status)

@@ -62,10 +62,10 @@ def v2_fetch_body(*wants: str, extra: tuple[str, ...] = ()) -> bytes:
     )
 
 
-def v2_ls_refs_body() -> bytes:
-    """A protocol v2 ``command=ls-refs`` body."""
+def v2_ls_refs_body(prefixes: tuple[str, ...] = ("HEAD", "refs/heads/")) -> bytes:
+    """A protocol v2 ``command=ls-refs`` body asking for ``prefixes``."""
     return (
         pkt(b"command=ls-refs") + pkt("agent=git/2.39.5") + pkt("object-format=sha1") + b"0001"
-        + pkt("peel") + pkt("symrefs") + pkt("ref-prefix HEAD") + pkt("ref-prefix refs/heads/")
+        + pkt("peel") + pkt("symrefs") + b"".join(pkt(f"ref-prefix {p}") for p in prefixes)
         + b"0000"
     )
