@@ -117,15 +117,22 @@ def test_concurrent_first_start_agrees_on_one_secret(
         except ValueError as e:
             second["error"] = e
 
+    started: list[threading.Thread] = []
+
     def slow_token_bytes(n: int) -> bytes:
-        # The first caller has created the file and not yet written it: now the
-        # second one starts up (a thread stands in for another process).
-        thread = threading.Thread(target=other_process)
-        thread.start()
-        thread.join(timeout=2)
+        # The first caller has created its candidate file and not yet written it:
+        # now the second one starts up (a thread stands in for another process).
+        # Only once: the patch is on the ``secrets`` module itself, which the second
+        # caller (and ``token_hex``) use too; starting a thread on each call would
+        # chain thousands of them.
+        if n == secret_mod.SECRET_BYTES and not started:
+            started.append(threading.Thread(target=other_process))
+            started[0].start()
+            started[0].join(timeout=10)
         return real_token_bytes(n)
 
     monkeypatch.setattr(secret_mod.secrets, "token_bytes", slow_token_bytes)
     first = load_or_create_secret(path)
+    assert len(started) == 1 and not started[0].is_alive()
     assert "error" not in second, second.get("error")
     assert second.get("value") == first
