@@ -40,18 +40,22 @@ Rules, in order; the first that applies wins:
    cache's current tips of the refs the tenant last saw; the client is told
    in a ``remote:`` line that the data may be stale.
 8. Tag following (``include-tag``): upload-pack adds the tag object of every
-   tag of the cache repo that points into the pack, listed to the client or
-   not (a tag deleted upstream that no fill has pruned yet, one a ref ACL
-   hides from this credential). Such a request keeps ``include-tag`` if every
-   tag of the cache's record is one the upstream last listed to this
-   credential, naming the same object (its answer is then never shared
-   through the pack cache: it depends on the refs pack-objects reads at its
-   end). Otherwise a request with ``have`` lines (``git fetch``, which fetches
-   the listed tags it lacks by id afterwards, its tag backfill, judged by
-   rule 6) is answered without ``include-tag`` (``policy/gate.py``), and one
-   without (a ``--single-branch`` or ``--depth`` clone, which never
-   backfills) goes upstream; while the upstream is down it is answered
-   without following tags.
+   tag of the repo it runs in that points into the pack, listed to the client
+   or not (a tag deleted upstream that no fill has pruned yet, one a ref ACL
+   hides from this credential, one a concurrent fill for another credential
+   brings while pack-objects works). So such a request is answered from a
+   throwaway view of the cache repo (``serve/tagview.py``) whose only refs
+   are the tags the upstream last listed to this credential that the cache
+   holds at the same object (``Decision.tags``); its answer is never shared
+   through the pack cache. That needs a view that listed every tag (no
+   ``ref-prefix`` left one out). When the cache lacks a listed tag, or the
+   view did not list every tag, a request with ``have`` lines (``git
+   fetch``, which fetches the listed tags it lacks by id afterwards, its tag
+   backfill, judged by rule 6) is still answered (with the tags the view
+   allows, or without ``include-tag``: ``policy/gate.py``), and one without
+   (a ``--single-branch`` or ``--depth`` clone, which never backfills) goes
+   upstream; while the upstream is down it is answered with what the cache
+   can follow.
 
 The decision is final before the first byte of the answer.
 """
@@ -101,7 +105,9 @@ class Decision:
     reason: str
     notice: str | None = None
     tee: TeeFill | None = None  # with Route.TEE: feed it the upstream's answer
-    follow_tags: bool = False  # with Route.CACHE: upload-pack may honour include-tag (rule 8)
+    #: with Route.CACHE and include-tag asked: the tags upload-pack may follow (rule 8);
+    #: None: include-tag is taken out of the request
+    tags: frozenset[tuple[str, str]] | None = None
 
     @property
     def offline(self) -> bool:
@@ -226,11 +232,11 @@ class FetchDecider:
         refused = await self._not_advertised(repo, tenant, credential, req, host=host)
         if refused is not None:
             return refused
-        follow = self._may_follow_tags(repo, tenant, req, self.verdicts.ttl)
-        if follow is None and not (self.offline and self.upstream.down_since(host,
-                                                                              RECENT_OUTAGE)):
-            return Decision(Route.UPSTREAM, "include-tag: the cache holds tags not listed to "
-                                            "this credential: upstream answers")
+        tags, exact = self._tags_to_follow(repo, tenant, req, self.verdicts.ttl)
+        if not exact and not (self.offline and self.upstream.down_since(host,
+                                                                         RECENT_OUTAGE)):
+            return Decision(Route.UPSTREAM, "include-tag: the cache cannot follow every tag "
+                                            "listed to this credential: upstream answers")
         if not self.verdicts.is_granted(tenant, repo.url):
             return Decision(Route.UPSTREAM, "grant expired while filling")
         notice = None
@@ -238,7 +244,7 @@ class FetchDecider:
             state = self.store.state(repo)
             notice = offline_notice(down, state.filled_at if state else None)
         return Decision(Route.CACHE, "filled, then served" if filled else "all wants cached",
-                        notice=notice, follow_tags=bool(follow))
+                        notice=notice, tags=tags)
 
     async def _cold(self, repo: CacheRepo, tenant: str, credential: Credential,
                     req: FetchRequest) -> Decision | None:
@@ -337,7 +343,7 @@ class FetchDecider:
             assert probe.advertisement is not None
             adv = probe.advertisement
             self.verdicts.record(tenant, repo.url, granted=True,
-                                 view=RefView.of(adv.refs, adv.peeled))
+                                 view=RefView.of(adv.refs, adv.peeled, all_tags=True))
             return None
         if probe.finding is Finding.DENIED:
             self.verdicts.record(tenant, repo.url, granted=False, status=probe.status,
@@ -359,8 +365,7 @@ class FetchDecider:
                                          "are not cached")
         return Decision(Route.CACHE, "offline: all wants cached",
                         notice=offline_notice(down, state.filled_at if state else None),
-                        follow_tags=bool(self._may_follow_tags(repo, tenant, req,
-                                                               self.offline_grace)))
+                        tags=self._tags_to_follow(repo, tenant, req, self.offline_grace)[0])
 
     async def _fill(self, repo: CacheRepo, tenant: str, credential: Credential,
                     missing: set[str]) -> Decision | None:
@@ -425,26 +430,26 @@ class FetchDecider:
         return Decision(Route.UPSTREAM, f"{len(unknown)} object(s) not advertised to this "
                                         "credential: upstream decides")
 
-    def _may_follow_tags(self, repo: CacheRepo, tenant: str, req: FetchRequest,
-                         within: float) -> bool | None:
-        """Rule 8: True if the cache's answer may follow tags as ``req`` asks; False if
-        ``include-tag`` is to be taken out (or was not asked for); None if only the upstream
-        may answer. ``within``: how old ``tenant``'s view of the refs may be. The cache's
-        tags are those its last fill recorded."""
+    def _tags_to_follow(self, repo: CacheRepo, tenant: str, req: FetchRequest,
+                        within: float) -> tuple[frozenset[tuple[str, str]] | None, bool]:
+        """Rule 8: the tags the cache's answer may follow for ``req`` (None: take
+        ``include-tag`` out, or it was not asked for), and whether that answer is the
+        upstream's own (False: only the upstream may answer a request without haves).
+        ``within``: how old ``tenant``'s view of the refs may be. The cache's tags are
+        those its last fill recorded."""
         if not req.include_tag:
-            return False
+            return None, True
         state = self.store.state(repo)
         view = self.verdicts.view(tenant, repo.url, within)
-        if state is not None and view is not None:
-            tags = self._tags.get(state.digest)
-            if tags is None:
-                if len(self._tags) >= MAX_TAG_SETS:
-                    self._tags.pop(next(iter(self._tags)))
-                tags = self._tags[state.digest] = frozenset(
-                    (n, o) for n, o in state.refs.items() if n.startswith("refs/tags/"))
-            if tags <= view.pairs:
-                return True
-        return False if req.haves else None
+        if state is None or view is None or not view.all_tags:
+            return None, bool(req.haves)
+        cached = self._tags.get(state.digest)
+        if cached is None:
+            if len(self._tags) >= MAX_TAG_SETS:
+                self._tags.pop(next(iter(self._tags)))
+            cached = self._tags[state.digest] = frozenset(
+                (n, o) for n, o in state.refs.items() if n.startswith("refs/tags/"))
+        return view.tags & cached, bool(req.haves) or view.tags <= cached
 
     async def _public(self, repo: CacheRepo, tenant: str) -> bool:
         """Whether upstream serves ``repo`` anonymously (asking with an anonymous fill)."""

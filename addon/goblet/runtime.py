@@ -75,7 +75,8 @@ class Runtime:
         self.plans = PlanRegistry()
         self.packcache = PackCache(self.store.packcache_dir, settings.pack_cache_max_bytes)
         self.backend = ServeBackend(git, self.plans, self.packcache,
-                                    follow_timeout=float(settings.upstream_timeout))
+                                    follow_timeout=float(settings.upstream_timeout),
+                                    views_dir=self.store.tmp_dir)
         locks = RepoLocks(self.store.lock_dir)
         self.lfs_store = LfsStore(settings.cache_dir)
         reporter = self.reporter = FillReporter(metrics, access, settings.instance)
@@ -280,8 +281,10 @@ class Runtime:
     def serve_plan(self, repo: CacheRepo, body: bytes, git_protocol: str | None, *,
                    notice: str | None = None, final: bool = False, advertise: bool = False,
                    prefix: bytes = b"", hidden_refs: tuple[str, ...] = (),
-                   drop_head_symref: bool = False) -> ServePlan:
-        """What the backend runs to answer ``body`` from ``repo``.
+                   drop_head_symref: bool = False,
+                   tags: frozenset[tuple[str, str]] | None = None) -> ServePlan:
+        """What the backend runs to answer ``body`` from ``repo`` (with ``tags``: in a view
+        of it whose only refs are those tags).
 
         A ``final`` fetch (with ``done``) may be shared through the pack cache: its key
         names the repo, its refs and the request (a notice is added as it is sent; the
@@ -296,7 +299,7 @@ class Runtime:
         return ServePlan(repo_dir=repo.path, body=body, git_protocol=git_protocol,
                          label=repo.url, advertise=advertise, prefix=prefix, notice=notice,
                          hidden_refs=hidden_refs, drop_head_symref=drop_head_symref,
-                         cache_key=key, repo_key=repo.key)
+                         cache_key=key, repo_key=repo.key, tags=tags)
 
 
 def resolve_ca(path: str | None) -> list[tuple[str, str]]:

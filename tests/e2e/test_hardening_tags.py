@@ -5,10 +5,11 @@
 that points into the pack, listed to the client or not. The cache keeps a tag deleted
 upstream until a fill prunes it (a ref request limited to branches starts no fill), so a
 fetch the cache answers could carry a tag object (its message, its tagger) the upstream no
-longer has. A fetch with ``have`` lines (git backfills the listed tags it lacks by id
-afterwards) is answered without following tags; one without (a clone, which never
-backfills) follows tags from the cache only while every cached tag is one the upstream
-listed to this credential, and goes upstream otherwise.
+longer has. So tag-following answers run in a view of the cache repo whose only tags are
+those the upstream listed to this credential and the cache holds as listed. A fetch with
+``have`` lines (git backfills the listed tags it lacks by id afterwards) is answered from
+the cache even when it cannot follow every listed tag; one without (a clone, which never
+backfills) then goes upstream.
 """
 
 from __future__ import annotations
@@ -74,10 +75,11 @@ def test_a_tag_deleted_upstream_is_not_sent_by_tag_following(
 
     # ls-refs of branches only: no fill prunes the cache's tag; a clone-like fetch (no
     # haves) that follows tags is the upstream's to answer
+    seen = len(fetch_outcomes(proxy, name))
     via = refs_then_fetch(upstream, proxy, name, ("refs/heads/",), head)
     [state] = repos_for(proxy.cache_dir, url).values()
     assert "refs/tags/leaky" in state["refs"] and has_object(cache, tag)
-    assert fetch_outcomes(proxy, name)[-1] == "upstream"
+    assert fetch_outcomes(proxy, name, seen + 1)[-1] == "upstream"
     assert tag not in via and set(via) == set(straight)
 
     # with haves (git backfills tags itself): the cache answers, without following tags
@@ -85,7 +87,7 @@ def test_a_tag_deleted_upstream_is_not_sent_by_tag_following(
     resp = send(upstream, proxy, "POST", f"/{name}/git-upload-pack", V2, rawhttp.v2_fetch_body(
         head, extra=("include-tag", "no-progress", f"have {base}")))
     got = objects_in(v2_pack(resp.body))
-    assert fetch_outcomes(proxy, name)[-1] == "cache" and head in got
+    assert fetch_outcomes(proxy, name, seen + 2)[-1] == "cache" and head in got
     assert tag not in got and not any(secret in body for _, body in got.values())
 
     # protocol v0, include-tag hidden behind a tab in another capability (git reads it as
@@ -93,7 +95,7 @@ def test_a_tag_deleted_upstream_is_not_sent_by_tag_following(
     body = (rawhttp.pkt(f"want {head} multi_ack_detailed ofs-delta agent=git/2.39.5\t"
                         "include-tag") + b"0000" + rawhttp.pkt("done"))
     resp = send(upstream, proxy, "POST", f"/{name}/git-upload-pack", V0, body)
-    assert resp.status == 200 and fetch_outcomes(proxy, name)[-1] == "upstream"
+    assert resp.status == 200 and fetch_outcomes(proxy, name, seen + 3)[-1] == "upstream"
     assert tag not in objects_in(resp.body[resp.body.index(b"PACK"):])
 
 
@@ -115,7 +117,7 @@ def test_git_fetch_still_gets_the_tags_it_was_listed_from_the_cache(
     before = len(fetch_outcomes(proxy, name))
     git.run("fetch", "origin", cwd=tmp_path / "c")  # follows tags (include-tag)
     assert git.run("rev-parse", "refs/tags/fresh", cwd=tmp_path / "c").stdout.strip() == fresh
-    outcomes = fetch_outcomes(proxy, name)[before:]
+    outcomes = fetch_outcomes(proxy, name, before + 1)[before:]
     assert outcomes and set(outcomes) == {"cache"}, outcomes
 
     # the cache still holds a tag alice is no longer shown: the fetch is answered without
@@ -131,7 +133,7 @@ def test_git_fetch_still_gets_the_tags_it_was_listed_from_the_cache(
     before = len(fetch_outcomes(proxy, name))
     git.run("fetch", "origin", cwd=tmp_path / "c")
     assert git.run("rev-parse", "refs/tags/fresh2", cwd=tmp_path / "c").stdout.strip() == fresh2
-    assert fetch_outcomes(proxy, name)[before:]
+    assert fetch_outcomes(proxy, name, before + 1)[before:]
 
 
 def test_shallow_and_single_branch_clones_get_the_tags_upstream_gives(
@@ -151,12 +153,43 @@ def test_shallow_and_single_branch_clones_get_the_tags_upstream_gives(
         dest = tmp_path / "-".join(o.replace("/", "_") for o in options)
         before = len(fetch_outcomes(proxy, name))
         git.clone(url, dest, *options)
-        assert fetch_outcomes(proxy, name)[before:] == ["cache"], options
+        assert fetch_outcomes(proxy, name, before + 1)[before:] == ["cache"], options
         straight = dest.with_name("direct" + dest.name)
         direct.clone(url, straight, *options)
         tags = {n for n in git.refs(dest) if n.startswith("refs/tags/")}
         assert tags == {n for n in direct.refs(straight) if n.startswith("refs/tags/")}, options
         assert "refs/tags/tip" in tags
+
+
+def test_a_tag_the_cache_repo_gains_behind_the_record_is_never_followed(
+    git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path
+) -> None:
+    # What a fill for another credential (shown a tag this one is not) writes before its
+    # record, or leaves when it dies between its ref update and its record: the cache repo
+    # holds a tag that neither the record nor this credential's listing has. upload-pack
+    # in the cache repo itself would add it to every tag-following answer.
+    name, _, tag, head = tagged_repo(repos, b"on main's parent")
+    url = with_userinfo(upstream.url(name), "alice", "alice-pw")
+    git.clone(url, tmp_path / "warm")
+    [cache] = repos_for(proxy.cache_dir, upstream.url(name))
+    secret = f"hidden tag message {uuid.uuid4().hex}"
+    upstream_git("tag", "-a", "hidden", "-m", secret, "main~2", cwd=cache)
+    hidden = upstream_git("rev-parse", "refs/tags/hidden", cwd=cache)
+    for options in (("--single-branch",), ("--depth", "3")):
+        dest = tmp_path / options[0].strip("-")
+        before = len(fetch_outcomes(proxy, name))
+        git.clone(url, dest, *options)
+        assert fetch_outcomes(proxy, name, before + 1)[before:] == ["cache"], options
+        refs = git.refs(dest)
+        assert refs.get("refs/tags/leaky") == tag, options  # the listed tag is followed
+        assert "refs/tags/hidden" not in refs, options
+        assert git.run("cat-file", "-e", hidden, cwd=dest, check=False).returncode != 0
+    before = len(fetch_outcomes(proxy, name))
+    via = refs_then_fetch(upstream, proxy, name, ("refs/heads/", "refs/tags/"), head)
+    assert fetch_outcomes(proxy, name, before + 1)[before:] == ["cache"]
+    assert tag in via and hidden not in via
+    assert not any(secret.encode() in body for _, body in via.values())
+    assert not [p for p in (proxy.cache_dir / "tmp").iterdir() if p.name.startswith("tagview")]
 
 
 def test_strangers_following_tags_get_the_upstreams_refusal_however_they_ask(

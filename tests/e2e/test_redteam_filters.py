@@ -63,10 +63,16 @@ def has_pack(body: bytes) -> bool:
     return b"PACK" in body
 
 
-def fetch_outcomes(proxy: GobletProxy, name: str) -> list[str]:
-    """The ``outcome=`` of every fetch of ``name`` in goblet's access log, in order."""
-    return [ln.split(" outcome=", 1)[1].split(" ", 1)[0] for ln in proxy.log_text().splitlines()
-            if "git fetch " in ln and f"/{name} " in ln]
+def fetch_outcomes(proxy: GobletProxy, name: str, at_least: int = 0) -> list[str]:
+    """The ``outcome=`` of every fetch of ``name`` in goblet's access log, in order, once
+    there are ``at_least`` (a request's line is written as its answer ends, so it may
+    come a moment after the client has the answer; fails after 10 s)."""
+    def outcomes() -> list[str] | None:
+        got = [ln.split(" outcome=", 1)[1].split(" ", 1)[0]
+               for ln in proxy.log_text().splitlines()
+               if "git fetch " in ln and f"/{name} " in ln]
+        return got if len(got) >= at_least else None
+    return wait_for(f"{at_least} fetch line(s) of {name}", outcomes, timeout=10)
 
 
 @pytest.mark.parametrize("spec", [

@@ -120,7 +120,9 @@ class World:
         )
 
     def grant(self, tenant: str, **names: str) -> None:
-        view = RefView.of({n: self.refs[n] for n in names.values()} if names else self.refs, {})
+        # (a listing of every tag the upstream shows ``tenant``: those of ``names`` only)
+        view = RefView.of({n: self.refs[n] for n in names.values()} if names else self.refs, {},
+                          all_tags=True)
         self.verdicts.record(tenant, URL, granted=True, view=view)
 
     def decide(self, tenant: str, *wants: str, credential: Credential = ALICE,
@@ -137,29 +139,46 @@ def world(tmp_path: Path) -> World:
 
 
 @pytest.mark.parametrize("haves", [False, True], ids=["clone", "fetch"])
-def test_tags_are_followed_from_the_cache_when_every_cached_tag_was_listed(
-        world: World, haves: bool) -> None:
+def test_tags_are_followed_from_the_cache_as_listed(world: World, haves: bool) -> None:
     world.grant("alice")  # main, dev and the tag v1, as the cache has them
     d = world.decide("alice", world.refs["refs/heads/main"], include_tag=True,
                      haves=(world.old,) if haves else ())
-    assert d.route is Route.CACHE and d.follow_tags
+    assert d.route is Route.CACHE and d.tags == {("refs/tags/v1", world.refs["refs/tags/v1"])}
+    assert world.decide("alice", world.refs["refs/heads/main"]).tags is None  # (not asked)
 
 
-@pytest.mark.parametrize("tag", ["unlisted", "another object"])
-def test_a_clone_following_a_cached_tag_not_listed_goes_upstream(world: World, tag: str) -> None:
-    # upload-pack would add the tag object of every cached tag pointing into the pack: a tag
+@pytest.mark.parametrize("haves", [False, True], ids=["clone", "fetch"])
+def test_a_cached_tag_not_listed_is_never_followed(world: World, haves: bool) -> None:
+    # upload-pack would add the tag object of every tag pointing into the pack: a tag
     # deleted upstream (not pruned yet) or hidden from this credential would go out
+    world.grant("alice", main="refs/heads/main", dev="refs/heads/dev")
+    d = world.decide("alice", world.refs["refs/heads/main"], include_tag=True,
+                     haves=(world.old,) if haves else ())
+    assert d.route is Route.CACHE and d.tags == frozenset()  # (a view without tags)
+
+
+def test_a_clone_following_a_tag_the_cache_holds_elsewhere_goes_upstream(world: World) -> None:
+    # listed at another object than the cache's: only the upstream can follow it as listed
     main, dev = world.refs["refs/heads/main"], world.refs["refs/heads/dev"]
-    shown = {"refs/heads/main": main, "refs/heads/dev": dev}
-    if tag == "another object":
-        shown["refs/tags/v1"] = world.old
-    world.verdicts.record("alice", URL, granted=True, view=RefView.of(shown, {}))
+    shown = {"refs/heads/main": main, "refs/heads/dev": dev, "refs/tags/v1": world.old}
+    world.verdicts.record("alice", URL, granted=True,
+                          view=RefView.of(shown, {}, complete=True))
     d = world.decide("alice", main, include_tag=True)
     assert d.route is Route.UPSTREAM and d.reason.startswith("include-tag:")
     assert world.decide("alice", main).route is Route.CACHE  # no tag following: no tag sent
-    # a fetch with haves backfills the listed tags itself: answered, without tag following
+    # a fetch with haves backfills the listed tags itself: answered, following none
     d = world.decide("alice", main, include_tag=True, haves=(world.old,))
-    assert d.route is Route.CACHE and not d.follow_tags
+    assert d.route is Route.CACHE and d.tags == frozenset()
+
+
+def test_tags_are_not_followed_from_a_view_that_did_not_list_them_all(world: World) -> None:
+    # an ls-refs whose ref-prefixes left tags out: which tags this credential sees is unknown
+    main = world.refs["refs/heads/main"]
+    world.verdicts.record("alice", URL, granted=True, view=RefView.of(
+        {"refs/heads/main": main}, {}, complete=False, all_tags=False))
+    assert world.decide("alice", main, include_tag=True).route is Route.UPSTREAM
+    d = world.decide("alice", main, include_tag=True, haves=(world.old,))
+    assert d.route is Route.CACHE and d.tags is None  # (include-tag taken out)
 
 
 def test_a_clone_following_tags_of_a_repo_without_a_fill_record_goes_upstream(
@@ -273,18 +292,19 @@ def test_offline_clones_do_not_follow_tags_the_tenant_was_not_shown(tmp_path: Pa
     w.grant("alice", main="refs/heads/main")  # the tenant was never shown the tag
     w.clock[0] += 3600
     d = w.decide("alice", w.refs["refs/heads/main"], include_tag=True)
-    assert d.route is Route.CACHE and d.offline and not d.follow_tags
+    assert d.route is Route.CACHE and d.offline and d.tags == frozenset()
 
 
-def test_a_clone_following_unlisted_tags_is_answered_while_the_upstream_is_down(
+def test_a_clone_following_a_moved_tag_is_answered_while_the_upstream_is_down(
         tmp_path: Path) -> None:
     w = World(tmp_path, offline=True)
-    w.grant("alice", main="refs/heads/main")  # fresh, but never shown the tag
     main = w.refs["refs/heads/main"]
+    w.verdicts.record("alice", URL, granted=True, view=RefView.of(
+        {"refs/heads/main": main, "refs/tags/v1": w.old}, {}, all_tags=True))
     assert w.decide("alice", main, include_tag=True).route is Route.UPSTREAM
-    w.upstream.unreachable(HOST)  # (no upstream to send it to: no tags followed)
+    w.upstream.unreachable(HOST)  # (no upstream to send it to: the cache follows none)
     d = w.decide("alice", main, include_tag=True)
-    assert d.route is Route.CACHE and not d.follow_tags and d.notice is not None
+    assert d.route is Route.CACHE and d.tags == frozenset() and d.notice is not None
 
 
 def test_offline_needs_an_outage_goblet_observed(offline: World) -> None:

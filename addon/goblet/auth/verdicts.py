@@ -22,19 +22,26 @@ class RefView:
     pairs: frozenset[tuple[str, str]]
     tips: frozenset[str] = field(compare=False)
     complete: bool = False  # every branch and tag was listed (no ref-prefix left any out)
+    all_tags: bool = False  # every tag was listed (no ref-prefix left one out)
     #: The advertised ref names (peeled entries excluded); made once, read per request.
     names: frozenset[str] = field(init=False, compare=False, repr=False)
+    #: The listed tags, (refname, oid) (peeled entries excluded); made once.
+    tags: frozenset[tuple[str, str]] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names",
                            frozenset(n for n, _ in self.pairs if not n.endswith("^{}")))
+        object.__setattr__(self, "tags", frozenset(
+            (n, o) for n, o in self.pairs if n.startswith("refs/tags/") and not n.endswith("^{}")))
 
     @classmethod
     def of(cls, refs: Mapping[str, str], peeled: Mapping[str, str], *,
-           complete: bool = False) -> RefView:
-        """The view of an advertisement's refs and peeled tags."""
+           complete: bool = False, all_tags: bool | None = None) -> RefView:
+        """The view of an advertisement's refs and peeled tags (``all_tags``: defaults
+        to ``complete``)."""
         pairs = frozenset([*refs.items(), *((f"{n}^{{}}", o) for n, o in peeled.items())])
-        return cls(pairs, frozenset(oid for _, oid in pairs), complete)
+        return cls(pairs, frozenset(oid for _, oid in pairs), complete,
+                   complete if all_tags is None else all_tags)
 
     @property
     def mirrored(self) -> dict[str, str]:
@@ -93,7 +100,7 @@ class VerdictCache:
         self._clock = clock
         self._entries: OrderedDict[tuple[str, str], Verdict] = OrderedDict()
         self._views: weakref.WeakValueDictionary[
-            tuple[frozenset[tuple[str, str]], bool], RefView] = weakref.WeakValueDictionary()
+            tuple[frozenset[tuple[str, str]], bool, bool], RefView] = weakref.WeakValueDictionary()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -106,7 +113,7 @@ class VerdictCache:
         now = self._clock()
         view_at = now
         if view is not None:
-            view = self._views.setdefault((view.pairs, view.complete), view)
+            view = self._views.setdefault((view.pairs, view.complete, view.all_tags), view)
         elif granted and previous is not None and previous.granted:
             view, view_at = previous.view, previous.view_at
         self._entries[key] = Verdict(granted, now, status, challenge,

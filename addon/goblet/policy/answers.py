@@ -48,11 +48,11 @@ class RefAnswer:
 
 
 def read_ref_answer(content_type: str, body: bytes, *, ls_refs: bool,
-                    complete: bool = False) -> RefAnswer | None:
+                    complete: bool = False, all_tags: bool = False) -> RefAnswer | None:
     """Parse a 200 answer to a ref request once (CPU work for repos with many refs: a large
     one runs off the event loop); None if it is not a ref answer (then it proves
-    nothing). ``complete``: the question asked for every branch and tag (the view says
-    so)."""
+    nothing). ``complete``: the question asked for every branch and tag, ``all_tags``:
+    for every tag (the view says so)."""
     adv = refs.parse_ref_answer(content_type, body, ls_refs=ls_refs)
     if adv is None:
         return None
@@ -61,13 +61,19 @@ def read_ref_answer(content_type: str, body: bytes, *, ls_refs: bool,
             return RefAnswer(adv, None, refs.restrict_v2_fetch_features(body))
         except ProtocolError:
             return None
-    return RefAnswer(adv, RefView.of(adv.refs, adv.peeled, complete=complete))
+    return RefAnswer(adv, RefView.of(adv.refs, adv.peeled, complete=complete,
+                                     all_tags=all_tags))
 
 
 def lists_all_branches_and_tags(prefixes: tuple[str, ...]) -> bool:
     """Whether an ls-refs with these ``ref-prefix`` values lists every branch and tag."""
     return not prefixes or all(any(want.startswith(p) for p in prefixes)
                                for want in ("refs/heads/", "refs/tags/"))
+
+
+def lists_all_tags(prefixes: tuple[str, ...]) -> bool:
+    """Whether an ls-refs with these ``ref-prefix`` values lists every tag."""
+    return not prefixes or any("refs/tags/".startswith(p) for p in prefixes)
 
 
 class AnswerPolicy:
@@ -77,7 +83,7 @@ class AnswerPolicy:
         self.decider = decider
         self.store = store
         self.inspector = inspector
-        self._read_memo: OrderedDict[tuple[str, bool, bool, bytes], RefAnswer | None] = (
+        self._read_memo: OrderedDict[tuple[str, bool, bool, bool, bytes], RefAnswer | None] = (
             OrderedDict())
         self._differs: dict[str, tuple[tuple[bytes, str, str, tuple[str, ...]], bool]] = {}
 
@@ -97,25 +103,27 @@ class AnswerPolicy:
             prefixes = state.ls_refs.ref_prefixes if state.ls_refs else ()
             read = await self._read(headers.get("content-type", ""), body,
                                     state.kind is Kind.LS_REFS,
-                                    lists_all_branches_and_tags(prefixes))
+                                    lists_all_branches_and_tags(prefixes),
+                                    lists_all_tags(prefixes))
             if read is not None:
                 self.granted(state, read, body)
                 return read.replacement
         return None
 
     async def _read(self, content_type: str, body: bytes, ls_refs: bool,
-                    complete: bool) -> RefAnswer | None:
+                    complete: bool, all_tags: bool) -> RefAnswer | None:
         """``read_ref_answer``; the reading of a small answer is remembered (an upstream
         repeats the same answer until its refs move)."""
         if len(body) > INLINE_ANSWER_BYTES:
             return await run_sized(self.inspector, len(body), INLINE_ANSWER_BYTES,
                                    read_ref_answer, content_type, body, ls_refs=ls_refs,
-                                   complete=complete)
-        key = (content_type, ls_refs, complete, body)
+                                   complete=complete, all_tags=all_tags)
+        key = (content_type, ls_refs, complete, all_tags, body)
         if key in self._read_memo:
             self._read_memo.move_to_end(key)
             return self._read_memo[key]
-        read = read_ref_answer(content_type, body, ls_refs=ls_refs, complete=complete)
+        read = read_ref_answer(content_type, body, ls_refs=ls_refs, complete=complete,
+                               all_tags=all_tags)
         self._read_memo[key] = read
         while len(self._read_memo) > MAX_READ_MEMO:
             self._read_memo.popitem(last=False)

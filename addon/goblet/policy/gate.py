@@ -211,11 +211,12 @@ class FlowPolicy:
             return Upstream(decision.tee)
         notice = decision.notice or (self.refs.notice_for(state.tenant, state.repo.key)
                                      if self.refs is not None else None)
-        follows = parsed.include_tag and decision.follow_tags  # (``decide.py`` rule 8)
+        follows = parsed.include_tag and decision.tags is not None  # (``decide.py`` rule 8)
         served = request.without_include_tag(got.body) if parsed.include_tag and not follows \
             else got.body
         plan = self.planner(state.repo, served, clean_git_protocol(git_protocol),
-                            notice=notice, final=parsed.done and not follows)
+                            notice=notice, final=parsed.done and not follows,
+                            tags=decision.tags if follows else None)
         return Serve(plan, Outcome.OFFLINE if decision.offline else Outcome.CACHE)
 
     def _hold(self, state: FlowState, size: int) -> bool:

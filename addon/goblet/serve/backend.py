@@ -39,6 +39,7 @@ from goblet.serve.files import FilePlan, send_file
 from goblet.serve.h11loop import incoming_requests
 from goblet.serve.packcache import PackCache, Production, Role
 from goblet.serve.plans import TOKEN_HEADER, PlanRegistry, ReplyPlan, ServePlan
+from goblet.serve.tagview import TagView, open_view
 
 # upload-pack's settings for every cache answer, whatever the repo's config says. A
 # sparse filter reads a blob (or a file on any ref) by name: never applied by the cache
@@ -56,12 +57,15 @@ class ServeBackend:
 
     def __init__(self, git: GitRunner, plans: PlanRegistry,
                  packcache: PackCache | None = None, *,
-                 follow_timeout: float = FOLLOW_TIMEOUT) -> None:
-        """``follow_timeout``: seconds a pack-cache follower waits for the answer to grow."""
+                 follow_timeout: float = FOLLOW_TIMEOUT, views_dir: Path | None = None) -> None:
+        """``follow_timeout``: seconds a pack-cache follower waits for the answer to grow;
+        ``views_dir``: where plans with ``tags`` get their throwaway tag views (the cache
+        dir's ``tmp/``)."""
         self.git = git
         self.plans = plans
         self.packcache = packcache
         self.follow_timeout = follow_timeout
+        self.views_dir = views_dir
         self.port = 0
         self._server: asyncio.Server | None = None
         self._children: set[asyncio.subprocess.Process] = set()
@@ -162,6 +166,39 @@ class ServeBackend:
 
     async def _upload_pack(self, conn: h11.Connection, writer: asyncio.StreamWriter,
                            plan: ServePlan, tee: _Tee | None) -> bool:
+        """Run upload-pack for ``plan``: in the repo, or with ``plan.tags`` in a tag view
+        of it that lives as long as this run."""
+        if plan.tags is None:
+            return await self._upload_pack_in(plan.repo_dir, conn, writer, plan, tee)
+        try:
+            view = await self._open_view(plan)
+        except OSError as e:
+            plan.stats.error = f"cannot make a tag view: {e.strerror or e}"
+            log.warning("%s: %s", plan.label, plan.stats.error)
+            await _send_git_error(conn, writer, plan, "goblet: cache unavailable, retry")
+            return True
+        try:
+            return await self._upload_pack_in(view.path, conn, writer, plan, tee)
+        finally:
+            view.close()
+
+    async def _open_view(self, plan: ServePlan) -> TagView:
+        """A tag view for ``plan``, made off the event loop; never leaked, even when this
+        task is cancelled while it is being made."""
+        if self.views_dir is None:
+            raise OSError("no directory for tag views")
+        assert plan.tags is not None
+        made = asyncio.ensure_future(
+            asyncio.to_thread(open_view, self.views_dir, plan.repo_dir, plan.tags))
+        try:
+            return await asyncio.shield(made)
+        except asyncio.CancelledError:
+            made.add_done_callback(_close_view)
+            raise
+
+    async def _upload_pack_in(self, repo_dir: Path, conn: h11.Connection,
+                              writer: asyncio.StreamWriter, plan: ServePlan,
+                              tee: _Tee | None) -> bool:
         stats = plan.stats
         extra = {"GIT_PROTOCOL": plan.git_protocol} if plan.git_protocol else None
         args = ["upload-pack", "--stateless-rpc"]
@@ -169,7 +206,7 @@ class ServeBackend:
             args.append("--advertise-refs")
         try:
             proc = await self.git.spawn(
-                [*args, str(plan.repo_dir)], extra_env=extra,
+                [*args, str(repo_dir)], extra_env=extra,
                 config=[*SERVE_CONFIG, *(("uploadpack.hideRefs", ref) for ref in plan.hidden_refs)])
         except OSError as e:
             stats.error = f"cannot start upload-pack: {e.strerror}"
@@ -269,6 +306,12 @@ class _Tee:
         except OSError as e:  # a failed final flush: the answer is not stored
             log.warning("pack cache write failed, not storing this answer: %s", e)
         self.file = None
+
+
+def _close_view(made: asyncio.Future[TagView]) -> None:
+    """Close the view a cancelled run was making, once it is made."""
+    if not made.cancelled() and made.exception() is None:
+        made.result().close()
 
 
 def _head(conn: h11.Connection, writer: asyncio.StreamWriter, plan: ServePlan) -> None:

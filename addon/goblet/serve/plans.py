@@ -44,7 +44,9 @@ class ServePlan:
     ``advertise`` runs ``--advertise-refs`` (an info/refs answer, offline)
     and sends ``prefix`` first; ``notice``, if set, is shown to the user as a
     ``remote:`` line inside a side-band answer; ``hidden_refs`` are left out
-    of ref answers (``uploadpack.hideRefs``).
+    of ref answers (``uploadpack.hideRefs``); with ``tags`` set, upload-pack runs in a
+    throwaway view of the repo whose only refs are those tags (``serve/tagview.py``),
+    so ``include-tag`` follows no other.
     """
 
     repo_dir: Path
@@ -56,6 +58,7 @@ class ServePlan:
     notice: str | None = None
     hidden_refs: tuple[str, ...] = ()  # refs upload-pack must not advertise (offline answers)
     drop_head_symref: bool = False  # and HEAD's target must not be named in the capabilities
+    tags: frozenset[tuple[str, str]] | None = None  # (refname, oid): the only refs it runs with
     cache_key: str | None = None  # pack-cache key, for final fetch requests only
     repo_key: str = ""  # the cache repo's key, for "is anyone reading it" questions
     stats: ServeStats = field(default_factory=ServeStats)

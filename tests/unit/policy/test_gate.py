@@ -213,7 +213,7 @@ def test_a_fetch_the_cache_can_answer_is_served(gate: Gate) -> None:
     got = gate.route(state, FETCH)
     assert isinstance(got, Serve) and got.outcome is Outcome.CACHE
     assert (got.plan.body, got.plan.git_protocol, got.plan.notice) == (FETCH, V2, None)
-    assert gate.planner.asked == [{"notice": None, "final": True}]
+    assert gate.planner.asked == [{"notice": None, "final": True, "tags": None}]
     (asked,) = gate.decider.asked
     assert asked.wants == (OID,) and asked.version == 2
     assert (state.kind, state.reason, state.body) == (Kind.FETCH, "all wants cached", FETCH)
@@ -237,10 +237,14 @@ def test_a_fetch_the_cache_answers_follows_tags_only_as_decided(
     (asked,) = gate.decider.asked
     assert asked.include_tag
     assert gate.planner.asked[-1]["final"] is True  # (may be shared: the pack cache)
-    gate.decider.decision = Decision(Route.CACHE, "all wants cached", follow_tags=True)
-    got = gate.route(gate.state(git_protocol=git_protocol), body)
-    assert isinstance(got, Serve) and got.plan.body == body  # (rule 8 let it follow tags)
-    assert gate.planner.asked[-1]["final"] is False  # its tags depend on the refs: not shared
+    assert got.plan.tags is None
+    tags = frozenset({("refs/tags/v1", OID)})
+    for decided in (tags, frozenset()):  # (an empty view follows none: still in a view)
+        gate.decider.decision = Decision(Route.CACHE, "all wants cached", tags=decided)
+        got = gate.route(gate.state(git_protocol=git_protocol), body)
+        assert isinstance(got, Serve) and got.plan.body == body  # (rule 8: in a tag view)
+        assert got.plan.tags == decided
+        assert gate.planner.asked[-1]["final"] is False  # (never shared: the pack cache)
 
 
 def test_a_fetch_is_read_in_the_clients_protocol_version_and_encoding(gate: Gate) -> None:

@@ -1,0 +1,162 @@
+"""Tag views: a tag-following answer carries the tags of its plan and no other, with real
+git (upload-pack through the backend, and in a view whose repo gains a tag meanwhile)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from goblet.cache.recovery import sweep_abandoned
+from goblet.git.runner import GitRunner
+from goblet.protocol import pktline
+from goblet.serve.backend import ServeBackend
+from goblet.serve.plans import PlanRegistry, ServePlan
+from goblet.serve.tagview import open_view, packed_refs
+
+from tests.support.packs import objects_in, v2_pack
+from tests.support.repos import clean_env, git
+from tests.unit.serve.test_backend import http_call
+
+
+def tagged_repo(path: Path) -> dict[str, str]:
+    """A bare cache-like repo: one commit on main, annotated tags ``listed`` and
+    ``hidden`` on it. Returns name -> oid (the commit as ``main``)."""
+    git("init", "-q", "--bare", "-b", "main", str(path), cwd=path.parent)
+    git("config", "uploadpack.allowAnySHA1InWant", "true", cwd=path)
+    tree = git("mktree", cwd=path, input=b"")
+    commit = git("commit-tree", tree, "-m", "x", cwd=path)
+    git("update-ref", "refs/heads/main", commit, cwd=path)
+    oids = {"main": commit}
+    for name in ("listed", "hidden"):
+        git("tag", "-a", "-m", f"the {name} tag's message", name, commit, cwd=path)
+        oids[name] = git("rev-parse", f"refs/tags/{name}", cwd=path)
+    return oids
+
+
+def fetch_body(want: str) -> bytes:
+    return (pktline.encode_data(b"command=fetch\n") + pktline.DELIM
+            + pktline.encode_data(f"want {want}\n".encode())
+            + pktline.encode_data(b"include-tag\n") + pktline.encode_data(b"done\n")
+            + pktline.FLUSH)
+
+
+def tag_messages(answer: bytes) -> set[str]:
+    return {body.split(b"\n\n", 1)[1].decode().strip()
+            for kind, body in objects_in(v2_pack(answer)).values() if kind == "tag"}
+
+
+@pytest.mark.parametrize("tags", [None, frozenset({"listed"}), frozenset()],
+                         ids=["no-view", "view-of-one", "empty-view"])
+def test_the_answer_follows_only_the_plans_tags(tmp_path: Path, tags: frozenset[str] | None
+                                                 ) -> None:
+    repo = tmp_path / "r.git"
+    oids = tagged_repo(repo)
+    views = tmp_path / "tmp"
+    views.mkdir()
+
+    async def main() -> None:
+        plans = PlanRegistry()
+        backend = ServeBackend(GitRunner(home=tmp_path), plans, views_dir=views)
+        await backend.start()
+        try:
+            plan = ServePlan(repo, fetch_body(oids["main"]), "version=2", "test",
+                             tags=None if tags is None else
+                             frozenset((f"refs/tags/{n}", oids[n]) for n in tags))
+            [(head, answer)] = await http_call(backend.port, plans.register(plan))
+        finally:
+            await backend.stop()
+        assert head.startswith(b"HTTP/1.1 200") and plan.stats.complete, plan.stats.error
+        expected = {"listed", "hidden"} if tags is None else tags
+        assert tag_messages(answer) == {f"the {n} tag's message" for n in expected}
+        assert os.listdir(views) == []  # the view is gone with its run
+
+    asyncio.run(main())
+
+
+def test_a_v0_fetch_in_a_view_follows_its_tags(tmp_path: Path) -> None:
+    # (the want is on no ref of the view: upload-pack serves it by the repo's own
+    # allowAnySHA1InWant, which the view's config includes)
+    repo = tmp_path / "r.git"
+    oids = tagged_repo(repo)
+    tip = git("commit-tree", git("mktree", cwd=repo, input=b""), "-p", oids["main"], "-m", "y",
+              cwd=repo)
+    (tmp_path / "tmp").mkdir()
+    view = open_view(tmp_path / "tmp", repo, {("refs/tags/listed", oids["listed"])})
+    body = (pktline.encode_data(f"want {tip} ofs-delta include-tag\n".encode())
+            + pktline.FLUSH + pktline.encode_data(b"done\n"))
+    try:
+        answer = subprocess.run(["git", "upload-pack", "--stateless-rpc", str(view.path)],
+                                input=body, env=clean_env(), capture_output=True,
+                                check=True).stdout
+    finally:
+        view.close()
+    tags = {c.split(b"\n\n", 1)[1].strip() for k, c in
+            objects_in(answer[answer.index(b"PACK"):]).values() if k == "tag"}
+    assert tags == {b"the listed tag's message"}
+
+
+def test_a_tag_the_repo_gains_while_a_view_is_used_is_not_followed(tmp_path: Path) -> None:
+    repo = tmp_path / "r.git"
+    oids = tagged_repo(repo)
+    (tmp_path / "tmp").mkdir()
+    view = open_view(tmp_path / "tmp", repo, {("refs/tags/listed", oids["listed"])})
+    try:
+        # a fill for another credential brings a tag (loose ref) and packs refs
+        git("tag", "-a", "-m", "the new tag's message", "new", oids["main"], cwd=repo)
+        git("pack-refs", "--all", cwd=repo)
+        answer = subprocess.run(
+            ["git", "upload-pack", "--stateless-rpc", str(view.path)],
+            input=fetch_body(oids["main"]), env=clean_env({"GIT_PROTOCOL": "version=2"}),
+            capture_output=True, check=True).stdout
+        assert tag_messages(answer) == {"the listed tag's message"}
+    finally:
+        view.close()
+    assert os.listdir(tmp_path / "tmp") == []
+
+
+def test_packed_refs_are_sorted_and_leave_out_what_git_could_not_have_written() -> None:
+    a, b = "a" * 40, "b" * 40
+    got = packed_refs({("refs/tags/v2", b), ("refs/tags/v1", a), ("refs/heads/main", a),
+                       ("refs/tags/x y", a), ("refs/tags/x\nrefs/tags/y", a),
+                       ("refs/tags/short", "abc"), ("refs/tags/v3", "A" * 40)})
+    assert got == (b"# pack-refs with: sorted \n"
+                   + f"{a} refs/tags/v1\n{b} refs/tags/v2\n".encode())
+
+
+def test_a_view_that_cannot_be_made_leaves_nothing(tmp_path: Path) -> None:
+    repo = tmp_path / "r.git"
+    oids = tagged_repo(repo)
+    views = tmp_path / "tmp"
+    views.mkdir()
+    (views / "blocker").mkdir()
+    real_write = Path.write_bytes
+
+    def failing(self: Path, data: bytes) -> int:
+        if self.name == "packed-refs":
+            raise OSError(28, "No space left on device")
+        return real_write(self, data)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Path, "write_bytes", failing)
+        with pytest.raises(OSError, match="No space"):
+            open_view(views, repo, {("refs/tags/listed", oids["listed"])})
+    assert os.listdir(views) == ["blocker"]
+
+
+def test_a_view_left_by_a_dead_process_is_swept(tmp_path: Path) -> None:
+    repo = tmp_path / "r.git"
+    oids = tagged_repo(repo)
+    views = tmp_path / "tmp"
+    views.mkdir()
+    code = ("import os, sys; from pathlib import Path; from goblet.serve.tagview import "
+            "open_view; open_view(Path(sys.argv[1]), Path(sys.argv[2]), "
+            "{('refs/tags/listed', sys.argv[3])}); os._exit(0)")
+    subprocess.run([sys.executable, "-c", code, str(views), str(repo), oids["listed"]],
+                   check=True)
+    left = sorted(os.listdir(views))
+    assert len(left) == 2 and left[0].startswith("tagview.") and left[1].endswith(".lock")
+    assert sweep_abandoned(views) and os.listdir(views) == []
