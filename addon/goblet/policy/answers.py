@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import Executor
@@ -34,6 +35,9 @@ from goblet.protocol.errors import ProtocolError
 
 DENIALS = (401, 403, 404)
 MAX_READ_MEMO = 256  # small ref answers whose reading is remembered (≤ 8 KiB each)
+MAX_UNREAD_REPOS = 1024  # repos whose unreadable ref answers were logged (once each)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,7 @@ class AnswerPolicy:
         self._read_memo: OrderedDict[tuple[str, bool, bool, bool, bytes], RefAnswer | None] = (
             OrderedDict())
         self._differs: dict[str, tuple[tuple[bytes, str, str, tuple[str, ...]], bool]] = {}
+        self._unread: set[str] = set()  # repo keys whose unreadable ref answer was logged
 
     async def answer(self, state: FlowState, status: int, headers: Mapping[str, str],
                      raw: bytes | None, cap: int) -> bytes | None:
@@ -108,7 +113,29 @@ class AnswerPolicy:
             if read is not None:
                 self.granted(state, read, body)
                 return read.replacement
+            self._unreadable(state, headers.get("content-type", ""), body)
         return None
+
+    def _unreadable(self, state: FlowState, content_type: str, body: bytes) -> None:
+        """Log (once per repo) an answer with git's content type that is no ref answer
+        goblet can read, e.g. one naming a ref that is not UTF-8: it proves nothing, so the
+        repo's requests keep passing to the upstream, and an operator should know why."""
+        assert state.repo is not None
+        ls_refs = state.kind is Kind.LS_REFS
+        if state.repo.key in self._unread or not refs.is_ref_answer_type(content_type,
+                                                                          ls_refs=ls_refs):
+            return
+        if len(self._unread) >= MAX_UNREAD_REPOS:
+            self._unread.clear()
+        self._unread.add(state.repo.key)
+        try:
+            (refs.parse_ls_refs if ls_refs else refs.parse_info_refs)(body)
+            why = "not a ref answer"
+        except ProtocolError as e:
+            why = e.reason
+        log.warning("goblet: cannot read the upstream's %s answer for %s (%s): it proves "
+                    "nothing, so this repo is served by the upstream", state.kind.value,
+                    state.repo.url, why)
 
     async def _read(self, content_type: str, body: bytes, ls_refs: bool,
                     complete: bool, all_tags: bool) -> RefAnswer | None:

@@ -205,13 +205,19 @@ def refs_differ(
 CACHE_FETCH_FEATURES = frozenset({"shallow", "filter", "wait-for-done"})
 
 
+def is_ref_answer_type(content_type: str, *, ls_refs: bool) -> bool:
+    """Whether ``content_type`` is git's for an answer to ``ls-refs`` (``ls_refs``) or to
+    ``info/refs``."""
+    wanted = RESULT_TYPE if ls_refs else ADVERTISEMENT_TYPE
+    return content_type.split(";", 1)[0].strip().lower() == wanted
+
+
 def parse_ref_answer(content_type: str, body: bytes, *, ls_refs: bool) -> RefAdvertisement | None:
     """The refs of an answer to a ref request (``ls_refs``: a v2 ``ls-refs``, else
     ``info/refs``), or None when it is not one: git's content type for that request
     and a body that parses. Anything else, an ``ERR`` packet included, proves nothing.
     """
-    wanted = RESULT_TYPE if ls_refs else ADVERTISEMENT_TYPE
-    if content_type.split(";", 1)[0].strip().lower() != wanted:
+    if not is_ref_answer_type(content_type, ls_refs=ls_refs):
         return None
     try:
         return parse_ls_refs(body) if ls_refs else parse_info_refs(body)

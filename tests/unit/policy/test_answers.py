@@ -248,17 +248,41 @@ def test_a_capability_advertisement_grants_and_keeps_the_last_view(world: World,
     assert world.view() == before and len(world.decider.fills) == fills
 
 
-@pytest.mark.parametrize(("prefixes", "complete"), [
-    (("HEAD", "refs/heads/", "refs/tags/"), True),  # a clone's
-    ((), True),
-    (("HEAD", "refs/heads/"), False),
+@pytest.mark.parametrize(("prefixes", "complete", "all_tags"), [
+    (("HEAD", "refs/heads/", "refs/tags/"), True, True),  # a clone's
+    ((), True, True),
+    (("HEAD", "refs/heads/"), False, False),
+    (("HEAD", "refs/heads/main", "refs/tags/"), False, True),  # a --single-branch clone's
+    (("refs/",), True, True),
+    (("refs/tags/v",), False, False),  # some tags only
 ])
 def test_an_ls_refs_view_is_complete_only_if_it_asked_for_every_branch_and_tag(
-        world: World, wire: Answers, prefixes: tuple[str, ...], complete: bool) -> None:
+        world: World, wire: Answers, prefixes: tuple[str, ...], complete: bool,
+        all_tags: bool) -> None:
     world.answer(flow(Kind.LS_REFS, prefixes=prefixes), 200, wire.ls_refs, RES)
     view = world.view()
-    assert view is not None and view.complete is complete
+    assert view is not None and (view.complete, view.all_tags) == (complete, all_tags)
     assert view.names == {"HEAD", "refs/heads/main", "refs/tags/v1"}
+    assert view.tags == {("refs/tags/v1", wire.v1)}  # (its peeled entry left out)
+
+
+def test_an_info_refs_view_lists_every_tag(world: World, wire: Answers) -> None:
+    world.answer(flow(), 200, wire.v0)
+    view = world.view()
+    assert view is not None and view.complete and view.all_tags
+
+
+def test_an_answer_naming_a_ref_that_is_not_utf8_proves_nothing_and_is_logged_once(
+        world: World, wire: Answers, caplog: pytest.LogCaptureFixture) -> None:
+    odd = pktline.encode_data(f"{wire.main} refs/heads/caf".encode() + b"\xe9\n")
+    body = wire.ls_refs[:-4] + odd + pktline.FLUSH
+    with caplog.at_level("WARNING", logger="goblet.policy.answers"):
+        for _ in range(3):
+            assert world.answer(flow(Kind.LS_REFS, prefixes=()), 200, body, RES) is None
+        world.answer(flow(Kind.LS_REFS, prefixes=()), 200, b"", "text/html")  # (not git's)
+    assert len(world.decider.verdicts) == 0
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "non-UTF-8 ref line" in line and REPO.url in line and "served by the upstream" in line
 
 
 # ------------------------------------------------------------------------------ denials
