@@ -282,7 +282,8 @@ class Runtime:
                    notice: str | None = None, final: bool = False, advertise: bool = False,
                    prefix: bytes = b"", hidden_refs: tuple[str, ...] = (),
                    drop_head_symref: bool = False,
-                   tags: frozenset[tuple[str, str]] | None = None) -> ServePlan:
+                   tags: frozenset[tuple[str, str]] | None = None,
+                   untagged: bytes | None = None) -> ServePlan:
         """What the backend runs to answer ``body`` from ``repo`` (with ``tags``: in a view
         of it whose only refs are those tags).
 
@@ -299,7 +300,8 @@ class Runtime:
         return ServePlan(repo_dir=repo.path, body=body, git_protocol=git_protocol,
                          label=repo.url, advertise=advertise, prefix=prefix, notice=notice,
                          hidden_refs=hidden_refs, drop_head_symref=drop_head_symref,
-                         cache_key=key, repo_key=repo.key, tags=tags)
+                         cache_key=key, repo_key=repo.key, tags=tags,
+                         untagged=untagged if tags is not None else None)
 
 
 def resolve_ca(path: str | None) -> list[tuple[str, str]]:

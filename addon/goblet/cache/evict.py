@@ -5,11 +5,14 @@ LFS store,
 measured by walking the files: ``count-objects`` misses bitmaps, indexes and
 reverse indexes) and ``min_free_bytes`` (free space on the cache filesystem).
 
-Eviction is safe while the repo is being served: under the repo's writer lock
-the directory is renamed into ``trash/`` on the same filesystem. A running
-``upload-pack`` keeps its working directory and open files; new requests see
-no repo and fill it again (or go upstream) as for any cold repo. Trash is
-deleted once no clone of this process reads it and it is older than the
+Under the repo's writer lock the directory is renamed into ``trash/`` on the
+same filesystem; new requests see no repo and fill it again (or go upstream)
+as for any cold repo. A repo this process is serving is passed over: an
+answer that follows tags runs in a view that names the repo by its path
+(``serve/tagview.py``), which a rename would pull from under it. A plain
+``upload-pack`` of another process sharing the cache dir keeps its working
+directory and open files (its tag views fail, and the client retries). Trash
+is deleted once no clone of this process reads it and it is older than the
 drain time (clones of other processes sharing the cache dir get that long).
 LFS objects (``lfs/store.py``) take their turn in the same least-recently-used
 order; they never change, so one is simply deleted (a reader keeps its open
@@ -142,7 +145,11 @@ class Evictor:
 
     async def evict(self, info: RepoInfo, size: int = 0,
                     lock_timeout: float = 5.0) -> Eviction | None:
-        """Move one repo to trash under its writer lock; None if busy or gone."""
+        """Move one repo to trash under its writer lock; None if busy (its lock is held or
+        this process is serving it) or gone."""
+        if self.reading(info.key):
+            log.info("not evicting %s now: it is being served", info.url or info.key[:12])
+            return None
         try:
             async with self.locks.writer(info.key, timeout=lock_timeout):
                 if not info.path.exists():

@@ -127,7 +127,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         ["trash", f"{stats['trash_entries']} ({human_bytes(stats['trash_bytes'])})"],
         ["quarantine",
          f"{stats['quarantine_entries']} ({human_bytes(stats['quarantine_bytes'])})"],
-        ["temporary", f"{stats['tmp_entries']} (fills in progress or crash residue)"],
+        ["temporary", f"{stats['tmp_entries']} (fills or tag views in progress, or crash residue)"],
     ]).lstrip("\n"))
     return 0
 

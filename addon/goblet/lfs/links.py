@@ -7,9 +7,11 @@ random bits, so it cannot be guessed and names nothing; it is valid until
 ``ttl`` seconds after it was issued, and only for the tenant, repo and oid it
 was issued for. There is one link per (tenant, repo, oid): a later grant of
 the same object renews it (same token, the new href and expiry), so an answer
-listing one object many times makes one link. The table is bounded, oldest
-grants first: each tenant holds at most ``max_per_tenant`` links, the table
-``max_links``. When the upstream refuses a later batch request of the same
+listing one object many times makes one link. The table is bounded: each
+tenant holds at most ``max_per_tenant`` links (its oldest go first), the
+table ``max_links``; a full table drops the oldest link of the tenant holding
+the most, so a few credentials that are granted many objects cannot push
+everyone else's links out. When the upstream refuses a later batch request of the same
 tenant for the repo, every link it still holds there is revoked at once
 (indexed by tenant and repo: no scan of the table).
 """
@@ -76,6 +78,9 @@ class LinkTable:
         self._by_repo: dict[tuple[str, str], set[str]] = {}  # (tenant, repo) → tokens
         self._by_tenant: dict[str, OrderedDict[str, None]] = {}  # tenant → tokens, oldest first
         self._revoked: OrderedDict[tuple[str, str], float] = OrderedDict()  # → when, last
+        # tenants by how many links they hold (count → tenants), and the highest count
+        self._holding: dict[int, dict[str, None]] = {}
+        self._top = 0
 
     def __len__(self) -> int:
         return len(self._grants)
@@ -99,11 +104,29 @@ class LinkTable:
         self._by_repo.setdefault((tenant, repo_url), set()).add(token)
         mine = self._by_tenant.setdefault(tenant, OrderedDict())
         mine[token] = None
+        self._holds(tenant, len(mine) - 1, len(mine))
         while len(mine) > self._max_tenant:
             self._drop(next(iter(mine)))
         while len(self._grants) > self._max:
-            self._drop(next(iter(self._grants)))
+            self._drop(next(iter(self._by_tenant[self._largest()])))
         return token
+
+    def _holds(self, tenant: str, before: int, now: int) -> None:
+        """``tenant`` went from holding ``before`` links to ``now``."""
+        if before:
+            was = self._holding[before]
+            del was[tenant]
+            if not was:
+                del self._holding[before]
+        if now:
+            self._holding.setdefault(now, {})[tenant] = None
+            self._top = max(self._top, now)
+
+    def _largest(self) -> str:
+        """A tenant holding the most links (the table is not empty)."""
+        while self._top not in self._holding:
+            self._top -= 1
+        return next(iter(self._holding[self._top]))
 
     def now(self) -> float:
         """The table's clock (for ``revoked_since``)."""
@@ -177,8 +200,8 @@ class LinkTable:
             if not repo:
                 del self._by_repo[(grant.tenant, grant.repo_url)]
         mine = self._by_tenant.get(grant.tenant)
-        if mine is not None:
-            mine.pop(token, None)
+        if mine is not None and mine.pop(token, False) is None:
+            self._holds(grant.tenant, len(mine) + 1, len(mine))
             if not mine:
                 del self._by_tenant[grant.tenant]
 

@@ -216,7 +216,9 @@ class FlowPolicy:
             else got.body
         plan = self.planner(state.repo, served, clean_git_protocol(git_protocol),
                             notice=notice, final=parsed.done and not follows,
-                            tags=decision.tags if follows else None)
+                            tags=decision.tags if follows else None,
+                            untagged=request.without_include_tag(got.body)
+                            if follows and parsed.haves else None)
         return Serve(plan, Outcome.OFFLINE if decision.offline else Outcome.CACHE)
 
     def _hold(self, state: FlowState, size: int) -> bool:

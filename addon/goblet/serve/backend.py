@@ -39,7 +39,7 @@ from goblet.serve.files import FilePlan, send_file
 from goblet.serve.h11loop import incoming_requests
 from goblet.serve.packcache import PackCache, Production, Role
 from goblet.serve.plans import TOKEN_HEADER, PlanRegistry, ReplyPlan, ServePlan
-from goblet.serve.tagview import TagView, open_view
+from goblet.serve.tagview import TagViews
 
 # upload-pack's settings for every cache answer, whatever the repo's config says. A
 # sparse filter reads a blob (or a file on any ref) by name: never applied by the cache
@@ -65,7 +65,7 @@ class ServeBackend:
         self.plans = plans
         self.packcache = packcache
         self.follow_timeout = follow_timeout
-        self.views_dir = views_dir
+        self.views = TagViews(views_dir) if views_dir is not None else None
         self.port = 0
         self._server: asyncio.Server | None = None
         self._children: set[asyncio.subprocess.Process] = set()
@@ -167,38 +167,33 @@ class ServeBackend:
     async def _upload_pack(self, conn: h11.Connection, writer: asyncio.StreamWriter,
                            plan: ServePlan, tee: _Tee | None) -> bool:
         """Run upload-pack for ``plan``: in the repo, or with ``plan.tags`` in a tag view
-        of it that lives as long as this run."""
+        of it that lives as long as this run. When no view can be made, a request that
+        may do without following tags (``plan.untagged``) runs in the repo without."""
         if plan.tags is None:
-            return await self._upload_pack_in(plan.repo_dir, conn, writer, plan, tee)
-        try:
-            view = await self._open_view(plan)
-        except OSError as e:
-            plan.stats.error = f"cannot make a tag view: {e.strerror or e}"
-            log.warning("%s: %s", plan.label, plan.stats.error)
-            await _send_git_error(conn, writer, plan, "goblet: cache unavailable, retry")
-            return True
-        try:
-            return await self._upload_pack_in(view.path, conn, writer, plan, tee)
-        finally:
-            view.close()
+            return await self._upload_pack_in(conn, writer, plan, tee, repo_dir=plan.repo_dir,
+                                              body=plan.body)
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                if self.views is None:
+                    raise OSError("no directory for tag views")
+                view = await stack.enter_async_context(
+                    self.views.using(plan.repo_dir, plan.tags))
+            except OSError as e:
+                why = f"cannot make a tag view: {e.strerror or e}"
+                log.warning("%s: %s", plan.label, why)
+                if plan.untagged is not None:
+                    return await self._upload_pack_in(conn, writer, plan, tee,
+                                                      repo_dir=plan.repo_dir,
+                                                      body=plan.untagged)
+                plan.stats.error = why
+                await _send_git_error(conn, writer, plan, "goblet: cache unavailable, retry")
+                return True
+            return await self._upload_pack_in(conn, writer, plan, tee, repo_dir=view,
+                                              body=plan.body)
 
-    async def _open_view(self, plan: ServePlan) -> TagView:
-        """A tag view for ``plan``, made off the event loop; never leaked, even when this
-        task is cancelled while it is being made."""
-        if self.views_dir is None:
-            raise OSError("no directory for tag views")
-        assert plan.tags is not None
-        made = asyncio.ensure_future(
-            asyncio.to_thread(open_view, self.views_dir, plan.repo_dir, plan.tags))
-        try:
-            return await asyncio.shield(made)
-        except asyncio.CancelledError:
-            made.add_done_callback(_close_view)
-            raise
-
-    async def _upload_pack_in(self, repo_dir: Path, conn: h11.Connection,
-                              writer: asyncio.StreamWriter, plan: ServePlan,
-                              tee: _Tee | None) -> bool:
+    async def _upload_pack_in(self, conn: h11.Connection, writer: asyncio.StreamWriter,
+                              plan: ServePlan, tee: _Tee | None, *, repo_dir: Path,
+                              body: bytes) -> bool:
         stats = plan.stats
         extra = {"GIT_PROTOCOL": plan.git_protocol} if plan.git_protocol else None
         args = ["upload-pack", "--stateless-rpc"]
@@ -214,7 +209,7 @@ class ServeBackend:
             return True
         self._children.add(proc)
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        feeder = asyncio.create_task(_feed(proc.stdin, plan.body))
+        feeder = asyncio.create_task(_feed(proc.stdin, body))
         stderr_task = asyncio.create_task(_tail(proc.stderr))
         try:
             chunk = await proc.stdout.read(READ_CHUNK)
@@ -306,12 +301,6 @@ class _Tee:
         except OSError as e:  # a failed final flush: the answer is not stored
             log.warning("pack cache write failed, not storing this answer: %s", e)
         self.file = None
-
-
-def _close_view(made: asyncio.Future[TagView]) -> None:
-    """Close the view a cancelled run was making, once it is made."""
-    if not made.cancelled() and made.exception() is None:
-        made.result().close()
 
 
 def _head(conn: h11.Connection, writer: asyncio.StreamWriter, plan: ServePlan) -> None:

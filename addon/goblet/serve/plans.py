@@ -46,7 +46,8 @@ class ServePlan:
     ``remote:`` line inside a side-band answer; ``hidden_refs`` are left out
     of ref answers (``uploadpack.hideRefs``); with ``tags`` set, upload-pack runs in a
     throwaway view of the repo whose only refs are those tags (``serve/tagview.py``),
-    so ``include-tag`` follows no other.
+    so ``include-tag`` follows no other (when no view can be made: ``untagged``, the
+    body without ``include-tag`` of a request whose client backfills tags, if set).
     """
 
     repo_dir: Path
@@ -59,6 +60,7 @@ class ServePlan:
     hidden_refs: tuple[str, ...] = ()  # refs upload-pack must not advertise (offline answers)
     drop_head_symref: bool = False  # and HEAD's target must not be named in the capabilities
     tags: frozenset[tuple[str, str]] | None = None  # (refname, oid): the only refs it runs with
+    untagged: bytes | None = None  # with tags: the body to run in the repo if no view can be made
     cache_key: str | None = None  # pack-cache key, for final fetch requests only
     repo_key: str = ""  # the cache repo's key, for "is anyone reading it" questions
     stats: ServeStats = field(default_factory=ServeStats)

@@ -19,15 +19,23 @@ Layout, in the cache dir's ``tmp/``, claimed like any temporary work
         packed-refs              the tags, sorted by name
     tmp/tagview.<pid>.<ns>.lock  the claim, held while the view exists
 
-The cache repo must outlive the view: the backend counts it as being read
-(eviction waits) for as long as the view is used.
+Answers of the same repo with the same tags share one view (``TagViews``): a
+view's contents follow from that pair alone, and a repo with many tags would
+otherwise cost a ``packed-refs`` file per answer.
+
+The view names the cache repo by its path, so the repo must stay there while
+the view is used: the backend counts it as being read for that long, and
+eviction passes over a repo this process reads (``cache/evict.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from goblet.cache.locks import WorkClaim, claim_fresh
@@ -90,3 +98,52 @@ def open_view(tmp_dir: Path, repo_dir: Path, tags: Iterable[tuple[str, str]]) ->
         claim.release()
         raise
     return TagView(path, claim)
+
+
+@dataclass
+class _Shared:
+    made: asyncio.Future[TagView]
+    users: int = 0
+
+
+class TagViews:
+    """The views in use in ``tmp_dir``, one per (repo, tags), shared by the answers that
+    need it and removed when the last of them ends."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        self.tmp_dir = tmp_dir
+        self._views: dict[tuple[Path, frozenset[tuple[str, str]]], _Shared] = {}
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    @contextlib.asynccontextmanager
+    async def using(self, repo_dir: Path, tags: frozenset[tuple[str, str]]
+                    ) -> AsyncIterator[Path]:
+        """The path of a view of ``repo_dir`` with ``tags``, for the body of the ``with``
+        block. It is made off the event loop if no answer uses one yet; raises OSError
+        if it cannot be made. Never leaked, whenever the task is cancelled."""
+        key = (repo_dir, tags)
+        shared = self._views.get(key)
+        if shared is None:
+            shared = self._views[key] = _Shared(asyncio.ensure_future(
+                asyncio.to_thread(open_view, self.tmp_dir, repo_dir, tags)))
+        shared.users += 1
+        try:
+            view = await asyncio.shield(shared.made)
+            yield view.path
+        finally:
+            shared.users -= 1
+            if not shared.users:
+                if self._views.get(key) is shared:
+                    del self._views[key]
+                if shared.made.done():
+                    _close_made(shared.made)
+                else:
+                    shared.made.add_done_callback(_close_made)
+
+
+def _close_made(made: asyncio.Future[TagView]) -> None:
+    """Close a view once it is made (at once if it is), unless making it failed."""
+    if not made.cancelled() and made.exception() is None:
+        made.result().close()

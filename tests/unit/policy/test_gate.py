@@ -213,7 +213,8 @@ def test_a_fetch_the_cache_can_answer_is_served(gate: Gate) -> None:
     got = gate.route(state, FETCH)
     assert isinstance(got, Serve) and got.outcome is Outcome.CACHE
     assert (got.plan.body, got.plan.git_protocol, got.plan.notice) == (FETCH, V2, None)
-    assert gate.planner.asked == [{"notice": None, "final": True, "tags": None}]
+    assert gate.planner.asked == [{"notice": None, "final": True, "tags": None,
+                                   "untagged": None}]
     (asked,) = gate.decider.asked
     assert asked.wants == (OID,) and asked.version == 2
     assert (state.kind, state.reason, state.body) == (Kind.FETCH, "all wants cached", FETCH)
@@ -245,6 +246,16 @@ def test_a_fetch_the_cache_answers_follows_tags_only_as_decided(
         assert isinstance(got, Serve) and got.plan.body == body  # (rule 8: in a tag view)
         assert got.plan.tags == decided
         assert gate.planner.asked[-1]["final"] is False  # (never shared: the pack cache)
+        assert got.plan.untagged is None  # (no haves: a clone never backfills tags)
+
+
+def test_a_fetch_with_haves_following_tags_may_do_without_when_no_view_can_be_made(
+        gate: Gate) -> None:
+    body = v2_fetch_body(OID, extra=("include-tag", f"have {'b' * 40}"))
+    gate.decider.decision = Decision(Route.CACHE, "all wants cached", tags=frozenset())
+    got = gate.route(gate.state(), body)
+    assert isinstance(got, Serve) and got.plan.body == body and got.plan.tags == frozenset()
+    assert got.plan.untagged == v2_fetch_body(OID, extra=(f"have {'b' * 40}",))
 
 
 def test_a_fetch_is_read_in_the_clients_protocol_version_and_encoding(gate: Gate) -> None:

@@ -15,7 +15,7 @@ from goblet.git.runner import GitRunner
 from goblet.protocol import pktline
 from goblet.serve.backend import ServeBackend
 from goblet.serve.plans import PlanRegistry, ServePlan
-from goblet.serve.tagview import open_view, packed_refs
+from goblet.serve.tagview import TagViews, open_view, packed_refs
 
 from tests.support.packs import objects_in, v2_pack
 from tests.support.repos import clean_env, git
@@ -37,11 +37,28 @@ def tagged_repo(path: Path) -> dict[str, str]:
     return oids
 
 
-def fetch_body(want: str) -> bytes:
+def fetch_body(want: str, *, include_tag: bool = True) -> bytes:
     return (pktline.encode_data(b"command=fetch\n") + pktline.DELIM
             + pktline.encode_data(f"want {want}\n".encode())
-            + pktline.encode_data(b"include-tag\n") + pktline.encode_data(b"done\n")
-            + pktline.FLUSH)
+            + (pktline.encode_data(b"include-tag\n") if include_tag else b"")
+            + pktline.encode_data(b"done\n") + pktline.FLUSH)
+
+
+def serve(tmp_path: Path, plans_and_views: list[ServePlan], views: Path
+          ) -> list[tuple[bytes, bytes]]:
+    """Run the plans through a backend at once; their (head, body) answers."""
+    async def main() -> list[tuple[bytes, bytes]]:
+        plans = PlanRegistry()
+        backend = ServeBackend(GitRunner(home=tmp_path), plans, views_dir=views)
+        await backend.start()
+        try:
+            got = await asyncio.gather(*(http_call(backend.port, plans.register(p))
+                                         for p in plans_and_views))
+        finally:
+            await backend.stop()
+        return [answers[0] for answers in got]
+
+    return asyncio.run(main())
 
 
 def tag_messages(answer: bytes) -> set[str]:
@@ -160,3 +177,51 @@ def test_a_view_left_by_a_dead_process_is_swept(tmp_path: Path) -> None:
     left = sorted(os.listdir(views))
     assert len(left) == 2 and left[0].startswith("tagview.") and left[1].endswith(".lock")
     assert sweep_abandoned(views) and os.listdir(views) == []
+
+
+def test_answers_with_the_same_tags_share_one_view(tmp_path: Path) -> None:
+    repo = tmp_path / "r.git"
+    oids = tagged_repo(repo)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    views = TagViews(tmp)
+    listed = frozenset({("refs/tags/listed", oids["listed"])})
+
+    async def main() -> None:
+        async with views.using(repo, listed) as one, views.using(repo, listed) as two, \
+                views.using(repo, frozenset()) as other:
+            assert one == two != other and len(views) == 2
+            assert len([p for p in os.listdir(tmp) if p.endswith(".git")]) == 2
+        assert len(views) == 0 and os.listdir(tmp) == []
+        # cancelled while its view is being made: the view goes once it is made
+        task = asyncio.ensure_future(views.using(repo, listed).__aenter__())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(200):
+            if not os.listdir(tmp):
+                break
+            await asyncio.sleep(0.01)
+        assert os.listdir(tmp) == [] and len(views) == 0
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("backfills", [True, False], ids=["with-haves", "clone"])
+def test_when_no_view_can_be_made(tmp_path: Path, backfills: bool) -> None:
+    # (a full disk, say: here the views' directory is missing)
+    repo = tmp_path / "r.git"
+    oids = tagged_repo(repo)
+    plan = ServePlan(repo, fetch_body(oids["main"]), "version=2", "test",
+                     tags=frozenset({("refs/tags/listed", oids["listed"])}),
+                     untagged=fetch_body(oids["main"], include_tag=False) if backfills
+                     else None)
+    [(head, answer)] = serve(tmp_path, [plan], tmp_path / "missing")
+    assert head.startswith(b"HTTP/1.1 200")
+    if backfills:  # git fetches the listed tags it lacks by id afterwards
+        assert plan.stats.complete and b"PACK" in answer and tag_messages(answer) == set()
+    else:  # a clone would lose its tags: it is told to retry instead
+        assert not plan.stats.complete and b"PACK" not in answer
+        assert b"ERR goblet: cache unavailable, retry" in answer
+        assert "cannot make a tag view" in (plan.stats.error or "")
