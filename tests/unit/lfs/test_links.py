@@ -133,6 +133,24 @@ def test_a_tenant_flooding_the_table_only_evicts_its_own_links() -> None:
     assert isinstance(links.check(bob, tenant="bob", repo_url=REPO, oid=OID), Grant)
 
 
+def test_several_tenants_filling_the_table_evict_from_the_largest_holder() -> None:
+    # each within its own cap, together over the table's: bob's one link stays
+    links, _ = table(max_links=100, max_per_tenant=40)
+    bob = links.issue("bob", REPO, D)
+    for i in range(400):
+        links.issue(f"mallory{i % 4}", REPO, obj(i))
+    assert len(links) == 100
+    assert isinstance(links.check(bob, tenant="bob", repo_url=REPO, oid=OID), Grant)
+    # the largest holders lost their oldest links; the newest are honoured
+    assert isinstance(links.check(links.issue("mallory3", REPO, obj(399)), tenant="mallory3",
+                                  repo_url=REPO, oid=obj(399).oid), Grant)
+    for _ in range(3):  # after drops and revocations the counts stay right
+        links.revoke("mallory0", REPO)
+        links.issue("carol", REPO, D)
+    assert len(links) <= 100 and isinstance(
+        links.check(bob, tenant="bob", repo_url=REPO, oid=OID), Grant)
+
+
 def test_revoking_costs_nothing_like_a_scan_of_the_table() -> None:
     links, _ = table(max_links=300_000, max_per_tenant=300_000)
     for i in range(200_000):
