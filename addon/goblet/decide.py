@@ -47,7 +47,8 @@ Rules, in order; the first that applies wins:
    throwaway view of the cache repo (``serve/tagview.py``) whose only refs
    are the tags the upstream last listed to this credential that the cache
    holds at the same object (``Decision.tags``); its answer is never shared
-   through the pack cache. That needs a view that listed every tag (no
+   through the pack cache (with no such tag, the request is answered without
+   ``include-tag``, which is the same answer). That needs a view that listed every tag (no
    ``ref-prefix`` left one out). When the cache lacks a listed tag, or the
    view did not list every tag, a request with ``have`` lines (``git
    fetch``, which fetches the listed tags it lacks by id afterwards, its tag

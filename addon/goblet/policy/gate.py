@@ -211,7 +211,8 @@ class FlowPolicy:
             return Upstream(decision.tee)
         notice = decision.notice or (self.refs.notice_for(state.tenant, state.repo.key)
                                      if self.refs is not None else None)
-        follows = parsed.include_tag and decision.tags is not None  # (``decide.py`` rule 8)
+        # (``decide.py`` rule 8; following no tag is answering without ``include-tag``)
+        follows = parsed.include_tag and bool(decision.tags)
         served = request.without_include_tag(got.body) if parsed.include_tag and not follows \
             else got.body
         plan = self.planner(state.repo, served, clean_git_protocol(git_protocol),

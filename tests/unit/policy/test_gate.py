@@ -240,21 +240,26 @@ def test_a_fetch_the_cache_answers_follows_tags_only_as_decided(
     assert gate.planner.asked[-1]["final"] is True  # (may be shared: the pack cache)
     assert got.plan.tags is None
     tags = frozenset({("refs/tags/v1", OID)})
-    for decided in (tags, frozenset()):  # (an empty view follows none: still in a view)
-        gate.decider.decision = Decision(Route.CACHE, "all wants cached", tags=decided)
-        got = gate.route(gate.state(git_protocol=git_protocol), body)
-        assert isinstance(got, Serve) and got.plan.body == body  # (rule 8: in a tag view)
-        assert got.plan.tags == decided
-        assert gate.planner.asked[-1]["final"] is False  # (never shared: the pack cache)
-        assert got.plan.untagged is None  # (no haves: a clone never backfills tags)
+    gate.decider.decision = Decision(Route.CACHE, "all wants cached", tags=tags)
+    got = gate.route(gate.state(git_protocol=git_protocol), body)
+    assert isinstance(got, Serve) and got.plan.body == body  # (rule 8: in a tag view)
+    assert got.plan.tags == tags
+    assert gate.planner.asked[-1]["final"] is False  # (never shared: the pack cache)
+    assert got.plan.untagged is None  # (no haves: a clone never backfills tags)
+    # following no tag at all is answering without include-tag (no view, may be shared)
+    gate.decider.decision = Decision(Route.CACHE, "all wants cached", tags=frozenset())
+    got = gate.route(gate.state(git_protocol=git_protocol), body)
+    assert isinstance(got, Serve) and got.plan.body == served and got.plan.tags is None
+    assert gate.planner.asked[-1]["final"] is True
 
 
 def test_a_fetch_with_haves_following_tags_may_do_without_when_no_view_can_be_made(
         gate: Gate) -> None:
     body = v2_fetch_body(OID, extra=("include-tag", f"have {'b' * 40}"))
-    gate.decider.decision = Decision(Route.CACHE, "all wants cached", tags=frozenset())
+    tags = frozenset({("refs/tags/v1", OID)})
+    gate.decider.decision = Decision(Route.CACHE, "all wants cached", tags=tags)
     got = gate.route(gate.state(), body)
-    assert isinstance(got, Serve) and got.plan.body == body and got.plan.tags == frozenset()
+    assert isinstance(got, Serve) and got.plan.body == body and got.plan.tags == tags
     assert got.plan.untagged == v2_fetch_body(OID, extra=(f"have {'b' * 40}",))
 
 
