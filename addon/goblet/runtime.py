@@ -44,6 +44,7 @@ from goblet.options import Settings
 from goblet.policy.answers import AnswerPolicy
 from goblet.policy.gate import FlowPolicy
 from goblet.policy.lfs import LfsPolicy
+from goblet.policy.offload import favour_the_event_loop
 from goblet.policy.refcache import RefsFromCache
 from goblet.protocol.request import cache_identity
 from goblet.serve.backend import ServeBackend
@@ -201,6 +202,7 @@ class Runtime:
 
         Raises OSError or ValueError when the cache dir cannot be used.
         """
+        favour_the_event_loop()
         base_config = resolve_ca(ca_file) + ([("http.sslVerify", "false")] if insecure else [])
         git = GitRunner(home=settings.cache_dir / "home", base_config=base_config)
         RepoStore(settings.cache_dir, git).prepare()

@@ -25,14 +25,23 @@ class RefView:
     all_tags: bool = False  # every tag was listed (no ref-prefix left one out)
     #: The advertised ref names (peeled entries excluded); made once, read per request.
     names: frozenset[str] = field(init=False, compare=False, repr=False)
-    #: The listed tags, (refname, oid) (peeled entries excluded); made once.
-    tags: frozenset[tuple[str, str]] = field(init=False, compare=False, repr=False)
+    _tags: frozenset[tuple[str, str]] | None = field(
+        default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names",
                            frozenset(n for n, _ in self.pairs if not n.endswith("^{}")))
-        object.__setattr__(self, "tags", frozenset(
-            (n, o) for n, o in self.pairs if n.startswith("refs/tags/") and not n.endswith("^{}")))
+
+    @property
+    def tags(self) -> frozenset[tuple[str, str]]:
+        """The listed tags, (refname, oid) (peeled entries excluded); made when first
+        asked for (by a fetch following tags), then kept."""
+        if self._tags is None:
+            object.__setattr__(self, "_tags", frozenset(
+                (n, o) for n, o in self.pairs
+                if n.startswith("refs/tags/") and not n.endswith("^{}")))
+        assert self._tags is not None
+        return self._tags
 
     @classmethod
     def of(cls, refs: Mapping[str, str], peeled: Mapping[str, str], *,

@@ -21,7 +21,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from goblet.auth.credentials import ANONYMOUS
 from goblet.auth.verdicts import RefView
@@ -49,6 +49,9 @@ class RefAnswer:
     advertisement: refs.RefAdvertisement
     view: RefView | None
     replacement: bytes | None = None
+    #: for a large answer, read off the event loop: the cache's snapshot it was compared
+    #: with there, and whether their refs differ (``refs.refs_differ``)
+    compared: tuple[RepoState, bool] | None = None
 
 
 def read_ref_answer(content_type: str, body: bytes, *, ls_refs: bool,
@@ -106,10 +109,7 @@ class AnswerPolicy:
             if body is None:
                 return None
             prefixes = state.ls_refs.ref_prefixes if state.ls_refs else ()
-            read = await self._read(headers.get("content-type", ""), body,
-                                    state.kind is Kind.LS_REFS,
-                                    lists_all_branches_and_tags(prefixes),
-                                    lists_all_tags(prefixes))
+            read = await self._read(state, headers.get("content-type", ""), body, prefixes)
             if read is not None:
                 self.granted(state, read, body)
                 return read.replacement
@@ -137,14 +137,18 @@ class AnswerPolicy:
                     "nothing, so this repo is served by the upstream", state.kind.value,
                     state.repo.url, why)
 
-    async def _read(self, content_type: str, body: bytes, ls_refs: bool,
-                    complete: bool, all_tags: bool) -> RefAnswer | None:
-        """``read_ref_answer``; the reading of a small answer is remembered (an upstream
-        repeats the same answer until its refs move)."""
+    async def _read(self, state: FlowState, content_type: str, body: bytes,
+                    prefixes: tuple[str, ...]) -> RefAnswer | None:
+        """``read_ref_answer`` of the answer to ``state``'s request (asked with
+        ``prefixes``). The reading of a small answer is remembered (an upstream repeats the
+        same answer until its refs move); a large one is read, and compared with the
+        cache's refs, off the event loop."""
+        ls_refs = state.kind is Kind.LS_REFS
+        complete, all_tags = lists_all_branches_and_tags(prefixes), lists_all_tags(prefixes)
         if len(body) > INLINE_ANSWER_BYTES:
             return await run_sized(self.inspector, len(body), INLINE_ANSWER_BYTES,
-                                   read_ref_answer, content_type, body, ls_refs=ls_refs,
-                                   complete=complete, all_tags=all_tags)
+                                   self._read_and_compare, state, content_type, body,
+                                   prefixes, complete=complete, all_tags=all_tags)
         key = (content_type, ls_refs, complete, all_tags, body)
         if key in self._read_memo:
             self._read_memo.move_to_end(key)
@@ -156,6 +160,23 @@ class AnswerPolicy:
             self._read_memo.popitem(last=False)
         return read
 
+    def _read_and_compare(self, state: FlowState, content_type: str, body: bytes,
+                          prefixes: tuple[str, ...], *, complete: bool,
+                          all_tags: bool) -> RefAnswer | None:
+        """A large answer's reading (in a worker thread): with the cache's refs compared
+        to it, and the hash of its view made, so the event loop does neither."""
+        assert state.repo is not None
+        read = read_ref_answer(content_type, body, ls_refs=state.kind is Kind.LS_REFS,
+                               complete=complete, all_tags=all_tags)
+        if read is None or read.view is None:
+            return read
+        hash(read.view.pairs)  # (a frozenset keeps its hash: the verdict cache needs it)
+        snapshot = self.store.state(state.repo)
+        if snapshot is None or read.advertisement.object_format != "sha1":
+            return read
+        return replace(read, compared=(snapshot, refs.refs_differ(
+            read.advertisement.refs, snapshot.refs, prefixes)))
+
     def _differ(self, state: FlowState, body: bytes, read: RefAnswer, snapshot: RepoState,
                 prefixes: tuple[str, ...]) -> bool:
         """``refs.refs_differ`` of ``read``'s refs (read from ``body``) and the cache's,
@@ -163,6 +184,8 @@ class AnswerPolicy:
         refs (the snapshot's digest) and prefixes; at most MAX_READ_MEMO repos. Holds
         neither the reading nor the snapshot."""
         assert state.repo is not None
+        if read.compared is not None and read.compared[0] is snapshot:
+            return read.compared[1]
         repo_key, key = state.repo.key, (body, state.kind.value, snapshot.digest, prefixes)
         seen = self._differs.get(repo_key)
         if seen is not None and seen[0] == key:

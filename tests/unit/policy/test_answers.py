@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from goblet.auth.credentials import ANONYMOUS, Credential
 from goblet.auth.verdicts import RefView
 from goblet.cache.store import CacheRepo, RepoState, refs_digest
+from goblet.policy import answers as answers_mod
 from goblet.policy.answers import AnswerPolicy, lists_all_branches_and_tags, read_ref_answer
 from goblet.policy.flows import FlowState, Kind, Outcome
+from goblet.policy.offload import INLINE_ANSWER_BYTES
 from goblet.protocol import pktline
 from goblet.protocol.request import LsRefsRequest
 from goblet.protocol.routes import ADVERTISEMENT_TYPE as ADV
@@ -390,3 +393,32 @@ def test_a_repeated_answer_is_compared_with_the_cache_as_it_is_now(world: World,
     world.store.snapshot = cached(wire)
     world.answer(flow(), 200, wire.v0)
     assert len(world.decider.fills) == 1
+
+
+@pytest.mark.parametrize(("moved", "fills"), [(False, 0), (True, 1)])
+def test_a_large_answer_is_read_and_compared_off_the_event_loop(
+        world: World, wire: Answers, monkeypatch: pytest.MonkeyPatch, moved: bool,
+        fills: int) -> None:
+    # (a repo with many refs: reading its answer and comparing it with the cache's refs
+    # take a large share of a second each; on the loop they would stall every client)
+    tags = {f"refs/tags/t{i:05d}": wire.main for i in range(400)}
+    lines = [f"{wire.main} refs/heads/main symref-target:x", f"{wire.v1} refs/tags/v1 "
+             f"peeled:{wire.main}", *(f"{o} {n}" for n, o in tags.items())]
+    body = b"".join(pktline.encode_data(f"{ln}\n".encode()) for ln in lines) + pktline.FLUSH
+    assert len(body) > INLINE_ANSWER_BYTES
+    refs_now = {"refs/heads/main": wire.main, "refs/tags/v1": wire.v1, **tags}
+    if moved:
+        refs_now["refs/heads/main"] = "f" * 40
+    world.store.snapshot = RepoState(refs_now, "refs/heads/main", 0.0,
+                                     digest=refs_digest(refs_now, "refs/heads/main"))
+    threads: list[str] = []
+    real = answers_mod.refs.refs_differ
+
+    def watched(*args: Any) -> bool:
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(answers_mod.refs, "refs_differ", watched)
+    world.answer(flow(Kind.LS_REFS, prefixes=()), 200, body, RES)
+    assert len(world.decider.fills) == fills
+    assert threads and threading.main_thread().name not in threads

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from goblet.policy import offload
 from goblet.policy.offload import run_sized
 
 LIMIT = 1024
@@ -37,3 +39,14 @@ def test_exceptions_reach_the_caller_either_way(size: int) -> None:
 
     with pytest.raises(ValueError, match="x"):
         asyncio.run(main())
+
+
+def test_the_gil_changes_hands_often_enough_for_the_event_loop() -> None:
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)  # CPython's default
+        offload.favour_the_event_loop()
+        assert offload.SWITCH_INTERVAL <= 0.001
+        assert sys.getswitchinterval() == pytest.approx(offload.SWITCH_INTERVAL)
+    finally:
+        sys.setswitchinterval(before)
