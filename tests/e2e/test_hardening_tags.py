@@ -23,6 +23,7 @@ from tests.support import rawhttp
 from tests.support.attack import ALICE, STRANGERS, UPLOAD_HEADERS, no_pack, send
 from tests.support.cachedir import has_object, repos_for
 from tests.support.gitclient import GitClient, with_userinfo
+from tests.support.net import wait_for
 from tests.support.packs import objects_in, v2_pack
 from tests.support.proxy import GobletProxy
 from tests.support.repos import add_commit
@@ -189,7 +190,8 @@ def test_a_tag_the_cache_repo_gains_behind_the_record_is_never_followed(
     assert fetch_outcomes(proxy, name, before + 1)[before:] == ["cache"]
     assert tag in via and hidden not in via
     assert not any(secret.encode() in body for _, body in via.values())
-    assert not [p for p in (proxy.cache_dir / "tmp").iterdir() if p.name.startswith("tagview")]
+    wait_for("the tag views to go", lambda: not [
+        p for p in (proxy.cache_dir / "tmp").iterdir() if p.name.startswith("tagview")] or None)
 
 
 def test_strangers_following_tags_get_the_upstreams_refusal_however_they_ask(

@@ -154,6 +154,10 @@ class Evictor:
             async with self.locks.writer(info.key, timeout=lock_timeout):
                 if not info.path.exists():
                     return None
+                if self.reading(info.key):  # (served since: the lock may have taken a while)
+                    log.info("not evicting %s now: it is being served",
+                             info.url or info.key[:12])
+                    return None
                 target = self.store.trash_dir / f"{info.key}.{time.time_ns()}"
                 info.path.rename(target)
         except LockTimeout:

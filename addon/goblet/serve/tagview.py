@@ -83,13 +83,15 @@ def open_view(tmp_dir: Path, repo_dir: Path, tags: Iterable[tuple[str, str]]) ->
     """Create a view of ``repo_dir`` whose only refs are ``tags`` (blocking: run it off the
     event loop). Raises OSError if it cannot be written (leaving nothing behind)."""
     refs = packed_refs(tags)
+    objects = repo_dir.resolve() / "objects"
+    if not objects.is_dir():  # (evicted meanwhile: git would find no objects through it)
+        raise FileNotFoundError(f"{repo_dir.name[:12]}: the cache repo is gone")
     path, claim = claim_fresh(tmp_dir, PREFIX, ".git")
     try:
         (path / "objects" / "info").mkdir(parents=True)
         (path / "refs").mkdir()
         (path / "HEAD").write_text("ref: refs/heads/goblet-tag-view\n", "utf-8")
         (path / "config").write_text(config_text(repo_dir), "utf-8")
-        objects = repo_dir.resolve() / "objects"
         (path / "objects" / "info" / "alternates").write_bytes(
             os.fsencode(objects) + b"\n")
         (path / "packed-refs").write_bytes(refs)
@@ -144,6 +146,12 @@ class TagViews:
 
 
 def _close_made(made: asyncio.Future[TagView]) -> None:
-    """Close a view once it is made (at once if it is), unless making it failed."""
+    """Close a view once it is made (at once if it is), unless making it failed; the files
+    go in a worker thread (a repo with many tags has a large ``packed-refs``), no one waits
+    for them: the view is no longer anyone's, and its path is its own."""
     if not made.cancelled() and made.exception() is None:
-        made.result().close()
+        view = made.result()
+        try:
+            asyncio.get_running_loop().run_in_executor(None, view.close)
+        except RuntimeError:  # (the loop's executor is shutting down: close it here)
+            view.close()

@@ -186,3 +186,21 @@ def test_lfs_objects_count_and_take_their_turn_in_lru_order(fake: FakeCache) -> 
     assert [e.url for e in done] == ["https://git.example/a.git", f"lfs:{oid}"]
     assert done[1].partition == "lfs" and done[1].bytes > 0 and done[1].idle_seconds >= 400
     assert not lfs.has(HOST, oid, len(data)) and fake.remaining() == {"b"}
+
+
+def test_a_repo_served_while_eviction_waited_for_its_lock_is_passed_over(
+        fake: FakeCache) -> None:
+    key = fake.add("a", 4096, time.time() - 100)
+    reading: set[str] = set()
+    other_process = RepoLocks(fake.store.lock_dir)
+
+    async def scenario() -> Eviction | None:
+        ev, _ = fake.evictor(max_bytes=1, reading=lambda k: k in reading)
+        [info] = fake.store.list_repos()
+        async with other_process.writer(key):  # (a fill, say)
+            evicting = asyncio.ensure_future(ev.evict(info, lock_timeout=10))
+            await asyncio.sleep(0.2)
+            reading.add(key)  # a clone started being served from it meanwhile
+        return await evicting
+
+    assert run(scenario()) is None and fake.remaining() == {"a"}

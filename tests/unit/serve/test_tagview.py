@@ -7,12 +7,16 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from goblet.cache.recovery import sweep_abandoned
 from goblet.git.runner import GitRunner
 from goblet.protocol import pktline
+from goblet.serve import tagview as tagview_mod
 from goblet.serve.backend import ServeBackend
 from goblet.serve.plans import PlanRegistry, ServePlan
 from goblet.serve.tagview import TagViews, open_view, packed_refs
@@ -20,6 +24,15 @@ from goblet.serve.tagview import TagViews, open_view, packed_refs
 from tests.support.packs import objects_in, v2_pack
 from tests.support.repos import clean_env, git
 from tests.unit.serve.test_backend import http_call
+
+
+def emptied(directory: Path) -> list[str]:
+    """What is left in ``directory`` once it is empty, or after 30 s (views are removed
+    in a worker thread once their last answer ended; slow on a busy disk)."""
+    deadline = time.monotonic() + 30
+    while (left := os.listdir(directory)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return left
 
 
 def tagged_repo(path: Path) -> dict[str, str]:
@@ -89,7 +102,7 @@ def test_the_answer_follows_only_the_plans_tags(tmp_path: Path, tags: frozenset[
         assert head.startswith(b"HTTP/1.1 200") and plan.stats.complete, plan.stats.error
         expected = {"listed", "hidden"} if tags is None else tags
         assert tag_messages(answer) == {f"the {n} tag's message" for n in expected}
-        assert os.listdir(views) == []  # the view is gone with its run
+        assert emptied(views) == []  # the view is gone with its run
 
     asyncio.run(main())
 
@@ -179,7 +192,8 @@ def test_a_view_left_by_a_dead_process_is_swept(tmp_path: Path) -> None:
     assert sweep_abandoned(views) and os.listdir(views) == []
 
 
-def test_answers_with_the_same_tags_share_one_view(tmp_path: Path) -> None:
+def test_answers_with_the_same_tags_share_one_view(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     repo = tmp_path / "r.git"
     oids = tagged_repo(repo)
     tmp = tmp_path / "tmp"
@@ -192,17 +206,30 @@ def test_answers_with_the_same_tags_share_one_view(tmp_path: Path) -> None:
                 views.using(repo, frozenset()) as other:
             assert one == two != other and len(views) == 2
             assert len([p for p in os.listdir(tmp) if p.endswith(".git")]) == 2
-        assert len(views) == 0 and os.listdir(tmp) == []
+        assert len(views) == 0 and await asyncio.to_thread(emptied, tmp) == []
         # cancelled while its view is being made: the view goes once it is made
+        made = threading.Event()
+
+        def watched_open(*args: Any) -> Any:
+            try:
+                return real_open(*args)
+            finally:
+                made.set()
+
+        real_open = tagview_mod.open_view
+        monkeypatch.setattr(tagview_mod, "open_view", watched_open)
         task = asyncio.ensure_future(views.using(repo, listed).__aenter__())
         await asyncio.sleep(0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        for _ in range(3000):  # (the view is made in a thread: slow on a busy disk)
-            if not os.listdir(tmp):
-                break
-            await asyncio.sleep(0.01)
+        assert await asyncio.to_thread(made.wait, 30)
+        assert await asyncio.to_thread(emptied, tmp) == [] and len(views) == 0
+        # a repo gone meanwhile (evicted) makes no view
+        gone = tmp_path / "gone.git"
+        with pytest.raises(FileNotFoundError):
+            async with views.using(gone, listed):
+                pass
         assert os.listdir(tmp) == [] and len(views) == 0
 
     asyncio.run(main())
