@@ -46,9 +46,10 @@ Rules, in order; the first that applies wins:
    brings while pack-objects works). So such a request is answered from a
    throwaway view of the cache repo (``serve/tagview.py``) whose only refs
    are the tags the upstream last listed to this credential that the cache
-   holds at the same object (``Decision.tags``); its answer is never shared
-   through the pack cache (with no such tag, the request is answered without
-   ``include-tag``, which is the same answer). That needs a view that listed every tag (no
+   holds at the same object (``Decision.tags``); its answer is shared through
+   the pack cache only with requests following the same tags (with no such
+   tag, the request is answered without ``include-tag``, which is the same
+   answer). That needs a view that listed every tag (no
    ``ref-prefix`` left one out). When the cache lacks a listed tag, or the
    view did not list every tag, a request with ``have`` lines (``git
    fetch``, which fetches the listed tags it lacks by id afterwards, its tag
@@ -66,6 +67,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -158,6 +160,10 @@ class FetchDecider:
         self._fill_tenant: dict[str, str] = {}  # repo key -> tenant whose credential fills it
         self._tees: dict[str, TeeFill] = {}  # repo key -> tee fill in flight
         self._tags: dict[str, frozenset[tuple[str, str]]] = {}  # refs digest -> its tags
+        # (view, refs digest) -> the tags to follow: the same set object for the same
+        # question (the pack-cache key hashes it; a set keeps its hash)
+        self._follow: OrderedDict[tuple[int, str], tuple[RefView, frozenset[tuple[str, str]]]] \
+            = OrderedDict()
 
     def fill_credential(self, credential: Credential) -> Credential:
         """The credential a fill uses: anonymous in ``public`` isolation."""
@@ -450,7 +456,17 @@ class FetchDecider:
                 self._tags.pop(next(iter(self._tags)))
             cached = self._tags[state.digest] = frozenset(
                 (n, o) for n, o in state.refs.items() if n.startswith("refs/tags/"))
-        return view.tags & cached, bool(req.haves) or view.tags <= cached
+        key = (id(view), state.digest)
+        seen = self._follow.get(key)
+        if seen is not None and seen[0] is view:
+            self._follow.move_to_end(key)
+            follow = seen[1]
+        else:
+            follow = view.tags & cached
+            self._follow[key] = (view, follow)
+            while len(self._follow) > MAX_TAG_SETS:
+                self._follow.popitem(last=False)
+        return follow, bool(req.haves) or len(follow) == len(view.tags)
 
     async def _public(self, repo: CacheRepo, tenant: str) -> bool:
         """Whether upstream serves ``repo`` anonymously (asking with an anonymous fill)."""

@@ -48,7 +48,7 @@ from goblet.policy.offload import favour_the_event_loop
 from goblet.policy.refcache import RefsFromCache
 from goblet.protocol.request import cache_identity
 from goblet.serve.backend import ServeBackend
-from goblet.serve.packcache import PackCache, cache_key
+from goblet.serve.packcache import PackCache, cache_key, tags_digest
 from goblet.serve.plans import PlanRegistry, ServePlan
 from goblet.serve.refanswers import RefAnswers
 
@@ -57,6 +57,7 @@ log = logging.getLogger("goblet")
 SECRET_FILE = "tenant-secret"  # noqa: S105 (a file name, not a secret)
 USAGE_EVERY = 60.0
 READY_EVERY = 15.0
+MAX_TAG_DIGESTS = 64  # tag sets whose pack-cache digest is remembered
 
 
 class Runtime:
@@ -75,6 +76,7 @@ class Runtime:
         self.keyer = TenantKeyer(secret)
         self.plans = PlanRegistry()
         self.packcache = PackCache(self.store.packcache_dir, settings.pack_cache_max_bytes)
+        self._tag_digests: dict[frozenset[tuple[str, str]], bytes] = {}
         self.backend = ServeBackend(git, self.plans, self.packcache,
                                     follow_timeout=float(settings.upstream_timeout),
                                     views_dir=self.store.tmp_dir)
@@ -287,7 +289,8 @@ class Runtime:
                    tags: frozenset[tuple[str, str]] | None = None,
                    untagged: bytes | None = None) -> ServePlan:
         """What the backend runs to answer ``body`` from ``repo`` (with ``tags``: in a view
-        of it whose only refs are those tags).
+        of it whose only refs are those tags; shared through the pack cache only with
+        requests following the same tags).
 
         A ``final`` fetch (with ``done``) may be shared through the pack cache: its key
         names the repo, its refs and the request (a notice is added as it is sent; the
@@ -298,12 +301,24 @@ class Runtime:
             snapshot = self.store.state(repo)
             identity = cache_identity(body)
             if snapshot is not None and identity is not None:
-                key = cache_key(repo.key, snapshot.digest, git_protocol, identity)
+                key = cache_key(repo.key, snapshot.digest, git_protocol, identity,
+                                self._tags_digest(tags) if tags is not None else None)
         return ServePlan(repo_dir=repo.path, body=body, git_protocol=git_protocol,
                          label=repo.url, advertise=advertise, prefix=prefix, notice=notice,
                          hidden_refs=hidden_refs, drop_head_symref=drop_head_symref,
                          cache_key=key, repo_key=repo.key, tags=tags,
                          untagged=untagged if tags is not None else None)
+
+
+    def _tags_digest(self, tags: frozenset[tuple[str, str]]) -> bytes:
+        """``tags_digest``, remembered for the last few sets (the decider hands out the
+        same set object for the same question: looked up by identity first)."""
+        digest = self._tag_digests.get(tags)
+        if digest is None:
+            digest = self._tag_digests[tags] = tags_digest(tags)
+            while len(self._tag_digests) > MAX_TAG_DIGESTS:
+                self._tag_digests.pop(next(iter(self._tag_digests)))
+        return digest
 
 
 def resolve_ca(path: str | None) -> list[tuple[str, str]]:

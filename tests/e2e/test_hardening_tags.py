@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 from tests.e2e.conftest import Repos
+from tests.e2e.test_pack_cache import delta, scrape
 from tests.e2e.test_redteam_filters import fetch_outcomes
 from tests.support import rawhttp
 from tests.support.attack import ALICE, STRANGERS, UPLOAD_HEADERS, no_pack, send
@@ -192,6 +193,26 @@ def test_a_tag_the_cache_repo_gains_behind_the_record_is_never_followed(
     assert not any(secret.encode() in body for _, body in via.values())
     wait_for("the tag views to go", lambda: not [
         p for p in (proxy.cache_dir / "tmp").iterdir() if p.name.startswith("tagview")] or None)
+
+
+def test_tag_following_clones_share_stored_answers_with_the_same_tags_only(
+    git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path
+) -> None:
+    name, bare, _, _ = tagged_repo(repos, b"on main's parent")
+    upstream_git("tag", "-a", "tip", "-m", "on main", "main", cwd=bare)
+    tip = upstream_git("rev-parse", "refs/tags/tip", cwd=bare)
+    url = with_userinfo(upstream.url(name), "alice", "alice-pw")
+    git.clone(url, tmp_path / "warm")
+    before = scrape(proxy)
+    for i in range(3):  # (a key is stored on its second sight, a hit on its third)
+        git.clone(url, tmp_path / f"d{i}", "--depth", "1")
+        assert git.refs(tmp_path / f"d{i}").get("refs/tags/tip") == tip
+    d = delta(before, scrape(proxy))
+    assert (d["bypass"], d["produce"], d["hit"]) == (1, 1, 1), d
+    upstream_git("tag", "-d", "tip", cwd=bare)  # alice is no longer listed the tag
+    git.clone(url, tmp_path / "after", "--depth", "1")
+    assert "refs/tags/tip" not in git.refs(tmp_path / "after")
+    assert git.run("cat-file", "-e", tip, cwd=tmp_path / "after", check=False).returncode != 0
 
 
 def test_strangers_following_tags_get_the_upstreams_refusal_however_they_ask(

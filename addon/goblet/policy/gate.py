@@ -216,7 +216,7 @@ class FlowPolicy:
         served = request.without_include_tag(got.body) if parsed.include_tag and not follows \
             else got.body
         plan = self.planner(state.repo, served, clean_git_protocol(git_protocol),
-                            notice=notice, final=parsed.done and not follows,
+                            notice=notice, final=parsed.done,
                             tags=decision.tags if follows else None,
                             untagged=request.without_include_tag(got.body)
                             if follows and parsed.haves else None)

@@ -8,9 +8,10 @@ side-band framing), and no hook script has to be installed for git to run.
 
 Key: SHA-256 of the cache repo's key, the repo's refs digest, the
 Git-Protocol value and the request with volatile capabilities removed
-(``agent=``, ``session-id=``). A request for another repo, or for the same
-repo after its refs moved, never matches. Only final requests (with
-``done``) are keyed.
+(``agent=``, ``session-id=``), and for an answer that follows tags the tags
+of its view (``serve/tagview.py``): only requests following the same tags
+share it. A request for another repo, or for the same repo after its refs
+moved, never matches. Only final requests (with ``done``) are keyed.
 
 Admission on the second occurrence: the first time a key is seen it is only
 counted; from the second on, the request *produces* — its upload-pack output
@@ -31,6 +32,7 @@ import enum
 import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -69,13 +71,24 @@ class Production:
     grown: asyncio.Condition = field(default_factory=asyncio.Condition)
 
 
-def cache_key(repo_key: str, refs_digest: str, git_protocol: str | None, identity: bytes) -> str:
-    """The pack-cache key of one request (pure)."""
+def cache_key(repo_key: str, refs_digest: str, git_protocol: str | None, identity: bytes,
+              tags: bytes | None = None) -> str:
+    """The pack-cache key of one request (pure); ``tags``: for an answer that follows
+    tags in a tag view, ``tags_digest`` of the view's tags."""
     h = hashlib.sha256()
     for part in (repo_key.encode(), refs_digest.encode(), (git_protocol or "").encode()):
         h.update(b"%d:" % len(part) + part)
     h.update(identity)
+    if tags is not None:
+        h.update(b"tags:" + tags)
     return h.hexdigest()
+
+
+def tags_digest(tags: Iterable[tuple[str, str]]) -> bytes:
+    """SHA-256 of a tag view's tags ((refname, oid)), in name order (pure)."""
+    return hashlib.sha256("".join(
+        f"{name}\0{oid}\n" for name, oid in sorted(tags)).encode("utf-8", "surrogateescape")
+    ).digest()
 
 
 class PackCache:

@@ -244,7 +244,7 @@ def test_a_fetch_the_cache_answers_follows_tags_only_as_decided(
     got = gate.route(gate.state(git_protocol=git_protocol), body)
     assert isinstance(got, Serve) and got.plan.body == body  # (rule 8: in a tag view)
     assert got.plan.tags == tags
-    assert gate.planner.asked[-1]["final"] is False  # (never shared: the pack cache)
+    assert gate.planner.asked[-1]["final"] is True  # (the pack cache keys it by its tags)
     assert got.plan.untagged is None  # (no haves: a clone never backfills tags)
     # following no tag at all is answering without include-tag (no view, may be shared)
     gate.decider.decision = Decision(Route.CACHE, "all wants cached", tags=frozenset())

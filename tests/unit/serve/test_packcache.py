@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from goblet.serve.packcache import PackCache, Production, Role, cache_key
+from goblet.serve.packcache import PackCache, Production, Role, cache_key, tags_digest
 
 MiB = 1024 * 1024
 A, B = "a" * 64, "b" * 64
@@ -111,6 +111,17 @@ def test_keys_separate_repos_refs_and_protocols() -> None:
     # length-prefixed parts: moving bytes between fields never collides
     assert cache_key("ab", "c", None, b"") != cache_key("a", "bc", None, b"")
     assert cache_key(A, DIGEST, None, b"") == cache_key(A, DIGEST, "", b"")
+
+
+def test_answers_following_tags_share_a_key_only_with_the_same_tags() -> None:
+    one, other = ("refs/tags/v1", "1" * 40), ("refs/tags/v2", "2" * 40)
+    keys = {cache_key(A, DIGEST, "version=2", b"want x", tags) for tags in (
+        None, tags_digest([]), tags_digest([one]), tags_digest([one, other]),
+        tags_digest([("refs/tags/v1", "3" * 40)]))}
+    assert len(keys) == 5
+    assert tags_digest([one, other]) == tags_digest([other, one])  # (a set: any order)
+    assert tags_digest([("refs/tags/a", "1\0refs/tags/b")]) != tags_digest(
+        [("refs/tags/a", "1"), ("refs/tags/b", "")])
 
 
 def test_another_repos_identical_request_never_hits(tmp_path: Path) -> None:
