@@ -181,8 +181,10 @@ class ServeBackend:
             except OSError as e:
                 why = f"cannot make a tag view: {e.strerror or e}"
                 log.warning("%s: %s", plan.label, why)
-                if plan.untagged is not None:
-                    return await self._upload_pack_in(conn, writer, plan, tee,
+                if plan.untagged is not None:  # (another answer: not stored under this key)
+                    if tee is not None:
+                        await tee.finish(False)
+                    return await self._upload_pack_in(conn, writer, plan, None,
                                                       repo_dir=plan.repo_dir,
                                                       body=plan.untagged)
                 plan.stats.error = why

@@ -18,12 +18,13 @@ from goblet.git.runner import GitRunner
 from goblet.protocol import pktline
 from goblet.serve import tagview as tagview_mod
 from goblet.serve.backend import ServeBackend
+from goblet.serve.packcache import Role
 from goblet.serve.plans import PlanRegistry, ServePlan
 from goblet.serve.tagview import TagViews, open_view, packed_refs
 
 from tests.support.packs import objects_in, v2_pack
 from tests.support.repos import clean_env, git
-from tests.unit.serve.test_backend import http_call
+from tests.unit.serve.test_backend import RecordingPackCache, http_call
 
 
 def emptied(directory: Path) -> list[str]:
@@ -252,3 +253,33 @@ def test_when_no_view_can_be_made(tmp_path: Path, backfills: bool) -> None:
         assert not plan.stats.complete and b"PACK" not in answer
         assert b"ERR goblet: cache unavailable, retry" in answer
         assert "cannot make a tag view" in (plan.stats.error or "")
+
+
+def test_an_answer_given_without_its_view_is_not_stored_under_its_key(tmp_path: Path) -> None:
+    # (the key names the view's tags; the fallback's answer follows none)
+    repo = tmp_path / "r.git"
+    oids = tagged_repo(repo)
+    (tmp_path / "pc").mkdir()
+    packcache = RecordingPackCache(tmp_path / "pc")
+
+    def plan() -> ServePlan:
+        return ServePlan(repo, fetch_body(oids["main"]), "version=2", "test", cache_key="k",
+                         repo_key="r", tags=frozenset({("refs/tags/listed", oids["listed"])}),
+                         untagged=fetch_body(oids["main"], include_tag=False))
+
+    async def main() -> None:
+        plans = PlanRegistry()
+        backend = ServeBackend(GitRunner(home=tmp_path), plans, packcache,
+                               views_dir=tmp_path / "missing")
+        await backend.start()
+        try:
+            for _ in range(3):
+                served = plan()
+                [(_, answer)] = await http_call(backend.port, plans.register(served))
+                assert served.stats.complete and tag_messages(answer) == set()
+        finally:
+            await backend.stop()
+
+    asyncio.run(main())
+    assert Role.PRODUCE in packcache.roles and Role.HIT not in packcache.roles
+    assert list((tmp_path / "pc").glob("*.answer")) == []
