@@ -66,8 +66,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -118,6 +118,15 @@ class Decision:
         return self.route is Route.CACHE and self.notice is not None
 
 
+@functools.lru_cache(maxsize=MAX_TAG_SETS)
+def _followable(view: RefView, cached: frozenset[tuple[str, str]]
+                ) -> frozenset[tuple[str, str]]:
+    """The listed tags the cache holds as listed: one set object per question (views and
+    the cache's tag sets are shared objects, so a repeated question is an identity hit;
+    the pack-cache key and the tag view hash the answer, and a set keeps its hash)."""
+    return view.tags & cached
+
+
 def offline_notice(down_since: float, filled_at: float | None) -> str:
     """The ``remote:`` line of an offline answer."""
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(down_since))
@@ -160,10 +169,6 @@ class FetchDecider:
         self._fill_tenant: dict[str, str] = {}  # repo key -> tenant whose credential fills it
         self._tees: dict[str, TeeFill] = {}  # repo key -> tee fill in flight
         self._tags: dict[str, frozenset[tuple[str, str]]] = {}  # refs digest -> its tags
-        # (view, refs digest) -> the tags to follow: the same set object for the same
-        # question (the pack-cache key hashes it; a set keeps its hash)
-        self._follow: OrderedDict[tuple[int, str], tuple[RefView, frozenset[tuple[str, str]]]] \
-            = OrderedDict()
 
     def fill_credential(self, credential: Credential) -> Credential:
         """The credential a fill uses: anonymous in ``public`` isolation."""
@@ -456,16 +461,7 @@ class FetchDecider:
                 self._tags.pop(next(iter(self._tags)))
             cached = self._tags[state.digest] = frozenset(
                 (n, o) for n, o in state.refs.items() if n.startswith("refs/tags/"))
-        key = (id(view), state.digest)
-        seen = self._follow.get(key)
-        if seen is not None and seen[0] is view:
-            self._follow.move_to_end(key)
-            follow = seen[1]
-        else:
-            follow = view.tags & cached
-            self._follow[key] = (view, follow)
-            while len(self._follow) > MAX_TAG_SETS:
-                self._follow.popitem(last=False)
+        follow = _followable(view, cached)
         return follow, bool(req.haves) or len(follow) == len(view.tags)
 
     async def _public(self, repo: CacheRepo, tenant: str) -> bool:

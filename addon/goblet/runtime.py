@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -58,6 +59,8 @@ SECRET_FILE = "tenant-secret"  # noqa: S105 (a file name, not a secret)
 USAGE_EVERY = 60.0
 READY_EVERY = 15.0
 MAX_TAG_DIGESTS = 64  # tag sets whose pack-cache digest is remembered
+# (the decider hands out the same set object for the same question: a hit costs nothing)
+_tags_digest = functools.lru_cache(maxsize=MAX_TAG_DIGESTS)(tags_digest)
 
 
 class Runtime:
@@ -76,7 +79,6 @@ class Runtime:
         self.keyer = TenantKeyer(secret)
         self.plans = PlanRegistry()
         self.packcache = PackCache(self.store.packcache_dir, settings.pack_cache_max_bytes)
-        self._tag_digests: dict[frozenset[tuple[str, str]], bytes] = {}
         self.backend = ServeBackend(git, self.plans, self.packcache,
                                     follow_timeout=float(settings.upstream_timeout),
                                     views_dir=self.store.tmp_dir)
@@ -302,23 +304,12 @@ class Runtime:
             identity = cache_identity(body)
             if snapshot is not None and identity is not None:
                 key = cache_key(repo.key, snapshot.digest, git_protocol, identity,
-                                self._tags_digest(tags) if tags is not None else None)
+                                _tags_digest(tags) if tags is not None else None)
         return ServePlan(repo_dir=repo.path, body=body, git_protocol=git_protocol,
                          label=repo.url, advertise=advertise, prefix=prefix, notice=notice,
                          hidden_refs=hidden_refs, drop_head_symref=drop_head_symref,
                          cache_key=key, repo_key=repo.key, tags=tags,
                          untagged=untagged if tags is not None else None)
-
-
-    def _tags_digest(self, tags: frozenset[tuple[str, str]]) -> bytes:
-        """``tags_digest``, remembered for the last few sets (the decider hands out the
-        same set object for the same question: looked up by identity first)."""
-        digest = self._tag_digests.get(tags)
-        if digest is None:
-            digest = self._tag_digests[tags] = tags_digest(tags)
-            while len(self._tag_digests) > MAX_TAG_DIGESTS:
-                self._tag_digests.pop(next(iter(self._tag_digests)))
-        return digest
 
 
 def resolve_ca(path: str | None) -> list[tuple[str, str]]:

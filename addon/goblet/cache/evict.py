@@ -147,14 +147,11 @@ class Evictor:
                     lock_timeout: float = 5.0) -> Eviction | None:
         """Move one repo to trash under its writer lock; None if busy (its lock is held or
         this process is serving it) or gone."""
-        if self.reading(info.key):
-            log.info("not evicting %s now: it is being served", info.url or info.key[:12])
-            return None
         try:
             async with self.locks.writer(info.key, timeout=lock_timeout):
                 if not info.path.exists():
                     return None
-                if self.reading(info.key):  # (served since: the lock may have taken a while)
+                if self.reading(info.key):  # (checked under the lock: no await until the rename)
                     log.info("not evicting %s now: it is being served",
                              info.url or info.key[:12])
                     return None

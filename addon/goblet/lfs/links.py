@@ -200,7 +200,8 @@ class LinkTable:
             if not repo:
                 del self._by_repo[(grant.tenant, grant.repo_url)]
         mine = self._by_tenant.get(grant.tenant)
-        if mine is not None and mine.pop(token, False) is None:
+        if mine is not None and token in mine:
+            del mine[token]
             self._holds(grant.tenant, len(mine) + 1, len(mine))
             if not mine:
                 del self._by_tenant[grant.tenant]

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +21,17 @@ from goblet.serve.packcache import Role
 from goblet.serve.plans import PlanRegistry, ServePlan
 from goblet.serve.tagview import TagViews, open_view, packed_refs
 
+from tests.support.net import wait_for
 from tests.support.packs import objects_in, v2_pack
 from tests.support.repos import clean_env, git
 from tests.unit.serve.test_backend import RecordingPackCache, http_call
 
 
 def emptied(directory: Path) -> list[str]:
-    """What is left in ``directory`` once it is empty, or after 30 s (views are removed
-    in a worker thread once their last answer ended; slow on a busy disk)."""
-    deadline = time.monotonic() + 30
-    while (left := os.listdir(directory)) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return left
+    """What is left in ``directory`` once it is empty (views are removed in a worker
+    thread once their last answer ended; slow on a busy disk: fails after 30 s)."""
+    wait_for(f"{directory.name} to empty", lambda: not os.listdir(directory) or None, 30)
+    return os.listdir(directory)
 
 
 def tagged_repo(path: Path) -> dict[str, str]:
