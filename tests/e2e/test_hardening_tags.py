@@ -241,3 +241,36 @@ def test_strangers_following_tags_get_the_upstreams_refusal_however_they_ask(
             straight = send(upstream, None, "POST", path, {**headers, **auth}, body)
             assert no_pack(via) and tag.encode() not in via.body, (who, how)
             assert via.status == straight.status != 200, (who, how, via.status)
+
+
+def test_a_stored_tag_following_answer_is_never_replayed_to_strangers_or_the_revoked(
+    git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path
+) -> None:
+    # alice's identical tag-following fetches get their answer stored (bypass, produce,
+    # hit); the same bytes from no credential, bob's (no access), and alice's once the
+    # upstream revoked her get exactly the upstream's refusal, never the stored answer
+    name, _, tag, head = tagged_repo(repos, f"tag message {uuid.uuid4().hex}".encode())
+    git.clone(with_userinfo(upstream.url(name), "alice", "alice-pw"), tmp_path / "warm")
+    path = f"/{name}/git-upload-pack"
+    fetch = rawhttp.v2_fetch_body(head, extra=("deepen 2", "include-tag", "no-progress"))
+    ls_refs = rawhttp.v2_ls_refs_body(("HEAD", "refs/heads/", "refs/tags/"))
+    before = scrape(proxy)
+    for _ in range(3):
+        assert send(upstream, proxy, "POST", path, V2, ls_refs).status == 200
+        resp = send(upstream, proxy, "POST", path, V2, fetch)
+        assert resp.status == 200 and tag in objects_in(v2_pack(resp.body))
+    assert delta(before, scrape(proxy))["hit"] == 1
+
+    def refused(who: str, auth: dict[str, str]) -> None:
+        send(upstream, proxy, "POST", path, {**UPLOAD_HEADERS, **auth}, ls_refs)
+        via = send(upstream, proxy, "POST", path, {**UPLOAD_HEADERS, **auth}, fetch)
+        straight = send(upstream, None, "POST", path, {**UPLOAD_HEADERS, **auth}, fetch)
+        assert no_pack(via) and tag.encode() not in via.body, who
+        assert via.status == straight.status != 200, (who, via.status)
+
+    stored = scrape(proxy)
+    for who, auth in STRANGERS.items():
+        refused(who, auth)
+    repos.grant(name, public=False, readers=(), writers=())  # alice revoked upstream
+    refused("alice, revoked", ALICE)
+    assert delta(stored, scrape(proxy))["hit"] == 0
