@@ -72,8 +72,9 @@ class ServeBackend:
         self._reading: dict[str, int] = {}
 
     def reading(self, repo_key: str) -> bool:
-        """Whether an answer from the repo ``repo_key`` is being served right now."""
-        return self._reading.get(repo_key, 0) > 0
+        """Whether an answer from the repo ``repo_key`` is being served right now, or a
+        plan to serve one waits for its turn."""
+        return self._reading.get(repo_key, 0) > 0 or self.plans.pending(repo_key)
 
     @property
     def running(self) -> bool:

@@ -91,12 +91,17 @@ def clean_git_protocol(value: str | None) -> str | None:
 
 
 class PlanRegistry:
-    """Token → ServePlan, each usable once, forgotten after ``ttl`` seconds."""
+    """Token → ServePlan, each usable once, forgotten after ``ttl`` seconds.
+
+    A registered ServePlan counts as reading its repo (``pending``) until it is taken or
+    expires, so that nothing removes the repo between the decision to serve from it and
+    the backend's start."""
 
     def __init__(self, ttl: float = 120.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl = ttl
         self._clock = clock
         self._plans: dict[str, tuple[float, ServePlan | FilePlan | ReplyPlan]] = {}
+        self._pending: dict[str, int] = {}  # repo_key -> ServePlans registered, not taken
 
     def __len__(self) -> int:
         return len(self._plans)
@@ -106,6 +111,8 @@ class PlanRegistry:
         self._expire()
         token = secrets.token_urlsafe(32)
         self._plans[token] = (self._clock() + self._ttl, plan)
+        if isinstance(plan, ServePlan) and plan.repo_key:
+            self._pending[plan.repo_key] = self._pending.get(plan.repo_key, 0) + 1
         return token
 
     def take(self, token: str | None) -> ServePlan | FilePlan | ReplyPlan | None:
@@ -113,11 +120,27 @@ class PlanRegistry:
         if not token:
             return None
         entry = self._plans.pop(token, None)
-        if entry is None or entry[0] < self._clock():
+        if entry is None:
             return None
-        return entry[1]
+        self._settle(entry[1])
+        return None if entry[0] < self._clock() else entry[1]
+
+    def pending(self, repo_key: str) -> bool:
+        """Whether a ServePlan of the repo ``repo_key`` waits for the backend."""
+        if repo_key not in self._pending:
+            return False
+        self._expire()
+        return repo_key in self._pending
+
+    def _settle(self, plan: ServePlan | FilePlan | ReplyPlan) -> None:
+        if isinstance(plan, ServePlan) and plan.repo_key:
+            left = self._pending.get(plan.repo_key, 0) - 1
+            if left > 0:
+                self._pending[plan.repo_key] = left
+            else:
+                self._pending.pop(plan.repo_key, None)
 
     def _expire(self) -> None:
         now = self._clock()
         for token in [t for t, (exp, _) in self._plans.items() if exp < now]:
-            del self._plans[token]
+            self._settle(self._plans.pop(token)[1])

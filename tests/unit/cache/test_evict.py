@@ -15,7 +15,10 @@ from goblet.cache import evict as evict_module
 from goblet.cache.evict import Eviction, cache_bytes
 from goblet.cache.locks import RepoLocks
 from goblet.cache.usage import tree_bytes
+from goblet.git.runner import GitRunner
 from goblet.lfs.store import LfsScope, LfsStore
+from goblet.serve.backend import ServeBackend
+from goblet.serve.plans import PlanRegistry, ReplyPlan, ServePlan
 
 from tests.unit.cache.fakes import FakeCache
 
@@ -204,3 +207,29 @@ def test_a_repo_served_while_eviction_waited_for_its_lock_is_passed_over(
         return await evicting
 
     assert run(scenario()) is None and fake.remaining() == {"a"}
+
+
+def test_a_repo_with_a_serve_plan_not_yet_picked_up_is_passed_over(fake: FakeCache) -> None:
+    """From the moment the addon registers a plan to serve from a repo until the backend
+    takes it (or it expires), eviction leaves the repo alone."""
+    now = [0.0]
+    key = fake.add("a", 4096, time.time() - 100)
+    plans = PlanRegistry(ttl=60.0, clock=lambda: now[0])
+    backend = ServeBackend(GitRunner(home=fake.store.root), plans)
+    ev, _ = fake.evictor(max_bytes=1, drain_seconds=0.0, reading=backend.reading)
+    [info] = fake.store.list_repos()
+
+    def plan() -> ServePlan:
+        return ServePlan(repo_dir=info.path, body=b"0000", git_protocol=None, label="a",
+                         repo_key=key)
+
+    first, second = plans.register(plan()), plans.register(plan())
+    plans.register(ReplyPlan(403, b"no\n"))  # (not a read of any repo)
+    assert run(ev.evict(info)) is None and fake.remaining() == {"a"}
+    assert isinstance(plans.take(first), ServePlan)
+    assert run(ev.evict(info)) is None  # the second still waits
+    assert plans.take(first) is None  # (single use: taking it again changes nothing)
+    assert backend.reading(key)
+    now[0] = 61.0  # the second expired: nobody will read the repo through it
+    assert not backend.reading(key) and plans.take(second) is None
+    assert run(ev.evict(info)) is not None and fake.remaining() == set()
