@@ -2,7 +2,8 @@
 #
 #   docker build -t goblet:local .
 #   docker run -d --name goblet -p 127.0.0.1:8080:8080 -v goblet-cache:/var/cache/goblet \
-#     -v goblet-certs:/etc/goblet/certs goblet:local
+#     -v goblet-certs:/etc/goblet/certs goblet:local \
+#     --listen-host 0.0.0.0 -p 8080 --set goblet_allow_open_proxy=on
 #   docker cp goblet:/etc/goblet/certs/mitmproxy-ca-cert.pem .   # the CA clients trust
 #   docker exec goblet goblet cache stats --cache-dir /var/cache/goblet
 #
@@ -10,8 +11,8 @@
 # (mitmproxy's confdir: the CA, generated on first start if empty; clients trust
 # mitmproxy-ca-cert.pem). Never bake a CA into the image: .dockerignore keeps
 # certs/ out of the build context.
-# Options: arguments replace CMD below, so repeat its listen address and the
-# open-proxy choice, then add `--set name=value` (see README.md); the
+# Options: arguments replace CMD below, so repeat its listen address, add who
+# may connect (below), then `--set name=value` (see README.md); the
 # entrypoint already sets the cache dir, confdir, http2=false and flow_detail=0.
 FROM python:3.11-slim-bookworm
 
@@ -51,12 +52,15 @@ ENTRYPOINT ["tini", "--", "mitmdump", "-s", "/opt/goblet/addon/goblet_addon.py",
             "--set", "confdir=/etc/goblet/certs", \
             "--set", "goblet_cache_dir=/var/cache/goblet", \
             "--set", "http2=false", "--set", "flow_detail=0"]
-# 0.0.0.0 is the container's own network namespace: the host reaches it only
-# through ports you publish, other containers only on the same Docker network.
-# goblet refuses to listen beyond loopback without proxyauth unless told, so the
-# default opts in: publish on 127.0.0.1 as above, or when others can reach the
-# port replace the opt-in with `--set proxyauth=@/etc/goblet/htpasswd` (mount one)
-# (docs/operations/exposure.md). proxyauth asks every request on the proxy port for
-# credentials, /healthz too: then also `--set goblet_metrics_port=9464` and run the
-# container with `-e GOBLET_HEALTH_PORT=9464`, or the health check fails.
-CMD ["--listen-host", "0.0.0.0", "-p", "8080", "--set", "goblet_allow_open_proxy=on"]
+# 0.0.0.0 is the container's own network namespace: the host reaches it through
+# the ports you publish, other containers on the same Docker network directly.
+# goblet refuses to listen beyond loopback when nothing checks who connects, so
+# this command alone exits at once with that refusal (`docker logs`): a bare
+# `docker run -p 8080:8080` would otherwise relay for every machine that reaches
+# the host. Choose on the command line (docs/operations/exposure.md): publish on
+# 127.0.0.1 and add `--set goblet_allow_open_proxy=on` as above, or
+# `--set proxyauth=@/etc/goblet/htpasswd` (mount one). proxyauth asks every request
+# on the proxy port for credentials, /healthz too: then also
+# `--set goblet_metrics_port=9464` and run the container with
+# `-e GOBLET_HEALTH_PORT=9464`, or the health check fails.
+CMD ["--listen-host", "0.0.0.0", "-p", "8080"]
