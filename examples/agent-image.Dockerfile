@@ -5,5 +5,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends git ca-certific
     && rm -rf /var/lib/apt/lists/*
 COPY mitmproxy-ca-cert.pem /usr/local/share/ca-certificates/goblet.crt
 RUN update-ca-certificates
+# With proxyauth on the goblet, give the job HTTPS_PROXY=http://user:password@…
+# at run time; never bake proxy credentials into the image.
 ENV HTTPS_PROXY=http://goblet.internal:8080 \
     NO_PROXY=localhost,127.0.0.1

@@ -93,8 +93,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "<repo> (plain HTTP from the client; upstream always over https). 0: off. "
                "Needs a restart.", restart=True),
     OptionSpec("goblet_cache_max_bytes", str, "0",
-               "Budget of the cache (repos and stored packs); least recently used repos are "
-               "evicted above it (e.g. 50GiB; 0: no byte budget, only goblet_min_free_bytes)."),
+               "Budget of the cache (repos, stored packs and LFS objects); least recently used "
+               "repos and LFS objects are evicted above it (e.g. 50GiB; 0: no byte budget, "
+               "only goblet_min_free_bytes)."),
     OptionSpec("goblet_pack_cache_max_bytes", str, "2GiB",
                "Budget of stored upload-pack answers shared by identical fetches (0: off)."),
     OptionSpec("goblet_maintenance", str, "on",
