@@ -53,6 +53,7 @@ def test_an_open_proxy_is_refused_in_one_line(listen: list[str], tmp_path: Path,
     assert len(refusal) == 1, out
     assert "no proxyauth" in refusal[0] and "goblet_allow_open_proxy=on" in refusal[0]
     assert "goblet ready" not in out
+    assert "Traceback" not in out and "listening at" not in out, out  # nothing was bound
 
 
 def test_the_opt_in_starts_with_a_warning(tmp_path: Path, confdir: Path) -> None:

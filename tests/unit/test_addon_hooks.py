@@ -19,6 +19,7 @@ from goblet.policy import gate
 from goblet.protocol import pktline
 from goblet.serve.plans import TOKEN_HEADER
 from mitmproxy import exceptions, http
+from mitmproxy.addons import proxyserver
 from mitmproxy.test import taddons, tflow, tutils
 
 HOST, PORT = "git.example.com", 443
@@ -396,3 +397,35 @@ def test_clients_goblet_closes_are_remembered_as_its_doing() -> None:
     with taddons.context():
         close_client("client-a")
     assert closed_by_goblet("client-a") and not closed_by_goblet("client-b")
+
+
+def test_an_open_proxy_is_refused_before_anything_listens_and_when_asked_later(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """At start-up a refusal is one error line and mitmproxy's server off (nothing is
+    bound; mitmproxy's start-up check then exits); once running, a change that would open
+    the proxy raises OptionsError, which makes mitmproxy keep the old values."""
+
+    async def main() -> None:
+        starting = Goblet()
+        with taddons.context(proxyserver.Proxyserver(), starting) as tctx:
+            tctx.configure(starting, goblet_cache_dir=str(tmp_path / "a"), listen_host="0.0.0.0")
+            assert tctx.options.server is False
+            await starting.running()
+            assert starting.rt is None  # refused: no runtime, no "goblet ready"
+        refusals = [r for r in caplog.records if "refusing to start" in r.getMessage()]
+        assert len(refusals) == 1 and refusals[0].levelname == "ERROR"
+        assert refusals[0].exc_info is None  # one line, no traceback
+        running = Goblet()
+        with taddons.context(proxyserver.Proxyserver(), running) as tctx:
+            tctx.configure(running, goblet_cache_dir=str(tmp_path / "b"),
+                           listen_host="127.0.0.1")
+            await running.running()
+            try:
+                assert running.rt is not None and tctx.options.server is True
+                with pytest.raises(exceptions.OptionsError, match="refusing to start"):
+                    tctx.configure(running, listen_host="0.0.0.0")
+                assert tctx.options.server is True
+            finally:
+                await running.done()
+
+    asyncio.run(main())

@@ -1,5 +1,6 @@
 """The connection-level hooks: first-request deadlines, relays goblet refuses, TLS
-it leaves alone, and the path-prefix port's refusal of tunnels.
+it leaves alone, and the path-prefix port's refusal of tunnels; and the open-proxy
+check of the listening options (``guard_exposure``).
 
 A mixin of the addon class (mitmproxy finds hooks by method name on one
 object); the decisions it applies live in ``observe/exposure.py``,
@@ -11,8 +12,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from typing import Any
 
-from mitmproxy import connection, ctx, http, tcp, tls
+from mitmproxy import connection, ctx, exceptions, http, tcp, tls
 from mitmproxy.proxy import server_hooks
 
 from goblet import options as opts
@@ -24,6 +26,24 @@ from goblet.runtime import Runtime
 TEXT = {"Content-Type": "text/plain; charset=utf-8"}
 _NOT_RELAYED = "goblet_not_relayed"  # flow.metadata key of a raw tunnel goblet closed
 log = logging.getLogger("goblet")
+
+
+def guard_exposure(o: Any, *, started: bool, listening: bool) -> bool:
+    """The open-proxy check (``observe/exposure.py``) of mitmproxy options ``o``: True if
+    goblet may go on. Once started, a refused change raises OptionsError (mitmproxy keeps
+    the old values). During start-up a refusal is one error line and mitmproxy's
+    ``server`` turned off, so nothing is bound and its start-up error check exits with
+    status 1 (raising would print a traceback, and the script loads while mitmproxy
+    already binds its listeners)."""
+    verdict = exposure.start_verdict_for(o, listening=listening)
+    if not verdict.refuse:
+        return True
+    if started:
+        raise exceptions.OptionsError(verdict.message)
+    log.error("%s", verdict.message)
+    if "server" in o:
+        o.update(server=False)
+    return False
 
 
 class ConnectionHooks:

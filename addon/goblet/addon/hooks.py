@@ -21,6 +21,7 @@ from goblet.addon.connections import (
     client_backlog,
     close_client,
     closed_by_goblet,
+    guard_exposure,
     proxy_ports,
 )
 from goblet.addon.early import EarlyAnswers, goblet_response, set_header, to_backend
@@ -51,6 +52,7 @@ class Goblet(ConnectionHooks):
         self.lfs = LfsFlows(lambda: self.rt, self._backend_clients)
         self._heads = Deadlines(lambda: self.settings.request_body_timeout
                                 if self.settings else 60.0, close_client)
+        self._started = self._refused = False  # (running; refused an open proxy at start-up)
 
     # -- options and life cycle ----------------------------------------------------
 
@@ -61,13 +63,14 @@ class Goblet(ConnectionHooks):
             loader.add_option(spec.name, spec.typespec, spec.default, spec.help)  # type: ignore[attr-defined]
 
     def configure(self, updated: set[str]) -> None:
-        """Validate goblet's options; refuse bad values, restart-only changes and an open
-        proxy with OptionsError (at start-up that stops mitmdump before it listens)."""
+        """Validate goblet's options; refuse bad values and restart-only changes with
+        OptionsError, and an open proxy (``guard_exposure``: at start-up, before anything
+        listens)."""
         o = ctx.options
-        if updated & exposure.EXPOSURE_OPTIONS:
-            verdict = exposure.start_verdict_for(o, listening=self._listening())
-            if verdict.refuse:
-                raise exceptions.OptionsError(verdict.message)
+        if updated & exposure.EXPOSURE_OPTIONS and not guard_exposure(
+                o, started=self._started, listening=self._listening()):
+            self._refused = True
+            return
         if "termlog_verbosity" in updated:
             self.access.verbosity(str(getattr(o, "termlog_verbosity", "info")))
         if not any(name.startswith("goblet_") for name in updated):
@@ -87,8 +90,9 @@ class Goblet(ConnectionHooks):
 
     async def running(self) -> None:
         """Start the runtime and log one ``goblet ready`` line."""
-        s = self.settings
-        assert s is not None
+        self._started, s = True, self.settings
+        if self._refused or s is None:
+            return  # (refused at start-up: mitmproxy is on its way out)
         for warning in exposure.startup_warnings(ctx.options, listening=self._listening()):
             log.warning("%s", warning)
         try:
