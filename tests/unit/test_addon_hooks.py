@@ -429,3 +429,27 @@ def test_an_open_proxy_is_refused_before_anything_listens_and_when_asked_later(
                 await running.done()
 
     asyncio.run(main())
+
+
+def test_before_the_runtime_is_up_the_prefix_port_refuses_and_the_proxy_port_passes_on(
+        tmp_path: Path) -> None:
+    """The path-prefix port never relays, not even while goblet starts (it is exempt
+    from the open-proxy check for that); the proxy port passes requests on untouched."""
+
+    async def main() -> None:
+        addon = Goblet()
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, goblet_cache_dir=str(tmp_path / "cache"),
+                           goblet_hosts=[HOST], goblet_prefix_port="18081")
+            assert addon.rt is None  # (not running yet)
+            relayed = tflow.tflow(req=tutils.treq(host="10.9.9.2", port=8000, path=b"/"))
+            relayed.client_conn.sockname = ("0.0.0.0", 18081)
+            addon.requestheaders(relayed)
+            assert relayed.response is not None and relayed.response.status_code == 503
+            assert not relayed.request.stream
+            passed = tflow.tflow(req=tutils.treq(host="10.9.9.2", port=8000, path=b"/"))
+            passed.client_conn.sockname = ("127.0.0.1", 8080)
+            addon.requestheaders(passed)
+            assert passed.response is None and passed.request.stream
+
+    asyncio.run(main())

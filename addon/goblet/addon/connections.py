@@ -121,6 +121,16 @@ class ConnectionHooks:
                 405, b"goblet: this port serves http://<goblet>/<host>/<repo> URLs, "
                      b"not CONNECT\n", TEXT)
 
+    def _not_started(self, flow: http.HTTPFlow) -> None:
+        """A request that arrives before goblet's runtime is up (or after it failed to
+        start): passed on untouched on a proxy port, refused with 503 on the path-prefix
+        port, which never relays (it is exempt from the open-proxy check for that)."""
+        if not self._on_prefix_port(flow):
+            flow.request.stream = True
+            return
+        flow.response = http.Response.make(503, b"goblet: not ready yet, try again\n", {
+            **TEXT, "Retry-After": "1", "Connection": "close"})
+
     def _on_prefix_port(self, flow: http.HTTPFlow) -> bool:
         sockname = flow.client_conn.sockname
         return bool(self.settings and self.settings.prefix_port and sockname

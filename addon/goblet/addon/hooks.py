@@ -120,7 +120,7 @@ class Goblet(ConnectionHooks):
             return
         req = flow.request
         if self.rt is None or self.settings is None:
-            req.stream = True  # not started: nothing to do but pass on
+            self._not_started(flow)
             return
         body = bodies.may_have_body(req.http_version, req.headers.fields)
         door = requests.front_door(

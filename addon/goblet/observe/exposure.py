@@ -79,8 +79,10 @@ def listeners(modes: Sequence[str], listen_host: str | None,
     """The listeners mitmproxy starts for ``mode`` specs (``name[:data][@[host:]port]``).
 
     A spec without a host binds ``listen_host``; an empty host means every
-    interface, as in mitmproxy. Specs mitmproxy itself would refuse are left to
-    it (they are skipped here).
+    interface, as in mitmproxy. A port is read as mitmproxy reads it (``int``:
+    ``+8080``, ``8_080`` and `` 8080`` are 8080); one it cannot read counts as
+    port 0 on every interface, so that a spelling this code and mitmproxy read
+    differently is judged open (fail closed).
     """
     out = []
     for spec in modes:
@@ -94,9 +96,10 @@ def listeners(modes: Sequence[str], listen_host: str | None,
             host, sep, port_text = at.rpartition(":")
             if not sep:
                 host, port_text = None, at
-            if not port_text.isdigit():
-                continue
-            port = int(port_text)
+            try:
+                port = int(port_text)
+            except ValueError:
+                host, port = "", 0
         if mode in _NO_SOCKET:
             continue
         if port is None:
@@ -126,10 +129,20 @@ def is_loopback(host: str) -> bool:
 def authenticates(proxyauth: str | None) -> bool:
     """Whether mitmproxy's ``proxyauth`` asks clients for credentials it checks.
 
-    ``any`` accepts every user name and password: that asks, but checks nothing.
+    ``any`` accepts every user name and password, and a single ``user:`` with an
+    empty password (``:`` too) anyone who sends that name: that asks, but checks
+    nothing.
     """
     value = (proxyauth or "").strip()
-    return bool(value) and value != "any"
+    return bool(value) and value != "any" and not _no_password(value)
+
+
+def _no_password(proxyauth: str) -> bool:
+    """Whether ``proxyauth`` is mitmproxy's single ``user:password`` form with an empty
+    password (not an htpasswd file, not LDAP)."""
+    if proxyauth.startswith(("@", "ldap")):  # (mitmproxy's own tests, in its order)
+        return False
+    return not proxyauth.partition(":")[2]
 
 
 def open_listeners(found: Iterable[Listener], proxyauth: str | None,
@@ -167,8 +180,9 @@ def start_verdict(found: Sequence[Listener], proxyauth: str | None,
     if not exposed:
         return StartVerdict()
     where = ", ".join(str(lst) for lst in exposed)
-    auth = "proxyauth=any checks no password" if (proxyauth or "").strip() == "any" \
-        else "no proxyauth"
+    value = (proxyauth or "").strip()
+    auth = "no proxyauth" if not value else "proxyauth=any checks no password" \
+        if value == "any" else "a proxyauth user with an empty password checks no password"
     if allow:
         return StartVerdict(message=(
             f"goblet: open proxy on {where} ({auth}): anyone who can reach it can relay "

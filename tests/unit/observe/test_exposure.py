@@ -36,6 +36,21 @@ def test_listeners_agree_with_mitmproxys_own_parser(
         [(x.mode, x.host.strip("[]"), x.port) for x in theirs]
 
 
+@pytest.mark.parametrize("spec", ["regular@0.0.0.0:+18080", "regular@0.0.0.0:18_080",
+                                  "regular@ 18080", "regular@:+18080", "regular@0.0.0.0: 18080"])
+def test_ports_are_read_as_mitmproxy_reads_them(spec: str) -> None:
+    """A port spelling mitmproxy accepts (``int``) binds beyond loopback: refused."""
+    mode = ProxyMode.parse(spec)
+    assert exposure.listeners([spec], "", None) == \
+        [Listener("regular", mode.listen_host(""), mode.listen_port(None))]
+    assert exposure.start_verdict(exposure.listeners([spec], "", None), None, "off").refuse
+
+
+def test_a_port_mitmproxy_cannot_read_counts_as_open() -> None:
+    assert exposure.listeners(["regular@127.0.0.1:80x"], "127.0.0.1", None) == \
+        [Listener("regular", "", 0)]
+
+
 def test_modes_without_a_socket_are_not_listeners() -> None:
     assert exposure.listeners(["local", "tun", "regular"], "", 8080) == \
         [Listener("regular", "", 8080)]
@@ -91,6 +106,13 @@ def test_proxyauth_guards_relaying_modes(auth: str) -> None:
 def test_proxyauth_any_checks_nothing() -> None:
     verdict = exposure.start_verdict(ALL, "any", "off")
     assert verdict.refuse and "proxyauth=any checks no password" in verdict.message
+
+
+@pytest.mark.parametrize("auth", [":", "ci:", " ci: "])
+def test_a_single_user_with_an_empty_password_checks_nothing(auth: str) -> None:
+    verdict = exposure.start_verdict(ALL, auth, "off")
+    assert verdict.refuse and "empty password checks no password" in verdict.message
+    assert exposure.authenticates(":pw") and exposure.authenticates("@/x:")
 
 
 def test_proxyauth_does_not_guard_transparent_or_wireguard() -> None:
