@@ -134,15 +134,16 @@ def authenticates(proxyauth: str | None) -> bool:
     nothing.
     """
     value = (proxyauth or "").strip()
-    return bool(value) and value != "any" and not _no_password(value)
+    return bool(value) and value != "any" and not _no_password(proxyauth or "")
 
 
 def _no_password(proxyauth: str) -> bool:
-    """Whether ``proxyauth`` is mitmproxy's single ``user:password`` form with an empty
-    password (not an htpasswd file, not LDAP)."""
+    """Whether ``proxyauth`` (as given: mitmproxy does not strip it) is mitmproxy's
+    single ``user:password`` form with a blank password (not an htpasswd file, not
+    LDAP)."""
     if proxyauth.startswith(("@", "ldap")):  # (mitmproxy's own tests, in its order)
         return False
-    return not proxyauth.partition(":")[2]
+    return not proxyauth.partition(":")[2].strip()
 
 
 def open_listeners(found: Iterable[Listener], proxyauth: str | None,

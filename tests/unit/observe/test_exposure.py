@@ -108,7 +108,7 @@ def test_proxyauth_any_checks_nothing() -> None:
     assert verdict.refuse and "proxyauth=any checks no password" in verdict.message
 
 
-@pytest.mark.parametrize("auth", [":", "ci:", " ci: "])
+@pytest.mark.parametrize("auth", [":", "ci:", " ci: ", " ldap:", "\t@x:", "ci: \t"])
 def test_a_single_user_with_an_empty_password_checks_nothing(auth: str) -> None:
     verdict = exposure.start_verdict(ALL, auth, "off")
     assert verdict.refuse and "empty password checks no password" in verdict.message
