@@ -101,7 +101,6 @@ class PlanRegistry:
         self._ttl = ttl
         self._clock = clock
         self._plans: dict[str, tuple[float, ServePlan | FilePlan | ReplyPlan]] = {}
-        self._pending: dict[str, int] = {}  # repo_key -> ServePlans registered, not taken
 
     def __len__(self) -> int:
         return len(self._plans)
@@ -111,8 +110,6 @@ class PlanRegistry:
         self._expire()
         token = secrets.token_urlsafe(32)
         self._plans[token] = (self._clock() + self._ttl, plan)
-        if isinstance(plan, ServePlan) and plan.repo_key:
-            self._pending[plan.repo_key] = self._pending.get(plan.repo_key, 0) + 1
         return token
 
     def take(self, token: str | None) -> ServePlan | FilePlan | ReplyPlan | None:
@@ -120,27 +117,18 @@ class PlanRegistry:
         if not token:
             return None
         entry = self._plans.pop(token, None)
-        if entry is None:
+        if entry is None or entry[0] < self._clock():
             return None
-        self._settle(entry[1])
-        return None if entry[0] < self._clock() else entry[1]
+        return entry[1]
 
     def pending(self, repo_key: str) -> bool:
-        """Whether a ServePlan of the repo ``repo_key`` waits for the backend."""
-        if repo_key not in self._pending:
-            return False
-        self._expire()
-        return repo_key in self._pending
-
-    def _settle(self, plan: ServePlan | FilePlan | ReplyPlan) -> None:
-        if isinstance(plan, ServePlan) and plan.repo_key:
-            left = self._pending.get(plan.repo_key, 0) - 1
-            if left > 0:
-                self._pending[plan.repo_key] = left
-            else:
-                self._pending.pop(plan.repo_key, None)
+        """Whether a ServePlan of the repo ``repo_key`` waits for the backend (a look at
+        every plan in flight: asked by eviction, not per request)."""
+        now = self._clock()
+        return any(exp >= now and isinstance(plan, ServePlan) and plan.repo_key == repo_key
+                   for exp, plan in self._plans.values())
 
     def _expire(self) -> None:
         now = self._clock()
         for token in [t for t, (exp, _) in self._plans.items() if exp < now]:
-            self._settle(self._plans.pop(token)[1])
+            del self._plans[token]
