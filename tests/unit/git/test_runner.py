@@ -4,13 +4,18 @@ and a deadline that kills the child and its process group."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from goblet.git.runner import GitResult, GitRunner, GitTimeout
+from goblet.git.runner import GitResult, GitRunner, GitTimeout, launcher
 
 from tests.support.repos import make_bare_repo
 
@@ -84,3 +89,55 @@ def running_with(text: str) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+_PARENT = """
+import asyncio, sys, time
+from pathlib import Path
+import goblet.git.runner as r
+if sys.argv[1] == "hook":
+    r.launcher = lambda: ()
+async def main():
+    proc = await r.GitRunner(home=Path(sys.argv[2]), git=sys.argv[3]).spawn(["300"], nice=7)
+    print(proc.pid, flush=True)
+    time.sleep(300)
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("way", ["launcher", "hook"])
+def test_a_child_dies_with_the_proxy_even_by_sigkill(way: str, tmp_path: Path) -> None:
+    """Started through ``setpriv`` or through the pre-exec hook, a child runs niced in
+    its own process group and gets SIGKILL when its parent dies, however it dies."""
+    if way == "launcher" and not launcher():
+        pytest.skip("no setpriv with --pdeathsig here")
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    addon = Path(__file__).resolve().parents[3] / "addon"
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, way, str(tmp_path), sleep],
+                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(addon)})
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        assert (int(fields[2]), int(fields[16])) == (child, 7)  # (pgrp, nice)
+        assert Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[:2] == [
+            sleep.encode(), b"300"]
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child, os.WNOHANG)  # (not ours: reaped by init; this only waits)
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(
+        f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_the_launcher_is_used_where_setpriv_can_set_the_signal() -> None:
+    """On Linux with util-linux (the image, CI) children start without a pre-exec hook,
+    so the proxy is never forked whole."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("no setpriv here")
+    assert launcher()[1:] == ("--pdeathsig", "KILL", "--")
