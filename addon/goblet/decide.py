@@ -232,13 +232,13 @@ class FetchDecider:
             if cold is not None:
                 return cold
         wants = set(req.wants)
-        missing = wants - await self.store.present(repo, wants)
+        missing = await self._missing(repo, wants)
         filled = bool(missing)
         if missing:
             failed = await self._fill(repo, tenant, credential, missing)
             if failed is not None:
                 return failed
-            missing = wants - await self.store.present(repo, wants)
+            missing = await self._missing(repo, wants)
             if missing:
                 return Decision(Route.UPSTREAM, f"{len(missing)} wanted object(s) not in cache")
         refused = await self._not_advertised(repo, tenant, credential, req, host=host)
@@ -257,6 +257,14 @@ class FetchDecider:
             notice = offline_notice(down, state.filled_at if state else None)
         return Decision(Route.CACHE, "filled, then served" if filled else "all wants cached",
                         notice=notice, tags=tags)
+
+    async def _missing(self, repo: CacheRepo, wants: set[str]) -> set[str]:
+        """The ``wants`` the cache repo lacks. A want that is a ref tip the repo's last fill
+        recorded is there (git keeps the object of every ref; a fill records the refs it
+        left), so a clone of tips costs no ``cat-file``; the others are looked up."""
+        state = self.store.state(repo)
+        unknown = wants - set(state.refs.values()) if state is not None else wants
+        return unknown - await self.store.present(repo, unknown) if unknown else set()
 
     async def _cold(self, repo: CacheRepo, tenant: str, credential: Credential,
                     req: FetchRequest) -> Decision | None:

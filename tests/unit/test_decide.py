@@ -196,6 +196,30 @@ def test_advertised_tips_are_served(world: World) -> None:
     assert world.asker.serves_asked == []
 
 
+def test_wants_that_are_recorded_tips_are_not_looked_up(world: World) -> None:
+    """The fill record says which tips the repo holds: a clone of tips starts no git; any
+    other want is looked up in the repo (a missing one is filled, never assumed)."""
+    ran: list[str] = []
+    run = world.store.git.run
+
+    async def counted(args: Sequence[str], **kw: Any) -> Any:
+        ran.append(args[0])
+        return await run(args, **kw)
+
+    world.store.git.run = counted  # type: ignore[method-assign]
+    world.grant("alice")
+    main, v1 = world.refs["refs/heads/main"], world.refs["refs/tags/v1"]
+    assert world.decide("alice", main, v1).route is Route.CACHE
+    assert ran == []
+    world.decide("alice", main, world.old)
+    assert ran[:1] == ["cat-file"]
+    ran.clear()
+    state = world.repo.path / "goblet-state.json"  # a record naming a tip the repo lacks
+    state.write_text(state.read_text().replace(main, "1" * 40))
+    world.decide("alice", main)
+    assert ran[:1] == ["cat-file"]  # (main is no recorded tip now: looked up, found)
+
+
 def test_history_of_advertised_tips_is_served_without_asking(world: World) -> None:
     world.grant("alice")
     assert world.decide("alice", world.old).route is Route.CACHE
