@@ -128,8 +128,10 @@ class GitRunner:
         """Start git with all three standard streams piped; the caller reaps it.
 
         ``nice`` lowers the child's CPU priority (background work that must not slow
-        the clients being served)."""
-        prefix = launcher()
+        the clients being served). Commands that only read (``READERS``) start through
+        ``launcher()``; the others through the pre-exec hook, which closes the window
+        in which a child of a proxy killed just then would not die with it."""
+        prefix = launch_prefix(args)
         argv = [*prefix, self.git]
         if git_dir is not None:
             argv += ["--git-dir", str(git_dir)]
@@ -147,32 +149,53 @@ class GitRunner:
         )
         if prefix and nice:  # (the whole group: git and what it has started so far)
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.setpriority(os.PRIO_PGRP, proc.pid, nice)
+                os.setpriority(os.PRIO_PGRP, proc.pid,
+                               min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
         return proc
+
+
+# The git commands that write nothing anywhere: a child that outlives a killed proxy by
+# the moment before its parent-death signal is set (``launcher``) only reads and ends.
+READERS = frozenset({"upload-pack", "cat-file", "rev-list", "for-each-ref", "rev-parse",
+                     "show-ref", "ls-remote", "count-objects", "fsck", "version", "--version"})
+
+
+def launch_prefix(args: Sequence[str]) -> tuple[str, ...]:
+    """What ``git ARGS`` is started through: ``launcher()`` for a reader, else nothing
+    (the pre-exec hook)."""
+    return launcher() if args and args[0] in READERS else ()
 
 
 @functools.cache
 def launcher() -> tuple[str, ...]:
-    """The command every git child is started through: util-linux's ``setpriv`` giving it
-    SIGKILL as parent-death signal, or ``()`` where there is no such ``setpriv`` (then a
-    pre-exec hook sets it, ``_die_with_parent``).
+    """The command a reading git child is started through: util-linux's ``setpriv``
+    giving it SIGKILL as parent-death signal, or ``()`` where there is no such
+    ``setpriv`` (then the pre-exec hook sets it, ``_die_with_parent``).
 
     Why not always the hook: a Python pre-exec function makes ``subprocess`` fork the
     whole proxy (page tables of a process of a few hundred MB) and run Python in the
     child before ``exec``, while the event loop waits: ~10-16 ms per child measured,
-    against under 1 ms with the ``vfork`` it uses otherwise. Checked once, by running
-    it, so a ``setpriv`` without ``--pdeathsig`` (util-linux before 2.33) is not used.
+    against under 1 ms with the ``vfork`` it uses otherwise. The price: the signal is
+    set a few milliseconds after the start, and nothing checks that the proxy is
+    still alive then (the hook does), so only readers take this way. Checked once, by
+    running it, so a ``setpriv`` without ``--pdeathsig`` (util-linux before 2.33) is
+    not used.
     """
-    path = shutil.which("setpriv")
-    if path is None or _prctl() is None:
+    if _prctl() is None:
+        return ()  # (no Linux: no parent-death signal either way)
+    path, ok = shutil.which("setpriv"), False
+    if path is not None:
+        prefix = (path, "--pdeathsig", "KILL", "--")
+        try:
+            ok = subprocess.run([*prefix, path, "--version"], stdin=subprocess.DEVNULL,
+                                capture_output=True, timeout=10, check=False).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            ok = False
+    if not ok:
+        log.warning("goblet: no setpriv that sets a parent-death signal (util-linux): every "
+                    "git child starts through a pre-exec hook, which forks the proxy")
         return ()
-    prefix = (path, "--pdeathsig", "KILL", "--")
-    try:
-        ok = subprocess.run([*prefix, path, "--version"], stdin=subprocess.DEVNULL,
-                            capture_output=True, timeout=10, check=False).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        ok = False
-    return prefix if ok else ()
+    return prefix
 
 
 _PR_SET_PDEATHSIG = 1

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from goblet.git.runner import GitResult, GitRunner, GitTimeout, launcher
+from goblet.git.runner import GitResult, GitRunner, GitTimeout, launch_prefix
 
 from tests.support.repos import make_bare_repo
 
@@ -95,8 +95,8 @@ _PARENT = """
 import asyncio, sys, time
 from pathlib import Path
 import goblet.git.runner as r
-if sys.argv[1] == "hook":
-    r.launcher = lambda: ()
+if sys.argv[1] == "launcher":
+    r.READERS = r.READERS | {"300"}  # (sleep 300 reads nothing: start it as a reader)
 async def main():
     proc = await r.GitRunner(home=Path(sys.argv[2]), git=sys.argv[3]).spawn(["300"], nice=7)
     print(proc.pid, flush=True)
@@ -109,7 +109,7 @@ asyncio.run(main())
 def test_a_child_dies_with_the_proxy_even_by_sigkill(way: str, tmp_path: Path) -> None:
     """Started through ``setpriv`` or through the pre-exec hook, a child runs niced in
     its own process group and gets SIGKILL when its parent dies, however it dies."""
-    if way == "launcher" and not launcher():
+    if way == "launcher" and not launch_prefix(["cat-file"]):
         pytest.skip("no setpriv with --pdeathsig here")
     sleep = shutil.which("sleep")
     assert sleep is not None
@@ -119,10 +119,13 @@ def test_a_child_dies_with_the_proxy_even_by_sigkill(way: str, tmp_path: Path) -
     try:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
+        started = time.monotonic()  # (through setpriv, sleep runs a few ms after the spawn)
+        while Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[:2] != [
+                sleep.encode(), b"300"]:
+            assert time.monotonic() - started < 10, "the child never became sleep"
+            time.sleep(0.01)
         fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
         assert (int(fields[2]), int(fields[16])) == (child, 7)  # (pgrp, nice)
-        assert Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[:2] == [
-            sleep.encode(), b"300"]
     finally:
         parent.kill()
         parent.wait()
@@ -135,9 +138,14 @@ def test_a_child_dies_with_the_proxy_even_by_sigkill(way: str, tmp_path: Path) -
         f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-def test_the_launcher_is_used_where_setpriv_can_set_the_signal() -> None:
-    """On Linux with util-linux (the image, CI) children start without a pre-exec hook,
-    so the proxy is never forked whole."""
+def test_readers_start_through_setpriv_writers_through_the_hook() -> None:
+    """On Linux with util-linux (the image, CI) the children a clone waits for start
+    without a pre-exec hook (the proxy is not forked whole); a writer keeps the hook,
+    which makes sure it never outlives a proxy killed while it starts."""
     if shutil.which("setpriv") is None:
         pytest.skip("no setpriv here")
-    assert launcher()[1:] == ("--pdeathsig", "KILL", "--")
+    for reader in ("upload-pack", "cat-file", "rev-list", "for-each-ref", "ls-remote"):
+        assert launch_prefix([reader, "x"])[1:] == ("--pdeathsig", "KILL", "--")
+    for writer in ("fetch", "repack", "index-pack", "update-ref", "symbolic-ref", "init",
+                   "bundle", "pack-refs", "commit-graph", "gc", ""):
+        assert launch_prefix([writer, "x"]) == ()
