@@ -263,7 +263,7 @@ class FetchDecider:
         recorded is there (git keeps the object of every ref; a fill records the refs it
         left), so a clone of tips costs no ``cat-file``; the others are looked up."""
         state = self.store.state(repo)
-        unknown = wants - set(state.refs.values()) if state is not None else wants
+        unknown = wants - state.tips if state is not None else wants
         return unknown - await self.store.present(repo, unknown) if unknown else set()
 
     async def _cold(self, repo: CacheRepo, tenant: str, credential: Credential,

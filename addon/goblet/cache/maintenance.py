@@ -119,7 +119,7 @@ class Maintainer:
                         return kind
                     result = "ok" if await self._run(repo, full) else "error"
                     if result == "ok" and full:
-                        self.store.mark_full_repack(repo)
+                        self.store.mark_full_repack(repo, *await self.store.read_refs(repo.path))
             except LockTimeout:
                 result = "skipped"
             except (OSError, GitTimeout) as e:

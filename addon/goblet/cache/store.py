@@ -86,6 +86,7 @@ class RepoState:
     partition: str = "shared"
     full_repack_at: float = 0.0
     digest: str = ""  # refs_digest(refs, head), computed once when the state is read
+    tips: frozenset[str] = frozenset()  # the objects of ``refs``, also computed then
 
 
 def refs_digest(refs: Mapping[str, str], head: str | None) -> str:
@@ -253,7 +254,8 @@ class RepoStore:
             head = raw.get("head")
             return RepoState(refs, head, float(raw["filled_at"]),
                              str(raw.get("url", "")), str(raw.get("partition", "shared")),
-                             float(raw.get("full_repack_at", 0.0)), refs_digest(refs, head))
+                             float(raw.get("full_repack_at", 0.0)), refs_digest(refs, head),
+                             frozenset(refs.values()))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -296,18 +298,23 @@ class RepoStore:
             else (previous.full_repack_at if previous else 0.0),
         })
 
-    def mark_full_repack(self, repo: CacheRepo) -> None:
-        """Record that a full repack of ``repo`` just finished; everything else stays.
+    def mark_full_repack(self, repo: CacheRepo, refs: Mapping[str, str],
+                         head: str | None) -> None:
+        """Record that a full repack of ``repo`` just finished, with the ``refs`` and
+        ``head`` the repo has now (read under the same writer lock).
 
-        Only the time changes: URL, partition kind, refs and HEAD are the ones
-        the last fill recorded, so a caller that knows just the repo's key and
-        path (the maintenance schedule) cannot relabel it.
+        A record the last fill left behind its refs (the fill failed or was killed
+        after its fetch moved them) names tips whose objects the repack has just
+        dropped: it is set right here. URL and partition kind stay the ones the last
+        fill recorded, so a caller that knows just the repo's key and path (the
+        maintenance schedule) cannot relabel it; so does the fill time (refs recorded
+        now are no fresher than that for a reader of their age).
         """
         state = self._read_state(repo.path)
         if state is not None:
             _replace_state(repo.path, {
                 "url": state.url or repo.url, "partition": state.partition,
-                "refs": state.refs, "head": state.head, "filled_at": state.filled_at,
+                "refs": dict(refs), "head": head, "filled_at": state.filled_at,
                 "full_repack_at": time.time(),
             })
 

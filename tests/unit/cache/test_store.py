@@ -52,6 +52,7 @@ def filled(store: RepoStore, partition: str) -> CacheRepo:
     commit = subprocess.run([*git, "commit-tree", tree, "-m", "x"], env=env, check=True,
                             capture_output=True).stdout.decode().strip()
     subprocess.run([*git, "update-ref", "refs/heads/main", commit], env=env, check=True)
+    subprocess.run([*git, "symbolic-ref", "HEAD", "refs/heads/main"], env=env, check=True)
     store.write_state(repo.path, repo, {"refs/heads/main": commit}, "refs/heads/main",
                       full_repack_at=0.0)
     return repo
@@ -62,6 +63,23 @@ def recorded(repo: CacheRepo) -> dict[str, Any]:
     return data
 
 
+async def one_scheduled_repack(store: RepoStore, repo: CacheRepo) -> None:
+    """Run the real periodic loop until it has fully repacked ``repo``."""
+    locks = RepoLocks(store.lock_dir, poll=0.01)
+    lifecycle = Lifecycle(store, locks, store.git,
+                          Evictor(store, locks, max_bytes=0, min_free_bytes=0),
+                          Maintainer(store, locks, store.git), every=0.05)
+    loop = asyncio.ensure_future(lifecycle.run())
+    try:
+        deadline = time.monotonic() + 30
+        while recorded(repo)["full_repack_at"] == 0.0:
+            assert time.monotonic() < deadline, "no full repack was scheduled"
+            await asyncio.sleep(0.05)
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+
 @pytest.mark.parametrize(("partition", "kind"),
                          [("tenant:acme", "tenant"), ("user:alice", "user"), ("", "shared")])
 def test_the_periodic_full_repack_keeps_the_partition_kind(
@@ -70,22 +88,7 @@ def test_the_periodic_full_repack_keeps_the_partition_kind(
     before = recorded(repo)
     assert before["partition"] == kind
 
-    async def one_scheduled_repack() -> None:
-        locks = RepoLocks(store.lock_dir, poll=0.01)
-        lifecycle = Lifecycle(store, locks, store.git,
-                              Evictor(store, locks, max_bytes=0, min_free_bytes=0),
-                              Maintainer(store, locks, store.git), every=0.05)
-        loop = asyncio.ensure_future(lifecycle.run())
-        try:
-            deadline = time.monotonic() + 30
-            while recorded(repo)["full_repack_at"] == 0.0:
-                assert time.monotonic() < deadline, "no full repack was scheduled"
-                await asyncio.sleep(0.05)
-        finally:
-            loop.cancel()
-            await asyncio.gather(loop, return_exceptions=True)
-
-    asyncio.run(one_scheduled_repack())
+    asyncio.run(one_scheduled_repack(store, repo))
     after = recorded(repo)
     assert after["partition"] == kind
     assert "acme" not in json.dumps(after) and "alice" not in json.dumps(after)
@@ -94,11 +97,35 @@ def test_the_periodic_full_repack_keeps_the_partition_kind(
     assert [info.partition for info in store.list_repos()] == [kind]
 
 
+def test_a_full_repack_records_the_refs_it_kept(store: RepoStore) -> None:
+    """A record left behind its refs (a fill killed after its fetch moved them) names a
+    tip the full repack drops: the repack records the refs the repo has instead."""
+    repo = filled(store, "")
+    kept = recorded(repo)["refs"]
+    env = store.git.env(extra={"GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@x",
+                               "GIT_COMMITTER_NAME": "a", "GIT_COMMITTER_EMAIL": "a@x"})
+    git = ["git", "--git-dir", str(repo.path)]
+    tree = f"{kept['refs/heads/main']}^{{tree}}"
+    stale = subprocess.run([*git, "commit-tree", "-m", "gone", tree], env=env, check=True,
+                           capture_output=True).stdout.decode().strip()
+    subprocess.run([*git, "pack-objects", "-q", str(repo.path / "objects/pack/pack")],  # as
+                   input=f"{stale}\n".encode(), env=env, check=True, capture_output=True)
+    subprocess.run([*git, "prune-packed"], env=env, check=True)  # a fetch leaves it: packed
+    store.write_state(repo.path, repo, {"refs/heads/main": stale}, "refs/heads/main",
+                      full_repack_at=0.0)
+    assert store.state(repo).tips == {stale}  # type: ignore[union-attr]
+    asyncio.run(one_scheduled_repack(store, repo))
+    assert recorded(repo)["refs"] == kept
+    assert store.state(repo).tips == set(kept.values())  # type: ignore[union-attr]
+    assert asyncio.run(store.present(repo, [stale])) == set()  # (the repack dropped it)
+
+
 def test_marking_a_full_repack_by_key_and_path_alone_keeps_the_record(
         store: RepoStore) -> None:
     repo = filled(store, "tenant:acme")
     before = recorded(repo)
-    store.mark_full_repack(CacheRepo(URL, repo.key, repo.path))  # no partition known
+    store.mark_full_repack(CacheRepo(URL, repo.key, repo.path),  # no partition known
+                           before["refs"], before["head"])
     after = recorded(repo)
     assert after["partition"] == "tenant" and after["full_repack_at"] > 0
     assert {k: v for k, v in after.items() if k != "full_repack_at"} == \
