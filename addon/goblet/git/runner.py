@@ -128,9 +128,9 @@ class GitRunner:
         """Start git with all three standard streams piped; the caller reaps it.
 
         ``nice`` lowers the child's CPU priority (background work that must not slow
-        the clients being served). Commands that only read (``READERS``) start through
-        ``launcher()``; the others through the pre-exec hook, which closes the window
-        in which a child of a proxy killed just then would not die with it."""
+        the clients being served). The child gets SIGKILL when the proxy dies, even
+        by SIGKILL: it starts through ``launch_prefix`` (``setpriv``), or, where that
+        cannot be had, through a pre-exec hook (``_die_with_parent``)."""
         prefix = launch_prefix(args)
         argv = [*prefix, self.git]
         if git_dir is not None:
@@ -155,30 +155,39 @@ class GitRunner:
 
 
 # The git commands that write nothing anywhere: a child that outlives a killed proxy by
-# the moment before its parent-death signal is set (``launcher``) only reads and ends.
+# the moment before its parent-death signal is set only reads, and ends with its pipes.
 READERS = frozenset({"upload-pack", "cat-file", "rev-list", "for-each-ref", "rev-parse",
                      "show-ref", "ls-remote", "count-objects", "fsck", "version", "--version"})
 
+# Run by sh after setpriv has set the signal: the command only if the proxy that started
+# it ($1) is still its parent (one killed before that would never send the signal).
+ALIVE_CHECK = '[ "$PPID" = "$1" ] || exit 125; shift; exec "$@"'
+SH = "/bin/sh"
+
 
 def launch_prefix(args: Sequence[str]) -> tuple[str, ...]:
-    """What ``git ARGS`` is started through: ``launcher()`` for a reader, else nothing
-    (the pre-exec hook)."""
-    return launcher() if args and args[0] in READERS else ()
+    """What ``git ARGS`` is started through: ``launcher()``, for a command that writes
+    followed by ``sh`` checking that the proxy is still alive once the signal is set;
+    ``()`` where there is no launcher (the pre-exec hook then)."""
+    base = launcher()
+    if not base or (args and args[0] in READERS):
+        return base
+    return (*base, SH, "-c", ALIVE_CHECK, "goblet-git", str(os.getpid()))
 
 
 @functools.cache
 def launcher() -> tuple[str, ...]:
-    """The command a reading git child is started through: util-linux's ``setpriv``
-    giving it SIGKILL as parent-death signal, or ``()`` where there is no such
-    ``setpriv`` (then the pre-exec hook sets it, ``_die_with_parent``).
+    """util-linux's ``setpriv`` giving the child SIGKILL as parent-death signal, or ``()``
+    where there is no such ``setpriv`` or no ``/bin/sh`` (then a pre-exec hook sets the
+    signal and checks the parent, ``_die_with_parent``).
 
     Why not always the hook: a Python pre-exec function makes ``subprocess`` fork the
     whole proxy (page tables of a process of a few hundred MB) and run Python in the
     child before ``exec``, while the event loop waits: ~10-16 ms per child measured,
-    against under 1 ms with the ``vfork`` it uses otherwise. The price: the signal is
-    set a few milliseconds after the start, and nothing checks that the proxy is
-    still alive then (the hook does), so only readers take this way. Checked once, by
-    running it, so a ``setpriv`` without ``--pdeathsig`` (util-linux before 2.33) is
+    against under 1 ms with the ``vfork`` it uses otherwise. ``setpriv`` sets the
+    signal a few milliseconds after the start and checks nothing, so a command that
+    writes runs under ``ALIVE_CHECK`` too (one more exec, in the child). Checked once,
+    by running it, so a ``setpriv`` without ``--pdeathsig`` (util-linux before 2.33) is
     not used.
     """
     if _prctl() is None:
@@ -187,13 +196,15 @@ def launcher() -> tuple[str, ...]:
     if path is not None:
         prefix = (path, "--pdeathsig", "KILL", "--")
         try:
-            ok = subprocess.run([*prefix, path, "--version"], stdin=subprocess.DEVNULL,
+            ok = subprocess.run([*prefix, SH, "-c", ALIVE_CHECK, "goblet-git", str(os.getpid()),
+                                 path, "--version"], stdin=subprocess.DEVNULL,
                                 capture_output=True, timeout=10, check=False).returncode == 0
         except (OSError, subprocess.SubprocessError):
             ok = False
     if not ok:
-        log.warning("goblet: no setpriv that sets a parent-death signal (util-linux): every "
-                    "git child starts through a pre-exec hook, which forks the proxy")
+        log.warning("goblet: no setpriv that sets a parent-death signal (util-linux) or no "
+                    "%s: every git child starts through a pre-exec hook, which forks the "
+                    "proxy", SH)
         return ()
     return prefix
 

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from goblet.git.runner import GitResult, GitRunner, GitTimeout, launch_prefix
+from goblet.git.runner import (
+    ALIVE_CHECK,
+    SH,
+    GitResult,
+    GitRunner,
+    GitTimeout,
+    launch_prefix,
+    launcher,
+)
 
 from tests.support.repos import make_bare_repo
 
@@ -95,8 +103,10 @@ _PARENT = """
 import asyncio, sys, time
 from pathlib import Path
 import goblet.git.runner as r
-if sys.argv[1] == "launcher":
+if sys.argv[1] == "reader":
     r.READERS = r.READERS | {"300"}  # (sleep 300 reads nothing: start it as a reader)
+elif sys.argv[1] == "hook":
+    r.launcher = lambda: ()
 async def main():
     proc = await r.GitRunner(home=Path(sys.argv[2]), git=sys.argv[3]).spawn(["300"], nice=7)
     print(proc.pid, flush=True)
@@ -105,11 +115,12 @@ asyncio.run(main())
 """
 
 
-@pytest.mark.parametrize("way", ["launcher", "hook"])
+@pytest.mark.parametrize("way", ["reader", "writer", "hook"])
 def test_a_child_dies_with_the_proxy_even_by_sigkill(way: str, tmp_path: Path) -> None:
-    """Started through ``setpriv`` or through the pre-exec hook, a child runs niced in
-    its own process group and gets SIGKILL when its parent dies, however it dies."""
-    if way == "launcher" and not launch_prefix(["cat-file"]):
+    """Started through ``setpriv`` (a reader), ``setpriv`` and the alive check (a writer)
+    or the pre-exec hook, a child runs niced in its own process group and gets SIGKILL
+    when its parent dies, however it dies."""
+    if way != "hook" and not launch_prefix(["cat-file"]):
         pytest.skip("no setpriv with --pdeathsig here")
     sleep = shutil.which("sleep")
     assert sleep is not None
@@ -138,14 +149,31 @@ def test_a_child_dies_with_the_proxy_even_by_sigkill(way: str, tmp_path: Path) -
         f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-def test_readers_start_through_setpriv_writers_through_the_hook() -> None:
-    """On Linux with util-linux (the image, CI) the children a clone waits for start
-    without a pre-exec hook (the proxy is not forked whole); a writer keeps the hook,
-    which makes sure it never outlives a proxy killed while it starts."""
+def test_no_child_starts_through_the_hook_where_setpriv_is() -> None:
+    """On Linux with util-linux (the image, CI) no git child forks the proxy whole; one
+    that writes runs only once the proxy is known alive after the signal was set."""
     if shutil.which("setpriv") is None:
         pytest.skip("no setpriv here")
+    signal_only = ("--pdeathsig", "KILL", "--")
     for reader in ("upload-pack", "cat-file", "rev-list", "for-each-ref", "ls-remote"):
-        assert launch_prefix([reader, "x"])[1:] == ("--pdeathsig", "KILL", "--")
+        assert launch_prefix([reader, "x"])[1:] == signal_only
     for writer in ("fetch", "repack", "index-pack", "update-ref", "symbolic-ref", "init",
                    "bundle", "pack-refs", "commit-graph", "gc", ""):
-        assert launch_prefix([writer, "x"]) == ()
+        assert launch_prefix([writer, "x"])[1:] == (
+            *signal_only, SH, "-c", ALIVE_CHECK, "goblet-git", str(os.getpid()))
+
+
+@pytest.mark.parametrize(("parent", "runs"), [("mine", True), ("1", False), ("", False)])
+def test_the_alive_check_runs_a_writer_only_under_its_proxy(
+        parent: str, runs: bool, tmp_path: Path) -> None:
+    """A writer whose proxy died before ``setpriv`` set the signal has another parent
+    by then (init or a subreaper): the check ends it before it writes anything."""
+    if not launcher():
+        pytest.skip("no setpriv with --pdeathsig here")
+    marker = tmp_path / "written"
+    res = subprocess.run([*launcher(), SH, "-c", ALIVE_CHECK, "goblet-git",
+                          str(os.getpid()) if parent == "mine" else parent,
+                          "touch", str(marker)], capture_output=True, check=False)
+    assert (res.returncode == 0, marker.exists()) == (runs, runs)
+    if not runs:
+        assert res.returncode == 125
