@@ -24,6 +24,7 @@ from pathlib import Path
 from goblet.cache.evict import Evictor
 from goblet.cache.locks import LockTimeout, RepoLocks
 from goblet.cache.maintenance import Maintainer
+from goblet.cache.orphans import end_orphans
 from goblet.cache.recovery import clean_residue, remove_tree, sweep_abandoned
 from goblet.cache.store import CacheRepo, RepoInfo, RepoStore
 from goblet.git.runner import GitRunner, GitTimeout
@@ -41,6 +42,7 @@ PROBE_KEEP = 60.0
 class RecoveryReport:
     """What start-up recovery did."""
 
+    orphans_ended: int = 0  # git processes a killed goblet left working (``orphans.py``)
     temp_removed: int = 0
     repos_cleaned: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
@@ -85,8 +87,10 @@ class Lifecycle:
         self._budget_task: asyncio.Task[object] | None = None
 
     async def recover(self) -> RecoveryReport:
-        """Clean what crashed writers left; quarantine repos fsck rejects."""
+        """End the git processes a killed goblet left working, clean what crashed writers
+        left; quarantine repos fsck rejects."""
         report = RecoveryReport()
+        report.orphans_ended = len(await asyncio.to_thread(end_orphans, self.store.root))
         report.temp_removed = len(await asyncio.to_thread(self.sweep_tmp))
         for info in await asyncio.to_thread(self.store.list_repos):
             try:
