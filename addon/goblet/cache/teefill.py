@@ -72,7 +72,7 @@ from goblet.cache.locks import LockTimeout
 from goblet.cache.recovery import remove_tree
 from goblet.cache.store import CacheRepo
 from goblet.fleet.turns import Role
-from goblet.git.runner import READ_CHUNK, kill_and_reap
+from goblet.git.runner import CANNOT_RUN, READ_CHUNK, kill_and_reap
 from goblet.protocol.errors import ProtocolError
 from goblet.protocol.request import FetchRequest
 from goblet.protocol.response import PackDemux
@@ -405,9 +405,11 @@ class TeeFill:
                     await proc.stdin.drain()
             proc.stdin.close()
             _, err = await asyncio.wait_for(outputs, self.filler.max_seconds)
-            if await proc.wait() != 0:
-                raise FillError(FailureKind.UPSTREAM, "index-pack refused the pack: "
-                                + err.decode("utf-8", "replace").strip()[-200:])
+            status, said = await proc.wait(), err.decode("utf-8", "replace").strip()[-200:]
+            if status in CANNOT_RUN:  # (git missing or not executable: not the pack's fault)
+                raise FillError(FailureKind.LOCAL, f"index-pack could not run: {said}")
+            if status != 0:
+                raise FillError(FailureKind.UPSTREAM, f"index-pack refused the pack: {said}")
         except (OSError, TimeoutError) as e:
             raise FillError(FailureKind.LOCAL, f"index-pack failed: {e}") from None
         finally:

@@ -27,6 +27,7 @@ from goblet.git.env import hardened_env
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 64 * 1024
+CANNOT_RUN = frozenset({126, 127})  # exit status of a child whose git could not be executed
 _STDERR_KEEP = 16 * 1024
 
 
@@ -99,7 +100,9 @@ class GitRunner:
         ``on_stderr``, if given, receives each stderr line as it arrives
         (progress lines end in CR and are delivered one by one). Raises
         GitTimeout (after killing and reaping the child) when ``timeout``
-        seconds pass. Raises OSError if git cannot be started.
+        seconds pass. Raises OSError if the child cannot be started; a git that cannot be
+        executed is a child that exits with a status in ``CANNOT_RUN`` (it starts
+        through ``setpriv``).
         """
         proc = await self.spawn(args, git_dir=git_dir, config=config, extra_env=extra_env)
         try:

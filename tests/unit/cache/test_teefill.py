@@ -16,7 +16,7 @@ from goblet.cache import teefill
 from goblet.cache.fill import FailureKind, Filler, FillError, result_of
 from goblet.cache.locks import RepoLocks
 from goblet.cache.store import CacheRepo, RepoStore
-from goblet.cache.teefill import Pace, TeeFill, cut_by, eligible, overdue
+from goblet.cache.teefill import INCOMING, Pace, TeeFill, cut_by, eligible, overdue
 from goblet.git.runner import GitRunner
 from goblet.protocol import pktline
 from goblet.protocol.request import FetchRequest
@@ -194,6 +194,24 @@ def test_a_copy_that_cannot_be_stored_is_given_up_at_once_while_the_answer_flows
     e = asyncio.run(scenario())
     assert isinstance(e, FillError) and e.kind is FailureKind.LOCAL
     assert rig.observer.results[0][0] == "local_error"
+
+
+def test_an_index_pack_that_cannot_run_is_a_local_error(rig: Rig) -> None:
+    """A git that cannot be executed (exit 127 through setpriv and sh) is goblet's
+    trouble, not a pack the upstream got wrong."""
+    async def scenario() -> FillError:
+        tee = await rig.tee()
+        target = next(rig.store.tmp_dir.glob("*.git"))
+        (target / INCOMING).write_bytes(b"")  # (nothing to write: only its status tells)
+        rig.filler.git.git = str(rig.store.root / "no-such-git")
+        with pytest.raises(FillError) as caught:
+            await tee._index_pack(target)
+        tee.cut("over", client_gone=True)
+        await rig.ended(tee)
+        return caught.value
+
+    e = asyncio.run(scenario())
+    assert e.kind is FailureKind.LOCAL and "index-pack" in str(e)
 
 
 class _Broken:
