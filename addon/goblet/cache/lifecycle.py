@@ -90,7 +90,7 @@ class Lifecycle:
         """End the git processes a killed goblet left working, clean what crashed writers
         left; quarantine repos fsck rejects."""
         report = RecoveryReport()
-        report.orphans_ended = len(await asyncio.to_thread(end_orphans, self.store.root))
+        report.orphans_ended = len(await asyncio.to_thread(end_orphans))
         report.temp_removed = len(await asyncio.to_thread(self.sweep_tmp))
         for info in await asyncio.to_thread(self.store.list_repos):
             try:
@@ -156,11 +156,13 @@ class Lifecycle:
         """The periodic loop: budget, trash, abandoned temporary repos, due full repacks.
 
         Runs until cancelled. The sweep of ``tmp/`` removes what an instance
-        sharing the cache dir left when it died while this one runs.
+        sharing the cache dir left when it died while this one runs, once the git
+        processes it left running are ended (``orphans.py``).
         """
         while True:
             await asyncio.sleep(self.every)
             await self.evictor.enforce()
+            await asyncio.to_thread(end_orphans, wait=0.5)
             await asyncio.to_thread(self.sweep_tmp)
             if not self.maintenance:
                 continue

@@ -394,8 +394,13 @@ class TeeFill:
     async def _index_pack(self, target: Path) -> None:
         """Store and check the received pack in ``target`` (reading it from disk)."""
         git = self.filler.git
-        proc = await git.spawn(["index-pack", "--stdin", "--check-self-contained-and-connected",
-                                "--threads=1"], git_dir=target, nice=self.nice)
+        try:
+            proc = await git.spawn(["index-pack", "--stdin",
+                                    "--check-self-contained-and-connected", "--threads=1"],
+                                   git_dir=target, nice=self.nice)
+        except OSError as e:
+            (target / INCOMING).unlink(missing_ok=True)
+            raise FillError(FailureKind.LOCAL, f"index-pack could not run: {e}") from None
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         outputs = asyncio.gather(proc.stdout.read(), proc.stderr.read())
         try:

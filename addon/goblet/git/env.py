@@ -27,6 +27,31 @@ HARDENING: tuple[tuple[str, str], ...] = (
 )
 
 
+# Marks every git child (and what git starts: git passes its environment on) with the
+# process that started it, so what a killed goblet left running can be told apart from
+# anything else (``cache/orphans.py``).
+OWNER_VARIABLE = "GOBLET_OWNER"
+_OWN_MARK: dict[int, str] = {}
+
+
+def owner_mark(pid: int | None = None) -> str:
+    """``<pid>:<start time>`` of process ``pid`` (this one by default): the start time
+    (clock ticks after boot, ``/proc/<pid>/stat``) tells a reused pid apart; ``0`` where
+    it cannot be read."""
+    if pid is None:
+        pid = os.getpid()
+        if pid not in _OWN_MARK:  # (read once per process; a fork reads its own)
+            _OWN_MARK.clear()
+            _OWN_MARK[pid] = owner_mark(pid)
+        return _OWN_MARK[pid]
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            started = f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = "0"
+    return f"{pid}:{started}"
+
+
 def hardened_env(
     *,
     home: str,
@@ -38,11 +63,13 @@ def hardened_env(
     ``home`` is an empty directory of ours (git reads ``$HOME/.gitconfig``
     otherwise). ``config`` entries come after HARDENING, so callers may add
     keys but the hardening is always present. ``extra`` adds plain variables
-    such as ``GIT_PROTOCOL``; it cannot replace the variables set here.
+    such as ``GIT_PROTOCOL``; it cannot replace the variables set here. ``GOBLET_OWNER``
+    marks the child as this process's (``owner_mark``).
     """
     entries = list(HARDENING) + list(config)
     env = dict(extra or {})
     env |= {
+        OWNER_VARIABLE: owner_mark(),
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
         "HOME": home,
         "LANG": "C",

@@ -1,9 +1,10 @@
-"""Git processes a killed goblet left working in its cache dir, with real processes.
+"""git processes a goblet that died left running, with real processes.
 
-A ``git`` started by a git child of goblet gets no parent-death signal: once that
-child (its session leader) is gone, it is an orphan working in the cache. Start-up
-recovery ends exactly those: not a git whose session leader lives (another goblet's
-child), not another program, not a git working elsewhere.
+The ``sh`` a goblet starts through its GitRunner (as git starts ``pack-objects``)
+starts a ``sleep`` and waits; the goblet is SIGKILLed; its direct child dies with it
+(parent-death signal), the ``sleep`` lives on with the dead goblet's mark. Start-up
+recovery ends it and only what carries a dead owner's mark: not a child of a live
+goblet, not a process without a mark.
 """
 
 from __future__ import annotations
@@ -11,30 +12,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from goblet.cache.orphans import end_orphans, orphans
+from goblet.git.env import OWNER_VARIABLE
+from goblet.git.runner import GitRunner, kill_and_reap
 
 from tests.unit.cache.test_recovery import lifecycle_of
 
-
-def orphan(program: Path, cwd: Path) -> int:
-    """``program 300`` started in ``cwd`` by a session leader that is gone by now."""
-    out = subprocess.run(["setsid", "sh", "-c", f'"{program}" 300 >/dev/null 2>&1 & echo $!'],
-                         cwd=cwd, capture_output=True, text=True, check=True).stdout
-    return int(out)
-
-
-def leader(program: Path, cwd: Path) -> int:
-    """``program 300`` in ``cwd``, leading its own (live) session."""
-    return subprocess.Popen(["setsid", str(program), "300"], cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid
+_GOBLET = """
+import asyncio, sys, time
+from pathlib import Path
+from goblet.git.runner import GitRunner, kill_and_reap
+async def main():
+    proc = await GitRunner(home=Path(sys.argv[1]), git="/bin/sh").spawn(
+        ["-c", "sleep 300 & echo $!; wait"])
+    print((await proc.stdout.readline()).decode().strip(), flush=True)
+    time.sleep(300)
+asyncio.run(main())
+"""
 
 
 def alive(pid: int) -> bool:
@@ -45,36 +47,62 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def started() -> Iterator[list[int]]:
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+def started() -> Iterator[list[int | subprocess.Popen[bytes]]]:
+    running: list[int | subprocess.Popen[bytes]] = []
+    yield running
+    for p in running:
+        if isinstance(p, subprocess.Popen):
+            p.kill()
+            p.wait()
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
 
 
-def test_start_up_ends_only_git_orphans_working_in_the_cache(
-        tmp_path: Path, started: list[int]) -> None:
-    if shutil.which("setsid") is None:
-        pytest.skip("no setsid here")
+def left_by_a_killed_goblet(home: Path) -> int:
+    """The pid of the grandchild a SIGKILLed goblet left running."""
+    addon = Path(__file__).resolve().parents[3] / "addon"
+    goblet = subprocess.Popen([sys.executable, "-c", _GOBLET, str(home)],
+                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(addon)})
+    assert goblet.stdout is not None
+    grandchild = int(goblet.stdout.readline())
+    goblet.kill()
+    goblet.wait()
+    goblet.stdout.close()
+    return grandchild
+
+
+async def child_of_a_live_goblet(home: Path) -> tuple[asyncio.subprocess.Process, int]:
+    proc = await GitRunner(home=home, git="/bin/sh").spawn(["-c", "sleep 300 & echo $!; wait"])
+    assert proc.stdout is not None
+    return proc, int((await proc.stdout.readline()).decode())
+
+
+def test_start_up_ends_what_a_dead_goblet_left_running_and_nothing_else(
+        tmp_path: Path, started: list[int | subprocess.Popen[bytes]]) -> None:
     life = lifecycle_of(tmp_path / "cache")
-    repo = life.store.repos_dir / ("a" * 64 + ".git")
-    repo.mkdir(parents=True)
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    sleep = shutil.which("sleep")
-    assert sleep is not None
-    git_named = tmp_path / "git-pack-worker"  # (its command name starts with "git")
-    shutil.copy(sleep, git_named)
-    left = orphan(git_named, repo)
-    started.extend([left, orphan(git_named, elsewhere), orphan(Path(sleep), repo),
-                    leader(git_named, repo)])
-    deadline = time.monotonic() + 10
-    while not all(alive(p) for p in started):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    assert orphans(life.store.root) == [left]
-    report = asyncio.run(life.recover())
-    assert report.orphans_ended == 1 and not alive(left)
-    assert all(alive(p) for p in started[1:])
-    assert end_orphans(life.store.root) == []
+    home = life.store.root / "home"
+    left = left_by_a_killed_goblet(home)
+    started.append(left)
+    reused_p = subprocess.Popen(["sleep", "300"], env={  # its owner's pid is alive, but
+        "PATH": os.environ["PATH"], OWNER_VARIABLE: f"{os.getpid()}:1"})  # started later
+    unmarked_p = subprocess.Popen(["sleep", "300"])
+    started.extend([reused_p, unmarked_p])
+    reused, unmarked = reused_p.pid, unmarked_p.pid
+
+    async def scenario() -> None:
+        proc, live_child = await child_of_a_live_goblet(home)
+        try:
+            deadline = time.monotonic() + 10
+            while alive(left) and left not in orphans():  # (its parent's death settling)
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            report = await life.recover()
+            assert report.orphans_ended >= 2 and not alive(left) and not alive(reused)
+            assert alive(unmarked) and alive(live_child) and alive(proc.pid)
+            assert live_child not in orphans()
+        finally:
+            await kill_and_reap(proc)  # (its group: the sleep too)
+
+    asyncio.run(scenario())
+    assert end_orphans() == [] or left not in end_orphans()

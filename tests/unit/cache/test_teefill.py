@@ -17,6 +17,7 @@ from goblet.cache.fill import FailureKind, Filler, FillError, result_of
 from goblet.cache.locks import RepoLocks
 from goblet.cache.store import CacheRepo, RepoStore
 from goblet.cache.teefill import INCOMING, Pace, TeeFill, cut_by, eligible, overdue
+from goblet.git import runner
 from goblet.git.runner import GitRunner
 from goblet.protocol import pktline
 from goblet.protocol.request import FetchRequest
@@ -196,9 +197,13 @@ def test_a_copy_that_cannot_be_stored_is_given_up_at_once_while_the_answer_flows
     assert rig.observer.results[0][0] == "local_error"
 
 
-def test_an_index_pack_that_cannot_run_is_a_local_error(rig: Rig) -> None:
-    """A git that cannot be executed (exit 127 through setpriv and sh) is goblet's
-    trouble, not a pack the upstream got wrong."""
+@pytest.mark.parametrize("way", ["setpriv", "hook"])
+def test_an_index_pack_that_cannot_run_is_a_local_error(
+        rig: Rig, way: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A git that cannot be executed (exit 127 through setpriv and sh, OSError through
+    the pre-exec hook) is goblet's trouble, not a pack the upstream got wrong."""
+    if way == "hook":
+        monkeypatch.setattr(runner, "launcher", lambda: ())
     async def scenario() -> FillError:
         tee = await rig.tee()
         target = next(rig.store.tmp_dir.glob("*.git"))
