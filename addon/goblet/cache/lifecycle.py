@@ -90,7 +90,10 @@ class Lifecycle:
         """End the git processes a killed goblet left working, clean what crashed writers
         left; quarantine repos fsck rejects."""
         report = RecoveryReport()
-        report.orphans_ended = len(await asyncio.to_thread(end_orphans))
+        try:
+            report.orphans_ended = len(await asyncio.to_thread(end_orphans, self.store.root))
+        except (OSError, ValueError) as e:  # (start-up goes on whatever /proc holds)
+            log.warning("looking for git processes left running failed: %s", e)
         report.temp_removed = len(await asyncio.to_thread(self.sweep_tmp))
         for info in await asyncio.to_thread(self.store.list_repos):
             try:
@@ -162,7 +165,10 @@ class Lifecycle:
         while True:
             await asyncio.sleep(self.every)
             await self.evictor.enforce()
-            await asyncio.to_thread(end_orphans, wait=0.5)
+            try:
+                await asyncio.to_thread(end_orphans, self.store.root, wait=0.5)
+            except (OSError, ValueError) as e:  # (the loop goes on whatever /proc holds)
+                log.warning("looking for git processes left running failed: %s", e)
             await asyncio.to_thread(self.sweep_tmp)
             if not self.maintenance:
                 continue

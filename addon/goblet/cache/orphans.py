@@ -12,9 +12,9 @@ Such a process is known by its environment, not by guesswork: every git child ca
 git passes it on to what it starts. A process whose owner is no longer alive (no such
 pid, a zombie, or the pid now belongs to a process started at another time) is an
 orphan. A git run by hand, another program, or a child of another live goblet on the
-same cache dir never is. Only processes of this user are readable, and so signalled;
-each is signalled through a pidfd opened before its marker is read again, so a pid
-reused meanwhile is never hit.
+same cache dir never is. Only processes of this user, in this pid namespace and working
+under the cache dir are looked at (``orphans``); each is signalled through a pidfd
+opened before its mark is read again, so a pid reused meanwhile is never hit.
 """
 
 from __future__ import annotations
@@ -51,19 +51,37 @@ def owner_alive(mark: str, proc: Path = PROC) -> bool:
     pid, _, started = mark.partition(":")
     if not pid.isdigit():
         return False
-    try:
-        fields = proc.joinpath(pid, "stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    fields = _stat(proc / pid)
+    if fields is None:
         return False
     return fields[0] != "Z" and (started in ("", "0") or fields[19] == started)
 
 
-def orphans(proc: Path = PROC) -> list[int]:
-    """Pids of the running processes whose goblet owner is gone."""
-    me, found = owner_mark(), []
+def orphans(cache_dir: Path, proc: Path = PROC) -> list[int]:
+    """Pids of the running processes working under ``cache_dir`` whose goblet owner is
+    gone.
+
+    Only processes of this user, in this pid namespace (a mark names its owner by the
+    pid its own namespace gave it) and with their current directory under
+    ``cache_dir`` (goblet starts every git there) are looked at: their environment is
+    read only then (reading it waits for the process's memory map, which a process
+    stuck on a dead network file system holds).
+    """
+    root, me, uid = cache_dir.resolve(), owner_mark(), os.geteuid()
+    try:
+        namespace = _namespace(proc / "self")
+    except OSError:
+        return []  # (no /proc to read: nothing to judge)
+    found = []
     for entry in proc.iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
+        try:
+            if entry.stat().st_uid != uid or _namespace(entry) != namespace or \
+                    not Path(os.readlink(entry / "cwd")).is_relative_to(root):
+                continue
+        except OSError:
+            continue  # gone meanwhile, or not readable
         mark = owner_of(entry)
         if mark is None or mark == me or owner_alive(mark, proc) or not _running(entry):
             continue
@@ -71,10 +89,10 @@ def orphans(proc: Path = PROC) -> list[int]:
     return found
 
 
-def end_orphans(*, wait: float = 2.0, proc: Path = PROC) -> list[int]:
-    """SIGKILL ``orphans()`` and wait up to ``wait`` seconds for them to go; the pids
-    signalled (one warning line if any)."""
-    ended = [pid for pid in orphans(proc) if _kill(pid, proc)]
+def end_orphans(cache_dir: Path, *, wait: float = 2.0, proc: Path = PROC) -> list[int]:
+    """SIGKILL ``orphans(cache_dir)`` and wait up to ``wait`` seconds for them to go; the
+    pids signalled (one warning line if any)."""
+    ended = [pid for pid in orphans(cache_dir, proc) if _kill(pid, proc)]
     deadline = time.monotonic() + wait
     while ended and time.monotonic() < deadline and any(_running(proc / str(p)) for p in ended):
         time.sleep(0.01)
@@ -111,7 +129,19 @@ def _kill(pid: int, proc: Path) -> bool:
 
 
 def _running(entry: Path) -> bool:
+    fields = _stat(entry)
+    return fields is not None and fields[0] != "Z"
+
+
+def _stat(entry: Path) -> list[str] | None:
+    """The fields of ``<entry>/stat`` after the command name (None if unreadable)."""
     try:
-        return entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        text = entry.joinpath("stat").read_bytes().decode("ascii", "replace")
+        fields = text.rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return False
+        return None
+    return fields if len(fields) > 19 else None
+
+
+def _namespace(entry: Path) -> str:
+    return os.readlink(entry / "ns" / "pid")
