@@ -86,14 +86,21 @@ class Lifecycle:
         self.every = every
         self._budget_task: asyncio.Task[object] | None = None
 
+    async def end_orphans(self, *, wait: float) -> int:
+        """End the git processes a goblet that died left running in the cache dir
+        (``orphans.py``); how many. A failure is logged: start-up and the periodic loop
+        go on whatever ``/proc`` holds."""
+        try:
+            return len(await asyncio.to_thread(end_orphans, self.store.root, wait=wait))
+        except (OSError, ValueError) as e:
+            log.warning("looking for git processes left running failed: %s", e)
+            return 0
+
     async def recover(self) -> RecoveryReport:
         """End the git processes a killed goblet left working, clean what crashed writers
         left; quarantine repos fsck rejects."""
         report = RecoveryReport()
-        try:
-            report.orphans_ended = len(await asyncio.to_thread(end_orphans, self.store.root))
-        except (OSError, ValueError) as e:  # (start-up goes on whatever /proc holds)
-            log.warning("looking for git processes left running failed: %s", e)
+        report.orphans_ended = await self.end_orphans(wait=2.0)
         report.temp_removed = len(await asyncio.to_thread(self.sweep_tmp))
         for info in await asyncio.to_thread(self.store.list_repos):
             try:
@@ -165,10 +172,7 @@ class Lifecycle:
         while True:
             await asyncio.sleep(self.every)
             await self.evictor.enforce()
-            try:
-                await asyncio.to_thread(end_orphans, self.store.root, wait=0.5)
-            except (OSError, ValueError) as e:  # (the loop goes on whatever /proc holds)
-                log.warning("looking for git processes left running failed: %s", e)
+            await self.end_orphans(wait=0.5)
             await asyncio.to_thread(self.sweep_tmp)
             if not self.maintenance:
                 continue

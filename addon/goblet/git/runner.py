@@ -175,6 +175,11 @@ def launch_prefix(args: Sequence[str]) -> tuple[str, ...]:
     base = launcher()
     if not base or (args and args[0] in READERS):
         return base
+    return _alive_checked(base)
+
+
+def _alive_checked(base: tuple[str, ...]) -> tuple[str, ...]:
+    """``base`` followed by ``ALIVE_CHECK`` for this process."""
     return (*base, SH, "-c", ALIVE_CHECK, "goblet-git", str(os.getpid()))
 
 
@@ -199,9 +204,9 @@ def launcher() -> tuple[str, ...]:
     if path is not None:
         prefix = (path, "--pdeathsig", "KILL", "--")
         try:
-            ok = subprocess.run([*prefix, SH, "-c", ALIVE_CHECK, "goblet-git", str(os.getpid()),
-                                 path, "--version"], stdin=subprocess.DEVNULL,
-                                capture_output=True, timeout=10, check=False).returncode == 0
+            ok = subprocess.run([*_alive_checked(prefix), path, "--version"],
+                                stdin=subprocess.DEVNULL, capture_output=True, timeout=10,
+                                check=False).returncode == 0
         except (OSError, subprocess.SubprocessError):
             ok = False
     if not ok:
