@@ -255,6 +255,19 @@ def test_a_shallow_line_counts_like_a_want(world: World) -> None:
     assert d.route is Route.UPSTREAM
 
 
+def test_recorded_tips_are_no_way_past_the_grant(world: World) -> None:
+    """A want that is a recorded tip skips only the object lookup: a credential with no
+    grant, a revoked one, or one the tip is hidden from is answered as before."""
+    tips = (world.refs["refs/heads/main"], world.refs["refs/heads/dev"],
+            world.refs["refs/tags/v1"])
+    assert world.decide("mallory", *tips, credential=BOB).route is Route.UPSTREAM  # none
+    world.verdicts.record("bob", URL, granted=False)  # revoked upstream
+    assert world.decide("bob", *tips, credential=BOB).route is Route.UPSTREAM
+    world.grant("bob", main="refs/heads/main")  # dev and v1 hidden from bob
+    assert world.decide("bob", *tips, credential=BOB).route is Route.UPSTREAM
+    assert world.decide("bob", tips[0], credential=BOB).route is Route.CACHE
+
+
 def test_refs_hidden_from_this_credential_do_not_count(world: World) -> None:
     world.grant("bob", main="refs/heads/main")  # upstream shows bob main only
     dev = world.refs["refs/heads/dev"]
