@@ -7,11 +7,14 @@ stranger (anonymous or bob, who may not read it) then tries to borrow her grant 
   is its own cache repo and verdict, and the upstream refuses the stranger on each;
 * alice's ref request and the stranger's fetch pipelined in one tunnel (one write);
 * a ref request limited with ``ref-prefix`` (a partial view), then a fetch of a tip the
-  view did not list: goblet asks the upstream instead of serving it.
+  view did not list: goblet asks the upstream instead of serving it;
+* a ``Git-Protocol`` header git reads as v2 but goblet would not hand to its own
+  upload-pack (which would then list every cached ref in v0): the upstream answers it.
 """
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,7 @@ from tests.support.attack import (
     no_pack,
     send,
 )
+from tests.support.cachedir import settle
 from tests.support.gitclient import GitClient, with_userinfo
 from tests.support.proxy import GobletProxy
 from tests.support.tunnel import http_request, open_tunnel, read_response
@@ -102,3 +106,29 @@ def test_a_view_limited_by_ref_prefix_does_not_vouch_for_other_refs(
                 if r["kind"] == "fetch" and r["path"].startswith(f"/{name}/")) - fetches_before
     assert asked >= 1, "a tip outside bob's (prefix-limited) view was served without asking"
     assert b"PACK" in via.body  # bob may read the repo: the upstream confirmed it
+
+
+@pytest.mark.parametrize("header", ["version=2:x/y", "version=2:" + "k" * 300])
+def test_a_git_protocol_goblet_does_not_pass_on_lists_no_ref_the_upstream_hides(
+    git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path,
+    header: str,
+) -> None:
+    """git reads such a header as v2, goblet's own upload-pack would get none of it (and
+    list every ref in v0): the request is the upstream's, whoever holds a fresh grant."""
+    name = repos.create(public=False, readers=("alice", "bob"), branches=("main", "secret"))
+    bare = repos.path(name)
+    secret = subprocess.run(["git", "-C", str(bare), "rev-parse", "refs/heads/secret"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    clone_head(git, upstream.url(name), tmp_path / "alice", "alice", "alice-pw")
+    settle(proxy.cache_dir)  # the cache holds refs/heads/secret
+    subprocess.run(["git", "-C", str(bare), "config", "uploadpack.hideRefs", "refs/heads/secret"],
+                   check=True)  # a ref-level permission: hidden from everyone from now on
+    ls_main = (rawhttp.pkt(b"command=ls-refs") + rawhttp.pkt("object-format=sha1")
+               + rawhttp.pkt("server-option=goblet-max-age=0") + b"0001"
+               + rawhttp.pkt("ref-prefix refs/heads/main") + b"0000")
+    listed = send(upstream, proxy, "POST", f"/{name}/git-upload-pack", {**V2, **BOB}, ls_main)
+    assert listed.status == 200 and secret.encode() not in listed.body  # bob's fresh grant
+    path = f"/{name}/info/refs?service=git-upload-pack"
+    got = send(upstream, proxy, "GET", path, {**BOB, "Git-Protocol": header})
+    assert got.status == 200
+    assert b"refs/heads/secret" not in got.body and secret.encode() not in got.body

@@ -41,7 +41,7 @@ from goblet.policy.requests import Classified
 from goblet.protocol import pktline, request
 from goblet.protocol.errors import ProtocolError
 from goblet.protocol.routes import RESULT_TYPE
-from goblet.serve.plans import ServePlan, clean_git_protocol
+from goblet.serve.plans import ServePlan, clean_git_protocol, served_version
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +139,7 @@ class FlowPolicy:
                           verified_proxy_user=proxy_logins_verified(proxyauth))
         return FlowState(got.kind, repo=self.store.repo_for(url, where), tenant=tenant,
                          credential=credential, host=url.split("/", 3)[2],
-                         version=request.protocol_version(git_protocol))
+                         version=served_version(git_protocol))
 
     async def route(self, state: FlowState, *, method: str, path: str, streamed: bool,
                     headers: list[tuple[str, str]], raw: bytes | None, enc: str | None,
@@ -177,6 +177,9 @@ class FlowPolicy:
                           git_protocol: str | None) -> Action:
         """What to do with an upload-pack POST (``state.kind`` becomes what it is)."""
         assert state.repo is not None
+        if state.version == request.UNREADABLE_VERSION:
+            state.reason = "a Git-Protocol header goblet does not pass on"
+            return Upstream()
         s = self.settings()
         got = await bodies.read_body(raw, enc, s.max_request_bytes, self.inspector)
         if got.body is not None and not self._hold(state, len(got.body)):

@@ -34,6 +34,7 @@ from goblet.policy import freshness
 from goblet.policy.flows import FlowState, Kind
 from goblet.protocol import refs, serveroptions
 from goblet.protocol.errors import ProtocolError
+from goblet.protocol.refs import V2_CAPABILITIES
 from goblet.protocol.request import cache_identity
 from goblet.protocol.routes import ADVERTISEMENT_TYPE, RESULT_TYPE
 from goblet.serve.plans import ServePlan, clean_git_protocol
@@ -133,6 +134,9 @@ class RefsFromCache:
         body = await self.answers.answer(key, plan.repo_dir, plan.body, plan.git_protocol,
                                          advertise=plan.advertise, hidden=plan.hidden_refs)
         if body is TOO_LARGE:
+            if plan.advertise:  # (a capability list is small; this lists refs)
+                state.reason = "refs from upstream: the cache's answer was no capability list"
+                return None
             return plan  # too large to hold: the backend streams it
         if body is None:  # the cache could not answer (evicted meanwhile?): upstream can
             state.reason = "refs from upstream: the cache could not answer"
@@ -143,6 +147,12 @@ class RefsFromCache:
             self._told.pop((state.tenant, state.repo.key), None)
             return None
         assert isinstance(body, bytes)
+        if plan.advertise and not body.startswith(V2_CAPABILITIES):
+            # never expected (the plan asks upload-pack for protocol v2): an advertisement
+            # of another version would list refs nobody checked against this tenant's view
+            self.answers.forget(key)
+            state.reason = "refs from upstream: the cache's answer was no capability list"
+            return None
         if not plan.advertise and not self._only_listed(state, key, body):
             # a fill moved the cache between the rule's look and upload-pack's
             self.answers.forget(key)
@@ -184,7 +194,9 @@ class RefsFromCache:
         if repo is None or ttl <= 0:
             return None
         if state.version != 2:
-            state.reason = "refs from upstream: a v0/v1 advertisement lists every ref"
+            state.reason = ("refs from upstream: a v0/v1 advertisement lists every ref"
+                            if state.version >= 0 else
+                            "refs from upstream: a Git-Protocol header goblet does not pass on")
             return None
         if ls is not None:
             options = serveroptions.parse(ls.server_options)

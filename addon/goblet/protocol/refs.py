@@ -33,6 +33,8 @@ from goblet.protocol.errors import ProtocolError, excerpt
 from goblet.protocol.pktline import Pkt, PktKind
 from goblet.protocol.routes import ADVERTISEMENT_TYPE, RESULT_TYPE
 
+V2_CAPABILITIES = b"000eversion 2\n"  # how a protocol v2 capability advertisement starts
+
 _OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 

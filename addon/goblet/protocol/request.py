@@ -388,14 +388,18 @@ def _v0_want_list_line(line: bytes, first: bool, got: _Collected) -> None:
         raise ProtocolError(f"unexpected line {excerpt(line)!r} in a v0 want list")
 
 
+UNREADABLE_VERSION = -1  # a Git-Protocol header goblet passes on to no upload-pack of its own
+
+
 def protocol_version(header: str | None) -> int:
-    """The protocol version a ``Git-Protocol`` header asks for: 1 or 2, else 0."""
+    """The protocol version a ``Git-Protocol`` header asks for, read as git's server reads
+    it: the highest of its ``version=`` items that git knows (1 or 2), else 0."""
+    version = 0
     for item in (header or "").split(":"):
-        if item.startswith("version="):
-            value = item.split("=", 1)[1]
-            if value in ("1", "2"):
-                return int(value)
-    return 0
+        key, sep, value = item.partition("=")
+        if key == "version" and sep and value in ("1", "2"):
+            version = max(version, int(value))
+    return version
 
 
 _VOLATILE = (b"agent=", b"session-id=")

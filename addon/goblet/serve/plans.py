@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from goblet.protocol.request import UNREADABLE_VERSION, protocol_version
 from goblet.protocol.routes import ADVERTISEMENT_TYPE, RESULT_TYPE
 
 if TYPE_CHECKING:
@@ -88,6 +89,18 @@ def clean_git_protocol(value: str | None) -> str | None:
     if value is None or not _GIT_PROTOCOL.fullmatch(value):
         return None
     return value
+
+
+def served_version(value: str | None) -> int:
+    """The protocol version an upload-pack goblet runs for a client's Git-Protocol header
+    ``value`` answers in (it is given ``clean_git_protocol(value)``): what goblet must read
+    the request as, and answer for. ``UNREADABLE_VERSION`` for a header it would not pass
+    on (the client asked for something goblet's upload-pack would not know of): such a
+    request is the upstream's to answer."""
+    clean = clean_git_protocol(value)
+    if clean is None and value:
+        return UNREADABLE_VERSION
+    return protocol_version(clean)
 
 
 class PlanRegistry:

@@ -271,10 +271,27 @@ def test_a_fetch_is_read_in_the_clients_protocol_version_and_encoding(gate: Gate
     assert gate.decider.asked[0].version == 0 and gate.decider.asked[0].wants == (OID,)
 
 
-def test_a_git_protocol_upload_pack_must_not_see_is_dropped(gate: Gate) -> None:
+@pytest.mark.parametrize("header", ["version=2 --upload-pack=evil", "version=2:x/y",
+                                    "version=2:" + "k" * 300])
+def test_a_git_protocol_upload_pack_must_not_see_leaves_the_request_upstream(
+        gate: Gate, header: str) -> None:
+    """goblet's upload-pack would run without it (in protocol v0), so the request is
+    neither read as v2 nor answered from the cache: the upstream reads it as git does."""
     gate.decider.decision = Decision(Route.CACHE, "all wants cached")
-    got = gate.route(gate.state(), FETCH, git_protocol="version=2 --upload-pack=evil")
-    assert isinstance(got, Serve) and got.plan.git_protocol is None
+    state = gate.state(git_protocol=header)
+    got = gate.route(state, FETCH, git_protocol=header)
+    assert isinstance(got, Upstream) and gate.decider.asked == []
+    assert state.kind is Kind.UPLOAD_PACK and "Git-Protocol" in state.reason
+
+
+@pytest.mark.parametrize(("header", "version"), [
+    (None, 0), ("", 0), ("version=2", 2), ("version=1", 1), ("version=3", 0),
+    ("version=1:version=2", 2), ("version=2:version=1", 2), ("object-format=sha1:version=2", 2),
+])
+def test_a_request_is_read_in_the_version_its_upload_pack_answers_in(
+        gate: Gate, header: str | None, version: int) -> None:
+    """git's server takes the highest ``version=`` it knows: so does goblet."""
+    assert gate.state(git_protocol=header).version == version
 
 
 def test_an_answer_given_offline_says_so(gate: Gate) -> None:
@@ -458,10 +475,12 @@ def offline(tmp_path: Path, pool: ThreadPoolExecutor, client: object,
     return Gate(tmp_path, pool, offline=True, forwarder=fwd), fwd
 
 
-def info_refs(gate: Gate, version: int = 0) -> tuple[FlowState, Action]:
-    state = gate.state(Kind.INFO_REFS, git_protocol=V2 if version == 2 else None)
-    return state, gate.route(state, None, method="GET", path=INFO_REFS,
-                             git_protocol=V2 if version == 2 else None)
+def info_refs(gate: Gate, version: int = 0, header: str | None = None
+              ) -> tuple[FlowState, Action]:
+    """An info/refs request in protocol ``version`` (or with the Git-Protocol ``header``)."""
+    header = header if header is not None else V2 if version == 2 else None
+    state = gate.state(Kind.INFO_REFS, git_protocol=header)
+    return state, gate.route(state, None, method="GET", path=INFO_REFS, git_protocol=header)
 
 
 def test_online_goblet_forwards_nothing(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
@@ -503,16 +522,18 @@ def test_a_failure_goblets_own_request_does_not_share_is_no_outage(
     assert [headers for _, headers in fwd.sent[1:]] == [[("User-Agent", "git/goblet")]]
 
 
-@pytest.mark.parametrize(("version", "prefix", "hidden"), [
-    (0, SERVICE_PREAMBLE, ("HEAD", "refs/heads/secret")),
-    (2, b"", ()),  # a capability advertisement shows no refs to hide
+@pytest.mark.parametrize(("version", "header", "prefix", "hidden"), [
+    (0, None, SERVICE_PREAMBLE, ("HEAD", "refs/heads/secret")),
+    (2, None, b"", ()),  # a capability advertisement shows no refs to hide
+    # upload-pack runs without a header it must not see, so it lists refs (in v0): hidden
+    (2, "version=2:x/y", SERVICE_PREAMBLE, ("HEAD", "refs/heads/secret")),
 ])
 def test_an_outage_goblet_confirms_is_answered_from_the_cache(
-        tmp_path: Path, pool: ThreadPoolExecutor, version: int, prefix: bytes,
-        hidden: tuple[str, ...]) -> None:
+        tmp_path: Path, pool: ThreadPoolExecutor, version: int, header: str | None,
+        prefix: bytes, hidden: tuple[str, ...]) -> None:
     gate, fwd = offline(tmp_path, pool, UNREACHABLE, UNREACHABLE)
     gate.decider.may, gate.decider.hidden = True, ("HEAD", "refs/heads/secret")
-    state, got = info_refs(gate, version)
+    state, got = info_refs(gate, version, header)
     assert isinstance(got, Serve) and got.outcome is Outcome.OFFLINE
     assert gate.planner.asked == [{"advertise": True, "prefix": prefix, "hidden_refs": hidden,
                                    "drop_head_symref": "HEAD" in hidden}]

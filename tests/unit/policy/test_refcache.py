@@ -13,7 +13,7 @@ from goblet.observe.metrics import Metrics
 from goblet.policy.flows import FlowState, Kind
 from goblet.policy.refcache import NOTICE_WINDOW, CachedRefs, RefsFromCache
 from goblet.protocol.errors import ProtocolError
-from goblet.protocol.request import LsRefsRequest
+from goblet.protocol.request import UNREADABLE_VERSION, LsRefsRequest
 from goblet.serve.plans import ServePlan
 from goblet.serve.refanswers import TOO_LARGE, RefAnswers
 
@@ -126,6 +126,32 @@ def test_v0_and_no_ttl_go_upstream(world: Any) -> None:
     assert refs.notice_for("t", "k") is None  # a capability advertisement shows no refs
     refs.refs_ttl = lambda: 0.0
     assert answer(refs, v2, None) is None
+
+
+def test_a_header_upload_pack_would_not_see_goes_upstream(world: Any) -> None:
+    refs, decider, _, _ = world
+    grant(decider)
+    state = FlowState(Kind.INFO_REFS, repo=REPO, tenant="t", version=UNREADABLE_VERSION)
+    assert answer(refs, state, "version=2:x/y") is None and "Git-Protocol" in state.reason
+
+
+@pytest.mark.parametrize(("body", "served"), [
+    (b"000eversion 2\n0013ls-refs=unborn\n0000", True),
+    (b"003f" + A.encode() + b" HEAD\0multi_ack\n003f" + A.encode() + b" refs/heads/main\n0000",
+     False),  # a v0 advertisement: refs nobody checked against the view
+    (TOO_LARGE, False),  # a capability list is never this large
+])
+def test_a_capability_request_is_answered_only_with_a_capability_list(
+        world: Any, body: Any, served: bool) -> None:
+    refs, decider, _, _ = world
+    refs.answers = Canned(body)
+    grant(decider)
+    state = FlowState(Kind.INFO_REFS, repo=REPO, tenant="t", version=2)
+    got = answer(refs, state, "version=2")
+    if served:
+        assert isinstance(got, CachedRefs) and got.body == body
+    else:
+        assert got is None and "no capability list" in state.reason
 
 
 def test_marks_are_bounded_and_expire(world: Any) -> None:
@@ -269,7 +295,7 @@ def test_a_grant_that_ends_while_the_answer_is_made_sends_it_upstream(
             decider.verdicts.record("t", REPO.url, granted=False, status=403)
 
     body = line(f"{A} HEAD symref-target:refs/heads/main") + line(f"{A} refs/heads/main") \
-        + b"0000"
+        + b"0000" if kind is Kind.LS_REFS else line("version 2") + line("ls-refs") + b"0000"
     state = ls_refs() if kind is Kind.LS_REFS else FlowState(
         Kind.INFO_REFS, repo=REPO, tenant="t", version=2)
     refs.answers = Slow(body, lambda: None)
