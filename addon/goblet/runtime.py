@@ -45,7 +45,7 @@ from goblet.options import Settings
 from goblet.policy.answers import AnswerPolicy
 from goblet.policy.gate import FlowPolicy
 from goblet.policy.lfs import LfsPolicy
-from goblet.policy.offload import favour_the_event_loop
+from goblet.policy.offload import INLINE_REQUEST_BYTES, favour_the_event_loop
 from goblet.policy.refcache import RefsFromCache
 from goblet.protocol.request import cache_identity
 from goblet.serve.backend import ServeBackend
@@ -289,19 +289,22 @@ class Runtime:
                    prefix: bytes = b"", hidden_refs: tuple[str, ...] = (),
                    drop_head_symref: bool = False,
                    tags: frozenset[tuple[str, str]] | None = None,
-                   untagged: bytes | None = None) -> ServePlan:
+                   untagged: bytes | None = None,
+                   identity: bytes | None = None) -> ServePlan:
         """What the backend runs to answer ``body`` from ``repo`` (with ``tags``: in a view
         of it whose only refs are those tags; shared through the pack cache only with
         requests following the same tags).
 
         A ``final`` fetch (with ``done``) may be shared through the pack cache: its key
-        names the repo, its refs and the request (a notice is added as it is sent; the
-        stored answer never holds one).
+        names the repo, its refs and the request (``identity``: the body's
+        ``cache_identity``, made off the loop; without it only a small body gets a key).
+        A notice is added as the answer is sent; the stored answer never holds one.
         """
         key = None
+        if final and identity is None and len(body) <= INLINE_REQUEST_BYTES:
+            identity = cache_identity(body)  # (a larger body's was made off the loop)
         if final:
             snapshot = self.store.state(repo)
-            identity = cache_identity(body)
             if snapshot is not None and identity is not None:
                 key = cache_key(repo.key, snapshot.digest, git_protocol, identity,
                                 _tags_digest(tags) if tags is not None else None)

@@ -68,5 +68,5 @@ class Planner:
     def __call__(self, repo: CacheRepo, body: bytes, git_protocol: str | None,
                  **kw: Any) -> ServePlan:
         self.asked.append(kw)
-        fields = {k: v for k, v in kw.items() if k != "final"}
+        fields = {k: v for k, v in kw.items() if k not in ("final", "identity")}
         return ServePlan(repo.path, body, git_protocol, repo.url, repo_key=repo.key, **fields)

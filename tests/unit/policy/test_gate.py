@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from goblet.auth.credentials import ANONYMOUS, Credential, TenantKeyer, credential_from_headers
@@ -30,8 +32,9 @@ from goblet.policy.gate import Action, FlowPolicy, Reply, Serve, Upstream
 from goblet.policy.offline import SERVICE_PREAMBLE
 from goblet.policy.refcache import CachedRefs
 from goblet.policy.requests import Classified
-from goblet.protocol import pktline
+from goblet.protocol import pktline, request
 from goblet.protocol.errors import ProtocolError
+from goblet.protocol.request import cache_identity
 from goblet.protocol.routes import RESULT_TYPE
 from goblet.serve.plans import ServePlan
 
@@ -214,7 +217,7 @@ def test_a_fetch_the_cache_can_answer_is_served(gate: Gate) -> None:
     assert isinstance(got, Serve) and got.outcome is Outcome.CACHE
     assert (got.plan.body, got.plan.git_protocol, got.plan.notice) == (FETCH, V2, None)
     assert gate.planner.asked == [{"notice": None, "final": True, "tags": None,
-                                   "untagged": None}]
+                                   "untagged": None, "identity": cache_identity(FETCH)}]
     (asked,) = gate.decider.asked
     assert asked.wants == (OID,) and asked.version == 2
     assert (state.kind, state.reason, state.body) == (Kind.FETCH, "all wants cached", FETCH)
@@ -251,6 +254,36 @@ def test_a_fetch_the_cache_answers_follows_tags_only_as_decided(
     got = gate.route(gate.state(git_protocol=git_protocol), body)
     assert isinstance(got, Serve) and got.plan.body == served and got.plan.tags is None
     assert gate.planner.asked[-1]["final"] is True
+    # the pack-cache identity is always that of the body served
+    assert [a["identity"] for a in gate.planner.asked] == [
+        cache_identity(served), cache_identity(body), cache_identity(served)]
+
+
+@pytest.mark.parametrize("padding", [10, 100_000])
+def test_every_walk_over_a_large_fetch_body_is_made_off_the_event_loop(
+        gate: Gate, padding: int) -> None:
+    """A body of many tiny pkt-lines costs about 0.5 ms per KiB for each walk over it
+    (parse, pack-cache identity, dropping include-tag): one over INLINE_REQUEST_BYTES is
+    walked in a worker thread, whatever the route."""
+    body = v2_fetch_body(OID, extra=("include-tag",)).removesuffix(b"0000") \
+        + pkt("done") * padding + b"0000"
+    walked: list[str] = []
+    real = (request.cache_identity, request.without_include_tag)
+
+    def spy(name: str, fn: Any) -> Any:
+        def wrapped(data: bytes) -> Any:
+            walked.append(threading.current_thread().name)
+            return fn(data)
+        return wrapped
+
+    gate.decider.decision = Decision(Route.CACHE, "all wants cached", tags=frozenset())
+    with mock.patch.object(request, "cache_identity", spy("identity", real[0])), \
+            mock.patch.object(request, "without_include_tag", spy("untag", real[1])):
+        got = gate.route(gate.state(), body)
+    assert isinstance(got, Serve) and got.plan.body == real[1](body)
+    assert gate.planner.asked[-1]["identity"] == real[0](got.plan.body)
+    loop_thread = threading.main_thread().name
+    assert walked and all((t == loop_thread) is (padding == 10) for t in walked), walked
 
 
 def test_a_fetch_with_haves_following_tags_may_do_without_when_no_view_can_be_made(
