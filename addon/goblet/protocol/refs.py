@@ -26,6 +26,7 @@ Errors here are the upstream's fault (culprit ``"upstream"``).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from goblet.protocol import pktline
@@ -184,6 +185,23 @@ def mirrored(name: str) -> bool:
     return name.startswith(("refs/heads/", "refs/tags/"))
 
 
+def starts_with_any(prefixes: Iterable[str]) -> Callable[[str], bool]:
+    """A test of whether a name starts with one of ``prefixes``, whose time grows with the
+    name's length, not with the number of prefixes (a client may send 65,536)."""
+    wanted = frozenset(prefixes)
+    lengths = sorted({len(p) for p in wanted})
+
+    def test(name: str) -> bool:
+        for n in lengths:
+            if n > len(name):
+                return False
+            if name[:n] in wanted:
+                return True
+        return False
+
+    return test
+
+
 def refs_differ(
     upstream: dict[str, str], cache: dict[str, str], prefixes: tuple[str, ...] = ()
 ) -> bool:
@@ -193,9 +211,10 @@ def refs_differ(
     only refs inside that view are compared, so a cache ref outside it is not
     taken for deleted. An empty ``prefixes`` means upstream listed everything.
     """
+    asked = starts_with_any(prefixes)
 
     def in_view(name: str) -> bool:
-        return not prefixes or any(name.startswith(p) for p in prefixes)
+        return not prefixes or asked(name)
 
     for name, oid in upstream.items():
         if mirrored(name) and cache.get(name) != oid:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -399,3 +400,24 @@ DIFFER = [
 def test_refs_differ(upstream: dict[str, str], cache: dict[str, str],
                      prefixes: tuple[str, ...], expected: bool) -> None:
     assert refs.refs_differ(upstream, cache, prefixes) is expected
+
+
+def test_starts_with_any_agrees_with_str_startswith() -> None:
+    rng = random.Random(7)
+    alphabet = "rehfa/s-"
+    for _ in range(300):
+        prefixes = ["".join(rng.choices(alphabet, k=rng.randrange(0, 9)))
+                    for _ in range(rng.randrange(1, 6))]
+        asked = refs.starts_with_any(prefixes)
+        for _ in range(20):
+            name = "".join(rng.choices(alphabet, k=rng.randrange(0, 12)))
+            assert asked(name) is any(name.startswith(p) for p in prefixes), (prefixes, name)
+
+
+def test_a_partial_view_of_git_s_most_prefixes_is_compared_ref_by_ref() -> None:
+    """git takes up to 65,535 ``ref-prefix`` lines; the comparison of such a view with a
+    cache of many refs looks each ref up (it once tried every prefix on every ref)."""
+    cache = {f"refs/heads/b{i}": A for i in range(1500)}
+    prefixes = tuple(f"refs/tags/x{i}" for i in range(65_535))
+    assert not refs.refs_differ({}, cache, prefixes)
+    assert refs.refs_differ({}, cache, (*prefixes, "refs/heads/b14"))  # b14, b140…: deleted
