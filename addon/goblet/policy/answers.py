@@ -35,6 +35,7 @@ from goblet.protocol.errors import ProtocolError
 
 DENIALS = (401, 403, 404)
 MAX_READ_MEMO = 256  # small ref answers whose reading is remembered (≤ 8 KiB each)
+MAX_MEMO_PREFIX_CHARS = 1024  # ... and whose comparison is, for questions this small
 MAX_UNREAD_REPOS = 1024  # repos whose unreadable ref answers were logged (once each)
 
 log = logging.getLogger(__name__)
@@ -181,8 +182,8 @@ class AnswerPolicy:
                 prefixes: tuple[str, ...]) -> bool:
         """``refs.refs_differ`` of ``read``'s refs (read from ``body``) and the cache's,
         remembered per repo for the same small answer to the same kind of request, cache
-        refs (the snapshot's digest) and prefixes; at most MAX_READ_MEMO repos. Holds
-        neither the reading nor the snapshot."""
+        refs (the snapshot's digest) and prefixes (of at most MAX_MEMO_PREFIX_CHARS); at
+        most MAX_READ_MEMO repos. Holds neither the reading nor the snapshot."""
         assert state.repo is not None
         if read.compared is not None and read.compared[0] is snapshot:
             return read.compared[1]
@@ -191,8 +192,9 @@ class AnswerPolicy:
         if seen is not None and seen[0] == key:
             return seen[1]
         differ = refs.refs_differ(read.advertisement.refs, snapshot.refs, prefixes)
-        if len(body) > INLINE_ANSWER_BYTES or not snapshot.digest:
-            return differ  # (a large answer is read anew each time: nothing to remember)
+        if len(body) > INLINE_ANSWER_BYTES or not snapshot.digest \
+                or sum(map(len, prefixes)) > MAX_MEMO_PREFIX_CHARS:
+            return differ  # (a large answer or question: read anew each time, never held)
         self._differs.pop(repo_key, None)
         self._differs[repo_key] = (key, differ)
         while len(self._differs) > MAX_READ_MEMO:

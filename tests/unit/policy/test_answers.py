@@ -18,7 +18,12 @@ from goblet.auth.credentials import ANONYMOUS, Credential
 from goblet.auth.verdicts import RefView
 from goblet.cache.store import CacheRepo, RepoState, refs_digest
 from goblet.policy import answers as answers_mod
-from goblet.policy.answers import AnswerPolicy, lists_all_branches_and_tags, read_ref_answer
+from goblet.policy.answers import (
+    MAX_MEMO_PREFIX_CHARS,
+    AnswerPolicy,
+    lists_all_branches_and_tags,
+    read_ref_answer,
+)
 from goblet.policy.flows import FlowState, Kind, Outcome
 from goblet.policy.offload import INLINE_ANSWER_BYTES
 from goblet.protocol import pktline
@@ -393,6 +398,21 @@ def test_a_repeated_answer_is_compared_with_the_cache_as_it_is_now(world: World,
     world.store.snapshot = cached(wire)
     world.answer(flow(), 200, wire.v0)
     assert len(world.decider.fills) == 1
+
+
+def test_the_comparison_is_remembered_only_for_a_small_question(world: World,
+                                                                   wire: Answers) -> None:
+    """A client chooses the ``ref-prefix`` lines (git takes 65,535 of any length): a
+    comparison is remembered only with ones of at most MAX_MEMO_PREFIX_CHARS, so what an
+    ended request asked is never held."""
+    world.store.snapshot = cached(wire)
+    small = ("HEAD", "refs/heads/", "refs/tags/")
+    large = (*small, *(f"refs/x/{i:0200d}" for i in range(10)))
+    assert sum(map(len, large)) > MAX_MEMO_PREFIX_CHARS
+    world.answer(flow(Kind.LS_REFS, prefixes=large), 200, wire.ls_refs, RES)
+    assert world.policy._differs == {}
+    world.answer(flow(Kind.LS_REFS, prefixes=small), 200, wire.ls_refs, RES)
+    assert list(world.policy._differs) == [REPO.key]
 
 
 @pytest.mark.parametrize(("moved", "fills"), [(False, 0), (True, 1)])
