@@ -13,6 +13,7 @@ in flight, and a normal git clone through the same proxy must work meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import struct
 import threading
@@ -35,9 +36,9 @@ from tests.support.attack import (
     upload_posts,
 )
 from tests.support.gitclient import GitClient
-from tests.support.net import wait_for
+from tests.support.net import metric_sum, wait_for
 from tests.support.proxy import GobletProxy
-from tests.support.tunnel import RssSampler
+from tests.support.tunnel import RssSampler, open_tunnel
 from tests.support.upstream_client import UpstreamServer
 
 MiB = 1 << 20
@@ -201,3 +202,38 @@ def test_encodings_goblet_does_not_decode_go_upstream_uninspected(
         f"a {encoding} body was decoded and answered by goblet (status {resp.status})")
     assert b"Traceback" not in resp.body
     git.clone(upstream.url(name), tmp_path / "still-works")
+
+
+def test_bodies_held_at_once_stay_within_their_budget_over_every_connection(
+    bproxy: GobletProxy, upstream: UpstreamServer, repos: Repos, tmp_path: Path
+) -> None:
+    """Each body mitmproxy holds for goblet takes its length of a budget of twice the cap
+    from its head on, whatever connection it came on: while two clients hold it all
+    (each announced the cap and sent half), another client's request is passed on
+    unread and still answered by the upstream; once they are gone, bodies are read
+    again."""
+    name = repos.create(commits=2)
+    head = (f"POST /{name}/git-upload-pack HTTP/1.1\r\nHost: 127.0.0.1:{upstream.port}\r\n"
+            "Git-Protocol: version=2\r\nContent-Type: application/x-git-upload-pack-request\r\n"
+            f"Content-Length: {LIMIT}\r\n\r\n").encode()
+
+    def ls_refs(result: str) -> float | None:
+        """One ls-refs through the proxy, answered 200: what it added to ``result``."""
+        before = metric_sum(bproxy.port, "goblet_request_bodies_total", result=result)
+        got = post_upload(upstream, bproxy, name, {}, rawhttp.v2_ls_refs_body())
+        assert got.status == 200 and b"refs/heads/main" in got.body
+        return metric_sum(bproxy.port, "goblet_request_bodies_total", result=result) - before
+
+    assert ls_refs("inspected") == 1
+    with contextlib.ExitStack() as hogs:
+        for _ in range(2):
+            hog = hogs.enter_context(open_tunnel(bproxy.port, "127.0.0.1", upstream.port,
+                                                 ca_file=bproxy.ca_cert))
+            hog.sendall(head + bytes(LIMIT // 2))
+        # (their heads may still be on their way: ask until one is passed on)
+        assert wait_for("a request passed on while the budget is held",
+                        lambda: ls_refs("busy") or None)
+        assert wait_for("the access-log line", lambda: next(
+            (ln for ln in log_lines(bproxy, name) if "held at their budget" in ln), None))
+    assert wait_for("bodies read again once the holders are gone",
+                    lambda: ls_refs("inspected") or None)

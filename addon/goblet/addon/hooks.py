@@ -184,11 +184,11 @@ class Goblet(ConnectionHooks):
             got, req.host, req.port, headers=req.headers.items(multi=True), proxy_login=login,
             proxyauth=getattr(ctx.options, "proxyauth", None),
             git_protocol=req.headers.get("git-protocol"))
-        intake = bodies.intake(got.kind, req.headers.get("content-length", ""),
-                               s.max_request_bytes, streamed=bool(req.stream), body=body)
+        intake = self.rt.policy.intake(state, req.headers.get("content-length", ""),
+                                       streamed=bool(req.stream), body=body)
         req.stream = req.stream or intake.stream
         if intake.stream:
-            state.reason = bodies.PASSED_ON
+            state.reason = state.reason or bodies.PASSED_ON
         elif intake.timed:
             self.early.time_held(flow, state)
 

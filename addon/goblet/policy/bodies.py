@@ -29,6 +29,7 @@ from goblet.protocol.errors import ProtocolError
 
 PASSED_ON = "request body over the inspection limit: passed through"
 BUSY = "decoded request bodies held at their budget: passed through"
+BUSY_RAW = "request bodies held at their budget: passed through"
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,7 @@ class FlowState:
     ls_refs: LsRefsRequest | None = None
     body: bytes = b""  # the decoded upload-pack request body, once read
     held: int = 0  # bytes of it counted against the budget of held bodies
+    raw_held: int = 0  # bytes of the body as received counted against theirs
     outcome: Outcome = Outcome.UPSTREAM
     reason: str = ""
     plan: ServePlan | FilePlan | None = None

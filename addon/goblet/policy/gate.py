@@ -151,6 +151,7 @@ class FlowPolicy:
         self.endpoints = endpoints
         self.refs = refs  # ref requests answered within goblet_refs_ttl
         self._held = 0  # bytes of decoded request bodies held by flows in progress
+        self._raw = 0  # bytes of request bodies mitmproxy holds for goblet until read
 
     def state_for(self, got: Classified, host: str, port: int, *,
                   headers: Iterable[tuple[str, str]], proxy_login: tuple[str, str] | None,
@@ -250,6 +251,26 @@ class FlowPolicy:
                             untagged=read.untagged if follows and parsed.haves else None)
         return Serve(plan, Outcome.OFFLINE if decision.offline else Outcome.CACHE)
 
+    def intake(self, state: FlowState, content_length: str, *, streamed: bool,
+               body: bool) -> bodies.Intake:
+        """``bodies.intake`` of ``state``'s request, whose body, if mitmproxy is to hold it
+        for goblet, takes its ``Content-Length`` (the cap, when it announces none) of the
+        budget of bodies held at once (twice ``goblet_max_request_bytes``; ``release``
+        gives it back). Over that budget the body is passed on unread, as a larger one
+        is: a client cannot make goblet hold more."""
+        cap = self.settings().max_request_bytes
+        got = bodies.intake(state.kind, content_length, cap, streamed, body=body)
+        if got.stream or not body:
+            return got
+        size = int(content_length) if content_length.isdigit() else cap
+        if self._raw + size > 2 * cap:
+            state.reason = bodies.BUSY_RAW
+            self.metrics.of(self.metrics.request_bodies, "busy").inc()
+            return bodies.Intake(stream=True, timed=False)
+        self._raw += size
+        state.raw_held = size
+        return got
+
     def _hold(self, state: FlowState, size: int) -> bool:
         """Take ``size`` bytes of the budget of decoded bodies held at once (twice
         ``goblet_max_request_bytes``); False when it is spent."""
@@ -260,9 +281,10 @@ class FlowPolicy:
         return True
 
     def release(self, state: FlowState) -> None:
-        """``state`` no longer needs its decoded body (it went upstream, or ended)."""
+        """``state`` no longer needs its body (it went upstream, or ended)."""
         self._held -= state.held
-        state.held, state.body = 0, b""
+        self._raw -= state.raw_held
+        state.held, state.raw_held, state.body = 0, 0, b""
 
     async def forward(self, state: FlowState, method: str, path: str, *,
                       headers: list[tuple[str, str]], raw: bytes | None,

@@ -26,7 +26,7 @@ from goblet.observe.metrics import Metrics
 from goblet.offline.ask import UpstreamAsker
 from goblet.offline.forward import UpstreamUnreachable
 from goblet.offline.state import UpstreamState
-from goblet.policy.bodies import BUSY, PASSED_ON
+from goblet.policy.bodies import BUSY, BUSY_RAW, PASSED_ON
 from goblet.policy.flows import FlowState, Kind, Outcome
 from goblet.policy.gate import Action, FlowPolicy, Reply, Serve, Upstream
 from goblet.policy.offline import SERVICE_PREAMBLE
@@ -426,6 +426,28 @@ def test_bodies_held_at_once_share_twice_the_cap(tight: Gate) -> None:
     assert (first.held, first.body) == (0, b"")
     assert fetch_held(tight).kind is Kind.FETCH
     assert fetch_held(tight).kind is Kind.UPLOAD_PACK
+
+
+def test_bodies_mitmproxy_holds_while_they_arrive_share_twice_the_cap(tight: Gate) -> None:
+    """From the head on, a held body takes its Content-Length of the budget (the cap when
+    it announces none); over it, the body is passed on unread. Bodiless requests and
+    bodies streamed anyway take nothing; ``release`` gives a body's share back."""
+    cap = len(FETCH)
+
+    def intake(length: str, *, body: bool = True, streamed: bool = False) -> FlowState:
+        state = tight.state()
+        got = tight.policy.intake(state, length, streamed=streamed, body=body)
+        assert got.stream is (state.raw_held == 0 and body), (got, state)
+        return state
+
+    first, second = intake(str(cap)), intake("")  # announced, then not: the cap
+    assert (first.raw_held, second.raw_held) == (cap, cap)
+    assert intake("0", body=False).raw_held == 0  # no body: nothing held
+    assert intake(str(cap + 1)).reason == ""  # over the cap: streamed by its own rule
+    third = intake("1")
+    assert (third.raw_held, third.reason) == (0, BUSY_RAW) and tight.bodies("busy") == 1
+    tight.policy.release(first)
+    assert first.raw_held == 0 and intake("1").raw_held == 1
 
 
 def test_releasing_twice_frees_a_share_once(tight: Gate) -> None:
