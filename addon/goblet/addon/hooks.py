@@ -300,7 +300,7 @@ class Goblet(ConnectionHooks):
         """Count the request in the metrics and write its access-log line."""
         if self.rt is None or self.settings is None:
             return
-        self.rt.policy.release(state)
+        self.rt.policy.release(state, ended=True)
         req, resp = flow.request, flow.response
         upstream = None
         if resp is not None and resp.timestamp_end and req.timestamp_end:

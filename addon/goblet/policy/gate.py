@@ -94,6 +94,7 @@ def relay(answer: UpstreamAnswer) -> Reply:
 
 ServePlanner = Callable[..., ServePlan]
 MAX_PARSE_MEMO = 256  # small request bodies whose parse is remembered (≤ 1 KiB each)
+SMALL_QUESTION = 4096  # an ls-refs this small lets go of its budget share when sent on
 
 
 def parse_upload_pack(body: bytes, version: int) -> request.V2Request | request.FetchRequest:
@@ -195,7 +196,7 @@ class FlowPolicy:
             action = await self.forward(state, method, path, headers=headers, raw=raw,
                                         git_protocol=git_protocol)
         if isinstance(action, Upstream):
-            self.release(state)  # a body going upstream is let go at once
+            self.release(state)  # a decoded body going upstream is let go at once
         return action
 
     async def upload_pack(self, state: FlowState, raw: bytes | None, enc: str | None,
@@ -280,11 +281,19 @@ class FlowPolicy:
         state.held = size
         return True
 
-    def release(self, state: FlowState) -> None:
-        """``state`` no longer needs its body (it went upstream, or ended)."""
-        self._held -= state.held
-        self._raw -= state.raw_held
-        state.held, state.raw_held, state.body = 0, 0, b""
+    def release(self, state: FlowState, *, ended: bool = False) -> None:
+        """``state`` no longer needs its decoded body: it went upstream, or (``ended``) its
+        request ended. Only the end gives back the share of an ``ls-refs`` over
+        SMALL_QUESTION bytes (its parsed question stays until the answer is read; smaller
+        ones, any client's, never spend the budget of the fetches after them) and that of
+        the body as received (mitmproxy holds it in the flow until then)."""
+        if ended or state.kind is not Kind.LS_REFS or state.held <= SMALL_QUESTION:
+            self._held -= state.held
+            state.held = 0
+        if ended:
+            self._raw -= state.raw_held
+            state.raw_held = 0
+        state.body = b""
 
     async def forward(self, state: FlowState, method: str, path: str, *,
                       headers: list[tuple[str, str]], raw: bytes | None,

@@ -28,7 +28,7 @@ from goblet.offline.forward import UpstreamUnreachable
 from goblet.offline.state import UpstreamState
 from goblet.policy.bodies import BUSY, BUSY_RAW, PASSED_ON
 from goblet.policy.flows import FlowState, Kind, Outcome
-from goblet.policy.gate import Action, FlowPolicy, Reply, Serve, Upstream
+from goblet.policy.gate import SMALL_QUESTION, Action, FlowPolicy, Reply, Serve, Upstream
 from goblet.policy.offline import SERVICE_PREAMBLE
 from goblet.policy.refcache import CachedRefs
 from goblet.policy.requests import Classified
@@ -446,7 +446,9 @@ def test_bodies_mitmproxy_holds_while_they_arrive_share_twice_the_cap(tight: Gat
     assert intake(str(cap + 1)).reason == ""  # over the cap: streamed by its own rule
     third = intake("1")
     assert (third.raw_held, third.reason) == (0, BUSY_RAW) and tight.bodies("busy") == 1
-    tight.policy.release(first)
+    tight.policy.release(first)  # (sent upstream: mitmproxy still holds the body)
+    assert first.raw_held == cap and intake("1").reason == BUSY_RAW
+    tight.policy.release(first, ended=True)
     assert first.raw_held == 0 and intake("1").raw_held == 1
 
 
@@ -478,6 +480,26 @@ def test_an_ls_refs_going_upstream_is_let_go_at_once(tmp_path: Path,
         assert gate.route(state, LS) == Upstream()
     assert [(s.kind, s.held) for s in states] == [(Kind.LS_REFS, 0)] * 3
     assert gate.bodies("inspected") == 3 and gate.bodies("busy") == 0
+
+
+def test_a_large_ls_refs_keeps_its_share_until_its_answer_is_read(
+        tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    """Its parsed ``ref-prefix`` lines (a client may send 65,535) stay until the answer
+    is read: so does its share of the budget, and its body as received."""
+    big = v2_ls_refs_body(prefixes=tuple(f"refs/x/{i:05d}" for i in range(400)))
+    assert len(big) > SMALL_QUESTION
+    gate = Gate(tmp_path, pool, cap=len(big))
+    first, second = gate.state(), gate.state()
+    assert gate.policy.intake(first, str(len(big)), streamed=False, body=True).timed
+    assert gate.route(first, big) == Upstream() and first.held == len(big)
+    assert first.raw_held == len(big) and first.body == b""
+    assert gate.route(second, big) == Upstream() and second.held == len(big)
+    third = gate.state()
+    assert gate.route(third, big) == Upstream() and third.reason == BUSY
+    gate.policy.release(first, ended=True)
+    assert (first.held, first.raw_held) == (0, 0)
+    fourth = gate.state()
+    assert gate.route(fourth, big) == Upstream() and fourth.held == len(big)
 
 
 # ------------------------------------------------------------------------------ refs from the cache
