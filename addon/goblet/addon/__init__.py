@@ -4,7 +4,7 @@
 hooks), ``connections.py`` its connection-level hooks, ``lfs.py`` the hooks of
 Git LFS flows, ``early.py`` the answers goblet gives before a request's body
 (which it then never holds). Each guards, asks goblet's policy and applies the
-answer.
+answer. ``headlimit.py`` bounds the request heads mitmproxy buffers.
 """
 
 from goblet.addon.hooks import Goblet, make_addons

@@ -18,7 +18,8 @@ from mitmproxy import connection, ctx, exceptions, http, tcp, tls
 from mitmproxy.proxy import server_hooks
 
 from goblet import options as opts
-from goblet.observe import exposure
+from goblet.addon import headlimit
+from goblet.observe import exposure, redact
 from goblet.policy import requests
 from goblet.policy.deadlines import Deadlines
 from goblet.runtime import Runtime
@@ -53,6 +54,16 @@ class ConnectionHooks:
     rt: Runtime | None
     _heads: Deadlines[str]
     _backend_clients: set[str]  # client connections whose requests goblet answers
+
+    @staticmethod
+    def install_guards() -> None:
+        """Process-wide guards goblet puts in place as it loads: header lines kept out
+        of mitmproxy's log (``observe/redact.py``) and the bound on request heads
+        (``headlimit.py``; if it cannot be put in place, that is logged once)."""
+        redact.install()
+        why = headlimit.install()
+        if why is not None:
+            log.warning("goblet: request heads are not bounded (%s)", why)
 
     def client_connected(self, client: connection.Client) -> None:
         """A new client owes its first request head (``policy/deadlines.py``)."""

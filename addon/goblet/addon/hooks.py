@@ -26,7 +26,7 @@ from goblet.addon.connections import (
 )
 from goblet.addon.early import EarlyAnswers, goblet_response, set_header, to_backend
 from goblet.addon.lfs import LfsFlows
-from goblet.observe import exposure, redact
+from goblet.observe import exposure
 from goblet.observe.access import AccessLog
 from goblet.observe.recorder import Timing
 from goblet.policy import bodies, gate, outcomes, requests
@@ -58,7 +58,7 @@ class Goblet(ConnectionHooks):
 
     def load(self, loader: object) -> None:
         """Declare goblet's options; keep header lines out of mitmproxy's log."""
-        redact.install()
+        self.install_guards()
         for spec in opts.OPTIONS:
             loader.add_option(spec.name, spec.typespec, spec.default, spec.help)  # type: ignore[attr-defined]
 
