@@ -8,6 +8,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+# Refs the distinct views of all held verdicts may hold (about 250 bytes each): far above
+# any one repo's (150,000 refs is a large monorepo), far below what clients could make
+# goblet hold by asking, as ever new tenants, for ever other subsets of a large repo's.
+MAX_VIEW_PAIRS = 1_000_000
+
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)
 class RefView:
@@ -88,9 +93,11 @@ class VerdictCache:
     A denial replaces a grant at once (revocation is never delayed). Grants
     are kept for ``max(ttl, keep)`` seconds and denials for
     ``max(negative_ttl, keep)``;
-    when more than ``max_entries`` are held the least recently recorded is
-    dropped — dropping can only turn a cache hit into an upstream round trip,
-    never the other way round.
+    when more than ``max_entries`` are held, or their distinct views hold more
+    than ``max_view_pairs`` refs in all (a client chooses which refs an answer
+    lists, with ``ref-prefix``, and which tenant it is), the least recently
+    recorded are dropped — dropping can only turn a cache hit into an upstream
+    round trip, never the other way round.
     """
 
     def __init__(
@@ -100,12 +107,16 @@ class VerdictCache:
         negative_ttl: float = 60.0,
         keep: float = 0.0,
         max_entries: int = 100_000,
+        max_view_pairs: int = MAX_VIEW_PAIRS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.keep = keep
         self._max = max_entries
+        self._max_pairs = max_view_pairs
+        self._pairs = 0  # refs of the distinct views entries hold
+        self._held: dict[int, list[int]] = {}  # id(view) → [its refs, entries holding it]
         self._clock = clock
         self._entries: OrderedDict[tuple[str, str], Verdict] = OrderedDict()
         self._views: weakref.WeakValueDictionary[
@@ -125,11 +136,27 @@ class VerdictCache:
             view = self._views.setdefault((view.pairs, view.complete, view.all_tags), view)
         elif granted and previous is not None and previous.granted:
             view, view_at = previous.view, previous.view_at
-        self._entries[key] = Verdict(granted, now, status, challenge,
-                                     view if granted else None, view_at)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
-        self._sweep(now)
+        verdict = Verdict(granted, now, status, challenge, view if granted else None, view_at)
+        self._hold(verdict.view, 1)
+        if previous is not None:
+            self._hold(previous.view, -1)
+        self._entries[key] = verdict
+        self._sweep(now)  # (expired entries go first)
+        while len(self._entries) > self._max or (
+                self._pairs > self._max_pairs and len(self._entries) > 1):
+            self._hold(self._entries.popitem(last=False)[1].view, -1)
+
+    def _hold(self, view: RefView | None, change: int) -> None:
+        """One entry more (``change`` 1) or less (-1) holds ``view``."""
+        if view is None:
+            return
+        held = self._held.setdefault(id(view), [len(view.pairs), 0])
+        if held[1] == 0:
+            self._pairs += held[0]
+        held[1] += change
+        if held[1] == 0:
+            self._pairs -= held[0]
+            del self._held[id(view)]
 
     def _sweep(self, now: float, budget: int = 4) -> None:
         """Drop a few expired entries from the old end (amortised clean-up)."""
@@ -141,6 +168,7 @@ class VerdictCache:
             if now - oldest.at < limit:
                 return
             del self._entries[key]
+            self._hold(oldest.view, -1)
 
     def denied_within(self, tenant: str, repo: str, age: float) -> Verdict | None:
         """The latest answer if it is a denial younger than ``age`` seconds."""
@@ -182,3 +210,5 @@ class VerdictCache:
     def clear(self) -> None:
         """Forget everything."""
         self._entries.clear()
+        self._held.clear()
+        self._pairs = 0

@@ -242,3 +242,44 @@ def test_views_are_per_tenant_and_shared_when_equal(clock: Clock) -> None:
     v3 = c.view("t3", REPO, 60)
     assert v3 is not None and v3.tips == {B}
     assert c.view("t4", REPO, 60) is None
+
+
+def refs(n: int, start: int = 0) -> RefView:
+    """A view of ``n`` branches."""
+    return RefView.of({f"refs/heads/b{i}": A for i in range(start, start + n)}, {})
+
+
+def test_the_views_held_stay_within_their_refs_budget(clock: Clock) -> None:
+    """Distinct views are counted once however many entries share them; over the budget
+    the least recently recorded entries go (an upstream round trip for them, no more)."""
+    c = VerdictCache(60, max_view_pairs=10, clock=clock)
+    for tenant in ("t1", "t2", "t3"):
+        c.record(tenant, REPO, granted=True, view=refs(4))  # one view, shared: 4 refs
+    c.record("t4", REPO, granted=True, view=refs(4, start=4))  # 8 refs
+    assert all(c.view(t, REPO, 60) is not None for t in ("t1", "t2", "t3", "t4"))
+    c.record("t5", REPO, granted=True, view=refs(4, start=8))  # 12: the shared one goes
+    assert [c.view(t, REPO, 60) is not None for t in ("t1", "t2", "t3", "t4", "t5")] == [
+        False, False, False, True, True]
+    c.record("t4", REPO, granted=False, status=403)  # a denial holds no view: 4 refs left
+    c.record("t6", REPO, granted=True, view=refs(6, start=20))
+    assert c.view("t5", REPO, 60) is not None and c.view("t6", REPO, 60) is not None
+
+
+def test_one_view_over_the_budget_is_still_recorded(clock: Clock) -> None:
+    c = VerdictCache(60, max_view_pairs=3, clock=clock)
+    c.record("t1", REPO, granted=True, view=refs(2))
+    c.record("t2", REPO, granted=True, view=refs(5, start=10))
+    assert c.view("t1", REPO, 60) is None and c.view("t2", REPO, 60) is not None
+
+
+def test_expired_and_cleared_entries_give_their_refs_back(clock: Clock) -> None:
+    c = VerdictCache(60, max_view_pairs=8, clock=clock)
+    c.record("t1", REPO, granted=True, view=refs(4))
+    c.record("t2", REPO, granted=True, view=refs(4, start=4))
+    clock.now += 61
+    c.record("t3", REPO, granted=True, view=refs(4, start=8))  # sweeps t1 and t2 first
+    c.record("t4", REPO, granted=True, view=refs(4, start=12))
+    assert c.view("t3", REPO, 60) is not None and c.view("t4", REPO, 60) is not None
+    c.clear()
+    c.record("t5", REPO, granted=True, view=refs(8, start=20))
+    assert c.view("t5", REPO, 60) is not None
