@@ -5,7 +5,8 @@ with a fresh grant makes no upstream request at all and is told how old its
 refs are; a credential without a grant still gets the upstream's verdict;
 ``goblet-max-age=0`` (``git clone --server-option``, ``git fetch -o``) makes a
 request strict again; a signed push webhook (GitHub or GitLab style) makes
-the next clone see the new commit, and a bad or unsigned one changes nothing.
+the next clone see the new commit, and a bad or unsigned one changes nothing;
+the webhook port answers what it cannot parse with a 400 and no traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from tests.e2e.conftest import Repos, count
 from tests.support.attack import post_upload
 from tests.support.cachedir import settle
 from tests.support.gitclient import GitClient
-from tests.support.net import free_port
+from tests.support.net import free_port, http_get
 from tests.support.proxy import GobletProxy
 from tests.support.rawhttp import pkt, v2_ls_refs_body
 from tests.support.repos import add_commit
@@ -240,6 +242,32 @@ def test_webhook_limits(proxy: GobletProxy, metrics_port: int) -> None:
     assert 'goblet_webhooks_total{result="refused"}' in text
     assert 'goblet_refs_answers_total{source="cache"}' in text
     assert "Traceback" not in proxy.log_text()
+
+
+def exchange(port: int, data: bytes, source: str = "127.0.0.1") -> bytes:
+    """Send ``data`` from ``source`` to 127.0.0.1:``port``; what comes back until goblet
+    closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10,
+                                  source_address=(source, 0)) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/webhooks/github"), ("GET", "/healthz")])
+def test_a_content_length_int_cannot_read_gets_a_400_not_a_traceback(
+        proxy: GobletProxy, metrics_port: int, method: str, path: str) -> None:
+    """More digits than Python's int() takes (4300): anyone who reaches the port can
+    send that, no secret needed. The answer is a one-line 400, then the close."""
+    answer = exchange(metrics_port, f"{method} {path} HTTP/1.1\r\nHost: x\r\n".encode()
+                      + b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer[:300]
+    assert body == b"malformed request\n"
+    assert http_get(metrics_port, "/healthz")[0] == 200
+    assert not proxy.wait_for_log("Traceback", timeout=1), proxy.log_text()[-3000:]
 
 
 def scrape(port: int, sample: str) -> float:

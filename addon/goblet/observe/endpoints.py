@@ -11,6 +11,8 @@ a request (head and body) must arrive within ``REQUEST_TIMEOUT`` seconds;
 bodies are read and dropped unless a webhook wants one, and a webhook body
 is kept only when its ``Content-Length`` is at most ``MAX_POST_BODY`` and the
 bodies held at once stay within ``BODY_BUDGET`` (else 413 or 503, unread).
+A request h11 cannot parse gets a one-line 4xx (``h11loop.error_answer``) and
+the connection is closed; nothing of it reaches a handler.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 import h11
 
 from goblet.observe.health import Readiness
-from goblet.serve.h11loop import REFUSE, incoming
+from goblet.serve.h11loop import REFUSE, error_answer, incoming
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,14 @@ class EndpointServer:
                         reserved, refusal = 0, None
                     if body is None:  # refused unread: the last request of the connection
                         await _discard(reader)
+        except h11.RemoteProtocolError as e:
+            log.debug("endpoint connection ended: %s", e)
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                writer.write(error_answer(conn, e))
+                if writer.can_write_eof():
+                    writer.write_eof()  # the answer is all: the client sees its end at once
+                await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
+                await _discard(reader)  # (closing with unread input would reset the answer)
         except (ConnectionError, TimeoutError, h11.ProtocolError) as e:
             log.debug("endpoint connection ended: %s", e)
         finally:

@@ -6,6 +6,12 @@ is the loop they share. Each request is handed over once its body has been
 read (and dropped, unless the caller keeps a bounded one: webhooks); the
 caller then sends the whole answer through the same ``h11.Connection``
 before asking for the next.
+
+What h11 finds malformed raises ``h11.RemoteProtocolError``, and so does a
+value h11 lets through its checks only to fail on it with a ValueError (a
+Content-Length too long for int()), so callers catch that one kind of error;
+``error_answer`` gives the bytes of the answer the client may still be sent
+then.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ async def incoming_requests(conn: h11.Connection, reader: asyncio.StreamReader, 
     and the client may send another (both sides DONE); otherwise, and when
     the client closes the connection or sends no request, the iteration ends.
     A read that waits ``idle_timeout`` seconds raises TimeoutError; what
-    h11 finds malformed raises ``h11.ProtocolError``.
+    h11 finds malformed (or cannot parse at all) raises
+    ``h11.RemoteProtocolError``.
     """
     async with contextlib.aclosing(incoming(conn, reader, chunk=chunk,
                                             idle_timeout=idle_timeout)) as requests:
@@ -76,11 +83,39 @@ async def incoming(conn: h11.Connection, reader: asyncio.StreamReader, *, chunk:
         conn.start_next_cycle()
 
 
+ERROR_REASONS = {431: "request head too large"}  # by status; any other: malformed request
+
+
+def error_answer(conn: h11.Connection, error: h11.RemoteProtocolError) -> bytes:
+    """The bytes of the answer to a request that raised ``error``: its
+    ``error_status_hint`` (400, 431…) with a one-line plain-text reason and
+    ``Connection: close``, when h11 still permits a response (our side IDLE or
+    SEND_RESPONSE: nothing of an answer sent yet); b"" otherwise. Either way
+    the connection must be closed after it; nothing of the client's input is
+    echoed."""
+    if conn.our_state not in {h11.IDLE, h11.SEND_RESPONSE}:
+        return b""
+    status = error.error_status_hint
+    body = (ERROR_REASONS.get(status, "malformed request") + "\n").encode()
+    return b"".join(conn.send(event) or b"" for event in (
+        h11.Response(status_code=status, headers=[
+            ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"), ("Connection", "close")]),
+        h11.Data(data=body), h11.EndOfMessage()))
+
+
 async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, chunk: int,
                       idle_timeout: float | None, deadline: float | None = None) -> object:
     loop = asyncio.get_running_loop()
     while True:
-        event = conn.next_event()
+        try:
+            event = conn.next_event()
+        except ValueError as e:
+            # h11 lets a few values through its checks and fails on them later: a
+            # Content-Length of more digits than int() takes (4300), for one. h11 has
+            # already put the client's side in ERROR; say so the way h11 does.
+            raise h11.RemoteProtocolError(
+                f"request not parsable: {type(e).__name__}", error_status_hint=400) from e
         if event is not h11.NEED_DATA:
             return event
         wait = idle_timeout

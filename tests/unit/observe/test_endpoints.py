@@ -41,8 +41,17 @@ Scenario = Callable[[EndpointServer, Hooks, Client], Awaitable[None]]
 
 
 def run(scenario: Scenario) -> None:
-    """Run ``scenario`` against a fresh server whose webhook path is ``HOOK``."""
+    """Run ``scenario`` against a fresh server whose webhook path is ``HOOK``; fail if
+    an exception escaped a connection's handler (asyncio would only log it; handlers
+    still running at the end are cancelled, which is no escape)."""
+    escaped: list[dict[str, object]] = []
+
+    def record(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        if not isinstance(context.get("exception"), asyncio.CancelledError):
+            escaped.append(context)
+
     async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(record)
         hooks = Hooks()
         server = EndpointServer(page, hooks=hooks, wants=lambda p: p == HOOK)
         await server.start("127.0.0.1", 0)
@@ -64,6 +73,7 @@ def run(scenario: Scenario) -> None:
             await server.stop()
 
     asyncio.run(main())
+    assert escaped == []
 
 
 def post(path: str, length: int, body: bytes = b"") -> bytes:
@@ -126,3 +136,24 @@ def test_bodies_held_at_once_stay_within_the_budget() -> None:
 
 def test_the_budget_leaves_room_for_at_least_two_payloads() -> None:
     assert endpoints.BODY_BUDGET >= 2 * endpoints.MAX_POST_BODY
+
+
+HUGE_LENGTH = b"Content-Length: " + b"9" * 5000 + b"\r\n"
+
+
+def test_a_request_h11_cannot_parse_gets_a_one_line_400_and_the_connection_closes() -> None:
+    """A Content-Length of more digits than int() takes, on a webhook path or any other:
+    400 with its reason, the end of the connection, nothing handed to a handler."""
+    async def scenario(server: EndpointServer, hooks: Hooks, send: Client) -> None:
+        for method, path in (("POST", HOOK), ("GET", "/healthz")):
+            reader, _ = await send(f"{method} {path} HTTP/1.1\r\nHost: x\r\n".encode()
+                                   + HUGE_LENGTH + b"\r\n")
+            answer = await asyncio.wait_for(reader.read(), 10)  # up to the server's close
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head.lower()
+            assert body == b"malformed request\n"
+        assert hooks.got == [] and server.held == 0
+        reader, _ = await send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await status(reader) == 200
+
+    run(scenario)

@@ -326,3 +326,30 @@ def test_a_follower_that_sent_bytes_is_aborted_when_the_production_stalls(
 
     (tmp_path / "pc").mkdir()
     with_packcache(tmp_path, test, script, packcache, follow_timeout=0.5)
+
+
+def test_a_request_h11_cannot_parse_ends_its_connection_and_nothing_else(
+        bare_repo: Path, tmp_path: Path) -> None:
+    """Only goblet reaches the backend, but what h11 cannot parse (a Content-Length of
+    more digits than int() takes) must end that connection quietly, escaping nothing,
+    and leave the backend serving."""
+    escaped: list[dict[str, object]] = []
+
+    def record(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        if not isinstance(context.get("exception"), asyncio.CancelledError):  # (at the end)
+            escaped.append(context)
+
+    async def test(backend: ServeBackend, plans: PlanRegistry) -> None:
+        asyncio.get_running_loop().set_exception_handler(record)
+        reader, writer = await asyncio.open_connection("127.0.0.1", backend.port)
+        writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000
+                     + b"\r\n\r\n")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, nothing sent
+        writer.close()
+        token = plans.register(ServePlan(bare_repo, LS_REFS, "version=2", "test"))
+        [(head, _)] = await http_call(backend.port, token)
+        assert head.startswith(b"HTTP/1.1 200")
+
+    with_backend(tmp_path, test)
+    assert escaped == []

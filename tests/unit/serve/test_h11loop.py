@@ -12,7 +12,7 @@ import contextlib
 
 import h11
 import pytest
-from goblet.serve.h11loop import REFUSE, incoming, incoming_requests
+from goblet.serve.h11loop import REFUSE, error_answer, incoming, incoming_requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -112,11 +112,75 @@ def test_a_client_cut_mid_request_is_a_protocol_error() -> None:
         run([GET[:-2]])
 
 
+HUGE_LENGTH = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n"
+
+
 @pytest.mark.parametrize("garbage", [b"NOT HTTP\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n",
-                                     b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n"])
+                                     b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n",
+                                     HUGE_LENGTH])
 def test_malformed_requests_are_protocol_errors(garbage: bytes) -> None:
-    with pytest.raises(h11.RemoteProtocolError):
+    with pytest.raises(h11.RemoteProtocolError) as raised:
         run([GET + garbage])
+    assert raised.value.error_status_hint == 400
+
+
+def test_a_content_length_too_long_for_int_is_a_protocol_error_not_a_value_error() -> None:
+    """h11 checks a Content-Length is digits, then int() refuses more than 4300 of them:
+    the loop raises what h11 raises for any other malformed request."""
+    with pytest.raises(h11.RemoteProtocolError) as raised:
+        run([HUGE_LENGTH])
+    assert isinstance(raised.value.__cause__, ValueError)
+
+
+async def failed(stream: bytes) -> tuple[h11.Connection, h11.RemoteProtocolError]:
+    """The connection and the error after ``stream``, each request answered."""
+    reader = asyncio.StreamReader()
+    reader.feed_data(stream)
+    reader.feed_eof()
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+    try:
+        async with contextlib.aclosing(incoming_requests(conn, reader, chunk=64)) as requests:
+            async for _ in requests:
+                answer(conn)
+    except h11.RemoteProtocolError as e:
+        return conn, e
+    raise AssertionError("no protocol error")
+
+
+@pytest.mark.parametrize(("stream", "status", "reason"), [
+    (HUGE_LENGTH, 400, b"malformed request\n"),
+    (b"NOT HTTP\r\n\r\n", 400, b"malformed request\n"),
+    (GET + b"GET /b HTTP/1.1\r\nHost: x\r\nX: " + b"y" * 20000, 431,
+     b"request head too large\n"),
+])
+def test_error_answer_is_a_one_line_4xx_that_closes(stream: bytes, status: int,
+                                                    reason: bytes) -> None:
+    conn, error = asyncio.run(failed(stream))
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    client.send(h11.EndOfMessage())
+    client.receive_data(error_answer(conn, error))
+    response = client.next_event()
+    assert isinstance(response, h11.Response) and response.status_code == status
+    assert (b"connection", b"close") in response.headers
+    data = client.next_event()
+    assert isinstance(data, h11.Data) and data.data == reason
+    assert isinstance(client.next_event(), h11.EndOfMessage)
+
+
+def test_no_error_answer_once_an_answer_was_begun() -> None:
+    """A client that breaks off its request once the answer is under way: h11 permits
+    no second response head, so there is nothing to send but the close. (The loop
+    itself hands a request over only after its body, so it cannot get there.)"""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+    assert isinstance(conn.next_event(), h11.Request)
+    conn.send(h11.Response(status_code=200, headers=[("Content-Length", "2")]))
+    conn.receive_data(b"")
+    with pytest.raises(h11.RemoteProtocolError) as raised:
+        conn.next_event()
+    assert conn.our_state is h11.SEND_BODY
+    assert error_answer(conn, raised.value) == b""
 
 
 def test_a_silent_client_times_out() -> None:
