@@ -223,7 +223,7 @@ class Runtime:
         rt.metrics_host = metrics_host
         if settings.metrics_port:
             rt.endpoints = EndpointServer(rt.endpoint_answer, hooks=rt.webhooks.answer,
-                                          wants=rt.webhooks.wants)
+                                          wants=rt.webhooks.wants, screen=rt.webhooks.screen)
             await rt.endpoints.start(metrics_host, settings.metrics_port)
         loop = asyncio.get_running_loop()
         rt._tasks = [loop.create_task(rt._measure_usage()), loop.create_task(rt._watch_ready()),

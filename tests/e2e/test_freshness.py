@@ -245,11 +245,12 @@ def test_webhook_limits(proxy: GobletProxy, metrics_port: int) -> None:
 
 
 def exchange(port: int, data: bytes, source: str = "127.0.0.1") -> bytes:
-    """Send ``data`` from ``source`` to 127.0.0.1:``port``; what comes back until goblet
-    closes the connection."""
+    """Send ``data`` from ``source`` to 127.0.0.1:``port`` and nothing more (the
+    sending side is shut); what comes back until goblet closes the connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=10,
                                   source_address=(source, 0)) as s:
         s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
         out = b""
         while chunk := s.recv(65536):
             out += chunk
@@ -268,6 +269,29 @@ def test_a_content_length_int_cannot_read_gets_a_400_not_a_traceback(
     assert body == b"malformed request\n"
     assert http_get(metrics_port, "/healthz")[0] == 200
     assert not proxy.wait_for_log("Traceback", timeout=1), proxy.log_text()[-3000:]
+
+
+def announce(forge: str, headers: dict[str, str], length: int = 5 * 1024 * 1024) -> bytes:
+    """The head of a webhook POST announcing a body of ``length`` bytes."""
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return (f"POST /webhooks/{forge} HTTP/1.1\r\nHost: x\r\n{lines}"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize(("forge", "headers"), [
+    ("github", {"X-GitHub-Event": "push"}),
+    ("github", {"X-Hub-Signature-256": "sha256=" + "0" * 64}),
+    ("github", {"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 63}),
+    ("gitlab", {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": "wrong"}),
+    ("gitlab", {"X-Gitlab-Event": "Push Hook"}),
+])
+def test_a_webhook_that_cannot_be_signed_is_refused_on_its_head(
+        proxy: GobletProxy, metrics_port: int, forge: str, headers: dict[str, str]) -> None:
+    """No secret needed to send these, so none of them may hold anything: the 401
+    comes back at once, though the announced 5 MiB body never does."""
+    answer = exchange(metrics_port, announce(forge, headers))
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:300]
+    assert answer.endswith(b"\r\n\r\nbad or missing signature\n")
 
 
 def scrape(port: int, sample: str) -> float:

@@ -8,9 +8,11 @@ paths the webhooks take, when they are configured).
 
 Whoever reaches that port can send it anything, so what it holds is bounded:
 a request (head and body) must arrive within ``REQUEST_TIMEOUT`` seconds;
-bodies are read and dropped unless a webhook wants one, and a webhook body
-is kept only when its ``Content-Length`` is at most ``MAX_POST_BODY`` and the
-bodies held at once stay within ``BODY_BUDGET`` (else 413 or 503, unread).
+bodies are read and dropped unless a webhook wants one; a webhook's head is
+first shown to ``screen``, whose answer (401 for a request that cannot be
+signed, say) is given at once, unread; and a webhook body is kept only when
+its ``Content-Length`` is at most ``MAX_POST_BODY`` and the bodies held at
+once stay within ``BODY_BUDGET`` (else 413 or 503, unread).
 A request h11 cannot parse gets a one-line 4xx (``h11loop.error_answer``) and
 the connection is closed; nothing of it reaches a handler.
 """
@@ -67,6 +69,8 @@ async def answer(
 Handler = Callable[[str], Awaitable[Answer]]
 # POST path, headers by lower-case name, body (None: over MAX_POST_BODY) → answer
 PostHandler = Callable[[str, dict[str, str], bytes | None], Awaitable[Answer]]
+# POST path, headers by lower-case name → the answer from the head alone, or None: read on
+Screen = Callable[[str, dict[str, str]], Awaitable[Answer | None]]
 MAX_POST_BODY = 5 * 1024 * 1024
 BODY_BUDGET = 2 * MAX_POST_BODY  # POST bodies held at once, over every connection
 REQUEST_TIMEOUT = 30.0
@@ -76,13 +80,17 @@ TEXT = "text/plain; charset=utf-8"
 
 class EndpointServer:
     """Serves the endpoints on their own address, and POSTs to the paths ``wants``
-    accepts to ``hooks`` (webhooks)."""
+    accepts to ``hooks`` (webhooks), each shown first to ``screen`` (if given): an
+    answer from it is sent at once, before any of the body is read or budgeted,
+    and ``hooks`` is not called."""
 
     def __init__(self, handler: Handler, hooks: PostHandler | None = None,
-                 wants: Callable[[str], bool] = lambda path: False) -> None:
+                 wants: Callable[[str], bool] = lambda path: False,
+                 screen: Screen | None = None) -> None:
         self.handler = handler
         self.hooks = hooks
         self.wants = wants
+        self.screen = screen
         self.port = 0
         self.held = 0  # bytes of POST bodies held now
         self._server: asyncio.Server | None = None
@@ -103,12 +111,16 @@ class EndpointServer:
         reserved = 0
         refusal: Answer | None = None
 
-        def keep(request: h11.Request) -> int:
+        async def keep(request: h11.Request) -> int:
             """Bytes of this request's body to keep (see the module docstring)."""
             nonlocal reserved, refusal
-            if request.method != b"POST" or self.hooks is None \
-                    or not self.wants(request.target.decode("latin-1")):
+            target = request.target.decode("latin-1")
+            if request.method != b"POST" or self.hooks is None or not self.wants(target):
                 return 0
+            if self.screen is not None:
+                refusal = await self.screen(target, _headers(request))
+                if refusal is not None:
+                    return REFUSE
             length = dict(request.headers).get(b"content-length", b"")
             if not length.isdigit() or int(length) > MAX_POST_BODY:
                 return REFUSE  # handed to ``hooks`` as None: too large (413)
@@ -153,9 +165,7 @@ class EndpointServer:
         if refusal is not None:
             result = refusal
         elif request.method == b"POST" and self.hooks is not None and self.wants(target):
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                       for k, v in request.headers}
-            result = await self.hooks(target, headers, body_in)
+            result = await self.hooks(target, _headers(request), body_in)
         elif request.method not in (b"GET", b"HEAD"):
             known = target.split("?", 1)[0] in PATHS
             result = (Answer(405, TEXT, b"method not allowed\n") if known
@@ -171,6 +181,11 @@ class EndpointServer:
         writer.write(conn.send(h11.Data(data=body)) or b"")
         writer.write(conn.send(h11.EndOfMessage()) or b"")
         await writer.drain()
+
+
+def _headers(request: h11.Request) -> dict[str, str]:
+    """``request``'s headers by lower-case name (the last of a repeated one)."""
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
 
 
 async def _discard(reader: asyncio.StreamReader) -> None:

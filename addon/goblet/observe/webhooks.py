@@ -12,7 +12,11 @@ with the shared secret (read at each request, so it can be rotated):
 
 Comparisons are constant-time. A missing or wrong signature gets 401, a body
 over ``MAX_BODY`` bytes (or of no stated length) 413, unread, a signed body
-that is not the JSON of a push 400; none of them changes anything. A push
+that is not the JSON of a push 400; none of them changes anything. What the
+head alone decides is decided before any of the body is read (``screen``): a
+wrong GitLab token, a GitHub request without ``X-GitHub-Event`` or without a
+well-formed ``X-Hub-Signature-256`` (``sha256=`` and 64 hex digits) get 401
+at once, so a request that cannot be signed never holds a body budget. A push
 marks the refs of the repo's https URLs (with and without ``.git``, path as
 spelled and in lower case) stale (``policy/refcache.py``) if its host is one of
 ``goblet_hosts`` (another is answered 200 and ignored): the next ref
@@ -28,6 +32,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
@@ -47,6 +52,7 @@ LOG_EVERY = 10.0  # seconds between two "webhook refused" log lines
 TEXT = "text/plain; charset=utf-8"
 _GITHUB_PUSH = frozenset({"push"})
 _GITLAB_PUSH = frozenset({"Push Hook", "Tag Push Hook"})
+_SIGNATURE_SHAPE = re.compile(r"sha256=[0-9a-fA-F]{64}")
 
 
 def github_signature_ok(secret: bytes, body: bytes, header: str | None) -> bool:
@@ -118,31 +124,40 @@ class Webhooks:
         self._last_log = -LOG_EVERY
         self._quiet = 0
 
+    async def screen(self, path: str, headers: Mapping[str, str]) -> Answer | None:
+        """The answer to ``POST path`` from its head alone (``headers`` by lower-case
+        name), to be sent before any of the body is read; None when only the body can
+        tell (GitHub signs the body). It is the answer ``answer`` would give to that
+        head with any body: 503 without a usable secret, 401 for a wrong GitLab
+        token or a GitHub request without ``X-GitHub-Event`` or a well-formed
+        signature; None too for a path that is not a webhook's (``answer`` says 404)."""
+        route = path.split("?", 1)[0]
+        secret_file = self.secret_file()
+        if route not in PATHS or secret_file is None:
+            return None
+        return self._head_refusal(route, await _read_secret(secret_file), headers)
+
     async def answer(self, path: str, headers: Mapping[str, str], body: bytes | None) -> Answer:
         """The answer to ``POST path`` (``headers`` by lower-case name; ``body`` None
-        when it was larger than ``MAX_BODY`` or of no stated length)."""
+        when it was larger than ``MAX_BODY`` or of no stated length). A head
+        ``screen`` refuses gets the same refusal here."""
         route = path.split("?", 1)[0]
         secret_file = self.secret_file()
         if route not in PATHS or secret_file is None:
             return Answer(404, TEXT, b"not found\n")
-        try:
-            secret = (await asyncio.to_thread(secret_file.read_bytes)).strip()
-        except OSError as e:
-            log.warning("webhook secret file unreadable: %s", e.strerror)
-            secret = b""
-        forge = route.rsplit("/", 1)[1]
-        if not secret:
-            return self._refused(503, "webhook secret unavailable")
+        secret = await _read_secret(secret_file)
+        refusal = self._head_refusal(route, secret, headers)
+        if refusal is not None:
+            return refusal
         if body is None:
             return self._refused(413, "payload too large")
+        forge = route.rsplit("/", 1)[1]
         if forge == "github":
-            signed = github_signature_ok(secret, body, headers.get("x-hub-signature-256"))
+            if not github_signature_ok(secret, body, headers.get("x-hub-signature-256")):
+                return self._refused(401, "bad or missing signature")
             event, pushes = headers.get("x-github-event", ""), _GITHUB_PUSH
-        else:
-            signed = gitlab_token_ok(secret, headers.get("x-gitlab-token"))
+        else:  # (GitLab's token was checked with the head)
             event, pushes = headers.get("x-gitlab-event", ""), _GITLAB_PUSH
-        if not signed:
-            return self._refused(401, "bad or missing signature")
         if event not in pushes:
             self.metrics.webhooks.labels("ignored").inc()
             return Answer(200, TEXT, b"ignored: not a push\n")
@@ -166,6 +181,21 @@ class Webhooks:
         then): one of ``PATHS``, with a secret file configured."""
         return path.split("?", 1)[0] in PATHS and self.secret_file() is not None
 
+    def _head_refusal(self, route: str, secret: bytes,
+                      headers: Mapping[str, str]) -> Answer | None:
+        """The refusal of what the head of a POST to the webhook ``route`` decides
+        alone (see ``screen``), else None."""
+        if not secret:
+            return self._refused(503, "webhook secret unavailable")
+        if route.endswith("/gitlab"):
+            if not gitlab_token_ok(secret, headers.get("x-gitlab-token")):
+                return self._refused(401, "bad or missing signature")
+            return None
+        signature = headers.get("x-hub-signature-256", "").strip()
+        if not headers.get("x-github-event") or not _SIGNATURE_SHAPE.fullmatch(signature):
+            return self._refused(401, "bad or missing signature")
+        return None
+
     def _refused(self, status: int, reason: str) -> Answer:
         self.metrics.webhooks.labels("refused").inc()
         now = time.monotonic()
@@ -176,3 +206,12 @@ class Webhooks:
         else:
             self._quiet += 1
         return Answer(status, TEXT, f"{reason}\n".encode())
+
+
+async def _read_secret(secret_file: Path) -> bytes:
+    """The shared secret, stripped; b"" when the file is empty or unreadable (logged)."""
+    try:
+        return (await asyncio.to_thread(secret_file.read_bytes)).strip()
+    except OSError as e:
+        log.warning("webhook secret file unreadable: %s", e.strerror)
+        return b""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import h11
 
@@ -46,11 +46,12 @@ REFUSE = -1  # from ``keep``: hand the request over at once, without its body
 
 async def incoming(conn: h11.Connection, reader: asyncio.StreamReader, *, chunk: int,
                    idle_timeout: float | None = None, request_timeout: float | None = None,
-                   keep: Callable[[h11.Request], int] | None = None
+                   keep: Callable[[h11.Request], Awaitable[int]] | None = None
                    ) -> AsyncGenerator[tuple[h11.Request, bytes | None], None]:
     """``incoming_requests`` with each request's body.
 
-    ``keep(request)``, asked once its head has arrived, says how many bytes of
+    ``await keep(request)``, asked once its head has arrived and before any of
+    its body is read (so it may decide from the head alone), says how many bytes of
     its body to keep (0, or no ``keep``: the body is read and dropped, ``b""``
     is handed over). A body over that many bytes, or a request ``keep``
     answers ``REFUSE``, is handed over as None at once, without reading the
@@ -64,7 +65,7 @@ async def incoming(conn: h11.Connection, reader: asyncio.StreamReader, *, chunk:
         if not isinstance(event, h11.Request):
             return
         request, body = event, bytearray()
-        limit = keep(request) if keep is not None else 0
+        limit = await keep(request) if keep is not None else 0
         if limit == REFUSE:
             yield request, None
             return

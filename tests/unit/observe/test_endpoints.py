@@ -7,7 +7,13 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from goblet.observe import endpoints
-from goblet.observe.endpoints import BODY_BUDGET, MAX_POST_BODY, Answer, EndpointServer
+from goblet.observe.endpoints import (
+    BODY_BUDGET,
+    MAX_POST_BODY,
+    Answer,
+    EndpointServer,
+    Screen,
+)
 
 TEXT = "text/plain; charset=utf-8"
 HOOK = "/webhooks/github"
@@ -40,7 +46,7 @@ Client = Callable[[bytes], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamW
 Scenario = Callable[[EndpointServer, Hooks, Client], Awaitable[None]]
 
 
-def run(scenario: Scenario) -> None:
+def run(scenario: Scenario, screen: Screen | None = None) -> None:
     """Run ``scenario`` against a fresh server whose webhook path is ``HOOK``; fail if
     an exception escaped a connection's handler (asyncio would only log it; handlers
     still running at the end are cancelled, which is no escape)."""
@@ -53,7 +59,7 @@ def run(scenario: Scenario) -> None:
     async def main() -> None:
         asyncio.get_running_loop().set_exception_handler(record)
         hooks = Hooks()
-        server = EndpointServer(page, hooks=hooks, wants=lambda p: p == HOOK)
+        server = EndpointServer(page, hooks=hooks, wants=lambda p: p == HOOK, screen=screen)
         await server.start("127.0.0.1", 0)
         writers: list[asyncio.StreamWriter] = []
 
@@ -157,3 +163,28 @@ def test_a_request_h11_cannot_parse_gets_a_one_line_400_and_the_connection_close
         assert await status(reader) == 200
 
     run(scenario)
+
+
+def test_a_head_the_screen_refuses_is_answered_at_once_unread_and_holds_nothing() -> None:
+    """Heads without ``X-Signed`` are refused by the screen: even announcing the
+    largest body and sending none of it, they get their answer, and the handler is
+    never called; a head the screen passes is read on as before."""
+    seen: list[tuple[str, str | None]] = []
+
+    async def screen(path: str, headers: dict[str, str]) -> Answer | None:
+        seen.append((path, headers.get("x-signed")))
+        return None if "x-signed" in headers else Answer(401, TEXT, b"unsigned\n")
+
+    async def scenario(server: EndpointServer, hooks: Hooks, send: Client) -> None:
+        hooks.release.set()
+        readers = [(await send(post(HOOK, MAX_POST_BODY)))[0] for _ in range(3)]
+        assert [await status(r) for r in readers] == [401] * 3
+        assert hooks.got == [] and server.held == 0
+        signed = post(HOOK, 2, b"{}").replace(b"\r\n\r\n", b"\r\nX-Signed: 1\r\n\r\n", 1)
+        reader, _ = await send(signed)
+        assert await status(reader) == 200 and hooks.got == [(HOOK, 2)]
+        reader, _ = await send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await status(reader) == 200
+        assert seen == [(HOOK, None)] * 3 + [(HOOK, "1")]  # webhook POSTs only
+
+    run(scenario, screen)

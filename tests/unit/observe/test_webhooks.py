@@ -161,3 +161,57 @@ def test_only_repos_on_goblet_hosts_are_marked(tmp_path: Path) -> None:
     assert push_urls(json.loads(body), "github", HOSTS) == ()
     assert push_urls(json.loads(body), "github", HOSTS | {("git.example", 8443)}) == (
         "https://git.example:8443/org/repo", "https://git.example:8443/org/repo.git")
+
+
+WELL_FORMED = "sha256=" + "ab" * 32  # the shape of a signature; the body decides the rest
+
+
+@pytest.mark.parametrize(("path", "headers", "status"), [
+    ("/webhooks/github", {"x-github-event": "push", "x-hub-signature-256": WELL_FORMED}, None),
+    ("/webhooks/github", {"x-github-event": "ping",
+                          "x-hub-signature-256": " " + WELL_FORMED.upper().replace("SHA", "sha")},
+     None),
+    ("/webhooks/gitlab", {"x-gitlab-token": "s3cret"}, None),
+    ("/webhooks/gitlab", {"x-gitlab-event": "Push Hook", "x-gitlab-token": "s3cret"}, None),
+    ("/metrics", {}, None),  # not a webhook's: ``answer`` says 404
+    ("/webhooks/github", {"x-hub-signature-256": WELL_FORMED}, 401),  # no event
+    ("/webhooks/github", {"x-github-event": "", "x-hub-signature-256": WELL_FORMED}, 401),
+    ("/webhooks/github", {"x-github-event": "push"}, 401),
+    ("/webhooks/github", {"x-github-event": "push", "x-hub-signature-256": ""}, 401),
+    ("/webhooks/github", {"x-github-event": "push", "x-hub-signature-256": WELL_FORMED[:-1]},
+     401),
+    ("/webhooks/github", {"x-github-event": "push", "x-hub-signature-256": WELL_FORMED + "0"},
+     401),
+    ("/webhooks/github", {"x-github-event": "push",
+                          "x-hub-signature-256": "sha256=" + "zz" * 32}, 401),
+    ("/webhooks/github", {"x-github-event": "push", "x-hub-signature-256": "sha1=" + "ab" * 20},
+     401),
+    ("/webhooks/github", {"x-github-event": "push", "x-hub-signature-256": "ab" * 32}, 401),
+    ("/webhooks/gitlab", {"x-gitlab-event": "Push Hook"}, 401),
+    ("/webhooks/gitlab", {"x-gitlab-event": "Push Hook", "x-gitlab-token": "S3CRET"}, 401),
+    ("/webhooks/gitlab?x=1", {"x-gitlab-event": "Push Hook", "x-gitlab-token": ""}, 401),
+])
+def test_the_head_alone_refuses_what_cannot_be_signed(
+        tmp_path: Path, path: str, headers: dict[str, str], status: int | None) -> None:
+    """``screen`` answers before any body is read; whatever it refuses, ``answer``
+    refuses the same way with any body; a refusal counts once, like any other."""
+    h, marks, metrics = hooks(tmp_path)
+    early = asyncio.run(h.screen(path, headers))
+    assert (early and early.status) == status
+    if status is not None:
+        assert early is not None and early.body == b"bad or missing signature\n"
+        assert metrics.webhooks.labels("refused")._value.get() == 1
+        assert call(h, path, headers, PUSH)[0] == status
+        assert call(h, path, headers, None)[0] == status  # 401 before 413
+    assert marks.marked == []
+
+
+@pytest.mark.parametrize("secret", [None, b""])
+def test_the_head_alone_refuses_every_webhook_without_a_secret(tmp_path: Path,
+                                                               secret: bytes | None) -> None:
+    h, _, _ = hooks(tmp_path, secret)
+    headers = {"x-github-event": "push", "x-hub-signature-256": sign(PUSH, b"")}
+    early = asyncio.run(h.screen("/webhooks/github", headers))
+    assert early is not None and early.status == 503
+    assert asyncio.run(Webhooks(lambda: None, Marks(), Metrics(), lambda: HOSTS)
+                       .screen("/webhooks/github", headers)) is None  # webhooks off: 404 later

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 import h11
 import pytest
@@ -191,6 +192,13 @@ def test_a_silent_client_times_out() -> None:
 # -- bodies kept, dropped or refused; requests that trickle in ----------------------------
 
 
+def keeping(limit: int) -> Callable[[h11.Request], Awaitable[int]]:
+    """A ``keep`` that says ``limit`` for every request."""
+    async def keep(request: h11.Request) -> int:
+        return limit
+    return keep
+
+
 async def bodies(stream: bytes, keep: object, **kw: float) -> list[tuple[str, bytes | None]]:
     reader = asyncio.StreamReader()
     reader.feed_data(stream)
@@ -209,16 +217,16 @@ async def bodies(stream: bytes, keep: object, **kw: float) -> list[tuple[str, by
 def test_bodies_are_kept_up_to_what_keep_says_and_dropped_otherwise() -> None:
     stream = POST + CHUNKED + GET
     assert asyncio.run(bodies(stream, None)) == [("/b", b""), ("/c", b""), ("/a", b"")]
-    assert asyncio.run(bodies(stream, lambda r: 5)) == [
+    assert asyncio.run(bodies(stream, keeping(5))) == [
         ("/b", b"hello"), ("/c", b"abc"), ("/a", b"")]
     # over the limit: handed over as None, and nothing after it is read
-    assert asyncio.run(bodies(stream, lambda r: 4)) == [("/b", None)]
+    assert asyncio.run(bodies(stream, keeping(4))) == [("/b", None)]
 
 
 def test_a_refused_request_is_handed_over_before_its_body_is_read() -> None:
     seen: list[str] = []
 
-    def keep(request: h11.Request) -> int:
+    async def keep(request: h11.Request) -> int:
         seen.append(request.target.decode())
         return REFUSE
 
