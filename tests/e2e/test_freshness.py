@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import select
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -292,6 +293,43 @@ def test_a_webhook_that_cannot_be_signed_is_refused_on_its_head(
     answer = exchange(metrics_port, announce(forge, headers))
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:300]
     assert answer.endswith(b"\r\n\r\nbad or missing signature\n")
+
+
+def test_a_signed_push_is_accepted_while_other_peers_hold_what_they_may(
+        proxy: GobletProxy, upstream: UpstreamServer, metrics_port: int) -> None:
+    """No secret needed for this either: a well-formed but wrong signature passes the
+    head, so such connections reach the body budget. Two from one address announce
+    5 MiB and send nothing: they hold nothing. Two from another send almost 5 MiB
+    each and stall: that address is refused (503) past its share, 5 MiB. The
+    forge's signed push, from a third address, still fits and is acted on. (From
+    the address that holds its whole share it could not be: see the docs.)"""
+    fake = {"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 64}
+    almost = 5 * 1024 * 1024 - 1
+    hogs: list[socket.socket] = []
+    try:
+        for _ in range(2):
+            hogs.append(socket.create_connection(("127.0.0.1", metrics_port), timeout=30,
+                                                 source_address=("127.0.0.2", 0)))
+            hogs[-1].sendall(announce("github", fake))
+        fillers = []
+        for _ in range(2):
+            fillers.append(socket.create_connection(("127.0.0.1", metrics_port), timeout=30,
+                                                    source_address=("127.0.0.3", 0)))
+            fillers[-1].sendall(announce("github", fake) + b"{" * almost)
+        hogs += fillers
+        # at least one of them is refused once that address's bytes pass its share
+        ready, _, _ = select.select(fillers, [], [], 30)
+        assert ready, "neither stalled body was refused"
+        assert ready[0].recv(65536).startswith(b"HTTP/1.1 503 ")
+
+        body = github(upstream.url("pushed-meanwhile"))
+        good = {"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(body)}
+        answer = exchange(metrics_port, announce("github", good, len(body)) + body)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+        assert answer.endswith(b"\r\n\r\naccepted\n"), answer[-300:]
+    finally:
+        for s in hogs:
+            s.close()
 
 
 def scrape(port: int, sample: str) -> float:

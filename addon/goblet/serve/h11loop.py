@@ -46,7 +46,8 @@ REFUSE = -1  # from ``keep``: hand the request over at once, without its body
 
 async def incoming(conn: h11.Connection, reader: asyncio.StreamReader, *, chunk: int,
                    idle_timeout: float | None = None, request_timeout: float | None = None,
-                   keep: Callable[[h11.Request], Awaitable[int]] | None = None
+                   keep: Callable[[h11.Request], Awaitable[int]] | None = None,
+                   hold: Callable[[int], bool] | None = None
                    ) -> AsyncGenerator[tuple[h11.Request, bytes | None], None]:
     """``incoming_requests`` with each request's body.
 
@@ -55,7 +56,11 @@ async def incoming(conn: h11.Connection, reader: asyncio.StreamReader, *, chunk:
     its body to keep (0, or no ``keep``: the body is read and dropped, ``b""``
     is handed over). A body over that many bytes, or a request ``keep``
     answers ``REFUSE``, is handed over as None at once, without reading the
-    rest, and ends the iteration after it. ``request_timeout``: seconds for a
+    rest, and ends the iteration after it. ``hold(n)``, if given, is asked
+    before each piece of n bytes of a kept body is kept (the pieces add up to
+    the body): False hands the request over as None at once too, so a caller
+    can account bytes as they arrive rather than as announced (and must
+    release them once done with the request). ``request_timeout``: seconds for a
     whole request, head and body, to arrive from when goblet starts waiting
     for it (TimeoutError after that, however slowly bytes trickle in)."""
     loop = asyncio.get_running_loop()
@@ -72,10 +77,11 @@ async def incoming(conn: h11.Connection, reader: asyncio.StreamReader, *, chunk:
         while not isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
             event = await _next_event(conn, reader, chunk, idle_timeout, deadline)
             if isinstance(event, h11.Data) and limit:
-                body += event.data
-                if len(body) > limit:
+                if len(body) + len(event.data) > limit or (
+                        hold is not None and not hold(len(event.data))):
                     yield request, None
                     return
+                body += event.data
         if isinstance(event, h11.ConnectionClosed):
             return
         yield request, bytes(body)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
+import pytest
 from goblet.observe import endpoints
 from goblet.observe.endpoints import (
     BODY_BUDGET,
     MAX_POST_BODY,
+    PEER_BUDGET,
     Answer,
     EndpointServer,
     Screen,
@@ -40,7 +43,12 @@ async def page(path: str) -> Answer:
     return Answer(200, TEXT, b"page\n")
 
 
-Client = Callable[[bytes], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+class Client(Protocol):
+    """Opens a connection from ``source`` (an address on the loopback network) to the
+    server and sends ``data`` on it."""
+
+    def __call__(self, data: bytes, source: str = "127.0.0.1"
+                 ) -> Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]: ...
 
 
 Scenario = Callable[[EndpointServer, Hooks, Client], Awaitable[None]]
@@ -63,8 +71,10 @@ def run(scenario: Scenario, screen: Screen | None = None) -> None:
         await server.start("127.0.0.1", 0)
         writers: list[asyncio.StreamWriter] = []
 
-        async def send(data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        async def send(data: bytes, source: str = "127.0.0.1"
+                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port,
+                                                           local_addr=(source, 0))
             writers.append(writer)
             writer.write(data)
             await writer.drain()
@@ -123,25 +133,79 @@ def test_a_webhook_body_too_large_or_of_no_length_is_refused_unread() -> None:
     run(scenario)
 
 
-def test_bodies_held_at_once_stay_within_the_budget() -> None:
+def test_bodies_held_at_once_stay_within_the_budget_and_each_peers_share() -> None:
+    """Bytes count as they arrive: one peer holds at most ``PEER_BUDGET``, all peers
+    together at most ``BODY_BUDGET``; past either, a body is refused (503) as soon as
+    a byte of it would not fit; what is held is let go once answered."""
     async def scenario(server: EndpointServer, hooks: Hooks, send: Client) -> None:
-        n = BODY_BUDGET // MAX_POST_BODY
-        held = [await send(post(HOOK, MAX_POST_BODY, b"{" * MAX_POST_BODY)) for _ in range(n)]
-        await until(lambda: len(hooks.got) == n)
+        full = post(HOOK, MAX_POST_BODY, b"{" * MAX_POST_BODY)
+        first = await send(full, "127.0.0.2")
+        await until(lambda: len(hooks.got) == 1)
+        assert server.held == server.held_by["127.0.0.2"] == PEER_BUDGET
+        reader, _ = await send(post(HOOK, 10, b"x" * 10), "127.0.0.2")  # its own share: full
+        assert await status(reader) == 503
+        second = await send(full, "127.0.0.3")  # another peer's share is whole
+        await until(lambda: len(hooks.got) == 2)
         assert server.held == BODY_BUDGET
-        reader, _ = await send(post(HOOK, 10))  # its body is never sent: refused at once
+        reader, _ = await send(post(HOOK, 10, b"x" * 10), "127.0.0.4")  # the budget: full
         assert await status(reader) == 503
         hooks.release.set()
-        assert [await status(r) for r, _ in held] == [200] * n
-        await until(lambda: server.held == 0)
-        reader, _ = await send(post(HOOK, 2, b"{}"))
+        assert [await status(r) for r, _ in (first, second)] == [200, 200]
+        await until(lambda: server.held == 0 and server.held_by == {})
+        reader, _ = await send(post(HOOK, 2, b"{}"), "127.0.0.2")
         assert await status(reader) == 200
+        assert hooks.got == [(HOOK, MAX_POST_BODY)] * 2 + [(HOOK, 2)]
 
     run(scenario)
 
 
+def test_an_announced_body_holds_nothing_until_its_bytes_arrive() -> None:
+    """Connections that announce the largest body and send none of it, or part of it,
+    hold only what arrived: the next body, even from the same peer, fits beside them
+    (unless that peer's arrived bytes fill its share)."""
+    heads: list[str] = []
+
+    async def screen(path: str, headers: dict[str, str]) -> Answer | None:
+        heads.append(path)
+        return None
+
+    async def scenario(server: EndpointServer, hooks: Hooks, send: Client) -> None:
+        hooks.release.set()
+        for _ in range(2):
+            await send(post(HOOK, MAX_POST_BODY), "127.0.0.2")
+        await until(lambda: len(heads) == 2)
+        assert server.held == 0
+        for source in ("127.0.0.2", "127.0.0.1"):
+            reader, _ = await send(post(HOOK, 2, b"{}"), source)
+            assert await status(reader) == 200
+        await send(post(HOOK, MAX_POST_BODY, b"{" * (MAX_POST_BODY - 1)), "127.0.0.3")
+        await until(lambda: server.held == MAX_POST_BODY - 1)
+        reader, _ = await send(post(HOOK, 2, b"{}"), "127.0.0.1")
+        assert await status(reader) == 200
+        reader, _ = await send(post(HOOK, 2, b"{}"), "127.0.0.3")  # over its share by 1
+        assert await status(reader) == 503
+        assert hooks.got == [(HOOK, 2)] * 3 and server.held == MAX_POST_BODY - 1
+
+    run(scenario, screen)
+
+
 def test_the_budget_leaves_room_for_at_least_two_payloads() -> None:
     assert endpoints.BODY_BUDGET >= 2 * endpoints.MAX_POST_BODY
+    # one peer's share leaves room for a whole body from another
+    assert endpoints.MAX_POST_BODY <= endpoints.PEER_BUDGET <= (
+        endpoints.BODY_BUDGET - endpoints.MAX_POST_BODY)
+
+
+@pytest.mark.parametrize(("peername", "peer"), [
+    (("127.0.0.1", 1), "127.0.0.1"),
+    (("::ffff:10.0.0.1", 1, 0, 0), "10.0.0.1"),  # a dual-stack socket's IPv4 client
+    (("2001:db8:1:2:3:4:5:6", 1, 0, 0), "2001:db8:1:2::/64"),
+    (("2001:db8:1:2:ffff::1", 1, 0, 0), "2001:db8:1:2::/64"),
+    (("fe80::1%lo", 1, 0, 1), "fe80::/64"),
+    (None, ""), ((), ""), (("not an address", 1), ""), ("/run/x.sock", ""),
+])
+def test_peers_are_addresses_or_ipv6_64s(peername: object, peer: str) -> None:
+    assert endpoints._peer(peername) == peer
 
 
 HUGE_LENGTH = b"Content-Length: " + b"9" * 5000 + b"\r\n"

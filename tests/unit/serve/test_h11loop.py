@@ -199,7 +199,7 @@ def keeping(limit: int) -> Callable[[h11.Request], Awaitable[int]]:
     return keep
 
 
-async def bodies(stream: bytes, keep: object, **kw: float) -> list[tuple[str, bytes | None]]:
+async def bodies(stream: bytes, keep: object, **kw: object) -> list[tuple[str, bytes | None]]:
     reader = asyncio.StreamReader()
     reader.feed_data(stream)
     reader.feed_eof()
@@ -221,6 +221,29 @@ def test_bodies_are_kept_up_to_what_keep_says_and_dropped_otherwise() -> None:
         ("/b", b"hello"), ("/c", b"abc"), ("/a", b"")]
     # over the limit: handed over as None, and nothing after it is read
     assert asyncio.run(bodies(stream, keeping(4))) == [("/b", None)]
+
+
+def test_hold_is_asked_for_every_piece_of_a_kept_body_and_may_cut_it_short() -> None:
+    asked: list[int] = []
+
+    def hold_up_to(total: int) -> object:
+        def hold(n: int) -> bool:
+            asked.append(n)
+            return sum(asked) <= total
+        return hold
+
+    stream = POST + CHUNKED + GET
+    assert asyncio.run(bodies(stream, keeping(5), hold=hold_up_to(8))) == [
+        ("/b", b"hello"), ("/c", b"abc"), ("/a", b"")]
+    assert sum(asked) == 8  # the bodies' bytes, each asked for once; none for a GET
+    asked.clear()
+    # refused at the piece that does not fit: handed over as None, nothing after read
+    assert asyncio.run(bodies(stream, keeping(5), hold=hold_up_to(6))) == [
+        ("/b", b"hello"), ("/c", None)]
+    asked.clear()
+    assert asyncio.run(bodies(stream, None, hold=hold_up_to(0))) == [
+        ("/b", b""), ("/c", b""), ("/a", b"")]
+    assert asked == []  # bodies read and dropped are never held
 
 
 def test_a_refused_request_is_handed_over_before_its_body_is_read() -> None:
