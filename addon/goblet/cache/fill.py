@@ -40,6 +40,8 @@ REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 LOW_SPEED_LIMIT = 1000
 _HTTP_STATUS = re.compile(r"returned error: ([0-9]{3})")
 _NOT_FOUND = re.compile(r"repository '[^']*' not found")
+_DIAGNOSTIC = re.compile(r"^[a-z][a-z-]*: .*$", re.MULTILINE)  # "fatal: …", "fetch-pack: …"
+_QUOTED = re.compile(r"'[^'\n]*'")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 header field name
 _NETWORK_HINTS = (
     "could not resolve host", "failed to connect", "connection refused", "timed out",
@@ -91,7 +93,10 @@ def classify_failure(result: GitResult) -> FillError:
         return FillError(FailureKind.DENIED, "upstream answered 404", 404)
     if "could not read username" in lowered or "authentication failed" in lowered:
         return FillError(FailureKind.DENIED, "upstream asked for credentials", 401)
-    if any(hint in lowered for hint in _NETWORK_HINTS):
+    # git's own diagnostics only ("fatal: …", "error: …"), without what they quote: a
+    # ref name (from the upstream, or a restored bundle) may spell any hint ("…/tls")
+    told = _QUOTED.sub("''", "\n".join(_DIAGNOSTIC.findall(text))).lower()
+    if any(hint in told for hint in _NETWORK_HINTS):
         return FillError(FailureKind.UPSTREAM, f"upstream fetch failed: {line}")
     return FillError(FailureKind.LOCAL, f"cache update failed: {line}")
 

@@ -80,6 +80,11 @@ FAILURES = [
                  FailureKind.LOCAL, None, id="ref-lock"),
     pytest.param("fatal: not a git repository: '/c/repos/ab.git'\n", FailureKind.LOCAL, None,
                  id="not-a-repo"),
+    pytest.param("error: cannot lock ref 'refs/heads/main': 'refs/heads/main/tls' exists; "
+                 "cannot create 'refs/heads/main'\n", FailureKind.LOCAL, None,
+                 id="ref-name-spelling-a-hint"),
+    pytest.param(" * [new branch]      timed-out-ssl -> timed-out-ssl\nfatal: unable to write "
+                 "new index file\n", FailureKind.LOCAL, None, id="ref-update-line-with-hints"),
     pytest.param("zzz random text 42\n", FailureKind.LOCAL, None, id="random-text"),
     pytest.param("", FailureKind.LOCAL, None, id="no-stderr"),
 ]
