@@ -42,6 +42,11 @@ _HTTP_STATUS = re.compile(r"returned error: ([0-9]{3})")
 _NOT_FOUND = re.compile(r"repository '[^']*' not found")
 _DIAGNOSTIC = re.compile(r"^[a-z][a-z-]*: .*$", re.MULTILINE)  # "fatal: …", "fetch-pack: …"
 _QUOTED = re.compile(r"'[^'\n]*'")
+# A ref of the cache that the upstream cannot also have (it has one whose name is a
+# directory of it, or the reverse): git's atomic fetch will not drop one and create the
+# other in one transaction. E.g. the upstream replaced ``topic/x`` with ``topic``.
+_CLASH = re.compile(r"'(refs/(?:heads|tags)/[^'\n]+)' exists; cannot create 'refs/")
+MAX_CLASHES = 8  # refs in such a clash a fill drops and fetches again for, at most
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 header field name
 _NETWORK_HINTS = (
     "could not resolve host", "failed to connect", "connection refused", "timed out",
@@ -61,13 +66,16 @@ class FailureKind(enum.Enum):
 
 
 class FillError(Exception):
-    """A fill or exact-object fetch failed; ``reason`` is one safe line."""
+    """A fill or exact-object fetch failed; ``reason`` is one safe line; ``clash``: the
+    cache ref whose name clashes with one the upstream has (``_CLASH``), if that was it."""
 
-    def __init__(self, kind: FailureKind, reason: str, status: int | None = None) -> None:
+    def __init__(self, kind: FailureKind, reason: str, status: int | None = None, *,
+                 clash: str | None = None) -> None:
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
         self.status = status
+        self.clash = clash
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +106,9 @@ def classify_failure(result: GitResult) -> FillError:
     told = _QUOTED.sub("''", "\n".join(_DIAGNOSTIC.findall(text))).lower()
     if any(hint in told for hint in _NETWORK_HINTS):
         return FillError(FailureKind.UPSTREAM, f"upstream fetch failed: {line}")
-    return FillError(FailureKind.LOCAL, f"cache update failed: {line}")
+    clash = _CLASH.search(text)
+    return FillError(FailureKind.LOCAL, f"cache update failed: {line}",
+                     clash=clash.group(1) if clash else None)
 
 
 def header_config(url: str, credential: Credential) -> list[tuple[str, str]]:
@@ -324,8 +334,15 @@ class Filler:
         """Fetch into ``target`` (``repo.path``, or a new repo in tmp/ renamed there at the end)."""
         created = target != repo.path
         try:
-            await self._fetch(target, ["--atomic", "--prune", "--no-tags", repo.url, *REFSPECS],
-                              repo, credential, progress)
+            for dropped in range(MAX_CLASHES + 1):
+                try:
+                    await self._fetch(target, ["--atomic", "--prune", "--no-tags", repo.url,
+                                               *REFSPECS], repo, credential, progress)
+                    break
+                except FillError as e:  # (the upstream has a ref this one's name clashes
+                    if e.clash is None or dropped == MAX_CLASHES:  # with: it has not this)
+                        raise
+                    await self._drop_ref(target, e.clash, e)
             if head is None and created:
                 head = await self.upstream_head(repo, credential)
             refs, current_head = await self.store.read_refs(target)
@@ -346,6 +363,15 @@ class Filler:
                 clean_residue(target)
             raise
         return FillResult(created, len(refs), time.monotonic() - started)
+
+    async def _drop_ref(self, git_dir: Path, ref: str, error: FillError) -> None:
+        """Delete the cache's ``ref``, which clashed with a ref the upstream has (so
+        it cannot have this one: a prune would drop it); ``error`` if that fails."""
+        log.info("goblet: %s: dropping %s, whose name clashes with an upstream ref",
+                 git_dir.name, ref)
+        res = await self.git.run(["update-ref", "-d", ref], git_dir=git_dir)
+        if not res.ok:
+            raise error
 
     async def upstream_head(self, repo: CacheRepo, credential: Credential, *,
                             timeout: float | None = None) -> str | None:

@@ -249,3 +249,46 @@ def test_upstream_head_gives_up_at_its_timeout(tmp_path: Path) -> None:
         started = time.monotonic()
         assert asyncio.run(filler.upstream_head(repo, Credential(), timeout=0.5)) is None
         assert 0.4 < time.monotonic() - started < 10  # waited for the deadline, then no longer
+
+
+# ------------------------------------------------------------------ refs whose names clash
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ("topic/x", "topic"),  # the upstream replaced a branch with one named as its directory
+    ("topic", "topic/x"),  # ... and the other way round
+])
+def test_a_fill_drops_a_cache_ref_whose_name_clashes_with_an_upstream_one(
+        git_wire: GitWire, tmp_path: Path, before: str, after: str) -> None:
+    """git's atomic fetch cannot drop ``before`` and create ``after`` in one transaction
+    (one is a directory of the other); the upstream cannot have both, so the fill drops
+    the cache's and fetches again, rather than failing on every update from then on."""
+    bare = git_wire.root / f"clash-{before.replace('/', '-')}.git"
+    git_wire.git("clone", "-q", "--bare", str(git_wire.root / "plain.git"), str(bare))
+    git_wire.git("-C", str(bare), "branch", before, "main")
+    filler = loopback_filler(tmp_path)
+    repo = filler.store.repo_for(git_wire.url(bare.name))
+
+    async def fill() -> None:
+        await filler.start(repo, Credential())
+
+    asyncio.run(fill())
+    assert f"refs/heads/{before}" in asyncio.run(filler.store.read_refs(repo.path))[0]
+    git_wire.git("-C", str(bare), "branch", "-D", before)
+    git_wire.git("-C", str(bare), "branch", after, "main")
+    asyncio.run(fill())
+    refs = asyncio.run(filler.store.read_refs(repo.path))[0]
+    assert f"refs/heads/{after}" in refs and f"refs/heads/{before}" not in refs
+    assert filler.store.state(repo) is not None
+
+
+def test_a_clash_is_named_only_for_mirrored_refs() -> None:
+    def clash(stderr: str) -> str | None:
+        return classify_failure(GitResult(1, b"", stderr.encode())).clash
+
+    assert clash("error: cannot lock ref 'refs/heads/topic': 'refs/heads/topic/x' exists; "
+                 "cannot create 'refs/heads/topic'\n") == "refs/heads/topic/x"
+    assert clash("error: cannot lock ref 'refs/tags/a/b': 'refs/tags/a' exists; cannot "
+                 "create 'refs/tags/a/b'\n") == "refs/tags/a"
+    assert clash("error: 'refs/notes/x' exists; cannot create 'refs/notes/x/y'\n") is None
+    assert clash("error: cannot lock ref 'refs/heads/main': is at 1 but expected 2\n") is None
