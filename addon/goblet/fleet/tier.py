@@ -45,7 +45,7 @@ from goblet.cache.store import CacheRepo, RepoStore
 from goblet.cache.usage import free_bytes
 from goblet.fleet import bundles
 from goblet.fleet.health import PartHealth
-from goblet.fleet.lease import CoordinationError, Coordinator
+from goblet.fleet.lease import CoordinationError, Coordinator, ForeignFence
 from goblet.fleet.manifest import Manifest, ManifestError, parse
 from goblet.fleet.publish import Publisher
 from goblet.fleet.store import NotFound, ObjectStore, Pace, StoreError
@@ -127,6 +127,14 @@ class FleetTier:
             self._spawn(self._publish_then_release(repo, turn, publish))
 
     async def _take(self, repo: CacheRepo, wait: bool, streaming: bool = False) -> Turn:
+        """This instance's role in the fill of ``repo``; returns within ``max_wait``.
+
+        A lease goblet cannot have written (``Lease.foreign``: not a token, no expiry,
+        an expiry beyond the lease time) is not waited for: the fill goes ``ALONE``, as
+        it does when a lease's expiry has not moved forward for ``2 x`` the lease time
+        (no holder renews it), when a streaming holder was waited for ``stall_timeout``,
+        and after ``max_wait``. Every look at a held lease is ``POLL`` after the last.
+        """
         coord = self.coordinator
         if coord is None or self.public:  # a public instance neither restores nor publishes
             return Turn(Role.ALONE)
@@ -146,19 +154,50 @@ class FleetTier:
                     # the store has it: restore now, fetch the delta
                     return self._waited(Turn(Role.FOLLOWER), started)
                 before = None
-                while (holder := await coord.holder(repo.key)) is not None:
-                    # A streamed cold clone lasts as long as its client reads: waited
-                    # for no longer than a stalled fetch would be.
-                    patience = min(self.max_wait, self.stall_timeout) \
-                        if holder == "stream" else self.max_wait
-                    if time.monotonic() - started > patience:
-                        return self._waited(Turn(Role.ALONE), started, "timeout")
-                    await asyncio.sleep(POLL)
+                gave_up = await self._wait_out(coord, repo, started)
+                if gave_up:
+                    return self._waited(Turn(Role.ALONE), started, gave_up)
                 if await coord.digest(repo.key) != before:
                     return self._waited(Turn(Role.FOLLOWER), started)
+        except ForeignFence as e:
+            log.warning("not coordinating the fill of %s: %s", repo.url, e)
+            return self._waited(Turn(Role.ALONE), started, "foreign")
         except CoordinationError as e:
             self.health.degraded("redis", str(e))
             return Turn(Role.ALONE)
+
+    async def _wait_out(self, coord: Coordinator, repo: CacheRepo, started: float) -> str:
+        """Wait until ``repo``'s lease is gone (""), or give up on it: ``"timeout"`` (waited
+        ``max_wait``, or ``stall_timeout`` for a streaming holder) or ``"foreign"`` (not a
+        lease a goblet holder keeps: see ``_take``). Looks every ``POLL`` seconds."""
+        lease_s = coord.lease_ms / 1000
+        moved_at = time.monotonic()  # when the lease's expiry last moved forward
+        expires = -math.inf
+        while True:
+            await asyncio.sleep(POLL)
+            now = time.monotonic()
+            if now - started > self.max_wait:
+                return "timeout"
+            lease = await coord.lease(repo.key)
+            if lease is None:
+                return ""
+            if lease.foreign(coord.lease_ms):
+                log.warning("fleet lease of %s holds a value goblet did not write: "
+                            "filling alone", repo.url)
+                return "foreign"
+            # A streamed cold clone lasts as long as its client reads: waited for no
+            # longer than a stalled fetch would be.
+            if lease.streaming and now - started > min(self.max_wait, self.stall_timeout):
+                return "timeout"
+            # A holder renews every third of the lease time, each time pushing the expiry
+            # forward by about that much; a takeover moves it too.
+            if now + lease.ttl_ms / 1000 > expires + lease_s / 10:
+                moved_at = now
+            expires = max(expires, now + lease.ttl_ms / 1000)
+            if now - moved_at > 2 * lease_s:
+                log.warning("fleet lease of %s is not renewed and does not run out: "
+                            "filling alone", repo.url)
+                return "foreign"
 
     def _glance(self) -> Pace:
         """The pace of a look at a manifest outside a fill: ``stall_timeout`` at most."""

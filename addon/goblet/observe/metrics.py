@@ -33,7 +33,7 @@ STORE_RESTORES = ("hit", "miss", "error")
 STORE_PUBLISHES = ("base", "increment", "skipped", "error")
 STORE_DIRECTIONS = ("down", "up")
 STORE_OPERATIONS = ("restore", "publish")
-LEASE_RESULTS = ("leader", "follower", "busy", "timeout")
+LEASE_RESULTS = ("leader", "follower", "busy", "timeout", "foreign")
 FLEET_PARTS = ("store", "redis")
 WEBHOOK_RESULTS = ("accepted", "ignored", "refused")
 # Seconds: the age of refs answered from the cache (bounded by goblet_refs_ttl).
@@ -146,7 +146,8 @@ class Metrics:
         self.lease_waits = Counter(
             "goblet_fleet_lease_waits", "Fleet fill leases asked for: leader (taken), follower "
             "(another instance filled and published; restored from the store), busy (another "
-            "instance fills: not waited for), timeout (waited too long: filled alone).",
+            "instance fills: not waited for), timeout (waited too long: filled alone), "
+            "foreign (the lease holds a value no goblet holder keeps: filled alone).",
             ["result"], registry=r)
         self.lease_wait_seconds = Histogram(
             "goblet_fleet_lease_wait_seconds", "Time spent waiting for a fleet fill lease.",
