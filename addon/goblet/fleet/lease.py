@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from goblet.fleet.locations import RedisLocation
@@ -151,10 +153,12 @@ class Coordinator:
                  lease_seconds: float = 30.0, client: Any = None) -> None:
         self.lease_ms = max(1000, int(lease_seconds * 1000))
         # Values stay bytes: goblet decodes what it reads (any value may be in a
-        # shared Redis).
+        # shared Redis). No retries: a Redis that does not answer costs a call one
+        # timeout, and the tier then leaves it alone for a while (``PartHealth``).
         self.client: Any = client or aioredis.Redis(
             host=location.host, port=location.port, db=location.db, password=password,
-            ssl=location.tls, socket_timeout=2.0, socket_connect_timeout=2.0)
+            ssl=location.tls, socket_timeout=2.0, socket_connect_timeout=2.0,
+            retry=Retry(NoBackoff(), 0))
 
     async def _eval(self, script: str, keys: list[str], *args: object) -> Any:
         try:

@@ -207,11 +207,16 @@ class Publisher:
                 await self.forget(key)
 
     async def forget(self, repo_key: str) -> None:
-        """Drop Redis's digest of a repo the store no longer holds (if Redis is up)."""
+        """Drop Redis's digest of a repo the store no longer holds (if Redis is up: not
+        tried while it is down, see ``PartHealth``)."""
         if self.coordinator is None:
+            return
+        if not self.health.usable("redis"):
+            self.health.skipped("redis")
             return
         try:
             await self.coordinator.forget(repo_key)
+            self.health.healthy("redis")
         except CoordinationError as e:
             self.health.degraded("redis", str(e))
 

@@ -134,9 +134,13 @@ class FleetTier:
         it does when a lease's expiry has not moved forward for ``2 x`` the lease time
         (no holder renews it), when a streaming holder was waited for ``stall_timeout``,
         and after ``max_wait``. Every look at a held lease is ``POLL`` after the last.
+        While Redis is down (``PartHealth``) the fill goes alone without asking it.
         """
         coord = self.coordinator
         if coord is None or self.public:  # a public instance neither restores nor publishes
+            return Turn(Role.ALONE)
+        if not self.health.usable("redis"):  # down: tried again every PROBE_EVERY
+            self.health.skipped("redis")
             return Turn(Role.ALONE)
         started = time.monotonic()
         try:
@@ -266,9 +270,11 @@ class FleetTier:
         """Whether the store has ``repo`` published (a cold fill would restore it)."""
         if self.store is None or not self.publishable(repo):
             return False
-        if self.coordinator is not None and "redis" not in self.health.down:
+        if self.coordinator is not None and self.health.usable("redis"):
             try:
-                if await self.coordinator.digest(repo.key):
+                digest = await self.coordinator.digest(repo.key)
+                self.health.healthy("redis")
+                if digest:
                     return True
             except CoordinationError as e:
                 self.health.degraded("redis", str(e))

@@ -20,6 +20,7 @@ from goblet.observe.metrics import Metrics
 
 from tests.support.fleetservers import RedisServer
 from tests.support.net import free_port
+from tests.support.silent import SilentServer
 
 KEY = "k" * 64
 
@@ -361,3 +362,28 @@ def test_a_renewed_lease_is_waited_for_beyond_twice_the_lease_time(
         await ta.close()
         await tb.close()
     asyncio.run(main())
+
+
+def test_a_silent_redis_is_asked_once_then_left_alone_until_a_probe_is_due(
+    tmp_path: Path,
+) -> None:
+    """A Redis that accepts connections and never answers costs one call one socket
+    timeout, without retries; the fills after it go alone without asking it."""
+    repos = prepared_store(tmp_path)
+    repo = repos.repo_for("https://git.example/r.git")
+    with SilentServer() as silent:
+        async def main() -> None:
+            c = coordinator(silent.redis_url)
+            t = tier(repos, c)
+            first = await asyncio.wait_for(t._take(repo, wait=True), 30)
+            assert first.role is Role.ALONE and t.health.down == {"redis"}
+            asked = (silent.connections, silent.unanswered)
+            for _ in range(5):
+                later = await asyncio.wait_for(t._take(repo, wait=True), 30)
+                assert later.role is Role.ALONE
+            await asyncio.wait_for(t.publisher.forget(repo.key), 30)
+            assert (silent.connections, silent.unanswered) == asked
+            assert t.metrics.fleet_degraded.labels("redis")._value.get() == 7
+            await c.close()
+        asyncio.run(main())
+        assert silent.connections == 1  # no retry opened another
