@@ -1,9 +1,10 @@
 """A server on loopback that accepts connections, reads what comes and never answers:
 a hung Redis or object store, or a load balancer that black-holes its backend.
 
-``SilentServer(answer_404=...)`` answers at once (``404 NoSuchKey``, as S3 does for a
-missing object) the HTTP requests whose request line contains that text, and stays
-silent for every other request: some repos of a store work, the rest hang.
+``SilentServer(answering=...)`` answers at once the HTTP requests whose request line
+contains that text, as an S3 bucket that is empty and takes writes would (a GET of an
+object: ``404 NoSuchKey``; a listing: empty; a PUT: ``200``), and stays silent for
+every other request: the repo of that key works with the store, the rest hang.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import threading
 from tests.support.stopping import StopsOnExit
 
 _NOT_FOUND = b"<Error><Code>NoSuchKey</Code></Error>"
+_EMPTY_LIST = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult>'
+               b"<IsTruncated>false</IsTruncated><KeyCount>0</KeyCount></ListBucketResult>")
 
 
 class SilentServer(StopsOnExit):
     """Counts ``connections`` and ``unanswered`` requests (for HTTP: whole requests; for
     anything else: each read that brought bytes)."""
 
-    def __init__(self, *, answer_404: str | None = None) -> None:
-        self.answer_404 = answer_404.encode() if answer_404 else None
+    def __init__(self, *, answering: str | None = None) -> None:
+        self.answering = answering.encode() if answering else None
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(256)
@@ -72,7 +75,7 @@ class SilentServer(StopsOnExit):
                 return
             if not data:
                 return
-            if self.answer_404 is None:
+            if self.answering is None:
                 with self._lock:
                     self.unanswered += 1
                 continue
@@ -83,9 +86,9 @@ class SilentServer(StopsOnExit):
                 if len(rest) < length:
                     break
                 pending = rest[length:]
-                if self.answer_404 in head.split(b"\r\n", 1)[0]:
-                    conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Type: application/xml\r\n"
-                                 b"Content-Length: %d\r\n\r\n%s" % (len(_NOT_FOUND), _NOT_FOUND))
+                line = head.split(b"\r\n", 1)[0]
+                if self.answering in line:
+                    conn.sendall(_answer(line))
                 else:
                     with self._lock:
                         self.unanswered += 1
@@ -97,3 +100,17 @@ def _content_length(head: bytes) -> int:
         if name.strip().lower() == b"content-length":
             return int(value.strip() or b"0")
     return 0
+
+
+def _answer(line: bytes) -> bytes:
+    """What an empty bucket that takes writes answers the request ``line``."""
+    method, _, target = line.partition(b" ")
+    if method == b"GET" and b"list-type=" in target:
+        status, body = b"200 OK", _EMPTY_LIST
+    elif method in (b"GET", b"HEAD"):
+        status, body = b"404 Not Found", _NOT_FOUND
+    else:
+        status, body = b"200 OK", b""
+    return (b"HTTP/1.1 %s\r\nContent-Type: application/xml\r\nETag: \"e0\"\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (status, len(body),
+                                                 b"" if method == b"HEAD" else body))

@@ -43,6 +43,7 @@ from goblet.fleet.store import (
     StoreError,
     file_sha256,
 )
+from goblet.fleet.threads import StoreBusy, StoreThreads
 from goblet.fleet.turns import Role, Turn
 
 if TYPE_CHECKING:
@@ -55,12 +56,13 @@ class Publisher:
     """Publishes repos of ``repos`` to ``store``, fenced by ``coordinator`` (if any)."""
 
     def __init__(self, repos: RepoStore, locks: RepoLocks, metrics: Metrics,
-                 health: PartHealth, *, store: ObjectStore | None,
+                 health: PartHealth, threads: StoreThreads, *, store: ObjectStore | None,
                  coordinator: Coordinator | None, max_bytes: int = 0) -> None:
         self.repos = repos
         self.locks = locks
         self.metrics = metrics
         self.health = health
+        self.threads = threads  # every store call runs in one of these
         self.store = store
         self.coordinator = coordinator
         self.max_bytes = max_bytes
@@ -97,13 +99,18 @@ class Publisher:
                 return
             # Conditional on the manifest read above: a writer that replaced it since
             # (one whose fence this publish did not see) wins, and nothing is tidied.
-            await asyncio.to_thread(store.put_manifest, repo.key, manifest.to_json(),
+            await self.threads.run(store.put_manifest, repo.key, manifest.to_json(),
                                     if_match=etag)
             await self._set_digest(repo, turn, manifest.digest)
             await self._tidy(repo, manifest)
         except Conflict:
             log.warning("the manifest of %s changed while publishing: not replaced", repo.url)
             self.metrics.store_publishes.labels("skipped").inc()
+            return
+        except StoreBusy:
+            log.warning("not publishing %s: all store threads are taken", repo.url)
+            self.health.skipped("store")
+            self.metrics.store_publishes.labels("error").inc()
             return
         except StoreError as e:
             self.health.degraded("store", str(e))
@@ -127,7 +134,7 @@ class Publisher:
     async def _whole(self, repo: CacheRepo, manifest: Manifest) -> bool:
         """Whether every bundle ``manifest`` names is in the store."""
         assert self.store is not None
-        names = {o.name for o in await asyncio.to_thread(self.store.list_repo, repo.key)}
+        names = {o.name for o in await self.threads.run(self.store.list_repo, repo.key)}
         return all(b.name in names for b in manifest.bundles)
 
     async def _still_leader(self, repo: CacheRepo, turn: Turn) -> bool:
@@ -146,7 +153,7 @@ class Publisher:
         """The stored manifest (None: none, or unreadable) and its ETag ("": none)."""
         assert self.store is not None
         try:
-            data, etag = await asyncio.to_thread(self.store.get_manifest_tagged, repo.key)
+            data, etag = await self.threads.run(self.store.get_manifest_tagged, repo.key)
         except NotFound:
             return None, ""
         try:
@@ -180,7 +187,7 @@ class Publisher:
                         return "skipped", None
             size, sha = out.stat().st_size, await asyncio.to_thread(file_sha256, out)
             entry = BundleEntry(f"{sha}.bundle", size, sha)
-            await asyncio.to_thread(self.store.upload, repo.key, entry.name, out)
+            await self.threads.run(self.store.upload, repo.key, entry.name, out)
             self.metrics.store_bytes.labels("up").inc(size)
         chain = (*previous.bundles, entry) if base is not None and previous else (entry,)
         return ("increment" if base is not None else "base",
@@ -197,12 +204,12 @@ class Publisher:
     async def _tidy(self, repo: CacheRepo, manifest: Manifest) -> None:
         """Delete bundles ``manifest`` no longer names, then keep within the budget."""
         assert self.store is not None
-        names = {o.name for o in await asyncio.to_thread(self.store.list_repo, repo.key)}
+        names = {o.name for o in await self.threads.run(self.store.list_repo, repo.key)}
         stale = sorted(stale_objects(names, manifest))
         if stale:
-            await asyncio.to_thread(self.store.delete, repo.key, stale)
+            await self.threads.run(self.store.delete, repo.key, stale)
         if self.max_bytes:
-            removed = await asyncio.to_thread(self._enforce_budget, repo.key)
+            removed = await self.threads.run(self._enforce_budget, repo.key)
             for key in removed:  # no instance may believe the store still has it
                 await self.forget(key)
 

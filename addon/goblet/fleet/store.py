@@ -8,12 +8,13 @@ Layout under the configured prefix::
 ``<key>`` is the cache repo's key (the SHA-256 of the canonical URL, and of the
 partition for partitioned repos): no URL, tenant or credential is in a key.
 
-Every method blocks (call it from a thread). Bundles go up with boto3's managed
-transfers, which stream in parts (multipart above ``PART_SIZE``); they come
-down in one streamed GET read as bytes arrive, under a ``Pace`` (a deadline,
-a minimum rate, a stop from another thread): boto3's own timeouts are per
-read, so a store that trickles would otherwise hold a restore forever. No
-bundle is ever held in memory.
+Every method blocks (the tier calls them in its own threads,
+``threads.StoreThreads``). Bundles go up with boto3's managed transfers, which
+stream in parts (multipart above ``PART_SIZE``); they come down in one streamed
+GET read as bytes arrive, under a ``Pace`` (a deadline, a minimum rate, a stop
+from another thread): boto3's own timeouts are per read, so a store that
+trickles would otherwise hold a restore forever. No bundle is ever held in
+memory.
 Credentials come from boto3's standard chain only. Errors surface as
 ``StoreError`` with one safe line.
 """
@@ -41,6 +42,8 @@ from goblet.fleet.manifest import MAX_MANIFEST_BYTES
 PART_SIZE = 16 * 1024 * 1024
 MANIFEST = "manifest.json"
 READ_SIZE = 1024 * 1024  # at most this much per read of a download
+READ_TIMEOUT = 30  # seconds a read of a bundle download (or an upload's answer) may wait
+MANIFEST_READ_TIMEOUT = 5  # the same for a manifest (small: the store answers at once)
 LOW_SPEED = 1000  # bytes/s: slower than this over a whole window is a stalled store
 
 
@@ -107,11 +110,19 @@ class ObjectStore:
     def __init__(self, location: StoreLocation, endpoint: str | None, *,
                  client: Any = None) -> None:
         self.location = location
-        self.client: Any = client or boto3.session.Session().client(
-            "s3", endpoint_url=endpoint,
-            config=Config(connect_timeout=3, read_timeout=30,
-                          retries={"max_attempts": 2, "mode": "standard"},
-                          s3={"addressing_style": "path"} if endpoint else None))
+
+        def make(read_timeout: int, attempts: int) -> Any:
+            return boto3.session.Session().client(
+                "s3", endpoint_url=endpoint,
+                config=Config(connect_timeout=3, read_timeout=read_timeout,
+                              retries={"max_attempts": attempts, "mode": "standard"},
+                              s3={"addressing_style": "path"} if endpoint else None))
+
+        self.client: Any = client or make(READ_TIMEOUT, 2)
+        # Manifest reads come before a cold fill decides anything: a store that does
+        # not answer one holds a thread for MANIFEST_READ_TIMEOUT, once (no retry: the
+        # fill then goes without the store).
+        self.manifest_client: Any = client or make(MANIFEST_READ_TIMEOUT, 1)
         self.transfer = TransferConfig(multipart_threshold=PART_SIZE,
                                        multipart_chunksize=PART_SIZE, max_concurrency=4)
 
@@ -129,8 +140,8 @@ class ObjectStore:
         """The manifest's bytes and ETag (for ``put_manifest``'s ``if_match``)."""
         pace = pace or Pace()
         try:
-            answer = self.client.get_object(Bucket=self.location.bucket,
-                                            Key=self.key(repo_key, MANIFEST))
+            answer = self.manifest_client.get_object(Bucket=self.location.bucket,
+                                                     Key=self.key(repo_key, MANIFEST))
             length = min(int(answer.get("ContentLength", 0)), MAX_MANIFEST_BYTES + 1)
             raw = answer["Body"]._raw_stream
             parts: list[bytes] = []

@@ -24,7 +24,13 @@
 
 Redis or the store failing degrades to what an instance does alone (fill from
 the upstream), counted in ``goblet_fleet_degraded`` with one log line per
-outage: a fleet failure never fails a clone.
+outage: a fleet failure never fails a clone. A part that failed is left alone
+(``PartHealth``: one try every ``PROBE_EVERY`` seconds) rather than costing every
+fill its timeout. Store calls run in the tier's own threads (``StoreThreads``),
+never in the default executor the serving path uses: a store that does not
+answer holds at most those, and a call finding none free goes without the store.
+``can_restore`` (asked before a cold clone decides how to fill) waits at most
+``CHECK_TIMEOUT`` for the store.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from goblet.fleet.lease import CoordinationError, Coordinator, ForeignFence
 from goblet.fleet.manifest import Manifest, ManifestError, parse
 from goblet.fleet.publish import Publisher
 from goblet.fleet.store import NotFound, ObjectStore, Pace, StoreError
+from goblet.fleet.threads import StoreBusy, StoreThreads
 from goblet.fleet.turns import Role, Turn
 
 if TYPE_CHECKING:
@@ -58,6 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL = 0.2  # seconds between looks at a lease held by another instance
+CHECK_TIMEOUT = 3.0  # seconds ``can_restore`` waits for the store's manifest
 
 
 class FleetTier:
@@ -87,8 +95,9 @@ class FleetTier:
         # goblet_isolation=public: the tier stays out of fills (see ``publishable``).
         self.public = public
         self.health = PartHealth(metrics)
-        self.publisher = Publisher(repos, locks, metrics, self.health, store=store,
-                                   coordinator=coordinator, max_bytes=max_bytes)
+        self.threads = StoreThreads()
+        self.publisher = Publisher(repos, locks, metrics, self.health, self.threads,
+                                   store=store, coordinator=coordinator, max_bytes=max_bytes)
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -213,13 +222,21 @@ class FleetTier:
         a follower would restore nothing, so it waits for the leader instead."""
         if self.store is None:
             return False
+        if not self.health.usable("store"):
+            self.health.skipped("store")
+            return False
         try:
-            await asyncio.to_thread(self.store.get_manifest, repo.key, self._glance())
+            await self.threads.run(self.store.get_manifest, repo.key, self._glance())
         except NotFound:
+            self.health.healthy("store")
             await self.publisher.forget(repo.key)
             return True
+        except StoreBusy:
+            self.health.skipped("store")
         except StoreError as e:
             self.health.degraded("store", str(e))
+        else:
+            self.health.healthy("store")
         return False
 
     def _waited(self, turn: Turn, started: float, result: str = "") -> Turn:
@@ -267,7 +284,11 @@ class FleetTier:
     # --- restore ----------------------------------------------------------------------
 
     async def can_restore(self, repo: CacheRepo) -> bool:
-        """Whether the store has ``repo`` published (a cold fill would restore it)."""
+        """Whether the store has ``repo`` published (a cold fill would restore it).
+
+        Returns within about ``CHECK_TIMEOUT`` (plus one Redis timeout): a store slower
+        than that to show the manifest counts as failing, and False is returned, as it
+        is while the store is down (``PartHealth``) or all its threads are taken."""
         if self.store is None or not self.publishable(repo):
             return False
         if self.coordinator is not None and self.health.usable("redis"):
@@ -278,12 +299,26 @@ class FleetTier:
                     return True
             except CoordinationError as e:
                 self.health.degraded("redis", str(e))
+        if not self.health.usable("store"):
+            self.health.skipped("store")
+            return False
+        pace = Pace(window=CHECK_TIMEOUT, deadline=time.monotonic() + CHECK_TIMEOUT)
         try:
-            await asyncio.to_thread(self.store.get_manifest, repo.key, self._glance())
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                await self.threads.run(self.store.get_manifest, repo.key, pace)
         except NotFound:
+            self.health.healthy("store")
+            return False
+        except StoreBusy:
+            self.health.skipped("store")
             return False
         except StoreError as e:
             self.health.degraded("store", str(e))
+            return False
+        except TimeoutError:
+            pace.stop.set()  # the read still waiting in its thread ends at its next one
+            self.health.degraded("store", f"object store did not show a manifest within "
+                                          f"{CHECK_TIMEOUT:.0f}s")
             return False
         self.health.healthy("store")
         return True
@@ -296,10 +331,14 @@ class FleetTier:
         a download slower than ``store.LOW_SPEED`` bytes/s for ``stall_timeout`` is
         abandoned: both count as the store failing. On any failure ``target`` is left
         empty again (re-created) and False returned: the fill then fetches everything
-        from the upstream.
+        from the upstream. Not tried (False) while the store is down (``PartHealth``);
+        given up (False) if a store call finds all the store's threads taken.
         """
         store = self.store
         if store is None or not self.publishable(repo):
+            return False
+        if not self.health.usable("store"):
+            self.health.skipped("store")
             return False
         started = time.monotonic()
         pace = Pace(window=max(1.0, self.stall_timeout), deadline=deadline)
@@ -311,6 +350,10 @@ class FleetTier:
             self.metrics.store_restores.labels("miss").inc()
             self.health.healthy("store")
             await self.publisher.forget(repo.key)  # Redis's digest no longer holds
+            await self._reset(target)
+            return False
+        except StoreBusy:
+            self.health.skipped("store")
             await self._reset(target)
             return False
         except (StoreError, TimeoutError) as e:
@@ -338,13 +381,13 @@ class FleetTier:
     async def _restore(self, store: ObjectStore, repo: CacheRepo, target: Path, pace: Pace
                        ) -> tuple[Manifest, int]:
         """Download, check and fetch each bundle of the manifest; (manifest, bytes)."""
-        manifest = parse(await asyncio.to_thread(store.get_manifest, repo.key, pace))
+        manifest = parse(await self.threads.run(store.get_manifest, repo.key, pace))
         self._room_for(manifest)
         moved = 0
         for entry in manifest.bundles:
             with bundles.bundle_file(self.repos.tmp_dir, repo.key) as path:
-                digest = await asyncio.to_thread(store.download, repo.key, entry.name,
-                                                 path, entry.size, pace)
+                digest = await self.threads.run(store.download, repo.key, entry.name,
+                                                path, entry.size, pace)
                 if digest != entry.sha256 or path.stat().st_size != entry.size:
                     raise bundles.BundleError("bundle checksum does not match its manifest")
                 moved += entry.size
@@ -372,17 +415,23 @@ class FleetTier:
         await self.repos.init_bare(target)
 
     async def publish(self, repo: CacheRepo, turn: Turn) -> None:
-        """Publish ``repo`` now (``publish.Publisher``) if it is ``publishable``; failures
-        are logged and counted."""
-        if self.publishable(repo):
-            await self.publisher.publish(repo, turn)
+        """Publish ``repo`` now (``publish.Publisher``) if it is ``publishable`` and the
+        store is not down (``PartHealth``); failures are logged and counted."""
+        if not self.publishable(repo):
+            return
+        if not self.health.usable("store"):
+            self.health.skipped("store")
+            return
+        await self.publisher.publish(repo, turn)
 
     async def close(self) -> None:
-        """Let background publishes finish (briefly), then close Redis."""
+        """Let background publishes finish (briefly), then close Redis and the store's
+        threads."""
         if self._background:
             await asyncio.wait(set(self._background), timeout=10)
         if self.coordinator is not None:
             await self.coordinator.close()
+        self.threads.close()
 
 
 def redis_password() -> str | None:

@@ -28,6 +28,7 @@ from goblet.observe.metrics import Metrics
 from tests.support.fleetservers import AWS_ENV, RedisServer, S3Server
 from tests.support.repos import add_commit, make_bare_repo
 from tests.support.repos import git as bare_git
+from tests.support.silent import SilentServer
 from tests.support.slow_s3 import SlowS3
 
 URL = "https://git.example/org/r.git"
@@ -218,7 +219,8 @@ def test_bundles_in_tmp_are_claimed_so_a_sweep_leaves_them(s3: S3Server, tmp_pat
     assert list(repos_a.tmp_dir.iterdir()) == []
 
 
-def slow_tier(tmp: Path, slow: SlowS3, stall: float) -> tuple[FleetTier, RepoStore]:
+def slow_tier(tmp: Path, slow: SlowS3 | SilentServer, stall: float
+              ) -> tuple[FleetTier, RepoStore]:
     """An instance whose store is ``slow`` (the ObjectStore's own client and timeouts)."""
     git = GitRunner(home=tmp / "home")
     repos = RepoStore(tmp / "slow", git)
@@ -410,3 +412,36 @@ def test_a_manifest_replaced_during_a_publish_is_not_overwritten(
     assert a.metrics.store_publishes.labels("skipped")._value.get() == 1
     names = {b["name"] for b in theirs["bundles"]}  # type: ignore[attr-defined]
     assert names <= {k.rsplit("/", 1)[1] for k in s3.objects() if k.startswith("race/")}
+
+
+def test_a_silent_store_holds_only_the_tiers_own_threads_and_is_then_left_alone(
+    tmp_path: Path,
+) -> None:
+    """A store that accepts connections and never answers: ``can_restore`` of many cold
+    repos at once returns (False) instead of hanging, never holds more than the tier's
+    own threads, leaves asyncio's default executor free, and once the store is marked
+    down neither ``can_restore`` nor ``restore`` asks it until a probe is due."""
+    with SilentServer() as silent:
+        tier, repos = slow_tier(tmp_path, silent, stall=20.0)
+        cold = [repos.repo_for(f"{URL}{i}") for i in range(3 * tier.threads.size)]
+
+        async def main() -> None:
+            checks = [asyncio.ensure_future(tier.can_restore(r)) for r in cold]
+            while silent.unanswered < tier.threads.size and not all(c.done() for c in checks):
+                await asyncio.sleep(0.05)
+            # the serving path's executor is not the store's
+            assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 10) == "free"
+            assert await asyncio.wait_for(asyncio.gather(*checks), 60) == [False] * len(cold)
+            assert tier.health.down == {"store"}
+            asked = silent.unanswered
+            assert asked <= tier.threads.size
+            assert not await asyncio.wait_for(tier.can_restore(cold[0]), 10)
+            target, claim = repos.claim_temp(cold[0])
+            await repos.init_bare(target)
+            assert not await asyncio.wait_for(tier.restore(cold[0], target), 10)
+            claim.release()
+            assert silent.unanswered == asked  # not asked again while down
+            tier.threads.close()
+
+        asyncio.run(main())
+    assert tier.metrics.fleet_degraded.labels("store")._value.get() == len(cold) + 2
