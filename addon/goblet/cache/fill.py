@@ -174,6 +174,7 @@ class Filler:
         self.stall_timeout = stall_timeout
         self.max_seconds = max_seconds
         self._inflight: dict[str, asyncio.Task[FillResult]] = {}
+        self._by_id: set[str] = set()  # repo keys with an exact-object fetch under way
         # The fleet tier (``fleet/tier.py``), if configured: a first fill restores from
         # the shared store, and every fill takes the repo's fleet-wide turn.
         self.fleet: FleetTier | None = None
@@ -397,13 +398,27 @@ class Filler:
     ) -> None:
         """Fetch exact objects (e.g. a PR merge commit) into an existing repo.
 
-        Raises FillError if upstream refuses or the repo does not exist yet.
+        Raises FillError if upstream refuses or the repo does not exist yet, or if
+        another such fetch of the repo is under way: one at a time per repo, none
+        queued (each holds the repo's writer lock for an upstream round trip, and any
+        client can ask for ids that do not exist: a queue of them would hold up the
+        repo's fills).
         """
         wanted = [o for o in oids if OID_RE.fullmatch(o)]
         if not wanted:
             return
         if not self.store.exists(repo):
             raise FillError(FailureKind.LOCAL, "cache repo does not exist")
+        if repo.key in self._by_id:
+            raise FillError(FailureKind.LOCAL, "another fetch of objects by id is under way")
+        self._by_id.add(repo.key)
+        try:
+            await self._fetch_oids(repo, credential, wanted)
+        finally:
+            self._by_id.discard(repo.key)
+
+    async def _fetch_oids(self, repo: CacheRepo, credential: Credential,
+                          wanted: list[str]) -> None:
         try:
             async with self.locks.writer(repo.key, timeout=self.max_seconds), \
                     self._observed(repo, repo.path):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from goblet.auth.credentials import Credential, credential_from_headers
-from goblet.cache.fill import FailureKind, Filler, classify_failure, header_config
+from goblet.cache.fill import FailureKind, Filler, FillError, classify_failure, header_config
 from goblet.cache.locks import RepoLocks
 from goblet.cache.store import RepoStore
 from goblet.git.env import hardened_env
@@ -292,3 +292,29 @@ def test_a_clash_is_named_only_for_mirrored_refs() -> None:
                  "create 'refs/tags/a/b'\n") == "refs/tags/a"
     assert clash("error: 'refs/notes/x' exists; cannot create 'refs/notes/x/y'\n") is None
     assert clash("error: cannot lock ref 'refs/heads/main': is at 1 but expected 2\n") is None
+
+
+def test_objects_by_id_are_fetched_one_fetch_at_a_time_per_repo_never_queued(
+        git_wire: GitWire, tmp_path: Path) -> None:
+    """Each holds the writer lock for an upstream round trip and any client may ask for
+    ids that do not exist: while one is under way another is refused at once (its
+    request goes upstream), never queued in front of the repo's fills."""
+    filler = loopback_filler(tmp_path)
+    repo = filler.store.repo_for(git_wire.url("plain.git"))
+    other = filler.store.repo_for(git_wire.url("extras.git"))
+
+    async def run() -> None:
+        await filler.start(repo, Credential())
+        await filler.start(other, Credential())
+        async with filler.locks.writer(repo.key, timeout=30):  # (a fill, say)
+            first = asyncio.create_task(filler.fetch_oids(repo, Credential(), ["1" * 40]))
+            await asyncio.sleep(0.2)
+            with pytest.raises(FillError) as refused:
+                await filler.fetch_oids(repo, Credential(), [git_wire.oids["c1"]])
+            assert refused.value.kind is FailureKind.LOCAL
+            await filler.fetch_oids(other, Credential(), [git_wire.oids["c1"]])  # another repo
+        with pytest.raises(FillError):
+            await first  # (no such object upstream)
+        await filler.fetch_oids(repo, Credential(), [git_wire.oids["c1"]])  # free again
+
+    asyncio.run(run())
