@@ -1,12 +1,15 @@
 """A bound on the request heads mitmproxy buffers.
 
-mitmproxy's HTTP/1 server side keeps every byte of a request head until its blank
-line arrives, without limit (a known gap in mitmproxy 11): one client sending header
-lines without end grows the proxy by what it sends, about 300 MB a second on
-loopback, until the head deadline. ``install`` wraps that reader so that a head
-still incomplete after MAX_REQUEST_HEAD bytes is answered ``431`` with a one-line
-reason and its connection closed. Real git heads are a few hundred bytes; a large
-token or cookie is a few KiB.
+mitmproxy's HTTP/1 server side keeps every byte a client sends in the connection's
+buffer until it is read, without limit (a known gap in mitmproxy 11): a request head
+is read only once its blank line arrives, and nothing is read while a request's
+answer is awaited. One client sending header lines without end, or anything after a
+request whose answer is slow, grows the proxy by what it sends, about 300 MB a second
+on loopback. ``install`` wraps the server's event handler so that past
+MAX_REQUEST_HEAD bytes buffered, a head without end is answered ``431`` with a
+one-line reason, and in both cases the connection is closed. Real git heads are a
+few hundred bytes (a large token or cookie a few KiB), and git sends nothing while it
+waits for an answer.
 
 The wrapper keeps mitmproxy's own reader for everything else. If mitmproxy's
 layout is not the one this was written for, nothing is wrapped and ``install``
@@ -19,8 +22,11 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any
 
+from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.proxy.layers.http._base import ReceiveHttp
+from mitmproxy.proxy.layers.http._events import RequestProtocolError
 
 MAX_REQUEST_HEAD = 64 * 1024
 _MARK = "_goblet_head_limit"
@@ -33,21 +39,34 @@ TOO_LARGE = (
 )
 
 
-def _bounded(read_headers: Callable[..., Generator[Any, Any, None]],
+def _bounded(handle_event: Callable[..., Generator[Any, Any, None]],
              ) -> Callable[..., Generator[Any, Any, None]]:
+    """``Http1Server._handle_event`` (``handle_event``, which adds what a client sends
+    to the connection's buffer before its state reads it), then the bound."""
+    server = _http1.Http1Server
+
     def bounded(self: Any, event: Any) -> Generator[Any, Any, None]:
-        yield from read_headers(self, event)
-        if (isinstance(event, events.DataReceived)
-                and getattr(self.state, "__func__", None) is bounded
-                and len(self.buf) > MAX_REQUEST_HEAD):
-            # still waiting for the end of this head, and it is already too large
+        yield from handle_event(self, event)
+        if not isinstance(event, events.DataReceived) or len(self.buf) <= MAX_REQUEST_HEAD:
+            return
+        state = getattr(self.state, "__func__", None)
+        if state is server.read_headers:  # a head without end
             self.buf = type(self.buf)()  # (lets go of what was buffered)
             yield commands.SendData(self.conn, TOO_LARGE)
             yield commands.CloseConnection(self.conn)
             self.state = self.done
+        elif state is server.wait:  # sent while its answer is awaited (git never does)
+            self.buf = type(self.buf)()
+            yield commands.CloseConnection(self.conn)
+            yield ReceiveHttp(RequestProtocolError(
+                self.stream_id, "goblet: client sent over 64 KiB while its answer was "
+                "awaited", code=status_codes.CLIENT_CLOSED_REQUEST))
+            self.state = self.done
+        elif state is server.done:  # (closed: what still comes is never read)
+            self.buf = type(self.buf)()
 
     setattr(bounded, _MARK, True)
-    bounded.__doc__ = read_headers.__doc__
+    bounded.__doc__ = handle_event.__doc__
     return bounded
 
 
@@ -55,10 +74,11 @@ def install() -> str | None:
     """Bound the request heads mitmproxy's HTTP/1 server reads (idempotent); None when
     done, else why it could not be."""
     server = getattr(_http1, "Http1Server", None)
-    current = getattr(server, "read_headers", None)
-    if server is None or current is None or not hasattr(server, "done"):
+    current = getattr(server, "_handle_event", None)
+    if server is None or current is None or not all(
+            hasattr(server, name) for name in ("read_headers", "wait", "done")):
         return "mitmproxy's HTTP/1 server has another layout"
     if getattr(current, _MARK, False):
         return None
-    server.read_headers = _bounded(current)
+    server._handle_event = _bounded(current)
     return None
