@@ -94,7 +94,6 @@ def relay(answer: UpstreamAnswer) -> Reply:
 
 ServePlanner = Callable[..., ServePlan]
 MAX_PARSE_MEMO = 256  # small request bodies whose parse is remembered (≤ 1 KiB each)
-SMALL_QUESTION = 4096  # an ls-refs this small lets go of its budget share when sent on
 
 
 def parse_upload_pack(body: bytes, version: int) -> request.V2Request | request.FetchRequest:
@@ -178,6 +177,7 @@ class FlowPolicy:
                          (("Content-Type", got.content_type), ("Cache-Control", "no-store")))
         if state.kind is Kind.INVALID:
             return refuse(400, f"goblet: {state.reason}")
+        self._arrived(state, 0 if streamed or raw is None else len(raw))
         action: Action = Upstream()
         if state.kind is Kind.UPLOAD_PACK and not streamed:
             action = await self.upload_pack(state, raw, enc, git_protocol)
@@ -190,13 +190,17 @@ class FlowPolicy:
                 return Reply(200, cached.body, (("Content-Type", cached.content_type),
                                                 ("Cache-Control", "no-cache")), Outcome.CACHE)
             if cached is not None:
-                return Serve(cached, Outcome.CACHE)
+                action = Serve(cached, Outcome.CACHE)
         if isinstance(action, Upstream) and self.settings().offline and state.kind in (
                 Kind.INFO_REFS, Kind.LS_REFS):
             action = await self.forward(state, method, path, headers=headers, raw=raw,
                                         git_protocol=git_protocol)
         if isinstance(action, Upstream):
+            if state.ls_refs is not None:  # (kept until the answer is read)
+                state.ls_refs = request.kept_question(state.ls_refs)
             self.release(state)  # a decoded body going upstream is let go at once
+        elif isinstance(action, Serve):
+            self._arrived(state, 0)  # the backend answers: the flow's body is dropped
         return action
 
     async def upload_pack(self, state: FlowState, raw: bytes | None, enc: str | None,
@@ -261,8 +265,8 @@ class FlowPolicy:
         is: a client cannot make goblet hold more."""
         cap = self.settings().max_request_bytes
         got = bodies.intake(state.kind, content_length, cap, streamed, body=body)
-        if got.stream or not body:
-            return got
+        if got.stream or not body or state.kind is not Kind.UPLOAD_PACK:
+            return got  # (only an upload-pack POST has a body goblet reads)
         size = int(content_length) if content_length.isdigit() else cap
         if self._raw + size > 2 * cap:
             state.reason = bodies.BUSY_RAW
@@ -271,6 +275,13 @@ class FlowPolicy:
         self._raw += size
         state.raw_held = size
         return got
+
+    def _arrived(self, state: FlowState, size: int) -> None:
+        """``state``'s body as received is ``size`` bytes (0: not held, or no longer): its
+        share of the budget comes down to that (a chunked body took the cap)."""
+        if state.raw_held > size:
+            self._raw -= state.raw_held - size
+            state.raw_held = size
 
     def _hold(self, state: FlowState, size: int) -> bool:
         """Take ``size`` bytes of the budget of decoded bodies held at once (twice
@@ -283,17 +294,12 @@ class FlowPolicy:
 
     def release(self, state: FlowState, *, ended: bool = False) -> None:
         """``state`` no longer needs its decoded body: it went upstream, or (``ended``) its
-        request ended. Only the end gives back the share of an ``ls-refs`` over
-        SMALL_QUESTION bytes (its parsed question stays until the answer is read; smaller
-        ones, any client's, never spend the budget of the fetches after them) and that of
-        the body as received (mitmproxy holds it in the flow until then)."""
-        if ended or state.kind is not Kind.LS_REFS or state.held <= SMALL_QUESTION:
-            self._held -= state.held
-            state.held = 0
+        request ended. Only the end gives back the share of the body as received
+        (mitmproxy holds it in the flow until then)."""
+        self._held -= state.held
+        state.held, state.body = 0, b""
         if ended:
-            self._raw -= state.raw_held
-            state.raw_held = 0
-        state.body = b""
+            self._arrived(state, 0)
 
     async def forward(self, state: FlowState, method: str, path: str, *,
                       headers: list[tuple[str, str]], raw: bytes | None,

@@ -36,7 +36,7 @@ the allowlists below is left to the upstream.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import unquote_to_bytes
 
 from goblet.protocol import pktline, serveroptions
@@ -89,6 +89,21 @@ class LsRefsRequest:
     server_options: tuple[str, ...] = field(default=(), compare=False)
     # why the cache cannot reproduce this answer (unknown arguments or capabilities)
     unservable: tuple[str, ...] = field(default=(), compare=False)
+
+
+KEPT_PREFIX_CHARS = 64 * 1024  # ref-prefix text an ls-refs keeps while its answer comes
+NO_REF_PREFIX = "\0"  # a ref-prefix no ref name starts with (names hold no NUL)
+
+
+def kept_question(req: LsRefsRequest) -> LsRefsRequest:
+    """``req`` as it is kept while its answer comes: unchanged if its ``ref-prefix`` lines
+    add up to at most KEPT_PREFIX_CHARS, else with one no ref starts with (a client
+    chooses them, up to the body cap: they would stay in memory): the answer is then
+    read as listing refs of an unknown part of the repo (a partial view; no ref of the
+    cache is taken for deleted)."""
+    if sum(map(len, req.ref_prefixes)) <= KEPT_PREFIX_CHARS:
+        return req
+    return replace(req, ref_prefixes=(NO_REF_PREFIX,))
 
 
 @dataclass(frozen=True, slots=True)

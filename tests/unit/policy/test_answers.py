@@ -27,7 +27,7 @@ from goblet.policy.answers import (
 from goblet.policy.flows import FlowState, Kind, Outcome
 from goblet.policy.offload import INLINE_ANSWER_BYTES
 from goblet.protocol import pktline
-from goblet.protocol.request import LsRefsRequest
+from goblet.protocol.request import NO_REF_PREFIX, LsRefsRequest
 from goblet.protocol.routes import ADVERTISEMENT_TYPE as ADV
 from goblet.protocol.routes import RESULT_TYPE as RES
 
@@ -349,6 +349,21 @@ def test_refs_outside_an_ls_refs_view_are_not_taken_for_deleted(world: World,
     world.answer(flow(Kind.LS_REFS, prefixes=("HEAD", "refs/tags/")), 200, wire.ls_refs, RES)
     assert world.decider.fills == []
     world.answer(flow(Kind.LS_REFS, prefixes=("HEAD", "refs/heads/")), 200, wire.ls_refs, RES)
+    assert len(world.decider.fills) == 1
+
+
+def test_an_answer_to_a_question_not_kept_is_a_partial_view_of_unknown_extent(
+        world: World, wire: Answers) -> None:
+    """An ls-refs whose ``ref-prefix`` lines were too large to keep (``kept_question``):
+    its answer grants, lists what it lists, claims nothing complete, and a fill starts
+    only if a listed ref differs from the cache's."""
+    world.store.snapshot = cached(wire, refs__heads__topic="f" * 40)
+    world.answer(flow(Kind.LS_REFS, prefixes=(NO_REF_PREFIX,)), 200, wire.ls_refs, RES)
+    view = world.view()
+    assert view is not None and not view.complete and not view.all_tags
+    assert "refs/heads/main" in view.names and world.decider.fills == []
+    world.store.snapshot = cached(wire, refs__heads__main="f" * 40)
+    world.answer(flow(Kind.LS_REFS, prefixes=(NO_REF_PREFIX,)), 200, wire.ls_refs, RES)
     assert len(world.decider.fills) == 1
 
 

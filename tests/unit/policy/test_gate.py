@@ -28,13 +28,13 @@ from goblet.offline.forward import UpstreamUnreachable
 from goblet.offline.state import UpstreamState
 from goblet.policy.bodies import BUSY, BUSY_RAW, PASSED_ON
 from goblet.policy.flows import FlowState, Kind, Outcome
-from goblet.policy.gate import SMALL_QUESTION, Action, FlowPolicy, Reply, Serve, Upstream
+from goblet.policy.gate import Action, FlowPolicy, Reply, Serve, Upstream
 from goblet.policy.offline import SERVICE_PREAMBLE
 from goblet.policy.refcache import CachedRefs
 from goblet.policy.requests import Classified
 from goblet.protocol import pktline, request
 from goblet.protocol.errors import ProtocolError
-from goblet.protocol.request import cache_identity
+from goblet.protocol.request import NO_REF_PREFIX, cache_identity
 from goblet.protocol.routes import RESULT_TYPE
 from goblet.serve.plans import ServePlan
 
@@ -450,6 +450,26 @@ def test_bodies_mitmproxy_holds_while_they_arrive_share_twice_the_cap(tight: Gat
     assert first.raw_held == cap and intake("1").reason == BUSY_RAW
     tight.policy.release(first, ended=True)
     assert first.raw_held == 0 and intake("1").raw_held == 1
+    info_refs = tight.state(Kind.INFO_REFS)  # (an HTTP/2 GET "may have a body")
+    assert not tight.policy.intake(info_refs, "", streamed=False, body=True).stream
+    assert info_refs.raw_held == 0
+
+
+def test_a_body_s_share_comes_down_to_what_arrived_and_goes_when_the_cache_answers(
+        tight: Gate) -> None:
+    """A chunked body takes the cap until it has arrived, then its size; one the cache
+    answers gives its share back at once (the flow's body is dropped)."""
+    upstream, served = tight.state(), tight.state()
+    for state in (upstream, served):
+        tight.policy.intake(state, "", streamed=False, body=True)
+        assert state.raw_held == len(FETCH)
+    tight.decider.decision = Decision(Route.UPSTREAM, "not cached")
+    small = pkt("command=fetch") + b"0001" + pkt(f"want {OID}") + pkt("done") + b"0000"
+    assert len(small) < len(FETCH)
+    assert tight.route(upstream, small) == Upstream()
+    assert upstream.raw_held == len(small)  # held by mitmproxy until the request ends
+    tight.decider.decision = Decision(Route.CACHE, "as told")
+    assert isinstance(tight.route(served, FETCH), Serve) and served.raw_held == 0
 
 
 def test_releasing_twice_frees_a_share_once(tight: Gate) -> None:
@@ -482,24 +502,20 @@ def test_an_ls_refs_going_upstream_is_let_go_at_once(tmp_path: Path,
     assert gate.bodies("inspected") == 3 and gate.bodies("busy") == 0
 
 
-def test_a_large_ls_refs_keeps_its_share_until_its_answer_is_read(
+def test_a_large_ls_refs_question_is_not_kept_while_its_answer_comes(
         tmp_path: Path, pool: ThreadPoolExecutor) -> None:
-    """Its parsed ``ref-prefix`` lines (a client may send 65,535) stay until the answer
-    is read: so does its share of the budget, and its body as received."""
-    big = v2_ls_refs_body(prefixes=tuple(f"refs/x/{i:05d}" for i in range(400)))
-    assert len(big) > SMALL_QUESTION
+    """Its ``ref-prefix`` lines (a client may send 65,535, up to the cap) would stay in
+    memory until the answer is read: over KEPT_PREFIX_CHARS they are replaced by one no
+    ref starts with, and the body's share is let go at once like any other's."""
+    big = v2_ls_refs_body(prefixes=tuple(f"refs/x/{i:05d}" for i in range(6000)))
     gate = Gate(tmp_path, pool, cap=len(big))
-    first, second = gate.state(), gate.state()
-    assert gate.policy.intake(first, str(len(big)), streamed=False, body=True).timed
-    assert gate.route(first, big) == Upstream() and first.held == len(big)
-    assert first.raw_held == len(big) and first.body == b""
-    assert gate.route(second, big) == Upstream() and second.held == len(big)
-    third = gate.state()
-    assert gate.route(third, big) == Upstream() and third.reason == BUSY
-    gate.policy.release(first, ended=True)
-    assert (first.held, first.raw_held) == (0, 0)
-    fourth = gate.state()
-    assert gate.route(fourth, big) == Upstream() and fourth.held == len(big)
+    state = gate.state()
+    assert gate.route(state, big) == Upstream()
+    assert state.ls_refs is not None and state.ls_refs.ref_prefixes == (NO_REF_PREFIX,)
+    assert (state.held, state.body, gate.bodies("inspected")) == (0, b"", 1)
+    small = gate.state()
+    assert gate.route(small, LS) == Upstream()
+    assert small.ls_refs is not None and small.ls_refs.ref_prefixes == ("HEAD", "refs/heads/")
 
 
 # ------------------------------------------------------------------------------ refs from the cache
