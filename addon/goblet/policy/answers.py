@@ -36,6 +36,7 @@ from goblet.protocol.errors import ProtocolError
 DENIALS = (401, 403, 404)
 MAX_READ_MEMO = 256  # small ref answers whose reading is remembered (≤ 8 KiB each)
 MAX_MEMO_PREFIX_CHARS = 1024  # ... and whose comparison is, for questions this small
+INLINE_COMPARED_REFS = 1000  # cache refs compared with an answer on the event loop, at most
 MAX_UNREAD_REPOS = 1024  # repos whose unreadable ref answers were logged (once each)
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class AnswerPolicy:
             prefixes = state.ls_refs.ref_prefixes if state.ls_refs else ()
             read = await self._read(state, headers.get("content-type", ""), body, prefixes)
             if read is not None:
-                self.granted(state, read, body)
+                await self.granted(state, read, body)
                 return read.replacement
             self._unreadable(state, headers.get("content-type", ""), body)
         return None
@@ -178,8 +179,8 @@ class AnswerPolicy:
         return replace(read, compared=(snapshot, refs.refs_differ(
             read.advertisement.refs, snapshot.refs, prefixes)))
 
-    def _differ(self, state: FlowState, body: bytes, read: RefAnswer, snapshot: RepoState,
-                prefixes: tuple[str, ...]) -> bool:
+    async def _differ(self, state: FlowState, body: bytes, read: RefAnswer,
+                      snapshot: RepoState, prefixes: tuple[str, ...]) -> bool:
         """``refs.refs_differ`` of ``read``'s refs (read from ``body``) and the cache's,
         remembered per repo for the same small answer to the same kind of request, cache
         refs (the snapshot's digest) and prefixes (of at most MAX_MEMO_PREFIX_CHARS); at
@@ -191,7 +192,10 @@ class AnswerPolicy:
         seen = self._differs.get(repo_key)
         if seen is not None and seen[0] == key:
             return seen[1]
-        differ = refs.refs_differ(read.advertisement.refs, snapshot.refs, prefixes)
+        # (a small answer may come with a large cache: compared off the loop then)
+        differ = await run_sized(self.inspector, len(snapshot.refs), INLINE_COMPARED_REFS,
+                                 refs.refs_differ, read.advertisement.refs, snapshot.refs,
+                                 prefixes)
         if len(body) > INLINE_ANSWER_BYTES or not snapshot.digest \
                 or sum(map(len, prefixes)) > MAX_MEMO_PREFIX_CHARS:
             return differ  # (a large answer or question: read anew each time, never held)
@@ -207,7 +211,7 @@ class AnswerPolicy:
         self.decider.verdicts.record(state.tenant, state.repo.url, granted=False,
                                      status=status, challenge=challenge)
 
-    def granted(self, state: FlowState, read: RefAnswer, body: bytes) -> None:
+    async def granted(self, state: FlowState, read: RefAnswer, body: bytes) -> None:
         """The upstream answered this ref request with ``read`` (read from ``body``):
         record the grant, and start a fill if the cache's refs differ from the ones it
         listed."""
@@ -224,7 +228,7 @@ class AnswerPolicy:
             decider.heads[repo.key] = head
         prefixes = state.ls_refs.ref_prefixes if state.ls_refs else ()
         snapshot = self.store.state(repo)
-        stale = (snapshot is None or self._differ(state, body, read, snapshot, prefixes)
+        stale = (snapshot is None or await self._differ(state, body, read, snapshot, prefixes)
                  or bool(head and snapshot.head != head))
         if decider.isolation == "public" and decider.verdicts.is_denied(ANONYMOUS, repo.url):
             return  # not anonymously readable: never cached in public isolation

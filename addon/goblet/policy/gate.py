@@ -102,34 +102,35 @@ def parse_upload_pack(body: bytes, version: int) -> request.V2Request | request.
     return request.parse_v2(body) if version == 2 else request.parse_v0(body, version)
 
 
+# The parse of a small body (≤ INLINE_REQUEST_BYTES), remembered: CI clients repeat the
+# same few questions, and the parsed requests are immutable. (A malformed body raises
+# each time.)
+_parse_small = functools.lru_cache(maxsize=MAX_PARSE_MEMO)(parse_upload_pack)
+
+
 @dataclass(frozen=True, slots=True)
-class ReadRequest:
-    """An upload-pack request body, parsed, with the rest of what answering it from the
-    cache takes from the body: every walk over it happens at once, off the event loop
-    for a large one (a body of tiny pkt-lines costs about 0.5 ms per KiB per walk)."""
+class ServedForms:
+    """What answering a fetch from the cache takes from its body, besides the parse:
+    the body without include-tag (if it asks for that) and the pack-cache identities
+    (a final fetch). Made, like the parse, off the event loop for a large body (a body
+    of tiny pkt-lines costs about 0.5 ms per KiB per walk), and only for an answer."""
 
-    parsed: request.V2Request | request.FetchRequest
-    untagged: bytes | None = None  # the body without include-tag, if it asks for that
-    identity: bytes | None = None  # its pack-cache identity (a final fetch) ...
-    untagged_identity: bytes | None = None  # ... and that of ``untagged``
+    untagged: bytes | None = None
+    identity: bytes | None = None
+    untagged_identity: bytes | None = None
 
 
-def read_upload_pack(body: bytes, version: int) -> ReadRequest:
-    """``parse_upload_pack`` of ``body``, and for a fetch the bodies and identities the
-    answer may use (``request.without_include_tag``, ``request.cache_identity``)."""
-    parsed = parse_upload_pack(body, version)
-    if not isinstance(parsed, request.FetchRequest):
-        return ReadRequest(parsed)
-    untagged = request.without_include_tag(body) if parsed.include_tag else None
-    if not parsed.done:
-        return ReadRequest(parsed, untagged)
-    return ReadRequest(parsed, untagged, request.cache_identity(body),
+def served_forms(body: bytes, include_tag: bool, final: bool) -> ServedForms:
+    """The ``ServedForms`` of a fetch ``body`` (``request.without_include_tag``,
+    ``request.cache_identity``)."""
+    untagged = request.without_include_tag(body) if include_tag else None
+    if not final:
+        return ServedForms(untagged)
+    return ServedForms(untagged, request.cache_identity(body),
                        request.cache_identity(untagged) if untagged is not None else None)
 
 
-# The reading of a small body (≤ INLINE_REQUEST_BYTES), remembered: CI clients repeat the
-# same few questions, and the readings are immutable. (A malformed body raises each time.)
-_read_small = functools.lru_cache(maxsize=MAX_PARSE_MEMO)(read_upload_pack)
+_forms_small = functools.lru_cache(maxsize=MAX_PARSE_MEMO)(served_forms)
 
 
 class FlowPolicy:
@@ -222,10 +223,9 @@ class FlowPolicy:
             return Upstream()
         try:
             small = len(got.body) <= INLINE_REQUEST_BYTES
-            read = await run_sized(self.inspector, len(got.body), INLINE_REQUEST_BYTES,
-                                   _read_small if small else read_upload_pack, got.body,
-                                   state.version)
-            parsed = read.parsed
+            parsed = await run_sized(self.inspector, len(got.body), INLINE_REQUEST_BYTES,
+                                     _parse_small if small else parse_upload_pack, got.body,
+                                     state.version)
         except ProtocolError as e:
             return refuse(400, f"goblet: malformed request: {e.reason}")
         state.body = got.body
@@ -247,6 +247,9 @@ class FlowPolicy:
                                      if self.refs is not None else None)
         # (``decide.py`` rule 8; following no tag is answering without ``include-tag``)
         follows = parsed.include_tag and bool(decision.tags)
+        read = await run_sized(self.inspector, len(got.body), INLINE_REQUEST_BYTES,
+                               _forms_small if small else served_forms, got.body,
+                               parsed.include_tag, parsed.done)
         untag = parsed.include_tag and not follows and read.untagged is not None
         plan = self.planner(state.repo, read.untagged if untag else got.body,
                             clean_git_protocol(git_protocol), notice=notice,

@@ -19,6 +19,7 @@ from goblet.auth.verdicts import RefView
 from goblet.cache.store import CacheRepo, RepoState, refs_digest
 from goblet.policy import answers as answers_mod
 from goblet.policy.answers import (
+    INLINE_COMPARED_REFS,
     MAX_MEMO_PREFIX_CHARS,
     AnswerPolicy,
     lists_all_branches_and_tags,
@@ -428,6 +429,31 @@ def test_the_comparison_is_remembered_only_for_a_small_question(world: World,
     assert world.policy._differs == {}
     world.answer(flow(Kind.LS_REFS, prefixes=small), 200, wire.ls_refs, RES)
     assert list(world.policy._differs) == [REPO.key]
+
+
+@pytest.mark.parametrize(("cached_refs", "on_loop"), [(10, True), (5000, False)])
+def test_a_small_answer_is_compared_with_a_large_cache_off_the_event_loop(
+        world: World, wire: Answers, monkeypatch: pytest.MonkeyPatch, cached_refs: int,
+        on_loop: bool) -> None:
+    """An ls-refs whose prefixes match little gets a small answer, compared with every
+    ref of the cache: a cache of more than INLINE_COMPARED_REFS is compared in a worker
+    thread."""
+    refs_now = {"refs/heads/main": wire.main, "refs/tags/v1": wire.v1,
+                **{f"refs/heads/b{i:05d}": wire.main for i in range(cached_refs)}}
+    assert (len(refs_now) <= INLINE_COMPARED_REFS) is on_loop
+    world.store.snapshot = RepoState(refs_now, "refs/heads/main", 0.0,
+                                     digest=refs_digest(refs_now, "refs/heads/main"))
+    threads: list[str] = []
+    real = answers_mod.refs.refs_differ
+
+    def watched(*args: Any) -> bool:
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(answers_mod.refs, "refs_differ", watched)
+    world.answer(flow(Kind.LS_REFS, prefixes=("refs/heads/nothing-",)), 200, b"0000", RES)
+    assert (threads == [threading.main_thread().name]) is on_loop and threads
+    assert world.decider.fills == []
 
 
 @pytest.mark.parametrize(("moved", "fills"), [(False, 0), (True, 1)])
