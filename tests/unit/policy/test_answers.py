@@ -431,6 +431,19 @@ def test_the_comparison_is_remembered_only_for_a_small_question(world: World,
     assert list(world.policy._differs) == [REPO.key]
 
 
+def compared_in(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads ``refs.refs_differ`` runs in from now on (appended)."""
+    threads: list[str] = []
+    real = answers_mod.refs.refs_differ
+
+    def watched(*args: Any) -> bool:
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(answers_mod.refs, "refs_differ", watched)
+    return threads
+
+
 @pytest.mark.parametrize(("cached_refs", "on_loop"), [(10, True), (5000, False)])
 def test_a_small_answer_is_compared_with_a_large_cache_off_the_event_loop(
         world: World, wire: Answers, monkeypatch: pytest.MonkeyPatch, cached_refs: int,
@@ -443,14 +456,7 @@ def test_a_small_answer_is_compared_with_a_large_cache_off_the_event_loop(
     assert (len(refs_now) <= INLINE_COMPARED_REFS) is on_loop
     world.store.snapshot = RepoState(refs_now, "refs/heads/main", 0.0,
                                      digest=refs_digest(refs_now, "refs/heads/main"))
-    threads: list[str] = []
-    real = answers_mod.refs.refs_differ
-
-    def watched(*args: Any) -> bool:
-        threads.append(threading.current_thread().name)
-        return real(*args)
-
-    monkeypatch.setattr(answers_mod.refs, "refs_differ", watched)
+    threads = compared_in(monkeypatch)
     world.answer(flow(Kind.LS_REFS, prefixes=("refs/heads/nothing-",)), 200, b"0000", RES)
     assert (threads == [threading.main_thread().name]) is on_loop and threads
     assert world.decider.fills == []
@@ -472,14 +478,7 @@ def test_a_large_answer_is_read_and_compared_off_the_event_loop(
         refs_now["refs/heads/main"] = "f" * 40
     world.store.snapshot = RepoState(refs_now, "refs/heads/main", 0.0,
                                      digest=refs_digest(refs_now, "refs/heads/main"))
-    threads: list[str] = []
-    real = answers_mod.refs.refs_differ
-
-    def watched(*args: Any) -> bool:
-        threads.append(threading.current_thread().name)
-        return real(*args)
-
-    monkeypatch.setattr(answers_mod.refs, "refs_differ", watched)
+    threads = compared_in(monkeypatch)
     world.answer(flow(Kind.LS_REFS, prefixes=()), 200, body, RES)
     assert len(world.decider.fills) == fills
     assert threads and threading.main_thread().name not in threads
