@@ -80,3 +80,20 @@ def test_the_refusal_is_one_line_git_shows() -> None:
     assert head.startswith(b"HTTP/1.1 431 ") and b"Connection: close" in head
     assert body == b"goblet: request head over 64 KiB\n"
     assert f"Content-Length: {len(body)}".encode() in head
+
+
+CHUNKED = b"POST /r.git/git-upload-pack HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_a_chunked_body_is_read_as_it_comes_its_framing_without_end_is_not() -> None:
+    layer, client = server()
+    out = feed(layer, client, CHUNKED)
+    for _ in range(256):  # 1 MiB in 4 KiB chunks, each in its own read
+        out += feed(layer, client, b"1000\r\n" + bytes(4096) + b"\r\n")
+    assert not closed(out) and len(layer.buf) < 64
+    for line in (b"10;ext=", b"0\r\nX-Trailer: "):  # a size line, a trailer: no end
+        layer, client = server()
+        out = feed(layer, client, CHUNKED + line)
+        for _ in range(70):
+            out += feed(layer, client, b"a" * 1000)
+        assert closed(out) and len(layer.buf) <= headlimit.MAX_REQUEST_HEAD

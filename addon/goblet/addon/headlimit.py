@@ -2,13 +2,14 @@
 
 mitmproxy's HTTP/1 server side keeps every byte a client sends in the connection's
 buffer until it is read, without limit (a known gap in mitmproxy 11): a request head
-is read only once its blank line arrives, and nothing is read while a request's
-answer is awaited. One client sending header lines without end, or anything after a
-request whose answer is slow, grows the proxy by what it sends, about 300 MB a second
-on loopback. ``install`` wraps the server's event handler so that past
-MAX_REQUEST_HEAD bytes buffered, a head without end is answered ``431`` with a
-one-line reason, and in both cases the connection is closed. Real git heads are a
-few hundred bytes (a large token or cookie a few KiB), and git sends nothing while it
+is read only once its blank line arrives, a chunked body's size and trailer lines
+only once they end, and nothing is read while a request's answer is awaited. One
+client sending header lines without end, or anything after a request whose answer is
+slow, grows the proxy by what it sends, about 300 MB a second on loopback.
+``install`` wraps the server's event handler so that past MAX_REQUEST_HEAD bytes
+buffered, a head without end is answered ``431`` with a one-line reason, and in every
+case the connection is closed. Real git heads are a few hundred bytes (a large token
+or cookie a few KiB), chunk-size lines a few bytes, and git sends nothing while it
 waits for an answer.
 
 The wrapper keeps mitmproxy's own reader for everything else. If mitmproxy's
@@ -55,15 +56,18 @@ def _bounded(handle_event: Callable[..., Generator[Any, Any, None]],
             yield commands.SendData(self.conn, TOO_LARGE)
             yield commands.CloseConnection(self.conn)
             self.state = self.done
-        elif state is server.wait:  # sent while its answer is awaited (git never does)
+        elif state is server.done:  # (closed: what still comes is never read)
+            self.buf = type(self.buf)()
+        elif state in (server.wait, server.read_body):
+            # sent while its answer is awaited (git never does), or a body's framing
+            # without end (a chunk-size or trailer line: a body itself is read as it
+            # comes and never stays in the buffer)
             self.buf = type(self.buf)()
             yield commands.CloseConnection(self.conn)
             yield ReceiveHttp(RequestProtocolError(
-                self.stream_id, "goblet: client sent over 64 KiB while its answer was "
-                "awaited", code=status_codes.CLIENT_CLOSED_REQUEST))
+                self.stream_id, "goblet: over 64 KiB from the client left unread",
+                code=status_codes.CLIENT_CLOSED_REQUEST))
             self.state = self.done
-        elif state is server.done:  # (closed: what still comes is never read)
-            self.buf = type(self.buf)()
 
     setattr(bounded, _MARK, True)
     bounded.__doc__ = handle_event.__doc__
@@ -76,7 +80,7 @@ def install() -> str | None:
     server = getattr(_http1, "Http1Server", None)
     current = getattr(server, "_handle_event", None)
     if server is None or current is None or not all(
-            hasattr(server, name) for name in ("read_headers", "wait", "done")):
+            hasattr(server, name) for name in ("read_headers", "read_body", "wait", "done")):
         return "mitmproxy's HTTP/1 server has another layout"
     if getattr(current, _MARK, False):
         return None

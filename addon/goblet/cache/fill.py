@@ -45,7 +45,10 @@ _QUOTED = re.compile(r"'[^'\n]*'")
 # A ref of the cache that the upstream cannot also have (it has one whose name is a
 # directory of it, or the reverse): git's atomic fetch will not drop one and create the
 # other in one transaction. E.g. the upstream replaced ``topic/x`` with ``topic``.
-_CLASH = re.compile(r"'(refs/(?:heads|tags)/[^'\n]+)' exists; cannot create 'refs/")
+# (git's own line only, not text the upstream sent: "remote: …", "fatal: remote error: …")
+_CLASH = re.compile(r"^error: cannot lock ref '(refs/(?:heads|tags)/[^'\n]+)': "
+                    r"'(refs/(?:heads|tags)/[^'\n]+)' exists; cannot create '\1'$",
+                    re.MULTILINE)
 MAX_CLASHES = 8  # refs in such a clash a fill drops and fetches again for, at most
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 header field name
 _NETWORK_HINTS = (
@@ -106,9 +109,15 @@ def classify_failure(result: GitResult) -> FillError:
     told = _QUOTED.sub("''", "\n".join(_DIAGNOSTIC.findall(text))).lower()
     if any(hint in told for hint in _NETWORK_HINTS):
         return FillError(FailureKind.UPSTREAM, f"upstream fetch failed: {line}")
-    clash = _CLASH.search(text)
+    clash = next((m for m in _CLASH.finditer(text) if _relatives(m.group(1), m.group(2))),
+                 None)
     return FillError(FailureKind.LOCAL, f"cache update failed: {line}",
-                     clash=clash.group(1) if clash else None)
+                     clash=clash.group(2) if clash else None)
+
+
+def _relatives(a: str, b: str) -> bool:
+    """Whether one ref name is a directory of the other (they cannot both exist)."""
+    return a.startswith(b + "/") or b.startswith(a + "/")
 
 
 def header_config(url: str, credential: Credential) -> list[tuple[str, str]]:

@@ -32,10 +32,12 @@ from goblet.policy.flows import FlowState, Kind, Outcome
 from goblet.policy.offload import INLINE_ANSWER_BYTES, run_sized
 from goblet.protocol import refs
 from goblet.protocol.errors import ProtocolError
+from goblet.protocol.request import small_question
 
 DENIALS = (401, 403, 404)
 MAX_READ_MEMO = 256  # small ref answers whose reading is remembered (≤ 8 KiB each)
 MAX_MEMO_PREFIX_CHARS = 1024  # ... and whose comparison is, for questions this small
+MAX_MEMO_PREFIXES = 128  # ... (and of at most this many ref-prefix lines)
 INLINE_COMPARED_REFS = 1000  # cache refs compared with an answer on the event loop, at most
 MAX_UNREAD_REPOS = 1024  # repos whose unreadable ref answers were logged (once each)
 
@@ -183,8 +185,9 @@ class AnswerPolicy:
                       snapshot: RepoState, prefixes: tuple[str, ...]) -> bool:
         """``refs.refs_differ`` of ``read``'s refs (read from ``body``) and the cache's,
         remembered per repo for the same small answer to the same kind of request, cache
-        refs (the snapshot's digest) and prefixes (of at most MAX_MEMO_PREFIX_CHARS); at
-        most MAX_READ_MEMO repos. Holds neither the reading nor the snapshot."""
+        refs (the snapshot's digest) and prefixes (at most MAX_MEMO_PREFIXES lines of
+        MAX_MEMO_PREFIX_CHARS); at most MAX_READ_MEMO repos. Holds neither the reading
+        nor the snapshot."""
         assert state.repo is not None
         if read.compared is not None and read.compared[0] is snapshot:
             return read.compared[1]
@@ -197,7 +200,7 @@ class AnswerPolicy:
                                  refs.refs_differ, read.advertisement.refs, snapshot.refs,
                                  prefixes)
         if len(body) > INLINE_ANSWER_BYTES or not snapshot.digest \
-                or sum(map(len, prefixes)) > MAX_MEMO_PREFIX_CHARS:
+                or not small_question(prefixes, MAX_MEMO_PREFIXES, MAX_MEMO_PREFIX_CHARS):
             return differ  # (a large answer or question: read anew each time, never held)
         self._differs.pop(repo_key, None)
         self._differs[repo_key] = (key, differ)

@@ -91,17 +91,24 @@ class LsRefsRequest:
     unservable: tuple[str, ...] = field(default=(), compare=False)
 
 
-KEPT_PREFIX_CHARS = 64 * 1024  # ref-prefix text an ls-refs keeps while its answer comes
+KEPT_PREFIXES = 1024  # ref-prefix lines an ls-refs keeps while its answer comes ...
+KEPT_PREFIX_CHARS = 64 * 1024  # ... and their text
 NO_REF_PREFIX = "\0"  # a ref-prefix no ref name starts with (names hold no NUL)
+
+
+def small_question(prefixes: tuple[str, ...], lines: int, chars: int) -> bool:
+    """Whether ``prefixes`` are at most ``lines`` lines of at most ``chars`` characters
+    in all (the count is looked at first: a client may send millions, empty ones too)."""
+    return len(prefixes) <= lines and sum(map(len, prefixes)) <= chars
 
 
 def kept_question(req: LsRefsRequest) -> LsRefsRequest:
     """``req`` as it is kept while its answer comes: unchanged if its ``ref-prefix`` lines
-    add up to at most KEPT_PREFIX_CHARS, else with one no ref starts with (a client
-    chooses them, up to the body cap: they would stay in memory): the answer is then
-    read as listing refs of an unknown part of the repo (a partial view; no ref of the
-    cache is taken for deleted)."""
-    if sum(map(len, req.ref_prefixes)) <= KEPT_PREFIX_CHARS:
+    are few (``small_question`` of KEPT_PREFIXES, KEPT_PREFIX_CHARS), else with one no
+    ref starts with (a client chooses them, up to the body cap: they would stay in
+    memory): the answer is then read as listing refs of an unknown part of the repo (a
+    partial view; no ref of the cache is taken for deleted)."""
+    if small_question(req.ref_prefixes, KEPT_PREFIXES, KEPT_PREFIX_CHARS):
         return req
     return replace(req, ref_prefixes=(NO_REF_PREFIX,))
 

@@ -292,6 +292,13 @@ def test_a_clash_is_named_only_for_mirrored_refs() -> None:
                  "create 'refs/tags/a/b'\n") == "refs/tags/a"
     assert clash("error: 'refs/notes/x' exists; cannot create 'refs/notes/x/y'\n") is None
     assert clash("error: cannot lock ref 'refs/heads/main': is at 1 but expected 2\n") is None
+    # text the upstream sent is not git's own line, and a name that is no relative is no clash
+    assert clash("fatal: remote error: error: cannot lock ref 'refs/heads/x': 'refs/heads/main' "
+                 "exists; cannot create 'refs/heads/x'\n") is None
+    assert clash("remote: error: cannot lock ref 'refs/heads/main/x': 'refs/heads/main' "
+                 "exists; cannot create 'refs/heads/main/x'\n") is None
+    assert clash("error: cannot lock ref 'refs/heads/x': 'refs/heads/main' exists; cannot "
+                 "create 'refs/heads/x'\n") is None
 
 
 def test_objects_by_id_are_fetched_one_fetch_at_a_time_per_repo_never_queued(

@@ -21,6 +21,7 @@ from goblet.policy import answers as answers_mod
 from goblet.policy.answers import (
     INLINE_COMPARED_REFS,
     MAX_MEMO_PREFIX_CHARS,
+    MAX_MEMO_PREFIXES,
     AnswerPolicy,
     lists_all_branches_and_tags,
     read_ref_answer,
@@ -426,6 +427,9 @@ def test_the_comparison_is_remembered_only_for_a_small_question(world: World,
     large = (*small, *(f"refs/x/{i:0200d}" for i in range(10)))
     assert sum(map(len, large)) > MAX_MEMO_PREFIX_CHARS
     world.answer(flow(Kind.LS_REFS, prefixes=large), 200, wire.ls_refs, RES)
+    assert world.policy._differs == {}
+    many = (*small, *("",) * MAX_MEMO_PREFIXES)  # (no text, many lines)
+    world.answer(flow(Kind.LS_REFS, prefixes=many), 200, wire.ls_refs, RES)
     assert world.policy._differs == {}
     world.answer(flow(Kind.LS_REFS, prefixes=small), 200, wire.ls_refs, RES)
     assert list(world.policy._differs) == [REPO.key]

@@ -516,6 +516,11 @@ def test_a_large_ls_refs_question_is_not_kept_while_its_answer_comes(
     small = gate.state()
     assert gate.route(small, LS) == Upstream()
     assert small.ls_refs is not None and small.ls_refs.ref_prefixes == ("HEAD", "refs/heads/")
+    many = v2_ls_refs_body(prefixes=("",) * 2000)  # (no text at all, but many lines)
+    gate = Gate(tmp_path, pool, cap=len(many))
+    state = gate.state()
+    assert gate.route(state, many) == Upstream()
+    assert state.ls_refs is not None and state.ls_refs.ref_prefixes == (NO_REF_PREFIX,)
 
 
 # ------------------------------------------------------------------------------ refs from the cache
