@@ -37,6 +37,17 @@ def coordinator(url: str, lease: float = 30.0) -> Coordinator:
     return Coordinator(location, lease_seconds=lease)
 
 
+
+async def let_go(turn: Any, coord: Coordinator, key: str, *tiers: Any) -> None:
+    """End a turn taken without its context manager (stop renewing, release the lease),
+    then close the tiers."""
+    assert turn._renewer is not None
+    turn._renewer.cancel()
+    await coord.release(key, turn.token)
+    for t in tiers:
+        await t.close()
+
+
 def test_one_holder_at_a_time_with_growing_tokens(server: RedisServer) -> None:
     async def main() -> None:
         a, b = coordinator(server.url), coordinator(server.url)
@@ -128,11 +139,7 @@ def test_turns_leader_busy_follower(server: RedisServer, tmp_path: Path) -> None
         await b.set_digest(repo.key, second.token, "d" * 64)
         async with ta.turn(repo) as third:  # the store has it: no wait, restore
             assert third.role is Role.FOLLOWER
-        assert second._renewer is not None
-        second._renewer.cancel()
-        await b.release(repo.key, second.token)
-        await ta.close()
-        await tb.close()
+        await let_go(second, b, repo.key, ta, tb)
     asyncio.run(main())
 
 
@@ -168,11 +175,7 @@ def test_a_streaming_leader_is_waited_for_no_longer_than_the_upstream_timeout(
             assert not waiting.done()
         second = await asyncio.wait_for(waiting, 5)
         assert second.role is Role.LEADER
-        assert second._renewer is not None
-        second._renewer.cancel()
-        await b.release(repo.key, second.token)
-        await ta.close()
-        await tb.close()
+        await let_go(second, b, repo.key, ta, tb)
     asyncio.run(main())
 
 
@@ -356,11 +359,7 @@ def test_a_renewed_lease_is_waited_for_beyond_twice_the_lease_time(
             assert not waiting.done()
         second = await asyncio.wait_for(waiting, 10)
         assert second.role is Role.LEADER
-        assert second._renewer is not None
-        second._renewer.cancel()
-        await b.release(repo.key, second.token)
-        await ta.close()
-        await tb.close()
+        await let_go(second, b, repo.key, ta, tb)
     asyncio.run(main())
 
 
