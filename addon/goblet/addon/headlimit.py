@@ -51,23 +51,22 @@ def _bounded(handle_event: Callable[..., Generator[Any, Any, None]],
         if not isinstance(event, events.DataReceived) or len(self.buf) <= MAX_REQUEST_HEAD:
             return
         state = getattr(self.state, "__func__", None)
+        if state not in (server.read_headers, server.wait, server.read_body, server.done):
+            return  # (passthrough: nothing is buffered)
+        self.buf = type(self.buf)()  # lets go of what was buffered, and reads no further
+        if state is server.done:  # (closed: what still comes is never read)
+            return
         if state is server.read_headers:  # a head without end
-            self.buf = type(self.buf)()  # (lets go of what was buffered)
             yield commands.SendData(self.conn, TOO_LARGE)
-            yield commands.CloseConnection(self.conn)
-            self.state = self.done
-        elif state is server.done:  # (closed: what still comes is never read)
-            self.buf = type(self.buf)()
-        elif state in (server.wait, server.read_body):
+        yield commands.CloseConnection(self.conn)
+        if state is not server.read_headers:
             # sent while its answer is awaited (git never does), or a body's framing
             # without end (a chunk-size or trailer line: a body itself is read as it
             # comes and never stays in the buffer)
-            self.buf = type(self.buf)()
-            yield commands.CloseConnection(self.conn)
             yield ReceiveHttp(RequestProtocolError(
                 self.stream_id, "goblet: over 64 KiB from the client left unread",
                 code=status_codes.CLIENT_CLOSED_REQUEST))
-            self.state = self.done
+        self.state = self.done
 
     setattr(bounded, _MARK, True)
     bounded.__doc__ = handle_event.__doc__
