@@ -132,3 +132,25 @@ def test_a_git_protocol_goblet_does_not_pass_on_lists_no_ref_the_upstream_hides(
     got = send(upstream, proxy, "GET", path, {**BOB, "Git-Protocol": header})
     assert got.status == 200
     assert b"refs/heads/secret" not in got.body and secret.encode() not in got.body
+
+
+@pytest.mark.parametrize("header", ["version=2:x/y", "version=1:version=2", "version=2"])
+def test_a_stranger_gets_the_upstreams_verdict_whatever_git_protocol_it_sends(
+    git: GitClient, repos: Repos, upstream: UpstreamServer, proxy: GobletProxy, tmp_path: Path,
+    header: str,
+) -> None:
+    """alice warms the cache (and holds a fresh grant); anonymous and bob, who may not read
+    the repo, ask for its refs and objects with each header, as raw requests: each gets
+    the upstream's own status and no ref or pack."""
+    name, head = warm(git, repos, upstream, tmp_path)
+    for who, auth in STRANGERS.items():
+        for method, path, body in (
+                ("GET", f"/{name}/info/refs?service=git-upload-pack", None),
+                ("POST", f"/{name}/git-upload-pack", rawhttp.v2_ls_refs_body()),
+                ("POST", f"/{name}/git-upload-pack", rawhttp.v2_fetch_body(head))):
+            headers = {**V2, **auth, "Git-Protocol": header}
+            via = send(upstream, proxy, method, path, headers, body)
+            straight = send(upstream, None, method, path, headers, body)
+            assert via.status == straight.status and via.status in (401, 403, 404), (
+                who, method, header, via.status)
+            assert head.encode() not in via.body and no_pack(via), (who, method, header)
