@@ -164,6 +164,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("goblet_fleet_lease", str, "30s",
                "How long a fleet fill lease lasts without renewal (a crashed leader's runs "
                "out after this). Needs a restart.", restart=True),
+    OptionSpec("goblet_fast_dispatch", str, "on",
+               "on: mitmproxy's hook events reach its addons through goblet's one-loop "
+               "dispatch (mitmproxy 11's order and error handling, a fraction of its CPU); "
+               "off: through mitmproxy's own."),
     OptionSpec("goblet_log_format", str, "text",
                "Access log format: text (mitmproxy's log) or json (one object per line "
                "on stderr)."),
@@ -212,6 +216,7 @@ class Settings:
     webhook_secret_file: Path | None = None
     lfs: bool = True
     lfs_link_ttl: int = 120
+    fast_dispatch: bool = True
 
 
 ISOLATION_MODES = ("shared", "tenant", "user", "public")
@@ -327,6 +332,7 @@ def parse_settings(o: Any) -> Settings:
         cold_clones=parse_choice("goblet_cold_clones", o.goblet_cold_clones, ("stream", "fill")),
         lfs=parse_bool("goblet_lfs", o.goblet_lfs),
         lfs_link_ttl=parse_seconds("goblet_lfs_link_ttl", o.goblet_lfs_link_ttl, 1, 3600),
+        fast_dispatch=parse_bool("goblet_fast_dispatch", o.goblet_fast_dispatch),
         full_repack_interval=parse_seconds("goblet_full_repack_interval",
                                            o.goblet_full_repack_interval, 60, 365 * 86400),
         repack_threads=parse_int("goblet_repack_threads", o.goblet_repack_threads, 1, 64),

@@ -36,6 +36,16 @@ if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
 COMMIT_EPOCH = 1_700_000_000  # the fixture's commits are dated from here on
 
 
+@pytest.fixture(autouse=True)
+def _mitmproxy_dispatch() -> Iterator[None]:
+    """A test that configures the addon puts goblet's hook dispatch in place for the
+    whole process (``goblet/addon/dispatch.py``): every test ends with mitmproxy's own
+    again, so no test depends on which ran before it in the same worker."""
+    yield
+    from goblet.addon import dispatch  # noqa: PLC0415 (after the path set-up above)
+    dispatch.uninstall()
+
+
 @pytest.fixture
 def bare(tmp_path: Path) -> Path:
     """A bare repo with branches main (HEAD) and dev, a plain tag v1, an annotated tag v2."""

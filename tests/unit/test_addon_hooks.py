@@ -312,7 +312,7 @@ RUNTIME_VALUES = {
     "goblet_isolation": "tenant", "goblet_max_partitions": "4", "goblet_negative_ttl": "9s",
     "goblet_offline": "true", "goblet_offline_grace": "2h", "goblet_allow_open_proxy": "true",
     "goblet_relay_internal": "on", "goblet_cold_clones": "fill", "goblet_lfs": "off",
-    "goblet_lfs_link_ttl": "30s",
+    "goblet_lfs_link_ttl": "30s", "goblet_fast_dispatch": "off",
 }
 
 
@@ -326,7 +326,7 @@ def test_every_option_applies_at_run_time_or_says_it_needs_a_restart(tmp_path: P
         tctx.configure(addon, **RUNTIME_VALUES)
         s = addon.settings
         assert s is not None and rt.settings is s and s.offline and s.isolation == "tenant"
-        assert s.allow_open_proxy
+        assert s.allow_open_proxy and not s.fast_dispatch
         assert (s.store_max_bytes, s.store_partitions) == (5 << 30, {"shared", "tenant"})
         d, v = rt.decider, rt.decider.verdicts
         assert (v.ttl, v.negative_ttl, v.keep) == (300, 9, 7200)

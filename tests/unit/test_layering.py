@@ -39,7 +39,8 @@ def test_only_the_addon_package_imports_mitmproxy() -> None:
     assert outside == []
     inside = [p.name for p in (PACKAGE / "addon").glob("*.py")
               if "mitmproxy" in imported_roots(p.read_text())]
-    assert sorted(inside) == ["connections.py", "early.py", "headlimit.py", "hooks.py", "lfs.py"]
+    assert sorted(inside) == [
+        "connections.py", "dispatch.py", "early.py", "headlimit.py", "hooks.py", "lfs.py"]
 
 
 def test_the_addon_modules_stay_small() -> None:

@@ -489,6 +489,7 @@ BAD = [
     ("relay_internal", "maybe", "goblet_relay_internal"),
     ("cold_clones", "tee", "goblet_cold_clones"),
     ("lfs", "partly", "goblet_lfs"),
+    ("fast_dispatch", "quickly", "goblet_fast_dispatch"),
     ("lfs_link_ttl", "0", "goblet_lfs_link_ttl"), ("lfs_link_ttl", "2h", "goblet_lfs_link_ttl"),
     ("instance", "a b", "goblet_instance"),
     ("cache_dir", " ", "goblet_cache_dir"),

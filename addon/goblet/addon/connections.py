@@ -18,8 +18,9 @@ from mitmproxy import connection, ctx, exceptions, http, tcp, tls
 from mitmproxy.proxy import server_hooks
 
 from goblet import options as opts
-from goblet.addon import headlimit
+from goblet.addon import dispatch, headlimit
 from goblet.observe import exposure, redact
+from goblet.observe.access import AccessLog
 from goblet.policy import requests
 from goblet.policy.deadlines import Deadlines
 from goblet.runtime import Runtime
@@ -52,6 +53,7 @@ class ConnectionHooks:
 
     settings: opts.Settings | None
     rt: Runtime | None
+    access: AccessLog
     _heads: Deadlines[str]
     _backend_clients: set[str]  # client connections whose requests goblet answers
 
@@ -64,6 +66,15 @@ class ConnectionHooks:
         why = headlimit.install()
         if why is not None:
             log.warning("goblet: request heads are not bounded (%s)", why)
+
+    def apply(self, settings: opts.Settings) -> None:
+        """Put process-wide settings in place: the access log's format and the hook
+        dispatch (``dispatch.py``; a warning says why if it cannot be replaced)."""
+        self.access.configure(settings.log_format)
+        if not settings.fast_dispatch:
+            dispatch.uninstall()
+        elif not dispatch.installed() and (why := dispatch.install()) is not None:
+            log.warning("goblet: mitmproxy's own hook dispatch stays (%s)", why)
 
     def client_connected(self, client: connection.Client) -> None:
         """A new client owes its first request head (``policy/deadlines.py``)."""

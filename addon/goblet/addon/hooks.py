@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from mitmproxy import ctx, exceptions, http
 
 from goblet import options as opts
+from goblet.addon import dispatch
 from goblet.addon.connections import (
     TEXT,
     ConnectionHooks,
@@ -81,7 +82,7 @@ class Goblet(ConnectionHooks):
             raise exceptions.OptionsError(f"goblet: {e}") from e
         if self.rt is not None:
             self.rt.reconfigure(settings)
-        self.access.configure(settings.log_format)
+        self.apply(settings)
         self.settings = settings
         updates = {k: v for k, v in opts.mitmproxy_updates_for(settings, o).items() if k in o}
         if updates:  # (an option mitmproxy does not have here, e.g. in a test harness, is skipped)
@@ -103,7 +104,8 @@ class Goblet(ConnectionHooks):
         log.info("%s", self.rt.ready_line())
 
     async def done(self) -> None:
-        """Stop the runtime and its children."""
+        """Stop the runtime and its children; mitmproxy's own hook dispatch again."""
+        dispatch.uninstall()
         if self.rt is not None:
             await self.rt.stop()
 
@@ -276,11 +278,8 @@ class Goblet(ConnectionHooks):
         self._finish(flow, state)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        """Count and log a flow that ended without a (complete) response.
-
-        A flow that ends without an answer never marks the upstream down: the
-        client may have caused it, and only goblet's own attempts count.
-        """
+        """Count and log a flow that ended without a (complete) response (it never marks
+        the upstream down: the client may have caused it; only goblet's own attempts do)."""
         self._owes_next(flow)
         self.early.body_ended(flow, unshow=True)
         state = self._flows.pop(flow, None)
