@@ -288,6 +288,24 @@ def test_a_part_of_mitmproxys_dispatch_another_addon_wraps_is_honoured(
     monkeypatch.undo()
     dispatched(hooks.UpdateHook([tflow.tflow()]), Addon("a", calls))
     assert seen == ["update"] and calls == ["a:1", "a:1"]  # (goblet's own again)
+    with taddons.context() as tctx:  # wrapped on the manager itself
+        manager = tctx.master.addons
+        manager.chain = [Addon("b", calls)]
+        manager.invoke_addon = types.MethodType(timed, manager)
+        asyncio.run(manager.trigger_event(hooks.UpdateHook([tflow.tflow()])))
+    assert seen == ["update", "update"] and calls[-1] == "b:1"
+
+
+def test_install_takes_mitmproxys_own_back_once_another_addon_let_go(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def wrapper(self: Any, event: hooks.Hook) -> None:
+        await ORIGINAL(self, event)
+    monkeypatch.setattr(addonmanager.AddonManager, "trigger_event", wrapper)
+    assert "another addon" in (dispatch.install() or "")
+    monkeypatch.undo()
+    assert dispatch.install() is None and dispatch.installed()
+    dispatch.uninstall()
+    assert addonmanager.AddonManager.trigger_event is ORIGINAL
 
 
 class Unreadable(hooks.UpdateHook):

@@ -73,8 +73,10 @@ class ConnectionHooks:
         self.access.configure(settings.log_format)
         if not settings.fast_dispatch:
             dispatch.uninstall()
-        elif not dispatch.installed() and (why := dispatch.install()) is not None:
+        elif not dispatch.installed() and (why := dispatch.install()) is not None \
+                and why != getattr(self, "_dispatch_refused", None):
             log.warning("goblet: mitmproxy's own hook dispatch stays (%s)", why)
+            self._dispatch_refused = why  # (said once)
 
     def client_connected(self, client: connection.Client) -> None:
         """A new client owes its first request head (``policy/deadlines.py``)."""

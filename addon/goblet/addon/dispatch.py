@@ -3,8 +3,8 @@
 mitmproxy 11 sends each hook event to every addon through a stack of generators,
 one coroutine and one context manager per addon (``AddonManager.trigger_event``),
 and sends every flow event twice (the event, then ``update``). mitmdump loads
-36 addons: on small git requests (``info/refs``, ``ls-refs``) that dispatch was
-about a third of the proxy's CPU (``docs/benchmarks.md``). ``install`` replaces
+36 addons: on small git requests (``info/refs``, ``ls-refs``) that dispatch took a
+quarter to a third of the proxy's CPU (``docs/benchmarks.md``). ``install`` replaces
 ``AddonManager.trigger_event`` with :func:`trigger_event`, which keeps mitmproxy's
 rules:
 
@@ -20,9 +20,10 @@ rules:
   ``Exception`` propagate to the caller.
 
 The parts of mitmproxy's dispatch another addon could wrap or override
-(``invoke_addon``, ``_iter_hooks``, ``traverse``, ``safecall``, an event's
-``args``) are honoured: while any of them is not mitmproxy's own, or an event's
-arguments cannot be read, the event goes through mitmproxy's own dispatch.
+(``invoke_addon``, ``_iter_hooks``, on the class or on the manager itself,
+``traverse``, ``safecall``) are honoured: while any of them is not mitmproxy's own,
+or an event's arguments cannot be read, the event goes through mitmproxy's own
+dispatch.
 ``uninstall`` puts mitmproxy's own back (``goblet_fast_dispatch=off``, or goblet
 unloaded). If mitmproxy's ``AddonManager`` is not the one this was written for,
 nothing is replaced and ``install`` says why.
@@ -33,23 +34,23 @@ from __future__ import annotations
 import inspect
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from mitmproxy import addonmanager, exceptions, hooks, version
 
 _END = object()
 _MANAGER = addonmanager.AddonManager
-# mitmproxy's own trigger_event and the parts of it an addon could wrap or override
-_MITMPROXY: Callable[..., Any] = _MANAGER.trigger_event
 
 
 def _parts(manager: type) -> tuple[Any, ...]:
+    """The parts of mitmproxy's dispatch an addon could wrap or override."""
     return (getattr(manager, "invoke_addon", None), getattr(manager, "_iter_hooks", None),
             getattr(addonmanager, "traverse", None), getattr(addonmanager, "safecall", None))
 
 
-_MITMPROXY_PARTS = _parts(_MANAGER)
+# mitmproxy's own trigger_event and parts (as ``install`` last found them)
+_MITMPROXY: dict[str, Any] = {"trigger": _MANAGER.trigger_event, "parts": _parts(_MANAGER)}
 _NAMES = ("AddonManager.trigger_event", "AddonManager.invoke_addon",
           "AddonManager._iter_hooks", "traverse", "safecall")
 
@@ -67,12 +68,14 @@ def _own(part: Any, qualname: str) -> bool:
 async def trigger_event(self: Any, event: hooks.Hook) -> None:
     """``AddonManager.trigger_event``: ``event`` to every addon (module docstring)."""
     try:
-        ours = _parts(type(self)) == _MITMPROXY_PARTS
+        own = self.__dict__  # (a part wrapped on the manager itself counts too)
+        ours = _parts(type(self)) == _MITMPROXY["parts"] and "invoke_addon" not in own \
+            and "_iter_hooks" not in own
         name, args = event.name, event.args()
     except Exception:  # noqa: BLE001 (an event goblet cannot read: mitmproxy's own decides)
         ours = False
     if not ours:  # (or an addon wrapped a part of mitmproxy's: its own honours that)
-        await _MITMPROXY(self, event)
+        await _MITMPROXY["trigger"](self, event)
         return
     for top in self.chain:
         try:
@@ -140,14 +143,14 @@ def install() -> str | None:
         return None
     if not version.VERSION.startswith("11."):
         return f"written for mitmproxy 11's AddonManager, not {version.VERSION}'s"
-    if current is not _MITMPROXY or _parts(_MANAGER) != _MITMPROXY_PARTS or not all(
-            _own(part, name) for part, name in zip((current, *_MITMPROXY_PARTS), _NAMES,
-                                                   strict=True)):
+    parts = _parts(_MANAGER)
+    if not all(_own(part, name) for part, name in zip((current, *parts), _NAMES, strict=True)):
         return "another addon replaced part of mitmproxy's hook dispatch"
     names = set(getattr(getattr(current, "__code__", None), "co_names", ()))
     if not names.issuperset(("invoke_addon", "safecall", "AddonHalt")) or not hasattr(
             addonmanager, "logger"):
         return "mitmproxy's AddonManager has another layout"
+    _MITMPROXY.update(trigger=current, parts=parts)
     _MANAGER.trigger_event = trigger_event  # type: ignore[method-assign]
     return None
 
@@ -155,4 +158,4 @@ def install() -> str | None:
 def uninstall() -> None:
     """mitmproxy's own dispatch again (idempotent)."""
     if installed():
-        _MANAGER.trigger_event = _MITMPROXY  # type: ignore[method-assign]
+        _MANAGER.trigger_event = _MITMPROXY["trigger"]  # type: ignore[method-assign]
