@@ -411,10 +411,13 @@ def maintenance_table(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-RPS_COMPARED_ROWS = ("goblet_canned", "plain_mitmdump_canned", "goblet_ttl")
+RPS_COMPARED_ROWS = ("goblet_canned", "plain_mitmdump_canned", "goblet_ttl",
+                     "goblet_ttl_own_dispatch")
 RPS_ROWS = {
     "goblet": "through goblet",
     "goblet_ttl": "through goblet, `goblet_refs_ttl` on (refs from the cache)",
+    "goblet_ttl_own_dispatch": "the same with `goblet_fast_dispatch=off` (mitmproxy's own hook "
+                               "dispatch)",
     "plain_mitmdump": "through plain mitmdump",
     "upstream_alone": "no proxy",
     "goblet_canned": "through goblet",
@@ -440,7 +443,7 @@ def rps_table(results: dict[str, Any]) -> str:
         "requests from memory with the upstream's own bytes, so that the proxy's cost shows. "
         "Clients, proxy and upstream share the 2 cores."
         + (f" The rows compared as shares of each other (canned through goblet and through "
-           f"plain mitmdump, and the TTL row) ran in {len(compared)} interleaved rounds; each "
+           f"plain mitmdump, and the TTL rows) ran in {len(compared)} interleaved rounds; each "
            "shows its median round (all rounds: "
            + "; ".join(f"{k} " + ", ".join(f"{x:.0f}" for x in rps[k]["rounds"])
                        for k in RPS_COMPARED_ROWS if k in rps) + " per second)."

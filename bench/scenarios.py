@@ -100,6 +100,8 @@ ALL_SCENARIOS = {s.key: s for s in (*MEDIUM_SCENARIOS, *FETCH_SCENARIOS, *LARGE_
 # The refs-TTL proxy (``via="ttl"``): refs and grants good for the whole session, so every
 # timed clone through it is one within the TTL.
 TTL_PROXY = ("ttl", {"goblet_refs_ttl": "1d", "goblet_verdict_ttl": "1h"})
+# The same with mitmproxy's own hook dispatch (the load rows only: what goblet's saves).
+OWN_DISPATCH_PROXY = ("ttl-own-dispatch", {**TTL_PROXY[1], "goblet_fast_dispatch": "off"})
 PACK_CACHE_PROXIES = {"packcache-on": {}, "packcache-off": {"goblet_pack_cache_max_bytes": "0"}}
 MAINT_PROXY = ("maint", {"goblet_maintenance": "off", "goblet_pack_cache_max_bytes": "0"})
 MAINT_SCENARIOS = {
@@ -120,7 +122,8 @@ QUIET_BUDGET_S = 600.0  # in all, per session: past it, steps no longer wait (st
 DISTURBED_CORES = 0.5
 # The load rows compared as shares of each other: run in interleaved rounds (TTL, goblet,
 # plain mitmdump... in the order of the rows), the round with the median rate kept.
-RPS_COMPARED = ("goblet_canned", "plain_mitmdump_canned", "goblet_ttl")
+RPS_COMPARED = ("goblet_canned", "plain_mitmdump_canned", "goblet_ttl",
+                "goblet_ttl_own_dispatch")
 MAX_REPEATS = 2
 
 
@@ -331,6 +334,12 @@ class Session:
             self.sampler.account(ttl.proc.pid)
         for upstream in ("wan", "floor"):  # the TTL proxy caches it for both
             self.clone(Scenario(f"prime_ttl_{upstream}", "prime", "ttl", upstream),
+                       "medium.git", 0, warmup=True)
+        if not self.config.quick:  # (a load row only: its cache needs the floor's repo)
+            own = env.start_proxy(*OWN_DISPATCH_PROXY)
+            if own.proc is not None:
+                self.sampler.account(own.proc.pid)
+            self.clone(Scenario("prime_own_dispatch", "prime", OWN_DISPATCH_PROXY[0], "floor"),
                        "medium.git", 0, warmup=True)
         self.inc = {
             "fetch_goblet": env.clones / "inc-goblet-a",
@@ -712,6 +721,9 @@ class Session:
         runs: tuple[tuple[str, tuple[int | None, Path, int | None], int, Path | None], ...] = (
             ("goblet", goblet, env.floor.port, None),
             ("goblet_ttl", ttl, env.floor.port, None),
+            *((("goblet_ttl_own_dispatch", (own.port, own.ca_cert, own.proc.pid),
+                env.floor.port, None),)
+              if (own := env.extras.get(OWN_DISPATCH_PROXY[0])) and own.proc else ()),
             ("plain_mitmdump", plain, env.floor.port, None),
             ("upstream_alone", (None, env.floor.cert_path, None), env.floor.port, None),
             ("goblet_canned", goblet, env.canned.port, None),
