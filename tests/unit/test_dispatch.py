@@ -2,7 +2,8 @@
 
 Every case runs the same addon tree through mitmproxy's ``trigger_event`` and through
 goblet's, and compares the calls the addons saw, the errors mitmproxy's logger got
-(message and the frame their traceback starts at) and what the caller saw.
+(message, and the frames of their traceback outside the two dispatches) and what the
+caller saw.
 """
 
 from __future__ import annotations
