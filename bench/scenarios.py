@@ -718,12 +718,13 @@ class Session:
         ttl_proxy = env.extras[TTL_PROXY[0]]
         assert ttl_proxy.proc
         ttl = (ttl_proxy.port, ttl_proxy.ca_cert, ttl_proxy.proc.pid)
+        own = env.extras.get(OWN_DISPATCH_PROXY[0])  # (not started in a quick run)
+        own_rows = (("goblet_ttl_own_dispatch", (own.port, own.ca_cert, own.proc.pid),
+                     env.floor.port, None),) if own and own.proc else ()
         runs: tuple[tuple[str, tuple[int | None, Path, int | None], int, Path | None], ...] = (
             ("goblet", goblet, env.floor.port, None),
             ("goblet_ttl", ttl, env.floor.port, None),
-            *((("goblet_ttl_own_dispatch", (own.port, own.ca_cert, own.proc.pid),
-                env.floor.port, None),)
-              if (own := env.extras.get(OWN_DISPATCH_PROXY[0])) and own.proc else ()),
+            *own_rows,
             ("plain_mitmdump", plain, env.floor.port, None),
             ("upstream_alone", (None, env.floor.cert_path, None), env.floor.port, None),
             ("goblet_canned", goblet, env.canned.port, None),

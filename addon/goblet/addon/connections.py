@@ -54,6 +54,7 @@ class ConnectionHooks:
     settings: opts.Settings | None
     rt: Runtime | None
     access: AccessLog
+    _dispatch_refused: str | None = None  # why goblet's dispatch was refused, once said
     _heads: Deadlines[str]
     _backend_clients: set[str]  # client connections whose requests goblet answers
 
@@ -74,9 +75,9 @@ class ConnectionHooks:
         if not settings.fast_dispatch:
             dispatch.uninstall()
         elif not dispatch.installed() and (why := dispatch.install()) is not None \
-                and why != getattr(self, "_dispatch_refused", None):
+                and why != self._dispatch_refused:
             log.warning("goblet: mitmproxy's own hook dispatch stays (%s)", why)
-            self._dispatch_refused = why  # (said once)
+            self._dispatch_refused = why
 
     def client_connected(self, client: connection.Client) -> None:
         """A new client owes its first request head (``policy/deadlines.py``)."""
