@@ -99,7 +99,8 @@ class Metrics:
             "goblet_ready", "1 when every readiness check passes (as /readyz), else 0; "
             "re-evaluated every 15 s.", registry=r)
         self.evictions = Counter(
-            "goblet_evictions", "Repos evicted to keep the cache within its budget.", registry=r)
+            "goblet_evictions", "Repos and LFS objects evicted to keep the cache within its "
+            "budget.", registry=r)
         self.partition_evictions = Counter(
             "goblet_partition_evictions",
             "Cache copies of a repo evicted because its tenant/user partitions exceeded "
