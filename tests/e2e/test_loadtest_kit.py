@@ -262,7 +262,7 @@ def test_kubernetes_manifest_uses_a_native_sidecar() -> None:
     pod = deployment["spec"]["template"]["spec"]
     (sidecar,) = pod["initContainers"]
     assert sidecar["restartPolicy"] == "Always", "a plain init container never finishes"
-    assert sidecar["startupProbe"]["httpGet"]["path"] == "/readyz"
+    assert sidecar["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert sidecar["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"},
@@ -277,6 +277,7 @@ def test_kubernetes_manifest_uses_a_native_sidecar() -> None:
     agent_mounts = {m["name"] for m in agent["volumeMounts"]}
     assert "goblet-trust" in agent_mounts and "goblet-ca" not in agent_mounts, \
         "the agent gets the CA certificate, never its key"
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
     (hpa,) = docs["HorizontalPodAutoscaler"]
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (10, 100)
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
