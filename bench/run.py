@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, help="concurrent warm clones (default 16; quick 4)")
     p.add_argument("--rps-seconds", type=float, help="load test duration (default 10; quick 1)")
     p.add_argument("--rps-rounds", type=int, help="interleaved rounds of the compared load rows "
-                   "(default 3; quick 1)")
+                   "(default 5; quick 1)")
     p.add_argument("--rps-clients", type=int, help="load test client processes (default 4; "
                    "quick 2)")
     p.add_argument("--maint-fills", type=int,
@@ -99,7 +99,7 @@ def make_config(args: argparse.Namespace) -> Config:
         concurrent_runs=1 if quick else 3,
         rps_clients=2 if quick else 4,
         rps_seconds=1.0 if quick else 10.0,
-        rps_rounds=1 if quick else 3,
+        rps_rounds=1 if quick else 5,
         profile=not quick and not args.no_profile,
         seed=args.seed,
         medium=MEDIUM_QUICK if quick else MEDIUM,

@@ -120,8 +120,9 @@ QUIET_WINDOW_S = 0.3
 QUIET_LIMIT_S = 120.0
 QUIET_BUDGET_S = 600.0  # in all, per session: past it, steps no longer wait (still repeated)
 DISTURBED_CORES = 0.5
-# The load rows compared as shares of each other: run in interleaved rounds (TTL, goblet,
-# plain mitmdump... in the order of the rows), the round with the median rate kept.
+# The load rows compared as shares of each other: run in interleaved rounds, each round
+# starting one row later than the one before (no row always follows the same one), the
+# round with the median rate kept.
 RPS_COMPARED = ("goblet_canned", "plain_mitmdump_canned", "goblet_ttl",
                 "goblet_ttl_own_dispatch")
 MAX_REPEATS = 2
@@ -147,7 +148,7 @@ class Config:
     quiet: bool = True  # wait for other jobs to calm down; repeat disturbed steps
     warmup: bool = True  # round 0: one untimed run of every scenario
     maint_fills: int = 50  # incremental fills (one pack each) before the maintenance A/B
-    rps_rounds: int = 3  # interleaved rounds of the rows whose rates are compared (RPS_COMPARED)
+    rps_rounds: int = 5  # interleaved rounds of the rows whose rates are compared (RPS_COMPARED)
     fleet_instances: int = 4  # goblet instances of the fleet phase (alone vs. shared tier)
 
     @property
@@ -736,7 +737,8 @@ class Session:
                                                      "plain_mitmdump_canned", "canned_alone"))
         once = tuple(r for r in runs if r[0] not in RPS_COMPARED)
         compared = tuple(r for r in runs if r[0] in RPS_COMPARED)
-        runs = once + compared * max(1, cfg.rps_rounds)
+        runs = once + tuple(row for r in range(max(1, cfg.rps_rounds))
+                            for row in compared[r % len(compared):] + compared[:r % len(compared)])
         if cfg.profile:
             runs += (("goblet_canned_profiled", goblet, env.canned.port,
                       self.out / "profile-rps.txt"),)
