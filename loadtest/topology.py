@@ -86,8 +86,9 @@ def haproxy_config(topology: str, instances: list[Instance], *, http_bind: str,
         "server_options": " resolvers dns init-addr last,libc,none" if dns else "",
         "resolvers": (f"\nresolvers dns\n    nameserver dns {dns}\n    hold valid 10s"
                       if dns else ""),
-        "prefix_servers": _servers([f"server {i.name} {i.host}:{i.prefix_port}"
-                                    for i in instances]),
+        "prefix_servers": _servers([
+            f"server {i.name} {i.host}:{i.prefix_port} check port {i.metrics_port}"
+            for i in instances]),
     }
     if topology == "shared":
         if not connect_bind:
