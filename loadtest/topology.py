@@ -69,8 +69,11 @@ def template(topology: str) -> str:
     return (HAPROXY_DIR / f"{topology}.cfg").read_text(encoding="utf-8")
 
 
-def _servers(lines: list[str]) -> str:
-    return "\n".join(f"    {line}" for line in lines)
+def _servers(instances: list[Instance], port: str) -> str:
+    """HAProxy server lines for ``instances`` on their ``port`` (an Instance field), each
+    health-checked on its metrics port (which answers whatever proxyauth says)."""
+    return "\n".join(f"    server {i.name} {i.host}:{getattr(i, port)} check port {i.metrics_port}"
+                     for i in instances)
 
 
 def haproxy_config(topology: str, instances: list[Instance], *, http_bind: str,
@@ -86,17 +89,13 @@ def haproxy_config(topology: str, instances: list[Instance], *, http_bind: str,
         "server_options": " resolvers dns init-addr last,libc,none" if dns else "",
         "resolvers": (f"\nresolvers dns\n    nameserver dns {dns}\n    hold valid 10s"
                       if dns else ""),
-        "prefix_servers": _servers([
-            f"server {i.name} {i.host}:{i.prefix_port} check port {i.metrics_port}"
-            for i in instances]),
+        "prefix_servers": _servers(instances, "prefix_port"),
     }
     if topology == "shared":
         if not connect_bind:
             raise ValueError("the shared topology needs a CONNECT frontend address")
         values["connect_bind"] = connect_bind
-        values["proxy_servers"] = _servers([
-            f"server {i.name} {i.host}:{i.proxy_port} check port {i.metrics_port}"
-            for i in instances])
+        values["proxy_servers"] = _servers(instances, "proxy_port")
     return render(template(topology), values)
 
 
